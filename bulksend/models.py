@@ -1,0 +1,87 @@
+"""Value objects that flow through the pipeline: frozen and slotted, no behaviour beyond derivation."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Status(enum.StrEnum):
+    """The one final state every recipient ends in (see docs/operations.md)."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One row of a recipient file.
+
+    ``id`` and ``uid`` are the provider's identifiers (MaxTraffic: visitor id and user id; other
+    providers use ``id`` as their primary key and keep the rest in ``attrs``). ``line`` is the
+    1-based line where the record starts, for error messages and the report.
+    """
+
+    line: int
+    id: str | None
+    uid: str | None = None
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A row that could not become a recipient, with the reason (reported as ``invalid``)."""
+
+    line: int
+    reason: str
+    id: str | None = None
+    uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """An encoded request, ready for the transport. ``path`` is joined to the base URL."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What the transport hands back: status, headers (case-insensitive lookups) and body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Batch:
+    """Recipients packed into one request for one endpoint group."""
+
+    number: int
+    group: str
+    recipients: list[Recipient]
+    attempts: int = 0
+
+    def __len__(self) -> int:
+        return len(self.recipients)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final state of one recipient, as written to the report."""
+
+    recipient: Recipient
+    status: Status
+    reason: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+    batch: int | None = None

@@ -1,0 +1,74 @@
+"""What every provider module supplies. Providers are pure: they never touch a session or a clock.
+
+A provider turns recipients into requests (``batcher`` + ``encode``) and responses into verdicts
+(``classify``). The engine owns all I/O; the scheduler owns all timing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A request quota: ``requests`` per ``window`` seconds (a fixed window unless stated)."""
+
+    requests: int
+    window: float = 60.0
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.window
+
+
+class Verdict(enum.Enum):
+    """What a response means for the batch that got it."""
+
+    DELIVERED = "delivered"  # the provider accepted the batch
+    THROTTLED = "throttled"  # 429 (or 503 with Retry-After): wait, then retry through the bucket
+    RETRY = "retry"  # 5xx and similar transient failures: back off, then retry
+    INVALID = "invalid"  # the provider refused these recipients (422, 400, an error envelope)
+    AUTH = "auth"  # 401/403: the whole send stops at once
+    FATAL = "fatal"  # the request can never succeed (404 on the endpoint, 405, 406): stop
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    verdict: Verdict
+    message: str = ""
+    retry_after: float | None = None  # seconds, when the response said so
+
+
+class Batcher(Protocol):
+    """Packs recipients into batches; pure and incremental, so any file size streams through."""
+
+    def add(self, recipient: Recipient) -> Batch | None:
+        """Take one recipient; return a batch when one is full."""
+
+    def flush(self) -> Iterable[Batch]:
+        """Return what is left as final batches (never an empty one)."""
+
+
+class Provider(Protocol):
+    """The contract between the engine and one provider API."""
+
+    name: str
+    #: endpoint groups with their documented default limits, e.g. {"notifications": Limit(600)}
+    groups: Mapping[str, Limit]
+    #: does the provider send X-RateLimit headers? (False: the scheduler adapts on its own)
+    sends_rate_headers: bool
+
+    def batcher(self, batch_size: int) -> Batcher: ...
+
+    def encode(self, batch: Batch) -> HttpRequest: ...
+
+    def classify(self, response: HttpResponse) -> Classification: ...
+
+    def describe(self) -> Mapping[str, Any]:
+        """Facts for the summary and the dry run (operation, group, path); never secrets."""
+        ...

@@ -1,0 +1,140 @@
+"""MaxTraffic web push (``../shared/seeds/maxtraffic-api.txt``; readings in docs/providers.md).
+
+Request: ``POST {base}/v1/notifications`` with ``Authorization: key=…`` and a JSON body
+``{"messages": [...], "to_ids": [...], "to_uids": [...], "icon", "image", "campaign"}``.
+Each array that is sent is non-empty and unique and holds at most ``batch_size`` strings; an
+array with nothing to carry is left out (see docs/providers.md for why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.base import Classification, Limit, Verdict
+
+NAME = "maxtraffic"
+DEFAULT_BASE_URL = "https://api.maxtraffic.com"
+DEFAULT_BATCH_SIZE = 1000
+GROUP = "notifications"
+PATHS = {
+    "notifications": "/v1/notifications",
+    "visitor": "/v1/visitors/{id}",
+    "leads": "/v1/leads",
+    "campaign_leads": "/v1/campaigns/{id}/leads",
+}
+#: the doc gives the limit only in headers; 600/min is what we assume until a header says otherwise
+DEFAULT_LIMITS: Mapping[str, Limit] = {GROUP: Limit(600, 60.0), "visitors": Limit(600, 60.0)}
+
+
+@dataclass(slots=True)
+class NotificationBatcher:
+    """Packs rows so that ``to_ids`` and ``to_uids`` each hold at most ``size`` entries.
+
+    Dedup happens upstream; this only packs. A row counts against each array it contributes to.
+    """
+
+    size: int
+    _number: int = 0
+    _rows: list[Recipient] = field(default_factory=list)
+    _ids: int = 0
+    _uids: int = 0
+
+    def add(self, recipient: Recipient) -> Batch | None:
+        out = None
+        need_id = recipient.id is not None
+        need_uid = recipient.uid is not None
+        if (need_id and self._ids >= self.size) or (need_uid and self._uids >= self.size):
+            out = self._take()
+        self._rows.append(recipient)
+        self._ids += need_id
+        self._uids += need_uid
+        if self._ids >= self.size and self._uids >= self.size:
+            return out or self._take()
+        return out
+
+    def _take(self) -> Batch:
+        self._number += 1
+        batch = Batch(self._number, GROUP, self._rows)
+        self._rows, self._ids, self._uids = [], 0, 0
+        return batch
+
+    def flush(self) -> Iterable[Batch]:
+        return [self._take()] if self._rows else []
+
+
+def notification_body(message: Mapping[str, Any], recipients: Sequence[Recipient]) -> bytes:
+    body: dict[str, Any] = dict(message)
+    ids = [r.id for r in recipients if r.id is not None]
+    uids = [r.uid for r in recipients if r.uid is not None]
+    if ids:
+        body["to_ids"] = ids
+    if uids:
+        body["to_uids"] = uids
+    return orjson.dumps(body)
+
+
+@dataclass(slots=True)
+class MaxTraffic:
+    """The MaxTraffic adapter. ``message`` holds messages/icon/image/campaign from the campaign."""
+
+    api_key: str = field(repr=False)
+    message: Mapping[str, Any]
+    paths: Mapping[str, str] = field(default_factory=lambda: dict(PATHS))
+    name: str = NAME
+    groups: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    sends_rate_headers: bool = True
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"key={self.api_key}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+
+    def batcher(self, batch_size: int) -> NotificationBatcher:
+        return NotificationBatcher(batch_size)
+
+    def encode(self, batch: Batch) -> HttpRequest:
+        body = notification_body(self.message, batch.recipients)
+        return HttpRequest("POST", self.paths["notifications"], self.headers(), body)
+
+    def classify(self, response: HttpResponse) -> Classification:
+        return classify(response)
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"provider": self.name, "operation": "notify", "path": self.paths["notifications"]}
+
+
+def error_message(body: bytes) -> str:
+    """The server's own words from a JSON error body, else its first 200 characters."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        for key in ("message", "error", "msg", "errors"):
+            if key in data:
+                value = data[key]
+                return value if isinstance(value, str) else orjson.dumps(value).decode()
+    return orjson.dumps(data).decode()[:200]
+
+
+def classify(response: HttpResponse) -> Classification:
+    status = response.status
+    if 200 <= status < 300:
+        return Classification(Verdict.DELIVERED)
+    message = error_message(response.body)
+    if status == 429:
+        return Classification(Verdict.THROTTLED, message or "429 Too Many Requests")
+    if status in (401, 403):
+        return Classification(Verdict.AUTH, message or f"{status} Unauthorized")
+    if status == 422 or status == 400:
+        return Classification(Verdict.INVALID, message or f"{status} invalid request")
+    if status >= 500 or status == 408:
+        return Classification(Verdict.RETRY, message or f"{status} server error")
+    return Classification(Verdict.FATAL, f"{status}: {message}")
