@@ -138,3 +138,34 @@ def classify(response: HttpResponse) -> Classification:
     if status >= 500 or status == 408:
         return Classification(Verdict.RETRY, message or f"{status} server error")
     return Classification(Verdict.FATAL, f"{status}: {message}")
+
+
+#: secrets this provider needs: name -> default environment variable
+SECRETS: Mapping[str, str] = {"api_key": "MAXTRAFFIC_API_KEY"}
+OPERATIONS = ("notify",)
+MESSAGE_FIELDS = ("messages", "icon", "image", "campaign")
+
+
+def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> MaxTraffic:
+    """Make the adapter from the campaign's ``[message]``/``[provider]`` tables (validated)."""
+    from bulksend.errors import ConfigError
+
+    operation = options.get("operation", "notify")
+    if operation not in OPERATIONS:
+        raise ConfigError(f"maxtraffic: unknown operation {operation!r} (known: notify)")
+    message = options.get("message", {})
+    unknown = sorted(set(message) - set(MESSAGE_FIELDS))
+    if unknown:
+        raise ConfigError(f"[message]: unknown field(s) {', '.join(unknown)} for maxtraffic")
+    messages = message.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError("[message].messages: a non-empty list of message tables is required")
+    if not all(isinstance(m, dict) and m for m in messages):
+        raise ConfigError("[message].messages: every entry must be a non-empty table")
+    if len({orjson.dumps(m, option=orjson.OPT_SORT_KEYS) for m in messages}) != len(messages):
+        raise ConfigError("[message].messages: entries must be unique")
+    for key in ("icon", "image", "campaign"):
+        if key in message and not isinstance(message[key], str):
+            raise ConfigError(f"[message].{key}: must be a string")
+    paths = {**PATHS, **options.get("paths", {})}
+    return MaxTraffic(api_key=secrets["api_key"], message=dict(message), paths=paths)
