@@ -29,7 +29,7 @@ def run(*args: str | Path, check: bool = True) -> int:
 
 
 def ensure_venv(extras: str) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run on an older Python
         sys.exit(f"bulksend needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     stamp = VENV / f".bulksend-{extras or 'base'}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()

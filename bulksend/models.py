@@ -1,4 +1,4 @@
-"""Value objects that flow through the pipeline: frozen and slotted, no behaviour beyond derivation."""
+"""Value objects that flow through the pipeline: frozen and slotted, no behaviour of their own."""
 
 from __future__ import annotations
 

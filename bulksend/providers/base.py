@@ -62,6 +62,8 @@ class Provider(Protocol):
     groups: Mapping[str, Limit]
     #: does the provider send X-RateLimit headers? (False: the scheduler adapts on its own)
     sends_rate_headers: bool
+    #: the recipient fields deduplicated (each separately) over the whole campaign
+    dedup_keys: tuple[str, ...]
 
     def batcher(self, batch_size: int) -> Batcher: ...
 

@@ -88,6 +88,7 @@ class MaxTraffic:
     name: str = NAME
     groups: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     sends_rate_headers: bool = True
+    dedup_keys: tuple[str, ...] = ("id", "uid")
 
     def headers(self) -> dict[str, str]:
         return {

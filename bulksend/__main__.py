@@ -1,0 +1,3 @@
+from bulksend.cli import main
+
+main()

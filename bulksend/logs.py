@@ -1,0 +1,92 @@
+"""structlog set-up: JSON lines (orjson) when stderr is not a TTY, console output on a TTY.
+
+Every event passes through ``Redactor``, which replaces any registered secret value (and the
+value of any key that looks like a credential) with ``"[redacted]"`` — wherever it appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+REDACTED = "[redacted]"
+_SECRET_KEYS = ("authorization", "api_key", "apikey", "password", "token", "secret")
+
+
+class Redactor:
+    """A structlog processor that scrubs secrets from every event, keys and values alike."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def register(self, values: Iterable[str]) -> None:
+        self._secrets.update(v for v in values if v)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value) if self._secrets else value
+        if isinstance(value, dict):
+            return {k: self._item(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.scrub(f"{type(value).__name__}: {value}")
+        return value
+
+    def _item(self, key: str, value: Any) -> Any:
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            return REDACTED
+        return self._value(value)
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event):
+            event[key] = self._item(key, event[key])
+        return event
+
+
+redactor = Redactor()
+
+
+def configure(
+    *, level: int = logging.INFO, fmt: str = "auto", stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the CLI. ``fmt``: "json", "console" or "auto" (by TTY)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redactor,
+    ]
+    if fmt == "json":
+        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
+        binary: Any = getattr(stream, "buffer", None) or stream
+        factory: Any = structlog.BytesLoggerFactory(binary)
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        factory = structlog.PrintLoggerFactory(stream)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=factory,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    return structlog.get_logger("bulksend").bind(**context)

@@ -1,0 +1,171 @@
+"""Per-recipient outcome report (CSV or JSON Lines, chosen by the file extension) and the summary.
+
+Report columns: line, id, uid, status, reason, http_status, attempts, batch. The summary is a
+frozen snapshot of the counters, rendered as text for people and as JSON for machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import orjson
+
+from bulksend.models import Outcome, Status
+
+COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "batch")
+
+
+class ReportWriter:
+    """Streams outcomes to ``path``; ``.jsonl``/``.json``/``.ndjson`` -> JSON Lines, else CSV."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._csv: Any = None
+        self._json = path is not None and path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
+
+    def __enter__(self) -> ReportWriter:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8", newline="")
+            if not self._json:
+                self._csv = csv.writer(self._file)
+                self._csv.writerow(COLUMNS)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def write(self, outcomes: Iterable[Outcome]) -> None:
+        if self._file is None:
+            return
+        if self._json:
+            buf = io.StringIO()
+            for o in outcomes:
+                r = o.recipient
+                row = {
+                    "line": r.line,
+                    "id": r.id,
+                    "uid": r.uid,
+                    "status": o.status.value,
+                    "reason": o.reason,
+                    "http_status": o.http_status,
+                    "attempts": o.attempts,
+                    "batch": o.batch,
+                }
+                buf.write(orjson.dumps(row).decode())
+                buf.write("\n")
+            self._file.write(buf.getvalue())
+        else:
+            self._csv.writerows(
+                (
+                    o.recipient.line,
+                    o.recipient.id or "",
+                    o.recipient.uid or "",
+                    o.status.value,
+                    o.reason,
+                    "" if o.http_status is None else o.http_status,
+                    o.attempts,
+                    "" if o.batch is None else o.batch,
+                )
+                for o in outcomes
+            )
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counters of one send. Recipient counts are rows; ``requests`` counts HTTP attempts."""
+
+    provider: str = ""
+    campaign: str = ""
+    read: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    delivered: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+    possible_duplicates: int = 0
+    batches: int = 0
+    elapsed: float = 0.0
+    stopped: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, status: Status, n: int = 1) -> None:
+        if status is Status.DELIVERED:
+            self.delivered += n
+        elif status is Status.DUPLICATE:
+            self.duplicates += n
+        elif status is Status.INVALID:
+            self.invalid += n
+        elif status is Status.FAILED:
+            self.failed += n
+        elif status is Status.UNKNOWN:
+            self.unknown += n
+        else:
+            self.skipped += n
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every valid recipient was delivered."""
+        return not (self.failed or self.unknown or self.skipped or self.stopped)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["recipients_per_second"] = round(self.rate, 1)
+        data["elapsed"] = round(self.elapsed, 3)
+        return data
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.as_dict(), option=orjson.OPT_INDENT_2)
+
+    def render(self) -> str:
+        rows: list[tuple[str, int | str]] = [
+            ("read", self.read),
+            ("duplicates", self.duplicates),
+            ("invalid", self.invalid),
+            ("delivered", self.delivered),
+            ("failed", self.failed),
+        ]
+        if self.unknown:
+            rows.append(("unknown", self.unknown))
+        if self.skipped:
+            rows.append(("skipped", self.skipped))
+        rows += [
+            ("requests", self.requests),
+            ("429s", self.throttled),
+            ("retries", self.retries),
+        ]
+        if self.possible_duplicates:
+            rows.append(("possible duplicates", self.possible_duplicates))
+        rows += [("elapsed", f"{self.elapsed:.2f} s"), ("recipients/s", f"{self.rate:,.0f}")]
+        width = max(len(k) for k, _ in rows)
+        head = f"bulksend: {self.provider} campaign {self.campaign!r}"
+        lines = [head] + [
+            f"  {k:<{width}}  {v:,}" if isinstance(v, int) else f"  {k:<{width}}  {v}"
+            for k, v in rows
+        ]
+        if self.stopped:
+            lines.append(f"  stopped: {self.stopped}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulksend.config import load_settings, parse_rate, resolve_secrets
+from bulksend.errors import ConfigError, MissingSecretError
+from bulksend.providers.base import Limit
+
+CAMPAIGN = """
+provider = "maxtraffic"
+name = "Test"
+[message]
+messages = [{ title = "t" }]
+[recipients]
+path = "r.csv"
+id = "vid"
+[send]
+batch_size = 100
+rate = "300/min"
+"""
+
+
+MT = "provider = 'maxtraffic'\n[recipients]\npath = 'r.csv'\n"
+
+
+def write(tmp_path: Path, text: str = CAMPAIGN) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("300/min", Limit(300, 60)),
+        ("50/1s", Limit(50, 1)),
+        ("10/s", Limit(10, 1)),
+        ("1000/h", Limit(1000, 3600)),
+        ("600 / 60s", Limit(600, 60)),
+        ("0.5/s", Limit(30, 60)),
+    ],
+)
+def test_parse_rate(text: str, limit: Limit) -> None:
+    assert parse_rate(text) == limit
+
+
+@pytest.mark.parametrize("text", ["fast", "10", "10/fortnight", "-1/s", "0/s"])
+def test_parse_rate_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="rate"):
+        parse_rate(text)
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    s = load_settings(path, env={})
+    assert s.batch_size == 100
+    assert s.recipients.path == str(tmp_path / "r.csv")
+    assert s.recipients.id_column == "vid"
+    assert s.recipients.uid_column == "uid"
+    assert s.rate == Limit(300, 60)
+    assert s.base_url == "https://api.maxtraffic.com"
+    s = load_settings(path, env={"BULKSEND_BATCH_SIZE": "200", "BULKSEND_BASE_URL": "http://x/"})
+    assert (s.batch_size, s.base_url) == (200, "http://x")
+    s = load_settings(
+        path,
+        env={"BULKSEND_BATCH_SIZE": "200"},
+        overrides={"batch_size": 300, "recipients": "other.csv"},
+    )
+    assert s.batch_size == 300
+    assert s.recipients.path == "other.csv"  # a flag path is relative to the working directory
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("provider = 'nope'", "unknown provider 'nope'"),
+        ("name = 'x'", "'provider' is required"),
+        (f"{MT}[send]\nbatch_size = 0", "batch_size: must be at least 1"),
+        (f"{MT}[send]\ntimeout = 'soon'", "timeout: expected a number"),
+        ("provider = 'maxtraffic'\n[send]\nbatchsize = 5", r"unknown key\(s\) in \[send\]"),
+        (f"{MT}[auth]\napi_key = 'abc'", r"unknown key \[auth\].api_key"),
+        ("provider = 'maxtraffic'\n[recipients]\npath='r'\nformat='xls'", "'xls' is not one of"),
+        ("provider = 'maxtraffic'\nfoo = 1", "unknown top-level"),
+        ("provider = ", "invalid TOML"),
+        ("provider = 'maxtraffic'", "no recipient file"),
+    ],
+)
+def test_bad_campaign_files(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_settings(write(tmp_path, text), env={})
+
+
+def test_missing_campaign_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="campaign file not found"):
+        load_settings(tmp_path / "missing.toml", env={})
+
+
+def test_secrets_from_env_or_file(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path), env={})
+    with pytest.raises(MissingSecretError, match="MAXTRAFFIC_API_KEY is not set"):
+        resolve_secrets(s, {})
+    assert resolve_secrets(s, {"MAXTRAFFIC_API_KEY": " k1 "}) == {"api_key": "k1"}
+    (tmp_path / "key.txt").write_text("k2\n")
+    s = load_settings(write(tmp_path, CAMPAIGN + "[auth]\napi_key_file = 'key.txt'\n"), env={})
+    assert resolve_secrets(s, {}) == {"api_key": "k2"}
+    s = load_settings(write(tmp_path, CAMPAIGN + "[auth]\napi_key_env = 'MY_KEY'\n"), env={})
+    with pytest.raises(MissingSecretError, match="MY_KEY"):
+        resolve_secrets(s, {"MAXTRAFFIC_API_KEY": "k"})
