@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import enum
 import logging
 import os
@@ -191,9 +192,11 @@ async def _send_to_sandbox(settings: Any, env: Mapping[str, str]) -> tuple[Any, 
     from bulksend.campaign import send_campaign
     from bulksend.sandbox import SandboxConfig, running
 
-    names = list(settings.secret_sources)
-    fake = {name: f"sandbox-{secrets.token_hex(8)}" for name in names}
-    config = SandboxConfig.for_secrets(settings.provider, fake)
+    fake = {name: f"sandbox-{secrets.token_hex(8)}" for name in settings.secret_sources}
+    fields = {f.name for f in dataclasses.fields(SandboxConfig)}
+    config = SandboxConfig(
+        provider=settings.provider, **{k: v for k, v in fake.items() if k in fields}
+    )
     async with running(config) as sandbox:
         local = settings.with_overrides(base_url=sandbox.base_url)
         return await send_campaign(local, fake)

@@ -124,10 +124,12 @@ class Engine:
             n += 1
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        if self._stop is None:
-            for batch in batcher.flush():
+        for batch in batcher.flush():
+            if self._stop is None:
                 summary.batches += 1
                 await queue.put(batch)
+            else:  # rows read but never batched still get a final state
+                self._finish(None, batch.recipients, Status.SKIPPED, f"not sent: {self._stop}")
 
     # -- sending ----------------------------------------------------------------------------
     async def _worker(self) -> None:

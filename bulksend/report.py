@@ -122,6 +122,18 @@ class Summary:
             self.skipped += n
 
     @property
+    def accounted(self) -> int:
+        """Rows with a final state; equals ``read`` once a send has finished."""
+        return (
+            self.delivered
+            + self.duplicates
+            + self.invalid
+            + self.failed
+            + self.unknown
+            + self.skipped
+        )
+
+    @property
     def rate(self) -> float:
         return self.delivered / self.elapsed if self.elapsed > 0 else 0.0
 

@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: a sandbox in its own process, recipient files, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+KEY = "bench-key"
+
+
+@contextmanager
+def sandbox_process(provider: str = "maxtraffic", *args: str) -> Iterator[str]:
+    """Start ``bulksend sandbox`` in a separate process; yields its base URL."""
+    cmd = [sys.executable, "-m", "bulksend.sandbox.cli", provider, "--port", "0", "--api-key", KEY]
+    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"sandbox did not start: {line!r}")
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def write_rows(path: Path, n: int, *, header: str = "id,uid") -> Path:
+    """``n`` unique rows of a 32-hex id and a uuid-like uid."""
+    with path.open("w") as f:
+        f.write(header + "\n")
+        f.writelines(f"{i:032x},u-{i:08d}-{i % 9973:04d}\n" for i in range(n))
+    return path
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    return f"{platform.machine()}, {cpus} cores, Python {platform.python_version()}"
+
+
+def ratio_line(name: str, value: float, baseline: float, unit: str) -> str:
+    ratio = value / baseline if baseline else float("nan")
+    return f"{name}: {value:,.0f} {unit} vs {baseline:,.0f} {unit} baseline -> ratio {ratio:.2f}"
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -1,0 +1,91 @@
+"""Shared fixtures: campaign files on disk, an in-loop sandbox, and a CLI runner."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bulksend import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "test-key-1234567890"
+
+MAXTRAFFIC_CAMPAIGN = """
+provider = "maxtraffic"
+name = "E2E"
+[message]
+campaign = "E2E"
+messages = [{{ title = "Hello", body = "World" }}]
+[recipients]
+path = "{recipients}"
+id = "vid"
+uid = "uid"
+[send]
+batch_size = {batch_size}
+in_flight = {in_flight}
+{extra}
+"""
+
+
+def write_recipients(path: Path, rows: list[tuple[str, str]], header: str = "vid,uid") -> Path:
+    path.write_text(header + "\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return path
+
+
+def write_campaign(
+    tmp_path: Path,
+    recipients: Path,
+    *,
+    batch_size: int = 100,
+    in_flight: int = 8,
+    extra: str = "",
+) -> Path:
+    path = tmp_path / "campaign.toml"
+    path.write_text(
+        MAXTRAFFIC_CAMPAIGN.format(
+            recipients=recipients, batch_size=batch_size, in_flight=in_flight, extra=extra
+        )
+    )
+    return path
+
+
+@dataclass
+class CliResult:
+    status: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
+    """Run the CLI in this process (no event loop may be running)."""
+    out, err = io.StringIO(), io.StringIO()
+    status = cli.run(list(args), env=dict(env or {}), stdout=out, stderr=err)
+    return CliResult(int(status), out.getvalue(), err.getvalue())
+
+
+def run_bulksend(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m bulksend`` as a real process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bulksend", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture
+def key() -> str:
+    return KEY

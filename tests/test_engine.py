@@ -1,0 +1,182 @@
+"""Engine behaviour through the transport seam: a handler function stands in for the network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulksend.engine import Engine, EngineOptions
+from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.providers import maxtraffic
+from bulksend.providers.base import Limit
+from bulksend.report import ReportWriter
+from bulksend.scheduler import GroupPolicy, Scheduler
+from bulksend.transport import NoResponse
+
+Handler = Callable[[HttpRequest, int], HttpResponse]
+
+
+class SetDedup:
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, r: Recipient) -> Recipient | None:
+        id_ = r.id if r.id is not None and ("id", r.id) not in self.seen else None
+        uid = r.uid if r.uid is not None and ("uid", r.uid) not in self.seen else None
+        if id_ is None and uid is None:
+            return None
+        if id_:
+            self.seen.add(("id", id_))
+        if uid:
+            self.seen.add(("uid", uid))
+        return Recipient(r.line, id_, uid, r.attrs)
+
+
+class FakeTransport:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[HttpRequest] = []
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        self.requests.append(request)
+        return self.handler(request, len(self.requests))
+
+
+@pytest.fixture(autouse=True)
+def _every_row_accounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After every run in this module, each row read has exactly one final state."""
+    original = Engine.run
+
+    async def checked(self: Engine, items: list[Recipient | Rejected]) -> object:
+        summary = await original(self, items)
+        assert summary.read == summary.accounted
+        return summary
+
+    monkeypatch.setattr(Engine, "run", checked)
+
+
+def ok(request: HttpRequest, n: int) -> HttpResponse:
+    return HttpResponse(200, {"X-RateLimit-Limit": "100000"}, b'{"success": true}')
+
+
+def make_engine(
+    handler: Handler, *, report: Path | None = None, max_attempts: int = 6
+) -> tuple[Engine, FakeTransport]:
+    provider = maxtraffic.build({"message": {"messages": [{"t": "x"}]}}, {"api_key": "secret"})
+    transport = FakeTransport(handler)
+    sched = Scheduler(
+        {"notifications": GroupPolicy(Limit(100_000, 1.0), in_flight=4)},
+        backoff_base=0.001,
+        backoff_cap=0.002,
+    )
+    engine = Engine(
+        provider,
+        transport,
+        sched,
+        SetDedup(),
+        EngineOptions(batch_size=10, workers=4, max_attempts=max_attempts),
+        report=ReportWriter(report),
+    )
+    return engine, transport
+
+
+def rows(n: int) -> list[Recipient | Rejected]:
+    return [Recipient(i + 2, f"id{i}", f"uid{i}") for i in range(n)]
+
+
+def sent_ids(transport: FakeTransport) -> list[str]:
+    return [i for r in transport.requests for i in orjson.loads(r.body or b"").get("to_ids", [])]
+
+
+async def test_every_unique_recipient_is_sent_once_and_reported(tmp_path: Path) -> None:
+    items = rows(95) + rows(5) + [Rejected(200, "missing id and uid")]
+    engine, transport = make_engine(ok, report=tmp_path / "r.jsonl")
+    with engine.report:
+        summary = await engine.run(items)
+    assert summary.read == summary.accounted
+    assert sorted(sent_ids(transport)) == sorted(f"id{i}" for i in range(95))
+    assert (summary.read, summary.delivered, summary.duplicates, summary.invalid) == (101, 95, 5, 1)
+    assert summary.requests == 10
+    assert summary.complete
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 101
+    assert {x["status"] for x in lines} == {"delivered", "duplicate", "invalid"}
+    assert [x["reason"] for x in lines if x["status"] == "invalid"] == ["missing id and uid"]
+
+
+async def test_401_stops_after_the_first_request() -> None:
+    def unauthorized(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(401, {}, b'{"message": "Wrong or empty Authorization header"}')
+
+    engine, transport = make_engine(unauthorized)
+    summary = await engine.run(rows(500))
+    assert len(transport.requests) == 1
+    assert summary.delivered == 0
+    assert "Wrong or empty Authorization header" in summary.stopped
+    assert summary.failed == 10  # the batch that got the 401
+    assert summary.skipped > 0
+    assert summary.read < 500  # reading stopped too
+
+
+async def test_422_reports_the_batch_invalid_with_the_server_message() -> None:
+    def reject_second(request: HttpRequest, n: int) -> HttpResponse:
+        if b'"id10"' in (request.body or b""):
+            return HttpResponse(422, {}, b'{"message": "to_ids: duplicate value"}')
+        return ok(request, n)
+
+    engine, _ = make_engine(reject_second)
+    summary = await engine.run(rows(30))
+    assert (summary.delivered, summary.invalid) == (20, 10)
+
+
+async def test_5xx_is_retried_then_delivered() -> None:
+    def flaky(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(500 if n <= 3 else 200, {}, b"{}")
+
+    engine, transport = make_engine(flaky)
+    summary = await engine.run(rows(10))
+    assert summary.delivered == 10
+    assert summary.retries == 3
+    assert len(transport.requests) == 4
+
+
+async def test_retries_are_bounded_and_recipients_failed_with_the_last_error() -> None:
+    def down(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(503, {}, b'{"message": "maintenance"}')
+
+    engine, transport = make_engine(down, max_attempts=3)
+    summary = await engine.run(rows(20))
+    assert summary.failed == 20
+    assert len(transport.requests) == 6
+    assert not summary.complete
+
+
+async def test_no_response_then_success_counts_possible_duplicates() -> None:
+    class Dropping(FakeTransport):
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                raise NoResponse("connection lost", sent=True)
+            return ok(request, len(self.requests))
+
+    engine, _ = make_engine(ok)
+    engine.transport = Dropping(ok)
+    summary = await engine.run(rows(10))
+    assert summary.delivered == 10
+    assert summary.possible_duplicates == 10
+
+
+async def test_no_response_every_time_leaves_the_outcome_unknown() -> None:
+    class Dead(FakeTransport):
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            self.requests.append(request)
+            raise NoResponse("timed out", sent=True)
+
+    engine, _ = make_engine(ok, max_attempts=2)
+    engine.transport = Dead(ok)
+    summary = await engine.run(rows(10))
+    assert summary.unknown == 10
+    assert summary.delivered == 0
