@@ -23,9 +23,9 @@ def campaign(tmp_path: Path) -> Path:
 @pytest.fixture
 def sandbox_url() -> Iterator[str]:
     """A MaxTraffic sandbox in its own process, as a user would run it."""
+    cmd = [sys.executable, "-m", "bulksend.sandbox.cli", "maxtraffic", "--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bulksend.sandbox.cli", "maxtraffic", "--port", "0"]
-        + ["--api-key", KEY],
+        [*cmd, "--api-key", KEY],
         stdout=subprocess.PIPE,
         text=True,
     )
