@@ -39,7 +39,8 @@ in_flight = {in_flight}
 
 async def engine_run(campaign: Path, url: str) -> Summary:
     settings = load_settings(campaign, env={}, overrides={"base_url": url})
-    summary, stopped = await send_campaign(settings, {"api_key": KEY}, progress_every=3600)
+    result = await send_campaign(settings, {"api_key": KEY}, progress_every=3600)
+    summary, stopped = result.summary, result.stopped
     if stopped is not None or not summary.complete:
         raise RuntimeError(f"engine run incomplete: {stopped}\n{summary.render()}")
     return summary

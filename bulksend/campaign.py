@@ -1,27 +1,57 @@
 """The library entry point: run one campaign from validated ``Settings``.
 
-    summary = await send_campaign(settings, secrets)
+    result = await send_campaign(settings, secrets, journal=JournalOptions(path))
 
-It builds the provider, the scheduler, the transport, the source and the deduper, runs the
-engine and returns the ``Summary``; the engine's stop reason (auth, fatal) is re-raised after the
-report is complete so callers can map it to an exit status.
+It builds the provider, the scheduler, the transport, the source, the deduper and the journal,
+runs the engine and returns a ``SendResult``: the ``Summary`` and what stopped the send early.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import contextlib
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
 
-from bulksend.core.dedup import Deduper
-from bulksend.sources import Columns, SourceSpec, open_source
+import orjson
 
 from bulksend.config import Settings
+from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
+from bulksend.errors import ConfigError
+from bulksend.journal import Identity, Journal, file_fingerprint
 from bulksend.logs import redactor
+from bulksend.models import Outcome, Status
 from bulksend.providers.base import Provider
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
+from bulksend.sources import Columns, SourceSpec, open_source
 from bulksend.transport import Transport
+
+
+@dataclass(frozen=True, slots=True)
+class JournalOptions:
+    path: Path
+    resume: bool = False  # require an existing journal
+    fresh: bool = False  # discard an existing journal
+    unknown_policy: str = "resend"  # or "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    summary: Summary
+    stopped: BaseException | None
+    journal: Path | None = None
+    dead_letter: Path | None = None
+
+
+def default_journal_path(settings: Settings) -> Path:
+    """``<campaign dir>/.bulksend/<campaign stem>.journal`` (documented in docs/operations.md)."""
+    c = settings.campaign_file
+    return c.parent / ".bulksend" / f"{c.stem}.journal"
 
 
 def build_provider(settings: Settings, secrets: Mapping[str, str]) -> Provider:
@@ -53,12 +83,87 @@ def source_spec(settings: Settings) -> SourceSpec:
     )
 
 
+def identity(settings: Settings) -> Identity:
+    """The campaign's identity for the journal; a changed file or plan refuses a resume."""
+    if settings.recipients.path == "-":
+        raise ConfigError("a send from stdin cannot be journaled; use --no-journal or a file")
+    try:
+        campaign = hashlib.sha256(settings.campaign_file.read_bytes()).hexdigest()
+        recipients = file_fingerprint(Path(settings.recipients.path))
+    except OSError as exc:
+        raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    plan = {
+        "provider": settings.provider,
+        "operation": settings.operation,
+        "options": settings.options,
+        "recipients": [
+            settings.recipients.format,
+            settings.recipients.delimiter,
+            settings.recipients.encoding,
+            settings.recipients.id_column,
+            settings.recipients.uid_column,
+        ],
+        "batch_size": settings.batch_size,
+    }
+    digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return Identity(campaign=campaign, recipients=recipients, plan=digest)
+
+
+class DeadLetter:
+    """Failed, unknown and skipped recipients as JSON Lines that ``bulksend send`` reads back.
+
+    Keys are the campaign's own column names, so the same campaign file maps them again.
+    """
+
+    RESEND = frozenset({Status.FAILED, Status.UNKNOWN, Status.SKIPPED})
+
+    def __init__(self, path: Path, id_column: str | None, uid_column: str | None) -> None:
+        self.path = path
+        self._id, self._uid = id_column or "id", uid_column or "uid"
+        self._file: IO[bytes] | None = None
+        self.count = 0
+
+    def __enter__(self) -> DeadLetter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._file is not None:
+            self._file.close()
+        elif self.path.exists():  # nothing to resend this time: no stale file either
+            self.path.unlink()
+
+    def __call__(self, outcomes: Sequence[Outcome]) -> None:
+        rows = [o for o in outcomes if o.status in self.RESEND]
+        if not rows:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("wb")
+        for o in rows:
+            r = o.recipient
+            row: dict[str, Any] = dict(r.attrs)
+            if r.id is not None:
+                row[self._id] = r.id
+            if r.uid is not None:
+                row[self._uid] = r.uid
+            self._file.write(orjson.dumps(row) + b"\n")
+        self.count += len(rows)
+
+
 async def send_campaign(
     settings: Settings,
     secrets: Mapping[str, str],
     *,
+    journal: JournalOptions | None = None,
+    dead_letter: Path | None = None,
     progress_every: float = 5.0,
-) -> tuple[Summary, BaseException | None]:
+    on_start: Callable[[Engine], None] | None = None,
+) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing)."""
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
@@ -69,19 +174,50 @@ async def send_campaign(
         workers=settings.in_flight,
         max_attempts=settings.max_attempts,
         progress_every=progress_every,
+        unknown_policy=journal.unknown_policy if journal else "resend",
     )
-    with open_source(source_spec(settings)) as rows, ReportWriter(settings.report) as report:
-        async with Transport(
-            settings.base_url, connections=settings.in_flight, timeout=settings.timeout
-        ) as transport:
-            engine = Engine(
-                provider,
-                transport,
-                scheduler,
-                Deduper(keys=provider.dedup_keys),
-                options,
-                report=report,
-                summary=summary,
-            )
-            await engine.run(rows)
-    return summary, engine.stopped_by
+    spec = source_spec(settings)
+    book = None
+    if journal is not None:
+        book = Journal.open(
+            journal.path, identity(settings), resume=journal.resume, fresh=journal.fresh
+        )
+    if dead_letter is None and journal is not None:
+        dead_letter = journal.path.with_suffix(".dead-letter.jsonl")
+    columns = (settings.recipients.id_column, settings.recipients.uid_column)
+    letters = DeadLetter(dead_letter, *columns) if dead_letter else None
+    outcome = "finished"
+    try:
+        with open_source(spec) as rows, ReportWriter(settings.report) as report:
+            async with Transport(
+                settings.base_url, connections=settings.in_flight, timeout=settings.timeout
+            ) as transport:
+                engine = Engine(
+                    provider,
+                    transport,
+                    scheduler,
+                    Deduper(keys=provider.dedup_keys),
+                    options,
+                    report=report,
+                    summary=summary,
+                    journal=book,
+                    on_outcomes=letters,
+                )
+                if on_start is not None:
+                    on_start(engine)
+                with letters or contextlib.nullcontext():
+                    await engine.run(rows)
+        if engine.stopped_by is not None:
+            outcome = f"stopped: {engine.stopped_by}"
+    except BaseException as exc:
+        outcome = f"crashed: {type(exc).__name__}"
+        raise
+    finally:
+        if book is not None:
+            book.close(outcome)
+    return SendResult(
+        summary,
+        engine.stopped_by,
+        journal.path if journal else None,
+        dead_letter if letters and letters.count else None,
+    )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,6 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--delimiter", metavar="CHAR")
     send.add_argument("--encoding", metavar="NAME")
     send.add_argument("--summary-json", type=Path, metavar="PATH")
+    journal = send.add_argument_group(
+        "journal and resume",
+        "A journal records every batch so a send that died can be resumed without sending "
+        "again what the provider confirmed. Default: .bulksend/CAMPAIGN.journal beside the "
+        "campaign file; running the same send again resumes it.",
+    )
+    journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
+    journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
+    journal.add_argument(
+        "--resume", action="store_true", help="require an existing journal and continue it"
+    )
+    journal.add_argument(
+        "--fresh", action="store_true", help="discard an existing journal and start over"
+    )
+    journal.add_argument(
+        "--unknown",
+        choices=["resend", "skip"],
+        default="resend",
+        help="batches in flight when an earlier run died: resend them (counted as possible "
+        "duplicates; default) or mark them unknown for review",
+    )
+    journal.add_argument(
+        "--dead-letter",
+        type=Path,
+        metavar="PATH",
+        help="write failed/unknown/skipped recipients here as JSON Lines (default: beside "
+        "the journal)",
+    )
     send.add_argument(
         "--sandbox",
         action="store_true",
@@ -161,7 +191,7 @@ def run(
 
 
 async def _send(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    from bulksend.campaign import send_campaign
+    from bulksend.campaign import JournalOptions, default_journal_path, send_campaign
     from bulksend.config import load_settings, resolve_secrets
 
     overrides = {
@@ -179,15 +209,83 @@ async def _send(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, e
         "encoding": args.encoding,
     }
     settings = load_settings(args.campaign, env=env, overrides=overrides)
-    if args.sandbox:
-        summary, stopped = await _send_to_sandbox(settings, env)
-    else:
-        secret_values = resolve_secrets(settings, env)
-        summary, stopped = await send_campaign(settings, secret_values)
-    return _finish(summary, stopped, args, out, err)
+    if args.resume and args.fresh:
+        raise ConfigError("--resume and --fresh contradict each other; choose one")
+    journal = None
+    wanted = args.journal or args.resume or not args.sandbox  # a sandbox run keeps none
+    if wanted and not args.no_journal and settings.recipients.path != "-":
+        path = args.journal or default_journal_path(settings)
+        journal = JournalOptions(path, args.resume, args.fresh, args.unknown)
+    kwargs = {"journal": journal, "dead_letter": args.dead_letter}
+    interrupted = _Interrupts()
+    with interrupted.installed():
+        try:
+            if args.sandbox:
+                result = await _send_to_sandbox(settings, kwargs, interrupted.attach)
+            else:
+                secret_values = resolve_secrets(settings, env)
+                result = await send_campaign(
+                    settings, secret_values, on_start=interrupted.attach, **kwargs
+                )
+        except asyncio.CancelledError:
+            print(f"bulksend: stopped at once by a second {interrupted.name}", file=err)
+            return interrupted.status
+    status = _finish(result, args, out, err)
+    return interrupted.status if interrupted.name else status
 
 
-async def _send_to_sandbox(settings: Any, env: Mapping[str, str]) -> tuple[Any, Any]:
+class _Interrupts:
+    """SIGINT/SIGTERM: the first drains the send gracefully, a second cancels at once."""
+
+    STATUS: Mapping[str, int] = {
+        "SIGINT": ExitStatus.INTERRUPTED,
+        "SIGTERM": ExitStatus.TERMINATED,
+    }
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.engine: Any = None
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def status(self) -> int:
+        return self.STATUS.get(self.name, ExitStatus.INTERRUPTED)
+
+    def attach(self, engine: Any) -> None:
+        self.engine = engine
+
+    def _handle(self, name: str) -> None:
+        first = not self.name
+        self.name = self.name or name
+        if first and self.engine is not None:
+            print(
+                f"\nbulksend: {name}: finishing the requests in flight "
+                "(again to stop at once; the send stays resumable)",
+                file=sys.stderr,
+            )
+            self.engine.interrupt(name)
+        elif self._task is not None:
+            self._task.cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        names = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._handle, sig.name)
+                names.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
+                pass
+        try:
+            yield self
+        finally:
+            for sig in names:
+                loop.remove_signal_handler(sig)
+
+
+async def _send_to_sandbox(settings: Any, kwargs: Mapping[str, Any], on_start: Any) -> Any:
     """Start the provider's sandbox in this process and send to it with a throw-away key."""
     from bulksend.campaign import send_campaign
     from bulksend.sandbox import SandboxConfig, running
@@ -199,17 +297,22 @@ async def _send_to_sandbox(settings: Any, env: Mapping[str, str]) -> tuple[Any, 
     )
     async with running(config) as sandbox:
         local = settings.with_overrides(base_url=sandbox.base_url)
-        return await send_campaign(local, fake)
+        return await send_campaign(local, fake, on_start=on_start, **kwargs)
 
 
-def _finish(
-    summary: Any, stopped: BaseException | None, args: Any, out: TextIO, err: TextIO
-) -> int:
+def _finish(result: Any, args: Any, out: TextIO, err: TextIO) -> int:
+    summary, stopped = result.summary, result.stopped
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_bytes(summary.to_json())
     if not args.quiet:
         print(summary.render(), file=out)
+        if result.dead_letter is not None:
+            print(
+                f"  to resend: bulksend send {args.campaign} --recipients "
+                f"{result.dead_letter} --no-journal",
+                file=out,
+            )
     if isinstance(stopped, AuthError):
         print(f"bulksend: {logs.redactor.scrub(str(stopped))}", file=err)
         return ExitStatus.AUTH

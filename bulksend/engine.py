@@ -1,26 +1,39 @@
 """Wires the stages: source -> dedup -> batcher -> scheduler -> transport -> classify -> report.
 
 The reader runs in the event loop and feeds a bounded queue, so it never races ahead of the
-quota; ``in_flight`` workers take batches from it. Every recipient read ends in exactly one
-``Status`` in the report and the summary.
+quota; ``workers`` tasks take batches from it. Every row read ends in exactly one ``Status`` in
+the report and the summary (``Summary.accounted == Summary.read``).
+
+With a ``Journal`` each batch is recorded ``in_flight`` (durably) before it is sent and with its
+final state after; on a resumed run the batches the journal shows delivered (or invalid) are
+reported from the journal and not sent again, and batches left ``in_flight`` by a dead run are
+resent and counted as possible duplicates (``unknown_policy="resend"``) or reported ``unknown``
+for review (``"skip"``).
+
+``interrupt()`` stops taking new batches and lets the ones in flight finish (bounded by
+``drain_timeout``); queued batches are reported ``skipped`` and stay resumable.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bulksend.errors import AuthError, ProviderError
+from bulksend.errors import AuthError, BulksendError, ProviderError
+from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
 from bulksend.providers.base import Classification, Provider, Verdict
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
-from bulksend.transport import NoResponse, Transport
+from bulksend.transport import NoResponse
 
 _YIELD_EVERY = 256
+
+#: what one send attempt (or a bisected part of a batch) ended in
+Result = tuple[Sequence[Recipient], Status, str, int | None, int]
 
 
 class Dedup(Protocol):
@@ -31,12 +44,25 @@ class Sender(Protocol):
     async def send(self, request: Any) -> Any: ...
 
 
+class Interrupted(BulksendError):
+    """The send was interrupted by a signal; what was queued is skipped and resumable."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name = signal_name
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     batch_size: int
     workers: int = 16
     max_attempts: int = 6
     progress_every: float = 5.0
+    #: extra requests one batch may spend isolating invalid recipients after a 422
+    split_budget: int = 64
+    #: what to do with batches a dead run left in flight: "resend" or "skip"
+    unknown_policy: str = "resend"
+    drain_timeout: float = 30.0
 
 
 def _feedback_kind(c: Classification) -> FeedbackKind:
@@ -53,14 +79,15 @@ class Engine:
     def __init__(
         self,
         provider: Provider,
-        transport: Transport | Sender,
+        transport: Sender,
         scheduler: Scheduler,
         dedup: Dedup,
         options: EngineOptions,
         *,
         report: ReportWriter | None = None,
         summary: Summary | None = None,
-        clock: Callable[[], float] | None = None,
+        journal: Journal | None = None,
+        on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
     ) -> None:
         self.provider = provider
         self.transport = transport
@@ -69,9 +96,11 @@ class Engine:
         self.options = options
         self.report = report or ReportWriter(None)
         self.summary = summary or Summary(provider=provider.name)
-        self._clock = clock
+        self.journal = journal
+        self._on_outcomes = on_outcomes
         self._log = get_logger(provider=provider.name)
         self._stop: BaseException | None = None
+        self._interrupted = False
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=options.workers * 2)
         # The first request goes out alone: a 401 then stops the send after one request, and
         # the rate-limit headers are known before the workers open up.
@@ -86,24 +115,51 @@ class Engine:
         status: Status,
         reason: str = "",
         http_status: int | None = None,
+        attempts: int | None = None,
     ) -> None:
-        attempts = batch.attempts if batch else 0
+        if attempts is None:
+            attempts = batch.attempts if batch else 0
         number = batch.number if batch else None
         outcomes = [Outcome(r, status, reason, http_status, attempts, number) for r in recipients]
         self.summary.count(status, len(outcomes))
         self.report.write(outcomes)
+        if self._on_outcomes is not None:
+            self._on_outcomes(outcomes)
+
+    def _record(self, batch: Batch, results: list[Result]) -> None:
+        """Report a batch's results and journal its final state."""
+        for recipients, status, reason, http_status, attempts in results:
+            self._finish(batch, recipients, status, reason, http_status, attempts)
+        if self.journal is None:
+            return
+        if len(results) == 1:
+            _, status, reason, http_status, _ = results[0]
+            self.journal.finished(batch, status.value, reason, http_status)
+        else:
+            parts = [
+                (r.line, status.value, reason, http_status)
+                for recipients, status, reason, http_status, _ in results
+                for r in recipients
+            ]
+            self.journal.finished(batch, "split", "", None, parts)
 
     def stop(self, error: BaseException) -> None:
         """Stop taking batches: nothing more is sent once this is called."""
         if self._stop is None:
             self._stop = error
             self.summary.stopped = str(error)
+            self._probed.set()
             self._log.error("send_stopped", reason=str(error))
+
+    def interrupt(self, signal_name: str) -> None:
+        """Graceful stop: no new batches; the ones in flight finish."""
+        self._interrupted = True
+        self.stop(Interrupted(signal_name))
 
     # -- reading ----------------------------------------------------------------------------
     async def _read(self, items: Iterable[Recipient | Rejected]) -> None:
         batcher = self.provider.batcher(self.options.batch_size)
-        summary, dedup, queue = self.summary, self.dedup, self._queue
+        summary, dedup = self.summary, self.dedup
         n = 0
         for item in items:
             if self._stop is not None:
@@ -119,17 +175,54 @@ class Engine:
                 continue
             batch = batcher.add(kept)
             if batch is not None:
-                summary.batches += 1
-                await queue.put(batch)
+                await self._plan(batch)
             n += 1
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         for batch in batcher.flush():
             if self._stop is None:
-                summary.batches += 1
-                await queue.put(batch)
+                await self._plan(batch)
             else:  # rows read but never batched still get a final state
                 self._finish(None, batch.recipients, Status.SKIPPED, f"not sent: {self._stop}")
+
+    async def _plan(self, batch: Batch) -> None:
+        """Queue a batch, unless the journal says an earlier run settled it."""
+        self.summary.batches += 1
+        journal = self.journal
+        previous = journal.previous(batch.number) if journal else None
+        if previous is not None and journal is not None:
+            if previous.digest != batch_digest(batch.recipients):
+                raise ProviderError(
+                    f"journal {journal.path}: batch {batch.number} differs from the earlier "
+                    "run's; the recipients or settings changed — start over with --fresh"
+                )
+            batch.attempts = previous.attempts
+            if previous.state in ("delivered", "invalid"):
+                status = Status(previous.state)
+                reason = previous.reason or f"{previous.state} in an earlier run"
+                self._finish(batch, batch.recipients, status, reason, previous.http_status)
+                return
+            if previous.state == "split" and self._replay_parts(batch, journal):
+                return
+            if previous.state == "in_flight":
+                if self.options.unknown_policy == "skip":
+                    reason = "in flight when an earlier run stopped; outcome unknown (review)"
+                    self._finish(batch, batch.recipients, Status.UNKNOWN, reason)
+                    journal.finished(batch, "unknown", reason)
+                    return
+                batch.possibly_sent = True
+        await self._queue.put(batch)
+
+    def _replay_parts(self, batch: Batch, journal: Journal) -> bool:
+        """Report a split batch from its journaled parts; False if some part must be resent."""
+        parts = {p.line: p for p in journal.parts(batch.number)}
+        settled = {"delivered", "invalid"}
+        if not all(r.line in parts and parts[r.line].state in settled for r in batch.recipients):
+            return False
+        for r in batch.recipients:
+            p = parts[r.line]
+            self._finish(batch, [r], Status(p.state), p.reason, p.http_status)
+        return True
 
     # -- sending ----------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -139,42 +232,62 @@ class Engine:
             if batch is None:
                 return
             if self._stop is not None:
-                self._finish(batch, batch.recipients, Status.SKIPPED, f"not sent: {self._stop}")
+                self._skip(batch)
                 continue
             try:
-                await self._deliver(batch)
+                results = await self._send(batch, batch.recipients, [self.options.split_budget])
             except asyncio.CancelledError:
-                self._finish(batch, batch.recipients, Status.UNKNOWN, "interrupted while in flight")
+                self._record(
+                    batch,
+                    [(batch.recipients, Status.UNKNOWN, "interrupted while in flight", None, 0)],
+                )
                 raise
+            self._record(batch, results)
 
-    async def _deliver(self, batch: Batch) -> None:
+    def _skip(self, batch: Batch) -> None:
+        status = Status.UNKNOWN if batch.possibly_sent else Status.SKIPPED
+        self._record(batch, [(batch.recipients, status, f"not sent: {self._stop}", None, 0)])
+
+    async def _send(
+        self, batch: Batch, recipients: Sequence[Recipient], budget: list[int]
+    ) -> list[Result]:
+        """Send ``recipients`` (all or part of ``batch``) until a final result.
+
+        On 422 with more than one recipient, split in halves and send each (bisection), while
+        ``budget`` (shared by the whole batch) allows extra requests.
+        """
         sched, provider, opts, summary = self.scheduler, self.provider, self.options, self.summary
-        request = provider.encode(batch)
-        unknown_sent = False
-        last_error = ""
-        last_status: int | None = None
+        part = (
+            batch
+            if recipients is batch.recipients
+            else Batch(batch.number, batch.group, list(recipients))
+        )
+        request = provider.encode(part)
+        unknown_sent = batch.possibly_sent
+        attempts = 0
         while True:
             if self._stop is not None:
                 status = Status.UNKNOWN if unknown_sent else Status.SKIPPED
-                self._finish(batch, batch.recipients, status, f"not sent: {self._stop}")
-                return
+                return [(recipients, status, f"not sent: {self._stop}", None, attempts)]
             if not self._probed.is_set():
                 if self._probing:
                     await self._probed.wait()
                     continue
                 self._probing = True
             try:
-                permit = await sched.acquire(batch.group, retry=batch.attempts > 0)
+                permit = await sched.acquire(batch.group, retry=attempts > 0)
             except Deferred as exc:
                 self._probed.set()
-                self._finish(batch, batch.recipients, Status.SKIPPED, f"deferred: {exc}")
-                return
+                return [(recipients, Status.SKIPPED, f"deferred: {exc}", None, attempts)]
             if self._stop is not None:
                 sched.complete(permit, Feedback(FeedbackKind.OK))
                 continue
+            if self.journal is not None and attempts == 0 and part is batch:
+                await self.journal.in_flight(batch)
+            attempts += 1
             batch.attempts += 1
             summary.requests += 1
-            if batch.attempts > 1:
+            if attempts > 1:
                 summary.retries += 1
             try:
                 response = await self.transport.send(request)
@@ -182,64 +295,57 @@ class Engine:
                 self._probed.set()
                 sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
                 unknown_sent = unknown_sent or exc.sent
-                last_error, last_status = str(exc), None
-                self._log.debug("batch_no_response", batch=batch.number, error=last_error)
-                if batch.attempts >= opts.max_attempts:
+                self._log.debug("batch_no_response", batch=batch.number, error=str(exc))
+                if attempts >= opts.max_attempts:
                     status = Status.UNKNOWN if unknown_sent else Status.FAILED
-                    self._finish(batch, batch.recipients, status, last_error)
-                    return
-                await asyncio.sleep(sched.backoff(batch.group, batch.attempts))
+                    return [(recipients, status, str(exc), None, attempts)]
+                await asyncio.sleep(sched.backoff(batch.group, attempts))
                 continue
             self._probed.set()
             verdict = provider.classify(response)
             sched.complete(permit, Feedback(_feedback_kind(verdict), response.headers))
-            last_error, last_status = verdict.message, response.status
             self._log.debug(
                 "batch_response",
                 batch=batch.number,
-                size=len(batch),
+                size=len(recipients),
                 status=response.status,
                 verdict=verdict.verdict.value,
-                attempt=batch.attempts,
+                attempt=attempts,
             )
+            http = response.status
             match verdict.verdict:
                 case Verdict.DELIVERED:
                     if unknown_sent:
-                        summary.possible_duplicates += len(batch)
-                    self._finish(batch, batch.recipients, Status.DELIVERED, "", response.status)
-                    return
+                        summary.possible_duplicates += len(recipients)
+                    return [(recipients, Status.DELIVERED, "", http, attempts)]
                 case Verdict.INVALID:
-                    self._finish(
-                        batch, batch.recipients, Status.INVALID, verdict.message, response.status
-                    )
-                    return
-                case Verdict.AUTH:
-                    self.stop(
-                        AuthError(
-                            f"provider rejected the credentials ({response.status}): "
-                            f"{verdict.message}",
-                            status=response.status,
+                    if len(recipients) > 1 and budget[0] >= 2:
+                        budget[0] -= 2
+                        mid = len(recipients) // 2
+                        self._log.info(
+                            "batch_split",
+                            batch=batch.number,
+                            size=len(recipients),
+                            reason=verdict.message,
                         )
-                    )
-                    self._finish(
-                        batch, batch.recipients, Status.FAILED, verdict.message, response.status
-                    )
-                    return
+                        left = await self._send(batch, recipients[:mid], budget)
+                        return left + await self._send(batch, recipients[mid:], budget)
+                    return [(recipients, Status.INVALID, verdict.message, http, attempts)]
+                case Verdict.AUTH:
+                    message = f"provider rejected the credentials ({http}): {verdict.message}"
+                    self.stop(AuthError(message, status=http))
+                    return [(recipients, Status.FAILED, verdict.message, http, attempts)]
                 case Verdict.FATAL:
-                    self.stop(ProviderError(verdict.message, status=response.status))
-                    self._finish(
-                        batch, batch.recipients, Status.FAILED, verdict.message, response.status
-                    )
-                    return
+                    self.stop(ProviderError(verdict.message, status=http))
+                    return [(recipients, Status.FAILED, verdict.message, http, attempts)]
                 case Verdict.THROTTLED | Verdict.RETRY:
                     if verdict.verdict is Verdict.THROTTLED:
                         summary.throttled += 1
-                    if batch.attempts >= opts.max_attempts:
-                        reason = f"{last_error} (gave up after {batch.attempts} attempts)"
-                        self._finish(batch, batch.recipients, Status.FAILED, reason, last_status)
-                        return
+                    if attempts >= opts.max_attempts:
+                        reason = f"{verdict.message} (gave up after {attempts} attempts)"
+                        return [(recipients, Status.FAILED, reason, http, attempts)]
                     if verdict.verdict is Verdict.RETRY:
-                        delay = sched.backoff(batch.group, batch.attempts)
+                        delay = sched.backoff(batch.group, attempts)
                         await asyncio.sleep(max(delay, verdict.retry_after or 0.0))
 
     async def _progress(self) -> None:
@@ -275,18 +381,37 @@ class Engine:
             await self._read(items)
             for _ in workers:
                 await self._queue.put(None)
-            await asyncio.gather(*workers)
+            if self._interrupted:
+                _, pending = await asyncio.wait(workers, timeout=self.options.drain_timeout)
+                for w in pending:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            else:
+                await asyncio.gather(*workers)
         except BaseException:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            self._drain_queue()
             raise
         finally:
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
             self.summary.elapsed = loop.time() - started
+            if self.journal is not None:
+                self.journal.flush()
+        self._drain_queue()
         self._log.info("send_finished", **self.summary.as_dict())
         return self.summary
+
+    def _drain_queue(self) -> None:
+        """Batches still queued (after a stop or a cancel) are reported skipped."""
+        while not self._queue.empty():
+            batch = self._queue.get_nowait()
+            if batch is not None:
+                if self._stop is None:
+                    self._stop = BulksendError("send cancelled")
+                self._skip(batch)
 
     @property
     def stopped_by(self) -> BaseException | None:

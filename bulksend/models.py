@@ -70,6 +70,8 @@ class Batch:
     group: str
     recipients: list[Recipient]
     attempts: int = 0
+    #: an earlier run may have sent it (it was in flight when that run died)
+    possibly_sent: bool = False
 
     def __len__(self) -> int:
         return len(self.recipients)

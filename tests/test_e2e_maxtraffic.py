@@ -36,7 +36,8 @@ async def test_10k_with_20_percent_duplicates_lands_exactly_once(tmp_path: Path)
         settings = load_settings(
             campaign, env={}, overrides={"base_url": sb.base_url, "report": str(tmp_path / "o.csv")}
         )
-        summary, stopped = await send_campaign(settings, {"api_key": KEY})
+        result = await send_campaign(settings, {"api_key": KEY})
+        summary, stopped = result.summary, result.stopped
     assert stopped is None
     entries = sb.ledger_entries()
     ids = Counter(e["value"] for e in entries if e["kind"] == "id")
@@ -65,7 +66,7 @@ async def test_a_small_window_limit_is_respected_and_the_send_completes(tmp_path
     config = SandboxConfig(api_key=KEY, ledger=tmp_path / "l.jsonl", limit=limit, window=window)
     async with running(config) as sb:
         settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
-        summary, _ = await send_campaign(settings, {"api_key": KEY})
+        summary = (await send_campaign(settings, {"api_key": KEY})).summary
         origin = sb.core.started_at
     assert summary.delivered == 1_000
     assert summary.complete
@@ -81,7 +82,8 @@ async def test_401_stops_after_the_first_request(tmp_path: Path) -> None:
     campaign = write_campaign(tmp_path, recipients, batch_size=10)
     async with running(SandboxConfig(api_key=KEY)) as sb:
         settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
-        summary, stopped = await send_campaign(settings, {"api_key": "wrong-key"})
+        result = await send_campaign(settings, {"api_key": "wrong-key"})
+        summary, stopped = result.summary, result.stopped
     assert sb.stats.requests == 1
     assert sb.stats.unauthorized == 1
     assert stopped is not None
@@ -99,7 +101,7 @@ async def test_422_reports_the_batch_invalid_with_the_server_message(tmp_path: P
         settings = load_settings(
             campaign, env={}, overrides={"base_url": sb.base_url, "report": str(report)}
         )
-        summary, _ = await send_campaign(settings, {"api_key": KEY})
+        summary = (await send_campaign(settings, {"api_key": KEY})).summary
     assert summary.invalid == 30
     assert summary.delivered == 0
     lines = [orjson.loads(x) for x in report.read_bytes().splitlines()]
@@ -116,7 +118,7 @@ async def test_5xx_and_resets_are_retried_until_delivered(tmp_path: Path) -> Non
     config = SandboxConfig(api_key=KEY, ledger=tmp_path / "l.jsonl", faults=faults, seed=3)
     async with running(config) as sb:
         settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
-        summary, _ = await send_campaign(settings, {"api_key": KEY})
+        summary = (await send_campaign(settings, {"api_key": KEY})).summary
     assert summary.delivered == 2_000
     assert summary.retries > 0
     assert sb.stats.faults
@@ -138,5 +140,5 @@ async def test_jsonl_and_csv_recipients(tmp_path: Path, fmt: str) -> None:
     campaign = write_campaign(tmp_path, recipients)
     async with running(SandboxConfig(api_key=KEY)) as sb:
         settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
-        summary, _ = await send_campaign(settings, {"api_key": KEY})
+        summary = (await send_campaign(settings, {"api_key": KEY})).summary
     assert summary.delivered == 50

@@ -121,15 +121,35 @@ async def test_401_stops_after_the_first_request() -> None:
     assert summary.read < 500  # reading stopped too
 
 
-async def test_422_reports_the_batch_invalid_with_the_server_message() -> None:
-    def reject_second(request: HttpRequest, n: int) -> HttpResponse:
-        if b'"id10"' in (request.body or b""):
-            return HttpResponse(422, {}, b'{"message": "to_ids: duplicate value"}')
+def reject(*bad: str) -> Handler:
+    def handler(request: HttpRequest, n: int) -> HttpResponse:
+        body = request.body or b""
+        hit = [b for b in bad if f'"{b}"'.encode() in body]
+        if hit:
+            return HttpResponse(422, {}, b'{"message": "to_ids: bad value %s"}' % hit[0].encode())
         return ok(request, n)
 
-    engine, _ = make_engine(reject_second)
+    return handler
+
+
+async def test_422_bisection_isolates_exactly_the_bad_recipients(tmp_path: Path) -> None:
+    engine, transport = make_engine(reject("id13", "id17"), report=tmp_path / "r.jsonl")
+    with engine.report:
+        summary = await engine.run(rows(30))
+    assert (summary.delivered, summary.invalid) == (28, 2)
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    invalid = {x["id"]: x["reason"] for x in lines if x["status"] == "invalid"}
+    assert invalid == {"id13": "to_ids: bad value id13", "id17": "to_ids: bad value id17"}
+    # two bad in a batch of 10: well under the 2*(n-1) requests of a full split
+    assert len(transport.requests) <= 3 + 2 * 2 * 4
+
+
+async def test_422_without_split_budget_reports_the_whole_batch_invalid() -> None:
+    engine, transport = make_engine(reject("id13"))
+    engine.options = EngineOptions(batch_size=10, workers=4, split_budget=0)
     summary = await engine.run(rows(30))
     assert (summary.delivered, summary.invalid) == (20, 10)
+    assert len(transport.requests) == 3
 
 
 async def test_5xx_is_retried_then_delivered() -> None:

@@ -1,0 +1,303 @@
+"""The durable journal of a send, for resume without sending twice what the provider confirmed.
+
+SQLite in WAL mode: embedded, crash-safe, one file, readable with any SQLite tool. Batches are a
+deterministic function of (recipient file, campaign settings): the same file read with the same
+settings is deduplicated and packed into the same numbered batches. So the journal stores the
+campaign's identity and one row per batch (first and last source line, size, a digest of its
+recipients, and its state) instead of one row per recipient; a resume re-plans from the file,
+checks each planned batch against the journal, and skips what was delivered.
+
+Batch states::
+
+    in_flight ──► delivered | invalid | failed | unknown | skipped | split
+        (a batch still ``in_flight`` when a run starts was in flight when the last run died:
+         its outcome is unknown)
+
+``split`` batches (422 bisection) keep per-part outcomes in ``parts``.
+
+Writes are group-committed: ``in_flight`` marks are durable (committed) before the request is
+sent — waiting at most one flush interval — and final states are committed within
+``flush_interval``. A final state lost in a crash leaves the batch ``in_flight``, which the next
+run treats as unknown: it may resend it (counted as a possible duplicate) but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bulksend.errors import ConfigError
+from bulksend.models import Batch, Recipient
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaign (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    number INTEGER PRIMARY KEY,
+    grp TEXT NOT NULL,
+    first_line INTEGER NOT NULL,
+    last_line INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    http_status INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 1,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    batch INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    http_status INTEGER,
+    PRIMARY KEY (batch, line)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    started REAL NOT NULL,
+    finished REAL,
+    outcome TEXT
+);
+"""
+
+FINAL = frozenset({"delivered", "invalid", "failed", "unknown", "skipped", "split"})
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of the whole file plus its size: any change to the recipients is detected."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return f"sha256:{h.hexdigest()}:{size}"
+
+
+def batch_digest(recipients: Iterable[Recipient]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for r in recipients:
+        h.update(f"{r.line}\x1f{r.id or ''}\x1f{r.uid or ''}\x1e".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a journal belongs to. ``plan`` covers every setting that changes the batches."""
+
+    campaign: str  # sha256 of the campaign file
+    recipients: str  # file_fingerprint of the recipient file
+    plan: str  # digest of provider, operation, columns, batch size, message
+
+    def as_rows(self) -> Mapping[str, str]:
+        return {"campaign": self.campaign, "recipients": self.recipients, "plan": self.plan}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    number: int
+    digest: str
+    state: str
+    reason: str
+    http_status: int | None
+    attempts: int
+    runs: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    line: int
+    state: str
+    reason: str
+    http_status: int | None
+
+
+class Journal:
+    """One campaign's journal. Create with ``Journal.open``; use from one event loop."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, *, flush_interval: float) -> None:
+        self.path = path
+        self._db = db
+        self._flush_interval = flush_interval
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.TimerHandle | None = None
+        self._previous: dict[int, BatchRecord] = {
+            row[0]: BatchRecord(*row)
+            for row in db.execute(
+                "SELECT number, digest, state, reason, http_status, attempts, runs FROM batches"
+            )
+        }
+        self._run_id = db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),)).lastrowid
+        db.commit()
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        identity: Identity,
+        *,
+        resume: bool,
+        fresh: bool = False,
+        flush_interval: float = 0.005,
+    ) -> Journal:
+        """Open (``resume``) or create the journal at ``path``.
+
+        An existing journal is never overwritten silently: without ``resume`` or ``fresh`` it is
+        a ConfigError, and with ``resume`` its identity must match this campaign exactly.
+        """
+        exists = path.exists() and path.stat().st_size > 0
+        if exists and fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            exists = False
+        if exists and not resume:
+            raise ConfigError(
+                f"{path}: a journal of an earlier send exists; add --resume to continue it "
+                "(delivered recipients are skipped) or --fresh to start over"
+            )
+        if resume and not exists:
+            raise ConfigError(f"{path}: no journal to resume (run the send without --resume)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
+        stored = dict(db.execute("SELECT key, value FROM campaign").fetchall())
+        if stored:
+            for key, value in identity.as_rows().items():
+                if stored.get(key) != value:
+                    db.close()
+                    what = {
+                        "campaign": "the campaign file",
+                        "recipients": "the recipient file",
+                        "plan": "the settings that shape the batches (batch size, columns, ...)",
+                    }[key]
+                    raise ConfigError(
+                        f"{path}: cannot resume: {what} changed since this journal was written; "
+                        "restore it, or start over with --fresh"
+                    )
+        else:
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO campaign (key, value) VALUES (?, ?)", identity.as_rows().items()
+            )
+            db.execute("COMMIT")
+        return cls(path, db, flush_interval=flush_interval)
+
+    # -- what the last run left -----------------------------------------------------------------
+    def previous(self, number: int) -> BatchRecord | None:
+        return self._previous.get(number)
+
+    def parts(self, number: int) -> list[PartRecord]:
+        rows = self._db.execute(
+            "SELECT line, state, reason, http_status FROM parts WHERE batch = ? ORDER BY line",
+            (number,),
+        )
+        return [PartRecord(*row) for row in rows]
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self._previous)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._pending.append((sql, params))
+        if self._flusher is None:
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.call_later(self._flush_interval, self.flush)
+
+    async def in_flight(self, batch: Batch) -> None:
+        """Record that ``batch`` is about to be sent; returns once that is durable."""
+        recs = batch.recipients
+        self._queue(
+            "INSERT INTO batches (number, grp, first_line, last_line, size, digest, state, "
+            "attempts, updated) VALUES (?, ?, ?, ?, ?, ?, 'in_flight', ?, ?) "
+            "ON CONFLICT(number) DO UPDATE SET state='in_flight', attempts=excluded.attempts, "
+            "runs=runs + (batches.state != 'in_flight'), updated=excluded.updated",
+            (
+                batch.number,
+                batch.group,
+                recs[0].line,
+                recs[-1].line,
+                len(recs),
+                batch_digest(recs),
+                batch.attempts,
+                time.time(),
+            ),
+        )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def finished(
+        self,
+        batch: Batch,
+        state: str,
+        reason: str = "",
+        http_status: int | None = None,
+        parts: Iterable[tuple[int, str, str, int | None]] = (),
+    ) -> None:
+        """Record a batch's final state (committed within the flush interval)."""
+        if state not in FINAL:
+            raise ValueError(f"not a final state: {state}")
+        self._queue(
+            "UPDATE batches SET state=?, reason=?, http_status=?, attempts=?, updated=? "
+            "WHERE number=?",
+            (state, reason, http_status, batch.attempts, time.time(), batch.number),
+        )
+        for line, part_state, part_reason, status in parts:
+            self._queue(
+                "INSERT OR REPLACE INTO parts (batch, line, state, reason, http_status) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (batch.number, line, part_state, part_reason, status),
+            )
+
+    def flush(self) -> None:
+        """Commit everything pending in one transaction and wake the waiters."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        pending, self._pending = self._pending, []
+        waiters, self._waiters = self._waiters, []
+        if pending:
+            db = self._db
+            db.execute("BEGIN")
+            for sql, params in pending:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def close(self, outcome: str = "finished") -> None:
+        self.flush()
+        self._db.execute(
+            "UPDATE runs SET finished=?, outcome=? WHERE rowid=?",
+            (time.time(), outcome, self._run_id),
+        )
+        self._db.close()
+
+    # -- reading, for `bulksend retry` and reports ------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, SUM(size) FROM batches GROUP BY state")
+        return {state: int(total) for state, total in rows}
+
+    def meta(self) -> dict[str, Any]:
+        rows = dict(self._db.execute("SELECT key, value FROM campaign").fetchall())
+        return {k: orjson.loads(v) if v.startswith("{") else v for k, v in rows.items()}
