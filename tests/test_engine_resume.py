@@ -29,10 +29,13 @@ class Crash(Exception):
 async def crashed_run(path: Path, crash_at: int) -> FakeTransport:
     """A run whose process 'dies' while request ``crash_at`` is in flight."""
 
+    reached = asyncio.Event()
+
     class Dying(FakeTransport):
         async def send(self, request: HttpRequest) -> HttpResponse:
             self.requests.append(request)
             if len(self.requests) >= crash_at:
+                reached.set()
                 await asyncio.sleep(3600)  # hangs in flight until the crash below
             return ok(request, len(self.requests))
 
@@ -40,8 +43,7 @@ async def crashed_run(path: Path, crash_at: int) -> FakeTransport:
     engine.transport = transport = Dying(ok)
     with_journal(engine, path, resume=False)
     task = asyncio.create_task(engine.run(rows(100)))
-    while len(transport.requests) < crash_at:
-        await asyncio.sleep(0.001)
+    await reached.wait()
     await asyncio.sleep(0.02)  # let the journal commit what was delivered
     assert engine.journal is not None
     engine.journal.flush()

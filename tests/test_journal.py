@@ -42,11 +42,14 @@ async def test_resume_sees_the_previous_run(tmp_path: Path) -> None:
     j.close()
     j = Journal.open(path, ID, resume=True)
     prev = {n: j.previous(n) for n in (1, 2, 3, 4)}
-    assert prev[1] is not None and prev[1].state == "delivered"
+    assert prev[1] is not None
+    assert prev[1].state == "delivered"
     assert prev[1].digest == batch_digest(batch(1).recipients)
-    assert prev[2] is not None and prev[2].state == "split"
+    assert prev[2] is not None
+    assert prev[2].state == "split"
     assert [(p.line, p.state) for p in j.parts(2)] == [(20, "delivered"), (21, "invalid")]
-    assert prev[3] is not None and prev[3].state == "in_flight"
+    assert prev[3] is not None
+    assert prev[3].state == "in_flight"
     assert prev[4] is None
     assert j.resumed
     j.close()
