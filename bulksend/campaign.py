@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -38,6 +38,7 @@ class JournalOptions:
     resume: bool = False  # require an existing journal
     fresh: bool = False  # discard an existing journal
     unknown_policy: str = "resend"  # or "skip"
+    meta: Mapping[str, Any] = field(default_factory=dict)  # what `bulksend retry` needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,11 @@ async def send_campaign(
     book = None
     if journal is not None:
         book = Journal.open(
-            journal.path, identity(settings), resume=journal.resume, fresh=journal.fresh
+            journal.path,
+            identity(settings),
+            resume=journal.resume,
+            fresh=journal.fresh,
+            meta=journal.meta,
         )
     if dead_letter is None and journal is not None:
         dead_letter = journal.path.with_suffix(".dead-letter.jsonl")

@@ -24,6 +24,7 @@ run treats as unknown: it may resend it (counted as a possible duplicate) but ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import time
@@ -152,6 +153,7 @@ class Journal:
         resume: bool,
         fresh: bool = False,
         flush_interval: float = 0.005,
+        meta: Mapping[str, Any] | None = None,
     ) -> Journal:
         """Open (``resume``) or create the journal at ``path``.
 
@@ -193,12 +195,23 @@ class Journal:
                         "restore it, or start over with --fresh"
                     )
         else:
+            rows = dict(identity.as_rows())
+            rows["meta"] = orjson.dumps(dict(meta or {})).decode()
             db.execute("BEGIN")
-            db.executemany(
-                "INSERT INTO campaign (key, value) VALUES (?, ?)", identity.as_rows().items()
-            )
+            db.executemany("INSERT INTO campaign (key, value) VALUES (?, ?)", rows.items())
             db.execute("COMMIT")
         return cls(path, db, flush_interval=flush_interval)
+
+    @staticmethod
+    def read_meta(path: Path) -> dict[str, Any]:
+        """The meta a journal was created with (campaign file, flags), without opening a run."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                row = db.execute("SELECT value FROM campaign WHERE key = 'meta'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
+        meta = orjson.loads(row[0]) if row else {}
+        return meta if isinstance(meta, dict) else {}
 
     # -- what the last run left -----------------------------------------------------------------
     def previous(self, number: int) -> BatchRecord | None:
@@ -297,7 +310,3 @@ class Journal:
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, SUM(size) FROM batches GROUP BY state")
         return {state: int(total) for state, total in rows}
-
-    def meta(self) -> dict[str, Any]:
-        rows = dict(self._db.execute("SELECT key, value FROM campaign").fetchall())
-        return {k: orjson.loads(v) if v.startswith("{") else v for k, v in rows.items()}

@@ -151,6 +151,47 @@ class Summary:
     def to_json(self) -> bytes:
         return orjson.dumps(self.as_dict(), option=orjson.OPT_INDENT_2)
 
+    @property
+    def valid(self) -> int:
+        """Rows that should have been delivered (not duplicates, not invalid)."""
+        return self.delivered + self.failed + self.unknown + self.skipped
+
+    @property
+    def failure_rate(self) -> float:
+        return (self.valid - self.delivered) / self.valid if self.valid else 0.0
+
+    def markdown(self) -> str:
+        """A Markdown table, e.g. for ``$GITHUB_STEP_SUMMARY``."""
+        status = (
+            "stopped: " + self.stopped
+            if self.stopped
+            else ("complete" if self.complete else "incomplete")
+        )
+        rows = [
+            ("rows read", f"{self.read:,}"),
+            ("delivered", f"{self.delivered:,}"),
+            ("duplicates", f"{self.duplicates:,}"),
+            ("invalid", f"{self.invalid:,}"),
+            ("failed", f"{self.failed:,}"),
+            ("unknown", f"{self.unknown:,}"),
+            ("skipped", f"{self.skipped:,}"),
+            ("possible duplicates", f"{self.possible_duplicates:,}"),
+            ("requests", f"{self.requests:,}"),
+            ("429 responses", f"{self.throttled:,}"),
+            ("retries", f"{self.retries:,}"),
+            ("elapsed", f"{self.elapsed:.2f} s"),
+            ("recipients/s", f"{self.rate:,.0f}"),
+        ]
+        out = [
+            f"### bulksend: {self.provider} campaign `{self.campaign}` — {status}",
+            "",
+            "| | |",
+            "|---|---:|",
+            *(f"| {k} | {v} |" for k, v in rows),
+        ]
+        out += [f"\n> warning: {w}" for w in self.warnings]
+        return "\n".join(out) + "\n"
+
     def render(self) -> str:
         rows: list[tuple[str, int | str]] = [
             ("read", self.read),

@@ -1,0 +1,81 @@
+"""What the subcommands share: the run context, exit statuses, and the campaign flags."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from bulksend.config import Settings, load_settings
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit statuses a CI job can act on (docs/operations.md)."""
+
+    OK = 0  # every valid recipient was delivered
+    FAILURES = 1  # some recipients failed, were skipped or have an unknown outcome
+    USAGE = 2  # bad flag, campaign file, environment or recipient file; nothing was sent
+    AUTH = 3  # the provider rejected the credentials; the send stopped
+    UNAVAILABLE = 4  # the provider stayed unavailable or the endpoint is wrong
+    INTERRUPTED = 130  # SIGINT
+    TERMINATED = 143  # SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    env: Mapping[str, str]
+    out: TextIO
+    err: TextIO
+
+
+#: flags that override the campaign file, and their Settings keys
+CAMPAIGN_FLAGS = (
+    "recipients",
+    "base_url",
+    "report",
+    "batch_size",
+    "rate",
+    "limit",
+    "in_flight",
+    "timeout",
+    "max_attempts",
+    "format",
+    "delimiter",
+    "encoding",
+)
+
+
+def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True) -> None:
+    parser.add_argument("campaign", type=Path, metavar="CAMPAIGN.toml")
+    group = parser.add_argument_group("campaign overrides (flags win over BULKSEND_* and the file)")
+    group.add_argument("--recipients", metavar="PATH", help="recipient file ('-' for stdin)")
+    group.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl", "lines"])
+    group.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: sniffed)")
+    group.add_argument("--encoding", metavar="NAME", help="recipient file encoding (utf-8)")
+    group.add_argument("--batch-size", type=int, metavar="N", help="recipients per request")
+    group.add_argument("--limit", metavar="N/UNIT", help="the provider's quota, e.g. 600/min")
+    group.add_argument("--rate", metavar="N/UNIT", help="your own ceiling, e.g. 300/min")
+    if sending:
+        group.add_argument("--base-url", metavar="URL", help="provider API base URL")
+        group.add_argument("--report", metavar="PATH", help="per-recipient report (.csv/.jsonl)")
+        group.add_argument("--in-flight", type=int, metavar="N", help="concurrent requests")
+        group.add_argument("--timeout", type=float, metavar="SECONDS", help="per request")
+        group.add_argument("--max-attempts", type=int, metavar="N", help="per batch")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key, None) for key in CAMPAIGN_FLAGS}
+
+
+def settings_from(args: argparse.Namespace, ctx: Context) -> Settings:
+    return load_settings(args.campaign, env=ctx.env, overrides=overrides(args))
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", help="no summary, warnings only")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    group.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")

@@ -1,0 +1,379 @@
+"""``bulksend send`` (and ``--dry-run``) and ``bulksend retry JOURNAL``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bulksend import logs
+from bulksend.campaign import (
+    JournalOptions,
+    SendResult,
+    build_provider,
+    default_journal_path,
+    send_campaign,
+    source_spec,
+)
+from bulksend.commands.common import (
+    Context,
+    ExitStatus,
+    add_campaign_flags,
+    add_output_flags,
+    overrides,
+    settings_from,
+)
+from bulksend.config import Settings, load_settings, resolve_secrets
+from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
+from bulksend.journal import Journal
+from bulksend.progress import ProgressView, count_rows
+
+HELP = "send a campaign"
+DESCRIPTION = "Send the campaign described by CAMPAIGN.toml. Flags override the file."
+EPILOG = """\
+examples:
+  bulksend send samples/maxtraffic/campaign.toml --sandbox
+  MAXTRAFFIC_API_KEY=... bulksend send campaign.toml --recipients list.csv --report out.csv
+  bulksend send campaign.toml --dry-run --requests-out bodies.jsonl
+  bulksend send campaign.toml --resume        # continue a send that died
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_campaign_flags(parser)
+    mode = parser.add_argument_group("mode")
+    mode.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="send to a built-in sandbox of the provider instead of the real API",
+    )
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="do everything but the network: print the plan and the first request bodies",
+    )
+    mode.add_argument(
+        "--requests-out",
+        type=Path,
+        metavar="PATH",
+        help="with --dry-run: write every request that would go out to PATH (JSON Lines)",
+    )
+    mode.add_argument(
+        "--show", type=int, default=2, metavar="N", help="with --dry-run: bodies to print (2)"
+    )
+    mode.add_argument(
+        "--strict",
+        action="store_true",
+        help="check the whole recipient file first; any bad row stops the send before it starts",
+    )
+    journal = parser.add_argument_group(
+        "journal and resume",
+        "A journal records every batch so a send that died can be resumed without sending "
+        "again what the provider confirmed. Default: .bulksend/CAMPAIGN.journal beside the "
+        "campaign file; running the same send again resumes it.",
+    )
+    journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
+    journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
+    journal.add_argument(
+        "--resume", action="store_true", help="require an existing journal and continue it"
+    )
+    journal.add_argument(
+        "--fresh", action="store_true", help="discard an existing journal and start over"
+    )
+    journal.add_argument(
+        "--unknown",
+        choices=["resend", "skip"],
+        default="resend",
+        help="batches in flight when an earlier run died: resend them (counted as possible "
+        "duplicates; default) or mark them unknown for review",
+    )
+    journal.add_argument(
+        "--dead-letter",
+        type=Path,
+        metavar="PATH",
+        help="failed/unknown/skipped recipients as JSON Lines (default: beside the journal)",
+    )
+    ci = parser.add_argument_group("for CI jobs")
+    ci.add_argument("--summary-json", type=Path, metavar="PATH", help="write the summary as JSON")
+    ci.add_argument(
+        "--max-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="exit 0 when at most this fraction of valid recipients was not delivered (0)",
+    )
+    ci.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="live progress line on stderr (auto: when stderr is a terminal)",
+    )
+    add_output_flags(parser)
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    settings = settings_from(args, ctx)
+    if not 0.0 <= args.max_failure_rate <= 1.0:
+        raise ConfigError("--max-failure-rate: a fraction between 0 and 1, e.g. 0.01")
+    if args.strict:
+        _strict_check(settings, ctx)
+    if args.dry_run:
+        return dry_run(settings, args, ctx)
+    if args.resume and args.fresh:
+        raise ConfigError("--resume and --fresh contradict each other; choose one")
+    journal = None
+    wanted = args.journal or args.resume or not args.sandbox  # a sandbox run keeps none
+    if wanted and not args.no_journal and settings.recipients.path != "-":
+        path = args.journal or default_journal_path(settings)
+        journal = JournalOptions(path, args.resume, args.fresh, args.unknown, _meta(args))
+    return await execute(settings, args, ctx, journal)
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``bulksend retry JOURNAL`` needs to run the same send again (no secrets)."""
+    return {
+        "campaign_file": str(Path(args.campaign).resolve()),
+        "overrides": {k: v for k, v in overrides(args).items() if v is not None},
+    }
+
+
+async def execute(
+    settings: Settings, args: argparse.Namespace, ctx: Context, journal: JournalOptions | None
+) -> int:
+    kwargs: dict[str, Any] = {"journal": journal, "dead_letter": args.dead_letter}
+    interrupts = _Interrupts(ctx)
+    progress = None
+    if args.progress == "always" or (args.progress == "auto" and ctx.err.isatty()):
+        progress = _ProgressHook(ctx, settings)
+    with interrupts.installed():
+
+        def started(engine: Any) -> None:
+            interrupts.attach(engine)
+            if progress is not None:
+                progress.start(engine)
+
+        try:
+            if args.sandbox:
+                result = await _send_to_sandbox(settings, kwargs, started)
+            else:
+                result = await send_campaign(
+                    settings, resolve_secrets(settings, ctx.env), on_start=started, **kwargs
+                )
+        except asyncio.CancelledError:
+            print(f"bulksend: stopped at once by a second {interrupts.name}", file=ctx.err)
+            return interrupts.status
+        finally:
+            if progress is not None:
+                await progress.stop()
+    status = finish(result, args, ctx)
+    return interrupts.status if interrupts.name else status
+
+
+class _ProgressHook:
+    def __init__(self, ctx: Context, settings: Settings) -> None:
+        self.ctx = ctx
+        self.total = count_rows(settings.recipients.path)
+        self.view: ProgressView | None = None
+
+    def start(self, engine: Any) -> None:
+        self.view = ProgressView(self.ctx.err, engine.summary, lambda: engine.scheduler, self.total)
+        self.view.start()
+
+    async def stop(self) -> None:
+        if self.view is not None:
+            await self.view.stop()
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM: the first drains the send gracefully, a second cancels at once."""
+
+    STATUS: Mapping[str, int] = {
+        "SIGINT": ExitStatus.INTERRUPTED,
+        "SIGTERM": ExitStatus.TERMINATED,
+    }
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.name = ""
+        self.engine: Any = None
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def status(self) -> int:
+        return self.STATUS.get(self.name, ExitStatus.INTERRUPTED)
+
+    def attach(self, engine: Any) -> None:
+        self.engine = engine
+
+    def _handle(self, name: str) -> None:
+        first = not self.name
+        self.name = self.name or name
+        if first and self.engine is not None:
+            print(
+                f"\nbulksend: {name}: finishing the requests in flight "
+                "(again to stop at once; the send stays resumable)",
+                file=self.ctx.err,
+            )
+            self.engine.interrupt(name)
+        elif self._task is not None:
+            self._task.cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupts]:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._handle, sig.name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        try:
+            yield self
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+
+async def _send_to_sandbox(settings: Settings, kwargs: Mapping[str, Any], on_start: Any) -> Any:
+    """Start the provider's sandbox in this process and send to it with a throw-away key."""
+    from bulksend.sandbox import SandboxConfig, running
+
+    fake = {name: f"sandbox-{secrets.token_hex(8)}" for name in settings.secret_sources}
+    fields = {f.name for f in dataclasses.fields(SandboxConfig)}
+    config = SandboxConfig(
+        provider=settings.provider, **{k: v for k, v in fake.items() if k in fields}
+    )
+    async with running(config) as sandbox:
+        local = settings.with_overrides(base_url=sandbox.base_url)
+        return await send_campaign(local, fake, on_start=on_start, **kwargs)
+
+
+def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
+    summary, stopped = result.summary, result.stopped
+    if args.summary_json:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        args.summary_json.write_bytes(summary.to_json())
+    step_summary = ctx.env.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(summary.markdown())
+    if not args.quiet:
+        print(summary.render(), file=ctx.out)
+        if result.dead_letter is not None:
+            print(
+                f"  to resend the failed: bulksend send {args.campaign} "
+                f"--recipients {result.dead_letter} --no-journal",
+                file=ctx.out,
+            )
+    if isinstance(stopped, AuthError):
+        print(f"bulksend: {logs.redactor.scrub(str(stopped))}", file=ctx.err)
+        return ExitStatus.AUTH
+    if isinstance(stopped, ProviderError):
+        print(f"bulksend: {logs.redactor.scrub(str(stopped))}", file=ctx.err)
+        return ExitStatus.UNAVAILABLE
+    if summary.complete or (not summary.stopped and summary.failure_rate <= args.max_failure_rate):
+        return ExitStatus.OK
+    if summary.delivered == 0 and summary.failed and not summary.unknown:
+        return ExitStatus.UNAVAILABLE
+    return ExitStatus.FAILURES
+
+
+def _strict_check(settings: Settings, ctx: Context) -> None:
+    from bulksend.sources import collect_problems
+
+    problems = collect_problems(source_spec(settings), limit=20)
+    if problems:
+        path = settings.recipients.path
+        lines = [f"{path}:{p.line}: {p.reason}" for p in problems]
+        raise InputError(
+            f"{path}: --strict: bad rows, nothing sent (first {len(lines)}):\n  "
+            + "\n  ".join(lines)
+        )
+
+
+def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
+    """Print the plan and the first request bodies; write them all with --requests-out."""
+    from bulksend.commands.validate import print_plan, walk
+
+    shown: list[bytes] = []
+    out_file = args.requests_out.open("wb") if args.requests_out else None
+    provider = build_provider(settings, {n: "DRY-RUN" for n in settings.secret_sources})
+
+    def on_request(batch: Any, request: Any) -> None:
+        headers = {
+            k: ("[redacted]" if k.lower() in {"authorization", "x-api-key"} else v)
+            for k, v in request.headers.items()
+        }
+        line = orjson.dumps(
+            {
+                "batch": batch.number,
+                "method": request.method,
+                "url": settings.base_url + request.path,
+                "headers": headers,
+                "body": (request.body or b"").decode("utf-8", "replace"),
+            }
+        )
+        if len(shown) < args.show:
+            shown.append(line)
+        if out_file is not None:
+            out_file.write(line + b"\n")
+
+    try:
+        result = walk(settings, provider, on_request=on_request)
+    finally:
+        if out_file is not None:
+            out_file.close()
+    print_plan(settings, provider, result, ctx, title="dry run: nothing was sent")
+    for line in shown:
+        print(orjson.dumps(orjson.loads(line), option=orjson.OPT_INDENT_2).decode(), file=ctx.out)
+    if args.requests_out:
+        print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
+    return ExitStatus.OK
+
+
+# -- bulksend retry JOURNAL ------------------------------------------------------------------
+
+RETRY_HELP = "send again what a journaled send did not deliver"
+RETRY_DESCRIPTION = (
+    "Resume the send recorded in JOURNAL: recipients delivered (or invalid) are skipped, "
+    "failed, unknown and skipped ones are sent again."
+)
+
+
+def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("journal", type=Path, metavar="JOURNAL")
+    parser.add_argument("--base-url", metavar="URL", help="provider API base URL")
+    parser.add_argument("--report", metavar="PATH", help="per-recipient report (.csv/.jsonl)")
+    parser.add_argument("--dead-letter", type=Path, metavar="PATH")
+    parser.add_argument("--summary-json", type=Path, metavar="PATH")
+    parser.add_argument("--max-failure-rate", type=float, default=0.0, metavar="FRACTION")
+    parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    add_output_flags(parser)
+
+
+async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.journal.exists():
+        raise ConfigError(f"{args.journal}: no such journal")
+    meta = Journal.read_meta(args.journal)
+    campaign = meta.get("campaign_file")
+    if not campaign:
+        raise ConfigError(f"{args.journal}: the journal does not name its campaign file")
+    flags = dict(meta.get("overrides", {}))
+    for key in ("base_url", "report"):
+        if getattr(args, key):
+            flags[key] = getattr(args, key)
+    settings = load_settings(Path(campaign), env=ctx.env, overrides=flags)
+    args.campaign = campaign
+    args.sandbox = False
+    journal = JournalOptions(args.journal, True, False, "resend", meta)
+    return await execute(settings, args, ctx, journal)

@@ -1,0 +1,112 @@
+"""``bulksend validate CAMPAIGN.toml``: check the campaign and read the whole recipient file.
+
+Prints rows, valid, invalid by reason, duplicates, batches, requests per endpoint and the time
+the send would take under the known limits. Sends nothing; needs no API key (it only says
+whether the key's variable is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bulksend.campaign import build_provider, source_spec
+from bulksend.commands.common import (
+    Context,
+    ExitStatus,
+    add_campaign_flags,
+    add_output_flags,
+    settings_from,
+)
+from bulksend.config import Settings, resolve_secrets
+from bulksend.core.dedup import Deduper
+from bulksend.errors import MissingSecretError
+from bulksend.plan import Plan, plan
+from bulksend.providers.base import Limit, Provider
+from bulksend.sources import open_source
+
+HELP = "check a campaign and its recipient file without sending"
+DESCRIPTION = __doc__.splitlines()[0] if __doc__ else HELP
+EPILOG = """\
+examples:
+  bulksend validate samples/maxtraffic/campaign.toml
+  bulksend validate campaign.toml --recipients export.csv --json plan.json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_campaign_flags(parser, sending=False)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the counts as JSON")
+    add_output_flags(parser)
+
+
+def walk(
+    settings: Settings,
+    provider: Provider,
+    *,
+    on_request: Callable[[Any, Any], None] | None = None,
+) -> Plan:
+    with open_source(source_spec(settings)) as rows:
+        return plan(
+            rows,
+            provider,
+            Deduper(keys=provider.dedup_keys),
+            settings.batch_size,
+            on_request=on_request,
+        )
+
+
+def limits_for(settings: Settings, provider: Provider) -> dict[str, Limit]:
+    limits = {}
+    for group, limit in provider.groups.items():
+        lim = settings.limit or limit
+        if settings.rate and settings.rate.per_second < lim.per_second:
+            lim = settings.rate
+        limits[group] = lim
+    return limits
+
+
+def print_plan(
+    settings: Settings, provider: Provider, p: Plan, ctx: Context, *, title: str
+) -> None:
+    limits = limits_for(settings, provider)
+    data = p.as_dict(limits)
+    out = ctx.out
+    print(f"bulksend: {settings.provider} campaign {settings.name!r} — {title}", file=out)
+    print(f"  recipients   {settings.recipients.path}", file=out)
+    print(f"  rows         {p.rows:,}", file=out)
+    print(f"  valid        {p.valid:,}", file=out)
+    print(f"  duplicates   {p.duplicates:,}", file=out)
+    print(f"  invalid      {sum(p.invalid.values()):,}", file=out)
+    for reason, n in p.invalid.most_common(10):
+        print(f"    {n:>10,}  {reason}", file=out)
+    print(f"  batches      {p.batches:,} (up to {settings.batch_size:,} per request)", file=out)
+    for group, n in p.requests.items():
+        print(f"  requests     {n:,} to {group} (limit {data['limits'][group]})", file=out)
+    seconds = p.estimate_seconds(limits)
+    print(f"  estimated    {dt.timedelta(seconds=round(seconds))} at the known limits", file=out)
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    settings = settings_from(args, ctx)
+    try:
+        resolve_secrets(settings, ctx.env)
+        key_note = ""
+    except MissingSecretError as exc:
+        key_note = f"note: {exc} (needed to send, not to validate)"
+    provider = build_provider(settings, {n: "VALIDATE" for n in settings.secret_sources})
+    p = walk(settings, provider)
+    if not args.quiet:
+        print_plan(settings, provider, p, ctx, title="valid campaign file")
+        if key_note:
+            print(f"  {key_note}", file=ctx.out)
+    if args.json:
+        args.json.write_bytes(
+            orjson.dumps(p.as_dict(limits_for(settings, provider)), option=orjson.OPT_INDENT_2)
+        )
+    return ExitStatus.OK if p.valid else ExitStatus.USAGE

@@ -1,0 +1,97 @@
+"""Everything but the network: read, validate, deduplicate, batch and encode a campaign.
+
+Used by ``bulksend validate`` (counts and the estimated duration) and ``send --dry-run`` (plus
+the exact request bodies that would go out).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bulksend.models import Batch, HttpRequest, Recipient, Rejected
+from bulksend.providers.base import Limit, Provider
+
+_LINE_PREFIX = re.compile(r"^line \d+:\s*")
+
+
+def reason_kind(reason: str) -> str:
+    """A rejection reason without its line number, for counting by reason."""
+    return _LINE_PREFIX.sub("", reason)
+
+
+@dataclass(slots=True)
+class Plan:
+    rows: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    requests: Counter[str] = field(default_factory=Counter)  # per endpoint group
+    recipients_in_batches: int = 0
+
+    def estimate_seconds(self, limits: dict[str, Limit]) -> float:
+        """The time the send would take at the known limits (groups run in parallel).
+
+        A fresh window admits ``limit`` requests at once, then ``limit`` per window.
+        """
+        longest = 0.0
+        for group, n in self.requests.items():
+            limit = limits.get(group)
+            if limit is None or n <= limit.requests:
+                continue
+            longest = max(longest, (n - limit.requests) / limit.requests * limit.window)
+        return longest
+
+    def as_dict(self, limits: dict[str, Limit]) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "valid": self.valid,
+            "duplicates": self.duplicates,
+            "invalid": sum(self.invalid.values()),
+            "invalid_by_reason": dict(self.invalid.most_common()),
+            "batches": self.batches,
+            "requests_per_endpoint": dict(self.requests),
+            "limits": {g: f"{lim.requests}/{lim.window:g}s" for g, lim in limits.items()},
+            "estimated_seconds": round(self.estimate_seconds(limits), 1),
+        }
+
+
+def plan(
+    items: Iterable[Recipient | Rejected],
+    provider: Provider,
+    dedup: Any,
+    batch_size: int,
+    *,
+    on_request: Callable[[Batch, HttpRequest], None] | None = None,
+) -> Plan:
+    """Walk the whole campaign without sending; ``on_request`` sees every request built."""
+    p = Plan()
+    batcher = provider.batcher(batch_size)
+
+    def take(batch: Batch) -> None:
+        p.batches += 1
+        p.requests[batch.group] += 1
+        p.recipients_in_batches += len(batch)
+        if on_request is not None:
+            on_request(batch, provider.encode(batch))
+
+    for item in items:
+        p.rows += 1
+        if isinstance(item, Rejected):
+            p.invalid[reason_kind(item.reason)] += 1
+            continue
+        kept = dedup.filter(item)
+        if kept is None:
+            p.duplicates += 1
+            continue
+        p.valid += 1
+        batch = batcher.add(kept)
+        if batch is not None:
+            take(batch)
+    for batch in batcher.flush():
+        take(batch)
+    return p
