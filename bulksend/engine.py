@@ -25,19 +25,22 @@ from bulksend.errors import AuthError, BulksendError, ProviderError
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
-from bulksend.providers.base import Classification, Provider, Verdict
+from bulksend.providers.base import Batcher, Classification, Provider, Verdict
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
 from bulksend.transport import NoResponse
 
-_YIELD_EVERY = 256
+_CHUNK = 1024  # rows deduplicated together (the deduper works a chunk at a time)
 
 #: what one send attempt (or a bisected part of a batch) ended in
 Result = tuple[Sequence[Recipient], Status, str, int | None, int]
 
 
 class Dedup(Protocol):
-    def filter(self, recipient: Recipient) -> Recipient | None: ...
+    def filter_many(
+        self, recipients: Sequence[Recipient]
+    ) -> tuple[list[Recipient], list[Recipient]]:
+        """(kept with already-seen identifiers cleared, whole-row duplicates)"""
 
 
 class Sender(Protocol):
@@ -159,8 +162,8 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
     async def _read(self, items: Iterable[Recipient | Rejected]) -> None:
         batcher = self.provider.batcher(self.options.batch_size)
-        summary, dedup = self.summary, self.dedup
-        n = 0
+        summary = self.summary
+        chunk: list[Recipient] = []
         for item in items:
             if self._stop is not None:
                 break
@@ -169,24 +172,31 @@ class Engine:
                 rec = Recipient(item.line, item.id, item.uid)
                 self._finish(None, [rec], Status.INVALID, item.reason)
                 continue
-            kept = dedup.filter(item)
-            if kept is None:
-                self._finish(None, [item], Status.DUPLICATE, "already in this campaign")
-                continue
-            batch = batcher.add(kept)
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                await self._take(chunk, batcher)
+                chunk = []
+        await self._take(chunk, batcher)
+        for batch in batcher.flush():
+            await self._plan(batch)
+
+    async def _take(self, chunk: list[Recipient], batcher: Batcher) -> None:
+        """Deduplicate a chunk of rows and batch what is new."""
+        if not chunk:
+            return
+        kept, duplicates = self.dedup.filter_many(chunk)
+        self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
+        for recipient in kept:
+            batch = batcher.add(recipient)
             if batch is not None:
                 await self._plan(batch)
-            n += 1
-            if n % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-        for batch in batcher.flush():
-            if self._stop is None:
-                await self._plan(batch)
-            else:  # rows read but never batched still get a final state
-                self._finish(None, batch.recipients, Status.SKIPPED, f"not sent: {self._stop}")
+        await asyncio.sleep(0)  # let the workers run between chunks
 
     async def _plan(self, batch: Batch) -> None:
         """Queue a batch, unless the journal says an earlier run settled it."""
+        if self._stop is not None:  # rows read but never sent still get a final state
+            self._finish(None, batch.recipients, Status.SKIPPED, f"not sent: {self._stop}")
+            return
         self.summary.batches += 1
         journal = self.journal
         previous = journal.previous(batch.number) if journal else None
