@@ -193,7 +193,11 @@ async def send_campaign(
     letters = DeadLetter(dead_letter, *columns) if dead_letter else None
     outcome = "finished"
     try:
-        with open_source(spec) as rows, ReportWriter(settings.report) as report:
+        with (
+            open_source(spec) as rows,
+            ReportWriter(settings.report) as report,
+            Deduper(keys=provider.dedup_keys) as dedup,
+        ):
             async with Transport(
                 settings.base_url, connections=settings.in_flight, timeout=settings.timeout
             ) as transport:
@@ -201,7 +205,7 @@ async def send_campaign(
                     provider,
                     transport,
                     scheduler,
-                    Deduper(keys=provider.dedup_keys),
+                    dedup,
                     options,
                     report=report,
                     summary=summary,

@@ -79,19 +79,27 @@ def plan(
         if on_request is not None:
             on_request(batch, provider.encode(batch))
 
+    chunk: list[Recipient] = []
+
+    def drain() -> None:
+        kept, duplicates = dedup.filter_many(chunk)
+        p.duplicates += len(duplicates)
+        p.valid += len(kept)
+        for recipient in kept:
+            batch = batcher.add(recipient)
+            if batch is not None:
+                take(batch)
+        chunk.clear()
+
     for item in items:
         p.rows += 1
         if isinstance(item, Rejected):
             p.invalid[reason_kind(item.reason)] += 1
             continue
-        kept = dedup.filter(item)
-        if kept is None:
-            p.duplicates += 1
-            continue
-        p.valid += 1
-        batch = batcher.add(kept)
-        if batch is not None:
-            take(batch)
+        chunk.append(item)
+        if len(chunk) >= 4096:
+            drain()
+    drain()
     for batch in batcher.flush():
         take(batch)
     return p
