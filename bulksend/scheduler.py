@@ -9,31 +9,52 @@ INTERFACE (used by the engine; keep it stable):
     delay = sched.backoff(permit.group, attempt)                  # full-jitter delay for 5xx
     sched.snapshot()                                              # per-group figures
 
-``acquire`` raises ``Deferred`` when the provider asked for a wait longer than ``max_wait``.
-All timing reads ``clock()`` (the loop's monotonic time by default) so tests drive a fake clock.
+``acquire`` raises ``Deferred`` when the wait the group faces (a Retry-After, an exhausted quota
+whose reset is far, a window longer than ``max_wait``) exceeds ``max_wait``. Every acquired permit
+must be given back exactly once: ``complete(permit, feedback)`` after a send, or ``cancel(permit)``
+when it was not used. After a THROTTLED response call ``acquire(group, retry=True)`` at once (the
+group's pause, quota and retry budget pace it); after ERROR / NO_RESPONSE sleep
+``backoff(group, attempt)`` first. At most ``max_attempts`` attempts per batch.
 
-This first version paces with a sliding-window log (never more than ``limit`` sends in any
-``window + margin`` seconds) and adopts X-RateLimit-Remaining and Retry-After.
+Additions beyond the interface: ``cancel(permit)``, ``retry_allowed(group)``,
+``current_rate(group)``, ``GroupStats`` fields ``no_response``, ``rate``, ``margin``, ``mode``,
+``paused_for``, ``waiting``, ``in_flight``.
+
+How the waiting works: each group keeps two FIFO queues of futures (retries first, then fresh
+sends) and at most one timer. ``complete``, ``cancel``, the timer and ``acquire`` "pump" the group:
+they admit waiters while the pure ``Bucket`` says a send may go, resolving each future with its
+permit (so capacity is charged at admission, never twice), and arm the one timer for the next
+admission time. No waiter wakes up unless it is admitted, so 10,000 waiting tasks cost nothing per
+completion. A waiter cancelled while queued is skipped; one cancelled after its permit was granted
+hands it back, so cancellation never loses or adds capacity.
+
+The pacing rules (sliding-window log, header adoption, adaptation, retry budget) are documented in
+``bulksend.core.ratelimit`` and ``bulksend.core.backoff``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import math
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from bulksend.core.backoff import RetryBudget, full_jitter
+from bulksend.core.ratelimit import Bucket, FeedbackKind
 from bulksend.providers.base import Limit
 
-
-class FeedbackKind(enum.Enum):
-    OK = "ok"  # any response that was not a throttle or a server error
-    THROTTLED = "throttled"  # 429 (or 503 with Retry-After)
-    ERROR = "error"  # 5xx
-    NO_RESPONSE = "no_response"  # timeout / connection error
+__all__ = [
+    "Deferred",
+    "Feedback",
+    "FeedbackKind",
+    "GroupPolicy",
+    "GroupStats",
+    "Permit",
+    "Scheduler",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +87,9 @@ class Permit:
     group: str
     sent_at: float
     retry: bool = False
+    seq: int = 0
+    cost: float = 0.0
+    done: bool = False
 
 
 @dataclass(slots=True)
@@ -77,19 +101,28 @@ class GroupStats:
     retries: int = 0
     limit: int = 0
     window: float = 0.0
+    no_response: int = 0
+    rate: float = 0.0  # requests per second admitted at most right now
+    margin: float = 0.0  # seconds added to the window for latency jitter
+    mode: str = ""  # "headers", "configured" or "adaptive"
+    paused_for: float = 0.0  # seconds left of a provider-requested pause
+    waiting: int = 0
+    in_flight: int = 0
+
+
+_Waiter = asyncio.Future[Permit]
+#: waits this short count as "now" (float noise in window arithmetic)
+_EPS = 1e-9
 
 
 @dataclass(slots=True)
 class _Group:
-    policy: GroupPolicy
-    limit: int
-    window: float
-    sends: deque[float] = field(default_factory=deque)
-    in_flight: int = 0
-    paused_until: float = 0.0
-    remaining: int | None = None
-    stats: GroupStats = field(default_factory=GroupStats)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    name: str
+    bucket: Bucket
+    fresh: deque[_Waiter] = field(default_factory=deque)
+    retries: deque[_Waiter] = field(default_factory=deque)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float = math.inf
 
 
 class Scheduler:
@@ -103,107 +136,203 @@ class Scheduler:
         max_wait: float = 600.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        max_attempts: int = 6,
+        burst: float = 0.0,
+        retry_floor: float = 1.0,
+        retry_ratio: float = 0.1,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
-        self._clock = clock or time.monotonic
+        self._clock = clock
+        self._wall = wall_clock or time.time
         self._rng = rng or random.Random()
-        self._margin = margin
         self._max_wait = max_wait
         self._base = backoff_base
         self._cap = backoff_cap
+        self.max_attempts = max(1, max_attempts)
         self._groups: dict[str, _Group] = {}
         for name, policy in groups.items():
-            limit, window = policy.limit.requests, policy.limit.window
-            if policy.ceiling is not None and policy.ceiling * window < limit:
-                limit = max(1, int(policy.ceiling * window))
-            self._groups[name] = _Group(policy, limit, window)
+            limit = policy.limit
+            budget = RetryBudget(
+                capacity=max(10.0, retry_ratio * limit.requests),
+                floor=retry_floor,
+                earn=retry_ratio,
+                horizon=min(max(limit.window, 1.0), 10.0),
+            )
+            bucket = Bucket(
+                configured=limit.requests,
+                window=limit.window,
+                max_in_flight=policy.in_flight,
+                ceiling=policy.ceiling,
+                adaptive_only=not policy.headers_expected,
+                base_margin=margin,
+                burst=burst,
+                budget=budget,
+            )
+            self._groups[name] = _Group(name, bucket)
 
-    def _delay(self, g: _Group, now: float) -> float:
-        if g.in_flight >= g.policy.in_flight:
-            return -1.0  # wait for a completion
-        wait = max(0.0, g.paused_until - now)
-        while g.sends and g.sends[0] <= now - g.window - self._margin:
-            g.sends.popleft()
-        if len(g.sends) >= g.limit:
-            wait = max(wait, g.sends[-g.limit] + g.window + self._margin - now)
-        if g.remaining is not None and g.remaining <= 0 and g.sends:
-            wait = max(wait, g.sends[0] + g.window + self._margin - now)
-        return wait
+    # ---- time ----------------------------------------------------------------------------------
 
-    async def acquire(self, group: str, *, retry: bool = False) -> Permit:
-        g = self._groups[group]
-        while True:
-            now = self._clock()
-            delay = self._delay(g, now)
-            if delay == 0.0:
-                break
-            if delay > self._max_wait:
-                raise Deferred(group, delay)
-            g.wakeup.clear()
-            try:
-                if delay < 0:
-                    await g.wakeup.wait()
-                else:
-                    await asyncio.wait_for(g.wakeup.wait(), delay)
-            except TimeoutError:
-                pass
-        g.sends.append(now)
-        g.in_flight += 1
-        if g.remaining is not None:
-            g.remaining -= 1
-        g.stats.sent += 1
-        if retry:
-            g.stats.retries += 1
-        return Permit(group, now, retry)
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def _group(self, name: str) -> _Group:
+        try:
+            return self._groups[name]
+        except KeyError:
+            known = ", ".join(sorted(self._groups))
+            raise KeyError(f"unknown endpoint group {name!r} (known: {known})") from None
+
+    # ---- the engine-facing API -----------------------------------------------------------------
+
+    async def acquire(self, group: str, retry: bool = False) -> Permit:
+        """Wait until a send to ``group`` may go; the returned permit is already counted."""
+        g = self._group(group)
+        now = self._now()
+        queue = g.retries if retry else g.fresh
+        if not g.retries and (retry or not g.fresh):
+            wait = g.bucket.wait_time(now, retry)
+            if wait <= _EPS:
+                return self._grant(g, now, retry)
+            if wait != math.inf and wait > self._max_wait:
+                raise Deferred(group, wait)
+        fut: _Waiter = asyncio.get_running_loop().create_future()
+        queue.append(fut)
+        self._pump(g)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.cancel(fut.result())
+            raise
 
     def complete(self, permit: Permit, feedback: Feedback) -> None:
-        g = self._groups[permit.group]
-        g.in_flight -= 1
-        now = self._clock()
-        headers = feedback.headers or {}
-        if feedback.kind is FeedbackKind.OK:
-            g.stats.ok += 1
-        elif feedback.kind is FeedbackKind.THROTTLED:
-            g.stats.throttled += 1
-            g.paused_until = max(g.paused_until, now + self._retry_after(headers, g))
-        else:
-            g.stats.errors += 1
-        limit = _int(headers.get("X-RateLimit-Limit"))
-        if limit is not None and limit > 0:
-            ceiling = g.policy.ceiling
-            g.limit = min(limit, int(ceiling * g.window)) if ceiling else limit
-        remaining = _int(headers.get("X-RateLimit-Remaining"))
-        if remaining is not None:
-            in_flight_after = sum(1 for t in g.sends if t > permit.sent_at)
-            g.remaining = remaining - in_flight_after
-        g.wakeup.set()
+        """Report what became of a permit's send (headers from the response, if any)."""
+        if permit.done:
+            raise RuntimeError("permit already completed or cancelled")
+        permit.done = True
+        g = self._group(permit.group)
+        g.bucket.feedback(
+            self._now(),
+            seq=permit.seq,
+            sent_at=permit.sent_at,
+            kind=feedback.kind,
+            headers=feedback.headers,
+            wall_now=self._wall(),
+        )
+        self._pump(g)
 
-    def _retry_after(self, headers: Mapping[str, str], g: _Group) -> float:
-        value = _float(headers.get("Retry-After"))
-        if value is not None:
-            return min(max(0.0, value), self._max_wait * 2)
-        return g.window / max(1, g.limit)
+    def cancel(self, permit: Permit) -> None:
+        """Hand back a permit that was never used: its quota, slot and retry token return."""
+        if permit.done:
+            return
+        permit.done = True
+        g = self._group(permit.group)
+        g.bucket.unsend(self._now(), permit.seq, permit.sent_at, permit.cost, permit.retry)
+        self._pump(g)
 
     def backoff(self, group: str, attempt: int) -> float:
         """Full-jitter exponential delay before retry number ``attempt`` (1-based)."""
-        return self._rng.uniform(0.0, min(self._cap, self._base * 2 ** max(0, attempt - 1)))
+        self._group(group)
+        return full_jitter(attempt, base=self._base, cap=self._cap, u=self._rng.random())
+
+    def retry_allowed(self, group: str) -> bool:
+        """Whether the group's retry budget holds a token right now (a retry would not wait)."""
+        g = self._group(group)
+        return g.bucket.budget.wait_time(self._now()) <= 0.0
+
+    def current_rate(self, group: str) -> float:
+        """Requests per second the group admits at most right now."""
+        return self._group(group).bucket.rate(self._now())
 
     def snapshot(self) -> dict[str, GroupStats]:
+        """A copy of every group's figures."""
+        now = self._now()
         out = {}
         for name, g in self._groups.items():
-            g.stats.limit, g.stats.window = g.limit, g.window
-            out[name] = g.stats
+            b, s = g.bucket, g.bucket.stats
+            out[name] = GroupStats(
+                sent=s.sent,
+                ok=s.ok,
+                throttled=s.throttled,
+                errors=s.errors,
+                retries=s.retries,
+                limit=b.limit(now),
+                window=b.window,
+                no_response=s.no_response,
+                rate=b.rate(now),
+                margin=b.margin(),
+                mode=b.mode,
+                paused_for=max(0.0, b.hold_until(now) - now),
+                waiting=sum(not f.done() for f in g.fresh) + sum(not f.done() for f in g.retries),
+                in_flight=b.in_flight,
+            )
         return out
 
+    # ---- internals -----------------------------------------------------------------------------
 
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
+    def _grant(self, g: _Group, now: float, retry: bool) -> Permit:
+        seq, cost = g.bucket.send(now, retry)
+        return Permit(g.name, now, retry, seq, cost)
 
+    def _pump(self, g: _Group) -> None:
+        now = self._now()
+        bucket = g.bucket
+        fresh, retries = g.fresh, g.retries
+        while True:
+            while retries and retries[0].done():
+                retries.popleft()
+            while fresh and fresh[0].done():
+                fresh.popleft()
+            if not (fresh or retries):
+                self._disarm(g)
+                return
+            wait_retry = bucket.wait_time(now, True) if retries else math.inf
+            if wait_retry <= _EPS:
+                retries.popleft().set_result(self._grant(g, now, True))
+                continue
+            wait_fresh = bucket.wait_time(now, False) if fresh else math.inf
+            if wait_fresh <= _EPS:
+                fresh.popleft().set_result(self._grant(g, now, False))
+                continue
+            wait = min(wait_retry, wait_fresh)
+            if wait == math.inf:  # in-flight cap: a completion will pump
+                self._disarm(g)
+                return
+            if wait > self._max_wait:
+                self._defer_all(g, wait)
+                return
+            self._arm(g, now + wait)
+            return
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    def _defer_all(self, g: _Group, wait: float) -> None:
+        self._disarm(g)
+        for queue in (g.retries, g.fresh):
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_exception(Deferred(g.name, wait))
+
+    def _arm(self, g: _Group, when: float) -> None:
+        if g.timer is not None:
+            if abs(g.timer_at - when) < 1e-6:
+                return
+            g.timer.cancel()
+        loop = asyncio.get_running_loop()
+        if self._clock is None:
+            g.timer = loop.call_at(when, self._fire, g)
+        else:
+            g.timer = loop.call_later(max(0.0, when - self._now()), self._fire, g)
+        g.timer_at = when
+
+    def _disarm(self, g: _Group) -> None:
+        if g.timer is not None:
+            g.timer.cancel()
+            g.timer = None
+            g.timer_at = math.inf
+
+    def _fire(self, g: _Group) -> None:
+        g.timer = None
+        g.timer_at = math.inf
+        self._pump(g)
