@@ -34,8 +34,9 @@ Headers (read from every response, case-insensitively)
 * A response without ``X-RateLimit-Limit`` but with Remaining proves ``limit >= remaining + 1``:
   the configured limit is raised to that if it was lower.
 * ``Retry-After`` (seconds, a decimal or an HTTP-date) pauses the whole group.
-* Malformed values are ignored; negative ones read as 0; waits are capped at one day (the caller
-  turns any wait over its ``max_wait`` into a deferral).
+* Malformed values (text, negative numbers, exponents, NaN) are ignored; dates in the past read as
+  0; waits are capped at one day (the caller turns any wait over its ``max_wait`` into a
+  deferral).
 
 Adaptation when the limit is unknown (no rate headers seen, or ``headers_expected=False``)
 -----------------------------------------------------------------------------------------
@@ -46,8 +47,8 @@ units of windows instead of seconds), applied through the same sliding-window lo
    window, ``B(t) = B0 * 2 ** (t / W)``.
 2. On a 429 for a request sent after the last cut, once an OK has come back since that cut (one
    cut per congestion event; 429s while probing an exhausted window are the same event):
-   ``Wmax = min(B, requests sent in the last W + margin)`` (what the server demonstrably saw),
-   ``B = 0.7 * Wmax``.
+   ``Wmax = min(B, requests sent in the last W + margin)`` (what the server demonstrably saw; in
+   the first window the count is scaled up to a whole window), ``B = 0.85 * Wmax``.
 3. Afterwards ``B(t) = Wmax * (1 + 0.0375 * (t/W - 2) ** 3)``: back to ``Wmax`` after two windows,
    a plateau there, then a probe upwards that is gentle at first (+3.75 % one window later).
 4. ``B`` never exceeds ``max(B after the last cut, 2 * requests sent in the last window + 1)``, so
@@ -404,6 +405,7 @@ class _Adaptive:
     b_start: float = 1.0  # B right after the last cut (or the configured limit)
     w_max: float = 1.0
     t_event: float | None = None  # start, or time of the last cut
+    started: float = 0.0  # time of the first send
     cut_seq: int = 0  # requests sent up to this one belong to the last congestion event
     recovered: bool = True  # an OK came back for a request sent after the last cut
 
@@ -573,7 +575,7 @@ class Bucket:
     def send(self, now: float, retry: bool = False) -> tuple[int, float]:
         """Record a send at ``now``; returns (sequence number, GCRA cost)."""
         if self._ad.t_event is None:
-            self._ad.t_event = now
+            self._ad.t_event = self._ad.started = now
         cost = self.interval(now)
         self._tat = max(self._tat, now) + cost
         self._log.append(now)
@@ -729,7 +731,9 @@ class Bucket:
 
     def _cut(self, now: float) -> None:
         ad = self._ad
-        w = max(1.0, min(float(self.limit(now)), float(self.used(now))))
+        # what the server saw from us over the last window (scaled up in the first window)
+        seen = self.used(now) * self.window / max(1e-9, min(self.window, now - ad.started))
+        w = max(1.0, min(float(self.limit(now)), seen))
         ad.w_max = w
         ad.b_start = max(1.0, BETA * w)
         ad.t_event = now
