@@ -143,6 +143,7 @@ class Scheduler:
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self._clock = clock
+        self._last_now = 0.0
         self._wall = wall_clock or time.time
         self._rng = rng or random.Random()
         self._max_wait = max_wait
@@ -175,7 +176,12 @@ class Scheduler:
     def _now(self) -> float:
         if self._clock is not None:
             return self._clock()
-        return asyncio.get_running_loop().time()
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # e.g. snapshot() after the loop has stopped
+            return self._last_now
+        self._last_now = now
+        return now
 
     def _group(self, name: str) -> _Group:
         try:

@@ -676,7 +676,8 @@ class Bucket:
             if seq > self._rem_seq:
                 self._rem_seq = seq
                 self._rem_allow = remaining - self._not_counted(seq)
-                self._rem_hold = self._window_end(now, info.reset)
+                reset = info.reset if info.reset is not None else info.retry_after
+                self._rem_hold = self._window_end(now, reset)
 
         if kind is FeedbackKind.OK:
             st.ok += 1

@@ -1,0 +1,255 @@
+"""Simulated providers: utilisation, 429s and storm behaviour of the real Scheduler.
+
+Every test runs on virtual time (``tests/sim.py``): ten simulated minutes take a fraction of a
+second. Limits are fixed windows of unknown phase, as the provider documents describe them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bulksend.providers.base import Limit
+from bulksend.scheduler import GroupPolicy
+from tests.sim import (
+    FixedWindowServer,
+    SimResult,
+    Storm,
+    make_scheduler,
+    run_virtual,
+    simulate,
+    uniform_latency,
+)
+
+MINUTE = 60.0
+
+
+def run(
+    servers: dict[str, FixedWindowServer],
+    policies: dict[str, GroupPolicy],
+    *,
+    duration: float,
+    latency: tuple[float, float] = (0.02, 0.06),
+    workers: int = 32,
+    seed: int = 1,
+) -> SimResult:
+    async def main() -> SimResult:
+        sched = make_scheduler(policies, seed=seed)
+        return await simulate(
+            sched,
+            servers,
+            duration=duration,
+            workers=workers,
+            latency=uniform_latency(*latency),
+            seed=seed,
+        )
+
+    return run_virtual(main())
+
+
+def utilisation(server: FixedWindowServer, duration: float) -> float:
+    return server.accepted(0.0, duration) / (server.limit * duration / server.window)
+
+
+def first_window_end(server: FixedWindowServer) -> float:
+    return server.phase + (math.floor(-server.phase / server.window) + 1) * server.window
+
+
+# ---- honest headers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["x", "x-reset", "x-epoch", "ietf", "remaining"])
+def test_600_per_minute_for_ten_minutes_uses_the_quota_without_429s(style: str) -> None:
+    server = FixedWindowServer(600, MINUTE, phase=17.3, headers=style)
+    run({"g": server}, {"g": GroupPolicy(Limit(600, MINUTE))}, duration=10 * MINUTE)
+    assert utilisation(server, 10 * MINUTE) >= 0.98
+    assert server.rejected(first_window_end(server)) == 0
+    assert server.rejected() == 0  # not even in the first window
+    assert server.max_arrivals_in_any_window() <= 600  # whatever the server's phase
+
+
+def test_jittery_latency_widens_the_margin_and_no_window_is_exceeded() -> None:
+    server = FixedWindowServer(600, MINUTE, phase=3.0, headers="x")
+    result = run(
+        {"g": server},
+        {"g": GroupPolicy(Limit(600, MINUTE))},
+        duration=10 * MINUTE,
+        latency=(0.01, 0.4),
+    )
+    assert server.max_arrivals_in_any_window() <= 600
+    assert server.rejected() == 0
+    assert utilisation(server, 10 * MINUTE) >= 0.98
+    assert result.delivered > 0
+
+
+def test_a_wrong_configured_limit_is_corrected_by_the_first_response() -> None:
+    server = FixedWindowServer(300, MINUTE, phase=40.0, headers="x")
+    run({"g": server}, {"g": GroupPolicy(Limit(1000, MINUTE))}, duration=5 * MINUTE)
+    assert server.rejected() == 0
+    assert max(server.arrivals_per_window().values()) <= 300
+    assert utilisation(server, 5 * MINUTE) >= 0.97
+
+
+def test_quota_spent_by_someone_else_is_adopted_from_remaining() -> None:
+    # 590 of 600 already used in the window that ends at t=20; the reset is not announced
+    server = FixedWindowServer(600, MINUTE, phase=20.0, headers="x", prior=590)
+    run({"g": server}, {"g": GroupPolicy(Limit(600, MINUTE))}, duration=4 * MINUTE)
+    assert server.rejected() <= 1  # at most what was already in flight at the first response
+    assert server.rejected(1.0) == 0
+    assert server.max_arrivals_in_any_window(1.0) <= 600
+
+
+def test_user_ceiling_lower_than_the_provider_is_honoured() -> None:
+    server = FixedWindowServer(600, MINUTE, phase=5.0, headers="x")
+    policy = GroupPolicy(Limit(600, MINUTE), ceiling=5.0)  # rate = "300/min"
+    run({"g": server}, {"g": policy}, duration=5 * MINUTE)
+    assert server.max_arrivals_in_any_window() <= 300
+    assert server.accepted() >= 0.98 * 300 * 5
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    limit=st.integers(2, 120),
+    window=st.sampled_from([1.0, 2.0, 10.0, 60.0]),
+    phase=st.floats(0.0, 1.0),
+    style=st.sampled_from(["x", "x-reset", "x-epoch", "ietf", "remaining"]),
+    lo=st.floats(0.0, 0.2),
+    jitter=st.floats(0.0, 0.04),
+    in_flight=st.integers(1, 32),
+    seed=st.integers(0, 1000),
+)
+def test_property_no_window_is_exceeded_with_honest_headers(
+    limit: int,
+    window: float,
+    phase: float,
+    style: str,
+    lo: float,
+    jitter: float,
+    in_flight: int,
+    seed: int,
+) -> None:
+    server = FixedWindowServer(limit, window, phase=phase * window, headers=style)
+    run(
+        {"g": server},
+        {"g": GroupPolicy(Limit(limit, window), in_flight=in_flight)},
+        duration=6 * window,
+        latency=(lo, lo + jitter),
+        workers=in_flight + 4,
+        seed=seed,
+    )
+    assert server.rejected() == 0
+    assert max(server.arrivals_per_window().values()) <= limit
+    assert server.max_arrivals_in_any_window() <= limit
+
+
+# ---- no headers: adaptation -------------------------------------------------------------------
+
+
+def test_without_headers_the_scheduler_adapts_to_the_quota() -> None:
+    server = FixedWindowServer(600, MINUTE, phase=17.3, headers="none")
+    result = run(
+        {"g": server},
+        {"g": GroupPolicy(Limit(600, MINUTE), headers_expected=False)},
+        duration=10 * MINUTE,
+    )
+    assert utilisation(server, 10 * MINUTE) >= 0.90
+    assert server.rejected() <= 0.05 * len(result.attempts)
+
+
+@pytest.mark.parametrize("configured", [150, 1200])
+def test_unknown_limit_is_found_within_five_windows(configured: int) -> None:
+    server = FixedWindowServer(600, MINUTE, phase=0.0, headers="none")
+    result = run(
+        {"g": server},
+        {"g": GroupPolicy(Limit(configured, MINUTE), headers_expected=False)},
+        duration=10 * MINUTE,
+    )
+    per_window = server.arrivals_per_window()
+    accepted = Counter(a.window for a in server.arrivals if a.status == 200)
+    assert any(accepted[k] >= 0.9 * 600 for k in range(5))
+    later = [accepted[k] for k in range(5, 10)]
+    assert sum(later) / len(later) >= 0.9 * 600
+    assert server.rejected() <= 0.05 * len(result.attempts)
+    assert max(per_window[k] for k in range(5, 10)) <= 650  # no 429 storm once converged
+
+
+# ---- several groups ---------------------------------------------------------------------------
+
+
+def test_two_groups_each_use_their_own_quota() -> None:
+    servers = {
+        "user": FixedWindowServer(100, MINUTE, phase=11.0, headers="remaining"),
+        "event": FixedWindowServer(500, MINUTE, phase=47.0, headers="remaining"),
+    }
+    policies = {"user": GroupPolicy(Limit(100, MINUTE)), "event": GroupPolicy(Limit(500, MINUTE))}
+    run(servers, policies, duration=10 * MINUTE)
+    for server in servers.values():
+        assert utilisation(server, 10 * MINUTE) >= 0.98
+        assert server.rejected() == 0
+
+
+def test_a_storm_on_one_group_never_slows_another() -> None:
+    servers = {
+        "user": FixedWindowServer(100, MINUTE, phase=11.0, headers="x"),
+        "event": FixedWindowServer(
+            500, MINUTE, phase=47.0, headers="x", storms=(Storm(30.0, 400.0, 429, 5.0),)
+        ),
+    }
+    policies = {"user": GroupPolicy(Limit(100, MINUTE)), "event": GroupPolicy(Limit(500, MINUTE))}
+    run(servers, policies, duration=10 * MINUTE)
+    assert utilisation(servers["user"], 10 * MINUTE) >= 0.98
+    assert servers["user"].rejected() == 0
+
+
+# ---- Retry-After ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", ["x", "none"])
+@pytest.mark.parametrize("form", ["seconds", "date"])
+def test_retry_after_7_seconds_pauses_the_group(form: str, headers: str) -> None:
+    # the window holding t=0 is already full and ends at t=7
+    server = FixedWindowServer(600, MINUTE, phase=7.0, headers=headers, prior=600, retry_after=form)
+    result = run({"g": server}, {"g": GroupPolicy(Limit(600, MINUTE))}, duration=MINUTE)
+    first_429 = min(a.time for a in server.arrivals if a.status == 429)
+    told = [a for a in result.attempts if a.status == 429]
+    assert told
+    # requests sent after the first 429 came back wait for the announced 7 s
+    answered = first_429 + 0.2  # the 429's way back (at most 60 ms in this simulation)
+    early = [a for a in result.attempts if answered < a.sent_at < 7.0]
+    assert early == []
+    assert server.rejected(7.0) == 0
+    if headers == "x":
+        assert server.accepted(7.0, MINUTE) >= 0.95 * 600 * (MINUTE - 7.0) / MINUTE
+
+
+# ---- storms -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(429, None), (429, 1.0), (503, None), (503, 2.0)]
+)
+def test_five_minute_storm_never_becomes_a_retry_storm(
+    status: int, retry_after: float | None
+) -> None:
+    storm = Storm(MINUTE, 6 * MINUTE, status, retry_after)
+    server = FixedWindowServer(600, MINUTE, phase=7.0, headers="x", storms=(storm,))
+    policy = GroupPolicy(Limit(600, MINUTE))
+    result = run({"g": server}, {"g": policy}, duration=8 * MINUTE)
+
+    good_rate = 600 / MINUTE
+    bound = max(1.0, 0.1 * good_rate)  # retries per second during the storm
+    capacity = max(10.0, 0.1 * 600)  # the budget's bucket: a blip is retried at once
+    retries = result.retries("g", storm.start, storm.end)
+    assert len(retries) <= capacity + bound * (storm.end - storm.start)
+    settled = result.retries("g", storm.start + MINUTE, storm.end)
+    assert len(settled) <= bound * (storm.end - storm.start - MINUTE) + 2
+    if retries:
+        slots = Counter(math.floor(t * 10) for t in retries)  # 100 ms slots
+        assert max(slots.values()) <= max(1, 0.05 * len(retries))
+    assert max(result.attempts_per_item().values()) <= 6
+    # the group is back at full speed after the storm
+    assert server.accepted(7 * MINUTE, 8 * MINUTE) >= 0.9 * 600
