@@ -38,8 +38,9 @@ Headers (read from every response, case-insensitively)
   0; waits are capped at one day (the caller turns any wait over its ``max_wait`` into a
   deferral).
 
-Adaptation when the limit is unknown (no rate headers seen, or ``headers_expected=False``)
------------------------------------------------------------------------------------------
+Adaptation when the limit is unknown (``headers_expected=False``, or responses without headers)
+-----------------------------------------------------------------------------------------------
+Until the first response the configured limit is used as is.
 The per-window budget ``B`` follows a CUBIC-like rule (after botocore's adaptive retry mode, in
 units of windows instead of seconds), applied through the same sliding-window log:
 
@@ -432,6 +433,7 @@ class Bucket:
     stats: BucketStats = field(default_factory=BucketStats)
     in_flight: int = 0
     headers_seen: bool = False
+    answered: bool = False  # a response (of any kind) has come back
     header_limit: int | None = None
     floor_limit: int = 0
     extra: tuple[tuple[int, float], ...] = ()
@@ -467,8 +469,9 @@ class Bucket:
 
     @property
     def adaptive(self) -> bool:
-        """True while the limit is being discovered from 429s rather than read from headers."""
-        return self.adaptive_only or not self.headers_seen
+        """True while the limit is discovered from 429s: the provider sends no rate headers, or
+        responses came back and none carried any."""
+        return self.adaptive_only or (self.answered and not self.headers_seen)
 
     @property
     def mode(self) -> str:
@@ -655,6 +658,7 @@ class Bucket:
         if kind is FeedbackKind.NO_RESPONSE:
             st.no_response += 1
         else:
+            self.answered = True
             self._rtt_sample(now, now - sent_at)
         info = parse_headers(headers, wall_now=wall_now, window=self.window) if headers else _EMPTY
         if info.has_rate_headers:
