@@ -1,0 +1,129 @@
+"""Settings of one sandbox server: frozen values, validated once, shared by CLI and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SandboxConfigError(ValueError):
+    """A sandbox setting is out of range (the CLI turns it into a usage error)."""
+
+
+def _rate(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise SandboxConfigError(f"{name} must be between 0 and 1 (got {value})")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """Injected faults. They apply to the send endpoints only and are drawn from the seed.
+
+    ``fail_rate``, ``reset_rate`` and ``drop_after_accept_rate`` share one draw per send request
+    (so their sum must stay <= 1); ``slow_rate`` is drawn on its own and can combine with them.
+    """
+
+    fail_rate: float = 0.0  # answered 500 or 503 (half each); 503 carries Retry-After
+    reset_rate: float = 0.0  # connection closed before anything is processed or answered
+    slow_rate: float = 0.0  # the answer is held back for slow_ms after the request is processed
+    slow_ms: float = 5000.0
+    storm_every: float = 0.0  # seconds between the starts of two 429 storms (0: no storms)
+    storm_for: float = 0.0  # length of each storm in seconds
+    drop_after_accept_rate: float = 0.0  # recorded in the ledger, then the connection is dropped
+    retry_after_503: bool = True
+
+    def validate(self) -> None:
+        _rate("fail_rate", self.fail_rate)
+        _rate("reset_rate", self.reset_rate)
+        _rate("slow_rate", self.slow_rate)
+        _rate("drop_after_accept_rate", self.drop_after_accept_rate)
+        if self.fail_rate + self.reset_rate + self.drop_after_accept_rate > 1.0 + 1e-9:
+            raise SandboxConfigError("fail_rate + reset_rate + drop_after_accept_rate must be <= 1")
+        if self.slow_ms < 0:
+            raise SandboxConfigError("slow_ms must be >= 0")
+        if self.storm_every < 0 or self.storm_for < 0:
+            raise SandboxConfigError("storm_every and storm_for must be >= 0")
+        if self.storm_every and not 0 < self.storm_for < self.storm_every:
+            raise SandboxConfigError("storm_for must be > 0 and shorter than storm_every")
+
+    @property
+    def any(self) -> bool:
+        return bool(
+            self.fail_rate
+            or self.reset_rate
+            or self.slow_rate
+            or self.storm_every
+            or self.drop_after_accept_rate
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """Everything one sandbox needs. ``None`` means "the provider's documented default".
+
+    ``limit`` (when set) replaces every endpoint group's request limit; ``group_limits`` then
+    overrides single groups by name (see each provider module for its group names). All groups
+    count fixed windows of ``window`` seconds aligned to the server's start.
+    """
+
+    provider: str = "maxtraffic"
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str = "sandbox-key"
+    limit: int | None = None
+    window: float = 60.0
+    group_limits: Mapping[str, int] = field(default_factory=dict)
+    ratelimit_headers: bool = True
+    retry_after: bool = True
+    latency_ms: float = 0.0
+    ledger: Path | None = None
+    max_batch: int | None = None
+    seed: int | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    # MaxTraffic
+    strict_arrays: bool = False
+    visitors: Path | None = None
+    unknown_visitor_rate: float = 0.0
+    leads: int = 100
+    # NotifyVisitors (api_key is the x-api-key; token the partner-app bearer token)
+    brand_id: str = "sandbox-brand"
+    # NotifyVisitors bearer token and Traitly token; None: the api_key
+    token: str | None = None
+    # Maxemail Basic auth; password None: the api_key
+    username: str = "sandbox@example.com"
+    password: str | None = None
+
+    @property
+    def effective_token(self) -> str:
+        return self.api_key if self.token is None else self.token
+
+    @property
+    def effective_password(self) -> str:
+        return self.api_key if self.password is None else self.password
+
+    @property
+    def seed_value(self) -> int:
+        """The seed actually used: ``None`` means 0, so every run is reproducible."""
+        return 0 if self.seed is None else self.seed
+
+    def validate(self) -> None:
+        if not self.api_key:
+            raise SandboxConfigError("api_key must not be empty")
+        if self.limit is not None and self.limit < 1:
+            raise SandboxConfigError("limit must be >= 1")
+        for name, value in self.group_limits.items():
+            if value < 1:
+                raise SandboxConfigError(f"group limit {name} must be >= 1")
+        if self.window <= 0:
+            raise SandboxConfigError("window must be > 0")
+        if self.latency_ms < 0:
+            raise SandboxConfigError("latency_ms must be >= 0")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise SandboxConfigError("max_batch must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise SandboxConfigError("port must be between 0 and 65535")
+        if self.leads < 0:
+            raise SandboxConfigError("leads must be >= 0")
+        _rate("unknown_visitor_rate", self.unknown_visitor_rate)
+        self.faults.validate()
