@@ -290,7 +290,7 @@ class Engine:
                 self._probed.set()
                 return [(recipients, Status.SKIPPED, f"deferred: {exc}", None, attempts)]
             if self._stop is not None:
-                sched.complete(permit, Feedback(FeedbackKind.OK))
+                sched.cancel(permit)
                 continue
             if self.journal is not None and attempts == 0 and part is batch:
                 await self.journal.in_flight(batch)
