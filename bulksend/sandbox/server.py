@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from aiohttp import web
 
+from bulksend.sandbox import maxtraffic, notifyvisitors
 from bulksend.sandbox.common import Clock, Core, Stats
 from bulksend.sandbox.config import SandboxConfig, SandboxConfigError
 
@@ -20,17 +21,19 @@ class ProviderSpec:
     """One sandboxed provider: its endpoint groups (name -> default requests per window)."""
 
     name: str
-    module: str
     groups: Mapping[str, int]
     default_max_batch: int | None
+    build_app: Callable[[Core], web.Application]
 
-    def build_app(self, core: Core) -> web.Application:
-        builder: Callable[[Core], web.Application] = importlib.import_module(self.module).build_app
-        return builder(core)
+
+def _spec(module: ModuleType) -> ProviderSpec:
+    return ProviderSpec(
+        module.NAME, dict(module.GROUPS), module.DEFAULT_MAX_BATCH, module.build_app
+    )
 
 
 PROVIDERS: Mapping[str, ProviderSpec] = {
-    "maxtraffic": ProviderSpec("maxtraffic", "bulksend.sandbox.maxtraffic", {"api": 600}, 1000),
+    spec.name: spec for spec in map(_spec, (maxtraffic, notifyvisitors))
 }
 
 
