@@ -16,7 +16,8 @@ more than ``L``; and the long-run rate is ``L / (W + margin)``, about 99.9 % of 
 last window (capped at 1 s and at ``W / 10``). Requests in flight count against the window they
 were sent in. On top of the log, sends are spaced by a GCRA at ``(W + margin) / L`` (by default
 with no burst tolerance: a tolerance lets a burst through after every stall, which the log then
-replays window after window), so the quota is spread evenly over the window.
+replays window after window), so the quota is spread evenly over the window. Only slots overdue
+by at most ``slack`` (5 ms) may be caught up, because event-loop timers wake up late.
 
 Headers (read from every response, case-insensitively)
 ------------------------------------------------------
@@ -428,6 +429,7 @@ class Bucket:
     base_margin: float = 0.05
     max_margin: float = 1.0
     burst: float = 0.0
+    slack: float = 0.005  # seconds of overdue GCRA slots a late timer may still use
     budget: RetryBudget = field(default_factory=RetryBudget)
 
     stats: BucketStats = field(default_factory=BucketStats)
@@ -580,7 +582,11 @@ class Bucket:
         if self._ad.t_event is None:
             self._ad.t_event = self._ad.started = now
         cost = self.interval(now)
-        self._tat = max(self._tat, now) + cost
+        # a timer that fires late (event loops wake at ~1 ms granularity) may catch up on the
+        # slots it overslept, up to ``slack`` seconds' worth; the log still bounds every window
+        if self._tat == -math.inf:
+            self._tat = now
+        self._tat = max(self._tat, now - self.slack) + cost
         self._log.append(now)
         if len(self._log) > self._trim_at:
             self._trim(now)
