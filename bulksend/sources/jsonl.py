@@ -1,0 +1,111 @@
+"""JSON Lines: one object per line; ``id``/``uid`` may be strings or integers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from bulksend.models import Recipient, Rejected
+from bulksend.sources import spec as specs
+from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE, EMPTY, make_recipient
+from bulksend.sources.spec import Chunk, SourceSpec
+from bulksend.sources.stream import TextSource
+
+_KINDS = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
+
+
+def _kind(value: object) -> str:
+    return "object" if isinstance(value, dict) else _KINDS.get(type(value), type(value).__name__)
+
+
+class JsonLinesReader:
+    """Rows of a JSON Lines file, in chunks (one per block)."""
+
+    def __init__(self, spec: SourceSpec, source: TextSource) -> None:
+        self._source = source
+        self._wanted = {name.lower(): key for key, name in spec.columns.mapped()}
+        self._keep = spec.keep_attrs
+        self._limit = spec.max_value_len
+        self._undecodable = specs.undecodable(spec.encoding)
+        self._missing = specs.missing([key for key, _ in spec.columns.mapped()])
+        self._line = 1
+
+    def chunks(self) -> Iterator[Chunk]:
+        while True:
+            self._source.line = self._line
+            block = self._source.block()
+            if not block:
+                return
+            lines = block.split("\n")
+            if block.endswith("\n"):
+                lines.pop()
+            recipients: list[Recipient] = []
+            rejected: list[Rejected] = []
+            for number, text in enumerate(lines, self._line):
+                if not text.strip():
+                    continue
+                item = self._row(number, text)
+                if type(item) is Rejected:
+                    rejected.append(item)
+                else:
+                    recipients.append(item)  # type: ignore[arg-type]
+            self._line += len(lines)
+            yield Chunk(recipients, rejected)
+
+    def _row(self, line: int, text: str) -> Recipient | Rejected:
+        try:
+            record = orjson.loads(text)
+        except orjson.JSONDecodeError as error:
+            if _SURROGATE.search(text):
+                return Rejected(line, self._undecodable)
+            return Rejected(line, f"malformed JSON: {error.msg} at column {error.colno}")
+        if not isinstance(record, dict):
+            return Rejected(line, f"malformed JSON: expected an object, got {_kind(record)}")
+        values: dict[str, str | None] = {}
+        attrs: dict[str, str] = {}
+        for name, value in record.items():
+            key = self._wanted.get(name.lower())
+            if key is not None:
+                problem, values[key] = self._key(name, value)
+            elif self._keep and value is not None:
+                problem, attrs[name] = self._attr(name, value)
+            else:
+                continue
+            if problem:
+                return Rejected(line, problem)
+        id, uid = values.get("id"), values.get("uid")
+        if id is None and uid is None:
+            return Rejected(line, self._missing)
+        kept: Mapping[str, str] = attrs or EMPTY
+        return make_recipient(line, id, uid, kept)
+
+    def _key(self, name: str, value: Any) -> tuple[str | None, str | None]:
+        if value is None:
+            return None, None
+        if type(value) is int:
+            return None, str(value)
+        if type(value) is not str:
+            return specs.bad_type(name, _kind(value)), None
+        value = value.strip()
+        if len(value) > self._limit:
+            return specs.too_long(name, len(value), self._limit), None
+        if _KEY_BAD.search(value):
+            return specs.control(name), None
+        return None, value or None
+
+    def _attr(self, name: str, value: Any) -> tuple[str | None, str]:
+        if type(value) is str:
+            text = value
+        elif value is True or value is False:
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = str(value)
+        else:
+            text = orjson.dumps(value).decode()
+        if len(text) > self._limit:
+            return specs.too_long(name, len(text), self._limit), ""
+        if _ATTR_BAD.search(text):
+            return specs.control(name), ""
+        return None, text

@@ -1,0 +1,225 @@
+"""Bytes to text: opening a path or stdin, gzip by magic bytes, the whole-file checks.
+
+Everything that makes a file unusable as a whole raises :class:`~bulksend.errors.InputError`
+with a one-line message that names the file, here or while reading on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from bulksend.errors import InputError
+from bulksend.sources.spec import STDIN, SourceSpec
+
+HEAD = 1 << 16
+#: NUL bytes in this much of the start mean a binary file (unless the encoding is UTF-16/32)
+BINARY_PROBE = 8192
+BLOCK = 1 << 18
+#: errors a read can raise on a broken or truncated gzip stream, or a failing disk
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+class _Replay(io.RawIOBase):
+    """A raw stream that gives ``head`` first, then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: BinaryIO | gzip.GzipFile, *, owned: bool) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+        self._owned = owned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed and self._owned:
+            self._stream.close()
+        super().close()
+
+
+def read_error(name: str, error: BaseException, line: int | None = None) -> InputError:
+    where = name if line is None else f"{name}:{line}"
+    if isinstance(error, EOFError):
+        return InputError(f"{where}: truncated gzip data")
+    if isinstance(error, gzip.BadGzipFile | zlib.error):
+        return InputError(f"{where}: not a valid gzip file ({error})")
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return InputError(f"{where}: read error ({detail})")
+
+
+def _read_head(name: str, stream: BinaryIO | gzip.GzipFile) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < HEAD:
+            data = stream.read(HEAD - size)
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+    except READ_ERRORS as error:
+        raise read_error(name, error) from None
+    return b"".join(parts)
+
+
+def _wide(encoding: str) -> bool:
+    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
+@contextmanager
+def open_text(
+    spec: SourceSpec, stdin: BinaryIO | None = None
+) -> Iterator[tuple[io.TextIOWrapper, int | None]]:
+    """The decoded text of the file (undecodable bytes kept as lone surrogates) and its size
+    in bytes when it is a plain regular file (for estimates), else None."""
+    name = spec.name
+    try:
+        codec = codecs.lookup(spec.encoding)
+    except LookupError:
+        raise InputError(f"{name}: unknown encoding {spec.encoding!r}") from None
+    encoding = "utf-8-sig" if codec.name == "utf-8" else codec.name
+    size: int | None = None
+    raw: BinaryIO
+    if spec.path == STDIN:
+        raw = stdin if stdin is not None else sys.stdin.buffer
+        owned = False
+    else:
+        raw = _open_file(spec.path, name)
+        owned = True
+        try:
+            status = os.fstat(raw.fileno())
+            size = status.st_size
+        except OSError:
+            size = None
+    text = None
+    try:
+        head = _read_head(name, raw)
+        stream: BinaryIO | gzip.GzipFile = raw
+        if head[:2] == b"\x1f\x8b":
+            stream = gzip.GzipFile(fileobj=_Replay(head, raw, owned=False), mode="rb")
+            head = _read_head(name, stream)
+            size = None
+        if not head:
+            raise InputError(f"{name}: file is empty")
+        if b"\0" in head[:BINARY_PROBE] and not _wide(encoding):
+            raise InputError(f"{name}: looks like a binary file (NUL bytes), not a recipient list")
+        buffered = io.BufferedReader(_Replay(head, stream, owned=False), buffer_size=BLOCK)
+        text = io.TextIOWrapper(buffered, encoding=encoding, errors="surrogateescape", newline="")
+        yield text, size
+    finally:
+        if text is not None:
+            text.close()
+        if owned:
+            raw.close()
+
+
+def _open_file(path: str, name: str) -> BinaryIO:
+    try:
+        if os.path.isdir(path):
+            raise InputError(f"{name}: is a directory")
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except OSError as error:
+        raise InputError(f"{name}: cannot open ({error.strerror or error})") from None
+
+
+class TextSource:
+    """Reads text in blocks of whole lines (each ends with a newline, except the last)."""
+
+    def __init__(self, text: io.TextIOBase, name: str, block: int = BLOCK) -> None:
+        self._text = text
+        self._name = name
+        self._block = block
+        self._pending = ""
+        self._eof = False
+        #: characters handed out so far, and lines of them (for row estimates)
+        self.consumed = 0
+        self.line = 1  # the line number of the next line to be handed out
+
+    def block(self) -> str:
+        """The next block of whole lines; "" at the end."""
+        while True:
+            data = "" if self._eof else self._read()
+            if not data:
+                self._eof = True
+                out, self._pending = self._pending, ""
+                self.consumed += len(out)
+                return out
+            buffer = self._pending + data if self._pending else data
+            cut = buffer.rfind("\n") + 1
+            if cut == 0:
+                self._pending = buffer  # a line longer than a block: read on
+                continue
+            self._pending = buffer[cut:]
+            out = buffer[:cut]
+            self.consumed += len(out)
+            return out
+
+    def unread(self, block: str) -> None:
+        """Give back the block just taken (used after peeking at the start of the file)."""
+        self._pending = block + self._pending
+        self.consumed -= len(block)
+
+    def _read(self) -> str:
+        try:
+            return self._text.read(self._block)
+        except READ_ERRORS as error:
+            raise read_error(self._name, error, self.line) from None
+
+
+def split_lines(block: str) -> list[str]:
+    """Physical lines with their endings, split as ``open(newline="")`` does (\\n, \\r\\n, \\r)."""
+    return io.StringIO(block, newline="").readlines()
+
+
+class Feed:
+    """Physical lines for ``csv.reader``, pulled from the source a block at a time."""
+
+    def __init__(self, source: TextSource) -> None:
+        self._source = source
+        self._lines: list[str] = []
+        self._next = 0
+
+    def load(self, block: str) -> None:
+        self._lines = split_lines(block)
+        self._next = 0
+
+    @property
+    def drained(self) -> bool:
+        """Whether every line of the blocks loaded so far has been handed out."""
+        return self._next >= len(self._lines)
+
+    def __iter__(self) -> Feed:
+        return self
+
+    def __next__(self) -> str:
+        if self._next >= len(self._lines):
+            block = self._source.block()
+            if not block:
+                raise StopIteration
+            self.load(block)
+        line = self._lines[self._next]
+        self._next += 1
+        return line
