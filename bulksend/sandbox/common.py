@@ -218,6 +218,7 @@ class Context:
 
 
 Handler = Callable[[web.Request, Context], Awaitable[web.Response]]
+SendPredicate = Callable[[web.Request], Awaitable[bool]]
 
 REQUEST_NUMBER: web.RequestKey[int] = web.RequestKey("sandbox_request_number", int)
 
@@ -304,17 +305,31 @@ class Core:
 
         return sandbox_middleware
 
-    def endpoint(self, dialect: Dialect, group: str, handler: Handler, *, send: bool) -> Any:
-        """Wrap a provider handler with the group's window and, on send endpoints, the faults."""
+    def endpoint(
+        self,
+        dialect: Dialect,
+        group: str,
+        handler: Handler,
+        *,
+        send: bool | SendPredicate,
+        retry_after: bool | None = None,
+    ) -> Any:
+        """Wrap a provider handler with the group's window and, on send endpoints, the faults.
+
+        ``send`` may be a predicate on the request, for APIs (Maxemail) whose one path carries
+        both reads and sends; ``retry_after`` None follows the config.
+        """
         window = self.windows[group]
         faults = self.config.faults
-        storms = send and faults.storm_every > 0
-        retry_after = self.config.retry_after
+        storms = faults.storm_every > 0
+        if retry_after is None:
+            retry_after = self.config.retry_after
         stats = self.stats
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             now = self.clock()
-            if storms:
+            is_send = send if isinstance(send, bool) else await send(request)
+            if storms and is_send:
                 left = storm_left(now - self.start, faults.storm_every, faults.storm_for)
                 if left is not None:
                     stats.storm_limited += 1
@@ -332,7 +347,7 @@ class Core:
                 if retry_after:
                     response.headers["Retry-After"] = retry_after_value(decision.reset_after)
                 return response
-            draw = self.faults.draw() if send else _NO_FAULT
+            draw = self.faults.draw() if is_send else _NO_FAULT
             fault = draw.fault
             if fault is Fault.ERROR_500 or fault is Fault.ERROR_503:
                 stats.faults[fault.value] += 1
@@ -372,10 +387,17 @@ def _drop(request: web.Request) -> web.Response:
 
 
 def json_response(
-    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+    data: Any,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    charset: str | None = None,
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+        body=orjson.dumps(data),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset=charset,
     )
 
 
