@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bulksend.sandbox import maxemail, maxtraffic, notifyvisitors
+from bulksend.sandbox import maxemail, maxtraffic, notifyvisitors, traitly
 from bulksend.sandbox.common import Clock, Core, Stats
 from bulksend.sandbox.config import SandboxConfig, SandboxConfigError
 
@@ -33,7 +33,7 @@ def _spec(module: ModuleType) -> ProviderSpec:
 
 
 PROVIDERS: Mapping[str, ProviderSpec] = {
-    spec.name: spec for spec in map(_spec, (maxtraffic, notifyvisitors, maxemail))
+    spec.name: spec for spec in map(_spec, (maxtraffic, notifyvisitors, maxemail, traitly))
 }
 
 
