@@ -487,3 +487,14 @@ def test_cli_refuses_bad_settings() -> None:
     with pytest.raises(RuntimeError, match="exit 2"):
         process.start()
     assert "fail_rate + reset_rate" in process.stderr_text()
+
+
+async def test_requests_ledger_format(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    async with sandbox("maxtraffic", tmp_path=tmp_path, ledger_format="requests") as sb:
+        await post(http, sb, {**MESSAGE, "to_ids": ["a", "b"], "to_uids": ["u"]})
+        assert len(sb.ledger_path.read_bytes().splitlines()) == 2  # type: ignore[union-attr]
+        assert [(e["kind"], e["value"], e["request"]) for e in sb.ledger_entries()] == [
+            ("id", "a", 1),
+            ("id", "b", 1),
+            ("uid", "u", 1),
+        ]

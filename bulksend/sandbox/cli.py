@@ -15,7 +15,12 @@ from pathlib import Path
 
 import orjson
 
-from bulksend.sandbox.config import FaultConfig, SandboxConfig, SandboxConfigError
+from bulksend.sandbox.config import (
+    LEDGER_FORMATS,
+    FaultConfig,
+    SandboxConfig,
+    SandboxConfigError,
+)
 from bulksend.sandbox.server import PROVIDERS, running
 
 DEFAULT_PORT = 8765
@@ -51,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--api-key", default="sandbox-key", help="accepted API key (sandbox-key)")
     net.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     net.add_argument("--ledger", type=Path, help="append accepted recipients here (JSON Lines)")
+    net.add_argument(
+        "--ledger-format",
+        choices=LEDGER_FORMATS,
+        default="lines",
+        help="lines: one per recipient (default); requests: one per accepted request",
+    )
     net.add_argument("--stats", type=Path, help="write the final counters here as JSON on exit")
     net.add_argument("--seed", type=int, help="seed for faults and synthetic data (default 0)")
     net.add_argument("--max-batch", type=int, help="records per request (provider default)")
@@ -133,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         retry_after=args.retry_after,
         latency_ms=args.latency_ms,
         ledger=args.ledger,
+        ledger_format=args.ledger_format,
         max_batch=args.max_batch,
         seed=args.seed,
         faults=faults,

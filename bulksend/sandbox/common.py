@@ -212,7 +212,10 @@ class Context:
         core = self.core
         if core.ledger.enabled:
             head = {"ts": round(core.wall(), 3), "request": self.number, **fields}
-            core.ledger.write(ledger_blob(head, values, plain=self.plain))
+            if core.per_request_ledger:
+                core.ledger.write(orjson.dumps({**head, "values": values}) + b"\n")
+            else:
+                core.ledger.write(ledger_blob(head, values, plain=self.plain))
         core.stats.recipients += len(values)
         self.accepted = True
 
@@ -241,6 +244,7 @@ class Core:
         self.started_at = wall()
         self.stats = Stats()
         self.ledger = Ledger(config.ledger)
+        self.per_request_ledger = config.ledger_format == "requests"
         self.faults = FaultPlan(config.faults, config.seed_value)
         self.windows: dict[str, FixedWindow] = {}
         for name, default in groups.items():
@@ -267,9 +271,14 @@ class Core:
 
     # -- aiohttp glue -------------------------------------------------------------------------
 
-    def middleware(self, dialect: Dialect) -> Any:
-        """Counts, delays, authenticates and turns router 404/405 into the provider's errors."""
+    def middleware(self, dialect: Dialect, *, headers_from: str | None = None) -> Any:
+        """Counts, delays, authenticates and turns router 404/405 into the provider's errors.
+
+        ``headers_from``: a group whose current window headers go on the answers made here
+        (401, 404, 405, prechecks), for providers that send them on every response.
+        """
         stats = self.stats
+        peek = self.windows[headers_from].peek if headers_from is not None else None
 
         @web.middleware
         async def sandbox_middleware(
@@ -280,6 +289,7 @@ class Core:
             if self._latency:
                 await asyncio.sleep(self._latency)
             response: web.StreamResponse
+            local = True
             if not dialect.authorized(request):
                 stats.unauthorized += 1
                 response = dialect.error(401, "unauthorized")
@@ -290,6 +300,7 @@ class Core:
                 else:
                     try:
                         response = await handler(request)
+                        local = False
                     except web.HTTPException as exc:
                         if exc.status == 405:
                             response = dialect.error(405, "method not allowed")
@@ -300,6 +311,8 @@ class Core:
                             response = dialect.error(404, "not found")
                         else:
                             response = dialect.error(exc.status, exc.reason)
+            if local and peek is not None:
+                response.headers.update(dialect.rate_headers(peek(self.clock())))
             stats.by_status[response.status] += 1
             return response
 

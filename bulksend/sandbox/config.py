@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+LEDGER_FORMATS = ("lines", "requests")
+
 
 class SandboxConfigError(ValueError):
     """A sandbox setting is out of range (the CLI turns it into a usage error)."""
@@ -78,6 +80,9 @@ class SandboxConfig:
     retry_after: bool = True
     latency_ms: float = 0.0
     ledger: Path | None = None
+    #: "lines": one line per recipient (the default); "requests": one line per accepted request
+    #: with a ``values`` array, about 3 times fewer bytes, for benchmarks at high rates
+    ledger_format: str = "lines"
     max_batch: int | None = None
     seed: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -123,6 +128,8 @@ class SandboxConfig:
             raise SandboxConfigError("max_batch must be >= 1")
         if not 0 <= self.port <= 65535:
             raise SandboxConfigError("port must be between 0 and 65535")
+        if self.ledger_format not in LEDGER_FORMATS:
+            raise SandboxConfigError(f"ledger_format must be one of {', '.join(LEDGER_FORMATS)}")
         if self.leads < 0:
             raise SandboxConfigError("leads must be >= 0")
         _rate("unknown_visitor_rate", self.unknown_visitor_rate)

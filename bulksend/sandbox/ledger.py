@@ -1,5 +1,10 @@
 """The sandbox ledger: a JSON Lines file with one line per accepted recipient.
 
+Each line is ``{"ts": epoch seconds, "request": n, "campaign": ..., "kind": ..., "value": ...}``
+(plus provider keys such as ``event`` or ``channel`` before ``value``). With
+``ledger_format="requests"`` a line carries a whole request's ``values`` instead; ``read_ledger``
+reads both back as one dict per recipient.
+
 Writes are group-committed: blobs of the requests accepted while a write is in flight are
 gathered and handed to one writer thread in a single ``writev``, so the event loop never blocks on
 the file and a burst of requests costs one system call. ``commit()`` returns once everything
@@ -112,5 +117,20 @@ class Ledger:
             return []
         if self._fd is not None and self._pending:
             self.flush_now()
-        with self.path.open("rb") as f:
-            return [orjson.loads(line) for line in f if line.strip()]
+        return read_ledger(self.path)
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """A ledger file as one dict per recipient, in either format (a ``values`` line expands)."""
+    out: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            entry = orjson.loads(line)
+            values = entry.pop("values", None)
+            if values is None:
+                out.append(entry)
+            else:
+                out.extend({**entry, "value": v} for v in values)
+    return out

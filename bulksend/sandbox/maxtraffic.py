@@ -298,7 +298,6 @@ def build_app(core: Core) -> web.Application:
     seed = config.seed_value
     visitors = load_visitors(config.visitors) if config.visitors is not None else None
     leads = synthetic_leads(config.leads, seed=seed, anchor=core.started_at)
-    window = core.windows["api"]
 
     def invalid(message: str) -> web.Response:
         return dialect.error(422, message)
@@ -357,17 +356,7 @@ def build_app(core: Core) -> web.Application:
         return json_response([lead.as_json() for lead in chosen])
 
     # every response carries the window's headers, including 401/404/405 from the middleware
-    @web.middleware
-    async def headers_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        response: web.StreamResponse = await handler(request)
-        if "X-RateLimit-Remaining" not in response.headers:
-            response.headers.update(dialect.rate_headers(window.peek(core.clock())))
-        return response
-
-    middlewares = [core.middleware(dialect)]
-    if config.ratelimit_headers:
-        middlewares.insert(0, headers_middleware)
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=[core.middleware(dialect, headers_from="api")])
 
     def route(method: str, path: str, handler: Any, *, send: bool = False) -> None:
         app.router.add_route(method, path, core.endpoint(dialect, "api", handler, send=send))
