@@ -60,6 +60,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from itertools import compress
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -199,7 +200,8 @@ class SpillStore:
         return (np.arange(count, dtype=np.uint64) * step + np.uint64(first)).astype(np.uint32)
 
     def same_key(self, o: int, key: str) -> bool:
-        """Whether the record at ``o`` holds exactly ``key``."""
+        """Whether the record at ``o`` holds exactly ``key`` (one ``pread``, about 1 µs: the
+        spill was written moments or minutes ago and is in the page cache)."""
         data = key.encode("utf-8", "surrogatepass") + b"\0"
         return os.pread(self._fd, len(data), o << 3) == data
 
@@ -578,27 +580,25 @@ class Deduper:
             return list(recipients), []
         duplicate = drop & ~keep & present_any
         partial = drop & keep
-        self.duplicates += int(duplicate.sum())
+        dups = list(compress(recipients, duplicate.tolist()))
+        self.duplicates += len(dups)
+        if not partial.any():
+            return list(compress(recipients, (~duplicate).tolist())), dups
         self.partial += int(partial.sum())
         kept: list[Recipient] = []
-        dups: list[Recipient] = []
-        dup_list = duplicate.tolist()
-        partial_list = partial.tolist()
-        seen_lists = {key: mask.tolist() for key, mask in seen_masks.items()}
         no = [False] * count
-        for i, recipient in enumerate(recipients):
-            if dup_list[i]:
-                dups.append(recipient)
-            elif partial_list[i]:
-                id_seen = seen_lists.get("id", no)[i]
-                uid_seen = seen_lists.get("uid", no)[i]
-                kept.append(
-                    replace(
-                        recipient,
-                        id=None if id_seen else recipient.id,
-                        uid=None if uid_seen else recipient.uid,
-                    )
+        id_seen = seen_masks["id"].tolist() if "id" in seen_masks else no
+        uid_seen = seen_masks["uid"].tolist() if "uid" in seen_masks else no
+        for i, (recipient, dropped, split) in enumerate(
+            zip(recipients, duplicate.tolist(), partial.tolist(), strict=True)
+        ):
+            if dropped:
+                continue
+            if split:
+                recipient = replace(
+                    recipient,
+                    id=None if id_seen[i] else recipient.id,
+                    uid=None if uid_seen[i] else recipient.uid,
                 )
-            else:
-                kept.append(recipient)
+            kept.append(recipient)
         return kept, dups

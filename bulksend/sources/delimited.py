@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
-from itertools import repeat
+
+import numpy as np
 
 from bulksend.errors import InputError
 from bulksend.sources.rows import Layout
@@ -129,6 +130,8 @@ class DelimitedReader:
         header = self._header()
         self.header = [h.strip().lstrip("\ufeff").strip() for h in header]
         self.layout = layout_for(spec, header)
+        allowed = {"\n", delimiter}
+        self._controls = bytes(c for c in [*range(32), 127] if chr(c) not in allowed)
         self._needed = sorted(
             {i for _, i, _ in self.layout.keys} | {i for i, _ in self.layout.attrs}
         )
@@ -162,6 +165,7 @@ class DelimitedReader:
                 yield from self._slow()
 
     def _fast(self, block: str) -> Chunk | None:
+        """A block without quotes: split on the delimiter, column by column (see the module)."""
         if not self._fast_ok or QUOTE in block:
             return None
         body = block[:-1] if block.endswith("\n") else block
@@ -169,8 +173,7 @@ class DelimitedReader:
             body = body.replace("\r\n", "\n")
             if "\r" in body:
                 return None
-        lines = body.split("\n")
-        count = len(lines)
+        count = body.count("\n") + 1
         width = self.layout.width
         delimiter = self.delimiter
         first = self._line
@@ -178,17 +181,38 @@ class DelimitedReader:
         if width == 1:
             if delimiter in body:
                 return None
-            columns = [lines]
+            columns = [body.split("\n")]
         else:
-            if set(map(str.count, lines, repeat(delimiter, count))) != {width - 1}:
+            # each line end becomes a field of its own, "\n", which must come every width + 1
+            flat = body.replace("\n", delimiter + "\n" + delimiter).split(delimiter)
+            step = width + 1
+            if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
                 return None
-            flat = body.replace("\n", delimiter).split(delimiter)
-            columns = [flat[i::width] if i in self._needed else [] for i in range(width)]
-        chunk = self.layout.columns(numbers, columns, count)
+            columns = [flat[i::step] if i in self._needed else [] for i in range(width)]
+        chunk = self.layout.columns(numbers, columns, count, clean=self._clean(body))
         if chunk is None:
-            chunk = self.layout.rows(numbers, [line.split(delimiter) for line in lines])
+            rows = [line.split(delimiter) for line in body.split("\n")]
+            chunk = self.layout.rows(numbers, rows)
         self._line = first + count
         return chunk
+
+    def _clean(self, body: str) -> bool:
+        """Whether no field of this quote-free block needs stripping, has a control character
+        or undecodable bytes, or is too long (checked on whole lines, at C speed)."""
+        if not body.isascii() or " " in body or (self.delimiter != "\t" and "\t" in body):
+            return False
+        data = body.encode("ascii")
+        if len(data.translate(None, self._controls)) != len(data):
+            return False
+        if len(data) <= self.layout.max_len:
+            return True
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        if not ends.size:
+            return False
+        longest = max(int(ends[0]), len(data) - 1 - int(ends[-1]))
+        if ends.size > 1:
+            longest = max(longest, int(np.diff(ends).max()) - 1)
+        return longest <= self.layout.max_len
 
     def _slow(self) -> Iterator[Chunk]:
         """Rows through ``csv.reader`` until the loaded lines are used up on a record boundary."""

@@ -148,10 +148,10 @@ def _open_file(path: str, name: str) -> BinaryIO:
 class TextSource:
     """Reads text in blocks of whole lines (each ends with a newline, except the last)."""
 
-    def __init__(self, text: io.TextIOBase, name: str, block: int = BLOCK) -> None:
+    def __init__(self, text: io.TextIOBase, name: str, block: int | None = None) -> None:
         self._text = text
         self._name = name
-        self._block = block
+        self._block = block or BLOCK
         self._pending = ""
         self._eof = False
         #: characters handed out so far, and lines of them (for row estimates)

@@ -1,0 +1,320 @@
+"""Recipient file readers against a corpus of tricky files (tests/data) and generated ones."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bulksend.errors import InputError
+from bulksend.models import Recipient, Rejected
+from bulksend.sources import (
+    Columns,
+    SourceSpec,
+    collect_problems,
+    describe,
+    open_source,
+    spooled,
+    synthetic,
+    write_synthetic_csv,
+)
+from bulksend.sources import stream as stream_module
+from bulksend.sources.delimited import layout_for
+
+DATA = Path(__file__).parent / "data"
+
+
+def read(path: str | Path, **options: object) -> list[Recipient | Rejected]:
+    with open_source(SourceSpec(path=str(path), **options)) as rows:  # type: ignore[arg-type]
+        return list(rows)
+
+
+def R(line: int, id: str | None, uid: str | None = None, **attrs: str) -> Recipient:
+    return Recipient(line, id, uid, attrs)
+
+
+def X(line: int, reason: str, id: str | None = None, uid: str | None = None) -> Rejected:
+    return Rejected(line, reason, id, uid)
+
+
+# -- the corpus: every format -----------------------------------------------------------------
+
+
+def test_comma_crlf_bom_quoted_fields() -> None:
+    assert read(DATA / "comma_crlf_bom.csv") == [
+        R(2, "v1", "u1", Name="Ann"),
+        R(3, "v2,with comma", "u2", Name='She said "hi"'),
+        R(4, "v3", None, Name="two\r\nlines"),  # the record starts on line 4, spans 4-5
+        R(6, "v4", "u4", Name="Dan"),  # id and uid stripped, attrs kept as they are
+    ]
+
+
+def test_semicolon_dialect_is_sniffed() -> None:
+    with open_source(SourceSpec(path=str(DATA / "semicolon.csv"))) as rows:
+        assert (rows.format, rows.delimiter, rows.header) == ("csv", ";", ["id", "uid", "city"])
+        assert list(rows) == [
+            R(2, "1", "a", city="Paris"),
+            R(3, "2", "b", city="Saint-Denis; Réunion"),
+            R(4, None, "c", city="Lyon"),
+        ]
+
+
+def test_pipe_dialect_in_an_unknown_extension_is_sniffed() -> None:
+    assert read(DATA / "pipe.txt") == [R(2, "1", "a"), R(3, "2", "b")]
+
+
+def test_tsv_with_columns_in_any_order() -> None:
+    assert read(DATA / "tabs.tsv") == [
+        R(2, "1", "u1", email="a@example.com"),
+        R(3, "2", "u2", email=""),
+    ]
+
+
+def test_json_lines() -> None:
+    assert read(DATA / "recipients.jsonl") == [
+        R(1, "42", "u-42", Plan="gold", score="7.5", vip="true", tags='["a","b"]'),
+        R(3, "x1"),  # keys match case-insensitively; line 2 is blank
+        X(4, "malformed JSON: expected an object, got array"),
+        X(5, "malformed JSON: unexpected character, expected a string key at column 14"),
+        X(6, "missing id and uid"),
+        X(7, "control character in column 'id'"),
+        X(8, "value in column 'id' is not a string or integer (got number)"),
+        R(9, None, "u-9"),
+    ]
+
+
+def test_plain_list_skips_blank_lines_and_strips() -> None:
+    with open_source(SourceSpec(path=str(DATA / "ids.txt"))) as rows:
+        assert rows.format == "lines"
+        assert list(rows) == [R(1, "abc"), R(3, "def"), R(4, "ghi")]
+
+
+def test_plain_list_of_uids() -> None:
+    items = read(DATA / "ids.txt", format="lines", columns=Columns(id=None, uid="uid"))
+    assert items == [R(1, None, "abc"), R(3, None, "def"), R(4, None, "ghi")]
+
+
+def test_single_column_csv_with_only_the_id_column() -> None:
+    assert read(DATA / "only_id.csv") == [R(2, "A"), R(3, "B")]
+
+
+def test_gzip_by_extension_and_by_magic_bytes() -> None:
+    assert read(DATA / "good.csv.gz") == [R(2, "1", "u1"), R(3, "2", "u2")]
+    assert read(DATA / "gzipped_list") == [R(1, "a"), R(2, "b")]
+
+
+def test_stdin_plain_and_gzipped() -> None:
+    data = b"id,uid\n1,a\n"
+    for payload in (data, gzip.compress(data)):
+        with open_source(SourceSpec(path="-"), stdin=io.BytesIO(payload)) as rows:
+            assert rows.name == "<stdin>"
+            assert list(rows) == [R(2, "1", "a")]
+
+
+def test_latin1_needs_encoding_and_a_bad_row_is_reported_not_fatal() -> None:
+    assert read(DATA / "latin1.csv") == [
+        X(2, "undecodable bytes (not utf-8; try --encoding)", id="1"),
+        R(3, "2", name="Zoe"),
+    ]
+    assert read(DATA / "latin1.csv", encoding="latin-1") == [
+        R(2, "1", name="André"),
+        R(3, "2", name="Zoe"),
+    ]
+
+
+def test_bad_rows_are_rejected_with_line_and_reason_and_reading_goes_on() -> None:
+    assert read(DATA / "bad_rows.csv") == [
+        R(2, "1", "u1", name="ok"),
+        X(3, "wrong number of fields (expected 3, got 4)"),
+        X(4, "missing id and uid"),
+        X(5, "value too long in column 'uid' (2000 > 1024 chars)"),
+        X(6, "control character in column 'uid'"),
+        # line 7 is empty and line 8 holds only delimiters: skipped silently
+        R(9, "5", "u5", name="last"),
+    ]
+
+
+def test_describe_gives_file_and_line() -> None:
+    assert describe("f.csv", X(7, "missing id and uid")) == "f.csv:7: missing id and uid"
+
+
+# -- whole-file problems: one line, naming the file --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("empty.csv", "empty.csv: file is empty"),
+        ("blank.csv", "blank.csv: file has only blank lines"),
+        ("header_only.csv", "header_only.csv: no data rows (only a header)"),
+        (
+            "missing_column.csv",
+            "missing_column.csv: column 'id' not found in the header (columns: 'email', 'name')",
+        ),
+        ("duplicate_column.csv", "duplicate_column.csv: column 'id' appears 2 times in the header"),
+        (
+            "binary.csv",
+            "binary.csv: looks like a binary file (NUL bytes), not a recipient list",
+        ),
+        ("not_gzip.csv.gz", "not_gzip.csv.gz: not a valid gzip file (Unknown compression method)"),
+        ("truncated.csv.gz", "truncated.csv.gz: truncated gzip data"),
+        ("no_such_file.csv", "no_such_file.csv: no such file"),
+    ],
+)
+def test_whole_file_errors(name: str, message: str) -> None:
+    with pytest.raises(InputError) as raised:
+        read(DATA / name)
+    assert str(raised.value) == f"{DATA / name}{message.removeprefix(name)}"
+    assert "\n" not in str(raised.value)
+
+
+def test_directory() -> None:
+    with pytest.raises(InputError, match=r": is a directory$"):
+        read(DATA)
+
+
+def test_explicitly_mapped_column_must_exist() -> None:
+    with pytest.raises(InputError, match=r"column 'visitor' not found in the header"):
+        read(DATA / "semicolon.csv", columns=Columns(id="visitor"))
+
+
+def test_unknown_encoding() -> None:
+    with pytest.raises(InputError, match=r"unknown encoding 'klingon'"):
+        read(DATA / "semicolon.csv", encoding="klingon")
+
+
+def test_truncated_gzip_far_into_the_file_fails_while_reading(tmp_path: Path) -> None:
+    data = ("id,uid\n" + "".join(f"{i:032x},u{i}\n" for i in range(100_000))).encode()
+    packed = gzip.compress(data, compresslevel=1)
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(packed[: len(packed) * 3 // 4])
+    with open_source(SourceSpec(path=str(path))) as rows, pytest.raises(InputError) as raised:
+        for _ in rows.chunks():
+            pass
+    assert str(raised.value).startswith(f"{path}:")
+    assert str(raised.value).endswith(": truncated gzip data")
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def test_custom_columns_without_attrs_and_a_shorter_limit(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("Visitor,User,plan\nv1,u1,gold\nv2,uuuuuuuuuuu,silver\n")
+    items = read(
+        path, columns=Columns(id="visitor", uid="USER"), keep_attrs=False, max_value_len=10
+    )
+    assert items == [R(2, "v1", "u1"), X(3, "value too long in column 'User' (11 > 10 chars)")]
+
+
+def test_explicit_format_and_delimiter(tmp_path: Path) -> None:
+    path = tmp_path / "x.data"
+    path.write_text("id:uid\n1:a\n")
+    assert read(path, delimiter=":") == [R(2, "1", "a")]
+    assert read(path, format="lines") == [R(1, "id:uid"), R(2, "1:a")]
+
+
+def test_strict_stops_at_the_first_problem_and_collect_problems_lists_them() -> None:
+    spec = SourceSpec(path=str(DATA / "bad_rows.csv"), strict=True)
+    raises = pytest.raises(InputError, match=r"bad_rows.csv:3: wrong number of fields")
+    with open_source(spec) as rows, raises:
+        list(rows)
+    problems = collect_problems(SourceSpec(path=str(DATA / "bad_rows.csv")), limit=2)
+    assert [p.line for p in problems] == [3, 4]
+    assert len(collect_problems(SourceSpec(path=str(DATA / "bad_rows.csv")))) == 4
+
+
+def test_spooled_stdin_can_be_read_twice() -> None:
+    stdin = io.BytesIO(b"id\n1\n\x01\n")
+    with spooled(SourceSpec(path="-"), stdin=stdin) as spec:
+        assert spec.path != "-"
+        assert [p.line for p in collect_problems(spec)] == [3]
+        assert read(spec.path)[0] == R(2, "1")
+    assert not os.path.exists(spec.path)
+
+
+def test_rows_can_be_read_once_and_count_what_they_read() -> None:
+    with open_source(SourceSpec(path=str(DATA / "bad_rows.csv"))) as rows:
+        chunks = list(rows.chunks())
+        assert (rows.recipients, rows.rejected) == (2, 4)
+        assert sum(len(c.recipients) for c in chunks) == 2
+        with pytest.raises(RuntimeError):
+            list(rows.chunks())
+
+
+# -- the fast column path gives what csv.reader + the per-row rules give ----------------------
+
+FIELD = st.text(
+    alphabet=st.sampled_from(list("ab1 ,;\"'\t\n\r\x01é\u00a0\udc80x")), min_size=0, max_size=6
+)
+
+
+def _reference(path: Path, spec: SourceSpec) -> list[Recipient | Rejected]:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        records = list(csv.reader(f))
+    layout = layout_for(spec, records[0])
+    out: list[Recipient | Rejected] = []
+    line = 2
+    for record in records[1:]:
+        item = layout.row(line, record)
+        if item is not None:
+            out.append(item)
+        line += 1 + sum(f.count("\n") + f.count("\r") - f.count("\r\n") for f in record)
+    return out
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(st.lists(FIELD, min_size=3, max_size=5), min_size=1, max_size=60),
+    block=st.sampled_from([16, 64, 4096]),
+    quote_all=st.booleans(),
+)
+def test_fast_path_matches_csv_reader_and_row_rules(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[list[str]],
+    block: int,
+    quote_all: bool,
+) -> None:
+    monkeypatch.setattr(stream_module, "BLOCK", block)
+    path = tmp_path / "h.csv"
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+        writer.writerow(["id", "uid", "a", "b"])
+        writer.writerows(rows)
+    spec = SourceSpec(path=str(path), format="csv", delimiter=",", max_value_len=4)
+    expected = _reference(path, spec)
+    if not expected:  # only blank rows: a file without data
+        with pytest.raises(InputError, match="no data rows"):
+            read(path, format="csv", delimiter=",", max_value_len=4)
+    else:
+        assert read(path, format="csv", delimiter=",", max_value_len=4) == expected
+
+
+# -- synthetic data ----------------------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_and_repeats_rows_as_asked() -> None:
+    first = list(synthetic(2000, duplicate_rate=0.25, seed=3))
+    assert first == list(synthetic(2000, duplicate_rate=0.25, seed=3))
+    assert [r.line for r in first[:3]] == [2, 3, 4]
+    unique = {(r.id, r.uid) for r in first}
+    assert 1300 < len(unique) < 1700
+    assert len({r.id for r in first}) == len(unique) == len({r.uid for r in first})
+
+
+def test_write_synthetic_csv_reads_back(tmp_path: Path) -> None:
+    path = write_synthetic_csv(tmp_path / "s.csv", 500, seed=5, extra_columns=["name"])
+    items = read(path, keep_attrs=False)
+    expected = list(synthetic(500, seed=5))
+    assert items == expected
+    with_attrs = read(path)
+    assert with_attrs[0].attrs == {"name": "name 0"}  # type: ignore[union-attr]
