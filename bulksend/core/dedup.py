@@ -232,6 +232,12 @@ class KeySet:
     def __len__(self) -> int:
         return self._count + len(self._odd)
 
+    def __enter__(self) -> KeySet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def buckets(self) -> int:
         return self._nb

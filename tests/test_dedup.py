@@ -1,0 +1,181 @@
+"""Exact deduplication: semantics, forced hash collisions, growth, and a reference set model."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulksend.core.dedup import Deduper, KeySet
+from bulksend.models import Recipient
+
+
+def R(line: int, id: str | None, uid: str | None = None) -> Recipient:
+    return Recipient(line, id, uid)
+
+
+@pytest.fixture
+def dedup() -> Iterator[Deduper]:
+    with Deduper(("id", "uid")) as d:
+        yield d
+
+
+def test_new_partial_and_duplicate(dedup: Deduper) -> None:
+    assert dedup.filter(R(2, "a", "x")) == R(2, "a", "x")
+    assert dedup.filter(R(3, "a", "y")) == R(3, None, "y")  # id seen: only the uid goes on
+    assert dedup.filter(R(4, "b", "x")) == R(4, "b", None)
+    assert dedup.filter(R(5, "a", "y")) is None
+    assert dedup.filter(R(6, None, "x")) is None
+    assert (dedup.duplicates, dedup.partial) == (2, 2)
+    assert (dedup.unique("id"), dedup.unique("uid")) == (2, 2)
+
+
+def test_ids_and_uids_are_separate_key_spaces(dedup: Deduper) -> None:
+    assert dedup.filter(R(2, "same", None)) == R(2, "same", None)
+    assert dedup.filter(R(3, None, "same")) == R(3, None, "same")
+
+
+def test_only_the_chosen_keys_are_deduplicated() -> None:
+    with Deduper(("id",)) as d:
+        assert d.filter(R(2, "a", "x")) == R(2, "a", "x")
+        assert d.filter(R(3, "b", "x")) == R(3, "b", "x")  # uid not deduplicated
+        assert d.filter(R(4, "a", "z")) is None
+        assert d.filter(R(5, None, "x")) == R(5, None, "x")  # nothing to deduplicate on
+
+
+def test_filter_many_returns_kept_and_duplicates_in_order(dedup: Deduper) -> None:
+    rows = [R(2, "a", "x"), R(3, "a", "x"), R(4, "b", "x"), R(5, "c", None), R(6, "c", "q")]
+    kept, dups = dedup.filter_many(rows)
+    assert kept == [R(2, "a", "x"), R(4, "b", None), R(5, "c", None), R(6, None, "q")]
+    assert dups == [R(3, "a", "x")]
+    assert (dedup.duplicates, dedup.partial) == (1, 2)
+
+
+def test_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="dedup keys"):
+        Deduper(("email",))
+
+
+# -- the key set: exact whatever the hash ------------------------------------------------------
+
+TINY_HASHES: list[Callable[[str], int]] = [
+    lambda s: 0,  # every key collides: one bucket, long overflow chains round the table
+    lambda s: len(s) % 3,
+    lambda s: (len(s) % 2) << 63,  # collisions in the fingerprint bits only
+    lambda s: 0xFFFF_FFFF_0000_0000,  # home is the last bucket: chains wrap round to the first
+]
+
+
+@pytest.mark.parametrize("hash_fn", TINY_HASHES)
+def test_colliding_hashes_never_drop_a_key(hash_fn: Callable[[str], int]) -> None:
+    keys = [f"k{i}" for i in range(1200)]
+    with KeySet(hash_fn=hash_fn) as ks:
+        assert ks.add_many(keys[:400]).all()
+        assert not ks.add_many(keys[:400]).any()
+        out = ks.add_many(keys[200:1200])
+        assert not out[:200].any()
+        assert out[200:].all()
+        assert len(ks) == 1200
+
+
+def test_growth_from_a_tiny_table_keeps_everything() -> None:
+    with KeySet() as ks:
+        start = ks.buckets
+        for base in range(0, 60_000, 7000):
+            assert ks.add_many([f"key-{i}" for i in range(base, base + 7000)]).all()
+        assert ks.buckets > start
+        assert not ks.add_many([f"key-{i}" for i in range(0, 63_000, 3)]).any()
+
+
+def test_repeats_within_one_call_are_new_only_first() -> None:
+    with KeySet(hash_fn=lambda s: 7) as ks:
+        assert ks.add_many(["a", "b", "a", "c", "b", "a"]).tolist() == [
+            True,
+            True,
+            False,
+            True,
+            False,
+            False,
+        ]
+
+
+def test_awkward_keys_nul_unicode_long_and_mixed_widths() -> None:
+    awkward = ["", "a\0b", "a", "a\0", "é", "e\u0301", "\udc80", "x" * 500, "x" * 499, "日本"]
+    with KeySet() as ks:
+        assert ks.add_many(awkward).all()
+        # one by one, and padded to other widths among other keys: still all found
+        for key in awkward:
+            assert not ks.add(key)
+            assert ks.add_many(["zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz" + key, key]).tolist() == [
+                True,
+                False,
+            ]
+
+
+def test_the_spill_file_is_gone_after_close() -> None:
+    ks = KeySet()
+    ks.add_many(["a", "b"])
+    fd = ks._store._fd
+    os.fstat(fd)
+    ks.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+
+
+def test_memory_is_a_few_bytes_per_key() -> None:
+    with Deduper(("id",), expected=100_000) as d:
+        d.filter_many([R(i, f"{i:032x}") for i in range(100_000)])
+        assert d.memory_bytes < 100_000 * 30 + 5_000_000  # table + fixed scratch
+
+
+# -- against a set-based reference ------------------------------------------------------------
+
+
+def reference(
+    rows: list[tuple[str | None, str | None]],
+) -> list[tuple[str | None, str | None] | None]:
+    ids: set[str] = set()
+    uids: set[str] = set()
+    out: list[tuple[str | None, str | None] | None] = []
+    for id, uid in rows:
+        new_id = id if id is not None and id not in ids else None
+        new_uid = uid if uid is not None and uid not in uids else None
+        if id is not None:
+            ids.add(id)
+        if uid is not None:
+            uids.add(uid)
+        if new_id is None and new_uid is None and (id is not None or uid is not None):
+            out.append(None)
+        else:
+            out.append((new_id if id is not None else None, new_uid if uid is not None else None))
+    return out
+
+
+KEY = st.one_of(st.none(), st.text(alphabet="ab\0é", max_size=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.tuples(KEY, KEY), max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    collide=st.booleans(),
+)
+def test_matches_a_set_based_reference(
+    rows: list[tuple[str | None, str | None]], cuts: list[int], collide: bool
+) -> None:
+    recipients = [R(i, id, uid) for i, (id, uid) in enumerate(rows)]
+    bounds = sorted({0, len(rows), *[c for c in cuts if c <= len(rows)]})
+    got: list[tuple[str | None, str | None] | None] = [None] * len(rows)
+    with Deduper(hash_fn=(lambda s: len(s)) if collide else None) as d:
+        for start, end in itertools.pairwise(bounds):
+            kept, dups = d.filter_many(recipients[start:end])
+            for r in kept:
+                got[r.line] = (r.id, r.uid)
+            assert all(got[r.line] is None for r in dups)
+        expected = reference(rows)
+        assert got == expected
+        assert d.duplicates == expected.count(None)
