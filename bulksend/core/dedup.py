@@ -58,6 +58,7 @@ from __future__ import annotations
 import os
 import tempfile
 import weakref
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from itertools import compress
@@ -79,6 +80,8 @@ _SHORT: Final = 64
 _LONG_GROUP: Final = 256
 #: in-chunk repeats are found through a scratch table indexed by this many hash bits
 _SCRATCH_BITS: Final = 20
+#: bytes of the newest spill records also kept in memory, per key set
+_RECENT: Final = 24 << 20
 _MASK64: Final = (1 << 64) - 1
 _U32_MAX: Final = (1 << 32) - 1
 
@@ -175,6 +178,11 @@ class SpillStore:
         self._finalizer = weakref.finalize(self, os.close, fd)
         os.write(fd, bytes(8))  # o = 0 is never a record
         self._end = 8
+        #: the most recent records, also kept in memory (at most ``_RECENT`` bytes): a
+        #: duplicate of a recent key is then checked without a system call
+        self._recent: list[bytes] = []
+        self._recent_starts: list[int] = []
+        self._recent_bytes = 0
 
     @property
     def size(self) -> int:
@@ -191,19 +199,46 @@ class SpillStore:
         end = self._end + count * width
         if (end >> 3) > _U32_MAX:
             raise OverflowError("deduplication spill file is full (32 GiB of keys)")
-        view = memoryview(records.tobytes())
+        data = records.tobytes()
+        view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        self._recent.append(data)
+        self._recent_starts.append(self._end)
+        self._recent_bytes += len(data)
+        while self._recent_bytes > _RECENT and len(self._recent) > 1:
+            self._recent_bytes -= len(self._recent.pop(0))
+            self._recent_starts.pop(0)
         self._end = end
         step = np.uint64(width >> 3)
         return (np.arange(count, dtype=np.uint64) * step + np.uint64(first)).astype(np.uint32)
 
     def same_key(self, o: int, key: str) -> bool:
-        """Whether the record at ``o`` holds exactly ``key`` (one ``pread``, about 1 µs: the
-        spill was written moments or minutes ago and is in the page cache)."""
-        data = key.encode("utf-8", "surrogatepass") + b"\0"
-        return os.pread(self._fd, len(data), o << 3) == data
+        """Whether the record at ``o`` holds exactly ``key``."""
+        return self.same_keys([o], [key])[0]
+
+    def same_keys(self, offsets: Sequence[int], keys: Sequence[str]) -> list[bool]:
+        """For each pair, whether the record at ``o`` holds exactly the key.
+
+        A recent record is compared in memory; an older one costs a ``pread`` (about 1 µs: the
+        spill was written during this run and is in the page cache).
+        """
+        out: list[bool] = []
+        starts = self._recent_starts
+        oldest = starts[0] if starts else self._end
+        recent = self._recent
+        fd = self._fd
+        for o, key in zip(offsets, keys, strict=True):
+            data = key.encode("utf-8", "surrogatepass") + b"\0"
+            start = o << 3
+            if start >= oldest:
+                i = bisect_right(starts, start) - 1
+                offset = start - starts[i]
+                out.append(recent[i][offset : offset + len(data)] == data)
+            else:
+                out.append(os.pread(fd, len(data), start) == data)
+        return out
 
 
 class KeySet:
@@ -392,11 +427,11 @@ class KeySet:
             if hits.view(np.uint64).any():
                 qi, slot = np.nonzero(hits)
                 offsets = self._table[bucket[qi], _SLOTS + slot].tolist()
-                positions = query[qi].tolist()
-                for q, o in zip(positions, offsets, strict=True):
-                    key = keys[q if where is None else int(where[q])]
-                    if not known[q] and self._store.same_key(o, key):
-                        known[q] = True
+                positions = query[qi]
+                at = (positions if where is None else where[positions]).tolist()
+                same = self._store.same_keys(offsets, [keys[i] for i in at])
+                if True in same:
+                    known[positions[np.array(same, dtype=np.bool_)]] = True
             more = rows[:, _SLOTS - 1] != 0  # a full bucket: the key may sit further on
             stop = ~more
             if stop.all():

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator, Sequence
 
-import numpy as np
-
 from bulksend.errors import InputError
 from bulksend.sources.rows import Layout
 from bulksend.sources.spec import DEFAULT_NAMES, Chunk, SourceSpec
@@ -130,8 +128,6 @@ class DelimitedReader:
         header = self._header()
         self.header = [h.strip().lstrip("\ufeff").strip() for h in header]
         self.layout = layout_for(spec, header)
-        allowed = {"\n", delimiter}
-        self._controls = bytes(c for c in [*range(32), 127] if chr(c) not in allowed)
         self._needed = sorted(
             {i for _, i, _ in self.layout.keys} | {i for i, _ in self.layout.attrs}
         )
@@ -189,30 +185,18 @@ class DelimitedReader:
             if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
                 return None
             columns = [flat[i::step] if i in self._needed else [] for i in range(width)]
-        chunk = self.layout.columns(numbers, columns, count, clean=self._clean(body))
+        chunk = self.layout.columns(numbers, columns, count, strip=not self._stripped(body))
         if chunk is None:
             rows = [line.split(delimiter) for line in body.split("\n")]
             chunk = self.layout.rows(numbers, rows)
         self._line = first + count
         return chunk
 
-    def _clean(self, body: str) -> bool:
-        """Whether no field of this quote-free block needs stripping, has a control character
-        or undecodable bytes, or is too long (checked on whole lines, at C speed)."""
-        if not body.isascii() or " " in body or (self.delimiter != "\t" and "\t" in body):
-            return False
-        data = body.encode("ascii")
-        if len(data.translate(None, self._controls)) != len(data):
-            return False
-        if len(data) <= self.layout.max_len:
-            return True
-        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-        if not ends.size:
-            return False
-        longest = max(int(ends[0]), len(data) - 1 - int(ends[-1]))
-        if ends.size > 1:
-            longest = max(longest, int(np.diff(ends).max()) - 1)
-        return longest <= self.layout.max_len
+    @staticmethod
+    def _stripped(body: str) -> bool:
+        """Whether no field can start or end with whitespace: an ASCII block without spaces
+        (tabs and other whitespace are control characters, checked with the values)."""
+        return body.isascii() and " " not in body
 
     def _slow(self) -> Iterator[Chunk]:
         """Rows through ``csv.reader`` until the loaded lines are used up on a record boundary."""

@@ -22,6 +22,8 @@ from dataclasses import fields as dataclass_fields
 from itertools import repeat
 from typing import Any
 
+import numpy as np
+
 from bulksend.models import Recipient, Rejected
 from bulksend.sources import spec
 
@@ -148,6 +150,17 @@ class Layout:
             return spec.control(label)
         return None
 
+    def _plain(self, values: list[str]) -> bool:
+        """No control character or undecodable byte, none too long: fine for any column."""
+        joined = "".join(values)
+        if joined.isascii():
+            codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+            if (codes - np.uint8(32) >= np.uint8(95)).any():  # below 32, or 127
+                return False
+        elif not joined.isprintable():
+            return False
+        return max(map(len, values)) <= self.max_len
+
     @staticmethod
     def _blank(fields: Sequence[str]) -> bool:
         return not "".join(fields).strip()
@@ -173,25 +186,23 @@ class Layout:
         columns: Sequence[list[str]],
         count: int,
         *,
-        clean: bool = False,
+        strip: bool = True,
     ) -> spec.Chunk | None:
         """The chunk for ``count`` rows given column by column, when every check passes in bulk.
 
-        Only the read columns need to be filled in ``columns`` (by index). ``clean`` says the
-        caller has made sure that no value has surrounding whitespace, a control character,
-        undecodable bytes or more than ``max_len`` characters. None means "use the per-row
+        Only the read columns need to be filled in ``columns`` (by index). ``strip=False`` says
+        the caller knows no value starts or ends with whitespace. None means "use the per-row
         rules": the rows may still be fine, or some be rejected.
         """
         if not count:
             return spec.Chunk([], [])
-        limit = self.max_len
         keys: dict[str, list[Any]] = {}
         for key, index, _ in self.keys:
             values: list[Any] = columns[index]
-            if not clean:
+            if strip:
                 values = list(map(str.strip, values))
-                if not "".join(values).isprintable() or max(map(len, values)) > limit:
-                    return None
+            if not self._plain(values):
+                return None
             if "" in values:
                 values = list(map(_none_if_empty, values))
             keys[key] = values
@@ -202,9 +213,8 @@ class Layout:
         attrs: list[Mapping[str, str]] | Any = repeat(EMPTY, count)
         if self.attrs:
             picked = [columns[index] for index, _ in self.attrs]
-            for values in picked if not clean else ():
-                if not "".join(values).isprintable() or max(map(len, values)) > limit:
-                    return None
+            if not all(map(self._plain, picked)):
+                return None
             attrs = list(map(dict, map(zip, repeat(self.attr_names), zip(*picked, strict=True))))
         # No reference cycles are made here; collecting during this burst of allocations would
         # only walk the new recipients several times over (about a third of the time).
