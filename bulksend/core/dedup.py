@@ -81,7 +81,7 @@ _LONG_GROUP: Final = 256
 #: in-chunk repeats are found through a scratch table indexed by this many hash bits
 _SCRATCH_BITS: Final = 20
 #: bytes of the newest spill records also kept in memory, per key set
-_RECENT: Final = 24 << 20
+_RECENT: Final = 8 << 20
 _MASK64: Final = (1 << 64) - 1
 _U32_MAX: Final = (1 << 32) - 1
 
@@ -262,7 +262,7 @@ class KeySet:
         self._odd: set[str] = set()  # keys containing NUL: kept exactly, in memory
         self._count = 0
         self._scratch: I32Array = np.zeros(1 << _SCRATCH_BITS, dtype=np.int32)
-        self._allocate(_buckets_for(expected))
+        self._allocate(_buckets_for(expected + expected // 8))  # estimates run a little low
 
     def __len__(self) -> int:
         return self._count + len(self._odd)
@@ -532,10 +532,8 @@ def _used(fingerprints: U32Array) -> IntpArray:
 
 
 def _buckets_for(keys: int, *, at_least: int = _MIN_BUCKETS) -> int:
-    nb = at_least
-    while keys > _MAX_LOAD * nb * _SLOTS:
-        nb *= 2
-    return nb
+    """Enough buckets for ``keys`` below the load limit (any count: homes use fastrange)."""
+    return max(at_least, -(-keys // int(_MAX_LOAD * _SLOTS)) + 1)
 
 
 class Deduper:
