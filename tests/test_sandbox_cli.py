@@ -124,3 +124,12 @@ def test_requests_ledger_format_reads_back_per_recipient(tmp_path: Path) -> None
         (1, "id", "b"),
         (2, "uid", "u"),
     ]
+
+
+def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from bulksend.sandbox import bench
+
+    assert bench.main(["--requests", "40", "--connections", "4", "--ids", "10"]) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    assert result["statuses"] == {"200": 40}
+    assert result["requests_per_s"] > 0

@@ -498,3 +498,25 @@ async def test_requests_ledger_format(http: aiohttp.ClientSession, tmp_path: Pat
             ("id", "b", 1),
             ("uid", "u", 1),
         ]
+
+
+async def test_client_gone_mid_body_is_counted_quietly(
+    http: aiohttp.ClientSession, mt: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, writer = await asyncio.open_connection(mt.host, mt.port)
+    writer.write(
+        b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\nAuthorization: key=sandbox-key\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"messages"'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if mt.stats.by_status[499]:
+            break
+        await asyncio.sleep(0.01)
+    assert mt.stats.by_status[499] == 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert (await post(http, mt, {**MESSAGE, "to_ids": ["a"]}))[0] == 200
+    assert [e["value"] for e in mt.ledger_entries()] == ["a"]

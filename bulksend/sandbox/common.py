@@ -301,6 +301,10 @@ class Core:
                     try:
                         response = await handler(request)
                         local = False
+                    except ConnectionError:
+                        # the client went away mid-request: nothing to answer, nothing to log
+                        stats.by_status[DROPPED] += 1
+                        return _drop(request)
                     except web.HTTPException as exc:
                         if exc.status == 405:
                             response = dialect.error(405, "method not allowed")
@@ -391,12 +395,16 @@ class Core:
         return endpoint
 
 
+#: the status counted (never sent) for a connection closed without an answer, as nginx does
+DROPPED = 499
+
+
 def _drop(request: web.Request) -> web.Response:
     """Close the connection at once; aiohttp then discards the response returned here."""
     transport = request.transport
     if transport is not None:
         transport.abort()
-    return web.Response(status=499)
+    return web.Response(status=DROPPED)
 
 
 def json_response(

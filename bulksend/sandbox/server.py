@@ -98,7 +98,7 @@ async def running(
 ) -> AsyncIterator[Sandbox]:
     """Serve ``config`` on its host and port (0: a free port) until the block ends."""
     app, core = make_app(config, clock=clock, wall=wall)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     try:
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, backlog=1024)
