@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bulksend.sandbox.common import Stats
 from bulksend.sandbox.config import FaultConfig, SandboxConfig, SandboxConfigError
+from bulksend.sandbox.ledger import read_ledger
 from bulksend.sandbox.server import PROVIDERS, ProviderSpec, Sandbox, make_app, running
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "SandboxConfigError",
     "Stats",
     "make_app",
+    "read_ledger",
     "running",
 ]
