@@ -318,3 +318,15 @@ def test_write_synthetic_csv_reads_back(tmp_path: Path) -> None:
     assert items == expected
     with_attrs = read(path)
     assert with_attrs[0].attrs == {"name": "name 0"}  # type: ignore[union-attr]
+
+
+def test_estimate_and_the_garbage_collector_left_as_found(tmp_path: Path) -> None:
+    import gc
+
+    path = write_synthetic_csv(tmp_path / "e.csv", 60_000, seed=2)
+    with open_source(SourceSpec(path=str(path))) as rows:
+        assert 50_000 < rows.estimated_rows < 70_000
+        assert sum(len(c.recipients) for c in rows.chunks()) == 60_000
+    assert gc.isenabled()
+    with open_source(SourceSpec(path="-"), stdin=io.BytesIO(path.read_bytes())) as rows:
+        assert rows.estimated_rows == 0  # unknown size

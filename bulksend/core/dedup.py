@@ -3,54 +3,61 @@
 Why not a ``set``
     A Python ``set`` of 10 million 32-character strings costs well over 1 GB (about 80 bytes per
     string object plus the set's slots). Here each key costs **8 bytes of RAM** (plus the table's
-    free slots) and its real text goes to an append-only *spill file* on disk.
+    free slots) and its text goes to an append-only *spill file* on disk.
 
-The structure (one :class:`KeySet` per deduplicated identifier, e.g. ids and uids separately)
-    * ``h``: a 64-bit hash of the key (Python's ``hash``, SipHash with a per-process random key;
-      injectable for tests). ``f = (h >> 32) | 1`` is a non-zero 32-bit fingerprint.
-    * A table of ``nb`` buckets of 8 slots, held in two ``uint32`` numpy arrays: the fingerprint
-      of the slot's key and ``o``, where the key's record starts at byte ``8 * o`` of the spill
-      file. A slot is empty when its fingerprint is 0 (never a real fingerprint).
-    * A key's home bucket is ``(f * nb) >> 32``; it is stored in the first bucket from home
+The structure (one :class:`KeySet` per deduplicated identifier: ids and uids separately)
+    * A key's *record* is its UTF-8 bytes followed by at least one NUL byte, padded to a
+      multiple of 8 bytes. It is appended to the spill file at byte ``8 * o``.
+    * ``h``, a 64-bit hash of the record: each 8-byte word times its own random odd constant,
+      summed mod 2^64, then the splitmix64 finaliser (all-zero padding words add nothing, so the
+      padding width does not matter). Computed by numpy for a whole chunk; a test may inject a
+      plain ``hash_fn``. ``f = (h >> 32) | 1`` is a 32-bit fingerprint, never 0.
+    * A table of ``nb`` buckets of 8 slots, one 64-byte row per bucket in a ``uint32`` numpy
+      array: 8 fingerprints then the 8 matching ``o``. A slot is empty when its fingerprint is 0.
+    * A key's home bucket is ``(f * nb) >> 32``; the key is stored in the first bucket from home
       (wrapping round) that is not full. Slots fill left to right and are never emptied.
-    * The spill record of a key is its UTF-8 bytes followed by at least one NUL byte, padded to a
-      multiple of 8 bytes.
 
 Why this is exact (a hash collision can never drop a recipient)
-    A key is reported as *already seen* only when :meth:`SpillStore.same_key` has read the
-    stored record back and found **the same bytes followed by NUL**. Fingerprints and buckets only
+    A key is reported as *already seen* only when :meth:`SpillStore.same_keys` has read the stored
+    record back and found **the same bytes followed by NUL**. Hashes, fingerprints and buckets only
     choose *which* records to read; they never decide "duplicate" on their own. Keys containing
     NUL (never produced by :mod:`bulksend.sources`, which rejects control characters) are kept
     in a small exact ``set`` instead, so the NUL terminator is unambiguous for all others.
+    Repeats inside one chunk are settled the same way: keys whose hashes meet in a scratch table
+    are compared as strings.
 
     Conversely, a key that was stored is always found again: lookup scans from the home bucket to
     the first bucket that is not full, comparing every slot with the same fingerprint. Insertion
     put the key into the first non-full bucket from home; buckets between home and there were
     full then and stay full (nothing is ever removed), so the scan reaches the key's bucket. The
-    load factor is kept below 0.8, so a non-full bucket always exists and the scan ends.
+    load factor is kept at or below 0.75, so a non-full bucket always exists and the scan ends.
 
-    So the answer is exactly that of a ``set`` of the real keys (a hypothesis test checks this
-    against one, with a hash function that collides on purpose). Collisions only cost time: a
-    spill read for each fingerprint match, about 1 µs. With the 32-bit fingerprint, about
-    0.4 % of lookups in a 10-million-key table read a record that turns out to be different.
-    Every true duplicate costs one read (from the page cache: the spill is written once and read
-    back only on a match).
+    So the answer is exactly that of a ``set`` of the real keys (tests check this against one,
+    with hash functions that collide on purpose). Collisions only cost time: a record read for
+    each fingerprint match. The bucket index is made of the fingerprint's top bits, so about
+    ``8 * 0.6 * nb / 2**32`` of the lookups (0.2 % at 10 million keys) read a record that turns
+    out to be different. Every true duplicate costs one read: from the last 8 MB of records kept
+    in memory, else a ``pread`` of the page cache (about 1-2 µs on the test machine).
 
 Memory
-    8 bytes per slot plus 5 bytes per bucket; the table doubles when 80 % full, so 10 million keys
-    take 134 MB (2^21 buckets) and, while doubling, the old table too. Pass ``expected`` to size
-    the table once. The spill (about 40 bytes per 32-character key) is on disk in ``spill_dir``
-    (default: the system temporary directory; mind that a tmpfs lives in RAM, though not in the
-    process's RSS). The file is unlinked at once and vanishes when the deduper is closed.
+    64 bytes per bucket (8 slots) plus 8 bytes of scratch, about 10.7 bytes per key at the
+    0.75 load limit. With ``expected`` (the engine can pass ``Rows.estimated_rows``) the table is
+    sized once with 12 % headroom: 10 million keys take about 120 MB. Without it the table
+    doubles from 1024 buckets, and while doubling holds the old table too. Measured for 10
+    million rows, ids and uids both deduplicated, in one process that also imports the engine:
+    357 MB peak RSS sized from the estimate, 440 MB growing (see benchmarks/ingest.py). The
+    spill (about 40 bytes per 32-character key) is on disk in ``spill_dir`` (default: the system
+    temporary directory; a tmpfs lives in RAM, though not in the process's RSS). The file is
+    unlinked at once and vanishes when the key set is closed.
 
 Speed
-    Work is done a chunk at a time (:meth:`Deduper.filter_many`): numpy does the table
-    arithmetic, so the per-key Python work is a ``set`` build and a ``hash`` map (about
-    100-150 ns per key in total). :meth:`Deduper.filter` is the same code for one recipient and
-    is correct but about 50 times slower per row; the engine should use the batch API.
+    Work is done a chunk at a time (:meth:`Deduper.filter_many`): numpy does the hashing and the
+    table arithmetic, about 230 ns per key on the 2-core test machine, most of it one random
+    64-byte read of the table. :meth:`Deduper.filter` runs the same code for one recipient: it is
+    correct but costs about 100 µs per call, so the engine must use the batch API.
 
-numpy is a runtime dependency for this module: a pure-Python open-addressing table costs
-about 400 ns per key, which alone would miss the ingest target (issue 6).
+numpy (>= 2.0, for ``bitwise_count``) becomes a runtime dependency: a pure-Python table costs
+about 400 ns per key before any bookkeeping, and a ``set`` cannot be bounded.
 """
 
 from __future__ import annotations
