@@ -77,7 +77,7 @@ def source_spec(settings: Settings) -> SourceSpec:
     rec = settings.recipients
     return SourceSpec(
         path=rec.path,
-        format=rec.format,
+        format=rec.format,  # type: ignore[arg-type]  # checked by load_settings
         delimiter=rec.delimiter,
         encoding=rec.encoding,
         columns=Columns(id=rec.id_column, uid=rec.uid_column),

@@ -109,6 +109,7 @@ class Engine:
         # the rate-limit headers are known before the workers open up.
         self._probed = asyncio.Event()
         self._probing = False
+        self._warned: set[str] = set()
 
     # -- outcomes ---------------------------------------------------------------------------
     def _finish(
@@ -301,6 +302,9 @@ class Engine:
                 summary.retries += 1
             try:
                 response = await self.transport.send(request)
+            except asyncio.CancelledError:
+                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+                raise
             except NoResponse as exc:
                 self._probed.set()
                 sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
@@ -313,6 +317,10 @@ class Engine:
                 continue
             self._probed.set()
             verdict = provider.classify(response)
+            if verdict.warning and verdict.warning not in self._warned:
+                self._warned.add(verdict.warning)
+                summary.warnings.append(verdict.warning)
+                self._log.warning("provider_warning", warning=verdict.warning)
             sched.complete(permit, Feedback(_feedback_kind(verdict), response.headers))
             self._log.debug(
                 "batch_response",
@@ -329,6 +337,22 @@ class Engine:
                         summary.possible_duplicates += len(recipients)
                     return [(recipients, Status.DELIVERED, "", http, attempts)]
                 case Verdict.INVALID:
+                    named = verdict.rejected or {}
+                    bad = [r for i, r in enumerate(recipients) if i in named]
+                    if bad and len(bad) < len(recipients) and budget[0] >= 1:
+                        budget[0] -= 1
+                        invalid = [
+                            ([r], Status.INVALID, named[i], http, attempts)
+                            for i, r in enumerate(recipients)
+                            if i in named
+                        ]
+                        rest = [r for i, r in enumerate(recipients) if i not in named]
+                        return invalid + await self._send(batch, rest, budget)
+                    if bad and len(bad) == len(recipients):
+                        return [
+                            ([r], Status.INVALID, named[i], http, attempts)
+                            for i, r in enumerate(recipients)
+                        ]
                     if len(recipients) > 1 and budget[0] >= 2:
                         budget[0] -= 2
                         mid = len(recipients) // 2

@@ -60,6 +60,10 @@ class Redactor:
 redactor = Redactor()
 
 
+def _dumps_text(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, **kwargs).decode()
+
+
 def configure(
     *, level: int = logging.INFO, fmt: str = "auto", stream: TextIO | None = None
 ) -> None:
@@ -73,10 +77,14 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redactor,
     ]
-    if fmt == "json":
+    binary: Any = getattr(stream, "buffer", None)
+    factory: Any
+    if fmt == "json" and binary is not None:  # the fast path: orjson bytes straight out
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        binary: Any = getattr(stream, "buffer", None) or stream
-        factory: Any = structlog.BytesLoggerFactory(binary)
+        factory = structlog.BytesLoggerFactory(binary)
+    elif fmt == "json":  # a text stream (tests, embedding)
+        processors.append(structlog.processors.JSONRenderer(serializer=_dumps_text))
+        factory = structlog.PrintLoggerFactory(stream)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
         factory = structlog.PrintLoggerFactory(stream)

@@ -37,6 +37,8 @@ def sandbox_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_missing_api_key_is_a_usage_error(campaign: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -68,6 +69,17 @@ def _every_row_accounted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Engine, "run", checked)
 
 
+class Classifying:
+    """A provider whose classify is replaced (the real adapters are frozen and slotted)."""
+
+    def __init__(self, inner: Any, classify: Callable[[HttpResponse], Any]) -> None:
+        self._inner = inner
+        self.classify = classify
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def ok(request: HttpRequest, n: int) -> HttpResponse:
     return HttpResponse(200, {"X-RateLimit-Limit": "100000"}, b'{"success": true}')
 
@@ -78,7 +90,7 @@ def make_engine(
     provider = maxtraffic.build({"message": {"messages": [{"t": "x"}]}}, {"api_key": "secret"})
     transport = FakeTransport(handler)
     sched = Scheduler(
-        {"notifications": GroupPolicy(Limit(100_000, 1.0), in_flight=4)},
+        {"api": GroupPolicy(Limit(100_000, 1.0), in_flight=4)},
         backoff_base=0.001,
         backoff_cap=0.002,
     )
@@ -210,3 +222,40 @@ async def test_no_response_every_time_leaves_the_outcome_unknown() -> None:
     summary = await engine.run(rows(10))
     assert summary.unknown == 10
     assert summary.delivered == 0
+
+
+async def test_rejected_positions_are_reported_and_the_rest_resent_at_once() -> None:
+    from bulksend.providers.base import Classification, Verdict
+
+    engine, _ = make_engine(ok)
+    original = engine.provider.classify
+
+    def classify(response: HttpResponse) -> Classification:
+        if response.status == 207:
+            return Classification(Verdict.INVALID, "1 bad", rejected={3: "userID: empty"})
+        return original(response)
+
+    engine.provider = Classifying(engine.provider, classify)
+
+    def first_partial(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(207 if n == 1 else 200, {}, b"{}")
+
+    engine.transport = FakeTransport(first_partial)
+    summary = await engine.run(rows(10))
+    assert (summary.delivered, summary.invalid) == (9, 1)
+    assert summary.requests == 2
+    second = orjson.loads(engine.transport.requests[1].body or b"")  # type: ignore[attr-defined]
+    assert "id3" not in second["to_ids"]
+    assert len(second["to_ids"]) == 9
+
+
+async def test_a_provider_warning_is_logged_once_and_kept_in_the_summary() -> None:
+    from bulksend.providers.base import Classification, Verdict
+
+    engine, _ = make_engine(ok)
+    warning = "insertRecipient Deprecated: 100 Use list.addRecipient"
+    engine.provider = Classifying(
+        engine.provider, lambda r: Classification(Verdict.DELIVERED, warning=warning)
+    )
+    summary = await engine.run(rows(50))
+    assert summary.warnings == ["insertRecipient Deprecated: 100 Use list.addRecipient"]

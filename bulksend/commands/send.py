@@ -248,10 +248,11 @@ async def _send_to_sandbox(settings: Settings, kwargs: Mapping[str, Any], on_sta
     """Start the provider's sandbox in this process and send to it with a throw-away key."""
     from bulksend.sandbox import SandboxConfig, running
 
-    fake = {name: f"sandbox-{secrets.token_hex(8)}" for name in settings.secret_sources}
+    fake: dict[str, Any] = {n: f"sandbox-{secrets.token_hex(8)}" for n in settings.secret_sources}
     fields = {f.name for f in dataclasses.fields(SandboxConfig)}
-    config = SandboxConfig(
-        provider=settings.provider, **{k: v for k, v in fake.items() if k in fields}
+    config = dataclasses.replace(
+        SandboxConfig(provider=settings.provider),
+        **{k: v for k, v in fake.items() if k in fields},
     )
     async with running(config) as sandbox:
         local = settings.with_overrides(base_url=sandbox.base_url)

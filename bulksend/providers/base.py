@@ -42,6 +42,11 @@ class Classification:
     verdict: Verdict
     message: str = ""
     retry_after: float | None = None  # seconds, when the response said so
+    #: with INVALID: the positions (in the batch's recipients) the provider named as bad, with
+    #: their reasons; the engine reports those invalid and resends the rest at once
+    rejected: Mapping[int, str] | None = None
+    #: a warning the provider attached (e.g. a deprecation), logged once and shown in the summary
+    warning: str | None = None
 
 
 class Batcher(Protocol):

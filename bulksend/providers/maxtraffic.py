@@ -20,7 +20,8 @@ from bulksend.providers.base import Classification, Limit, Verdict
 NAME = "maxtraffic"
 DEFAULT_BASE_URL = "https://api.maxtraffic.com"
 DEFAULT_BATCH_SIZE = 1000
-GROUP = "notifications"
+#: one quota per API key ("per consumer"), shared by every endpoint
+GROUP = "api"
 PATHS = {
     "notifications": "/v1/notifications",
     "visitor": "/v1/visitors/{id}",
@@ -28,7 +29,7 @@ PATHS = {
     "campaign_leads": "/v1/campaigns/{id}/leads",
 }
 #: the doc gives the limit only in headers; 600/min is what we assume until a header says otherwise
-DEFAULT_LIMITS: Mapping[str, Limit] = {GROUP: Limit(600, 60.0), "visitors": Limit(600, 60.0)}
+DEFAULT_LIMITS: Mapping[str, Limit] = {GROUP: Limit(600, 60.0)}
 
 
 @dataclass(slots=True)
