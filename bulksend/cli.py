@@ -53,6 +53,16 @@ COMMANDS: Mapping[str, tuple[str, str, str, str, str]] = {
         "RETRY_DESCRIPTION",
     ),
     "sandbox": ("bulksend.commands.sandbox", "add_arguments", "run", "HELP", "DESCRIPTION"),
+    "leads": ("bulksend.commands.leads", "add_arguments", "run", "HELP", "DESCRIPTION"),
+    "traitly-webhooks": (
+        "bulksend.commands.webhooks",
+        "add_arguments",
+        "run",
+        "HELP",
+        "DESCRIPTION",
+    ),
+    "bench": ("bulksend.commands.bench", "add_arguments", "run", "HELP", "DESCRIPTION"),
+    "report": ("bulksend.commands.report", "add_arguments", "run", "HELP", "DESCRIPTION"),
 }
 
 
@@ -92,6 +102,10 @@ _SHORT_HELP = {
     "validate": "check a campaign and its recipient file without sending",
     "retry": "send again what a journaled send did not deliver",
     "sandbox": "run a local server that behaves like a provider",
+    "leads": "export MaxTraffic leads to CSV or JSON Lines",
+    "traitly-webhooks": "receive Traitly prediction webhooks into a recipient file",
+    "bench": "measure throughput against a sandbox in a separate process",
+    "report": "work with reports (merge shards)",
 }
 
 
