@@ -217,11 +217,21 @@ class DelimitedReader:
             rows.append(record)
             if len(rows) >= SLOW_CHUNK:
                 self._line = base + reader.line_num
-                yield self.layout.rows(numbers, rows)
+                yield self._chunk(numbers, rows)
                 numbers, rows = [], []
         self._line = base + reader.line_num
         if rows:
-            yield self.layout.rows(numbers, rows)
+            yield self._chunk(numbers, rows)
+
+    def _chunk(self, numbers: list[int], rows: list[list[str]]) -> Chunk:
+        """Rows from ``csv.reader``: column by column when they all have the right width."""
+        width = self.layout.width
+        if all(len(row) == width for row in rows):
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            chunk = self.layout.columns(numbers, columns, len(rows))
+            if chunk is not None:
+                return chunk
+        return self.layout.rows(numbers, rows)
 
 
 def check_delimiter(spec: SourceSpec) -> str | None:
