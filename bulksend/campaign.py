@@ -28,6 +28,7 @@ from bulksend.models import Outcome, Status
 from bulksend.providers.base import Provider
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
+from bulksend.shard import Shard
 from bulksend.sources import Columns, SourceSpec, open_source
 from bulksend.transport import Transport
 
@@ -49,10 +50,11 @@ class SendResult:
     dead_letter: Path | None = None
 
 
-def default_journal_path(settings: Settings) -> Path:
-    """``<campaign dir>/.bulksend/<campaign stem>.journal`` (documented in docs/operations.md)."""
+def default_journal_path(settings: Settings, shard: Shard | None = None) -> Path:
+    """``<campaign dir>/.bulksend/<campaign stem>[.shard-I-of-N].journal`` (docs/operations.md)."""
     c = settings.campaign_file
-    return c.parent / ".bulksend" / f"{c.stem}.journal"
+    part = f".shard-{shard.index}-of-{shard.count}" if shard and shard.count > 1 else ""
+    return c.parent / ".bulksend" / f"{c.stem}{part}.journal"
 
 
 def build_provider(settings: Settings, secrets: Mapping[str, str]) -> Provider:
@@ -84,7 +86,7 @@ def source_spec(settings: Settings) -> SourceSpec:
     )
 
 
-def identity(settings: Settings) -> Identity:
+def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     """The campaign's identity for the journal; a changed file or plan refuses a resume."""
     if settings.recipients.path == "-":
         raise ConfigError("a send from stdin cannot be journaled; use --no-journal or a file")
@@ -105,6 +107,7 @@ def identity(settings: Settings) -> Identity:
             settings.recipients.uid_column,
         ],
         "batch_size": settings.batch_size,
+        "shard": str(shard) if shard else None,
     }
     digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Identity(campaign=campaign, recipients=recipients, plan=digest)
@@ -164,11 +167,17 @@ async def send_campaign(
     dead_letter: Path | None = None,
     progress_every: float = 5.0,
     on_start: Callable[[Engine], None] | None = None,
+    shard: Shard | None = None,
+    scheduler: Scheduler | None = None,
 ) -> SendResult:
-    """Send the campaign; returns the summary and what stopped it early (None if nothing)."""
+    """Send the campaign; returns the summary and what stopped it early (None if nothing).
+
+    ``shard`` sends only this worker's slice of the file; ``scheduler`` replaces the
+    in-process one (e.g. a scheduler whose buckets live in Redis, shared by several workers).
+    """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
-    scheduler = build_scheduler(settings, provider)
+    scheduler = scheduler or build_scheduler(settings, provider)
     summary = Summary(provider=provider.name, campaign=settings.name)
     options = EngineOptions(
         batch_size=settings.batch_size,
@@ -182,7 +191,7 @@ async def send_campaign(
     if journal is not None:
         book = Journal.open(
             journal.path,
-            identity(settings),
+            identity(settings, shard),
             resume=journal.resume,
             fresh=journal.fresh,
             meta=journal.meta,
@@ -215,7 +224,7 @@ async def send_campaign(
                 if on_start is not None:
                     on_start(engine)
                 with letters or contextlib.nullcontext():
-                    await engine.run(rows)
+                    await engine.run(shard.select(rows) if shard else rows)
         if engine.stopped_by is not None:
             outcome = f"stopped: {engine.stopped_by}"
     except BaseException as exc:

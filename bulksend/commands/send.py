@@ -35,6 +35,7 @@ from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.journal import Journal
 from bulksend.progress import ProgressView, count_rows
+from bulksend.shard import Shard
 
 HELP = "send a campaign"
 DESCRIPTION = "Send the campaign described by CAMPAIGN.toml. Flags override the file."
@@ -101,6 +102,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="failed/unknown/skipped recipients as JSON Lines (default: beside the journal)",
     )
+    scale = parser.add_argument_group("several workers (docs/scaling.md)")
+    scale.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="send only slice I (0-based) of N of the recipient file, by a stable hash of the "
+        "dedup key; each shard keeps its own journal",
+    )
+    scale.add_argument(
+        "--limiter",
+        metavar="URL",
+        help="share the provider's quota with other workers through Redis, "
+        "e.g. redis://localhost:6379/0 (pip install 'bulksend[redis]')",
+    )
     ci = parser.add_argument_group("for CI jobs")
     ci.add_argument("--summary-json", type=Path, metavar="PATH", help="write the summary as JSON")
     ci.add_argument(
@@ -130,11 +144,12 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.resume and args.fresh:
         raise ConfigError("--resume and --fresh contradict each other; choose one")
     journal = None
+    shard = Shard.parse(args.shard) if args.shard else None
     wanted = args.journal or args.resume or not args.sandbox  # a sandbox run keeps none
     if wanted and not args.no_journal and settings.recipients.path != "-":
-        path = args.journal or default_journal_path(settings)
+        path = args.journal or default_journal_path(settings, shard)
         journal = JournalOptions(path, args.resume, args.fresh, args.unknown, _meta(args))
-    return await execute(settings, args, ctx, journal)
+    return await execute(settings, args, ctx, journal, shard=shard)
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,13 +157,24 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "campaign_file": str(Path(args.campaign).resolve()),
         "overrides": {k: v for k, v in overrides(args).items() if v is not None},
+        "shard": args.shard,
     }
 
 
 async def execute(
-    settings: Settings, args: argparse.Namespace, ctx: Context, journal: JournalOptions | None
+    settings: Settings,
+    args: argparse.Namespace,
+    ctx: Context,
+    journal: JournalOptions | None,
+    *,
+    shard: Shard | None = None,
 ) -> int:
-    kwargs: dict[str, Any] = {"journal": journal, "dead_letter": args.dead_letter}
+    kwargs: dict[str, Any] = {"journal": journal, "dead_letter": args.dead_letter, "shard": shard}
+    limiter = getattr(args, "limiter", None) or ctx.env.get("BULKSEND_LIMITER")
+    if limiter:
+        from bulksend.distributed import shared_scheduler
+
+        kwargs["scheduler"] = await shared_scheduler(limiter, settings, ctx.env)
     interrupts = _Interrupts(ctx)
     progress = None
     if args.progress == "always" or (args.progress == "auto" and ctx.err.isatty()):
@@ -377,4 +403,5 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     args.campaign = campaign
     args.sandbox = False
     journal = JournalOptions(args.journal, True, False, "resend", meta)
-    return await execute(settings, args, ctx, journal)
+    shard = Shard.parse(meta["shard"]) if meta.get("shard") else None
+    return await execute(settings, args, ctx, journal, shard=shard)
