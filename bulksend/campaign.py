@@ -205,7 +205,7 @@ async def send_campaign(
         with (
             open_source(spec) as rows,
             ReportWriter(settings.report) as report,
-            Deduper(keys=provider.dedup_keys) as dedup,
+            Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
         ):
             async with Transport(
                 settings.base_url, connections=settings.in_flight, timeout=settings.timeout
@@ -220,11 +220,13 @@ async def send_campaign(
                     summary=summary,
                     journal=book,
                     on_outcomes=letters,
+                    source_name=spec.path,
                 )
                 if on_start is not None:
                     on_start(engine)
                 with letters or contextlib.nullcontext():
-                    await engine.run(shard.select(rows) if shard else rows)
+                    chunks = rows.chunks()
+                    await engine.run(shard.select(chunks) if shard else chunks)
         if engine.stopped_by is not None:
             outcome = f"stopped: {engine.stopped_by}"
     except BaseException as exc:

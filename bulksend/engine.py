@@ -17,7 +17,7 @@ for review (``"skip"``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,12 +28,32 @@ from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
 from bulksend.providers.base import Batcher, Classification, Provider, Verdict
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
+from bulksend.sources.spec import Chunk
 from bulksend.transport import NoResponse
 
-_CHUNK = 1024  # rows deduplicated together (the deduper works a chunk at a time)
+_CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
 #: what one send attempt (or a bisected part of a batch) ended in
 Result = tuple[Sequence[Recipient], Status, str, int | None, int]
+
+
+def as_chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[Chunk]:
+    """Chunks as they are, or plain rows gathered into chunks of ``size``."""
+    recipients: list[Recipient] = []
+    rejected: list[Rejected] = []
+    for item in items:
+        if isinstance(item, tuple):  # already a chunk
+            yield Chunk(*item)
+            continue
+        if isinstance(item, Rejected):
+            rejected.append(item)
+        else:
+            recipients.append(item)
+        if len(recipients) + len(rejected) >= size:
+            yield Chunk(recipients, rejected)
+            recipients, rejected = [], []
+    if recipients or rejected:
+        yield Chunk(recipients, rejected)
 
 
 class Dedup(Protocol):
@@ -91,6 +111,7 @@ class Engine:
         summary: Summary | None = None,
         journal: Journal | None = None,
         on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
+        source_name: str = "",
     ) -> None:
         self.provider = provider
         self.transport = transport
@@ -101,6 +122,7 @@ class Engine:
         self.summary = summary or Summary(provider=provider.name)
         self.journal = journal
         self._on_outcomes = on_outcomes
+        self.source_name = source_name
         self._log = get_logger(provider=provider.name)
         self._stop: BaseException | None = None
         self._interrupted = False
@@ -161,25 +183,25 @@ class Engine:
         self.stop(Interrupted(signal_name))
 
     # -- reading ----------------------------------------------------------------------------
-    async def _read(self, items: Iterable[Recipient | Rejected]) -> None:
+    async def _read(self, chunks: Iterable[Chunk]) -> None:
         batcher = self.provider.batcher(self.options.batch_size)
         summary = self.summary
-        chunk: list[Recipient] = []
-        for item in items:
+        for recipients, rejected in chunks:
             if self._stop is not None:
                 break
-            summary.read += 1
-            if isinstance(item, Rejected):
+            summary.read += len(recipients) + len(rejected)
+            for item in rejected:
                 rec = Recipient(item.line, item.id, item.uid)
-                self._finish(None, [rec], Status.INVALID, item.reason)
-                continue
-            chunk.append(item)
-            if len(chunk) >= _CHUNK:
-                await self._take(chunk, batcher)
-                chunk = []
-        await self._take(chunk, batcher)
+                self._finish(None, [rec], Status.INVALID, self._where(item))
+            await self._take(recipients, batcher)
         for batch in batcher.flush():
             await self._plan(batch)
+
+    def _where(self, item: Rejected) -> str:
+        """``file:line: reason`` for a row the source rejected."""
+        if self.source_name:
+            return f"{self.source_name}:{item.line}: {item.reason}"
+        return item.reason
 
     async def _take(self, chunk: list[Recipient], batcher: Batcher) -> None:
         """Deduplicate a chunk of rows and batch what is new."""
@@ -406,13 +428,14 @@ class Engine:
                 limits=limits,
             )
 
-    async def run(self, items: Iterable[Recipient | Rejected]) -> Summary:
+    async def run(self, items: Iterable[Recipient | Rejected] | Iterable[Chunk]) -> Summary:
+        """Send everything ``items`` holds: rows, or chunks of rows (``Rows.chunks()``)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.options.workers)]
         progress = asyncio.create_task(self._progress())
         try:
-            await self._read(items)
+            await self._read(as_chunks(items))
             for _ in workers:
                 await self._queue.put(None)
             if self._interrupted:

@@ -6,21 +6,14 @@ the exact request bodies that would go out).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulksend.models import Batch, HttpRequest, Recipient, Rejected
+from bulksend.engine import as_chunks
+from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider
-
-_LINE_PREFIX = re.compile(r"^line \d+:\s*")
-
-
-def reason_kind(reason: str) -> str:
-    """A rejection reason without its line number, for counting by reason."""
-    return _LINE_PREFIX.sub("", reason)
 
 
 @dataclass(slots=True)
@@ -61,7 +54,7 @@ class Plan:
 
 
 def plan(
-    items: Iterable[Recipient | Rejected],
+    items: Iterable[Any],
     provider: Provider,
     dedup: Any,
     batch_size: int,
@@ -79,27 +72,17 @@ def plan(
         if on_request is not None:
             on_request(batch, provider.encode(batch))
 
-    chunk: list[Recipient] = []
-
-    def drain() -> None:
-        kept, duplicates = dedup.filter_many(chunk)
+    for recipients, rejected in as_chunks(items):
+        p.rows += len(recipients) + len(rejected)
+        for item in rejected:
+            p.invalid[item.reason] += 1
+        kept, duplicates = dedup.filter_many(recipients)
         p.duplicates += len(duplicates)
         p.valid += len(kept)
         for recipient in kept:
             batch = batcher.add(recipient)
             if batch is not None:
                 take(batch)
-        chunk.clear()
-
-    for item in items:
-        p.rows += 1
-        if isinstance(item, Rejected):
-            p.invalid[reason_kind(item.reason)] += 1
-            continue
-        chunk.append(item)
-        if len(chunk) >= 4096:
-            drain()
-    drain()
     for batch in batcher.flush():
         take(batch)
     return p

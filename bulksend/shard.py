@@ -14,6 +14,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from bulksend.errors import ConfigError
 from bulksend.models import Recipient, Rejected
@@ -48,8 +49,13 @@ class Shard:
             return item.line % self.count == self.index
         return stable_hash(key) % self.count == self.index
 
-    def select(self, items: Iterable[Recipient | Rejected]) -> Iterator[Recipient | Rejected]:
-        return (item for item in items if self.owns(item))
+    def select(self, chunks: Iterable[Any]) -> Iterator[Any]:
+        """Keep this shard's rows of each ``(recipients, rejected)`` chunk."""
+        for recipients, rejected in chunks:
+            yield (
+                [r for r in recipients if self.owns(r)],
+                [r for r in rejected if self.owns(r)],
+            )
 
 
 def stable_hash(key: str) -> int:

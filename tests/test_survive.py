@@ -111,7 +111,7 @@ def test_kill_9_mid_send_then_resume(
     proc = start_send(campaign, url)
     wait_for_ledger(ledger, 2 * N // 3, proc)  # a third of the way (ids + uids per recipient)
     proc.kill()  # SIGKILL: no clean-up of any kind
-    proc.wait()
+    proc.communicate()  # reap it and close our ends of its pipes
     before = sum(ledger_ids(ledger).values())
     assert 0 < before < N
     summary = resume(campaign, url, tmp_path)

@@ -51,8 +51,11 @@ def walk(
     *,
     on_request: Callable[[Any, Any], None] | None = None,
 ) -> Plan:
-    with open_source(source_spec(settings)) as rows, Deduper(keys=provider.dedup_keys) as dedup:
-        return plan(rows, provider, dedup, settings.batch_size, on_request=on_request)
+    with (
+        open_source(source_spec(settings)) as rows,
+        Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
+    ):
+        return plan(rows.chunks(), provider, dedup, settings.batch_size, on_request=on_request)
 
 
 def limits_for(settings: Settings, provider: Provider) -> dict[str, Limit]:
