@@ -177,7 +177,8 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"bulksend sandbox {config.provider} listening on {sandbox.base_url}", flush=True)
             await stop.wait()
             if args.stats is not None:
-                args.stats.write_bytes(orjson.dumps(sandbox.stats.as_dict()) + b"\n")
+                counters = {**sandbox.stats.as_dict(), "started_at": sandbox.core.started_at}
+                args.stats.write_bytes(orjson.dumps(counters) + b"\n")
     except SandboxConfigError as exc:
         print(f"bulksend sandbox: error: {exc}", file=sys.stderr)
         return 2

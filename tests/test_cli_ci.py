@@ -1,0 +1,166 @@
+"""What CI jobs and people rely on: summaries, thresholds, precedence, dry runs, progress."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import KEY, ROOT, run_cli, write_campaign, write_recipients
+
+ROWS = [(f"v{i}", f"u{i}") for i in range(200)]
+
+
+@pytest.fixture
+def campaign(tmp_path: Path) -> Path:
+    rows = [*ROWS, ROWS[0], ("v999", "u999,extra")]  # a duplicate and a row with 3 fields
+    return write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", rows), batch_size=50)
+
+
+def test_summary_json_and_github_step_summary_match_the_send(
+    campaign: Path, tmp_path: Path
+) -> None:
+    step = tmp_path / "step.md"
+    step.write_text("# earlier step\n")
+    summary = tmp_path / "s.json"
+    r = run_cli(
+        "send", str(campaign), "--sandbox", "--summary-json", str(summary),
+        env={"GITHUB_STEP_SUMMARY": str(step)},
+    )  # fmt: skip
+    data = orjson.loads(summary.read_bytes())
+    assert r.status == 0, r.stderr
+    assert (data["read"], data["delivered"], data["duplicates"], data["invalid"]) == (
+        202,
+        200,
+        1,
+        1,
+    )
+    md = step.read_text()
+    assert md.startswith("# earlier step\n")  # appended, not overwritten
+    assert "| delivered | 200 |" in md
+    assert "| duplicates | 1 |" in md
+    assert "— complete" in md
+
+
+def test_invalid_rows_do_not_fail_the_send_but_are_reported(campaign: Path, tmp_path: Path) -> None:
+    report = tmp_path / "o.jsonl"
+    r = run_cli("send", str(campaign), "--sandbox", "--report", str(report))
+    assert r.status == 0
+    rows = [orjson.loads(x) for x in report.read_bytes().splitlines()]
+    (bad,) = [x for x in rows if x["status"] == "invalid"]
+    assert bad["reason"] == (
+        f"{campaign.parent / 'r.csv'}:203: wrong number of fields (expected 2, got 3)"
+    )
+    assert bad["line"] == 203
+
+
+def test_dry_run_writes_every_request_without_sending(campaign: Path, tmp_path: Path) -> None:
+    bodies = tmp_path / "bodies.jsonl"
+    r = run_cli("send", str(campaign), "--dry-run", "--requests-out", str(bodies), env={})
+    assert r.status == 0, r.stderr  # no key needed
+    lines = [orjson.loads(x) for x in bodies.read_bytes().splitlines()]
+    assert len(lines) == 4
+    assert lines[0]["headers"]["Authorization"] == "[redacted]"
+    sent = [i for x in lines for i in orjson.loads(x["body"])["to_ids"]]
+    assert sorted(sent) == sorted(v for v, _ in ROWS)
+    assert "dry run: nothing was sent" in r.stdout
+    assert "estimated" in r.stdout
+
+
+def test_validate_counts_without_sending(campaign: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    r = run_cli("validate", str(campaign), "--json", str(out), env={})
+    assert r.status == 0, r.stderr
+    plan = orjson.loads(out.read_bytes())
+    assert plan["rows"] == 202
+    assert plan["valid"] == 200
+    assert plan["duplicates"] == 1
+    assert plan["invalid_by_reason"] == {"wrong number of fields (expected 2, got 3)": 1}
+    assert plan["requests_per_endpoint"] == {"api": 4}
+    assert "MAXTRAFFIC_API_KEY is not set" in r.stdout
+
+
+def test_strict_lists_the_problems_and_sends_nothing(campaign: Path) -> None:
+    r = run_cli("send", str(campaign), "--strict", "--sandbox")
+    assert r.status == 2
+    assert "r.csv:203: wrong number of fields (expected 2, got 3)" in r.stderr
+    assert "nothing sent" in r.stderr
+
+
+def test_flags_win_over_environment_win_over_the_file(campaign: Path, tmp_path: Path) -> None:
+    env = {"BULKSEND_BATCH_SIZE": "20"}
+    via_env = tmp_path / "env.json"
+    run_cli("send", str(campaign), "--sandbox", "--summary-json", str(via_env), env=env)
+    via_flag = tmp_path / "flag.json"
+    run_cli(
+        "send", str(campaign), "--sandbox", "--batch-size", "100",
+        "--summary-json", str(via_flag), env=env,
+    )  # fmt: skip
+    assert orjson.loads(via_env.read_bytes())["requests"] == 10  # 200 / 20, file says 50
+    assert orjson.loads(via_flag.read_bytes())["requests"] == 2
+
+
+def test_max_failure_rate_threshold(campaign: Path, tmp_path: Path) -> None:
+    # a dead endpoint: every request fails to connect -> every recipient failed
+    base = ["send", str(campaign), "--base-url", "http://127.0.0.1:9", "--no-journal"]
+    base += ["--max-attempts", "1"]
+    env = {"MAXTRAFFIC_API_KEY": KEY}
+    assert run_cli(*base, env=env).status == 4  # nothing delivered: provider unavailable
+    assert run_cli(*base, "--max-failure-rate", "1", env=env).status == 0
+    bad = run_cli(*base, "--max-failure-rate", "2", env=env)
+    assert bad.status == 2
+    assert "--max-failure-rate" in bad.stderr
+
+
+def test_help_has_examples_for_every_command() -> None:
+    for command in ("send", "validate", "retry", "sandbox"):
+        r = subprocess.run(
+            [sys.executable, "-m", "bulksend", command, "--help"],
+            capture_output=True, text=True, cwd=ROOT, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "usage: bulksend" in r.stdout
+        if command != "retry":
+            assert "examples:" in r.stdout, command
+
+
+def test_progress_view_on_a_terminal(campaign: Path) -> None:
+    """Run with stderr on a pseudo-terminal: the live line is drawn and redrawn."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulksend", "send", str(campaign), "--sandbox",
+         "--rate", "40/s", "--in-flight", "1", "--batch-size", "10"],
+        stdout=subprocess.PIPE, stderr=secondary, cwd=ROOT, env=env,
+    )  # fmt: skip
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(primary)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    text = seen.decode("utf-8", "replace")
+    assert text.count("\r\x1b[2K") >= 2  # redrawn in place
+    assert "delivered 200/202" in text
+    assert "429s 0" in text
+    assert "limit " in text
+    assert b"delivered" in out  # the final summary still goes to stdout
