@@ -169,11 +169,13 @@ async def send_campaign(
     on_start: Callable[[Engine], None] | None = None,
     shard: Shard | None = None,
     scheduler: Scheduler | None = None,
+    wrap_transport: Callable[[Transport], Any] | None = None,
 ) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing).
 
     ``shard`` sends only this worker's slice of the file; ``scheduler`` replaces the
-    in-process one (e.g. a scheduler whose buckets live in Redis, shared by several workers).
+    in-process one (e.g. a scheduler whose buckets live in Redis, shared by several workers);
+    ``wrap_transport`` wraps the transport (``bulksend bench`` times every request with it).
     """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
@@ -212,7 +214,7 @@ async def send_campaign(
             ) as transport:
                 engine = Engine(
                     provider,
-                    transport,
+                    wrap_transport(transport) if wrap_transport else transport,
                     scheduler,
                     dedup,
                     options,

@@ -1,0 +1,244 @@
+"""``bulksend bench``: measure a send end to end against a sandbox in a separate process.
+
+The sandbox runs with a profile (latency, limit and window, faults); bulksend sends N synthetic
+recipients (or a given file) to it and reports recipients/s, requests/s, latency percentiles,
+quota utilisation, 429s, retries, client CPU time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bulksend.commands.common import Context, ExitStatus, add_output_flags
+
+HELP = "measure throughput against a sandbox in a separate process"
+DESCRIPTION = __doc__.splitlines()[0] if __doc__ else HELP
+EPILOG = """\
+examples:
+  bulksend bench --recipients 200000 --batch-size 100
+  bulksend bench --recipients 20000 --batch-size 10 --limit 50 --window 1 --plot bench.png
+  bulksend bench --recipients 50000 --fail-rate 0.05 --latency-ms 20 --json bench.json
+"""
+
+CAMPAIGN = """
+provider = "maxtraffic"
+name = "bench"
+[message]
+campaign = "bench"
+messages = [{{ title = "Benchmark", body = "hello" }}]
+[recipients]
+path = "{path}"
+id = "{id}"
+uid = "{uid}"
+[send]
+batch_size = {batch_size}
+in_flight = {in_flight}
+max_attempts = {max_attempts}
+limit = "{limit}/{window:g}s"
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    load = parser.add_argument_group("load")
+    load.add_argument("--recipients", type=int, default=100_000, metavar="N", help="(100,000)")
+    load.add_argument("--file", type=Path, help="send this recipient file instead (id,uid)")
+    load.add_argument("--duplicate-rate", type=float, default=0.0, metavar="F")
+    load.add_argument("--batch-size", type=int, default=1000, metavar="N")
+    load.add_argument("--in-flight", type=int, default=32, metavar="N")
+    load.add_argument("--max-attempts", type=int, default=6, metavar="N")
+    profile = parser.add_argument_group("sandbox profile")
+    profile.add_argument("--latency-ms", type=float, default=0.0)
+    profile.add_argument("--limit", type=int, default=0, help="requests per window (0: none)")
+    profile.add_argument("--window", type=float, default=60.0, help="window seconds (60)")
+    profile.add_argument("--no-ratelimit-headers", action="store_true")
+    profile.add_argument("--fail-rate", type=float, default=0.0)
+    profile.add_argument("--reset-rate", type=float, default=0.0)
+    profile.add_argument("--drop-after-accept-rate", type=float, default=0.0)
+    profile.add_argument("--storm-every", type=float, default=0.0)
+    profile.add_argument("--storm-for", type=float, default=0.0)
+    profile.add_argument("--seed", type=int, default=0)
+    out = parser.add_argument_group("results")
+    out.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
+    out.add_argument("--plot", type=Path, metavar="PNG", help="throughput and limit over time")
+    add_output_flags(parser)
+
+
+@dataclass
+class Timings:
+    """Per-request latency and completion times, recorded by a transport wrapper."""
+
+    start: float = field(default_factory=time.perf_counter)
+    latencies: list[float] = field(default_factory=list)
+    done_at: list[float] = field(default_factory=list)
+
+
+class TimedTransport:
+    def __init__(self, inner: Any, timings: Timings) -> None:
+        self.inner = inner
+        self.timings = timings
+
+    async def send(self, request: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.send(request)
+        finally:
+            t1 = time.perf_counter()
+            self.timings.latencies.append(t1 - t0)
+            self.timings.done_at.append(t1 - self.timings.start)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def sandbox_args(args: argparse.Namespace, key: str) -> list[str]:
+    limit = args.limit or 1_000_000_000
+    out = ["--api-key", key, "--limit", str(limit), "--window", str(args.window)]
+    out += ["--max-batch", str(max(1000, args.batch_size)), "--seed", str(args.seed)]
+    out += ["--latency-ms", str(args.latency_ms)]
+    if args.no_ratelimit_headers:
+        out.append("--no-ratelimit-headers")
+    for flag in ("fail_rate", "reset_rate", "drop_after_accept_rate", "storm_every", "storm_for"):
+        value = getattr(args, flag)
+        if value:
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    return out
+
+
+async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from bulksend.campaign import send_campaign
+    from bulksend.config import load_settings
+    from bulksend.sandbox.testing import SandboxProcess
+    from bulksend.sources import write_synthetic_csv
+
+    key = "bench-key"
+    if args.file:
+        path, id_col, uid_col = args.file, "id", "uid"
+    else:
+        path = tmp / "recipients.csv"
+        write_synthetic_csv(path, args.recipients, duplicate_rate=args.duplicate_rate, seed=1)
+        id_col, uid_col = "id", "uid"
+    campaign = tmp / "bench.toml"
+    limit = args.limit or 1_000_000_000
+    campaign.write_text(
+        CAMPAIGN.format(
+            path=path,
+            id=id_col,
+            uid=uid_col,
+            batch_size=args.batch_size,
+            in_flight=args.in_flight,
+            max_attempts=args.max_attempts,
+            limit=limit,
+            window=args.window,
+        )
+    )
+    sandbox = SandboxProcess("maxtraffic", *sandbox_args(args, key))
+    url = sandbox.start()
+    timings = Timings()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        settings = load_settings(campaign, env={}, overrides={"base_url": url})
+        result = await send_campaign(
+            settings,
+            {"api_key": key},
+            progress_every=3600,
+            wrap_transport=lambda t: TimedTransport(t, timings),
+        )
+    finally:
+        sandbox.stop()
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    s = result.summary
+    allowed = (args.limit / args.window) if args.limit else 0.0
+    req_rate = s.requests / s.elapsed if s.elapsed else 0.0
+    return {
+        "recipients": s.read,
+        "delivered": s.delivered,
+        "elapsed_s": round(s.elapsed, 3),
+        "recipients_per_s": round(s.delivered / s.elapsed, 1) if s.elapsed else 0.0,
+        "requests": s.requests,
+        "requests_per_s": round(req_rate, 1),
+        "latency_ms": {
+            q: round(percentile(timings.latencies, p) * 1000, 2)
+            for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        },
+        "utilisation": round(req_rate / allowed, 3) if allowed else None,
+        "throttled_429": s.throttled,
+        "retries": s.retries,
+        "failed": s.failed,
+        "client_cpu_s": round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 3),
+        "peak_rss_mb": round(cpu1.ru_maxrss / 1024, 1),
+        "limit": f"{args.limit}/{args.window:g}s" if args.limit else None,
+        "batch_size": args.batch_size,
+        "in_flight": args.in_flight,
+        "_done_at": timings.done_at,
+    }
+
+
+def plot(figures: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'bulksend[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = figures["_done_at"]
+    width = max(0.1, args.window / 10 if args.limit else max(done or [1]) / 50)
+    bins: dict[int, int] = {}
+    for t in done:
+        bins[int(t / width)] = bins.get(int(t / width), 0) + 1
+    xs = sorted(bins)
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.step(
+        [x * width for x in xs], [bins[x] / width for x in xs], where="post", label="requests/s"
+    )
+    if args.limit:
+        ax.axhline(args.limit / args.window, linestyle="--", label="limit")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("requests/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(
+        f"bulksend bench: {figures['recipients_per_s']:,.0f} recipients/s, "
+        f"{figures['requests_per_s']:,.0f} requests/s, 429s {figures['throttled_429']}"
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = await measure(args, Path(tmp))
+    if args.plot:
+        plot(figures, args, args.plot)
+    figures.pop("_done_at")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    if not args.quiet:
+        width = max(len(k) for k in figures)
+        for k, v in figures.items():
+            print(f"  {k:<{width}}  {v}", file=ctx.out)
+        if args.plot:
+            print(f"  chart: {args.plot}", file=ctx.out)
+    return ExitStatus.OK if figures["delivered"] else ExitStatus.FAILURES
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from bulksend.cli import main
+
+    main(["bench", *sys.argv[1:]])
