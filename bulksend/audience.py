@@ -1,0 +1,434 @@
+"""MaxTraffic audience check: look every visitor up before sending, drop the ones who cannot
+receive a web push.
+
+``GET /v1/visitors/{id}`` (``maxtraffic.PATHS["visitor"]``) for each recipient's visitor id:
+
+* 200 with ``web_push_subscriber`` true -> ``ok``;
+* 200 with ``web_push_subscriber`` false -> ``unsubscribed``
+  (reason ``"audience check: not a web push subscriber"``);
+* 404 with a JSON body -> ``unknown`` (reason ``"audience check: unknown visitor"``);
+* 422 -> ``refused`` with the server's message (``"audience check: <message>"``);
+* 401/403 -> ``AuthError``; 429 and 5xx/timeouts are retried through the scheduler (the lookups
+  share MaxTraffic's single ``api`` quota with the sends); a lookup that still fails, a 404 that is
+  not JSON (a wrong base URL), or any other answer -> ``UnavailableError``: the check cannot vouch
+  for anyone, so the pass stops rather than guessing.
+
+A recipient without a visitor id (uid only) cannot be looked up and passes as ``unchecked``.
+Each distinct id is looked up once: concurrent lookups of one id share the request and answers
+are remembered (``cache_size`` ids, least recently used dropped first).
+
+Two ways in: ``AudienceCheck.results(recipients)`` yields one ``AudienceResult`` per recipient in
+input order; ``AudienceCheck.filter(chunks)`` takes the source's chunks (sync or async) and yields
+chunks with the failed recipients moved to ``rejected`` (``Rejected(line, reason, id, uid)``), the
+shape the engine reads. Order is kept, so batches (and the journal) stay deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+
+from bulksend.errors import AuthError, ProviderError, UnavailableError
+from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.providers import maxtraffic
+from bulksend.providers.base import Limit
+from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
+from bulksend.sources.spec import Chunk
+from bulksend.transport import NoResponse, Transport
+
+
+class Audience(enum.Enum):
+    OK = "ok"
+    UNKNOWN = "unknown"  # 404: no such visitor
+    UNSUBSCRIBED = "unsubscribed"  # web_push_subscriber is false
+    REFUSED = "refused"  # 422: the provider refused the id itself
+    UNCHECKED = "unchecked"  # no visitor id to look up (uid only)
+
+
+REASONS: Mapping[Audience, str] = {
+    Audience.UNKNOWN: "audience check: unknown visitor",
+    Audience.UNSUBSCRIBED: "audience check: not a web push subscriber",
+}
+#: the audiences that drop a recipient
+DROPPED = frozenset({Audience.UNKNOWN, Audience.UNSUBSCRIBED, Audience.REFUSED})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one lookup found (``reason`` is set for the dropped audiences)."""
+
+    audience: Audience
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceResult:
+    recipient: Recipient
+    audience: Audience
+    reason: str = ""
+
+    @property
+    def dropped(self) -> bool:
+        return self.audience in DROPPED
+
+
+class LookupVerdict(enum.Enum):
+    ANSWER = "answer"
+    THROTTLED = "throttled"
+    RETRY = "retry"
+    AUTH = "auth"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    verdict: LookupVerdict
+    answer: Answer | None = None
+    message: str = ""
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+
+def visitor_request(
+    visitor_id: str, headers: Mapping[str, str], path: str = maxtraffic.PATHS["visitor"]
+) -> HttpRequest:
+    """``GET /v1/visitors/{id}`` with the id percent-encoded (a ``/`` in it stays one segment)."""
+    get_headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    return HttpRequest("GET", path.replace("{id}", quote(visitor_id, safe="")), get_headers)
+
+
+def _message(body: bytes) -> str:
+    return maxtraffic.error_message(body) if body else ""
+
+
+def read_lookup(response: HttpResponse) -> LookupResult:
+    """What a visitor lookup's response means (pure)."""
+    status = response.status
+    if status == 200:
+        try:
+            data = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            data = None
+        flag = data.get("web_push_subscriber") if isinstance(data, dict) else None
+        if flag is True:
+            return LookupResult(LookupVerdict.ANSWER, Answer(Audience.OK))
+        if flag is False:
+            reason = REASONS[Audience.UNSUBSCRIBED]
+            return LookupResult(LookupVerdict.ANSWER, Answer(Audience.UNSUBSCRIBED, reason))
+        return LookupResult(
+            LookupVerdict.FATAL,
+            message="visitor lookup: 200 without a boolean web_push_subscriber: "
+            + response.body[:200].decode("utf-8", "replace"),
+        )
+    message = _message(response.body)
+    if status == 404:
+        try:
+            orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            return LookupResult(
+                LookupVerdict.FATAL,
+                message=f"visitor lookup: 404 without a JSON body (is the base URL right?): "
+                f"{message}",
+            )
+        return LookupResult(
+            LookupVerdict.ANSWER, Answer(Audience.UNKNOWN, REASONS[Audience.UNKNOWN])
+        )
+    if status == 422:
+        reason = f"audience check: {message or '422 invalid visitor id'}"
+        return LookupResult(LookupVerdict.ANSWER, Answer(Audience.REFUSED, reason))
+    if status in (401, 403):
+        return LookupResult(LookupVerdict.AUTH, message=message or f"{status} Unauthorized")
+    if status == 429:
+        return LookupResult(LookupVerdict.THROTTLED, message=message or "429 Too Many Requests")
+    if status >= 500 or status == 408:
+        return LookupResult(LookupVerdict.RETRY, message=message or f"{status} server error")
+    return LookupResult(LookupVerdict.FATAL, message=f"visitor lookup: {status}: {message}")
+
+
+# ---------------------------------------------------------------------------- the check
+
+
+class Sender(Protocol):
+    """What the check needs of a transport (``bulksend.transport.Transport`` fits)."""
+
+    async def send(self, request: HttpRequest) -> HttpResponse: ...
+
+
+@dataclass(slots=True)
+class AudienceStats:
+    looked_up: int = 0  # HTTP requests made (retries included)
+    cached: int = 0  # recipients answered from an earlier lookup of the same id
+    counts: dict[str, int] = field(default_factory=dict)  # per audience
+
+    def add(self, audience: Audience) -> None:
+        self.counts[audience.value] = self.counts.get(audience.value, 0) + 1
+
+
+class AudienceCheck:
+    """Visitor lookups through ``scheduler`` (group ``group``) and ``transport``."""
+
+    def __init__(
+        self,
+        transport: Sender,
+        scheduler: Scheduler,
+        *,
+        headers: Mapping[str, str],
+        path: str = maxtraffic.PATHS["visitor"],
+        group: str = maxtraffic.GROUP,
+        concurrency: int = 16,
+        max_attempts: int = 6,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.transport = transport
+        self.scheduler = scheduler
+        self.headers = dict(headers)
+        self.path = path
+        self.group = group
+        self.concurrency = max(1, concurrency)
+        self.max_attempts = max(1, max_attempts)
+        self.cache_size = max(0, cache_size)
+        self.stats = AudienceStats()
+        self._cache: OrderedDict[str, Answer] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[Answer]] = {}
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._probed = asyncio.Event()
+        self._probing = False
+        self._failure: ProviderError | None = None
+
+    @classmethod
+    def for_provider(
+        cls, provider: maxtraffic.MaxTraffic, transport: Sender, scheduler: Scheduler, **kwargs: Any
+    ) -> AudienceCheck:
+        """The check for a built MaxTraffic adapter: its key, its visitor path, its group."""
+        return cls(
+            transport,
+            scheduler,
+            headers=provider.headers(),
+            path=provider.paths["visitor"],
+            **kwargs,
+        )
+
+    # -- one id ------------------------------------------------------------------------------
+    async def lookup(self, visitor_id: str) -> Answer:
+        """The answer for one visitor id (shared by concurrent callers, then cached)."""
+        cached = self._cache.get(visitor_id)
+        if cached is not None:
+            self._cache.move_to_end(visitor_id)
+            self.stats.cached += 1
+            return cached
+        pending = self._pending.get(visitor_id)
+        if pending is not None:
+            self.stats.cached += 1
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._pending[visitor_id] = future
+        try:
+            answer = await self._fetch(visitor_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            future.set_result(answer)
+            self._remember(visitor_id, answer)
+            return answer
+        finally:
+            del self._pending[visitor_id]
+
+    def _remember(self, visitor_id: str, answer: Answer) -> None:
+        if not self.cache_size:
+            return
+        self._cache[visitor_id] = answer
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _fetch(self, visitor_id: str) -> Answer:
+        """One lookup; the first goes alone (a 401 then costs one request), and after a
+        failure that ends the check no further request is made."""
+        async with self._slots:
+            await self._wait_for_probe()
+            try:
+                return await self._ask(visitor_id)
+            except ProviderError as exc:
+                if self._failure is None:
+                    self._failure = exc
+                raise
+            finally:
+                self._probed.set()
+
+    async def _wait_for_probe(self) -> None:
+        while True:
+            failure = self._failure
+            if failure is not None:
+                raise type(failure)(str(failure), status=failure.status)
+            if self._probed.is_set():
+                return
+            if not self._probing:
+                self._probing = True
+                return
+            await self._probed.wait()
+
+    async def _ask(self, visitor_id: str) -> Answer:
+        request = visitor_request(visitor_id, self.headers, self.path)
+        sched, group = self.scheduler, self.group
+        attempts = 0
+        last = ""
+        while True:
+            try:
+                permit = await sched.acquire(group, retry=attempts > 0)
+            except Deferred as exc:
+                raise UnavailableError(f"audience check: {exc}") from None
+            attempts += 1
+            self.stats.looked_up += 1
+            try:
+                response = await self.transport.send(request)
+            except NoResponse as exc:
+                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+                last = str(exc)
+                if attempts >= self.max_attempts:
+                    break
+                await asyncio.sleep(sched.backoff(group, attempts))
+                continue
+            except BaseException:
+                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+                raise
+            result = read_lookup(response)
+            kind = {
+                LookupVerdict.THROTTLED: FeedbackKind.THROTTLED,
+                LookupVerdict.RETRY: FeedbackKind.ERROR,
+            }.get(result.verdict, FeedbackKind.OK)
+            sched.complete(permit, Feedback(kind, response.headers))
+            match result.verdict:
+                case LookupVerdict.ANSWER:
+                    assert result.answer is not None
+                    return result.answer
+                case LookupVerdict.AUTH:
+                    raise AuthError(
+                        f"audience check: the provider rejected the API key "
+                        f"({response.status}): {result.message}",
+                        status=response.status,
+                    )
+                case LookupVerdict.FATAL:
+                    raise UnavailableError(result.message, status=response.status)
+            last = result.message
+            if attempts >= self.max_attempts:
+                break
+            if result.verdict is LookupVerdict.RETRY:
+                await asyncio.sleep(sched.backoff(group, attempts))
+        raise UnavailableError(
+            f"audience check: visitor lookup failed after {attempts} attempts: {last}"
+        )
+
+    # -- streams -----------------------------------------------------------------------------
+    async def _answer(self, recipient: Recipient) -> AudienceResult:
+        if recipient.id is None:
+            return AudienceResult(recipient, Audience.UNCHECKED)
+        answer = await self.lookup(recipient.id)
+        return AudienceResult(recipient, answer.audience, answer.reason)
+
+    async def results(self, recipients: Iterable[Recipient]) -> AsyncIterator[AudienceResult]:
+        """One result per recipient, in input order, with up to ``concurrency`` lookups at once
+        (and a look-ahead of four times that, so one slow lookup does not stall the rest)."""
+        window: deque[asyncio.Task[AudienceResult]] = deque()
+        ahead = self.concurrency * 4
+        it = iter(recipients)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(window) < ahead:
+                    recipient = next(it, None)
+                    if recipient is None:
+                        exhausted = True
+                        break
+                    window.append(asyncio.ensure_future(self._answer(recipient)))
+                if not window:
+                    return
+                result = await window.popleft()
+                self.stats.add(result.audience)
+                yield result
+        finally:
+            for task in window:
+                task.cancel()
+            await asyncio.gather(*window, return_exceptions=True)
+
+    async def filter(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
+        """The chunks with dropped recipients moved to ``rejected`` (reason on each)."""
+        async for recipients, rejected in _aiter(chunks):
+            kept: list[Recipient] = []
+            dropped: list[Rejected] = []
+            async for result in self.results(recipients):
+                r = result.recipient
+                if result.dropped:
+                    dropped.append(Rejected(r.line, result.reason, r.id, r.uid))
+                else:
+                    kept.append(r)
+            yield Chunk(kept, rejected + dropped if dropped else rejected)
+
+
+async def _aiter(chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield Chunk(*chunk)
+    else:
+        for chunk in chunks:
+            yield Chunk(*chunk)
+
+
+def default_scheduler(in_flight: int = 16, limit: Limit | None = None) -> Scheduler:
+    """A scheduler with MaxTraffic's one ``api`` group (600/min until headers say otherwise)."""
+    policy = GroupPolicy(limit or maxtraffic.DEFAULT_LIMITS[maxtraffic.GROUP], in_flight=in_flight)
+    return Scheduler({maxtraffic.GROUP: policy})
+
+
+async def check_audience(
+    base_url: str,
+    api_key: str,
+    recipients: Iterable[Recipient],
+    *,
+    scheduler: Scheduler | None = None,
+    transport: Sender | None = None,
+    path: str = maxtraffic.PATHS["visitor"],
+    concurrency: int = 16,
+    max_attempts: int = 6,
+) -> AsyncIterator[AudienceResult]:
+    """Look every recipient up; yields one ``AudienceResult`` each, in order.
+
+    Standalone use; inside a send, build an ``AudienceCheck`` on the send's own transport and
+    scheduler so the lookups and the sends share one quota.
+    """
+    scheduler = scheduler or default_scheduler(concurrency)
+    headers = maxtraffic.MaxTraffic(api_key=api_key, message={}).headers()
+    if transport is not None:
+        check = AudienceCheck(
+            transport,
+            scheduler,
+            headers=headers,
+            path=path,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+        )
+        async for result in check.results(recipients):
+            yield result
+        return
+    async with Transport(base_url, connections=concurrency) as own:
+        check = AudienceCheck(
+            own,
+            scheduler,
+            headers=headers,
+            path=path,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+        )
+        async for result in check.results(recipients):
+            yield result
