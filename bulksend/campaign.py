@@ -222,6 +222,7 @@ async def send_campaign(
                     summary=summary,
                     journal=book,
                     on_outcomes=letters,
+                    hook_statuses=DeadLetter.RESEND,
                     source_name=spec.path,
                 )
                 if on_start is not None:

@@ -111,6 +111,7 @@ class Engine:
         summary: Summary | None = None,
         journal: Journal | None = None,
         on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
+        hook_statuses: frozenset[Status] = frozenset(Status),
         source_name: str = "",
     ) -> None:
         self.provider = provider
@@ -122,6 +123,7 @@ class Engine:
         self.summary = summary or Summary(provider=provider.name)
         self.journal = journal
         self._on_outcomes = on_outcomes
+        self._hook_statuses = hook_statuses
         self.source_name = source_name
         self._log = get_logger(provider=provider.name)
         self._stop: BaseException | None = None
@@ -143,13 +145,19 @@ class Engine:
         http_status: int | None = None,
         attempts: int | None = None,
     ) -> None:
+        rows = recipients if isinstance(recipients, list | tuple) else list(recipients)
+        self.summary.count(status, len(rows))
+        to_report = self.report.active
+        to_hook = self._on_outcomes is not None and status in self._hook_statuses
+        if not (to_report or to_hook) or not rows:
+            return  # nobody reads per-recipient outcomes: don't build them
         if attempts is None:
             attempts = batch.attempts if batch else 0
         number = batch.number if batch else None
-        outcomes = [Outcome(r, status, reason, http_status, attempts, number) for r in recipients]
-        self.summary.count(status, len(outcomes))
-        self.report.write(outcomes)
-        if self._on_outcomes is not None:
+        outcomes = [Outcome(r, status, reason, http_status, attempts, number) for r in rows]
+        if to_report:
+            self.report.write(outcomes)
+        if to_hook and self._on_outcomes is not None:
             self._on_outcomes(outcomes)
 
     def _record(self, batch: Batch, results: list[Result]) -> None:
@@ -209,6 +217,11 @@ class Engine:
             return
         kept, duplicates = self.dedup.filter_many(chunk)
         self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
+        add_many = getattr(batcher, "add_many", None)
+        if add_many is not None:
+            for batch in add_many(kept):
+                await self._plan(batch)
+            return await asyncio.sleep(0)
         for recipient in kept:
             batch = batcher.add(recipient)
             if batch is not None:

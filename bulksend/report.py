@@ -30,6 +30,11 @@ class ReportWriter:
         self._csv: Any = None
         self._json = path is not None and path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
 
+    @property
+    def active(self) -> bool:
+        """Is a report being written? (when not, nobody needs per-recipient outcomes)"""
+        return self.path is not None
+
     def __enter__(self) -> ReportWriter:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

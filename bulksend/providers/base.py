@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
@@ -50,13 +50,48 @@ class Classification:
 
 
 class Batcher(Protocol):
-    """Packs recipients into batches; pure and incremental, so any file size streams through."""
+    """Packs recipients into batches; pure and incremental, so any file size streams through.
+
+    A batcher may also offer ``add_many(recipients) -> list[Batch]`` (the engine prefers it).
+    """
 
     def add(self, recipient: Recipient) -> Batch | None:
         """Take one recipient; return a batch when one is full."""
 
     def flush(self) -> Iterable[Batch]:
         """Return what is left as final batches (never an empty one)."""
+
+
+@dataclass(slots=True)
+class CountBatcher:
+    """Batches of at most ``size`` recipients for ``group``, numbered from 1, in order."""
+
+    size: int
+    group: str
+    _number: int = 0
+    _rows: list[Recipient] = field(default_factory=list)
+
+    def add(self, recipient: Recipient) -> Batch | None:
+        self._rows.append(recipient)
+        if len(self._rows) >= self.size:
+            return self._take(self._rows)
+        return None
+
+    def add_many(self, recipients: list[Recipient]) -> list[Batch]:
+        rows = self._rows + recipients if self._rows else recipients
+        size = self.size
+        full = len(rows) - len(rows) % size
+        out = [self._take(rows[i : i + size]) for i in range(0, full, size)]
+        self._rows = rows[full:]
+        return out
+
+    def _take(self, rows: list[Recipient]) -> Batch:
+        self._number += 1
+        self._rows = []
+        return Batch(self._number, self.group, rows)
+
+    def flush(self) -> Iterable[Batch]:
+        return [self._take(self._rows)] if self._rows else []
 
 
 class Provider(Protocol):

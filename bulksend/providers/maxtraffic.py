@@ -8,14 +8,14 @@ array with nothing to carry is left out (see docs/providers.md for why).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.base import Classification, Limit, Verdict
+from bulksend.providers.base import Classification, CountBatcher, Limit, Verdict
 
 NAME = "maxtraffic"
 DEFAULT_BASE_URL = "https://api.maxtraffic.com"
@@ -32,40 +32,12 @@ PATHS = {
 DEFAULT_LIMITS: Mapping[str, Limit] = {GROUP: Limit(600, 60.0)}
 
 
-@dataclass(slots=True)
-class NotificationBatcher:
-    """Packs rows so that ``to_ids`` and ``to_uids`` each hold at most ``size`` entries.
+def NotificationBatcher(size: int) -> CountBatcher:
+    """At most ``size`` rows per request, so ``to_ids`` and ``to_uids`` each hold <= ``size``.
 
-    Dedup happens upstream; this only packs. A row counts against each array it contributes to.
+    (A row contributes at most one entry to each array.) Dedup happens upstream.
     """
-
-    size: int
-    _number: int = 0
-    _rows: list[Recipient] = field(default_factory=list)
-    _ids: int = 0
-    _uids: int = 0
-
-    def add(self, recipient: Recipient) -> Batch | None:
-        out = None
-        need_id = recipient.id is not None
-        need_uid = recipient.uid is not None
-        if (need_id and self._ids >= self.size) or (need_uid and self._uids >= self.size):
-            out = self._take()
-        self._rows.append(recipient)
-        self._ids += need_id
-        self._uids += need_uid
-        if self._ids >= self.size and self._uids >= self.size:
-            return out or self._take()
-        return out
-
-    def _take(self) -> Batch:
-        self._number += 1
-        batch = Batch(self._number, GROUP, self._rows)
-        self._rows, self._ids, self._uids = [], 0, 0
-        return batch
-
-    def flush(self) -> Iterable[Batch]:
-        return [self._take()] if self._rows else []
+    return CountBatcher(size, GROUP)
 
 
 def notification_body(message: Mapping[str, Any], recipients: Sequence[Recipient]) -> bytes:
@@ -98,7 +70,7 @@ class MaxTraffic:
             "Content-Type": "application/json",
         }
 
-    def batcher(self, batch_size: int) -> NotificationBatcher:
+    def batcher(self, batch_size: int) -> CountBatcher:
         return NotificationBatcher(batch_size)
 
     def encode(self, batch: Batch) -> HttpRequest:
