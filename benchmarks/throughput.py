@@ -3,8 +3,9 @@
     python -m benchmarks.throughput [--recipients 200000] [--batch-size 100] [--in-flight 32]
 
 Both sides post the same bodies to the same sandbox (started with no effective limit) with the
-same concurrency; the engine also reads the CSV, deduplicates, batches and encodes. Runs
-alternate (engine, raw, engine, raw, ...) and the medians are compared.
+same concurrency; the engine also reads the CSV, deduplicates, batches and encodes. A third run
+is the engine with its SQLite journal on (issue 5: journaling must not halve throughput). Runs
+alternate (engine, engine + journal, raw, ...) and the medians are compared.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.common import KEY, machine, median, sandbox_process, write_rows
-from bulksend.campaign import build_provider, send_campaign
+from bulksend.campaign import JournalOptions, build_provider, send_campaign
 from bulksend.config import load_settings
 from bulksend.models import Recipient
 from bulksend.report import Summary
@@ -37,9 +38,10 @@ in_flight = {in_flight}
 """
 
 
-async def engine_run(campaign: Path, url: str) -> Summary:
+async def engine_run(campaign: Path, url: str, journal: Path | None = None) -> Summary:
     settings = load_settings(campaign, env={}, overrides={"base_url": url})
-    result = await send_campaign(settings, {"api_key": KEY}, progress_every=3600)
+    options = JournalOptions(journal, fresh=True) if journal else None
+    result = await send_campaign(settings, {"api_key": KEY}, progress_every=3600, journal=options)
     summary, stopped = result.summary, result.stopped
     if stopped is not None or not summary.complete:
         raise RuntimeError(f"engine run incomplete: {stopped}\n{summary.render()}")
@@ -87,14 +89,16 @@ async def main_async(args: argparse.Namespace) -> None:
         bodies, headers, api_path = prepare(campaign, args.recipients, args.batch_size)
         sandbox_args = ("--limit", "1000000000", "--max-batch", str(max(1000, args.batch_size)))
         with sandbox_process("maxtraffic", *sandbox_args) as url:
-            engine_times, raw_times, requests = [], [], 0
+            engine_times, journal_times, raw_times, requests = [], [], [], 0
+            journal = Path(tmp) / "bench.journal"
             for _ in range(args.repeat):
                 summary = await engine_run(campaign, url)
                 engine_times.append(summary.elapsed)
                 requests = summary.requests
+                journal_times.append((await engine_run(campaign, url, journal)).elapsed)
                 raw_times.append(await raw_run(bodies, headers, url + api_path, args.in_flight))
     n = args.recipients
-    e, r = median(engine_times), median(raw_times)
+    e, r, j = median(engine_times), median(raw_times), median(journal_times)
     print(f"machine: {machine()}; loop: {type(asyncio.get_running_loop()).__module__}")
     print(
         f"recipients={n:,} batch_size={args.batch_size} in_flight={args.in_flight} "
@@ -102,7 +106,8 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(f"engine: {n / e:,.0f} recipients/s, {requests / e:,.0f} requests/s (median {e:.3f} s)")
     print(f"raw aiohttp: {n / r:,.0f} recipients/s, {len(bodies) / r:,.0f} requests/s ({r:.3f} s)")
-    print(f"ratio engine/raw: {r / e:.2f}")
+    print(f"engine + journal: {n / j:,.0f} recipients/s (median {j:.3f} s)")
+    print(f"ratio engine/raw: {r / e:.2f}; journal cost: with/without = {e / j:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
