@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -40,8 +41,8 @@ max_attempts = 10
 ARGS = 'args = ["12", "{id}", { first_name = "{first_name}" }]'
 
 
-def config(**kwargs: object) -> SandboxConfig:
-    return SandboxConfig(provider="maxemail", username=USER, password=PASSWORD, **kwargs)  # type: ignore[arg-type]
+def config(**kwargs: Any) -> SandboxConfig:
+    return SandboxConfig(provider="maxemail", username=USER, password=PASSWORD, **kwargs)
 
 
 def write(tmp_path: Path, rows: list[tuple[str, str]], *, name: str = "r.csv") -> Path:

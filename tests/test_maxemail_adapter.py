@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from bulksend.errors import ConfigError, InputError
 from bulksend.models import Batch, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxemail
-from bulksend.providers.base import Verdict
+from bulksend.providers.base import Limit, Verdict
 from bulksend.sources.spec import Chunk
 
 SECRETS = {"username": "api@example.com", "password": "s3cret:pass"}
@@ -127,7 +127,7 @@ def test_adapter_facts() -> None:
     p = build(TRIGGER)
     assert p.dedup_keys == ("id",)
     assert p.sends_rate_headers is False
-    assert p.groups == {"api": maxemail.Limit(600, 60.0)}
+    assert p.groups == {"api": Limit(600, 60.0)}
     assert p.describe()["call"] == "email_send.triggerFolder"
     assert "s3cret" not in repr(p)
     assert p.placeholders == {"id", "first_name"}
