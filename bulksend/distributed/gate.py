@@ -1,0 +1,196 @@
+"""The shared gate: one Redis connection and the three Lua scripts, per quota scope.
+
+``RedisGate`` is a thin I/O wrapper: every decision is taken inside the scripts
+(``bulksend.distributed.lua``), atomically, on Redis's clock. It turns every way Redis can be
+out of reach into ``GateUnavailable`` so the scheduler can pause and reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from bulksend.distributed import lua
+from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url
+from bulksend.errors import ConfigError, UnavailableError
+
+__all__ = ["Admission", "GateUnavailable", "RedisGate", "Verdict"]
+
+#: errors that mean "Redis is not there right now" (not a bug in a script)
+_DOWN: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,  # includes BusyLoadingError (a restarted Redis loading its data)
+    rex.TimeoutError,
+    rex.ReadOnlyError,  # a replica after a failover
+    rex.TryAgainError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class GateUnavailable(Exception):
+    """Redis could not be reached (the message names the URL without its password)."""
+
+
+class Verdict(enum.IntEnum):
+    EPOCH = -1  # Redis lost its state since this worker last looked: reseed, then ask again
+    WAIT = 0
+    ADMITTED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    verdict: Verdict
+    now: float  # Redis time of the decision (seconds since the epoch)
+    stamp: str  # the same, as stored in the log
+    epoch: str
+    wait: float = 0.0  # seconds, with WAIT
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict is Verdict.ADMITTED
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisGate:
+    """The Redis side of the shared limiter for one quota scope (``provider:fingerprint``)."""
+
+    def __init__(self, client: aioredis.Redis, url: str, scope: str, prefix: str = "bulksend"):
+        self.client = client
+        self.url = redact_url(url)
+        self.scope = scope
+        self.prefix = prefix
+        self._admit = client.register_script(lua.ADMIT)
+        self._pause = client.register_script(lua.PAUSE)
+        self._reseed = client.register_script(lua.RESEED)
+        self._keys: dict[str, list[str]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, scope: str, *, timeout: float = 3.0) -> RedisGate:
+        """A gate on ``url`` (not yet connected). Timeouts bound every command, so a Redis that
+        hangs counts as one that is gone; the client never retries on its own."""
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"--limiter: cannot use {redact_url(url)}: {exc}") from None
+        return cls(client, url, scope)
+
+    @classmethod
+    async def connect(cls, url: str, scope: str, *, connect_timeout: float = 3.0) -> RedisGate:
+        """Connect and check that Redis answers and runs scripts; fail fast otherwise."""
+        gate = cls.from_url(url, scope, timeout=connect_timeout)
+        try:
+            await gate.ping()
+            await gate.client.script_load(lua.ADMIT)
+        except GateUnavailable as exc:
+            await gate.aclose()
+            raise UnavailableError(
+                f"limiter {gate.url} is unreachable ({exc}); start Redis or drop --limiter"
+            ) from None
+        except rex.RedisError as exc:
+            await gate.aclose()
+            raise UnavailableError(f"limiter {gate.url} refused the limiter: {exc}") from None
+        return gate
+
+    def keys(self, group: str) -> list[str]:
+        keys = self._keys.get(group)
+        if keys is None:
+            keys = self._keys[group] = list(key_names(self.scope, group, self.prefix))
+        return keys
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except _DOWN as exc:
+            raise GateUnavailable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    async def run_id(self) -> str:
+        info = await self._call(self.client.info("server"))
+        return str(info.get("run_id", ""))
+
+    async def admit(
+        self,
+        group: str,
+        *,
+        limit: int,
+        window: float,
+        margin: float,
+        member: str,
+        epoch: str,
+        ttl_ms: int,
+        slack: float = 0.005,
+    ) -> Admission:
+        """Admit one send to ``group`` now, or say how long to wait (see ``lua.ADMIT``)."""
+        args = (
+            max(1, int(limit)),
+            f"{window:.6f}",
+            f"{margin:.6f}",
+            member,
+            epoch,
+            ttl_ms,
+            f"{slack:.6f}",
+            f"{MAX_MARGIN:.6f}",
+        )
+        reply = await self._call(self._admit(keys=self.keys(group), args=args))
+        verdict, stamp, new_epoch, wait = reply
+        stamp = _text(stamp)
+        return Admission(Verdict(int(verdict)), float(stamp), stamp, _text(new_epoch), float(wait))
+
+    async def pause(
+        self, group: str, *, seconds: float | None, limit: int | None, ttl_ms: int
+    ) -> None:
+        """Tell every worker: admit nothing for ``seconds``; the provider announced ``limit``."""
+        args = (
+            "" if seconds is None else f"{max(0.0, seconds):.6f}",
+            "" if limit is None else str(int(limit)),
+            ttl_ms,
+        )
+        await self._call(self._pause(keys=self.keys(group), args=args))
+
+    async def reseed(
+        self,
+        group: str,
+        *,
+        epoch: str,
+        entries: Sequence[tuple[str, str]],
+        grace: float,
+        ttl_ms: int,
+    ) -> bool:
+        """Write this worker's recent admissions (stamp, member) back after Redis lost them; the
+        first reseed of an epoch also holds everyone for ``grace`` seconds, so the other workers
+        can write theirs before anyone is admitted. False when the epoch changed again."""
+        for chunk in _chunks(entries, 500):
+            flat = [x for stamp, member in chunk for x in (stamp, member)]
+            args: list[str | int] = [epoch, f"{grace:.6f}", ttl_ms, *flat]
+            if not await self._call(self._reseed(keys=self.keys(group), args=args)):
+                return False
+        return True
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(*_DOWN):  # closing a connection to a Redis that is gone
+            await self.client.aclose()
+
+
+def _chunks(items: Sequence[tuple[str, str]], size: int) -> Iterable[Sequence[tuple[str, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,94 @@
+"""Names and fingerprints for the shared limiter (pure: no I/O, no clock).
+
+A provider's quota belongs to its API key, so the Redis keys of one endpoint group are named by
+provider + a fingerprint of the key + the group::
+
+    bulksend:{maxtraffic:6f1c0d2e9a7b3c45:api}:log     ZSET  admission id -> Redis time (s)
+    bulksend:{maxtraffic:6f1c0d2e9a7b3c45:api}:state   HASH  epoch, tat, hold, limit, seeded
+
+The fingerprint is the first 16 hex digits of a salted SHA-256 of the secret values: two workers
+with the same key meet in the same keys, and nothing in Redis can give the key back. The braces
+are a Redis Cluster hash tag, so both keys of a group live on one node and one script can touch
+them atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+__all__ = [
+    "MAX_MARGIN",
+    "SCHEMES",
+    "key_fingerprint",
+    "key_names",
+    "key_ttl_ms",
+    "quota_scope",
+    "redact_url",
+    "url_password",
+]
+
+SCHEMES = ("redis", "rediss", "unix")
+#: the largest margin (seconds) any worker adds to a window; the log keeps this much extra history
+MAX_MARGIN = 1.0
+_SALT = b"bulksend-quota-fingerprint-v1\x00"
+
+
+def key_fingerprint(secrets: Mapping[str, str]) -> str:
+    """16 hex digits identifying the credentials (never the credentials themselves)."""
+    h = hashlib.sha256(_SALT)
+    for name in sorted(secrets):
+        h.update(name.encode() + b"\x00" + secrets[name].encode() + b"\x00")
+    return h.hexdigest()[:16]
+
+
+def quota_scope(provider: str, secrets: Mapping[str, str]) -> str:
+    """``provider:fingerprint``, the part of every key that says whose quota it is."""
+    return f"{provider}:{key_fingerprint(secrets)}"
+
+
+def key_names(scope: str, group: str, prefix: str = "bulksend") -> tuple[str, str]:
+    """The (log, state) keys of one endpoint group."""
+    tag = f"{{{scope}:{group}}}"
+    return f"{prefix}:{tag}:log", f"{prefix}:{tag}:state"
+
+
+def key_ttl_ms(window: float) -> int:
+    """How long the keys outlive the last admission: two windows (with margins) plus a minute."""
+    return math.ceil((2.0 * (window + MAX_MARGIN) + 60.0) * 1000.0)
+
+
+def url_password(url: str) -> str | None:
+    """The password in a Redis URL (userinfo or ``?password=``), for the log redactor."""
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    for name, value in parse_qsl(parts.query):
+        if name == "password" and value:
+            return value
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for messages and logs: a password (userinfo or query) becomes ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            host = netloc.rpartition("@")[2]
+            netloc = f"{user}:***@{host}"
+        query = parts.query
+        if query:
+            pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query)]
+            query = urlencode(pairs, safe="*")
+        text = f"{parts.scheme}://{netloc}{parts.path}"
+        if query:
+            text += "?" + query
+        if parts.fragment:
+            text += "#" + parts.fragment
+        return text
+    except ValueError:
+        return "<unparsable limiter URL>"
