@@ -17,10 +17,13 @@ for review (``"skip"``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bulksend.core.circuit import Circuit
+from bulksend.core.circuit import State as CircuitState
 from bulksend.errors import AuthError, BulksendError, ProviderError
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
@@ -86,6 +89,9 @@ class EngineOptions:
     #: what to do with batches a dead run left in flight: "resend" or "skip"
     unknown_policy: str = "resend"
     drain_timeout: float = 30.0
+    #: consecutive 5xx/timeouts that pause a group, and the first pause (doubling to 60 s)
+    circuit_threshold: int = 5
+    circuit_cooldown: float = 2.0
 
 
 def _feedback_kind(c: Classification) -> FeedbackKind:
@@ -134,6 +140,8 @@ class Engine:
         self._probed = asyncio.Event()
         self._probing = False
         self._warned: set[str] = set()
+        self._circuits: dict[str, Circuit] = {}
+        self._circuit_changed: dict[str, asyncio.Event] = {}
 
     # -- outcomes ---------------------------------------------------------------------------
     def _finish(
@@ -320,6 +328,8 @@ class Engine:
                     await self._probed.wait()
                     continue
                 self._probing = True
+            if not await self._circuit_ready(batch.group):
+                continue
             try:
                 permit = await sched.acquire(batch.group, retry=attempts > 0)
             except Deferred as exc:
@@ -343,6 +353,7 @@ class Engine:
             except NoResponse as exc:
                 self._probed.set()
                 sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+                self._circuit_result(batch.group, failure=True)
                 unknown_sent = unknown_sent or exc.sent
                 self._log.debug("batch_no_response", batch=batch.number, error=str(exc))
                 if attempts >= opts.max_attempts:
@@ -352,6 +363,7 @@ class Engine:
                 continue
             self._probed.set()
             verdict = provider.classify(response)
+            self._circuit_result(batch.group, failure=verdict.verdict is Verdict.RETRY)
             if verdict.warning and verdict.warning not in self._warned:
                 self._warned.add(verdict.warning)
                 summary.warnings.append(verdict.warning)
@@ -416,6 +428,56 @@ class Engine:
                     if verdict.verdict is Verdict.RETRY:
                         delay = sched.backoff(batch.group, attempts)
                         await asyncio.sleep(max(delay, verdict.retry_after or 0.0))
+
+    # -- circuit breaker --------------------------------------------------------------------
+    def _circuit(self, group: str) -> Circuit:
+        circuit = self._circuits.get(group)
+        if circuit is None:
+            opts = self.options
+            circuit = self._circuits[group] = Circuit(
+                threshold=opts.circuit_threshold, cooldown=opts.circuit_cooldown
+            )
+        return circuit
+
+    async def _circuit_ready(self, group: str) -> bool:
+        """Wait while the group's circuit is open; False when the caller should look again."""
+        circuit = self._circuit(group)
+        loop = asyncio.get_running_loop()
+        wait = circuit.wait_time(loop.time())
+        if wait == 0.0:
+            if circuit.on_send():
+                self._log.info("circuit_half_open", group=group, probe=True)
+            return True
+        if self._stop is not None:
+            return True  # the caller sees the stop
+        changed = self._circuit_changed.setdefault(group, asyncio.Event())
+        if wait is None:
+            await changed.wait()  # the probe in flight decides
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+        return False
+
+    def _circuit_result(self, group: str, *, failure: bool) -> None:
+        circuit = self._circuit(group)
+        state = circuit.on_result(asyncio.get_running_loop().time(), failure=failure)
+        if state is None:
+            return
+        if state is CircuitState.OPEN:
+            self._log.warning(
+                "circuit_open",
+                group=group,
+                pause=round(circuit.current_cooldown, 3),
+                failures=circuit.failures,
+            )
+            note = f"endpoint group {group!r} failed repeatedly: paused and probed"
+            if note not in self.summary.warnings:
+                self.summary.warnings.append(note)
+        else:
+            self._log.info("circuit_" + state.value, group=group)
+        event = self._circuit_changed.pop(group, None)
+        if event is not None:
+            event.set()
 
     async def _progress(self) -> None:
         loop = asyncio.get_running_loop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,7 @@ def make_engine(
         transport,
         sched,
         SetDedup(),
-        EngineOptions(batch_size=10, workers=4, max_attempts=max_attempts),
+        EngineOptions(batch_size=10, workers=4, max_attempts=max_attempts, circuit_cooldown=0.01),
         report=ReportWriter(report),
     )
     return engine, transport
@@ -259,3 +261,31 @@ async def test_a_provider_warning_is_logged_once_and_kept_in_the_summary() -> No
     )
     summary = await engine.run(rows(50))
     assert summary.warnings == ["insertRecipient Deprecated: 100 Use list.addRecipient"]
+
+
+async def test_circuit_breaker_pauses_the_group_then_probes_one_request_at_a_time() -> None:
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    class Unwell(FakeTransport):
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            starts.append(loop.time())
+            self.requests.append(request)
+            await asyncio.sleep(0.005)
+            status = 500 if len(self.requests) <= 8 else 200
+            return HttpResponse(status, {}, b"{}")
+
+    engine, _ = make_engine(ok, max_attempts=10)
+    engine.transport = transport = Unwell(ok)
+    engine.options = EngineOptions(
+        batch_size=10, workers=4, max_attempts=10, circuit_threshold=3, circuit_cooldown=0.05
+    )
+    summary = await engine.run(rows(100))
+    assert summary.delivered == 100
+    assert len(transport.requests) == 8 + 10  # 8 failures, then each batch once
+    gaps = [b - a for a, b in itertools.pairwise(starts[5:10])]
+    # requests 6..9 are lone half-open probes after pauses of 0.05, 0.1, 0.2 s (doubling)
+    assert gaps[0] >= 0.05 * 0.9
+    assert gaps[1] >= 0.1 * 0.9
+    assert gaps[2] >= 0.2 * 0.9
+    assert any("failed repeatedly" in w for w in summary.warnings)
