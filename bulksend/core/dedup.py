@@ -5,8 +5,9 @@ Why not a ``set``
     string object plus the set's slots). Here each key costs **8 bytes of RAM** (plus the table's
     free slots) and its text goes to an append-only *spill file* on disk.
 
-The structure (one :class:`KeySet` per deduplicated identifier: ids and uids separately)
-    * A key's *record* is its UTF-8 bytes followed by at least one NUL byte, padded to a
+The structure (one :class:`KeySet` holds every deduplicated identifier; ids and uids are told
+apart by a *kind* byte, so a chunk's ids and uids go through the table in one pass)
+    * A key's *record* is its kind byte, its UTF-8 bytes, then at least one NUL byte, padded to a
       multiple of 8 bytes. It is appended to the spill file at byte ``8 * o``.
     * ``h``, a 64-bit hash of the record: each 8-byte word times its own random odd constant,
       summed mod 2^64, then the splitmix64 finaliser (all-zero padding words add nothing, so the
@@ -18,13 +19,13 @@ The structure (one :class:`KeySet` per deduplicated identifier: ids and uids sep
       (wrapping round) that is not full. Slots fill left to right and are never emptied.
 
 Why this is exact (a hash collision can never drop a recipient)
-    A key is reported as *already seen* only when :meth:`SpillStore.same_keys` has read the stored
-    record back and found **the same bytes followed by NUL**. Hashes, fingerprints and buckets only
-    choose *which* records to read; they never decide "duplicate" on their own. Keys containing
-    NUL (never produced by :mod:`bulksend.sources`, which rejects control characters) are kept
-    in a small exact ``set`` instead, so the NUL terminator is unambiguous for all others.
-    Repeats inside one chunk are settled the same way: keys whose hashes meet in a scratch table
-    are compared as strings.
+    A key is reported as *already seen* only when :meth:`SpillStore.same` has read the stored
+    record back and found **the same kind byte and bytes, followed by NUL**. Hashes,
+    fingerprints and buckets only choose *which* records to read; they never decide "duplicate"
+    on their own. Keys containing NUL (never produced by :mod:`bulksend.sources`, which rejects
+    control characters) are kept in a small exact ``set`` instead, so the NUL terminator is
+    unambiguous for all others. Repeats inside one chunk are settled the same way: keys whose
+    full hashes are equal are compared as strings.
 
     Conversely, a key that was stored is always found again: lookup scans from the home bucket to
     the first bucket that is not full, comparing every slot with the same fingerprint. Insertion
@@ -34,43 +35,48 @@ Why this is exact (a hash collision can never drop a recipient)
 
     So the answer is exactly that of a ``set`` of the real keys (tests check this against one,
     with hash functions that collide on purpose). Collisions only cost time: a record read for
-    each fingerprint match. The bucket index is made of the fingerprint's top bits, so about
-    ``8 * 0.6 * nb / 2**32`` of the lookups (0.2 % at 10 million keys) read a record that turns
-    out to be different. Every true duplicate costs one read: from the last 8 MB of records kept
-    in memory, else a ``pread`` of the page cache (about 1-2 µs on the test machine).
+    each fingerprint match. About ``8 * 0.6 * nb / 2**32`` of the lookups (0.2 % at 10 million
+    keys) read a record that turns out to be different. Every true duplicate costs one read.
+
+Reading records back
+    The spill file is mapped read-only (``mmap``) and the records for a whole chunk's matches are
+    gathered and compared by numpy at once; a read is a page-cache hit (the file was written in
+    this run), about 0.3-0.5 µs on the test machine, mostly the page fault. Mapped pages count in
+    the process's RSS, so once about ``_MAP_BUDGET`` bytes may have been touched the mapping is
+    dropped from memory (``MADV_DONTNEED``; the page cache keeps the data). The file is grown
+    in large steps with ``ftruncate`` (sparse) so the mapping rarely has to be made again.
 
 Memory
     64 bytes per bucket (8 slots) plus 8 bytes of scratch, about 10.7 bytes per key at the
-    0.75 load limit. With ``expected`` (the engine can pass ``Rows.estimated_rows``) the table is
-    sized once with 12 % headroom: 10 million keys take about 120 MB. Without it the table
-    doubles from 1024 buckets, and while doubling holds the old table too. Measured for 10
-    million rows, ids and uids both deduplicated, in one process that also imports the engine:
-    357 MB peak RSS sized from the estimate, 440 MB growing (see benchmarks/ingest.py). The
-    spill (about 40 bytes per 32-character key) is on disk in ``spill_dir`` (default: the system
-    temporary directory; a tmpfs lives in RAM, though not in the process's RSS). The file is
-    unlinked at once and vanishes when the key set is closed.
+    0.75 load limit. With ``expected`` (the engine passes ``Rows.estimated_rows``; the table is
+    sized for that many keys of each kind) the table is sized once with 12 % headroom: 10
+    million rows with ids and uids take about 240 MB. Without it the table doubles from 1024
+    buckets, and while doubling holds the old table too. The spill (about 40 bytes per
+    32-character key) is on disk in ``spill_dir`` (default: the system temporary directory; a
+    tmpfs lives in RAM, though not in the process's RSS). The file is unlinked at once and
+    vanishes when the key set is closed. See benchmarks/ingest.py for measured figures.
 
 Speed
     Work is done a chunk at a time (:meth:`Deduper.filter_many`): numpy does the hashing and the
-    table arithmetic, about 230 ns per key on the 2-core test machine, most of it one random
-    64-byte read of the table. :meth:`Deduper.filter` runs the same code for one recipient: it is
-    correct but costs about 100 µs per call, so the engine must use the batch API.
+    table arithmetic, one random 64-byte read of the table per key. :meth:`Deduper.filter` runs
+    the same code for one recipient: it is correct but costs tens of µs per call, so the engine
+    must use the batch API.
 
-numpy (>= 2.0, for ``bitwise_count``) becomes a runtime dependency: a pure-Python table costs
+numpy (>= 2.0, for ``bitwise_count``) is a runtime dependency: a pure-Python table costs
 about 400 ns per key before any bookkeeping, and a ``set`` cannot be bounded.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 import weakref
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from itertools import compress
-from operator import attrgetter
-from typing import Any, Final, NamedTuple
+from itertools import compress, repeat
+from operator import attrgetter, is_not
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -87,10 +93,16 @@ _SHORT: Final = 64
 _LONG_GROUP: Final = 256
 #: in-chunk repeats are found through a scratch table indexed by this many hash bits
 _SCRATCH_BITS: Final = 20
-#: bytes of the newest spill records also kept in memory, per key set
-_RECENT: Final = 8 << 20
+#: mapped spill pages that may be touched before they are dropped from the RSS again
+_MAP_BUDGET: Final = 64 << 20
+#: what one read may bring in: the kernel maps up to 16 pages around a faulting one
+_FAULT_BYTES: Final = 64 << 10
+#: the spill file grows (sparse) by at least this much at a time
+_GROW_FILE: Final = 16 << 20
 _MASK64: Final = (1 << 64) - 1
 _U32_MAX: Final = (1 << 32) - 1
+#: the kind byte of keys added without one
+DEFAULT_KIND: Final = 1
 
 BoolArray = npt.NDArray[np.bool_]
 U8Array = npt.NDArray[np.uint8]
@@ -101,47 +113,77 @@ I32Array = npt.NDArray[np.int32]
 
 
 class _Group(NamedTuple):
-    """Keys laid out as fixed-width records: UTF-8 bytes, NUL-padded to ``width`` (8k) bytes."""
+    """Records (kind byte, UTF-8 bytes, NUL padding to ``width``, a multiple of 8) of keys."""
 
-    rows: IntpArray | None  # positions of these keys in the chunk; None: all, in order
-    records: U8Array  # shape (len(rows), width)
+    rows: IntpArray | None  # positions of these keys among all keys of the call; None: ``start``+
+    start: int
+    records: U8Array  # shape (number of keys, width)
+    size: int = 0  # when every record holds the same number of bytes before its NUL padding
 
 
-def _pack(keys: Sequence[str]) -> list[_Group]:
-    """Records for ``keys`` (none containing NUL), in as few numpy arrays as is cheap."""
+class _Plan(NamedTuple):
+    """Where one part of an ``add_kinds`` call went among the keys handled together."""
+
+    kind: int
+    start: int  # its first key among them
+    used: int  # how many of its keys are there
+    plain: list[int] | None  # which of its keys those are (None: all, in order)
+    odd_new: BoolArray | None  # keys containing NUL that were new (with ``plain``)
+    present: BoolArray | None  # None: no key was None
+
+
+def _pack_fixed(keys: Sequence[str | None], tag: str, start: int) -> _Group | None:
+    """The usual file: every key a ``str`` of the same ASCII length, none with NUL; else None."""
     count = len(keys)
-    size = len(keys[0])
-    if 0 < size < _SHORT:  # the usual file: every key the same ASCII length
-        width = (size + 8) & ~7
-        padding = "\0" * (width - size)
-        data = padding.join(keys) + padding
-        if len(data) == count * width and data.isascii():
-            records = np.frombuffer(data.encode("ascii"), dtype=np.uint8).reshape(count, width)
-            # every key is ``size`` long exactly when no NUL falls in the first ``size`` columns
-            # (the byte count leaves no room for a shorter key to be offset by a longer one)
-            if records[:, :size].all():
-                return [_Group(None, records)]
+    first = keys[0]
+    if first is None:
+        return None
+    size = len(first) + 1
+    if size >= _SHORT:
+        return None
+    width = (size + 8) & ~7
+    padding = "\0" * (width - size)
+    try:
+        data = tag + (padding + tag).join(keys) + padding  # type: ignore[arg-type]
+    except TypeError:  # a None among them
+        return None
+    if len(data) != count * width or not data.isascii():
+        return None
+    records = np.frombuffer(data.encode("ascii"), dtype=np.uint8).reshape(count, width)
+    # every key is ``size - 1`` long exactly when no NUL falls in the first ``size`` columns
+    # (the byte count leaves no room for a shorter key to be offset by a longer one)
+    if not records[:, :size].all():
+        return None
+    return _Group(None, start, records, size)
+
+
+def _pack_general(keys: Sequence[str], tag: str, start: int) -> list[_Group]:
+    """Records for ``keys`` (none containing NUL), grouped by size; rows count from ``start``."""
+    count = len(keys)
+    tagged = [tag + key for key in keys]
     encoded: Sequence[str | bytes]
     if "".join(keys).isascii():
-        encoded = keys
+        encoded = tagged
     else:
-        encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
+        encoded = [key.encode("utf-8", "surrogatepass") for key in tagged]
     lengths = np.fromiter(map(len, encoded), dtype=np.intp, count=count)
     groups = []
     short = np.flatnonzero(lengths < _SHORT)
     if short.size:
-        groups.append(_records(encoded, short, lengths))
+        groups.append(_records(encoded, short, lengths, start))
     long = np.flatnonzero(lengths >= _SHORT)
-    for start in range(0, long.size, _LONG_GROUP):
-        groups.append(_records(encoded, long[start : start + _LONG_GROUP], lengths))
+    for first in range(0, long.size, _LONG_GROUP):
+        groups.append(_records(encoded, long[first : first + _LONG_GROUP], lengths, start))
     return groups
 
 
-def _records(encoded: Sequence[str | bytes], rows: IntpArray, lengths: IntpArray) -> _Group:
+def _records(
+    encoded: Sequence[str | bytes], rows: IntpArray, lengths: IntpArray, start: int
+) -> _Group:
     width = (int(lengths[rows].max()) + 8) & ~7
     picked = [encoded[i] for i in rows.tolist()]
     records = np.array(picked, dtype=f"S{width}").view(np.uint8).reshape(len(picked), width)
-    return _Group(rows, records)
+    return _Group(rows + start, start, records)
 
 
 class _Hasher:
@@ -161,7 +203,15 @@ class _Hasher:
         if n > len(self._k):  # constants are drawn in order, so they never change once drawn
             more = self._rng.integers(0, 1 << 63, size=max(n, 8) - len(self._k), dtype=np.uint64)
             self._k = np.concatenate([self._k, (more << np.uint64(1)) | np.uint64(1)])
-        z = (words * self._k[:n]).sum(axis=1, dtype=np.uint64)
+        k = self._k
+        if n <= 8:  # column by column: no (rows, n) temporary, no strided reduction
+            z = words[:, 0] * k[0]
+            term = np.empty_like(z)
+            for j in range(1, n):
+                np.multiply(words[:, j], k[j], out=term)
+                z += term
+        else:
+            z = (words * k[:n]).sum(axis=1, dtype=np.uint64)
         z ^= z >> np.uint64(30)
         z *= np.uint64(0xBF58476D1CE4E5B9)
         z ^= z >> np.uint64(27)
@@ -171,8 +221,15 @@ class _Hasher:
         return hashes
 
 
+def _close_store(fd: int, mapping: list[mmap.mmap]) -> None:
+    for view in mapping:
+        view.close()
+    mapping.clear()
+    os.close(fd)
+
+
 class SpillStore:
-    """Append-only file of key records (UTF-8 bytes, then NUL padding to a multiple of 8).
+    """Append-only file of key records (kind byte, UTF-8 bytes, NUL padding to a multiple of 8).
 
     A record is addressed by ``o``: it starts at byte ``8 * o``. ``o`` fits 32 bits, so one
     store holds up to 32 GiB (about 700 million 32-character keys).
@@ -182,14 +239,12 @@ class SpillStore:
         fd, path = tempfile.mkstemp(prefix="bulksend-dedup-", dir=directory)
         os.unlink(path)
         self._fd = fd
-        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._mapping: list[mmap.mmap] = []  # the read-only map of the file, once made
+        self._finalizer = weakref.finalize(self, _close_store, fd, self._mapping)
         os.write(fd, bytes(8))  # o = 0 is never a record
         self._end = 8
-        #: the most recent records, also kept in memory (at most ``_RECENT`` bytes): a
-        #: duplicate of a recent key is then checked without a system call
-        self._recent: list[bytes] = []
-        self._recent_starts: list[int] = []
-        self._recent_bytes = 0
+        self._capacity = 8  # the file's size: records, then sparse room to grow
+        self._touched = 0  # bytes the mapping may have brought into memory since last dropped
 
     @property
     def size(self) -> int:
@@ -206,53 +261,105 @@ class SpillStore:
         end = self._end + count * width
         if (end >> 3) > _U32_MAX:
             raise OverflowError("deduplication spill file is full (32 GiB of keys)")
-        data = records.tobytes()
-        view = memoryview(data)
+        if end > self._capacity:
+            self._grow(end)
+        view = memoryview(np.ascontiguousarray(records).data).cast("B")
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self._recent.append(data)
-        self._recent_starts.append(self._end)
-        self._recent_bytes += len(data)
-        while self._recent_bytes > _RECENT and len(self._recent) > 1:
-            self._recent_bytes -= len(self._recent.pop(0))
-            self._recent_starts.pop(0)
         self._end = end
         step = np.uint64(width >> 3)
         return (np.arange(count, dtype=np.uint64) * step + np.uint64(first)).astype(np.uint32)
 
-    def same_key(self, o: int, key: str) -> bool:
-        """Whether the record at ``o`` holds exactly ``key``."""
-        return self.same_keys([o], [key])[0]
+    def _grow(self, end: int) -> None:
+        capacity = max(end + _GROW_FILE, min(2 * self._capacity, end + (1 << 30)))
+        os.ftruncate(self._fd, capacity)  # the write position stays at the end of the records
+        self._capacity = capacity
+        self._unmap()
 
-    def same_keys(self, offsets: Sequence[int], keys: Sequence[str]) -> list[bool]:
-        """For each pair, whether the record at ``o`` holds exactly the key.
+    def _unmap(self) -> None:
+        for view in self._mapping:
+            view.close()
+        self._mapping.clear()
+        self._touched = 0
 
-        A recent record is compared in memory; an older one costs a ``pread`` (about 1 µs: the
-        spill was written during this run and is in the page cache).
-        """
-        out: list[bool] = []
-        starts = self._recent_starts
-        oldest = starts[0] if starts else self._end
-        recent = self._recent
-        fd = self._fd
-        for o, key in zip(offsets, keys, strict=True):
-            data = key.encode("utf-8", "surrogatepass") + b"\0"
-            start = o << 3
-            if start >= oldest:
-                i = bisect_right(starts, start) - 1
-                offset = start - starts[i]
-                out.append(recent[i][offset : offset + len(data)] == data)
-            else:
-                out.append(os.pread(fd, len(data), start) == data)
+    def _map(self) -> mmap.mmap:
+        if not self._mapping:
+            self._mapping.append(mmap.mmap(self._fd, self._capacity, access=mmap.ACCESS_READ))
+        return self._mapping[0]
+
+    def same(self, offsets: Sequence[int] | U32Array, records: Sequence[bytes]) -> BoolArray:
+        """For each pair, whether the record at ``o`` is exactly ``records[i]`` (kind byte and
+        UTF-8 bytes, without NUL) followed by NUL."""
+        count = len(records)
+        if not count:
+            return np.zeros(0, dtype=np.bool_)
+        lengths = np.fromiter(map(len, records), dtype=np.intp, count=count) + 1
+        width = (int(lengths.max()) + 7) & ~7
+        probe = np.array(records, dtype=f"S{width}").view(np.uint8).reshape(count, width)
+        return self.same_records(offsets, probe, lengths)
+
+    def same_records(
+        self, offsets: Sequence[int] | U32Array, probe: U8Array, lengths: IntpArray | int
+    ) -> BoolArray:
+        """``same`` for records laid out in ``probe`` (one per row, NUL-padded), of which the
+        first ``lengths`` bytes (up to and including the first NUL) are compared."""
+        count = len(probe)
+        out = np.zeros(count, dtype=np.bool_)
+        if not count:
+            return out
+        width = probe.shape[1]
+        starts = np.asarray(offsets, dtype=np.int64)
+        step = max(1, _MAP_BUDGET // _FAULT_BYTES)
+        words = np.arange(width >> 3, dtype=np.int64)
+        care = None
+        if isinstance(lengths, int):
+            keep = (lengths + 7) & ~7
+            words = words[: keep >> 3]
+            probe = probe[:, :keep]
+            if keep != lengths:
+                care = np.arange(keep) < lengths
+        else:
+            care = np.arange(width) < lengths[:, None]
+        for first in range(0, count, step):
+            part = slice(first, first + step)
+            stored = self._gather(starts[part], words).view(np.uint8)
+            equal = stored == probe[part]
+            if care is not None:
+                equal |= ~(care if care.ndim == 1 else care[part])
+            out[part] = equal.all(axis=1)
         return out
+
+    def _gather(self, starts: npt.NDArray[np.int64], words: npt.NDArray[np.int64]) -> U64Array:
+        """The 8-byte words at ``starts[i] + words`` (counted in words; past the end: 0)."""
+        mapped = self._map()
+        # never more than the records written can be in memory
+        touched = min(self._touched + len(starts) * _FAULT_BYTES, self._end + _FAULT_BYTES)
+        if touched > _MAP_BUDGET and hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_DONTNEED)  # the page cache keeps them; only the RSS drops
+            touched = len(starts) * _FAULT_BYTES
+        self._touched = touched
+        where = starts[:, None] + words
+        np.minimum(where, (self._capacity >> 3) - 1, out=where)
+        data = np.frombuffer(mapped, dtype=np.uint64)
+        try:
+            stored: U64Array = np.take(data, where)
+        finally:
+            del data  # release the buffer, so the map can be closed
+        return stored
+
+    def same_key(self, o: int, key: str, kind: int = DEFAULT_KIND) -> bool:
+        """Whether the record at ``o`` holds exactly ``key`` of that kind."""
+        record = (chr(kind) + key).encode("utf-8", "surrogatepass")
+        return bool(self.same([o], [record])[0])
 
 
 class KeySet:
-    """The set of keys of one kind (ids, or uids) seen so far; see the module docstring.
+    """The set of keys seen so far; see the module docstring.
 
-    ``hash_fn`` replaces the built-in vectorised hash (tests use it to force collisions);
-    ``seed`` fixes the built-in hash's constants.
+    Keys are of a *kind* (1-255: ``Deduper`` uses one per identifier): equal texts of different
+    kinds are different keys. ``hash_fn`` replaces the built-in vectorised hash (tests use it to
+    force collisions); ``seed`` fixes the built-in hash's constants.
     """
 
     def __init__(
@@ -266,8 +373,9 @@ class KeySet:
         self._hash_fn = hash_fn
         self._hasher = _Hasher(seed)
         self._store = SpillStore(spill_dir)
-        self._odd: set[str] = set()  # keys containing NUL: kept exactly, in memory
+        self._odd: set[tuple[int, str]] = set()  # keys containing NUL: kept exactly, in memory
         self._count = 0
+        self._kinds: dict[int, int] = {}  # keys per kind
         self._scratch: I32Array = np.zeros(1 << _SCRATCH_BITS, dtype=np.int32)
         self._allocate(_buckets_for(expected + expected // 8))  # estimates run a little low
 
@@ -279,6 +387,10 @@ class KeySet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def unique(self, kind: int = DEFAULT_KIND) -> int:
+        """How many distinct keys of ``kind`` were added."""
+        return self._kinds.get(kind, 0)
 
     @property
     def buckets(self) -> int:
@@ -303,63 +415,92 @@ class KeySet:
         self._table: U32Array = np.zeros((nb, 2 * _SLOTS), dtype=np.uint32)
         self._mark: I32Array = np.zeros(nb, dtype=np.int32)
 
-    def add(self, key: str) -> bool:
+    def add(self, key: str, kind: int = DEFAULT_KIND) -> bool:
         """Record ``key``; True when it was not seen before."""
-        return bool(self.add_many([key])[0])
+        return bool(self.add_many([key], kind)[0])
 
-    def add_many(self, keys: Sequence[str]) -> BoolArray:
+    def add_many(self, keys: Sequence[str], kind: int = DEFAULT_KIND) -> BoolArray:
         """Record ``keys`` in order; ``out[i]`` is True when ``keys[i]`` is seen for the first time.
 
         A key repeated within ``keys`` is new only at its first position, exactly as if the keys
         were added one by one.
         """
+        new, _ = self.add_kinds([(keys, kind)])[0]
+        return new
+
+    def add_kinds(
+        self, parts: Sequence[tuple[Sequence[str | None], int]]
+    ) -> list[tuple[BoolArray, BoolArray | None]]:
+        """``add_many`` for several kinds at once (one pass through the table), in order.
+
+        ``None`` stands for "no key here". For each part: ``(new, present)``, where ``present``
+        is None when no key was None.
+        """
+        flat: list[str] = []
+        groups: list[_Group] = []
+        bounds: list[tuple[int, int]] = []  # (start in flat, kind) of each part's plain keys
+        plans: list[_Plan] = []
+        for keys, kind in parts:
+            if not 1 <= kind <= 255:
+                raise ValueError(f"key kind must be 1-255, not {kind}")
+            count = len(keys)
+            start = len(flat)
+            bounds.append((start, kind))
+            group = _pack_fixed(keys, chr(kind), start) if count else None
+            if group is not None or not count:
+                if group is not None:
+                    groups.append(group)
+                flat.extend(keys)  # type: ignore[arg-type]
+                plans.append(_Plan(kind, start, count, None, None, None))
+                continue
+            present = np.fromiter(map(is_not, keys, repeat(None)), dtype=np.bool_, count=count)
+            plain: list[int] = []
+            odd_new = np.zeros(count, dtype=np.bool_)
+            for i, key in enumerate(keys):
+                if key is None:
+                    continue
+                if "\0" in key:
+                    if (kind, key) not in self._odd:
+                        self._odd.add((kind, key))
+                        odd_new[i] = True
+                else:
+                    plain.append(i)
+            picked = [keys[i] for i in plain]
+            if picked:
+                groups.extend(_pack_general(picked, chr(kind), start))  # type: ignore[arg-type]
+                flat.extend(picked)  # type: ignore[arg-type]
+            partial = None if present.all() else present
+            plans.append(_Plan(kind, start, len(picked), plain, odd_new, partial))
+        new_flat = self._add_flat(flat, groups, bounds)
+        results: list[tuple[BoolArray, BoolArray | None]] = []
+        for plan in plans:
+            part_new = new_flat[plan.start : plan.start + plan.used]
+            out = part_new
+            if plan.plain is not None:
+                assert plan.odd_new is not None
+                out = plan.odd_new
+                if plan.plain:
+                    out[np.array(plan.plain, dtype=np.intp)] = part_new
+            seen = self._kinds.get(plan.kind, 0)
+            self._kinds[plan.kind] = seen + int(np.count_nonzero(out))
+            results.append((out, plan.present))
+        return results
+
+    def _add_flat(
+        self, keys: list[str], groups: list[_Group], bounds: list[tuple[int, int]]
+    ) -> BoolArray:
         count = len(keys)
+        out = np.zeros(count, dtype=np.bool_)
         if count == 0:
-            return np.zeros(0, dtype=np.bool_)
-        groups = None
-        if "\0" not in keys[0]:
-            groups = _pack(keys)  # the fast path has checked for NUL on the way
-            if groups[0].rows is not None and "\0" in "".join(keys):
-                groups = None
-        if groups is None:
-            return self._add_with_nul(keys)
-        return self._add_packed(keys, groups)
-
-    def _add_with_nul(self, keys: Sequence[str]) -> BoolArray:
-        out = np.zeros(len(keys), dtype=np.bool_)
-        plain = [i for i, key in enumerate(keys) if "\0" not in key]
-        for i, key in enumerate(keys):
-            if "\0" in key and key not in self._odd:
-                self._odd.add(key)
-                out[i] = True
-        if plain:
-            subset = [keys[i] for i in plain]
-            out[np.array(plain, dtype=np.intp)] = self._add_packed(subset, _pack(subset))
-        return out
-
-    def _hashes(self, keys: Sequence[str], groups: list[_Group]) -> U64Array:
-        if self._hash_fn is not None:
-            function = self._hash_fn
-            values = [function(key) & _MASK64 for key in keys]
-            return np.array(values, dtype=np.uint64).reshape(len(keys))
-        if groups[0].rows is None:
-            return self._hasher(groups[0].records)
-        h = np.empty(len(keys), dtype=np.uint64)
-        for group in groups:
-            h[group.rows] = self._hasher(group.records)
-        return h
-
-    def _add_packed(self, keys: Sequence[str], groups: list[_Group]) -> BoolArray:
-        count = len(keys)
+            return out
         h = self._hashes(keys, groups)
-        candidates = self._first_in_chunk(keys, h)
+        candidates = self._first_in_chunk(keys, h, bounds)
         fp = (h >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
         if candidates is not None:
             fp = fp[candidates]
-        known, bucket, fill = self._lookup(fp, keys, candidates)
+        known, bucket, fill = self._lookup(fp, keys, candidates, groups, bounds)
         fresh = np.flatnonzero(~known)
         new = fresh if candidates is None else candidates[fresh]
-        out = np.zeros(count, dtype=np.bool_)
         if not new.size:
             return out
         out[new] = True
@@ -372,48 +513,121 @@ class KeySet:
             self._place(fp[fresh], offsets, bucket[fresh], fill[fresh])
         return out
 
+    def _hashes(self, keys: Sequence[str], groups: list[_Group]) -> U64Array:
+        if self._hash_fn is not None:
+            function = self._hash_fn
+            values = [function(key) & _MASK64 for key in keys]
+            return np.array(values, dtype=np.uint64).reshape(len(keys))
+        if len(groups) == 1 and groups[0].rows is None:
+            return self._hasher(groups[0].records)
+        h = np.empty(len(keys), dtype=np.uint64)
+        for group in groups:
+            h[_rows(group)] = self._hasher(group.records)
+        return h
+
     def _write(self, groups: list[_Group], new: IntpArray, count: int) -> U32Array:
         """Spill the records of the keys at positions ``new``; their ``o`` in that order."""
-        if groups[0].rows is None:
-            records = groups[0].records
-            return self._store.append(records if new.size == count else records[new])
+        if all(group.rows is None for group in groups):  # consecutive runs, in order
+            parts = []
+            for group in groups:
+                end = group.start + len(group.records)
+                first, last = np.searchsorted(new, (group.start, end))
+                if last - first == len(group.records):
+                    parts.append(self._store.append(group.records))
+                elif last > first:
+                    parts.append(self._store.append(group.records[new[first:last] - group.start]))
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
         offsets = np.zeros(count, dtype=np.uint32)
         is_new = np.zeros(count, dtype=np.bool_)
         is_new[new] = True
         for group in groups:
-            assert group.rows is not None
-            chosen = is_new[group.rows]
-            if chosen.any():
-                offsets[group.rows[chosen]] = self._store.append(group.records[chosen])
+            rows = group.rows
+            if rows is None:
+                rows = np.arange(group.start, group.start + len(group.records), dtype=np.intp)
+            chosen = is_new[rows]
+            if chosen.all():
+                offsets[rows] = self._store.append(group.records)
+            elif chosen.any():
+                offsets[rows[chosen]] = self._store.append(group.records[chosen])
         return offsets[new]
 
-    def _first_in_chunk(self, keys: Sequence[str], h: U64Array) -> IntpArray | None:
-        """Positions of first occurrences within the chunk, or None when all keys differ."""
+    def _record(
+        self, keys: Sequence[str], bounds: list[tuple[int, int]], at: IntpArray
+    ) -> list[bytes]:
+        """Kind byte and UTF-8 bytes of ``keys[i]`` for each ``i`` in ``at``."""
+        starts = np.array([start for start, _ in bounds], dtype=np.intp)
+        kinds = [chr(kind) for _, kind in bounds]
+        part = np.searchsorted(starts, at, side="right") - 1
+        return [
+            (kinds[p] + keys[i]).encode("utf-8", "surrogatepass")
+            for i, p in zip(at.tolist(), part.tolist(), strict=True)
+        ]
+
+    def _same(
+        self,
+        offsets: U32Array,
+        keys: Sequence[str],
+        groups: list[_Group],
+        bounds: list[tuple[int, int]],
+        at: IntpArray,
+    ) -> BoolArray:
+        """Whether the record at ``offsets[i]`` holds ``keys[at[i]]`` (of its part's kind)."""
+        if not all(group.rows is None for group in groups):
+            return self._store.same(offsets, self._record(keys, bounds, at))
+        if len(groups) == 1:
+            group = groups[0]
+            return self._store.same_records(
+                offsets, group.records[at - group.start], group.size + 1
+            )
+        width = max(group.records.shape[1] for group in groups)
+        probe = np.zeros((len(at), width), dtype=np.uint8)
+        lengths = np.zeros(len(at), dtype=np.intp)
+        for group in groups:
+            inside = (at >= group.start) & (at < group.start + len(group.records))
+            probe[inside, : group.records.shape[1]] = group.records[at[inside] - group.start]
+            lengths[inside] = group.size + 1
+        return self._store.same_records(offsets, probe, lengths)
+
+    def _first_in_chunk(
+        self, keys: Sequence[str], h: U64Array, bounds: list[tuple[int, int]]
+    ) -> IntpArray | None:
+        """Positions of first occurrences within the call, or None when all keys differ."""
         count = len(keys)
         slot = (h >> np.uint64(64 - _SCRATCH_BITS)).astype(np.intp)
         index = np.arange(count, dtype=np.int32)
         scratch = self._scratch
         scratch[slot] = index
-        clash = np.flatnonzero(scratch[slot] != index)
+        winner = scratch[slot]
+        clash = np.flatnonzero(winner != index)
         if not clash.size:
             return None
-        # keys sharing a scratch slot: the losers and each slot's winner; compare the strings
-        shared = sorted({*clash.tolist(), *scratch[slot[clash]].tolist()})
-        repeat = np.zeros(count, dtype=np.bool_)
-        firsts: dict[int, list[str]] = {}
-        for i, value in zip(shared, h[shared].tolist(), strict=True):
+        # keys sharing a scratch slot: only those with equal full hashes can be repeats
+        shared = np.union1d(clash, winner[clash])
+        _, inverse, counts = np.unique(h[shared], return_inverse=True, return_counts=True)
+        shared = shared[counts[inverse.reshape(-1)] > 1]
+        if not shared.size:
+            return None
+        records = self._record(keys, bounds, shared)
+        repeat_at = np.zeros(count, dtype=np.bool_)
+        firsts: dict[int, list[bytes]] = {}
+        for i, value, record in zip(shared.tolist(), h[shared].tolist(), records, strict=True):
             seen = firsts.setdefault(value, [])
-            if keys[i] in seen:
-                repeat[i] = True
+            if record in seen:
+                repeat_at[i] = True
             else:
-                seen.append(keys[i])
-        return np.flatnonzero(~repeat) if repeat.any() else None
+                seen.append(record)
+        return np.flatnonzero(~repeat_at) if repeat_at.any() else None
 
     def _home(self, fp: U32Array) -> IntpArray:
         return ((fp.astype(np.uint64) * np.uint64(self._nb)) >> np.uint64(32)).astype(np.intp)
 
     def _lookup(
-        self, fp: U32Array, keys: Sequence[str], where: IntpArray | None
+        self,
+        fp: U32Array,
+        keys: Sequence[str],
+        where: IntpArray | None,
+        groups: list[_Group],
+        bounds: list[tuple[int, int]],
     ) -> tuple[BoolArray, IntpArray, IntpArray]:
         """Which keys (``keys[where[i]]``, fingerprint ``fp[i]``) are in the table.
 
@@ -428,26 +642,29 @@ class KeySet:
         bucket = self._home(fp)
         want = fp
         nb = self._nb
+        table = self._table
         while True:
-            rows = _fingerprints(self._table, bucket)
-            hits = rows == want[:, None]
-            if hits.view(np.uint64).any():
-                qi, slot = np.nonzero(hits)
-                offsets = self._table[bucket[qi], _SLOTS + slot].tolist()
+            rows = np.take(table, bucket, axis=0)
+            prints = rows[:, :_SLOTS]
+            hits = prints == want[:, None]  # contiguous: 8 bools, one word per row
+            hit = np.flatnonzero(hits.view(np.uint64).reshape(-1))
+            if hit.size:
+                row, slot = np.nonzero(hits[hit])
+                qi = hit[row]
+                offsets = rows[qi, _SLOTS + slot]
                 positions = query[qi]
-                at = (positions if where is None else where[positions]).tolist()
-                same = self._store.same_keys(offsets, [keys[i] for i in at])
-                if True in same:
-                    known[positions[np.array(same, dtype=np.bool_)]] = True
-            more = rows[:, _SLOTS - 1] != 0  # a full bucket: the key may sit further on
-            stop = ~more
+                at = positions if where is None else where[positions]
+                same = self._same(offsets, keys, groups, bounds, at)
+                known[positions[same]] = True
+            used = _used(prints)
+            stop = used < _SLOTS
             if stop.all():
                 end_bucket[query] = bucket
-                end_fill[query] = _used(rows)
+                end_fill[query] = used
                 return known, end_bucket, end_fill
             end_bucket[query[stop]] = bucket[stop]
-            end_fill[query[stop]] = _used(rows[stop])
-            more &= ~known[query]
+            end_fill[query[stop]] = used[stop]
+            more = ~stop & ~known[query]  # a full bucket: the key may sit further on
             if not more.any():
                 return known, end_bucket, end_fill
             query = query[more]
@@ -527,9 +744,15 @@ class KeySet:
             bucket[bucket == nb] = 0
 
 
+def _rows(group: _Group) -> IntpArray | slice:
+    if group.rows is not None:
+        return group.rows
+    return slice(group.start, group.start + len(group.records))
+
+
 def _fingerprints(table: U32Array, bucket: IntpArray) -> U32Array:
-    """The fingerprint halves of the given buckets' rows, as a contiguous (n, 8) array."""
-    return np.ascontiguousarray(np.take(table, bucket, axis=0)[:, :_SLOTS])
+    """The fingerprint halves of the given buckets' rows, as an (n, 8) array."""
+    return np.take(table, bucket, axis=0)[:, :_SLOTS]
 
 
 def _used(fingerprints: U32Array) -> IntpArray:
@@ -551,6 +774,9 @@ class Deduper:
     when none is new (counted in ``duplicates``). Identifiers not in ``keys`` pass through
     untouched, and a recipient with none of the ``keys`` set passes through as it is.
     ``filter_many`` does the same for a list, in order, much faster.
+
+    ``expected`` is the number of rows expected (``Rows.estimated_rows``): the table is sized
+    for that many keys of each kind.
     """
 
     def __init__(
@@ -568,10 +794,11 @@ class Deduper:
             raise ValueError(f"dedup keys must be 'id' and/or 'uid', not {self.keys!r}")
         self.duplicates = 0
         self.partial = 0
-        self._sets = {
-            key: KeySet(hash_fn=hash_fn, seed=seed, expected=expected, spill_dir=spill_dir)
-            for key in self.keys
-        }
+        self._kind = {key: number for number, key in enumerate(self.keys, DEFAULT_KIND)}
+        self._getters = [(key, attrgetter(key), self._kind[key]) for key in self.keys]
+        self._set = KeySet(
+            hash_fn=hash_fn, seed=seed, expected=expected * len(self.keys), spill_dir=spill_dir
+        )
 
     def __enter__(self) -> Deduper:
         return self
@@ -580,17 +807,16 @@ class Deduper:
         self.close()
 
     def close(self) -> None:
-        for keyset in self._sets.values():
-            keyset.close()
+        self._set.close()
 
     def unique(self, key: str) -> int:
         """How many distinct values of ``key`` were seen."""
-        return len(self._sets[key])
+        return self._set.unique(self._kind[key])
 
     @property
     def memory_bytes(self) -> int:
-        """RAM held by the tables (the spill is on disk)."""
-        return sum(keyset.table_bytes for keyset in self._sets.values())
+        """RAM held by the table (the spill is on disk)."""
+        return self._set.table_bytes
 
     def filter(self, recipient: Recipient) -> Recipient | None:
         kept, _ = self.filter_many([recipient])
@@ -603,28 +829,27 @@ class Deduper:
         count = len(recipients)
         if count == 0:
             return [], []
-        drop = np.zeros(count, dtype=np.bool_)  # a present key that was seen before
-        keep = np.zeros(count, dtype=np.bool_)  # a present key that is new
-        present_any = np.zeros(count, dtype=np.bool_)
+        parts = [(list(map(getter, recipients)), kind) for _, getter, kind in self._getters]
+        results = self._set.add_kinds(parts)
+        drop: BoolArray | None = None  # a present key that was seen before
+        keep: BoolArray | None = None  # a present key that is new
         seen_masks: dict[str, BoolArray] = {}
-        for key, keyset in self._sets.items():
-            values: list[Any] = list(map(attrgetter(key), recipients))
-            if None in values:
-                present = np.fromiter((v is not None for v in values), dtype=np.bool_, count=count)
-                where = np.flatnonzero(present)
-                new = np.zeros(count, dtype=np.bool_)
-                new[where] = keyset.add_many([values[i] for i in where.tolist()])
-            else:
-                present = np.ones(count, dtype=np.bool_)
-                new = keyset.add_many(values)
-            seen = present & ~new
+        for (key, _, _), (new, present) in zip(self._getters, results, strict=True):
+            seen = ~new if present is None else present & ~new
             seen_masks[key] = seen
-            drop |= seen
-            keep |= new
-            present_any |= present
+            drop = seen if drop is None else drop | seen
+            keep = new if keep is None else keep | new
+        assert drop is not None
+        assert keep is not None
+        present_any: BoolArray | None = None  # None: some key in every row
+        presents = [present for _, present in results if present is not None]
+        if len(presents) == len(results):
+            present_any = np.logical_or.reduce(presents)
         if not drop.any():
             return list(recipients), []
-        duplicate = drop & ~keep & present_any
+        duplicate = drop & ~keep
+        if present_any is not None:
+            duplicate &= present_any
         partial = drop & keep
         dups = list(compress(recipients, duplicate.tolist()))
         self.duplicates += len(dups)
