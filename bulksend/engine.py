@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
-from bulksend.errors import AuthError, BulksendError, ProviderError
+from bulksend.errors import AuthError, BulksendError, ProviderError, UnavailableError
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
@@ -191,6 +191,9 @@ class Engine:
             self._stop = error
             self.summary.stopped = str(error)
             self._probed.set()
+            for event in self._circuit_changed.values():
+                event.set()
+            self._circuit_changed.clear()
             self._log.error("send_stopped", reason=str(error))
 
     def interrupt(self, signal_name: str) -> None:
@@ -203,13 +206,16 @@ class Engine:
         batcher = self.provider.batcher(self.options.batch_size)
         summary = self.summary
         for recipients, rejected in chunks:
-            if self._stop is not None:
-                break
             summary.read += len(recipients) + len(rejected)
             for item in rejected:
                 rec = Recipient(item.line, item.id, item.uid)
                 self._finish(None, [rec], Status.INVALID, self._where(item))
-            await self._take(recipients, batcher)
+            if self._stop is None:
+                await self._take(recipients, batcher)
+            else:  # after a stop the rest of the file is still accounted for, not sent
+                kept, duplicates = self.dedup.filter_many(recipients)
+                self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
+                self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
         for batch in batcher.flush():
             await self._plan(batch)
 
@@ -463,6 +469,14 @@ class Engine:
         state = circuit.on_result(asyncio.get_running_loop().time(), failure=failure)
         if state is None:
             return
+        if state is CircuitState.OPEN and circuit.failed_probes >= self.options.max_attempts:
+            self.stop(
+                UnavailableError(
+                    f"endpoint group {group!r} kept failing: {circuit.failures} failures in a "
+                    f"row, {circuit.failed_probes} probes after pauses; the send stopped "
+                    "(what was not sent is skipped and resumable)"
+                )
+            )
         if state is CircuitState.OPEN:
             self._log.warning(
                 "circuit_open",

@@ -37,3 +37,8 @@ def test_a_failed_probe_reopens_with_a_doubled_cooldown_up_to_the_cap() -> None:
         c.on_send()
         assert c.on_result(now, failure=True) is State.OPEN
         assert c.current_cooldown == expected
+    assert c.failed_probes == 3
+    c.wait_time(now + 10)
+    c.on_send()
+    c.on_result(now + 10, failure=False)
+    assert c.failed_probes == 0

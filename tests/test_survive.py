@@ -124,17 +124,18 @@ def test_kill_9_mid_send_then_resume(
     assert summary["duplicates"] == 2_000
 
 
-def test_sigint_mid_send_drains_exits_130_and_resumes(
-    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_send_drains_exits_and_resumes(
+    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path, sig: signal.Signals, status: int
 ) -> None:
     url, ledger = sandbox
     proc = start_send(campaign, url, "--summary-json", str(tmp_path / "first.json"))
     wait_for_ledger(ledger, 2 * N // 3, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     first = orjson.loads((tmp_path / "first.json").read_bytes())
-    assert first["stopped"] == "interrupted by SIGINT"
+    assert first["stopped"] == f"interrupted by {sig.name}"
     assert first["skipped"] > 0
     assert first["read"] == first["delivered"] + first["duplicates"] + first["skipped"]
     summary = resume(campaign, url, tmp_path)
@@ -201,3 +202,48 @@ async def test_chaos_every_recipient_ends_final_and_none_is_lost(tmp_path: Path)
     # reached the handler are possible duplicates that did not happen
     assert sent_twice <= s.possible_duplicates
     assert len(ids) == n  # and each one arrived
+
+
+def test_401_stops_then_the_same_command_with_the_right_key_finishes(
+    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path
+) -> None:
+    url, ledger = sandbox
+    args = [sys.executable, "-m", "bulksend", "send", str(campaign), "--base-url", url, "-q"]
+    bad = subprocess.run(
+        args, env={**os.environ, "MAXTRAFFIC_API_KEY": "wrong"}, cwd=ROOT,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 3
+    assert "401" in bad.stderr
+    assert ledger_lines(ledger) == 0
+    summary = resume(campaign, url, tmp_path)  # same journal, right key
+    ids = ledger_ids(ledger)
+    assert len(ids) == N
+    assert max(ids.values()) == 1
+    assert summary["delivered"] == N
+
+
+def test_retry_sends_what_failed_from_the_journal(
+    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path
+) -> None:
+    url, ledger = sandbox
+    journal = tmp_path / "j.journal"
+    dead = start_send(
+        campaign, "http://127.0.0.1:9", "--journal", str(journal), "--max-attempts", "1"
+    )
+    _, err = dead.communicate(timeout=120)
+    assert dead.returncode == 4, err  # nothing could be delivered: provider unavailable
+    letters = journal.with_suffix(".dead-letter.jsonl")
+    assert len(letters.read_bytes().splitlines()) == N  # every unique recipient, to resend
+    env = {**os.environ, "MAXTRAFFIC_API_KEY": KEY}
+    retry = subprocess.run(
+        [sys.executable, "-m", "bulksend", "retry", str(journal), "--base-url", url, "-q",
+         "--progress", "never", "--summary-json", str(tmp_path / "s.json")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert retry.returncode == 0, retry.stderr
+    ids = ledger_ids(ledger)
+    assert len(ids) == N
+    assert max(ids.values()) == 1
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["delivered"] == N
+    assert not letters.exists()  # nothing left to resend

@@ -34,6 +34,7 @@ class Circuit:
     current_cooldown: float = 0.0
     probing: bool = False
     opened: int = 0  # how many times it opened (for the summary and tests)
+    failed_probes: int = 0  # consecutive half-open probes that failed
 
     def wait_time(self, now: float) -> float | None:
         """Seconds to wait before sending; None: wait for the probe in flight to finish."""
@@ -61,8 +62,9 @@ class Circuit:
             if failure:
                 self.current_cooldown = min(self.max_cooldown, self.current_cooldown * 2)
                 self.state, self.opened_at = State.OPEN, now
+                self.failed_probes += 1
             else:
-                self.state, self.failures = State.CLOSED, 0
+                self.state, self.failures, self.failed_probes = State.CLOSED, 0, 0
         elif failure:
             self.failures += 1
             if self.state is State.CLOSED and self.failures >= self.threshold:
