@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import orjson
 
+from bulksend.audience import AudienceCheck
 from bulksend.config import Settings
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
@@ -29,7 +30,7 @@ from bulksend.providers.base import Provider
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.shard import Shard
-from bulksend.sources import Columns, SourceSpec, open_source
+from bulksend.sources import Chunk, Columns, SourceSpec, open_source
 from bulksend.transport import Transport
 
 
@@ -73,6 +74,12 @@ def build_scheduler(settings: Settings, provider: Provider, **kwargs: Any) -> Sc
             headers_expected=provider.sends_rate_headers,
         )
     return Scheduler(groups, **kwargs)
+
+
+def screened(provider: Provider, chunks: Iterable[Chunk]) -> Iterable[Chunk]:
+    """Chunks with the rows the provider can refuse up front moved to ``rejected``."""
+    screen = getattr(provider, "screen", None)
+    return screen(chunks) if screen is not None else chunks
 
 
 def source_spec(settings: Settings) -> SourceSpec:
@@ -170,6 +177,7 @@ async def send_campaign(
     shard: Shard | None = None,
     scheduler: Scheduler | None = None,
     wrap_transport: Callable[[Transport], Any] | None = None,
+    audience_check: bool = False,
 ) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing).
 
@@ -179,6 +187,8 @@ async def send_campaign(
     """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
+    if audience_check and provider.name != "maxtraffic":
+        raise ConfigError("--audience-check looks visitors up in MaxTraffic; this is not")
     scheduler = scheduler or build_scheduler(settings, provider)
     summary = Summary(provider=provider.name, campaign=settings.name)
     options = EngineOptions(
@@ -228,8 +238,19 @@ async def send_campaign(
                 if on_start is not None:
                     on_start(engine)
                 with letters or contextlib.nullcontext():
-                    chunks = rows.chunks()
-                    await engine.run(shard.select(chunks) if shard else chunks)
+                    chunks = screened(provider, rows.chunks())
+                    if shard:
+                        chunks = shard.select(chunks)
+                    if audience_check:
+                        check = AudienceCheck.for_provider(
+                            provider,  # type: ignore[arg-type]  # MaxTraffic, checked above
+                            transport,
+                            scheduler,
+                            concurrency=settings.in_flight,
+                        )
+                        await engine.run(check.filter(chunks))
+                    else:
+                        await engine.run(chunks)
         if engine.stopped_by is not None:
             outcome = f"stopped: {engine.stopped_by}"
     except BaseException as exc:

@@ -261,6 +261,7 @@ def load_settings(
         "operation": operation,
         "message": tables["message"],
         "campaign_name": str(data.get("name", path.stem)),
+        "columns": {"id": recipients.id_column, "uid": recipients.uid_column},
     }
     return Settings(
         campaign_file=path,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -202,26 +202,36 @@ class Engine:
         self.stop(Interrupted(signal_name))
 
     # -- reading ----------------------------------------------------------------------------
-    async def _read(self, chunks: Iterable[Chunk]) -> None:
+    async def _read(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> None:
         batcher = self.provider.batcher(self.options.batch_size)
-        summary = self.summary
-        for recipients, rejected in chunks:
-            summary.read += len(recipients) + len(rejected)
-            for item in rejected:
-                rec = Recipient(item.line, item.id, item.uid)
-                self._finish(None, [rec], Status.INVALID, self._where(item))
-            if self._stop is None:
-                await self._take(recipients, batcher)
-            else:  # after a stop the rest of the file is still accounted for, not sent
-                kept, duplicates = self.dedup.filter_many(recipients)
-                self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
-                self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
+        try:
+            if isinstance(chunks, AsyncIterable):  # e.g. behind an audience check
+                async for chunk in chunks:
+                    await self._chunk(chunk, batcher)
+            else:
+                for chunk in chunks:
+                    await self._chunk(chunk, batcher)
+        except ProviderError as exc:  # a source that talks to the provider (audience check)
+            self.stop(exc)
         for batch in batcher.flush():
             await self._plan(batch)
 
+    async def _chunk(self, chunk: Chunk, batcher: Batcher) -> None:
+        recipients, rejected = chunk
+        self.summary.read += len(recipients) + len(rejected)
+        for item in rejected:
+            rec = Recipient(item.line, item.id, item.uid)
+            self._finish(None, [rec], Status.INVALID, self._where(item))
+        if self._stop is None:
+            await self._take(recipients, batcher)
+        else:  # after a stop the rest of the file is still accounted for, not sent
+            kept, duplicates = self.dedup.filter_many(recipients)
+            self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
+            self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
+
     def _where(self, item: Rejected) -> str:
         """``file:line: reason`` for a row the source rejected."""
-        if self.source_name:
+        if self.source_name and not item.reason.startswith("audience check:"):
             return f"{self.source_name}:{item.line}: {item.reason}"
         return item.reason
 
@@ -517,14 +527,16 @@ class Engine:
                 limits=limits,
             )
 
-    async def run(self, items: Iterable[Recipient | Rejected] | Iterable[Chunk]) -> Summary:
+    async def run(
+        self, items: Iterable[Recipient | Rejected] | Iterable[Chunk] | AsyncIterable[Chunk]
+    ) -> Summary:
         """Send everything ``items`` holds: rows, or chunks of rows (``Rows.chunks()``)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.options.workers)]
         progress = asyncio.create_task(self._progress())
         try:
-            await self._read(as_chunks(items))
+            await self._read(items if isinstance(items, AsyncIterable) else as_chunks(items))
             for _ in workers:
                 await self._queue.put(None)
             if self._interrupted:

@@ -150,3 +150,27 @@ async def test_jsonl_and_csv_recipients(tmp_path: Path, fmt: str) -> None:
         settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
         summary = (await send_campaign(settings, {"api_key": KEY})).summary
     assert summary.delivered == 50
+
+
+async def test_audience_check_drops_unknown_visitors_and_non_subscribers(tmp_path: Path) -> None:
+    rows = [(f"v{i}", f"u{i}") for i in range(50)]
+    rows += [("v-unknown-1", "ux1"), ("v-unsubscribed-2", "ux2")]
+    extra = 'limit = "100000/1min"'
+    campaign = write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", rows), extra=extra)
+    report = tmp_path / "o.jsonl"
+    config = SandboxConfig(api_key=KEY, ledger=tmp_path / "l.jsonl", limit=100_000)
+    async with running(config) as sb:
+        settings = load_settings(
+            campaign, env={}, overrides={"base_url": sb.base_url, "report": str(report)}
+        )
+        summary = (await send_campaign(settings, {"api_key": KEY}, audience_check=True)).summary
+    assert (summary.delivered, summary.invalid) == (50, 2)
+    reasons = {
+        x["id"]: x["reason"]
+        for x in map(orjson.loads, report.read_bytes().splitlines())
+        if x["status"] == "invalid"
+    }
+    assert set(reasons) == {"v-unknown-1", "v-unsubscribed-2"}
+    assert all(r.startswith("audience check:") for r in reasons.values())
+    sent = {e["value"] for e in sb.ledger_entries() if e["kind"] == "id"}
+    assert sent == {f"v{i}" for i in range(50)}

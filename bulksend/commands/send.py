@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--show", type=int, default=2, metavar="N", help="with --dry-run: bodies to print (2)"
     )
     mode.add_argument(
+        "--audience-check",
+        action="store_true",
+        help="MaxTraffic: look every visitor up first; unknown ones and non-subscribers are "
+        "reported invalid instead of sent",
+    )
+    mode.add_argument(
         "--strict",
         action="store_true",
         help="check the whole recipient file first; any bad row stops the send before it starts",
@@ -169,7 +175,12 @@ async def execute(
     *,
     shard: Shard | None = None,
 ) -> int:
-    kwargs: dict[str, Any] = {"journal": journal, "dead_letter": args.dead_letter, "shard": shard}
+    kwargs: dict[str, Any] = {
+        "journal": journal,
+        "dead_letter": args.dead_letter,
+        "shard": shard,
+        "audience_check": getattr(args, "audience_check", False),
+    }
     limiter = getattr(args, "limiter", None) or ctx.env.get("BULKSEND_LIMITER")
     if limiter:
         from bulksend.distributed import shared_scheduler

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bulksend.campaign import build_provider, source_spec
+from bulksend.campaign import build_provider, screened, source_spec
 from bulksend.commands.common import (
     Context,
     ExitStatus,
@@ -55,7 +55,8 @@ def walk(
         open_source(source_spec(settings)) as rows,
         Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
     ):
-        return plan(rows.chunks(), provider, dedup, settings.batch_size, on_request=on_request)
+        chunks = screened(provider, rows.chunks())
+        return plan(chunks, provider, dedup, settings.batch_size, on_request=on_request)
 
 
 def limits_for(settings: Settings, provider: Provider) -> dict[str, Limit]:

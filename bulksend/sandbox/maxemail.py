@@ -259,13 +259,17 @@ def arguments(name: str, method: Method, params: Mapping[str, str]) -> list[str]
     return [v for v in values if v is not None]
 
 
+def deprecation(name: str, method: Method) -> str | None:
+    """The Warning header a deprecated method's answers carry (successes and errors alike)."""
+    if not method.deprecated:
+        return None
+    return f'299 MxmApi/{API_VERSION} "{name} Deprecated: {API_VERSION[1:]} {method.deprecated}"'
+
+
 def call(state: State, service: str, params: Mapping[str, str]) -> Result:
     name, method = lookup(service, params)
     result = method.run(state, arguments(name, method, params))
-    if method.deprecated:
-        result.warning = (
-            f'299 MxmApi/{API_VERSION} "{name} Deprecated: {API_VERSION[1:]} {method.deprecated}"'
-        )
+    result.warning = deprecation(name, method)
     return result
 
 
@@ -351,13 +355,18 @@ def build_app(core: Core) -> web.Application:
             return dialect.error(415, message)
         params = await params_of(request)
         name = request.match_info["service"]
+        warning = None
         try:
             method_name, method = lookup(name, params)
+            warning = deprecation(method_name, method)
             if method.writes and request.method == "GET":
                 raise ApiError(400, f"{method_name} changes data: call it with POST")
             result = call(state, name, params)
         except ApiError as exc:
-            return error(exc)
+            answer = error(exc)
+            if warning:
+                answer.headers["Warning"] = warning
+            return answer
         for record in result.records:
             ctx.accept({"campaign": record.campaign, "kind": record.kind}, [record.value])
         headers = {"Warning": result.warning} if result.warning else None
