@@ -10,19 +10,11 @@ import secrets
 import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bulksend import logs
-from bulksend.campaign import (
-    JournalOptions,
-    SendResult,
-    build_provider,
-    default_journal_path,
-    send_campaign,
-    source_spec,
-)
 from bulksend.commands.common import (
     Context,
     ExitStatus,
@@ -33,9 +25,11 @@ from bulksend.commands.common import (
 )
 from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
-from bulksend.journal import Journal
-from bulksend.progress import ProgressView, count_rows
 from bulksend.shard import Shard
+
+if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
+    from bulksend.campaign import JournalOptions, SendResult
+    from bulksend.progress import ProgressView
 
 HELP = "send a campaign"
 DESCRIPTION = "Send the campaign described by CAMPAIGN.toml. Flags override the file."
@@ -140,6 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
+    from bulksend.campaign import JournalOptions, default_journal_path
+
     settings = settings_from(args, ctx)
     if not 0.0 <= args.max_failure_rate <= 1.0:
         raise ConfigError("--max-failure-rate: a fraction between 0 and 1, e.g. 0.01")
@@ -175,6 +171,8 @@ async def execute(
     *,
     shard: Shard | None = None,
 ) -> int:
+    from bulksend.campaign import send_campaign
+
     kwargs: dict[str, Any] = {
         "journal": journal,
         "dead_letter": args.dead_letter,
@@ -216,11 +214,15 @@ async def execute(
 
 class _ProgressHook:
     def __init__(self, ctx: Context, settings: Settings) -> None:
+        from bulksend.progress import count_rows
+
         self.ctx = ctx
         self.total = count_rows(settings.recipients.path)
         self.view: ProgressView | None = None
 
     def start(self, engine: Any) -> None:
+        from bulksend.progress import ProgressView
+
         self.view = ProgressView(self.ctx.err, engine.summary, lambda: engine.scheduler, self.total)
         self.view.start()
 
@@ -283,6 +285,7 @@ class _Interrupts:
 
 async def _send_to_sandbox(settings: Settings, kwargs: Mapping[str, Any], on_start: Any) -> Any:
     """Start the provider's sandbox in this process and send to it with a throw-away key."""
+    from bulksend.campaign import send_campaign
     from bulksend.sandbox import SandboxConfig, running
 
     fake: dict[str, Any] = {n: f"sandbox-{secrets.token_hex(8)}" for n in settings.secret_sources}
@@ -327,6 +330,7 @@ def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _strict_check(settings: Settings, ctx: Context) -> None:
+    from bulksend.campaign import source_spec
     from bulksend.sources import collect_problems
 
     problems = collect_problems(source_spec(settings), limit=20)
@@ -341,6 +345,7 @@ def _strict_check(settings: Settings, ctx: Context) -> None:
 
 def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
     """Print the plan and the first request bodies; write them all with --requests-out."""
+    from bulksend.campaign import build_provider
     from bulksend.commands.validate import print_plan, walk
 
     shown: list[bytes] = []
@@ -400,6 +405,9 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
+    from bulksend.campaign import JournalOptions
+    from bulksend.journal import Journal
+
     if not args.journal.exists():
         raise ConfigError(f"{args.journal}: no such journal")
     meta = Journal.read_meta(args.journal)

@@ -1,0 +1,24 @@
+"""Run every benchmark in turn: ``python -m benchmarks`` (or ``python3 dev.py bench``).
+
+Each prints its figures with the machine; benchmarks/README.md keeps the latest ones.
+"""
+
+from __future__ import annotations
+
+from benchmarks import ingest, limiter_cost, ratelimit, startup, throughput
+
+
+def main() -> None:
+    for name, run in (
+        ("startup", lambda: startup.main([])),
+        ("throughput", lambda: throughput.main([])),
+        ("limiter cost", lambda: limiter_cost.main([])),
+        ("rate limits, 1 s windows", lambda: ratelimit.main(["--seconds", "20"])),
+        ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),
+    ):
+        print(f"\n== {name} ==", flush=True)
+        run()
+
+
+if __name__ == "__main__":
+    main()
