@@ -163,7 +163,15 @@ async def test_campaign_send_then_its_report(tmp_path: Path) -> None:
     assert report["channels"] == {"email": 250}
 
 
-async def test_status_error_on_200_rejects_exactly_the_bad_records(tmp_path: Path) -> None:
+@pytest.mark.parametrize("screened", [False, True])
+async def test_bad_records_are_reported_invalid_and_the_rest_lands_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, screened: bool
+) -> None:
+    """Unscreened, the sandbox answers HTTP 200 with status error and the positions of the bad
+    records; those are reported invalid and the rest of each batch is sent again. Screened (the
+    default), the adapter refuses the same rows before sending."""
+    if not screened:
+        monkeypatch.delattr(notifyvisitors.NotifyVisitors, "screen")
     rows = []
     for i in range(250):
         stamp = "not-a-time" if i % 7 == 3 else f"2024-03-01T10:00:{i % 60:02d}+0000"
@@ -181,13 +189,21 @@ async def test_status_error_on_200_rejects_exactly_the_bad_records(tmp_path: Pat
     assert set(ledger) == {f"{i}" for i in range(250)} - bad
     assert max(ledger.values()) == 1
     lines = [orjson.loads(x) for x in report.read_bytes().splitlines()]
-    invalid = {x["id"] for x in lines if x["status"] == "invalid"}
-    assert invalid == bad
-    reasons = {x["reason"] for x in lines if x["status"] == "invalid"}
-    assert reasons == {"timestamp must look like yyyy-MM-ddTHH:mm:ss+0000"}
-    # one refused request per batch of 100 (each holds bad rows), then the rest resent once
-    assert sb.stats.requests == 6
-    assert sb.stats.accepted == 3
+    invalid = {x["id"]: x for x in lines if x["status"] == "invalid"}
+    assert set(invalid) == bad
+    if screened:
+        for user, x in invalid.items():
+            line = int(user) + 2
+            reason = "column 'timestamp': not a time (UNIX seconds or ISO 8601): 'not-a-time'"
+            assert x["reason"] == f"{recipients}:{line}: {reason}"
+        assert sb.stats.requests == sb.stats.accepted == 3
+    else:
+        reasons = {x["reason"] for x in invalid.values()}
+        assert reasons == {"timestamp must look like yyyy-MM-ddTHH:mm:ss+0000"}
+        assert {x["http_status"] for x in invalid.values()} == {200}
+        # one refused request per batch of 100 (each holds bad rows), then the rest resent once
+        assert sb.stats.requests == 6
+        assert sb.stats.accepted == 3
 
 
 async def test_a_wrong_key_stops_the_send_after_one_request(tmp_path: Path) -> None:

@@ -129,9 +129,14 @@ async def test_customers_land_exactly_once_and_read_back_with_filters(tmp_path: 
     assert one["custom_attributes"] == {}  # empty cells are not sent
 
 
-async def test_bad_rows_are_invalid_with_the_providers_reason_and_the_rest_lands(
-    tmp_path: Path,
+@pytest.mark.parametrize("screened", [True, False])
+async def test_bad_rows_are_invalid_with_a_clear_reason_and_the_rest_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, screened: bool
 ) -> None:
+    """Screened (the default), rows the adapter can judge never leave; unscreened, Traitly's
+    own answers name the same rows. Rows only the provider can judge are its answers in both."""
+    if not screened:
+        monkeypatch.delattr(traitly.Traitly, "screen")
     rows = sorted(customers(40), key=lambda row: int(row[0][1:]))
     rows[3] = ("c3", "Customer 3", "c3@example.com", "", 1, "X", "")  # no plan
     rows[5] = ("c5", "Customer 5", "not-an-email", "Pro", 1, "X", "")
@@ -147,15 +152,24 @@ async def test_bad_rows_are_invalid_with_the_providers_reason_and_the_rest_lands
     invalid = {
         k: (v["http_status"], v["reason"]) for k, v in lines.items() if v["status"] != "delivered"
     }
-    assert invalid == {
-        "c3": (400, "400 api_invalid_request_error: Missing required parameter: plan"),
-        "c5": (400, "400 api_invalid_request_error: email is not a valid address: 'not-an-email'"),
-        "hidden-8": (403, "403 api_invalid_request_error: The requested resource is hidden"),
-        "c9": (
-            400,
-            "400 api_invalid_request_error: created_at must be a UNIX timestamp in seconds",
-        ),
+    kind = "api_invalid_request_error"
+    by_provider = {
+        "c5": (400, f"400 {kind}: email is not a valid address: 'not-an-email'"),
+        "hidden-8": (403, f"403 {kind}: The requested resource is hidden"),
     }
+    if screened:
+        assert invalid == {
+            **by_provider,
+            "c3": (None, f"{recipients}:5: missing required plan"),
+            "c9": (None, f"{recipients}:11: created_at: not UNIX seconds or ISO 8601: 'yesterday'"),
+        }
+    else:
+        assert invalid == {
+            **by_provider,
+            "c3": (400, f"400 {kind}: Missing required parameter: plan"),
+            "c9": (400, f"400 {kind}: created_at must be a UNIX timestamp in seconds"),
+        }
+    assert sb.stats.requests == (38 if screened else 40)
     assert result.summary.invalid == 4
     assert result.summary.delivered == 36
     assert len(sb.ledger_entries()) == 36

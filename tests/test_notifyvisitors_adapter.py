@@ -11,9 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
-from bulksend.models import Batch, HttpResponse, Recipient
+from bulksend.models import Batch, HttpResponse, Recipient, Rejected
 from bulksend.providers import load, notifyvisitors
 from bulksend.providers.base import Limit, Verdict
+from bulksend.sources.spec import Chunk
 
 KEYS = {"api_key": "k-123", "brand_id": "b-9"}
 
@@ -189,8 +190,27 @@ def test_campaign_body_lists_the_batch_users() -> None:
 
 
 def test_check_names_a_row_without_user_id() -> None:
-    assert make().check(Recipient(1, None, "x")) == "missing userID (the id column)"
+    assert make().check(Recipient(1, None, "x")) == "missing userID (column 'id')"
+    named = make(columns={"id": "user_id", "uid": None})
+    assert named.check(Recipient(1, None, "x")) == "missing userID (column 'user_id')"
     assert make().check(rec(1)) is None
+
+
+def test_screen_moves_refused_rows_to_rejected_and_keeps_order() -> None:
+    adapter = make("events", {"event": "e"})
+    good, no_id, bad_time = rec(1), Recipient(2, None, "x"), rec(3, timestamp="never")
+    earlier = Rejected(4, "wrong number of fields")
+    (chunk,) = adapter.screen([Chunk([good, no_id, bad_time], [earlier])])
+    assert chunk.recipients == [good]
+    assert [(r.line, r.reason[:16]) for r in chunk.rejected] == [
+        (4, "wrong number of "),
+        (2, "missing userID ("),
+        (3, "column 'timestam"),
+    ]
+    assert chunk.rejected[2].id == "u3"
+    users = make()
+    untouched = Chunk([good], [])
+    assert next(iter(users.screen([untouched]))) is untouched  # nothing to refuse: same chunk
 
 
 @pytest.mark.parametrize(

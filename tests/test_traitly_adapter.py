@@ -11,6 +11,7 @@ from bulksend.errors import AuthError, ConfigError, ProviderError, TransientErro
 from bulksend.models import Batch, HttpResponse, Recipient
 from bulksend.providers import load, traitly
 from bulksend.providers.base import Limit, Verdict
+from bulksend.sources.spec import Chunk
 
 TOKEN = {"token": "tok-42"}
 
@@ -103,6 +104,14 @@ def test_missing_required_values_are_left_for_the_provider_and_named_by_check() 
     assert "created_at" in (adapter.check(rec(4, **CUSTOMER, created_at="soon")) or "")
     renamed = make(message={"columns": {"email": "mail"}})
     assert renamed.check(rec(5, name="X", plan="P")) == "missing required mail"
+
+
+def test_screen_refuses_what_check_refuses() -> None:
+    adapter = make(columns={"id": "cid", "uid": None})
+    good, bad = rec(1, **CUSTOMER), rec(2, None, **CUSTOMER)
+    (chunk,) = adapter.screen([Chunk([good, bad], [])])
+    assert chunk.recipients == [good]
+    assert [(r.line, r.reason) for r in chunk.rejected] == [(2, "missing required cid")]
 
 
 def test_event_body_from_columns_or_one_name() -> None:

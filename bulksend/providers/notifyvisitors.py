@@ -23,6 +23,9 @@ Auth: ``x-api-key`` + ``x-brand-id`` (secrets ``api_key`` and ``brand_id``), or 
 ``[api] auth = "bearer"`` a partner app's ``Authorization: Bearer <token>`` (secret ``token``;
 ``secrets_for`` tells the config which secrets a campaign needs).
 
+Rows that cannot be sent (no userID; an events timestamp that is not a time) are refused before
+sending by ``screen`` and reported invalid with the file and line.
+
 Answers are the envelope ``{"response": {"data", "message", "status"}}``; ``status: "error"`` is
 a failure even on HTTP 200. The per-record positions the server names in ``data.errors``
 (``[{"index", "message"}]``) become ``Classification.rejected``.
@@ -30,7 +33,7 @@ a failure even on HTTP 200. The per-record positions the server names in ``data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +42,10 @@ import orjson
 
 from bulksend.core.ratelimit import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
-from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers.base import Classification, Limit, Verdict
 from bulksend.providers.reads import ReadRequest
+from bulksend.sources.spec import Chunk
 
 NAME = "notifyvisitors"
 DEFAULT_BASE_URL = "https://analytics.notifyvisitors.com"
@@ -80,7 +84,7 @@ MESSAGE_FIELDS: Mapping[str, frozenset[str]] = {
 }
 API_OPTIONS = frozenset({"auth", "paths", "max_batch"})
 #: what config.load_settings adds to the [api] table
-_PASSED = frozenset({"operation", "message", "campaign_name"})
+_PASSED = frozenset({"operation", "message", "campaign_name", "columns"})
 
 
 def secrets_for(api: Mapping[str, Any]) -> Mapping[str, str]:
@@ -274,6 +278,7 @@ class NotifyVisitors:
     message: Mapping[str, Any]
     paths: Mapping[str, str] = field(default_factory=lambda: dict(PATHS))
     max_batch: int = MAX_BATCH
+    id_column: str = "id"  # the recipient file's column holding the userID (for messages)
     name: str = NAME
     groups: Mapping[str, Limit] = field(default_factory=dict)
     sends_rate_headers: bool = True
@@ -318,7 +323,7 @@ class NotifyVisitors:
             raw = r.attrs.get(column, "")
             if raw.strip():
                 moment = parse_timestamp(raw)
-                # unreadable: sent as written, so the provider's answer names the record
+                # unreadable (only when not screened): as written, the provider names it
                 record["timestamp"] = format_timestamp(moment) if moment else raw
             records.append(record)
         return {"nv": records}
@@ -331,19 +336,34 @@ class NotifyVisitors:
         return classify(response)
 
     def check(self, recipient: Recipient) -> str | None:
-        """Why this row cannot be sent (reported invalid before sending), or None.
-
-        For a pre-send validation hook in the engine; until then the provider's answer names
-        the same rows.
-        """
+        """Why this row cannot be sent (reported invalid before sending), or None."""
         if recipient.id is None:
-            return "missing userID (the id column)"
+            return f"missing userID (column {self.id_column!r})"
         if self.operation == "events":
             column = self.message.get("timestamp_column", "timestamp")
             raw = recipient.attrs.get(column, "")
             if raw.strip() and parse_timestamp(raw) is None:
                 return f"column {column!r}: not a time (UNIX seconds or ISO 8601): {raw[:40]!r}"
         return None
+
+    def screen(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        """Chunks with the rows ``check`` refuses moved to ``rejected`` (nothing is sent for
+        them). Without it, the provider's per-record errors name the same rows."""
+        events = self.operation == "events"
+        for chunk in chunks:
+            recipients, rejected = chunk
+            if not events and all(r.id is not None for r in recipients):
+                yield chunk
+                continue
+            kept: list[Recipient] = []
+            refused: list[Rejected] = []
+            for r in recipients:
+                reason = self.check(r)
+                if reason is None:
+                    kept.append(r)
+                else:
+                    refused.append(Rejected(r.line, reason, r.id, r.uid))
+            yield Chunk(kept, rejected + refused if refused else rejected)
 
     def describe(self) -> Mapping[str, Any]:
         facts: dict[str, Any] = {
@@ -451,10 +471,12 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> NotifyVisit
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError("[api].max_batch: a whole number >= 1")
     message = _check_message(operation, options.get("message", {}))
+    id_column = options.get("columns", {}).get("id") or "id"
     return NotifyVisitors(
         auth=Auth.from_secrets(mode, secrets),
         operation=operation,
         message=message,
         paths={**PATHS, **paths},
         max_batch=max_batch,
+        id_column=str(id_column),
     )

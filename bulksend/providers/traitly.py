@@ -14,6 +14,9 @@ One record per request (the API takes one object per POST), with
   not sent (the doc defines no other event field). Not deduplicated on customer_id, since one
   customer has many events; an event key column mapped as ``[recipients].uid`` deduplicates.
 
+Rows missing a required value (or with an unreadable ``created_at``) are refused before sending
+by ``screen`` and reported invalid with the file and line; Traitly's 400 would name them too.
+
 The doc names no rate limit and no rate-limit headers: one group, ``api``, starting at
 600/min and adapting to 429s (``[send].limit`` sets another start).
 
@@ -24,7 +27,7 @@ The list endpoints and recommended next actions are reads: ``customers_read``, `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,9 +36,10 @@ import orjson
 
 from bulksend.core.ratelimit import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
-from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers.base import Classification, Limit, Verdict
 from bulksend.providers.reads import ReadRequest
+from bulksend.sources.spec import Chunk
 
 NAME = "traitly"
 DEFAULT_BASE_URL = "https://api.traitly.com"
@@ -65,7 +69,7 @@ MESSAGE_FIELDS: Mapping[str, frozenset[str]] = {
     "events": frozenset({"columns", "name"}),
 }
 API_OPTIONS = frozenset({"paths"})
-_PASSED = frozenset({"operation", "message", "campaign_name"})
+_PASSED = frozenset({"operation", "message", "campaign_name", "columns"})
 #: the doc's error types, by the status they come with (the sandbox's reading)
 ERROR_TYPES: Mapping[int, str] = {
     401: "api_authentication_error",
@@ -205,6 +209,7 @@ class Traitly:
     columns: Mapping[str, str]
     event_name: str | None = None  # events: one name for every row
     top_level: tuple[str, ...] = ()  # customers: columns sent as top-level fields
+    id_column: str = "customer_id"  # the recipient file's column holding it (for messages)
     paths: Mapping[str, str] = field(default_factory=lambda: dict(PATHS))
     name: str = NAME
     groups: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
@@ -260,8 +265,8 @@ class Traitly:
         return classify(response)
 
     def check(self, recipient: Recipient) -> str | None:
-        """Why this row cannot be sent (for a pre-send validation hook), or None."""
-        missing = [] if recipient.id is not None else ["customer_id"]
+        """Why this row cannot be sent (reported invalid before sending), or None."""
+        missing = [] if recipient.id is not None else [self.id_column]
         for name in REQUIRED[self.operation]:
             if self._value(recipient, name) is None:
                 missing.append(name if self.columns[name] == name else self.columns[name])
@@ -271,6 +276,20 @@ class Traitly:
         if created is not None and unix_seconds(created) is None:
             return f"created_at: not UNIX seconds or ISO 8601: {created[:40]!r}"
         return None
+
+    def screen(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        """Chunks with the rows ``check`` refuses moved to ``rejected`` (no request for them).
+        Without it, Traitly's 400 answers name the same rows, one request each."""
+        for recipients, rejected in chunks:
+            kept: list[Recipient] = []
+            refused: list[Rejected] = []
+            for r in recipients:
+                reason = self.check(r)
+                if reason is None:
+                    kept.append(r)
+                else:
+                    refused.append(Rejected(r.line, reason, r.id, r.uid))
+            yield Chunk(kept, rejected + refused if refused else rejected)
 
     def describe(self) -> Mapping[str, Any]:
         facts: dict[str, Any] = {
@@ -422,6 +441,7 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Traitly:
     clash = sorted(set(top_level) & {"customer_id", "custom_attributes", *FIELDS[operation]})
     if clash:
         raise ConfigError(f"[message].top_level: {', '.join(clash)} is already a field")
+    id_column = options.get("columns", {}).get("id") or "customer_id"
     token = secrets.get("token")
     if not token:
         raise ConfigError("traitly: the secret 'token' is required (environment: TRAITLY_TOKEN)")
@@ -431,6 +451,7 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Traitly:
         columns=columns,
         event_name=event_name,
         top_level=tuple(top_level),
+        id_column=str(id_column),
         paths={**PATHS, **paths},
         dedup_keys=("id",) if operation == "customers" else ("uid",),
     )
