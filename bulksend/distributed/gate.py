@@ -157,15 +157,31 @@ class RedisGate:
         return Admission(Verdict(int(verdict)), float(stamp), stamp, _text(new_epoch), float(wait))
 
     async def pause(
-        self, group: str, *, seconds: float | None, limit: int | None, ttl_ms: int
-    ) -> None:
-        """Tell every worker: admit nothing for ``seconds``; the provider announced ``limit``."""
-        args = (
+        self,
+        group: str,
+        *,
+        seconds: float | None,
+        limit: int | None,
+        ttl_ms: int,
+        unless_explained: tuple[int, int, float, float] | None = None,
+    ) -> bool:
+        """Tell every worker: admit nothing for ``seconds``; the provider announced ``limit``.
+
+        ``unless_explained=(remaining, limit, admitted_at, span)``: the pause comes from an
+        exhausted Remaining; apply it only when the server counted more than the log admitted in
+        the ``span`` seconds before ``admitted_at`` (Redis time). True when the pause applied.
+        """
+        cond: tuple[str, ...] = ("", "", "", "")
+        if unless_explained is not None:
+            remaining, lim, at, span = unless_explained
+            cond = (str(int(remaining)), str(int(lim)), f"{at:.6f}", f"{span:.6f}")
+        args: list[str | int] = [
             "" if seconds is None else f"{max(0.0, seconds):.6f}",
             "" if limit is None else str(int(limit)),
             ttl_ms,
-        )
-        await self._call(self._pause(keys=self.keys(group), args=args))
+            *cond,
+        ]
+        return bool(await self._call(self._pause(keys=self.keys(group), args=args)))
 
     async def reseed(
         self,

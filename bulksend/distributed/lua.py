@@ -9,8 +9,8 @@ Keys: ``KEYS[1]`` the group's log (ZSET: admission id -> admission time in secon
   admissions back (``RESEED``) before it is admitted again.
 * ``tat``    -- the shared GCRA's theoretical arrival time: sends are spaced ``(W + m) / L``
   apart across all workers, so the quota is spread over the window instead of bursting.
-* ``hold``   -- admit nothing before this time: a Retry-After, an exhausted Remaining or a 429
-  reported by any worker, or the grace after a restart.
+* ``hold``   -- admit nothing before this time: a Retry-After or a 429 reported by any worker,
+  an exhausted Remaining that the log cannot explain, or the grace after a restart.
 * ``limit``  -- the limit the provider announced in its headers (tightens every worker's own).
 * ``seeded`` -- the first reseed of this epoch has happened (and set the grace hold).
 
@@ -79,12 +79,23 @@ return {1, f(now), epoch, '0'}
 """
 )
 
-#: ARGV: pause seconds ('' for none), announced limit ('' for none), ttl (ms) -> now
+#: ARGV: pause seconds ('' for none), announced limit ('' for none), ttl (ms), and for a pause
+#: that an exhausted Remaining asks for: remaining, limit, admission time of that request, W + m
+#: ('' when the pause is a Retry-After or a 429) -> 1 when the pause was applied, else 0
 PAUSE = (
     _PRELUDE
     + """
 local ttl = tonumber(ARGV[3])
-if ARGV[1] ~= '' then
+local apply = ARGV[1] ~= ''
+if apply and ARGV[4] ~= '' then
+  -- Remaining says the server counted more than the log admitted in the window before that
+  -- request: traffic the log does not know about (another client on the key). Otherwise the
+  -- log already keeps the next send out of the server's window, and nobody needs to stop.
+  local at = tonumber(ARGV[6])
+  local used = redis.call('ZCOUNT', KEYS[1], '(' .. f(at - tonumber(ARGV[7])), f(at))
+  apply = tonumber(ARGV[5]) - tonumber(ARGV[4]) > used
+end
+if apply then
   local till = now + tonumber(ARGV[1])
   local hold = tonumber(redis.call('HGET', KEYS[2], 'hold')) or 0
   if till > hold then
@@ -96,7 +107,8 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[2], 'limit', ARGV[2])
 end
 keep(KEYS[2], ttl)
-return f(now)
+if apply then return 1 end
+return 0
 """
 )
 

@@ -10,14 +10,19 @@ An admission passes two gates, in this order:
    clock), a shared GCRA that spaces them ``(W + m) / L`` apart, a shared pause and the limit the
    provider announced. When it says "wait", the task sleeps that long and asks again.
 
-Feedback: after every response the worker's own bucket decides whether the group must pause
-(Retry-After, an exhausted Remaining, a 429) and whether the provider announced a limit; both go
-to Redis (``lua.PAUSE``, written by a background task because ``complete`` is synchronous), so
-one worker's 429 holds all of them.
+Feedback: after every response the worker's own bucket decides whether the group must pause and
+whether the provider announced a limit; both go to Redis (``lua.PAUSE``, written by a background
+task because ``complete`` is synchronous). A Retry-After or a 429 seen by one worker holds all of
+them. A pause for an exhausted ``X-RateLimit-Remaining`` is shared only when Redis finds that the
+server counted more requests than the shared log admitted in the window before that request --
+traffic the log does not know about, such as another client on the same key; otherwise the log
+already keeps the next send out of the exhausted window and stopping everyone would only waste
+quota. An announced limit lower than a worker's own tightens every worker.
 
 The margin ``m`` covers the spread of delays between admission (in Redis) and arrival (at the
-provider): at least ``min_margin`` (30 ms), more when the worker's round-trip times spread more,
-plus the slowest recent Redis call; at most ``W / 10`` (and 1 s).
+provider): at least ``min_margin`` (30 ms), more when the worker's round-trip times (measured
+from the start of the admitting Redis call to the response) spread more; at most ``W / 10`` (and
+1 s). The long-run rate is ``L / (W + m)``: 97 % of a 1 s window's quota, 99.95 % of a minute's.
 
 Redis lost mid-send: every admission waits (nothing is sent on an unshared limit), one task per
 worker reconnects with exponential backoff and jitter, structured events ``limiter_unavailable``
@@ -35,12 +40,13 @@ import itertools
 import math
 import random
 import secrets
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bulksend.core.ratelimit import Bucket
+from bulksend.core.ratelimit import Bucket, parse_headers
 from bulksend.distributed.gate import Admission, GateUnavailable, RedisGate, Verdict
 from bulksend.distributed.keys import MAX_MARGIN, key_ttl_ms
 from bulksend.logs import get_logger
@@ -51,8 +57,8 @@ __all__ = ["LimiterUnavailable", "SharedScheduler", "SharedStats"]
 #: the base margin of each worker's own buckets (the shared gate's is at least MIN_MARGIN)
 LOCAL_MARGIN = 0.02
 MIN_MARGIN = 0.03
-#: the most a slow Redis round trip adds to the margin
-RTT_CAP = 0.05
+#: overdue shared GCRA slots a late worker may still take (timers of several processes wake late)
+SLACK = 0.02
 #: how long the first worker to reseed after a Redis restart holds everyone (at most a window)
 RESTART_GRACE = 1.0
 
@@ -94,6 +100,7 @@ class SharedScheduler(Scheduler):
         reconnect_base: float = 0.05,
         reconnect_cap: float = 2.0,
         grace: float = RESTART_GRACE,
+        slack: float = SLACK,
         **kwargs: Any,
     ) -> None:
         super().__init__(groups, margin=margin, **kwargs)
@@ -102,17 +109,18 @@ class SharedScheduler(Scheduler):
         self._max_outage = max_outage
         self._reconnect = (reconnect_base, reconnect_cap)
         self._grace = grace
+        self._slack = slack
         self._rand = random.Random()
         self._worker = secrets.token_hex(6)
         self._ids = itertools.count(1)
         self._locks: dict[str, asyncio.Lock] = {}
         self._epochs: dict[str, str] = {}
         self._history: dict[str, deque[tuple[float, str, str]]] = {}
-        self._rtts: deque[float] = deque(maxlen=64)
         self._stats = {name: SharedStats() for name in groups}
         self._pushed_hold: dict[str, float] = {}
         self._pushed_limit: dict[str, int] = {}
-        self._pending: dict[str, tuple[float | None, int | None]] = {}
+        self._pending: dict[str, list[_Push]] = {}
+        self._admitted: dict[tuple[str, int], float] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[bool] | None = None
         self._down_since: float | None = None
@@ -134,8 +142,14 @@ class SharedScheduler(Scheduler):
 
     def complete(self, permit: Permit, feedback: Feedback) -> None:
         super().complete(permit, feedback)
-        if feedback.kind is not FeedbackKind.NO_RESPONSE:
-            self._share(permit.group)
+        if feedback.kind is FeedbackKind.NO_RESPONSE:
+            self._admitted.pop((permit.group, permit.seq), None)
+        else:
+            self._share(permit, feedback)
+
+    def cancel(self, permit: Permit) -> None:
+        super().cancel(permit)
+        self._admitted.pop((permit.group, permit.seq), None)
 
     def shared_stats(self) -> dict[str, SharedStats]:
         """A copy of the shared gate's figures per group."""
@@ -161,24 +175,22 @@ class SharedScheduler(Scheduler):
 
     def margin_for(self, bucket: Bucket) -> float:
         """The shared gate's margin for a group (see the module docstring)."""
-        extra = min(RTT_CAP, max(self._rtts, default=0.0))
         cap = max(self._min_margin, min(MAX_MARGIN, 0.1 * bucket.window))
-        return min(cap, max(self._min_margin, bucket.margin() + extra))
+        return min(cap, max(self._min_margin, bucket.margin()))
 
     async def _admit(self, permit: Permit) -> None:
         name = permit.group
         lock = self._locks.get(name)
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
-        loop = asyncio.get_running_loop()
         stats = self._stats[name]
         async with lock:
             while True:
                 bucket = self._group(name).bucket
                 now = self._now()
                 member = f"{self._worker}:{next(self._ids)}"
+                started_at = now
                 try:
-                    started = loop.time()
                     adm = await self.gate.admit(
                         name,
                         limit=bucket.limit(now),
@@ -187,8 +199,8 @@ class SharedScheduler(Scheduler):
                         member=member,
                         epoch=self._epochs.get(name, ""),
                         ttl_ms=key_ttl_ms(bucket.window),
+                        slack=self._slack,
                     )
-                    self._rtts.append(loop.time() - started)
                     if adm.verdict is Verdict.EPOCH:
                         await self._new_epoch(name, adm, bucket.window)
                         continue
@@ -197,7 +209,8 @@ class SharedScheduler(Scheduler):
                     continue
                 if adm.admitted:
                     self._remember(name, adm, member, bucket.window)
-                    permit.sent_at = self._now()  # the round-trip times start here
+                    self._admitted[(name, permit.seq)] = adm.now
+                    permit.sent_at = started_at  # round trips include the admission's
                     stats.admitted += 1
                     return
                 stats.denied += 1
@@ -290,25 +303,39 @@ class SharedScheduler(Scheduler):
 
     # ---- feedback ------------------------------------------------------------------------------
 
-    def _share(self, name: str) -> None:
-        """Hand this worker's pause (and the announced limit) to every worker through Redis."""
+    def _share(self, permit: Permit, feedback: Feedback) -> None:
+        """Hand this worker's pause (and the announced limit) to every worker through Redis.
+
+        A Retry-After or a 429 pauses everyone. A pause the worker's bucket takes because
+        Remaining ran out is shared only when Redis finds traffic its log does not explain
+        (``lua.PAUSE``): the log already keeps our own sends out of an exhausted window.
+        """
+        name = permit.group
+        admitted_at = self._admitted.pop((name, permit.seq), None)
         bucket = self._group(name).bucket
         now = self._now()
         hold = bucket.hold_until(now)
-        pause: float | None = None
-        if hold > now + 0.001 and hold > self._pushed_hold.get(name, -math.inf) + 0.001:
-            pause = self._pushed_hold[name] = hold
         limit = bucket.header_limit
         if limit is not None and self._pushed_limit.get(name) != limit:
             self._pushed_limit[name] = limit
         else:
             limit = None
-        if pause is None and limit is None:
+        push = _Push(limit=limit)
+        if hold > now + 0.001 and hold > self._pushed_hold.get(name, -math.inf) + 0.001:
+            info = (
+                parse_headers(feedback.headers, wall_now=time.time(), window=bucket.window)
+                if feedback.headers
+                else None
+            )
+            if feedback.kind is FeedbackKind.THROTTLED or (info and info.retry_after is not None):
+                push.hold = self._pushed_hold[name] = hold
+            elif info is not None and info.remaining is not None and admitted_at is not None:
+                span = bucket.window + self.margin_for(bucket)
+                push.hold = hold
+                push.explain = (info.remaining, bucket.limit(now), admitted_at, span)
+        if push.hold is None and push.limit is None:
             return
-        old_pause, old_limit = self._pending.get(name, (None, None))
-        if old_pause is not None and (pause is None or old_pause > pause):
-            pause = old_pause
-        self._pending[name] = (pause, limit if limit is not None else old_limit)
+        self._pending.setdefault(name, []).append(push)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -318,22 +345,63 @@ class SharedScheduler(Scheduler):
 
     async def _flush(self) -> None:
         while self._pending:
-            name, (hold, limit) = self._pending.popitem()
-            seconds = None if hold is None else hold - self._now()
-            if seconds is not None and seconds <= 0:
-                seconds = None
-            if seconds is None and limit is None:
-                continue
+            name, pushes = self._pending.popitem()
             window = self._group(name).bucket.window
-            try:
-                await self.gate.pause(name, seconds=seconds, limit=limit, ttl_ms=key_ttl_ms(window))
-            except GateUnavailable:
-                # write it again with the next response; admissions are waiting for Redis anyway
-                self._pushed_hold.pop(name, None)
-                self._pushed_limit.pop(name, None)
-                return
-            except Exception as exc:
-                self._log.error("limiter_feedback_failed", group=name, error=repr(exc))
-                return
-            if seconds is not None:
-                self._stats[name].pauses_shared += 1
+            for push in _coalesce(pushes):
+                seconds = None if push.hold is None else push.hold - self._now()
+                if seconds is not None and seconds <= 0:
+                    seconds = None
+                if seconds is None and push.limit is None:
+                    continue
+                try:
+                    applied = await self.gate.pause(
+                        name,
+                        seconds=seconds,
+                        limit=push.limit,
+                        ttl_ms=key_ttl_ms(window),
+                        unless_explained=push.explain if seconds is not None else None,
+                    )
+                except GateUnavailable:
+                    # written again with a later response; admissions are waiting for Redis
+                    self._pushed_hold.pop(name, None)
+                    self._pushed_limit.pop(name, None)
+                    return
+                except Exception as exc:
+                    self._log.error("limiter_feedback_failed", group=name, error=repr(exc))
+                    return
+                if seconds is not None and applied:
+                    self._stats[name].pauses_shared += 1
+                    if push.explain is not None:
+                        self._log.info(
+                            "limiter_foreign_traffic",
+                            group=name,
+                            remaining=push.explain[0],
+                            paused=round(seconds, 3),
+                        )
+
+
+@dataclass(slots=True)
+class _Push:
+    """One piece of feedback for Redis: a pause (until ``hold``, loop time) and/or a limit."""
+
+    hold: float | None = None
+    limit: int | None = None
+    explain: tuple[int, int, float, float] | None = None  # see RedisGate.pause
+
+
+def _coalesce(pushes: list[_Push]) -> list[_Push]:
+    """The longest unconditional pause, the latest conditional one, the latest limit."""
+    hard = [p for p in pushes if p.hold is not None and p.explain is None]
+    soft = [p for p in pushes if p.hold is not None and p.explain is not None]
+    limits = [p.limit for p in pushes if p.limit is not None]
+    out = []
+    if hard:
+        out.append(_Push(hold=max(p.hold for p in hard if p.hold is not None)))
+    if soft:
+        out.append(soft[-1])
+    if limits:
+        if out:
+            out[0].limit = limits[-1]
+        else:
+            out.append(_Push(limit=limits[-1]))
+    return out
