@@ -91,8 +91,6 @@ _MIN_BUCKETS: Final = 1024
 #: keys of fewer UTF-8 bytes are packed together; longer ones in small groups of their own
 _SHORT: Final = 64
 _LONG_GROUP: Final = 256
-#: in-chunk repeats are found through a scratch table indexed by this many hash bits
-_SCRATCH_BITS: Final = 20
 #: mapped spill pages that may be touched before they are dropped from the RSS again
 _MAP_BUDGET: Final = 64 << 20
 #: what one read may bring in: the kernel maps up to 16 pages around a faulting one
@@ -376,7 +374,6 @@ class KeySet:
         self._odd: set[tuple[int, str]] = set()  # keys containing NUL: kept exactly, in memory
         self._count = 0
         self._kinds: dict[int, int] = {}  # keys per kind
-        self._scratch: I32Array = np.zeros(1 << _SCRATCH_BITS, dtype=np.int32)
         self._allocate(_buckets_for(expected + expected // 8))  # estimates run a little low
 
     def __len__(self) -> int:
@@ -399,7 +396,7 @@ class KeySet:
     @property
     def table_bytes(self) -> int:
         """RAM held by the table and its scratch arrays."""
-        arrays = (self._table, self._mark, self._scratch)
+        arrays = (self._table, self._mark)
         return sum(int(a.nbytes) for a in arrays)
 
     @property
@@ -494,23 +491,26 @@ class KeySet:
         if count == 0:
             return out
         h = self._hashes(keys, groups)
-        candidates = self._first_in_chunk(keys, h, bounds)
         fp = (h >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
-        if candidates is not None:
-            fp = fp[candidates]
-        known, bucket, fill = self._lookup(fp, keys, candidates, groups, bounds)
+        known, bucket, fill = self._lookup(fp, keys, None, groups, bounds)
         fresh = np.flatnonzero(~known)
-        new = fresh if candidates is None else candidates[fresh]
-        if not new.size:
+        if not fresh.size:
             return out
-        out[new] = True
-        offsets = self._write(groups, new, count)
-        self._count += new.size
-        if self._count > _MAX_LOAD * self._nb * _SLOTS:
-            self._grow(self._count)
+        if self._count + fresh.size > _MAX_LOAD * self._nb * _SLOTS:
+            fresh = self._firsts(keys, h, fresh, bounds)
+            offsets = self._write(groups, fresh, count)
+            self._grow(self._count + fresh.size)
             self._insert(fp[fresh], offsets)
         else:
-            self._place(fp[fresh], offsets, bucket[fresh], fill[fresh])
+            # a key repeated within the call is in ``fresh`` each time; ``_place`` finds them
+            offsets = self._write(groups, fresh, count)
+            placed = self._place(
+                fp[fresh], offsets, bucket[fresh], fill[fresh], keys, h, fresh, bounds
+            )
+            if placed is not None:
+                fresh = fresh[placed]
+        self._count += fresh.size
+        out[fresh] = True
         return out
 
     def _hashes(self, keys: Sequence[str], groups: list[_Group]) -> U64Array:
@@ -530,10 +530,13 @@ class KeySet:
         if all(group.rows is None for group in groups):  # consecutive runs, in order
             parts = []
             for group in groups:
-                end = group.start + len(group.records)
-                first, last = np.searchsorted(new, (group.start, end))
-                if last - first == len(group.records):
+                size = len(group.records)
+                first, last = np.searchsorted(new, (group.start, group.start + size))
+                if last - first == size:
                     parts.append(self._store.append(group.records))
+                elif 2 * (last - first) > size:  # cheaper to write them all than to pick
+                    o = self._store.append(group.records)
+                    parts.append(o[new[first:last] - group.start])
                 elif last > first:
                     parts.append(self._store.append(group.records[new[first:last] - group.start]))
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -588,35 +591,33 @@ class KeySet:
             lengths[inside] = group.size + 1
         return self._store.same_records(offsets, probe, lengths)
 
-    def _first_in_chunk(
-        self, keys: Sequence[str], h: U64Array, bounds: list[tuple[int, int]]
-    ) -> IntpArray | None:
-        """Positions of first occurrences within the call, or None when all keys differ."""
-        count = len(keys)
-        slot = (h >> np.uint64(64 - _SCRATCH_BITS)).astype(np.intp)
-        index = np.arange(count, dtype=np.int32)
-        scratch = self._scratch
-        scratch[slot] = index
-        winner = scratch[slot]
-        clash = np.flatnonzero(winner != index)
-        if not clash.size:
-            return None
-        # keys sharing a scratch slot: only those with equal full hashes can be repeats
-        shared = np.union1d(clash, winner[clash])
-        _, inverse, counts = np.unique(h[shared], return_inverse=True, return_counts=True)
-        shared = shared[counts[inverse.reshape(-1)] > 1]
-        if not shared.size:
-            return None
+    def _firsts(
+        self, keys: Sequence[str], h: U64Array, positions: IntpArray, bounds: list[tuple[int, int]]
+    ) -> IntpArray:
+        """``positions`` (ascending) without the later ones of a key that occurs more than once.
+
+        Only keys with equal 64-bit hashes are compared (as kind byte and bytes).
+        """
+        if positions.size < 2:
+            return positions
+        ordered = np.sort(h[positions])
+        equal = ordered[1:] == ordered[:-1]
+        if not equal.any():
+            return positions
+        _, inverse, counts = np.unique(h[positions], return_inverse=True, return_counts=True)
+        shared = positions[counts[inverse.reshape(-1)] > 1]
         records = self._record(keys, bounds, shared)
-        repeat_at = np.zeros(count, dtype=np.bool_)
+        later: list[int] = []
         firsts: dict[int, list[bytes]] = {}
         for i, value, record in zip(shared.tolist(), h[shared].tolist(), records, strict=True):
             seen = firsts.setdefault(value, [])
             if record in seen:
-                repeat_at[i] = True
+                later.append(i)
             else:
                 seen.append(record)
-        return np.flatnonzero(~repeat_at) if repeat_at.any() else None
+        if not later:
+            return positions
+        return np.setdiff1d(positions, np.array(later, dtype=np.intp), assume_unique=True)
 
     def _home(self, fp: U32Array) -> IntpArray:
         return ((fp.astype(np.uint64) * np.uint64(self._nb)) >> np.uint64(32)).astype(np.intp)
@@ -645,18 +646,18 @@ class KeySet:
         table = self._table
         while True:
             rows = np.take(table, bucket, axis=0)
-            prints = rows[:, :_SLOTS]
-            hits = prints == want[:, None]  # contiguous: 8 bools, one word per row
-            hit = np.flatnonzero(hits.view(np.uint64).reshape(-1))
+            # whole rows compared (contiguous, so fast); only the first 8 columns count
+            hits = rows == want[:, None]
+            hit = np.flatnonzero(hits.view(np.uint64)[:, 0])
             if hit.size:
-                row, slot = np.nonzero(hits[hit])
+                row, slot = np.nonzero(hits[hit, :_SLOTS])
                 qi = hit[row]
                 offsets = rows[qi, _SLOTS + slot]
                 positions = query[qi]
                 at = positions if where is None else where[positions]
                 same = self._same(offsets, keys, groups, bounds, at)
                 known[positions[same]] = True
-            used = _used(prints)
+            used = _used(rows)
             stop = used < _SLOTS
             if stop.all():
                 end_bucket[query] = bucket
@@ -678,17 +679,42 @@ class KeySet:
         flat[at] = fp
         flat[at + _SLOTS] = offsets
 
-    def _place(self, fp: U32Array, offsets: U32Array, bucket: IntpArray, fill: IntpArray) -> None:
-        """Insert where ``_lookup`` found room; keys aiming at one bucket go one at a time."""
+    def _place(
+        self,
+        fp: U32Array,
+        offsets: U32Array,
+        bucket: IntpArray,
+        fill: IntpArray,
+        keys: Sequence[str],
+        h: U64Array,
+        positions: IntpArray,
+        bounds: list[tuple[int, int]],
+    ) -> BoolArray | None:
+        """Insert new keys (at ``positions`` among ``keys``) where ``_lookup`` found room.
+
+        Keys aiming at one bucket go one at a time, and among them a key that occurs more than
+        once (it has one home) is inserted only at its first position. Returns which of the
+        keys were inserted, None for all.
+        """
         index = np.arange(len(fp), dtype=np.int32)
-        self._mark[bucket] = index
-        win = self._mark[bucket] == index
+        mark = self._mark
+        mark[bucket] = index
+        win = mark[bucket] == index
         if win.all():
             self._put(bucket, fill, fp, offsets)
-            return
-        self._put(bucket[win], fill[win], fp[win], offsets[win])
+            return None
+        # every key of a contested bucket: the losers, and the one each bucket's mark kept
         lose = ~win
-        self._insert(fp[lose], offsets[lose])
+        win[mark[bucket[lose]]] = False
+        contested = np.flatnonzero(~win)
+        self._put(bucket[win], fill[win], fp[win], offsets[win])
+        firsts = np.searchsorted(positions, self._firsts(keys, h, positions[contested], bounds))
+        self._insert(fp[firsts], offsets[firsts])
+        if len(firsts) == len(contested):
+            return None
+        placed: BoolArray = win
+        placed[firsts] = True
+        return placed
 
     def _insert(self, fp: U32Array, offsets: U32Array) -> None:
         """Put each key in the first bucket from its home that is not full."""
@@ -696,7 +722,7 @@ class KeySet:
         mark = self._mark
         bucket = self._home(fp)
         while fp.size:
-            fill = _used(_fingerprints(self._table, bucket))
+            fill = _used(np.take(self._table, bucket, axis=0))
             free = fill < _SLOTS
             # one key per bucket this round: whichever index the scratch array kept
             index = np.arange(len(fp), dtype=np.int32)
@@ -735,7 +761,7 @@ class KeySet:
             np.not_equal(bucket[1:], bucket[:-1], out=starts[1:])
             index = np.arange(len(bucket), dtype=np.intp)
             rank = index - np.maximum.accumulate(np.where(starts, index, 0))
-            fill = _used(_fingerprints(self._table, bucket))
+            fill = _used(np.take(self._table, bucket, axis=0))
             slot = fill + rank
             ok = slot < _SLOTS
             self._put(bucket[ok], slot[ok], fp[ok], offsets[ok])
@@ -750,15 +776,11 @@ def _rows(group: _Group) -> IntpArray | slice:
     return slice(group.start, group.start + len(group.records))
 
 
-def _fingerprints(table: U32Array, bucket: IntpArray) -> U32Array:
-    """The fingerprint halves of the given buckets' rows, as an (n, 8) array."""
-    return np.take(table, bucket, axis=0)[:, :_SLOTS]
-
-
-def _used(fingerprints: U32Array) -> IntpArray:
-    """Slots in use per row (slots fill from the left, and a used one is never 0)."""
-    in_use = np.ascontiguousarray(fingerprints != 0)  # 8 bools: one uint64 per row
-    return np.bitwise_count(in_use.view(np.uint64)).reshape(-1).astype(np.intp)
+def _used(rows: U32Array) -> IntpArray:
+    """Slots in use per bucket row (slots fill from the left, and a used one is never 0)."""
+    in_use = rows != 0  # 16 bools: two words per row, the first for the fingerprints
+    used: IntpArray = np.bitwise_count(in_use.view(np.uint64)[:, 0]).astype(np.intp)
+    return used
 
 
 def _buckets_for(keys: int, *, at_least: int = _MIN_BUCKETS) -> int:

@@ -13,7 +13,7 @@ import csv
 from collections.abc import Iterator, Sequence
 
 from bulksend.errors import InputError
-from bulksend.sources.rows import Layout
+from bulksend.sources.rows import Layout, born_old
 from bulksend.sources.spec import DEFAULT_NAMES, Chunk, SourceSpec
 from bulksend.sources.stream import Feed, TextSource, split_lines
 
@@ -153,7 +153,8 @@ class DelimitedReader:
             block = self._source.block()
             if not block:
                 return
-            chunk = self._fast(block)
+            with born_old():  # the lists of fields too: made with the collector off
+                chunk = self._fast(block)
             if chunk is not None:
                 yield chunk
             else:
@@ -185,18 +186,12 @@ class DelimitedReader:
             if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
                 return None
             columns = [flat[i::step] if i in self._needed else [] for i in range(width)]
-        chunk = self.layout.columns(numbers, columns, count, strip=not self._stripped(body))
+        chunk = self.layout.columns(numbers, columns, count)
         if chunk is None:
             rows = [line.split(delimiter) for line in body.split("\n")]
             chunk = self.layout.rows(numbers, rows)
         self._line = first + count
         return chunk
-
-    @staticmethod
-    def _stripped(body: str) -> bool:
-        """Whether no field can start or end with whitespace: an ASCII block without spaces
-        (tabs and other whitespace are control characters, checked with the values)."""
-        return body.isascii() and " " not in body
 
     def _slow(self) -> Iterator[Chunk]:
         """Rows through ``csv.reader`` until the loaded lines are used up on a record boundary."""
