@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import logging
@@ -139,8 +140,9 @@ def run(
     argv = list(sys.argv[1:] if argv is None else argv)
     ctx = Context(os.environ if env is None else env, stdout or sys.stdout, stderr or sys.stderr)
     parser = build_parser(_command_of(argv))
-    try:
-        args = parser.parse_args(argv)
+    try:  # usage errors and --help go to the streams given, not always sys.*
+        with contextlib.redirect_stdout(ctx.out), contextlib.redirect_stderr(ctx.err):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     logs.configure(level=_log_level(args), fmt=getattr(args, "log_format", "auto"), stream=ctx.err)

@@ -238,12 +238,14 @@ def load_settings(
 
     auth = tables["auth"]
     secret_sources: dict[str, str] = {}
-    for name, default_var in module.SECRETS.items():
+    secrets_for = getattr(module, "secrets_for", None)  # secrets may depend on [api] (auth mode)
+    needed = secrets_for(tables["api"]) if secrets_for else module.SECRETS
+    for name, default_var in needed.items():
         if f"{name}_file" in auth:
             secret_sources[name] = "file:" + str(base / str(auth[f"{name}_file"]))
         else:
             secret_sources[name] = str(auth.get(f"{name}_env", default_var))
-    allowed_auth = {f"{n}_{s}" for n in module.SECRETS for s in ("env", "file")}
+    allowed_auth = {f"{n}_{s}" for n in needed for s in ("env", "file")}
     for key in auth:
         if key not in allowed_auth:
             allowed = ", ".join(sorted(allowed_auth))

@@ -108,3 +108,19 @@ def test_secrets_from_env_or_file(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, CAMPAIGN + "[auth]\napi_key_env = 'MY_KEY'\n"), env={})
     with pytest.raises(MissingSecretError, match="MY_KEY"):
         resolve_secrets(s, {"MAXTRAFFIC_API_KEY": "k"})
+
+
+def test_secrets_can_depend_on_the_api_table(tmp_path: Path) -> None:
+    """NotifyVisitors partner apps: [api] auth = "bearer" needs one token, not key + brand."""
+    text = """
+provider = "notifyvisitors"
+[recipients]
+path = "r.csv"
+[api]
+auth = "bearer"
+"""
+    s = load_settings(write(tmp_path, text), env={})
+    assert s.secret_sources == {"token": "NOTIFYVISITORS_TOKEN"}
+    assert resolve_secrets(s, {"NOTIFYVISITORS_TOKEN": "t"}) == {"token": "t"}
+    s = load_settings(write(tmp_path, text.replace('"bearer"', '"key"')), env={})
+    assert set(s.secret_sources) == {"api_key", "brand_id"}
