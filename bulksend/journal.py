@@ -15,10 +15,11 @@ Batch states::
 
 ``split`` batches (422 bisection) keep per-part outcomes in ``parts``.
 
-Writes are group-committed: ``in_flight`` marks are durable (committed) before the request is
-sent — waiting at most one flush interval — and final states are committed within
-``flush_interval``. A final state lost in a crash leaves the batch ``in_flight``, which the next
-run treats as unknown: it may resend it (counted as a possible duplicate) but never loses it.
+Writes are group-committed: everything queued in one turn of the event loop (``in_flight``
+marks, final states) shares one commit on the next turn, and an ``in_flight`` mark is durable
+before its request is sent. A final state lost in a crash leaves the batch ``in_flight``, which
+the next run treats as unknown: it may resend it (counted as a possible duplicate) but never
+loses it.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class Journal:
         self.path = path
         self._db = db
         self._flush_interval = flush_interval
+        self._soon = False  # a flush is scheduled for the loop's next turn
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.TimerHandle | None = None
@@ -152,7 +154,7 @@ class Journal:
         *,
         resume: bool,
         fresh: bool = False,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.0,
         meta: Mapping[str, Any] | None = None,
     ) -> Journal:
         """Open (``resume``) or create the journal at ``path``.
@@ -229,9 +231,14 @@ class Journal:
         return bool(self._previous)
 
     # -- writing ----------------------------------------------------------------------------
-    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
+    def _queue(self, sql: str, params: tuple[Any, ...], *, urgent: bool = False) -> None:
+        """Queue a write, committed on the loop's next turn with everything queued in this one
+        (or, for a write nobody waits for, within ``flush_interval`` when that is set)."""
         self._pending.append((sql, params))
-        if self._flusher is None:
+        if (urgent or not self._flush_interval) and not self._soon:
+            self._soon = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        elif self._flusher is None and not self._soon:
             loop = asyncio.get_running_loop()
             self._flusher = loop.call_later(self._flush_interval, self.flush)
 
@@ -253,6 +260,7 @@ class Journal:
                 batch.attempts,
                 time.time(),
             ),
+            urgent=True,
         )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -286,6 +294,7 @@ class Journal:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        self._soon = False
         pending, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         if pending:
