@@ -7,11 +7,12 @@ A provider turns recipients into requests (``batcher`` + ``encode``) and respons
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.sources.spec import Chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +115,24 @@ class Provider(Protocol):
     def describe(self) -> Mapping[str, Any]:
         """Facts for the summary and the dry run (operation, group, path); never secrets."""
         ...
+
+
+def screen_with(
+    check: Callable[[Recipient], str | None], chunks: Iterable[Chunk]
+) -> Iterator[Chunk]:
+    """Chunks with the rows ``check`` refuses (it returns a reason) moved to ``rejected``.
+
+    Providers use it for their ``screen(chunks)``: rows they can tell are unsendable before any
+    request (a missing required column, an unreadable timestamp) are reported ``invalid`` with
+    ``file:line`` and never cost a request.
+    """
+    for recipients, rejected in chunks:
+        kept: list[Recipient] = []
+        refused: list[Rejected] = []
+        for r in recipients:
+            reason = check(r)
+            if reason is None:
+                kept.append(r)
+            else:
+                refused.append(Rejected(r.line, reason, r.id, r.uid))
+        yield Chunk(kept, rejected + refused if refused else rejected)

@@ -34,8 +34,8 @@ import orjson
 
 from bulksend.core.ratelimit import MAX_DELAY, parse_seconds
 from bulksend.errors import ConfigError, InputError
-from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
-from bulksend.providers.base import Classification, Limit, Verdict
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.base import Classification, Limit, Verdict, screen_with
 from bulksend.sources.spec import Chunk
 
 NAME = "maxemail"
@@ -400,16 +400,7 @@ class Maxemail:
 
     def screen(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         """Chunks with the recipients ``check`` refuses moved to ``rejected``."""
-        for recipients, rejected in chunks:
-            kept: list[Recipient] = []
-            refused: list[Rejected] = []
-            for r in recipients:
-                reason = self.check(r)
-                if reason is None:
-                    kept.append(r)
-                else:
-                    refused.append(Rejected(r.line, reason, r.id, r.uid))
-            yield Chunk(kept, rejected + refused if refused else rejected)
+        return screen_with(self.check, chunks)
 
     def encode(self, batch: Batch) -> HttpRequest:
         (recipient,) = batch.recipients

@@ -42,8 +42,8 @@ import orjson
 
 from bulksend.core.ratelimit import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
-from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
-from bulksend.providers.base import Classification, Limit, Verdict
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.base import Classification, Limit, Verdict, screen_with
 from bulksend.providers.reads import ReadRequest
 from bulksend.sources.spec import Chunk
 
@@ -351,19 +351,10 @@ class NotifyVisitors:
         them). Without it, the provider's per-record errors name the same rows."""
         events = self.operation == "events"
         for chunk in chunks:
-            recipients, rejected = chunk
-            if not events and all(r.id is not None for r in recipients):
-                yield chunk
-                continue
-            kept: list[Recipient] = []
-            refused: list[Rejected] = []
-            for r in recipients:
-                reason = self.check(r)
-                if reason is None:
-                    kept.append(r)
-                else:
-                    refused.append(Rejected(r.line, reason, r.id, r.uid))
-            yield Chunk(kept, rejected + refused if refused else rejected)
+            if not events and all(r.id is not None for r in chunk.recipients):
+                yield chunk  # users and campaign sends need only the id: nothing to refuse
+            else:
+                yield from screen_with(self.check, [chunk])
 
     def describe(self) -> Mapping[str, Any]:
         facts: dict[str, Any] = {

@@ -36,8 +36,8 @@ import orjson
 
 from bulksend.core.ratelimit import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
-from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
-from bulksend.providers.base import Classification, Limit, Verdict
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.base import Classification, Limit, Verdict, screen_with
 from bulksend.providers.reads import ReadRequest
 from bulksend.sources.spec import Chunk
 
@@ -280,16 +280,7 @@ class Traitly:
     def screen(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         """Chunks with the rows ``check`` refuses moved to ``rejected`` (no request for them).
         Without it, Traitly's 400 answers name the same rows, one request each."""
-        for recipients, rejected in chunks:
-            kept: list[Recipient] = []
-            refused: list[Rejected] = []
-            for r in recipients:
-                reason = self.check(r)
-                if reason is None:
-                    kept.append(r)
-                else:
-                    refused.append(Rejected(r.line, reason, r.id, r.uid))
-            yield Chunk(kept, rejected + refused if refused else rejected)
+        return screen_with(self.check, chunks)
 
     def describe(self) -> Mapping[str, Any]:
         facts: dict[str, Any] = {
