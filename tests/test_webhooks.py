@@ -267,16 +267,14 @@ id = "customer_id"
     assert {e["campaign"] for e in sb.ledger_entries()} == {"nudge-1"}
 
 
-def test_cli_refuses_an_unset_token_variable_and_a_bad_threshold(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_refuses_an_unset_token_variable_and_a_bad_threshold(tmp_path: Path) -> None:
     out = str(tmp_path / "x.jsonl")
     unset = run_cli("traitly-webhooks", "--port", "0", "--out", out, "--token-env", "NOPE_TOKEN")
     assert unset.status == 2
     assert "NOPE_TOKEN is not set" in unset.stderr
     bad = run_cli("traitly-webhooks", "--port", "0", "--out", out, "--min-likelihood", "1.5")
     assert bad.status == 2
-    assert "between 0 and 1" in capsys.readouterr().err  # argparse writes to sys.stderr
+    assert "between 0 and 1" in bad.stderr  # usage errors go to the CLI's own stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -43,7 +43,13 @@ import orjson
 from bulksend.core.ratelimit import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.base import Classification, Limit, Verdict, screen_with
+from bulksend.providers.base import (
+    Classification,
+    CountBatcher,
+    Limit,
+    Verdict,
+    screen_with,
+)
 from bulksend.providers.reads import ReadRequest
 from bulksend.sources.spec import Chunk
 
@@ -157,31 +163,6 @@ class Auth:
         if mode == "bearer":
             return cls(token=secrets["token"])
         return cls(api_key=secrets["api_key"], brand_id=secrets["brand_id"])
-
-
-@dataclass(slots=True)
-class CountBatcher:
-    """Packs up to ``size`` recipients per batch, in file order, all for one ``group``."""
-
-    size: int
-    group: str
-    _number: int = 0
-    _rows: list[Recipient] = field(default_factory=list)
-
-    def add(self, recipient: Recipient) -> Batch | None:
-        self._rows.append(recipient)
-        if len(self._rows) >= self.size:
-            return self._take()
-        return None
-
-    def _take(self) -> Batch:
-        self._number += 1
-        batch = Batch(self._number, self.group, self._rows)
-        self._rows = []
-        return batch
-
-    def flush(self) -> Iterable[Batch]:
-        return [self._take()] if self._rows else []
 
 
 def attributes(

@@ -35,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bulksend.core.http import accepts_json
 from bulksend.sandbox.common import Context, Core, WindowDecision, json_response, parse_json, short
 
 NAME = "traitly"
@@ -64,25 +65,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def accepts_json(header: str | None) -> bool:
-    """Does an Accept header admit application/json? (None or empty: yes.)"""
-    if not header or not header.strip():
-        return True
-    for part in header.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if q > 0 and media.lower() in ("application/json", "application/*", "*/*"):
-            return True
-    return False
 
 
 def hidden(customer_id: str) -> bool:
