@@ -45,6 +45,8 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
+from bulksend.core.http import accepts_json
+
 __all__ = [
     "OBJECTS",
     "Payload",
@@ -196,25 +198,6 @@ def flatten(payload: Payload, received_at: float) -> dict[str, Any]:
         row["timestamp"] = int(ts) if ts == int(ts) else ts
     row["received_at"] = _stamp(received_at)
     return row
-
-
-def accepts_json(header: str | None) -> bool:
-    """Does an ``Accept`` header admit a JSON answer? (absent or empty: yes)"""
-    if not header or not header.strip():
-        return True
-    for part in header.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if q > 0 and media.lower() in ("application/json", "application/*", "*/*"):
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------- I/O
