@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulksend.core import dedup as dedup_module
 from bulksend.core.dedup import Deduper, KeySet
 from bulksend.models import Recipient
+from bulksend.sources.rows import Recipients
 
 
 def R(line: int, id: str | None, uid: str | None = None) -> Recipient:
@@ -179,3 +181,59 @@ def test_matches_a_set_based_reference(
         expected = reference(rows)
         assert got == expected
         assert d.duplicates == expected.count(None)
+
+
+# -- kinds, repeats while the table grows, the spill read back under a small budget ---------
+
+
+def test_kinds_share_one_table_but_not_their_keys() -> None:
+    with KeySet(hash_fn=lambda s: 5) as ks:  # one fingerprint: every key is read back
+        (ids, _), (uids, _) = ks.add_kinds([(["a", "b", "a"], 1), (["a", "c", "c"], 2)])
+        assert ids.tolist() == [True, True, False]
+        assert uids.tolist() == [True, True, False]
+        assert ks.add_many(["a", "c"], kind=2).tolist() == [False, False]
+        assert ks.add_many(["c"], kind=1).tolist() == [True]
+        assert (ks.unique(1), ks.unique(2), len(ks)) == (3, 2, 5)
+
+
+def test_repeats_within_a_call_that_grows_the_table() -> None:
+    keys = [f"k{i % 9000}" for i in range(20_000)]  # far more than a fresh table holds
+    with KeySet() as ks:
+        out = ks.add_many(keys)
+        assert out.tolist() == [i < 9000 for i in range(20_000)]
+        assert len(ks) == 9000
+        assert not ks.add_many(keys[:9000]).any()
+
+
+@pytest.mark.parametrize("budget", [64 << 20, 100_000])
+def test_records_read_back_mapped_and_with_pread(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    # small steps of file growth: the map is made again often; past the budget: pread
+    monkeypatch.setattr(dedup_module, "_MAP_BUDGET", budget)
+    monkeypatch.setattr(dedup_module, "_GROW_FILE", 4096)
+    keys = [f"{i:032x}" for i in range(30_000)]
+    with KeySet() as ks:
+        for start in range(0, 30_000, 3000):
+            assert ks.add_many(keys[start : start + 3000]).all()
+        assert not ks.add_many(keys[::7]).any()
+        assert not ks.add_many(["x" * 40 + k for k in keys[:50]] + keys[:50])[50:].any()
+
+
+def test_key_columns_handed_over_by_a_reader_are_used() -> None:
+    rows = [R(2, "a", "x"), R(3, "a", "y"), R(4, "b", None)]
+    plain = Deduper()
+    given = Deduper()
+    with plain, given:
+        expected = plain.filter_many(rows)
+        listed = Recipients(rows, {"id": ["a", "a", "b"], "uid": ["x", "y", None]})
+        assert given.filter_many(listed) == expected
+        # the columns are trusted: these say there is no uid, so every row is now a duplicate
+        assert given.filter_many(Recipients(rows, {"id": ["a", "a", "b"], "uid": None})) == (
+            [],
+            [R(2, "a", "x"), R(3, "a", "y"), R(4, "b", None)],
+        )
+    with Deduper() as d:
+        changed = Recipients(rows[:2], {"id": ["a", "a"], "uid": ["x", "y"]})
+        changed.append(rows[2])  # the columns are dropped: the recipients are read instead
+        assert d.filter_many(changed) == expected

@@ -39,12 +39,14 @@ Why this is exact (a hash collision can never drop a recipient)
     keys) read a record that turns out to be different. Every true duplicate costs one read.
 
 Reading records back
-    The spill file is mapped read-only (``mmap``) and the records for a whole chunk's matches are
-    gathered and compared by numpy at once; a read is a page-cache hit (the file was written in
-    this run), about 0.3-0.5 µs on the test machine, mostly the page fault. Mapped pages count in
-    the process's RSS, so once about ``_MAP_BUDGET`` bytes may have been touched the mapping is
-    dropped from memory (``MADV_DONTNEED``; the page cache keeps the data). The file is grown
-    in large steps with ``ftruncate`` (sparse) so the mapping rarely has to be made again.
+    The records for a whole chunk's fingerprint matches are read and compared by numpy at once.
+    While the spill file is small (up to ``_MAP_BUDGET``, 64 MB: about a million rows of ids
+    and uids) it is mapped read-only (``mmap``) and gathered directly: the whole file may then
+    sit in the RSS, which is why the map stops there. Past that each record costs one ``pread``
+    (a page-cache hit: the file was written in this run), about 1-2 µs on the test machine;
+    mapping a large file and dropping its pages to bound the RSS costs more than that, since
+    almost every read then takes a page fault. The file grows in large steps (``ftruncate``,
+    sparse) so the map rarely has to be made again.
 
 Memory
     64 bytes per bucket (8 slots) plus 8 bytes of scratch, about 10.7 bytes per key at the
@@ -91,10 +93,9 @@ _MIN_BUCKETS: Final = 1024
 #: keys of fewer UTF-8 bytes are packed together; longer ones in small groups of their own
 _SHORT: Final = 64
 _LONG_GROUP: Final = 256
-#: mapped spill pages that may be touched before they are dropped from the RSS again
+#: a spill file up to this size is read back through a map (it may all come into the RSS);
+#: a larger one with a ``pread`` per record
 _MAP_BUDGET: Final = 64 << 20
-#: what one read may bring in: the kernel maps up to 16 pages around a faulting one
-_FAULT_BYTES: Final = 64 << 10
 #: the spill file grows (sparse) by at least this much at a time
 _GROW_FILE: Final = 16 << 20
 _MASK64: Final = (1 << 64) - 1
@@ -242,7 +243,6 @@ class SpillStore:
         os.write(fd, bytes(8))  # o = 0 is never a record
         self._end = 8
         self._capacity = 8  # the file's size: records, then sparse room to grow
-        self._touched = 0  # bytes the mapping may have brought into memory since last dropped
 
     @property
     def size(self) -> int:
@@ -279,7 +279,6 @@ class SpillStore:
         for view in self._mapping:
             view.close()
         self._mapping.clear()
-        self._touched = 0
 
     def _map(self) -> mmap.mmap:
         if not self._mapping:
@@ -308,7 +307,6 @@ class SpillStore:
             return out
         width = probe.shape[1]
         starts = np.asarray(offsets, dtype=np.int64)
-        step = max(1, _MAP_BUDGET // _FAULT_BYTES)
         words = np.arange(width >> 3, dtype=np.int64)
         care = None
         if isinstance(lengths, int):
@@ -319,24 +317,17 @@ class SpillStore:
                 care = np.arange(keep) < lengths
         else:
             care = np.arange(width) < lengths[:, None]
-        for first in range(0, count, step):
-            part = slice(first, first + step)
-            stored = self._gather(starts[part], words).view(np.uint8)
-            equal = stored == probe[part]
-            if care is not None:
-                equal |= ~(care if care.ndim == 1 else care[part])
-            out[part] = equal.all(axis=1)
+        equal = self._gather(starts, words).view(np.uint8) == probe
+        if care is not None:
+            equal |= ~care
+        out[:] = equal.all(axis=1)
         return out
 
     def _gather(self, starts: npt.NDArray[np.int64], words: npt.NDArray[np.int64]) -> U64Array:
         """The 8-byte words at ``starts[i] + words`` (counted in words; past the end: 0)."""
-        mapped = self._map()
-        # never more than the records written can be in memory
-        touched = min(self._touched + len(starts) * _FAULT_BYTES, self._end + _FAULT_BYTES)
-        if touched > _MAP_BUDGET and hasattr(mapped, "madvise"):
-            mapped.madvise(mmap.MADV_DONTNEED)  # the page cache keeps them; only the RSS drops
-            touched = len(starts) * _FAULT_BYTES
-        self._touched = touched
+        if self._end > _MAP_BUDGET:
+            return self._read(starts, len(words))
+        mapped = self._map()  # at most the records written come into memory: a small file
         where = starts[:, None] + words
         np.minimum(where, (self._capacity >> 3) - 1, out=where)
         data = np.frombuffer(mapped, dtype=np.uint64)
@@ -344,6 +335,18 @@ class SpillStore:
             stored: U64Array = np.take(data, where)
         finally:
             del data  # release the buffer, so the map can be closed
+        return stored
+
+    def _read(self, starts: npt.NDArray[np.int64], words: int) -> U64Array:
+        """``_gather`` with one ``pread`` per record: for a file too large to map whole."""
+        if self._mapping:
+            self._unmap()
+        size = words * 8
+        parts = list(map(os.pread, repeat(self._fd), repeat(size), (starts << 3).tolist()))
+        data = b"".join(parts)
+        if len(data) != size * len(parts):  # the last record of the file, and a wider probe
+            data = b"".join(part.ljust(size, b"\0") for part in parts)
+        stored: U64Array = np.frombuffer(data, dtype=np.uint64).reshape(len(parts), words)
         return stored
 
     def same_key(self, o: int, key: str, kind: int = DEFAULT_KIND) -> bool:
@@ -851,7 +854,16 @@ class Deduper:
         count = len(recipients)
         if count == 0:
             return [], []
-        parts = [(list(map(getter, recipients)), kind) for _, getter, kind in self._getters]
+        # readers hand over the values each recipient was made of (see sources.rows.Recipients)
+        given = getattr(recipients, "key_columns", None)
+        parts: list[tuple[Sequence[str | None], int]] = []
+        for key, getter, kind in self._getters:
+            values = given.get(key, ()) if type(given) is dict else ()
+            if values is None:  # that field is None everywhere
+                values = [None] * count
+            elif len(values) != count:
+                values = list(map(getter, recipients))
+            parts.append((values, kind))
         results = self._set.add_kinds(parts)
         drop: BoolArray | None = None  # a present key that was seen before
         keep: BoolArray | None = None  # a present key that is new

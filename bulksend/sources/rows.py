@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields as dataclass_fields
 from itertools import repeat
-from typing import Any
+from typing import Any, Self, SupportsIndex
 
 import numpy as np
 
@@ -47,6 +47,78 @@ class _NoAttrs(dict[str, str]):
 
 
 EMPTY: Mapping[str, str] = _NoAttrs()
+
+
+class Recipients(list[Recipient]):
+    """A list of recipients that also carries the ``id`` and ``uid`` values they were made of.
+
+    ``key_columns`` maps ``"id"`` and ``"uid"`` to the list of that field's values, in order
+    (None: the field is None in every recipient). The deduplicator reads them instead of the
+    attributes of each recipient. Any change to the list drops them (``key_columns`` becomes
+    None), so they always describe the list's contents; slices and copies are plain lists.
+    """
+
+    __slots__ = ("key_columns",)
+
+    def __init__(
+        self, recipients: Iterable[Recipient] = (), key_columns: KeyColumns | None = None
+    ) -> None:
+        super().__init__(recipients)
+        self.key_columns = key_columns
+
+    def _changed(self) -> None:
+        self.key_columns = None
+
+    def append(self, item: Recipient) -> None:
+        self._changed()
+        super().append(item)
+
+    def extend(self, items: Iterable[Recipient]) -> None:
+        self._changed()
+        super().extend(items)
+
+    def insert(self, index: SupportsIndex, item: Recipient) -> None:
+        self._changed()
+        super().insert(index, item)
+
+    def pop(self, index: SupportsIndex = -1) -> Recipient:
+        self._changed()
+        return super().pop(index)
+
+    def remove(self, item: Recipient) -> None:
+        self._changed()
+        super().remove(item)
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        self._changed()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        self._changed()
+        super().reverse()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._changed()
+        super().__setitem__(index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._changed()
+        super().__delitem__(index)
+
+    def __iadd__(self, items: Iterable[Recipient]) -> Self:  # type: ignore[override,misc]
+        self._changed()
+        return super().__iadd__(items)
+
+    def __imul__(self, times: SupportsIndex) -> Self:
+        self._changed()
+        return super().__imul__(times)
+
+
+KeyColumns = dict[str, list[str | None] | None]
 
 
 MakeRecipient = Callable[[int, str | None, str | None, Mapping[str, str]], Recipient]
@@ -293,13 +365,14 @@ class Layout:
                 return None
             attrs = list(map(dict, map(zip, repeat(self.attr_names), zip(*picked, strict=True))))
         with born_old():
-            recipients = make_recipients(
+            made = make_recipients(
                 lines,
                 repeat(None, count) if ids is None else ids,
                 repeat(None, count) if uids is None else uids,
                 attrs,
                 count,
             )
+            recipients = Recipients(made, {"id": ids, "uid": uids})
         return spec.Chunk(recipients, [])
 
     def _key_column(self, values: list[str], count: int) -> tuple[list[Any], bool] | None:
