@@ -63,17 +63,22 @@ def build_provider(settings: Settings, secrets: Mapping[str, str]) -> Provider:
     return provider
 
 
-def build_scheduler(settings: Settings, provider: Provider, **kwargs: Any) -> Scheduler:
-    groups = {}
+def group_policies(settings: Settings, provider: Provider) -> dict[str, GroupPolicy]:
+    """The provider's endpoint groups with the campaign's limits, ceiling and in-flight cap."""
     ceiling = settings.rate.per_second if settings.rate else None
-    for name, limit in provider.groups.items():
-        groups[name] = GroupPolicy(
+    return {
+        name: GroupPolicy(
             limit=settings.limit or limit,
             in_flight=settings.in_flight,
             ceiling=ceiling,
             headers_expected=provider.sends_rate_headers,
         )
-    return Scheduler(groups, **kwargs)
+        for name, limit in provider.groups.items()
+    }
+
+
+def build_scheduler(settings: Settings, provider: Provider, **kwargs: Any) -> Scheduler:
+    return Scheduler(group_policies(settings, provider), **kwargs)
 
 
 def screened(provider: Provider, chunks: Iterable[Chunk]) -> Iterable[Chunk]:

@@ -45,6 +45,7 @@ _TABLES: Mapping[str, frozenset[str]] = {
             "timeout",
             "max_attempts",
             "report",
+            "limiter",
         }
     ),
     "message": frozenset(),  # checked by the provider
@@ -63,6 +64,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "BULKSEND_MAX_ATTEMPTS": ("send", "max_attempts"),
     "BULKSEND_REPORT": ("send", "report"),
     "BULKSEND_RECIPIENTS": ("recipients", "path"),
+    "BULKSEND_LIMITER": ("send", "limiter"),
 }
 
 
@@ -111,6 +113,8 @@ class Settings:
     timeout: float = 30.0
     max_attempts: int = 6
     report: Path | None = None
+    #: a shared limiter (``redis://...``) for several workers; None: in-process
+    limiter: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -281,6 +285,7 @@ def load_settings(
         timeout=_float(send.get("timeout", 30.0), "timeout"),
         max_attempts=_int(send.get("max_attempts", 6), "max_attempts"),
         report=Path(str(report)) if report else None,
+        limiter=str(send["limiter"]) if send.get("limiter") else None,
     )
 
 

@@ -234,3 +234,18 @@ def test_redis_restarted_mid_send_pauses_the_workers_and_loses_nothing(
     # nothing lost, nothing doubled
     run.check_every_recipient_arrived_once()
     assert run.sandbox_stats()["rate_limited"] == 0
+
+
+def test_a_sandbox_send_through_the_shared_limiter_from_the_campaign_file(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`[send] limiter` in the campaign file; with --sandbox the throw-away key is fingerprinted."""
+    rows = [(f"v{i}", f"u{i}") for i in range(300)]
+    extra = f'limiter = "{redis_server.url}"'
+    campaign = write_campaign(
+        tmp_path, write_recipients(tmp_path / "r.csv", rows), batch_size=30, extra=extra
+    )
+    summary = tmp_path / "s.json"
+    r = run_cli("send", str(campaign), "--sandbox", "--summary-json", str(summary))
+    assert r.status == 0, r.stderr
+    assert orjson.loads(summary.read_bytes())["delivered"] == 300

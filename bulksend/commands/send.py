@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import secrets
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,11 +179,7 @@ async def execute(
         "shard": shard,
         "audience_check": getattr(args, "audience_check", False),
     }
-    limiter = getattr(args, "limiter", None) or ctx.env.get("BULKSEND_LIMITER")
-    if limiter:
-        from bulksend.distributed import shared_scheduler
-
-        kwargs["scheduler"] = await shared_scheduler(limiter, settings, ctx.env)
+    limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
     interrupts = _Interrupts(ctx)
     progress = None
     if args.progress == "always" or (args.progress == "auto" and ctx.err.isatty()):
@@ -197,11 +193,13 @@ async def execute(
 
         try:
             if args.sandbox:
-                result = await _send_to_sandbox(settings, kwargs, started)
+                result = await _send_to_sandbox(settings, kwargs, started, limiter, ctx)
             else:
-                result = await send_campaign(
-                    settings, resolve_secrets(settings, ctx.env), on_start=started, **kwargs
-                )
+                secret_values = resolve_secrets(settings, ctx.env)
+                async with _shared(limiter, settings, ctx, secret_values) as shared:
+                    result = await send_campaign(
+                        settings, secret_values, on_start=started, scheduler=shared, **kwargs
+                    )
         except asyncio.CancelledError:
             print(f"bulksend: stopped at once by a second {interrupts.name}", file=ctx.err)
             return interrupts.status
@@ -283,7 +281,30 @@ class _Interrupts:
                 loop.remove_signal_handler(sig)
 
 
-async def _send_to_sandbox(settings: Settings, kwargs: Mapping[str, Any], on_start: Any) -> Any:
+@contextlib.asynccontextmanager
+async def _shared(
+    limiter: str | None, settings: Settings, ctx: Context, secret_values: Mapping[str, str]
+) -> AsyncIterator[Any]:
+    """The Redis-shared scheduler for ``--limiter`` (closed afterwards), or None."""
+    if not limiter:
+        yield None
+        return
+    from bulksend.distributed import shared_scheduler
+
+    scheduler = await shared_scheduler(limiter, settings, ctx.env, secrets=secret_values)
+    try:
+        yield scheduler
+    finally:
+        await scheduler.aclose()
+
+
+async def _send_to_sandbox(
+    settings: Settings,
+    kwargs: Mapping[str, Any],
+    on_start: Any,
+    limiter: str | None = None,
+    ctx: Context | None = None,
+) -> Any:
     """Start the provider's sandbox in this process and send to it with a throw-away key."""
     from bulksend.campaign import send_campaign
     from bulksend.sandbox import SandboxConfig, running
@@ -296,6 +317,11 @@ async def _send_to_sandbox(settings: Settings, kwargs: Mapping[str, Any], on_sta
     )
     async with running(config) as sandbox:
         local = settings.with_overrides(base_url=sandbox.base_url)
+        if limiter and ctx is not None:
+            async with _shared(limiter, local, ctx, fake) as shared:
+                return await send_campaign(
+                    local, fake, on_start=on_start, scheduler=shared, **kwargs
+                )
         return await send_campaign(local, fake, on_start=on_start, **kwargs)
 
 

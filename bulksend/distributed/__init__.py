@@ -82,19 +82,10 @@ async def shared_scheduler(
 
 
 def policies(settings: Settings, provider: Any) -> dict[str, Any]:
-    """The provider's endpoint groups as ``GroupPolicy`` (as ``campaign.build_scheduler`` does)."""
-    from bulksend.scheduler import GroupPolicy
+    """The provider's endpoint groups as ``GroupPolicy``, exactly as a local send has them."""
+    from bulksend.campaign import group_policies
 
-    ceiling = settings.rate.per_second if settings.rate else None
-    return {
-        name: GroupPolicy(
-            limit=settings.limit or limit,
-            in_flight=settings.in_flight,
-            ceiling=ceiling,
-            headers_expected=provider.sends_rate_headers,
-        )
-        for name, limit in provider.groups.items()
-    }
+    return group_policies(settings, provider)
 
 
 def __getattr__(name: str) -> Any:
