@@ -603,24 +603,26 @@ class KeySet:
         """
         if positions.size < 2:
             return positions
-        ordered = np.sort(h[positions])
+        hashes = h[positions]
+        order = np.argsort(hashes, kind="stable")  # equal hashes stay in position order
+        ordered = hashes[order]
         equal = ordered[1:] == ordered[:-1]
         if not equal.any():
             return positions
-        _, inverse, counts = np.unique(h[positions], return_inverse=True, return_counts=True)
-        shared = positions[counts[inverse.reshape(-1)] > 1]
-        records = self._record(keys, bounds, shared)
-        later: list[int] = []
+        member = np.zeros(len(order), dtype=np.bool_)
+        member[1:] = equal
+        member[:-1] |= equal
+        shared = order[member]  # runs of equal hashes, each in position order
+        records = self._record(keys, bounds, positions[shared])
+        later = np.zeros(len(positions), dtype=np.bool_)
         firsts: dict[int, list[bytes]] = {}
-        for i, value, record in zip(shared.tolist(), h[shared].tolist(), records, strict=True):
+        for i, value, record in zip(shared.tolist(), hashes[shared].tolist(), records, strict=True):
             seen = firsts.setdefault(value, [])
             if record in seen:
-                later.append(i)
+                later[i] = True
             else:
                 seen.append(record)
-        if not later:
-            return positions
-        return np.setdiff1d(positions, np.array(later, dtype=np.intp), assume_unique=True)
+        return positions[~later] if later.any() else positions
 
     def _home(self, fp: U32Array) -> IntpArray:
         return ((fp.astype(np.uint64) * np.uint64(self._nb)) >> np.uint64(32)).astype(np.intp)
@@ -712,7 +714,19 @@ class KeySet:
         contested = np.flatnonzero(~win)
         self._put(bucket[win], fill[win], fp[win], offsets[win])
         firsts = np.searchsorted(positions, self._firsts(keys, h, positions[contested], bounds))
-        self._insert(fp[firsts], offsets[firsts])
+        # the keys sharing a bucket take its next free slots in turn
+        order = firsts[np.argsort(bucket[firsts], kind="stable")]
+        shared = bucket[order]
+        starts = np.empty(len(order), dtype=np.bool_)
+        starts[:1] = True
+        np.not_equal(shared[1:], shared[:-1], out=starts[1:])
+        at = np.arange(len(order), dtype=np.intp)
+        slot = fill[order] + at - np.maximum.accumulate(np.where(starts, at, 0))
+        room = slot < _SLOTS
+        self._put(shared[room], slot[room], fp[order[room]], offsets[order[room]])
+        over = order[~room]
+        if over.size:
+            self._insert(fp[over], offsets[over])
         if len(firsts) == len(contested):
             return None
         placed: BoolArray = win
