@@ -501,17 +501,18 @@ class KeySet:
             return out
         if self._count + fresh.size > _MAX_LOAD * self._nb * _SLOTS:
             fresh = self._firsts(keys, h, fresh, bounds)
-            offsets = self._write(groups, fresh, count)
+            offsets, records = self._layout(groups, fresh, count)
             self._grow(self._count + fresh.size)
             self._insert(fp[fresh], offsets)
         else:
             # a key repeated within the call is in ``fresh`` each time; ``_place`` finds them
-            offsets = self._write(groups, fresh, count)
+            offsets, records = self._layout(groups, fresh, count)
             placed = self._place(
                 fp[fresh], offsets, bucket[fresh], fill[fresh], keys, h, fresh, bounds
             )
             if placed is not None:
                 fresh = fresh[placed]
+        self._spill(records)
         self._count += fresh.size
         out[fresh] = True
         return out
@@ -528,21 +529,41 @@ class KeySet:
             h[_rows(group)] = self._hasher(group.records)
         return h
 
-    def _write(self, groups: list[_Group], new: IntpArray, count: int) -> U32Array:
-        """Spill the records of the keys at positions ``new``; their ``o`` in that order."""
+    def _layout(
+        self, groups: list[_Group], new: IntpArray, count: int
+    ) -> tuple[U32Array, list[U8Array]]:
+        """Where the records of the keys at positions ``new`` will go in the spill (their ``o``,
+        in that order) and the record arrays to append, in order, to put them there.
+
+        The table is filled before the records are written: the rows a lookup just read are
+        then still in the CPU cache (writing a chunk of records would push them out).
+        """
+        out: list[U8Array] = []
+        first = self._store.size >> 3
+
+        def place(records: U8Array) -> U32Array:
+            nonlocal first
+            rows, width = records.shape
+            step = width >> 3
+            if first + rows * step > _U32_MAX:
+                raise OverflowError("deduplication spill file is full (32 GiB of keys)")
+            o = np.arange(rows, dtype=np.uint64) * np.uint64(step) + np.uint64(first)
+            first += rows * step
+            out.append(records)
+            return o.astype(np.uint32)
+
         if all(group.rows is None for group in groups):  # consecutive runs, in order
             parts = []
             for group in groups:
                 size = len(group.records)
-                first, last = np.searchsorted(new, (group.start, group.start + size))
-                if last - first == size:
-                    parts.append(self._store.append(group.records))
-                elif 2 * (last - first) > size:  # cheaper to write them all than to pick
-                    o = self._store.append(group.records)
-                    parts.append(o[new[first:last] - group.start])
-                elif last > first:
-                    parts.append(self._store.append(group.records[new[first:last] - group.start]))
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+                begin, end = np.searchsorted(new, (group.start, group.start + size))
+                if end - begin == size:
+                    parts.append(place(group.records))
+                elif 2 * (end - begin) > size:  # cheaper to write them all than to pick
+                    parts.append(place(group.records)[new[begin:end] - group.start])
+                elif end > begin:
+                    parts.append(place(group.records[new[begin:end] - group.start]))
+            return (parts[0] if len(parts) == 1 else np.concatenate(parts)), out
         offsets = np.zeros(count, dtype=np.uint32)
         is_new = np.zeros(count, dtype=np.bool_)
         is_new[new] = True
@@ -552,10 +573,15 @@ class KeySet:
                 rows = np.arange(group.start, group.start + len(group.records), dtype=np.intp)
             chosen = is_new[rows]
             if chosen.all():
-                offsets[rows] = self._store.append(group.records)
+                offsets[rows] = place(group.records)
             elif chosen.any():
-                offsets[rows[chosen]] = self._store.append(group.records[chosen])
-        return offsets[new]
+                offsets[rows[chosen]] = place(group.records[chosen])
+        return offsets[new], out
+
+    def _spill(self, records: list[U8Array]) -> None:
+        """Append what ``_layout`` laid out (nothing may be written in between)."""
+        for part in records:
+            self._store.append(part)
 
     def _record(
         self, keys: Sequence[str], bounds: list[tuple[int, int]], at: IntpArray
