@@ -174,3 +174,35 @@ async def test_audience_check_drops_unknown_visitors_and_non_subscribers(tmp_pat
     assert all(r.startswith("audience check:") for r in reasons.values())
     sent = {e["value"] for e in sb.ledger_entries() if e["kind"] == "id"}
     assert sent == {f"v{i}" for i in range(50)}
+
+
+async def test_422_bisection_isolates_exactly_the_bad_recipients(tmp_path: Path) -> None:
+    """The sandbox refuses a batch holding an id it does not accept; only those rows fail."""
+    rows = [(f"v{i:04d}", f"u{i:04d}") for i in range(400)]
+    bad = {17, 18, 250, 399}
+    rows = [(f"bad-{v}" if i in bad else v, u) for i, (v, u) in enumerate(rows)]
+    campaign = write_campaign(
+        tmp_path,
+        write_recipients(tmp_path / "r.csv", rows),
+        batch_size=100,
+        extra='limit = "100000/1min"',
+    )
+    report = tmp_path / "o.jsonl"
+    config = SandboxConfig(
+        api_key=KEY, ledger=tmp_path / "l.jsonl", reject_marker="bad-", limit=100_000
+    )
+    async with running(config) as sb:
+        settings = load_settings(
+            campaign, env={}, overrides={"base_url": sb.base_url, "report": str(report)}
+        )
+        summary = (await send_campaign(settings, {"api_key": KEY})).summary
+    lines = [orjson.loads(x) for x in report.read_bytes().splitlines()]
+    invalid = {x["id"]: x["reason"] for x in lines if x["status"] == "invalid"}
+    assert set(invalid) == {f"bad-v{i:04d}" for i in bad}
+    assert all("not a known visitor" in r for r in invalid.values())
+    assert summary.delivered == 396
+    sent = Counter(e["value"] for e in sb.ledger_entries() if e["kind"] == "id")
+    assert len(sent) == 396
+    assert max(sent.values()) == 1
+    # 3 of 4 batches hold a bad id: each costs about 2·log2(100) extra requests, not 100
+    assert sb.stats.requests <= 4 + 3 * 2 * 8

@@ -247,3 +247,21 @@ def test_retry_sends_what_failed_from_the_journal(
     assert max(ids.values()) == 1
     assert orjson.loads((tmp_path / "s.json").read_bytes())["delivered"] == N
     assert not letters.exists()  # nothing left to resend
+
+
+def test_a_second_sigint_stops_at_once_and_the_send_stays_resumable(
+    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path
+) -> None:
+    url, ledger = sandbox
+    proc = start_send(campaign, url)
+    wait_for_ledger(ledger, N // 3, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "stopped at once" in err
+    summary = resume(campaign, url, tmp_path)
+    ids = ledger_ids(ledger)
+    assert set(ids) == {f"v{i:06d}" for i in range(N)}
+    assert sum(n - 1 for n in ids.values()) <= summary["possible_duplicates"] <= IN_FLIGHT * BATCH

@@ -109,6 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     mt = parser.add_argument_group("maxtraffic")
     mt.add_argument("--strict-arrays", action="store_true", help="require both to_ids and to_uids")
+    mt.add_argument(
+        "--reject-marker",
+        metavar="TEXT",
+        help="answer 422 for a send whose to_ids/to_uids hold an entry containing TEXT",
+    )
     mt.add_argument("--visitors", type=Path, help="CSV/JSONL of id,user_id,web_push_subscriber")
     mt.add_argument(
         "--unknown-visitor-rate", type=_rate, default=0.0, help="fraction of ids answered 404"
@@ -149,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         seed=args.seed,
         faults=faults,
         strict_arrays=args.strict_arrays,
+        reject_marker=args.reject_marker,
         visitors=args.visitors,
         unknown_visitor_rate=args.unknown_visitor_rate,
         leads=args.leads,

@@ -88,6 +88,7 @@ class SandboxConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     # MaxTraffic
     strict_arrays: bool = False
+    reject_marker: str | None = None  # ids/uids containing it are answered 422
     visitors: Path | None = None
     unknown_visitor_rate: float = 0.0
     leads: int = 100

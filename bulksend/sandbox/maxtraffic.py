@@ -102,8 +102,15 @@ def _string_array(data: Mapping[str, Any], key: str, max_batch: int) -> list[str
     return value
 
 
-def validate_notification(data: Any, *, max_batch: int, strict_arrays: bool) -> Notification:
-    """The notification a body asks for, or ``Invalid`` naming the first problem."""
+def validate_notification(
+    data: Any, *, max_batch: int, strict_arrays: bool, reject_marker: str | None = None
+) -> Notification:
+    """The notification a body asks for, or ``Invalid`` naming the first problem.
+
+    ``reject_marker``: an id or uid containing it is refused like data the provider does not
+    accept ("contained invalid data", 422), naming the entry — to exercise a client's handling
+    of one bad recipient in a batch.
+    """
     if not isinstance(data, dict):
         raise Invalid("request body must be a JSON object")
     messages = data.get("messages")
@@ -131,6 +138,11 @@ def validate_notification(data: Any, *, max_batch: int, strict_arrays: bool) -> 
             raise Invalid("to_uids: required")
     elif ids is None and uids is None:
         raise Invalid("to_ids or to_uids: at least one is required")
+    if reject_marker:
+        for key, values in (("to_ids", ids or []), ("to_uids", uids or [])):
+            for i, v in enumerate(values):
+                if reject_marker in v:
+                    raise Invalid(f"{key}[{i}]: not a known visitor: {short(v)!r}")
     return Notification(data.get("campaign") or "default", ids or [], uids or [])
 
 
@@ -311,7 +323,9 @@ def build_app(core: Core) -> web.Application:
             return invalid(problem)
         ctx.plain = b"\\" not in body
         try:
-            note = validate_notification(data, max_batch=max_batch, strict_arrays=strict)
+            note = validate_notification(
+                data, max_batch=max_batch, strict_arrays=strict, reject_marker=config.reject_marker
+            )
         except Invalid as exc:
             return invalid(str(exc))
         if note.ids:
