@@ -24,8 +24,9 @@ Why this is exact (a hash collision can never drop a recipient)
     fingerprints and buckets only choose *which* records to read; they never decide "duplicate"
     on their own. Keys containing NUL (never produced by :mod:`bulksend.sources`, which rejects
     control characters) are kept in a small exact ``set`` instead, so the NUL terminator is
-    unambiguous for all others. Repeats inside one chunk are settled the same way: keys whose
-    full hashes are equal are compared as strings.
+    unambiguous for all others. Repeats inside one chunk are settled the same way: new keys
+    that aim at the same bucket and have equal full hashes are compared as records, and only
+    the first of equal ones is inserted.
 
     Conversely, a key that was stored is always found again: lookup scans from the home bucket to
     the first bucket that is not full, comparing every slot with the same fingerprint. Insertion
@@ -49,7 +50,7 @@ Reading records back
     sparse) so the map rarely has to be made again.
 
 Memory
-    64 bytes per bucket (8 slots) plus 8 bytes of scratch, about 10.7 bytes per key at the
+    64 bytes per bucket (8 slots) plus 4 bytes of scratch, about 11 bytes per key at the
     0.75 load limit. With ``expected`` (the engine passes ``Rows.estimated_rows``; the table is
     sized for that many keys of each kind) the table is sized once with 12 % headroom: 10
     million rows with ids and uids take about 240 MB. Without it the table doubles from 1024
@@ -60,9 +61,12 @@ Memory
 
 Speed
     Work is done a chunk at a time (:meth:`Deduper.filter_many`): numpy does the hashing and the
-    table arithmetic, one random 64-byte read of the table per key. :meth:`Deduper.filter` runs
-    the same code for one recipient: it is correct but costs tens of µs per call, so the engine
-    must use the batch API.
+    table arithmetic, one random 64-byte read of the table per key; the table is filled before
+    the chunk's records are written, while the rows just read are still in the CPU cache. A
+    list from :mod:`bulksend.sources` carries the id and uid values its recipients were made
+    of (``key_columns``), which are used instead of reading each recipient's attributes.
+    :meth:`Deduper.filter` runs the same code for one recipient: it is correct but costs tens
+    of µs per call, so the engine must use the batch API.
 
 numpy (>= 2.0, for ``bitwise_count``) is a runtime dependency: a pure-Python table costs
 about 400 ns per key before any bookkeeping, and a ``set`` cannot be bounded.
@@ -495,26 +499,46 @@ class KeySet:
             return out
         h = self._hashes(keys, groups)
         fp = (h >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
-        known, bucket, fill = self._lookup(fp, keys, None, groups, bounds)
-        fresh = np.flatnonzero(~known)
-        if not fresh.size:
+        hit_at, hit_o, bucket, fill = self._lookup(fp)
+        maybe = np.zeros(count, dtype=np.bool_)  # a fingerprint match: read the record
+        maybe[hit_at] = True
+        if self._count + count > _MAX_LOAD * self._nb * _SLOTS:  # may grow: the plain way
+            known = np.zeros(count, dtype=np.bool_)
+            if hit_at.size:
+                known[hit_at[self._same(hit_o, keys, groups, bounds, hit_at)]] = True
+            fresh = self._firsts(keys, h, np.flatnonzero(~known), bounds)
+            if fresh.size:
+                offsets, records = self._layout(groups, fresh, count)
+                self._grow(self._count + fresh.size)
+                self._insert(fp[fresh], offsets)
+                self._spill(records)
+                self._count += fresh.size
+                out[fresh] = True
             return out
-        if self._count + fresh.size > _MAX_LOAD * self._nb * _SLOTS:
-            fresh = self._firsts(keys, h, fresh, bounds)
-            offsets, records = self._layout(groups, fresh, count)
-            self._grow(self._count + fresh.size)
-            self._insert(fp[fresh], offsets)
-        else:
-            # a key repeated within the call is in ``fresh`` each time; ``_place`` finds them
+        # Keys without a fingerprint match are new: into the table first, while the rows the
+        # lookup read are still cached. A key repeated within the call is among them each
+        # time (same hash, same buckets); ``_place`` finds those.
+        fresh = np.flatnonzero(~maybe)
+        if fresh.size:
             offsets, records = self._layout(groups, fresh, count)
             placed = self._place(
                 fp[fresh], offsets, bucket[fresh], fill[fresh], keys, h, fresh, bounds
             )
             if placed is not None:
                 fresh = fresh[placed]
-        self._spill(records)
-        self._count += fresh.size
-        out[fresh] = True
+            self._spill(records)
+            self._count += fresh.size
+            out[fresh] = True
+        if hit_at.size:  # then the others: those whose records all differ are new too
+            seen = np.zeros(count, dtype=np.bool_)
+            seen[hit_at[self._same(hit_o, keys, groups, bounds, hit_at)]] = True
+            fresh = self._firsts(keys, h, np.flatnonzero(maybe & ~seen), bounds)
+            if fresh.size:
+                offsets, records = self._layout(groups, fresh, count)
+                self._insert(fp[fresh], offsets)
+                self._spill(records)
+                self._count += fresh.size
+                out[fresh] = True
         return out
 
     def _hashes(self, keys: Sequence[str], groups: list[_Group]) -> U64Array:
@@ -653,21 +677,14 @@ class KeySet:
     def _home(self, fp: U32Array) -> IntpArray:
         return ((fp.astype(np.uint64) * np.uint64(self._nb)) >> np.uint64(32)).astype(np.intp)
 
-    def _lookup(
-        self,
-        fp: U32Array,
-        keys: Sequence[str],
-        where: IntpArray | None,
-        groups: list[_Group],
-        bounds: list[tuple[int, int]],
-    ) -> tuple[BoolArray, IntpArray, IntpArray]:
-        """Which keys (``keys[where[i]]``, fingerprint ``fp[i]``) are in the table.
+    def _lookup(self, fp: U32Array) -> tuple[IntpArray, U32Array, IntpArray, IntpArray]:
+        """Where the keys with fingerprints ``fp`` may be in the table.
 
-        For the others, also the first bucket from home that is not full (where the key would
-        go) and how many slots of it are used.
+        Returns ``(at, o)``: for every slot along a key's scan that holds its fingerprint, the
+        key's position and the slot's ``o`` (the record to read to know); and, for every key,
+        the first bucket from home that is not full (where it would go) and its used slots.
         """
         count = len(fp)
-        known = np.zeros(count, dtype=np.bool_)
         end_bucket = np.empty(count, dtype=np.intp)
         end_fill = np.empty(count, dtype=np.intp)
         query = np.arange(count, dtype=np.intp)
@@ -675,6 +692,8 @@ class KeySet:
         want = fp
         nb = self._nb
         table = self._table
+        found_at: list[IntpArray] = []
+        found_o: list[U32Array] = []
         while True:
             rows = np.take(table, bucket, axis=0)
             # whole rows compared (contiguous, so fast); only the first 8 columns count
@@ -683,26 +702,26 @@ class KeySet:
             if hit.size:
                 row, slot = np.nonzero(hits[hit, :_SLOTS])
                 qi = hit[row]
-                offsets = rows[qi, _SLOTS + slot]
-                positions = query[qi]
-                at = positions if where is None else where[positions]
-                same = self._same(offsets, keys, groups, bounds, at)
-                known[positions[same]] = True
+                found_at.append(query[qi])
+                found_o.append(rows[qi, _SLOTS + slot])
             used = _used(rows)
             stop = used < _SLOTS
             if stop.all():
                 end_bucket[query] = bucket
                 end_fill[query] = used
-                return known, end_bucket, end_fill
+                break
             end_bucket[query[stop]] = bucket[stop]
             end_fill[query[stop]] = used[stop]
-            more = ~stop & ~known[query]  # a full bucket: the key may sit further on
-            if not more.any():
-                return known, end_bucket, end_fill
+            more = ~stop  # a full bucket: the key may sit further on
             query = query[more]
             want = want[more]
             bucket = bucket[more] + 1
             bucket[bucket == nb] = 0
+        if not found_at:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint32), end_bucket, end_fill
+        at = found_at[0] if len(found_at) == 1 else np.concatenate(found_at)
+        o = found_o[0] if len(found_o) == 1 else np.concatenate(found_o)
+        return at, o, end_bucket, end_fill
 
     def _put(self, bucket: IntpArray, slot: IntpArray, fp: U32Array, offsets: U32Array) -> None:
         flat = self._table.reshape(-1)
