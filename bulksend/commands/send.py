@@ -404,10 +404,27 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
             out_file.close()
     print_plan(settings, provider, result, ctx, title="dry run: nothing was sent")
     for line in shown:
-        print(orjson.dumps(orjson.loads(line), option=orjson.OPT_INDENT_2).decode(), file=ctx.out)
+        print(_readable_request(orjson.loads(line)), file=ctx.out)
     if args.requests_out:
         print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
     return ExitStatus.OK
+
+
+def _readable_request(request: dict[str, Any], keep: int = 3) -> str:
+    """A request for people: a JSON body shown as JSON, long arrays cut to their first items."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, list):
+            head = [cut(v) for v in value[:keep]]
+            return [*head, f"... {len(value):,} in all"] if len(value) > keep else head
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        return value
+
+    shown = dict(request)
+    with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+        shown["body"] = cut(orjson.loads(request["body"]))  # else (a form) shown as it is
+    return orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode()
 
 
 # -- bulksend retry JOURNAL ------------------------------------------------------------------
