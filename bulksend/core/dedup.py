@@ -57,7 +57,9 @@ Memory
     buckets, and while doubling holds the old table too. The spill (about 40 bytes per
     32-character key) is on disk in ``spill_dir`` (default: the system temporary directory; a
     tmpfs lives in RAM, though not in the process's RSS). The file is unlinked at once and
-    vanishes when the key set is closed. See benchmarks/ingest.py for measured figures.
+    vanishes when the key set is closed. Measured with benchmarks/ingest.py for 10 million
+    rows (32-character ids and uids), in a process that also imports the engine: table 254 MB,
+    369 MB peak RSS.
 
 Speed
     Work is done a chunk at a time (:meth:`Deduper.filter_many`): numpy does the hashing and the
