@@ -24,8 +24,14 @@ class Redactor:
     def __init__(self) -> None:
         self._secrets: set[str] = set()
 
+    #: shorter values are not real credentials (and scrubbing them would garble plain text)
+    MIN_LENGTH = 8
+
     def register(self, values: Iterable[str]) -> None:
-        self._secrets.update(v for v in values if v)
+        self._secrets.update(v for v in values if v and len(v) >= self.MIN_LENGTH)
+
+    def clear(self) -> None:
+        self._secrets.clear()
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:

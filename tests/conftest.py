@@ -89,3 +89,11 @@ def run_bulksend(
 @pytest.fixture
 def key() -> str:
     return KEY
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redactor() -> None:
+    """Each test starts with no registered secrets (the redactor is process-wide)."""
+    from bulksend.logs import redactor
+
+    redactor.clear()

@@ -136,3 +136,50 @@ def screen_with(
             else:
                 refused.append(Rejected(r.line, reason, r.id, r.uid))
         yield Chunk(kept, rejected + refused if refused else rejected)
+
+
+#: option keys bulksend itself passes to ``build`` beside the campaign's ``[api]`` table
+PASSED_OPTIONS = frozenset({"operation", "message", "campaign_name", "columns"})
+
+
+def checked_options(
+    provider: str,
+    options: Mapping[str, Any],
+    *,
+    operations: Iterable[str],
+    api_keys: Iterable[str],
+    message_fields: Iterable[str] | Mapping[str, Iterable[str]],
+) -> tuple[str, Mapping[str, Any]]:
+    """The operation and the ``[message]`` table, once the operation, the ``[api]`` keys and
+    the ``[message]`` fields are known to the provider (else a one-line ``ConfigError``)."""
+    from bulksend.errors import ConfigError
+
+    known = list(operations)
+    operation = options.get("operation", known[0])
+    if operation not in known:
+        raise ConfigError(
+            f"{provider}: unknown operation {operation!r} (known: {', '.join(known)})"
+        )
+    allowed = sorted(api_keys)
+    extra = sorted(set(options) - PASSED_OPTIONS - set(allowed))
+    if extra:
+        raise ConfigError(
+            f"[api]: unknown key(s) {', '.join(extra)} for {provider} "
+            f"(allowed: {', '.join(allowed) or 'none'})"
+        )
+    message = options.get("message", {})
+    if not isinstance(message, Mapping):
+        raise ConfigError("[message] must be a table")
+    per_operation = isinstance(message_fields, Mapping)
+    if isinstance(message_fields, Mapping):
+        fields = sorted(message_fields[operation])
+    else:
+        fields = list(message_fields)
+    unknown = sorted(set(message) - set(fields))
+    if unknown:
+        which = f"{provider} operation {operation!r}" if per_operation else provider
+        raise ConfigError(
+            f"[message]: unknown field(s) {', '.join(unknown)} for {which} "
+            f"(allowed: {', '.join(fields)})"
+        )
+    return operation, message

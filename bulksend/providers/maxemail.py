@@ -35,7 +35,13 @@ import orjson
 from bulksend.core.ratelimit import MAX_DELAY, parse_seconds
 from bulksend.errors import ConfigError, InputError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.base import Classification, Limit, Verdict, screen_with
+from bulksend.providers.base import (
+    Classification,
+    Limit,
+    Verdict,
+    checked_options,
+    screen_with,
+)
 from bulksend.sources.spec import Chunk
 
 NAME = "maxemail"
@@ -53,7 +59,7 @@ SECRETS: Mapping[str, str] = {
 }
 OPERATIONS = ("call",)
 MESSAGE_FIELDS = ("service", "method", "args", "params")
-API_FIELDS = ("paths", "columns")
+API_FIELDS = ("paths",)
 
 _SERVICE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _ARG = re.compile(r"^arg\d+$")
@@ -440,22 +446,13 @@ def missing_reason(name: str, aliases: Mapping[str, str]) -> str:
 
 def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Maxemail:
     """Make the adapter from the campaign's ``[message]`` (the call) and ``[api]`` tables."""
-    operation = options.get("operation", "call")
-    if operation not in OPERATIONS:
-        raise ConfigError(f"maxemail: unknown operation {operation!r} (known: call)")
-    message = options.get("message", {})
-    unknown = sorted(set(message) - set(MESSAGE_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"[message]: unknown field(s) {', '.join(unknown)} for maxemail "
-            f"(allowed: {', '.join(MESSAGE_FIELDS)})"
-        )
-    extra = sorted(set(options) - {"operation", "message", "campaign_name", *API_FIELDS})
-    if extra:
-        raise ConfigError(
-            f"[api]: unknown key(s) {', '.join(extra)} for maxemail "
-            f"(allowed: {', '.join(API_FIELDS)})"
-        )
+    _, message = checked_options(
+        NAME,
+        options,
+        operations=OPERATIONS,
+        api_keys=API_FIELDS,
+        message_fields=MESSAGE_FIELDS,
+    )
     service = message.get("service")
     if not isinstance(service, str) or not _SERVICE.match(service):
         raise ConfigError(

@@ -15,7 +15,13 @@ from typing import Any
 import orjson
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.base import Classification, CountBatcher, Limit, Verdict
+from bulksend.providers.base import (
+    Classification,
+    CountBatcher,
+    Limit,
+    Verdict,
+    checked_options,
+)
 
 NAME = "maxtraffic"
 DEFAULT_BASE_URL = "https://api.maxtraffic.com"
@@ -124,13 +130,13 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> MaxTraffic:
     """Make the adapter from the campaign's ``[message]``/``[provider]`` tables (validated)."""
     from bulksend.errors import ConfigError
 
-    operation = options.get("operation", "notify")
-    if operation not in OPERATIONS:
-        raise ConfigError(f"maxtraffic: unknown operation {operation!r} (known: notify)")
-    message = options.get("message", {})
-    unknown = sorted(set(message) - set(MESSAGE_FIELDS))
-    if unknown:
-        raise ConfigError(f"[message]: unknown field(s) {', '.join(unknown)} for maxtraffic")
+    _, message = checked_options(
+        NAME,
+        options,
+        operations=OPERATIONS,
+        api_keys=("paths",),
+        message_fields=MESSAGE_FIELDS,
+    )
     messages = message.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ConfigError("[message].messages: a non-empty list of message tables is required")

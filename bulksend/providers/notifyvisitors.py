@@ -48,6 +48,7 @@ from bulksend.providers.base import (
     CountBatcher,
     Limit,
     Verdict,
+    checked_options,
     screen_with,
 )
 from bulksend.providers.reads import ReadRequest
@@ -90,7 +91,6 @@ MESSAGE_FIELDS: Mapping[str, frozenset[str]] = {
 }
 API_OPTIONS = frozenset({"auth", "paths", "max_batch"})
 #: what config.load_settings adds to the [api] table
-_PASSED = frozenset({"operation", "message", "campaign_name", "columns"})
 
 
 def secrets_for(api: Mapping[str, Any]) -> Mapping[str, str]:
@@ -393,14 +393,7 @@ def _text(value: Any, where: str) -> str:
 
 
 def _check_message(operation: str, message: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = MESSAGE_FIELDS[operation]
-    unknown = sorted(set(message) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"[message]: unknown field(s) {', '.join(unknown)} for notifyvisitors "
-            f"operation {operation!r} (allowed: {', '.join(sorted(allowed))})"
-        )
-    out = dict(message)
+    out = dict(message)  # field names were checked by checked_options
     if "attributes" in out and not isinstance(out["attributes"], dict):
         raise ConfigError("[message].attributes: must be a table of attribute values")
     if operation == "events":
@@ -417,17 +410,13 @@ def _check_message(operation: str, message: Mapping[str, Any]) -> dict[str, Any]
 
 def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> NotifyVisitors:
     """The adapter from the campaign's ``[api]`` table, operation and ``[message]`` (checked)."""
-    operation = options.get("operation", OPERATIONS[0])
-    if operation not in OPERATIONS:
-        raise ConfigError(
-            f"notifyvisitors: unknown operation {operation!r} (known: {', '.join(OPERATIONS)})"
-        )
-    unknown = sorted(set(options) - API_OPTIONS - _PASSED)
-    if unknown:
-        raise ConfigError(
-            f"[api]: unknown key(s) {', '.join(unknown)} for notifyvisitors "
-            f"(allowed: {', '.join(sorted(API_OPTIONS))})"
-        )
+    operation, _ = checked_options(
+        NAME,
+        options,
+        operations=OPERATIONS,
+        api_keys=API_OPTIONS,
+        message_fields=MESSAGE_FIELDS,
+    )
     mode = options.get("auth", "key")
     if mode not in AUTH_MODES:
         raise ConfigError(f"[api].auth: {mode!r} is not one of {', '.join(AUTH_MODES)}")

@@ -37,7 +37,13 @@ import orjson
 from bulksend.core.ratelimit import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.base import Classification, Limit, Verdict, screen_with
+from bulksend.providers.base import (
+    Classification,
+    Limit,
+    Verdict,
+    checked_options,
+    screen_with,
+)
 from bulksend.providers.reads import ReadRequest
 from bulksend.sources.spec import Chunk
 
@@ -69,7 +75,6 @@ MESSAGE_FIELDS: Mapping[str, frozenset[str]] = {
     "events": frozenset({"columns", "name"}),
 }
 API_OPTIONS = frozenset({"paths"})
-_PASSED = frozenset({"operation", "message", "campaign_name", "columns"})
 #: the doc's error types, by the status they come with (the sandbox's reading)
 ERROR_TYPES: Mapping[int, str] = {
     401: "api_authentication_error",
@@ -396,16 +401,13 @@ def _columns(operation: str, given: Any) -> dict[str, str]:
 
 def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Traitly:
     """The adapter from the campaign's ``[api]`` table, operation and ``[message]`` (checked)."""
-    operation = options.get("operation", OPERATIONS[0])
-    if operation not in OPERATIONS:
-        raise ConfigError(
-            f"traitly: unknown operation {operation!r} (known: {', '.join(OPERATIONS)})"
-        )
-    unknown = sorted(set(options) - API_OPTIONS - _PASSED)
-    if unknown:
-        raise ConfigError(
-            f"[api]: unknown key(s) {', '.join(unknown)} for traitly (allowed: paths)"
-        )
+    operation, _ = checked_options(
+        NAME,
+        options,
+        operations=OPERATIONS,
+        api_keys=API_OPTIONS,
+        message_fields=MESSAGE_FIELDS,
+    )
     paths = options.get("paths", {})
     if not isinstance(paths, dict) or not all(
         isinstance(v, str) and v.startswith("/") for v in paths.values()
