@@ -174,7 +174,7 @@ class Engine:
             self._finish(batch, recipients, status, reason, http_status, attempts)
         if self.journal is None:
             return
-        if len(results) == 1:
+        if len(results) == 1 and not batch.resumed_split:
             _, status, reason, http_status, _ = results[0]
             self.journal.finished(batch, status.value, reason, http_status)
         else:
@@ -272,8 +272,11 @@ class Engine:
                 reason = previous.reason or f"{previous.state} in an earlier run"
                 self._finish(batch, batch.recipients, status, reason, previous.http_status)
                 return
-            if previous.state == "split" and self._replay_parts(batch, journal):
-                return
+            if previous.state == "split":
+                remaining = self._replay_parts(batch, journal)
+                if not remaining:
+                    return
+                batch.recipients, batch.resumed_split = remaining, True
             if previous.state == "in_flight":
                 if self.options.unknown_policy == "skip":
                     reason = "in flight when an earlier run stopped; outcome unknown (review)"
@@ -283,16 +286,21 @@ class Engine:
                 batch.possibly_sent = True
         await self._queue.put(batch)
 
-    def _replay_parts(self, batch: Batch, journal: Journal) -> bool:
-        """Report a split batch from its journaled parts; False if some part must be resent."""
+    def _replay_parts(self, batch: Batch, journal: Journal) -> list[Recipient]:
+        """Report a split batch's settled parts from the journal; return the rows still to send.
+
+        (A run that died in the middle of isolating a 422 leaves some parts unsettled.)
+        """
         parts = {p.line: p for p in journal.parts(batch.number)}
         settled = {"delivered", "invalid"}
-        if not all(r.line in parts and parts[r.line].state in settled for r in batch.recipients):
-            return False
+        remaining = []
         for r in batch.recipients:
-            p = parts[r.line]
-            self._finish(batch, [r], Status(p.state), p.reason, p.http_status)
-        return True
+            p = parts.get(r.line)
+            if p is not None and p.state in settled:
+                self._finish(batch, [r], Status(p.state), p.reason, p.http_status)
+            else:
+                remaining.append(r)
+        return remaining
 
     # -- sending ----------------------------------------------------------------------------
     async def _worker(self) -> None:

@@ -72,6 +72,8 @@ class Batch:
     attempts: int = 0
     #: an earlier run may have sent it (it was in flight when that run died)
     possibly_sent: bool = False
+    #: the rest of a batch an earlier run had split (422): its outcome is kept as parts
+    resumed_split: bool = False
 
     def __len__(self) -> int:
         return len(self.recipients)

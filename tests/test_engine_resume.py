@@ -10,7 +10,7 @@ import pytest
 
 from bulksend.engine import Engine, EngineOptions
 from bulksend.journal import Identity, Journal
-from bulksend.models import HttpRequest, HttpResponse
+from bulksend.models import Batch, HttpRequest, HttpResponse
 from tests.test_engine import FakeTransport, SetDedup, make_engine, ok, rows
 
 ID = Identity("c", "r", "p")
@@ -90,3 +90,29 @@ async def test_unknown_skip_policy_marks_in_flight_batches_for_review(tmp_path: 
     assert summary.unknown > 0
     assert summary.delivered + summary.unknown == 100
     assert summary.possible_duplicates == 0
+
+
+async def test_a_batch_split_when_the_run_died_resends_only_its_unsettled_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    first = Journal.open(path, ID, resume=False)
+    batch = Batch(1, "api", list(rows(10)))  # type: ignore[arg-type]
+    await first.in_flight(batch)
+    parts = [(2, "invalid", "to_ids: bad", 422)] + [(n, "delivered", "", 200) for n in (3, 4, 5, 6)]
+    first.finished(batch, "split", parts=parts)  # lines 7..11 were never settled
+    first.close("crashed")
+
+    engine, transport = make_engine(ok)
+    with_journal(engine, path, resume=True)
+    summary = await engine.run(rows(10))
+    assert engine.journal is not None
+    engine.journal.close()
+    assert ids(transport) == [f"id{i}" for i in range(5, 10)]  # only the unsettled rows
+    assert (summary.delivered, summary.invalid) == (9, 1)
+    again = Journal.open(path, ID, resume=True)
+    record = again.previous(1)
+    assert record is not None
+    assert record.state == "split"  # its earlier parts are kept
+    assert {p.line for p in again.parts(1)} == set(range(2, 12))
+    again.close()
