@@ -141,6 +141,8 @@ class Engine:
         self._probing = False
         self._warned: set[str] = set()
         self._circuits: dict[str, Circuit] = {}
+        self._answered: set[str] = set()  # groups that gave at least one good answer
+        self._base = getattr(transport, "base_url", "")
         self._circuit_changed: dict[str, asyncio.Event] = {}
 
     # -- outcomes ---------------------------------------------------------------------------
@@ -484,14 +486,21 @@ class Engine:
 
     def _circuit_result(self, group: str, *, failure: bool) -> None:
         circuit = self._circuit(group)
+        if not failure:
+            self._answered.add(group)
         state = circuit.on_result(asyncio.get_running_loop().time(), failure=failure)
         if state is None:
             return
-        if state is CircuitState.OPEN and circuit.failed_probes >= self.options.max_attempts:
+        # an endpoint that never answered well (a wrong base URL, a provider down from the
+        # start) is given up sooner than one that worked and then went away
+        answered = group in self._answered
+        give_up = self.options.max_attempts if answered else min(3, self.options.max_attempts)
+        if state is CircuitState.OPEN and circuit.failed_probes >= give_up:
+            hint = "" if answered else f" (it never answered: check the base URL {self._base})"
             self.stop(
                 UnavailableError(
                     f"endpoint group {group!r} kept failing: {circuit.failures} failures in a "
-                    f"row, {circuit.failed_probes} probes after pauses; the send stopped "
+                    f"row, {circuit.failed_probes} probes after pauses{hint}; the send stopped "
                     "(what was not sent is skipped and resumable)"
                 )
             )

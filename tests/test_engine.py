@@ -272,7 +272,8 @@ async def test_circuit_breaker_pauses_the_group_then_probes_one_request_at_a_tim
             starts.append(loop.time())
             self.requests.append(request)
             await asyncio.sleep(0.005)
-            status = 500 if len(self.requests) <= 8 else 200
+            n = len(self.requests)  # the first answer is good, then 8 failures in a row
+            status = 500 if 2 <= n <= 9 else 200
             return HttpResponse(status, {}, b"{}")
 
     engine, _ = make_engine(ok, max_attempts=10)
@@ -283,9 +284,27 @@ async def test_circuit_breaker_pauses_the_group_then_probes_one_request_at_a_tim
     summary = await engine.run(rows(100))
     assert summary.delivered == 100
     assert len(transport.requests) == 8 + 10  # 8 failures, then each batch once
-    gaps = [b - a for a, b in itertools.pairwise(starts[5:10])]
-    # requests 6..9 are lone half-open probes after pauses of 0.05, 0.1, 0.2 s (doubling)
+    gaps = [b - a for a, b in itertools.pairwise(starts[6:11])]
+    # requests 7..10 are lone half-open probes after pauses of 0.05, 0.1, 0.2 s (doubling)
     assert gaps[0] >= 0.05 * 0.9
     assert gaps[1] >= 0.1 * 0.9
     assert gaps[2] >= 0.2 * 0.9
     assert any("failed repeatedly" in w for w in summary.warnings)
+
+
+async def test_an_endpoint_that_never_answered_is_given_up_after_three_probes() -> None:
+    class Refused(FakeTransport):
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            self.requests.append(request)
+            raise NoResponse("cannot connect", sent=False)
+
+    engine, _ = make_engine(ok, max_attempts=6)
+    engine.transport = transport = Refused(ok)
+    engine.options = EngineOptions(
+        batch_size=10, workers=4, max_attempts=6, circuit_threshold=3, circuit_cooldown=0.01
+    )
+    summary = await engine.run(rows(100))
+    assert "never answered" in summary.stopped
+    assert summary.delivered == 0
+    assert summary.failed + summary.skipped == 100
+    assert len(transport.requests) <= 3 + 4 + 3  # threshold, the in-flight ones, 3 probes
