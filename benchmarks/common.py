@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from bulksend.sandbox.testing import SandboxProcess
 
 KEY = "bench-key"
 
@@ -16,17 +16,12 @@ KEY = "bench-key"
 @contextmanager
 def sandbox_process(provider: str = "maxtraffic", *args: str) -> Iterator[str]:
     """Start ``bulksend sandbox`` in a separate process; yields its base URL."""
-    cmd = [sys.executable, "-m", "bulksend.sandbox.cli", provider, "--port", "0", "--api-key", KEY]
-    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, text=True)
+    process = SandboxProcess(provider, "--api-key", KEY, *args)
+    url = process.start()
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"sandbox did not start: {line!r}")
-        yield line.rsplit(" ", 1)[-1].strip()
+        yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        process.stop()
 
 
 def write_rows(path: Path, n: int, *, header: str = "id,uid") -> Path:

@@ -183,3 +183,21 @@ def checked_options(
             f"(allowed: {', '.join(fields)})"
         )
     return operation, message
+
+
+def checked_paths(options: Mapping[str, Any], defaults: Mapping[str, str]) -> dict[str, str]:
+    """The provider's endpoint paths with the campaign's ``[api].paths`` overrides (checked)."""
+    from bulksend.errors import ConfigError
+
+    paths = options.get("paths", {})
+    if not isinstance(paths, Mapping) or not all(
+        isinstance(v, str) and v.startswith("/") for v in paths.values()
+    ):
+        raise ConfigError("[api].paths: a table of paths starting with '/'")
+    unknown = sorted(set(paths) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"[api].paths: unknown endpoint(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(defaults))})"
+        )
+    return {**defaults, **paths}

@@ -40,6 +40,7 @@ from bulksend.providers.base import (
     Limit,
     Verdict,
     checked_options,
+    checked_paths,
     screen_with,
 )
 from bulksend.sources.spec import Chunk
@@ -475,7 +476,7 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Maxemail:
             raise ConfigError(f"[message].params.{key}: also given by [message].args")
     args = [compile_value(v, f"[message].args[{i}]") for i, v in enumerate(raw_args)]
     params = {str(k): compile_value(v, f"[message].params.{k}") for k, v in raw_params.items()}
-    paths = {**PATHS, **options.get("paths", {})}
+    paths = checked_paths(options, PATHS)
     if "{service}" not in paths["json"]:
         raise ConfigError("[api].paths.json: must contain {service}, e.g. '/api/json/{service}'")
     aliases = {"id": "id", "uid": "uid"}

@@ -21,6 +21,7 @@ from bulksend.providers.base import (
     Limit,
     Verdict,
     checked_options,
+    checked_paths,
 )
 
 NAME = "maxtraffic"
@@ -147,5 +148,5 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> MaxTraffic:
     for key in ("icon", "image", "campaign"):
         if key in message and not isinstance(message[key], str):
             raise ConfigError(f"[message].{key}: must be a string")
-    paths = {**PATHS, **options.get("paths", {})}
+    paths = checked_paths(options, PATHS)
     return MaxTraffic(api_key=secrets["api_key"], message=dict(message), paths=paths)

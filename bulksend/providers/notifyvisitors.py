@@ -49,6 +49,7 @@ from bulksend.providers.base import (
     Limit,
     Verdict,
     checked_options,
+    checked_paths,
     screen_with,
 )
 from bulksend.providers.reads import ReadRequest
@@ -420,14 +421,7 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> NotifyVisit
     mode = options.get("auth", "key")
     if mode not in AUTH_MODES:
         raise ConfigError(f"[api].auth: {mode!r} is not one of {', '.join(AUTH_MODES)}")
-    paths = options.get("paths", {})
-    if not isinstance(paths, dict) or not all(
-        isinstance(v, str) and v.startswith("/") for v in paths.values()
-    ):
-        raise ConfigError("[api].paths: a table of paths starting with '/'")
-    bad = sorted(set(paths) - set(PATHS))
-    if bad:
-        raise ConfigError(f"[api].paths: unknown endpoint(s) {', '.join(bad)}")
+    paths = checked_paths(options, PATHS)
     max_batch = options.get("max_batch", MAX_BATCH)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError("[api].max_batch: a whole number >= 1")
@@ -437,7 +431,7 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> NotifyVisit
         auth=Auth.from_secrets(mode, secrets),
         operation=operation,
         message=message,
-        paths={**PATHS, **paths},
+        paths=paths,
         max_batch=max_batch,
         id_column=str(id_column),
     )

@@ -42,6 +42,7 @@ from bulksend.providers.base import (
     Limit,
     Verdict,
     checked_options,
+    checked_paths,
     screen_with,
 )
 from bulksend.providers.reads import ReadRequest
@@ -401,29 +402,14 @@ def _columns(operation: str, given: Any) -> dict[str, str]:
 
 def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Traitly:
     """The adapter from the campaign's ``[api]`` table, operation and ``[message]`` (checked)."""
-    operation, _ = checked_options(
+    operation, message = checked_options(
         NAME,
         options,
         operations=OPERATIONS,
         api_keys=API_OPTIONS,
         message_fields=MESSAGE_FIELDS,
     )
-    paths = options.get("paths", {})
-    if not isinstance(paths, dict) or not all(
-        isinstance(v, str) and v.startswith("/") for v in paths.values()
-    ):
-        raise ConfigError("[api].paths: a table of paths starting with '/'")
-    bad = sorted(set(paths) - set(PATHS))
-    if bad:
-        raise ConfigError(f"[api].paths: unknown endpoint(s) {', '.join(bad)}")
-    message = options.get("message", {})
-    allowed = MESSAGE_FIELDS[operation]
-    extra = sorted(set(message) - allowed)
-    if extra:
-        raise ConfigError(
-            f"[message]: unknown field(s) {', '.join(extra)} for traitly {operation} "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
+    paths = checked_paths(options, PATHS)
     columns = _columns(operation, message.get("columns", {}))
     event_name = message.get("name")
     if event_name is not None and (not isinstance(event_name, str) or not event_name.strip()):
@@ -445,6 +431,6 @@ def build(options: Mapping[str, Any], secrets: Mapping[str, str]) -> Traitly:
         event_name=event_name,
         top_level=tuple(top_level),
         id_column=str(id_column),
-        paths={**PATHS, **paths},
+        paths=paths,
         dedup_keys=("id",) if operation == "customers" else ("uid",),
     )
