@@ -7,15 +7,13 @@ Writes a synthetic recipient file into a temporary directory (removed afterwards
 this one run and on the same file:
 
 * ``bare``: ``for row in csv.reader(f): pass``;
-* ``ingest``: ``open_source`` -> ``Deduper.filter_many`` per chunk -> batches of 1000;
+* ``ingest``: what a send does before the network, with the same calls as the engine:
+  ``open_source`` -> ``Deduper.filter_many`` per chunk -> MaxTraffic's ``NotificationBatcher``
+  (``add_many``) -> batches of 1000;
 
 and prints rows/s of each (best of ``--repeat``), their ratio (issue 6 asks for >= 0.50), and
 the peak RSS of a separate process that runs the ingest once after importing what a send
 imports (so the figure is that of a whole send process minus its network buffers).
-
-``--batcher slices`` (the default) cuts the kept rows into lists of 1000, the least batching
-can cost; ``--batcher maxtraffic`` feeds every kept row to MaxTraffic's ``NotificationBatcher``
-one at a time, as the engine does in a send.
 """
 
 from __future__ import annotations
@@ -46,39 +44,23 @@ def bare(path: Path) -> int:
     return count
 
 
-def ingest(
-    path: Path, *, keep_attrs: bool, estimate: bool = True, batcher: str = "slices"
-) -> dict[str, int]:
+def ingest(path: Path, *, keep_attrs: bool, estimate: bool = True) -> dict[str, int]:
     """The library's part of a send: read, validate, dedup, batch. Returns counters.
 
     ``estimate=False`` sizes the deduplicator from nothing (as for gzip or stdin), so its
-    tables grow by doubling on the way. ``batcher``: see the module docstring.
+    table grows on the way.
     """
     batches = kept_total = 0
     spec = SourceSpec(path=str(path), keep_attrs=keep_attrs)
     with open_source(spec) as rows:
         expected = rows.estimated_rows if estimate else 0
         with Deduper(("id", "uid"), expected=expected) as dedup:
-            if batcher == "maxtraffic":
-                packer = NotificationBatcher(BATCH)
-                add = packer.add
-                for chunk in rows.chunks():
-                    kept, _duplicates = dedup.filter_many(chunk.recipients)
-                    kept_total += len(kept)
-                    for recipient in kept:
-                        if add(recipient) is not None:
-                            batches += 1
-                batches += sum(1 for _ in packer.flush())
-            else:
-                pending: list[object] = []
-                for chunk in rows.chunks():
-                    kept, _duplicates = dedup.filter_many(chunk.recipients)
-                    kept_total += len(kept)
-                    pending.extend(kept)
-                    while len(pending) >= BATCH:
-                        batch, pending = pending[:BATCH], pending[BATCH:]
-                        batches += len(batch) > 0
-                batches += len(pending) > 0
+            batcher = NotificationBatcher(BATCH)
+            for chunk in rows.chunks():
+                kept, _duplicates = dedup.filter_many(chunk.recipients)
+                kept_total += len(kept)
+                batches += len(batcher.add_many(kept))
+            batches += len(list(batcher.flush()))
             return {
                 "rows": rows.recipients + rows.rejected,
                 "kept": kept_total,
@@ -99,7 +81,7 @@ def best(function: object, repeat: int) -> tuple[float, object]:
     return min(times), result
 
 
-def child(path: Path, keep_attrs: bool, estimate: bool, batcher: str) -> None:
+def child(path: Path, keep_attrs: bool, estimate: bool) -> None:
     """Run once in this process after the imports of a send; print counters and peak RSS."""
     for module in ("aiohttp", "orjson", "structlog", "bulksend.engine", "bulksend.cli"):
         try:
@@ -107,7 +89,7 @@ def child(path: Path, keep_attrs: bool, estimate: bool, batcher: str) -> None:
         except Exception:  # best effort: the figure then lacks that module
             continue
     start = time.perf_counter()
-    result = ingest(path, keep_attrs=keep_attrs, estimate=estimate, batcher=batcher)
+    result = ingest(path, keep_attrs=keep_attrs, estimate=estimate)
     elapsed = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({**result, "seconds": elapsed, "peak_rss_mb": peak_kb / 1024}))
@@ -125,16 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not size the dedup tables from the file size (as with gzip or stdin)",
     )
-    parser.add_argument(
-        "--batcher",
-        choices=("slices", "maxtraffic"),
-        default="slices",
-        help="lists of 1000 (default), or MaxTraffic's batcher row by row as in a send",
-    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.keep_attrs, not args.no_estimate, args.batcher)
+        child(args.child, args.keep_attrs, not args.no_estimate)
         return 0
     extra = [c for c in args.extra_columns.split(",") if c]
     with tempfile.TemporaryDirectory(prefix="bulksend-ingest-") as tmp:
@@ -153,22 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         t_bare, _ = best(lambda: bare(path), args.repeat)
         estimate = not args.no_estimate
         t_ingest, result = best(
-            lambda: ingest(
-                path, keep_attrs=args.keep_attrs, estimate=estimate, batcher=args.batcher
-            ),
+            lambda: ingest(path, keep_attrs=args.keep_attrs, estimate=estimate),
             args.repeat,
         )
         rows = args.rows
         print(f"bare csv.reader loop      : {rows / t_bare:>12,.0f} rows/s ({t_bare:.2f} s)")
         print(
             f"open_source+dedup+batches: {rows / t_ingest:>12,.0f} rows/s ({t_ingest:.2f} s) "
-            f"keep_attrs={args.keep_attrs}, dedup sized from the file: {estimate}, "
-            f"batcher: {args.batcher}"
+            f"keep_attrs={args.keep_attrs}, dedup sized from the file: {estimate}"
         )
         print(f"ratio: {t_bare / t_ingest:.2f} (target >= 0.50)")
         print(f"counters: {result}")
         command = [sys.executable, "-m", "benchmarks.ingest", "--child", str(path)]
-        command += ["--batcher", args.batcher]
         if args.keep_attrs:
             command.append("--keep-attrs")
         if args.no_estimate:

@@ -62,7 +62,7 @@ def as_chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[Chunk]:
 class Dedup(Protocol):
     def filter_many(
         self, recipients: Sequence[Recipient]
-    ) -> tuple[list[Recipient], list[Recipient]]:
+    ) -> tuple[Sequence[Recipient], Sequence[Recipient]]:
         """(kept with already-seen identifiers cleared, whole-row duplicates)"""
 
 
@@ -155,7 +155,7 @@ class Engine:
         http_status: int | None = None,
         attempts: int | None = None,
     ) -> None:
-        rows = recipients if isinstance(recipients, list | tuple) else list(recipients)
+        rows = recipients if isinstance(recipients, Sequence) else list(recipients)
         self.summary.count(status, len(rows))
         to_report = self.report.active
         to_hook = self._on_outcomes is not None and status in self._hook_statuses
@@ -237,7 +237,7 @@ class Engine:
             return f"{self.source_name}:{item.line}: {item.reason}"
         return item.reason
 
-    async def _take(self, chunk: list[Recipient], batcher: Batcher) -> None:
+    async def _take(self, chunk: Sequence[Recipient], batcher: Batcher) -> None:
         """Deduplicate a chunk of rows and batch what is new."""
         if not chunk:
             return

@@ -31,6 +31,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import orjson
 
 from bulksend.errors import ConfigError
 from bulksend.models import Batch, Recipient
+from bulksend.recipients import Recipients
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaign (
@@ -88,10 +90,24 @@ def file_fingerprint(path: Path) -> str:
 
 
 def batch_digest(recipients: Iterable[Recipient]) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for r in recipients:
-        h.update(f"{r.line}\x1f{r.id or ''}\x1f{r.uid or ''}\x1e".encode())
-    return h.hexdigest()
+    """A digest of the rows' lines, ids and uids (a resumed run checks its batches by it)."""
+    rows: Iterable[str]
+    if isinstance(recipients, Recipients):  # the same bytes, from the columns
+        count = len(recipients)
+        blank = repeat("", count)
+        ids = blank if recipients.ids is None else map(_or_blank, recipients.ids)
+        uids = blank if recipients.uids is None else map(_or_blank, recipients.uids)
+        rows = map(_ROW.format, recipients.lines, ids, uids)
+    else:
+        rows = (_ROW.format(r.line, r.id or "", r.uid or "") for r in recipients)
+    return hashlib.blake2b("".join(rows).encode(), digest_size=12).hexdigest()
+
+
+_ROW = "{}\x1f{}\x1f{}\x1e"
+
+
+def _or_blank(value: str | None) -> str:
+    return value or ""
 
 
 @dataclass(frozen=True, slots=True)

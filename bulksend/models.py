@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -68,7 +68,8 @@ class Batch:
 
     number: int
     group: str
-    recipients: list[Recipient]
+    #: a ``Recipients`` (columns) from the batchers; any sequence of recipients will do
+    recipients: Sequence[Recipient]
     attempts: int = 0
     #: an earlier run may have sent it (it was in flight when that run died)
     possibly_sent: bool = False

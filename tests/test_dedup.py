@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bulksend.core import dedup as dedup_module
 from bulksend.core.dedup import Deduper, KeySet
 from bulksend.models import Recipient
-from bulksend.sources.rows import Recipients
+from bulksend.recipients import Recipients
 
 
 def R(line: int, id: str | None, uid: str | None = None) -> Recipient:
@@ -220,20 +220,20 @@ def test_records_read_back_mapped_and_with_pread(
         assert not ks.add_many(["x" * 40 + k for k in keys[:50]] + keys[:50])[50:].any()
 
 
-def test_key_columns_handed_over_by_a_reader_are_used() -> None:
-    rows = [R(2, "a", "x"), R(3, "a", "y"), R(4, "b", None)]
-    plain = Deduper()
-    given = Deduper()
-    with plain, given:
+def test_columns_are_deduplicated_without_making_recipients() -> None:
+    rows = [R(2, "a", "x"), R(3, "a", "y"), R(4, "b", None), R(5, "b", "x")]
+    with Deduper() as plain, Deduper() as columns:
         expected = plain.filter_many(rows)
-        listed = Recipients(rows, {"id": ["a", "a", "b"], "uid": ["x", "y", None]})
-        assert given.filter_many(listed) == expected
-        # the columns are trusted: these say there is no uid, so every row is now a duplicate
-        assert given.filter_many(Recipients(rows, {"id": ["a", "a", "b"], "uid": None})) == (
-            [],
-            [R(2, "a", "x"), R(3, "a", "y"), R(4, "b", None)],
-        )
+        given = Recipients(range(2, 6), ["a", "a", "b", "b"], ["x", "y", None, "x"])
+        kept, dups = columns.filter_many(given)
+        assert (kept, dups) == expected
+        assert kept == [R(2, "a", "x"), R(3, None, "y"), R(4, "b", None)]
+        assert dups == [R(5, "b", "x")]
+        assert given.ids == ["a", "a", "b", "b"]  # the input's columns are left alone
+        assert (columns.duplicates, columns.partial) == (1, 1)
     with Deduper() as d:
-        changed = Recipients(rows[:2], {"id": ["a", "a"], "uid": ["x", "y"]})
-        changed.append(rows[2])  # the columns are dropped: the recipients are read instead
-        assert d.filter_many(changed) == expected
+        kept, dups = d.filter_many(Recipients(range(2, 5), ["a", "b", "a"]))  # no uid column
+        assert kept.uids is None
+        assert kept._made is None
+        assert [r.line for r in kept] == [2, 3]
+        assert dups == [R(4, "a", None)]

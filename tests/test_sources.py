@@ -8,12 +8,14 @@ import io
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulksend.errors import InputError
 from bulksend.models import Recipient, Rejected
+from bulksend.recipients import Recipients
 from bulksend.sources import (
     Columns,
     SourceSpec,
@@ -26,7 +28,6 @@ from bulksend.sources import (
 )
 from bulksend.sources import stream as stream_module
 from bulksend.sources.delimited import layout_for
-from bulksend.sources.rows import Recipients
 
 DATA = Path(__file__).parent / "data"
 
@@ -338,22 +339,26 @@ def test_estimate_and_the_garbage_collector_left_as_found(tmp_path: Path) -> Non
 # -- what the fast path hands the deduplicator, and the garbage collector --------------------
 
 
-def test_chunks_carry_their_key_columns_until_changed(tmp_path: Path) -> None:
+def test_chunks_are_columns_and_make_recipients_only_when_asked(tmp_path: Path) -> None:
     path = tmp_path / "k.csv"
     path.write_text("id,uid,name\na1,,x\n a2 ,u2,y\n,u3,z\n")
     with open_source(SourceSpec(path=str(path))) as rows:
         (chunk,) = list(rows.chunks())
     recipients = chunk.recipients
     assert isinstance(recipients, Recipients)
+    assert (recipients.ids, recipients.uids) == (["a1", "a2", None], [None, "u2", "u3"])
+    assert recipients._made is None
+    part = recipients[1:]
+    assert isinstance(part, Recipients)
+    assert part.ids == ["a2", None]
+    assert recipients._made is None  # slicing makes nothing either
     assert recipients == [
         R(2, "a1", None, name="x"),
         R(3, "a2", "u2", name="y"),
         R(4, None, "u3", name="z"),
     ]
-    assert recipients.key_columns == {"id": ["a1", "a2", None], "uid": [None, "u2", "u3"]}
-    assert type(recipients[:2]) is list  # a slice is a plain list: no columns to go stale
-    recipients.append(R(5, "a5"))
-    assert recipients.key_columns is None
+    assert recipients[1] is recipients.made()[1]  # made once, then kept
+    assert part == [R(3, "a2", "u2", name="y"), R(4, None, "u3", name="z")]
 
 
 def test_a_chunk_without_uid_column_says_so(tmp_path: Path) -> None:
@@ -362,34 +367,30 @@ def test_a_chunk_without_uid_column_says_so(tmp_path: Path) -> None:
     with open_source(SourceSpec(path=str(path), format="csv")) as rows:
         (chunk,) = list(rows.chunks())
     assert chunk.recipients == [R(2, "a"), R(3, "b")]
-    assert chunk.recipients.key_columns == {"id": ["a", "b"], "uid": None}  # type: ignore[attr-defined]
+    assert chunk.recipients.uids is None  # type: ignore[attr-defined]
 
 
-def test_recipients_are_made_old_and_the_collector_is_left_as_found(tmp_path: Path) -> None:
-    import gc
+def test_reading_dedup_and_batching_make_no_recipient_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulksend import recipients as recipients_module
+    from bulksend.core.dedup import Deduper
+    from bulksend.providers.maxtraffic import NotificationBatcher, notification_body
 
-    path = write_synthetic_csv(tmp_path / "g.csv", 20_000, seed=4)
-    with open_source(SourceSpec(path=str(path))) as rows:
-        chunks = list(rows.chunks())
-    young = {id(o) for o in gc.get_objects(generation=0) + gc.get_objects(generation=1)}
-    made = [r for c in chunks for r in c.recipients]
-    assert len(made) == 20_000
-    assert not any(id(r) in young for r in made)
-    assert gc.isenabled()
-    assert gc.get_freeze_count() == 0
-    # a program that froze objects itself keeps them frozen
-    gc.freeze()
-    try:
-        frozen = gc.get_freeze_count()
-        with open_source(SourceSpec(path=str(path))) as rows:
-            assert sum(len(c.recipients) for c in rows.chunks()) == 20_000
-        assert gc.get_freeze_count() > frozen // 2  # not unfrozen (a few may have been freed)
-    finally:
-        gc.unfreeze()
-    gc.disable()
-    try:
-        with open_source(SourceSpec(path=str(path))) as rows:
-            assert sum(len(c.recipients) for c in rows.chunks()) == 20_000
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
+    def refuse(*args: object) -> None:
+        raise AssertionError("a Recipient object was made")
+
+    path = write_synthetic_csv(tmp_path / "g.csv", 20_000, duplicate_rate=0.1, seed=4)
+    monkeypatch.setattr(recipients_module, "make_recipients", refuse)
+    sent = 0
+    with open_source(SourceSpec(path=str(path))) as rows, Deduper() as dedup:
+        batcher = NotificationBatcher(1000)
+        batches = []
+        for chunk in rows.chunks():
+            kept, _ = dedup.filter_many(chunk.recipients)
+            batches += batcher.add_many(kept)
+        batches += batcher.flush()
+        for batch in batches:
+            body = orjson.loads(notification_body({"messages": []}, batch.recipients))
+            sent += len(body["to_ids"])
+    assert sent == 20_000 - dedup.duplicates > 17_000

@@ -64,9 +64,9 @@ Memory
 Speed
     Work is done a chunk at a time (:meth:`Deduper.filter_many`): numpy does the hashing and the
     table arithmetic, one random 64-byte read of the table per key; the table is filled before
-    the chunk's records are written, while the rows just read are still in the CPU cache. A
-    list from :mod:`bulksend.sources` carries the id and uid values its recipients were made
-    of (``key_columns``), which are used instead of reading each recipient's attributes.
+    the chunk's records are written, while the rows just read are still in the CPU cache. The
+    id and uid columns of a :class:`~bulksend.recipients.Recipients` are read as they are; no
+    recipient object is made.
     :meth:`Deduper.filter` runs the same code for one recipient: it is correct but costs tens
     of µs per call, so the engine must use the batch API.
 
@@ -80,16 +80,16 @@ import mmap
 import os
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
-from itertools import compress, repeat
-from operator import attrgetter, is_not
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
+from operator import is_not
 from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from bulksend.models import Recipient
+from bulksend.recipients import Recipients
 
 __all__ = ["Deduper", "KeySet", "SpillStore"]
 
@@ -881,7 +881,6 @@ class Deduper:
         self.duplicates = 0
         self.partial = 0
         self._kind = {key: number for number, key in enumerate(self.keys, DEFAULT_KIND)}
-        self._getters = [(key, attrgetter(key), self._kind[key]) for key in self.keys]
         self._set = KeySet(
             hash_fn=hash_fn, seed=seed, expected=expected * len(self.keys), spill_dir=spill_dir
         )
@@ -906,65 +905,56 @@ class Deduper:
 
     def filter(self, recipient: Recipient) -> Recipient | None:
         kept, _ = self.filter_many([recipient])
-        return kept[0] if kept else None
+        return kept[0] if len(kept) else None
 
-    def filter_many(
-        self, recipients: Sequence[Recipient]
-    ) -> tuple[list[Recipient], list[Recipient]]:
-        """Returns ``(kept, duplicates)``; ``kept`` in order, with seen identifiers cleared."""
-        count = len(recipients)
-        if count == 0:
-            return [], []
-        # readers hand over the values each recipient was made of (see sources.rows.Recipients)
-        given = getattr(recipients, "key_columns", None)
-        parts: list[tuple[Sequence[str | None], int]] = []
-        for key, getter, kind in self._getters:
-            values = given.get(key, ()) if type(given) is dict else ()
-            if values is None:  # that field is None everywhere
-                values = [None] * count
-            elif len(values) != count:
-                values = list(map(getter, recipients))
-            parts.append((values, kind))
-        results = self._set.add_kinds(parts)
+    def filter_many(self, recipients: Sequence[Recipient]) -> tuple[Recipients, Recipients]:
+        """Returns ``(kept, duplicates)``; ``kept`` in order, with seen identifiers cleared.
+
+        Works on the columns of a :class:`~bulksend.recipients.Recipients` (what the readers
+        hand over); no recipient object is made here.
+        """
+        rows = Recipients.of(recipients)
+        count = len(rows)
+        read = [(key, kind, values) for key, kind, values in self._columns(rows) if values]
+        if not count or not read:
+            return rows, Recipients(range(0))
+        results = self._set.add_kinds([(values, kind) for _, kind, values in read])
         drop: BoolArray | None = None  # a present key that was seen before
         keep: BoolArray | None = None  # a present key that is new
         seen_masks: dict[str, BoolArray] = {}
-        for (key, _, _), (new, present) in zip(self._getters, results, strict=True):
+        for (key, _, _), (new, present) in zip(read, results, strict=True):
             seen = ~new if present is None else present & ~new
             seen_masks[key] = seen
             drop = seen if drop is None else drop | seen
             keep = new if keep is None else keep | new
         assert drop is not None
         assert keep is not None
-        present_any: BoolArray | None = None  # None: some key in every row
-        presents = [present for _, present in results if present is not None]
-        if len(presents) == len(results):
-            present_any = np.logical_or.reduce(presents)
         if not drop.any():
-            return list(recipients), []
-        duplicate = drop & ~keep
-        if present_any is not None:
-            duplicate &= present_any
+            return rows, Recipients(range(0))
+        duplicate = drop & ~keep  # every present key seen before
         partial = drop & keep
-        dups = list(compress(recipients, duplicate.tolist()))
+        dups = rows.select(duplicate.tolist())
         self.duplicates += len(dups)
-        if not partial.any():
-            return list(compress(recipients, (~duplicate).tolist())), dups
-        self.partial += int(partial.sum())
-        kept: list[Recipient] = []
-        no = [False] * count
-        id_seen = seen_masks["id"].tolist() if "id" in seen_masks else no
-        uid_seen = seen_masks["uid"].tolist() if "uid" in seen_masks else no
-        for i, (recipient, dropped, split) in enumerate(
-            zip(recipients, duplicate.tolist(), partial.tolist(), strict=True)
-        ):
-            if dropped:
-                continue
-            if split:
-                recipient = replace(
-                    recipient,
-                    id=None if id_seen[i] else recipient.id,
-                    uid=None if uid_seen[i] else recipient.uid,
-                )
-            kept.append(recipient)
-        return kept, dups
+        if partial.any():
+            self.partial += int(np.count_nonzero(partial))
+            rows = _cleared(rows, {key: seen & partial for key, seen in seen_masks.items()})
+        return rows.select((~duplicate).tolist()), dups
+
+    def _columns(self, rows: Recipients) -> Iterator[tuple[str, int, list[str | None] | None]]:
+        for key in self.keys:
+            yield key, self._kind[key], rows.ids if key == "id" else rows.uids
+
+
+def _cleared(rows: Recipients, masks: dict[str, BoolArray]) -> Recipients:
+    """``rows`` with the ``id``/``uid`` values where ``masks[key]`` is true set to None."""
+    columns: dict[str, list[str | None] | None] = {"id": rows.ids, "uid": rows.uids}
+    for key, mask in masks.items():
+        values = columns[key]
+        where = np.flatnonzero(mask).tolist()
+        if values is None or not where:
+            continue
+        values = list(values)
+        for i in where:
+            values[i] = None
+        columns[key] = values
+    return Recipients(rows.lines, columns["id"], columns["uid"], rows.attrs)

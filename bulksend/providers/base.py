@@ -7,11 +7,12 @@ A provider turns recipients into requests (``batcher`` + ``encode``) and respons
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.recipients import Recipients
 from bulksend.sources.spec import Chunk
 
 
@@ -65,34 +66,47 @@ class Batcher(Protocol):
 
 @dataclass(slots=True)
 class CountBatcher:
-    """Batches of at most ``size`` recipients for ``group``, numbered from 1, in order."""
+    """Batches of at most ``size`` recipients for ``group``, numbered from 1, in order.
+
+    Batches are slices of the columns handed in (no recipient object is made).
+    """
 
     size: int
     group: str
     _number: int = 0
-    _rows: list[Recipient] = field(default_factory=list)
+    _pending: list[Recipients] = field(default_factory=list)
+    _count: int = 0
 
     def add(self, recipient: Recipient) -> Batch | None:
-        self._rows.append(recipient)
-        if len(self._rows) >= self.size:
-            return self._take(self._rows)
-        return None
+        batches = self.add_many(Recipients.of([recipient]))
+        return batches[0] if batches else None
 
-    def add_many(self, recipients: list[Recipient]) -> list[Batch]:
-        rows = self._rows + recipients if self._rows else recipients
+    def add_many(self, recipients: Sequence[Recipient]) -> list[Batch]:
+        rows = Recipients.of(recipients)
+        if self._count + len(rows) < self.size:
+            if len(rows):
+                self._pending.append(rows)
+                self._count += len(rows)
+            return []
+        rows = Recipients.join([*self._pending, rows])
         size = self.size
         full = len(rows) - len(rows) % size
         out = [self._take(rows[i : i + size]) for i in range(0, full, size)]
-        self._rows = rows[full:]
+        rest = rows[full:]
+        self._pending = [rest] if len(rest) else []
+        self._count = len(rest)
         return out
 
-    def _take(self, rows: list[Recipient]) -> Batch:
+    def _take(self, rows: Sequence[Recipient]) -> Batch:
         self._number += 1
-        self._rows = []
         return Batch(self._number, self.group, rows)
 
     def flush(self) -> Iterable[Batch]:
-        return [self._take(self._rows)] if self._rows else []
+        if not self._count:
+            return []
+        rows = Recipients.join(self._pending)
+        self._pending, self._count = [], 0
+        return [self._take(rows)]
 
 
 class Provider(Protocol):
@@ -127,15 +141,18 @@ def screen_with(
     ``file:line`` and never cost a request.
     """
     for recipients, rejected in chunks:
-        kept: list[Recipient] = []
-        refused: list[Rejected] = []
-        for r in recipients:
-            reason = check(r)
-            if reason is None:
-                kept.append(r)
-            else:
-                refused.append(Rejected(r.line, reason, r.id, r.uid))
-        yield Chunk(kept, rejected + refused if refused else rejected)
+        rows = Recipients.of(recipients)
+        reasons = list(map(check, rows))
+        if reasons.count(None) == len(reasons):
+            yield Chunk(rows, rejected)
+            continue
+        refused = [
+            Rejected(r.line, reason, r.id, r.uid)
+            for r, reason in zip(rows, reasons, strict=True)
+            if reason is not None
+        ]
+        kept = rows.select([reason is None for reason in reasons])
+        yield Chunk(kept, rejected + refused if rejected else refused)
 
 
 #: option keys bulksend itself passes to ``build`` beside the campaign's ``[api]`` table

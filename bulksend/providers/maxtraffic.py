@@ -23,6 +23,7 @@ from bulksend.providers.base import (
     checked_options,
     checked_paths,
 )
+from bulksend.recipients import Recipients
 
 NAME = "maxtraffic"
 DEFAULT_BASE_URL = "https://api.maxtraffic.com"
@@ -49,13 +50,23 @@ def NotificationBatcher(size: int) -> CountBatcher:
 
 def notification_body(message: Mapping[str, Any], recipients: Sequence[Recipient]) -> bytes:
     body: dict[str, Any] = dict(message)
-    ids = [r.id for r in recipients if r.id is not None]
-    uids = [r.uid for r in recipients if r.uid is not None]
+    if isinstance(recipients, Recipients):  # columns: no recipient object is made
+        ids = _present(recipients.ids)
+        uids = _present(recipients.uids)
+    else:
+        ids = [r.id for r in recipients if r.id is not None]
+        uids = [r.uid for r in recipients if r.uid is not None]
     if ids:
         body["to_ids"] = ids
     if uids:
         body["to_uids"] = uids
     return orjson.dumps(body)
+
+
+def _present(values: list[str | None] | None) -> list[str | None]:
+    if values is None:
+        return []
+    return [v for v in values if v is not None] if None in values else values
 
 
 @dataclass(slots=True)

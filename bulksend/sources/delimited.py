@@ -13,7 +13,7 @@ import csv
 from collections.abc import Iterator, Sequence
 
 from bulksend.errors import InputError
-from bulksend.sources.rows import Layout, born_old
+from bulksend.sources.rows import Layout
 from bulksend.sources.spec import DEFAULT_NAMES, Chunk, SourceSpec
 from bulksend.sources.stream import Feed, TextSource, split_lines
 
@@ -153,8 +153,7 @@ class DelimitedReader:
             block = self._source.block()
             if not block:
                 return
-            with born_old():  # the lists of fields too: made with the collector off
-                chunk = self._fast(block)
+            chunk = self._fast(block)
             if chunk is not None:
                 yield chunk
             else:

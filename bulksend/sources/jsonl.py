@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from bulksend.models import Recipient, Rejected
+from bulksend.models import Rejected
+from bulksend.recipients import EMPTY, Recipients
 from bulksend.sources import spec as specs
-from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE, EMPTY, make_recipient
+from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE
 from bulksend.sources.spec import Chunk, SourceSpec
 from bulksend.sources.stream import TextSource
 
@@ -41,7 +42,10 @@ class JsonLinesReader:
             lines = block.split("\n")
             if block.endswith("\n"):
                 lines.pop()
-            recipients: list[Recipient] = []
+            numbers: list[int] = []
+            ids: list[str | None] = []
+            uids: list[str | None] = []
+            attrs: list[Mapping[str, str]] = []
             rejected: list[Rejected] = []
             for number, text in enumerate(lines, self._line):
                 if not text.strip():
@@ -50,11 +54,25 @@ class JsonLinesReader:
                 if type(item) is Rejected:
                     rejected.append(item)
                 else:
-                    recipients.append(item)  # type: ignore[arg-type]
+                    numbers.append(number)
+                    ids.append(item[0])  # type: ignore[index]
+                    uids.append(item[1])  # type: ignore[index]
+                    attrs.append(item[2])  # type: ignore[index]
             self._line += len(lines)
-            yield Chunk(recipients, rejected)
+            yield Chunk(
+                Recipients(
+                    numbers,
+                    ids if ids.count(None) < len(ids) else None,
+                    uids if uids.count(None) < len(uids) else None,
+                    attrs if any(attrs) else None,
+                ),
+                rejected,
+            )
 
-    def _row(self, line: int, text: str) -> Recipient | Rejected:
+    def _row(
+        self, line: int, text: str
+    ) -> tuple[str | None, str | None, Mapping[str, str]] | Rejected:
+        """``(id, uid, attrs)`` of the record on ``line``, or why it is rejected."""
         try:
             record = orjson.loads(text)
         except orjson.JSONDecodeError as error:
@@ -78,8 +96,7 @@ class JsonLinesReader:
         id, uid = values.get("id"), values.get("uid")
         if id is None and uid is None:
             return Rejected(line, self._missing)
-        kept: Mapping[str, str] = attrs or EMPTY
-        return make_recipient(line, id, uid, kept)
+        return id, uid, attrs or EMPTY
 
     def _key(self, name: str, value: Any) -> tuple[str | None, str | None]:
         if value is None:

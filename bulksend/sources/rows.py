@@ -15,216 +15,19 @@ Rules, for the columns that are read (``id``, ``uid`` and, with ``keep_attrs``, 
 
 from __future__ import annotations
 
-import gc
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import fields as dataclass_fields
-from itertools import repeat
-from typing import Any, Self, SupportsIndex
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from bulksend.models import Recipient, Rejected
+from bulksend.recipients import EMPTY, AttrColumns, Recipients, make_recipient
 from bulksend.sources import spec
 
 _KEY_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ATTR_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-class _NoAttrs(dict[str, str]):
-    """The one shared, empty and unchangeable ``attrs`` (a dict, so orjson and ``==`` work)."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("recipient attrs are read-only")
-
-    __setitem__ = __delitem__ = _refuse
-    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
-    __ior__ = _refuse  # type: ignore[assignment]
-
-
-EMPTY: Mapping[str, str] = _NoAttrs()
-
-
-class Recipients(list[Recipient]):
-    """A list of recipients that also carries the ``id`` and ``uid`` values they were made of.
-
-    ``key_columns`` maps ``"id"`` and ``"uid"`` to the list of that field's values, in order
-    (None: the field is None in every recipient). The deduplicator reads them instead of the
-    attributes of each recipient. Any change to the list drops them (``key_columns`` becomes
-    None), so they always describe the list's contents; slices and copies are plain lists.
-    """
-
-    __slots__ = ("key_columns",)
-
-    def __init__(
-        self, recipients: Iterable[Recipient] = (), key_columns: KeyColumns | None = None
-    ) -> None:
-        super().__init__(recipients)
-        self.key_columns = key_columns
-
-    def _changed(self) -> None:
-        self.key_columns = None
-
-    def append(self, item: Recipient) -> None:
-        self._changed()
-        super().append(item)
-
-    def extend(self, items: Iterable[Recipient]) -> None:
-        self._changed()
-        super().extend(items)
-
-    def insert(self, index: SupportsIndex, item: Recipient) -> None:
-        self._changed()
-        super().insert(index, item)
-
-    def pop(self, index: SupportsIndex = -1) -> Recipient:
-        self._changed()
-        return super().pop(index)
-
-    def remove(self, item: Recipient) -> None:
-        self._changed()
-        super().remove(item)
-
-    def clear(self) -> None:
-        self._changed()
-        super().clear()
-
-    def sort(self, *args: Any, **kwargs: Any) -> None:
-        self._changed()
-        super().sort(*args, **kwargs)
-
-    def reverse(self) -> None:
-        self._changed()
-        super().reverse()
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        self._changed()
-        super().__setitem__(index, value)
-
-    def __delitem__(self, index: Any) -> None:
-        self._changed()
-        super().__delitem__(index)
-
-    def __iadd__(self, items: Iterable[Recipient]) -> Self:  # type: ignore[override,misc]
-        self._changed()
-        return super().__iadd__(items)
-
-    def __imul__(self, times: SupportsIndex) -> Self:
-        self._changed()
-        return super().__imul__(times)
-
-
-KeyColumns = dict[str, list[str | None] | None]
-
-
-MakeRecipient = Callable[[int, str | None, str | None, Mapping[str, str]], Recipient]
-MakeRecipients = Callable[
-    [Iterable[int], Iterable[str | None], Iterable[str | None], Iterable[Mapping[str, str]], int],
-    list[Recipient],
-]
-
-
-def _fast_constructor() -> MakeRecipient:
-    """``Recipient(line, id, uid, attrs)`` without the dataclass ``__init__`` (2-3x faster).
-
-    Only used while ``Recipient`` has exactly these slots; otherwise the plain constructor.
-    """
-    names = [f.name for f in dataclass_fields(Recipient)]
-    if names != ["line", "id", "uid", "attrs"] or not hasattr(Recipient, "__slots__"):
-        return Recipient
-    slots: dict[str, Any] = dict(vars(Recipient))
-    new = object.__new__
-    set_line = slots["line"].__set__
-    set_id = slots["id"].__set__
-    set_uid = slots["uid"].__set__
-    set_attrs = slots["attrs"].__set__
-
-    def make(line: int, id: str | None, uid: str | None, attrs: Mapping[str, str]) -> Recipient:
-        r: Recipient = new(Recipient)
-        set_line(r, line)
-        set_id(r, id)
-        set_uid(r, uid)
-        set_attrs(r, attrs)
-        return r
-
-    return make
-
-
-make_recipient = _fast_constructor()
-
-
-def _fast_columns_constructor() -> MakeRecipients:
-    """``[Recipient(*row) for row in zip(lines, ids, uids, attrs)]`` for ``count`` rows, a field
-    at a time: the objects are made and each slot filled by ``map`` in C, without a Python
-    call per row (about 30 % faster than ``make_recipient`` per row).
-
-    Only used while ``Recipient`` has exactly these slots; otherwise the plain constructor.
-    """
-    if make_recipient is Recipient:
-
-        def plain(
-            lines: Iterable[int],
-            ids: Iterable[str | None],
-            uids: Iterable[str | None],
-            attrs: Iterable[Mapping[str, str]],
-            count: int,
-        ) -> list[Recipient]:
-            return list(map(Recipient, lines, ids, uids, attrs))
-
-        return plain
-    slots: dict[str, Any] = dict(vars(Recipient))
-    new = object.__new__
-    setters = [slots[name].__set__ for name in ("line", "id", "uid", "attrs")]
-
-    def make(
-        lines: Iterable[int],
-        ids: Iterable[str | None],
-        uids: Iterable[str | None],
-        attrs: Iterable[Mapping[str, str]],
-        count: int,
-    ) -> list[Recipient]:
-        made: list[Recipient] = list(map(new, repeat(Recipient, count)))
-        # each setter returns None: any() runs the map to its end in C
-        for setter, values in zip(setters, (lines, ids, uids, attrs), strict=True):
-            any(map(setter, made, values))
-        return made
-
-    return make
-
-
-make_recipients = _fast_columns_constructor()
-
-
-@contextmanager
-def born_old() -> Iterator[None]:
-    """Make many objects without reference cycles (recipients) as if they were long-lived.
-
-    The cyclic garbage collector would walk every new recipient at its next young collection
-    and again at the one after: about 60 ns per row, a tenth of the whole ingest. Instead the
-    young generations are collected first (the few objects made since the last chunk, at their
-    normal cost), the collector is off while the recipients are made, and then ``gc.freeze()``
-    with ``gc.unfreeze()`` moves them, now the only young objects, straight to the oldest
-    generation. They are freed by reference counting as usual; a full collection still walks
-    those alive then. Skipped when the collector is off or the program froze objects itself.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    promote = gc.get_freeze_count() == 0
-    if promote:
-        gc.collect(1)
-    gc.disable()
-    try:
-        yield
-        if promote:
-            gc.freeze()
-            gc.unfreeze()
-    finally:
-        gc.enable()
 
 
 def _none_if_empty(value: str) -> str | None:
@@ -323,7 +126,7 @@ class Layout:
                 rejected.append(item)
             else:
                 recipients.append(item)  # type: ignore[arg-type]
-        return spec.Chunk(recipients, rejected)
+        return spec.Chunk(Recipients.of(recipients), rejected)
 
     # -- a chunk of columns ------------------------------------------------------------------
 
@@ -358,22 +161,13 @@ class Layout:
             ids is None or uids is None or any(map(_both_none, ids, uids))
         ):
             return None
-        attrs: Iterable[Mapping[str, str]] = repeat(EMPTY, count)
+        attrs: AttrColumns | None = None
         if self.attrs:
             picked = [columns[index] for index, _ in self.attrs]
             if not all(map(self._plain, picked)):
                 return None
-            attrs = list(map(dict, map(zip, repeat(self.attr_names), zip(*picked, strict=True))))
-        with born_old():
-            made = make_recipients(
-                lines,
-                repeat(None, count) if ids is None else ids,
-                repeat(None, count) if uids is None else uids,
-                attrs,
-                count,
-            )
-            recipients = Recipients(made, {"id": ids, "uid": uids})
-        return spec.Chunk(recipients, [])
+            attrs = AttrColumns(self.attr_names, picked)
+        return spec.Chunk(Recipients(lines, ids, uids, attrs), [])
 
     def _key_column(self, values: list[str], count: int) -> tuple[list[Any], bool] | None:
         """An ``id`` or ``uid`` column checked in bulk: stripped, with None for an empty value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -53,9 +54,13 @@ class SourceSpec:
 
 
 class Chunk(NamedTuple):
-    """Consecutive rows of a file: the good ones and the rejected ones, each in file order."""
+    """Consecutive rows of a file: the good ones and the rejected ones, each in file order.
 
-    recipients: list[Recipient]
+    Readers hand over ``recipients`` as :class:`~bulksend.recipients.Recipients` (columns);
+    anything else that makes chunks may use any sequence of recipients.
+    """
+
+    recipients: Sequence[Recipient]
     rejected: list[Rejected]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bulksend.models import Recipient
-from bulksend.sources.rows import EMPTY, make_recipient
+from bulksend.recipients import EMPTY, make_recipient
 
 _MULT = 0x9E3779B97F4A7C15F39CC0605CEDC835
 _MASK = (1 << 128) - 1
