@@ -1,0 +1,309 @@
+"""The engine's own cost per request on the sending side: admission, feedback, classify, report.
+
+    python -m benchmarks.dispatch [--requests 5000] [--batch-size 100] [--workers 32]
+    python -m benchmarks.dispatch --sandbox [--requests 2000]     # against a sandbox process
+    python -m benchmarks.dispatch --profile out/dispatch.prof      # cProfile of one engine run
+
+Null transport (the default): ``send`` returns at once a 200 with the sandbox's headers
+(Content-Type, X-RateLimit-Limit, X-RateLimit-Remaining counting down) in a
+``CIMultiDictProxy``, as aiohttp hands them over. Recipients are built before the clock starts;
+logging is set up as the CLI does at INFO (JSON to a null stream). Runs alternate and the
+medians of the CPU times are compared:
+
+* ``bare``: 32 tasks doing nothing but ``await transport.send(request)`` on pre-encoded requests
+  (the floor the null transport itself sets);
+* ``engine``: ``Engine.run`` on ready-made chunks of already unique rows with a pass-through
+  deduplicator, so what is measured is batching, encoding, scheduling, classifying, counting
+  and logging; *overhead* is engine minus bare, per request;
+* ``engine + dedup``: the same with the real ``Deduper`` (as ``bulksend send`` runs it); the
+  deduplicator alone is timed on the same chunks and reported beside it.
+
+``encode`` (the provider's JSON body, the same work the raw loop did before its clock started)
+is timed alone too, since it is inside the engine figure.
+
+With ``--sandbox`` the engine (dispatch only, as above, real ``Transport``) and the raw aiohttp
+loop of ``benchmarks.throughput`` post the same bodies to one sandbox process with no effective
+limit; the ratio of their wall times is issue 7's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import logging
+import os
+import pstats
+import statistics
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from benchmarks.common import KEY, machine, median, sandbox_process
+from benchmarks.throughput import raw_run
+from bulksend import logs
+from bulksend.core.dedup import Deduper
+from bulksend.engine import Engine, EngineOptions
+from bulksend.models import HttpRequest, HttpResponse, Recipient
+from bulksend.providers import maxtraffic
+from bulksend.scheduler import GroupPolicy, Scheduler
+from bulksend.sources.spec import Chunk
+from bulksend.transport import Transport
+
+#: what the sandbox is started with (and what the null transport announces): no effective limit
+LIMIT = 1_000_000_000
+CHUNK = 4096  # rows per chunk, as the readers hand them to the engine
+MESSAGE = {"campaign": "bench", "messages": [{"title": "Benchmark", "body": "hello"}]}
+OK_BODY = b'{"success":true}'
+
+
+class NullTransport:
+    """Answers every request at once with a 200 and the sandbox's rate-limit headers."""
+
+    base_url = "http://null.invalid"
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self._limit = str(limit)
+        self._remaining = limit
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        self._remaining -= 1
+        headers = CIMultiDict(
+            (
+                ("Content-Type", "application/json; charset=utf-8"),
+                ("X-RateLimit-Limit", self._limit),
+                ("X-RateLimit-Remaining", str(self._remaining)),
+            )
+        )
+        return HttpResponse(200, CIMultiDictProxy(headers), OK_BODY)
+
+
+class PassThrough:
+    """A deduplicator for rows known to be unique: keeps them all."""
+
+    def filter_many(self, recipients: Sequence[Recipient]) -> tuple[list[Recipient], list[Any]]:
+        return list(recipients), []
+
+
+def make_rows(n: int) -> list[Recipient]:
+    return [Recipient(i + 2, f"{i:032x}", f"u-{i:08d}-{i % 9973:04d}") for i in range(n)]
+
+
+def make_chunks(rows: list[Recipient]) -> list[Chunk]:
+    chunks = [Chunk(rows[i : i + CHUNK], []) for i in range(0, len(rows), CHUNK)]
+    # a real send streams its rows through; keep the collector from walking all of them
+    gc.collect()
+    gc.freeze()
+    return chunks
+
+
+def provider() -> maxtraffic.MaxTraffic:
+    return maxtraffic.build({"message": MESSAGE}, {"api_key": KEY})
+
+
+def scheduler(workers: int) -> Scheduler:
+    """As ``bulksend send`` builds it for MaxTraffic (default limit, ``in_flight = workers``)."""
+    p = provider()
+    return Scheduler(
+        {
+            name: GroupPolicy(limit=limit, in_flight=workers, headers_expected=True)
+            for name, limit in p.groups.items()
+        }
+    )
+
+
+def options(args: argparse.Namespace) -> EngineOptions:
+    return EngineOptions(batch_size=args.batch_size, workers=args.workers)
+
+
+def cpu(fn: Callable[[], Any]) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+async def acpu(coro: Coroutine[Any, Any, Any]) -> tuple[float, float, Any]:
+    """(CPU seconds, wall seconds, result) of awaiting ``coro``."""
+    start, wall = time.process_time(), time.perf_counter()
+    result = await coro
+    return time.process_time() - start, time.perf_counter() - wall, result
+
+
+async def engine_run(
+    args: argparse.Namespace, chunks: list[Chunk], transport: Any, dedup: Any
+) -> tuple[float, float, int]:
+    engine = Engine(provider(), transport, scheduler(args.workers), dedup, options(args))
+    seconds, wall, summary = await acpu(engine.run(chunks))
+    if not summary.complete or summary.delivered != sum(len(c.recipients) for c in chunks):
+        raise RuntimeError(f"engine run incomplete\n{summary.render()}")
+    return seconds, wall, summary.requests
+
+
+async def bare_run(requests: list[HttpRequest], transport: Any, workers: int) -> float:
+    """CPU seconds of ``workers`` tasks awaiting ``transport.send`` on every request."""
+    queue = iter(requests)
+
+    async def worker() -> None:
+        for request in queue:
+            await transport.send(request)
+
+    seconds, _, _ = await acpu(asyncio.gather(*(worker() for _ in range(workers))))
+    return seconds
+
+
+def encoded(rows: list[Recipient], batch_size: int) -> tuple[list[HttpRequest], float]:
+    """The requests of every batch, and the CPU seconds ``encode`` took for them."""
+    p = provider()
+    batches = p.batcher(batch_size).add_many(rows)
+    out: list[HttpRequest] = []
+    seconds = cpu(lambda: out.extend(p.encode(b) for b in batches))
+    return out, seconds
+
+
+def dedup_cpu(chunks: list[Chunk], n: int) -> float:
+    with Deduper(keys=("id", "uid"), expected=n) as d:
+        return cpu(lambda: [d.filter_many(c.recipients) for c in chunks])
+
+
+def us(seconds: float, requests: int) -> float:
+    return seconds / requests * 1e6
+
+
+async def null_mode(args: argparse.Namespace) -> None:
+    n = args.requests * args.batch_size
+    rows = make_rows(n)
+    chunks = make_chunks(rows)
+    requests, _ = encoded(rows, args.batch_size)
+    engine_s: list[float] = []
+    encode_s: list[float] = []
+    full_s: list[float] = []
+    bare_s: list[float] = []
+    dedup_s: list[float] = []
+    count = 0
+    for _ in range(args.repeat):
+        seconds, _, count = await engine_run(args, chunks, NullTransport(), PassThrough())
+        engine_s.append(seconds)
+        bare_s.append(await bare_run(requests, NullTransport(), args.workers))
+        with Deduper(keys=("id", "uid"), expected=n) as d:
+            full_s.append((await engine_run(args, chunks, NullTransport(), d))[0])
+        dedup_s.append(dedup_cpu(chunks, n))
+        encode_s.append(encoded(rows, args.batch_size)[1])
+    e, b, f, d = median(engine_s), median(bare_s), median(full_s), median(dedup_s)
+    enc = median(encode_s)
+    spread = statistics.pstdev(engine_s) / e if e else 0.0
+    print(f"machine: {machine()}; loop: {type(asyncio.get_running_loop()).__module__}")
+    print(
+        f"null transport: requests={count:,} batch_size={args.batch_size} "
+        f"workers={args.workers} repeat={args.repeat} (medians of CPU time)"
+    )
+    print(f"bare send loop:      {b:7.3f} s = {us(b, count):6.1f} µs/request")
+    print(
+        f"engine (no dedup):   {e:7.3f} s = {us(e, count):6.1f} µs/request "
+        f"(±{spread:.0%} between runs)"
+    )
+    print(f"  of which encode:   {enc:7.3f} s = {us(enc, count):6.1f} µs/request")
+    print(
+        f"engine + dedup:      {f:7.3f} s = {us(f, count):6.1f} µs/request; dedup alone "
+        f"{d:.3f} s = {us(d, count):.1f} µs/request; minus dedup {us(f - d, count):.1f}"
+    )
+    print(
+        f"engine overhead (engine - bare): {us(e - b, count):.1f} µs/request; "
+        f"without encode: {us(e - b - enc, count):.1f} µs/request"
+    )
+
+
+async def profile_mode(args: argparse.Namespace) -> None:
+    """cProfile one engine run (after a warm-up), with the null transport or the sandbox."""
+    rows = make_rows(args.requests * args.batch_size)
+    chunks = make_chunks(rows)
+    profiler = cProfile.Profile()
+    if args.sandbox:
+        sandbox_args = ("--limit", str(LIMIT), "--max-batch", str(max(1000, args.batch_size)))
+        with sandbox_process("maxtraffic", *sandbox_args) as url:
+            for profiled in (False, True):
+                async with Transport(url, connections=args.workers) as transport:
+                    if profiled:
+                        profiler.enable()
+                    await engine_run(args, chunks, transport, PassThrough())
+                    profiler.disable()
+    else:
+        await engine_run(args, chunks, NullTransport(), PassThrough())  # warm up
+        profiler.enable()
+        await engine_run(args, chunks, NullTransport(), PassThrough())
+        profiler.disable()
+    Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(args.profile)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+
+
+async def sandbox_mode(args: argparse.Namespace) -> None:
+    n = args.requests * args.batch_size
+    rows = make_rows(n)
+    chunks = make_chunks(rows)
+    requests, _ = encoded(rows, args.batch_size)
+    bodies = [r.body or b"" for r in requests]
+    headers, path = dict(requests[0].headers), requests[0].path
+    sandbox_args = ("--limit", str(LIMIT), "--max-batch", str(max(1000, args.batch_size)))
+    engine_wall: list[float] = []
+    engine_cpu: list[float] = []
+    raw_wall: list[float] = []
+    raw_cpu: list[float] = []
+    with sandbox_process("maxtraffic", *sandbox_args) as url:
+        for _ in range(args.repeat):
+            async with Transport(url, connections=args.workers) as transport:
+                seconds, wall, count = await engine_run(args, chunks, transport, PassThrough())
+            engine_cpu.append(seconds)
+            engine_wall.append(wall)
+            seconds, wall, _ = await acpu(raw_run(bodies, headers, url + path, args.workers))
+            raw_cpu.append(seconds)
+            raw_wall.append(wall)
+    e, r = median(engine_wall), median(raw_wall)
+    print(f"machine: {machine()}; loop: {type(asyncio.get_running_loop()).__module__}")
+    print(
+        f"sandbox: requests={count:,} batch_size={args.batch_size} workers={args.workers} "
+        f"repeat={args.repeat} (medians)"
+    )
+    print(
+        f"engine, dispatch only: {count / e:8,.0f} requests/s ({e:.3f} s, "
+        f"{us(median(engine_cpu), count):.0f} µs CPU/request)"
+    )
+    print(
+        f"raw aiohttp loop:      {len(bodies) / r:8,.0f} requests/s ({r:.3f} s, "
+        f"{us(median(raw_cpu), len(bodies)):.0f} µs CPU/request)"
+    )
+    print(f"ratio engine/raw: {r / e:.2f} (issue 7: >= 0.9)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, help="requests per run (5000; 2000 --sandbox)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=32, help="workers = in-flight cap (32)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sandbox", action="store_true", help="against a sandbox process")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile one engine run into FILE")
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    if args.requests is None:
+        args.requests = 2000 if args.sandbox else 5000
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - kept open for the logger
+    logs.configure(level=logging.INFO, fmt="json", stream=devnull)
+    factory = None
+    if not args.no_uvloop:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    mode = profile_mode if args.profile else sandbox_mode if args.sandbox else null_mode
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(mode(args))
+    finally:
+        devnull.close()
+
+
+if __name__ == "__main__":
+    main()
