@@ -4,11 +4,11 @@
     python -m benchmarks.dispatch --sandbox [--requests 2000]     # against a sandbox process
     python -m benchmarks.dispatch --profile out/dispatch.prof      # cProfile of one engine run
 
-Null transport (the default): ``send`` returns at once a 200 with the sandbox's headers
-(Content-Type, X-RateLimit-Limit, X-RateLimit-Remaining counting down) in a
-``CIMultiDictProxy``, as aiohttp hands them over. Recipients are built before the clock starts;
-logging is set up as the CLI does at INFO (JSON to a null stream). Runs alternate and the
-medians of the CPU times are compared:
+Null transport (the default): ``send`` returns at once a 200 with the sandbox's six headers
+(Content-Type, X-RateLimit-Limit, X-RateLimit-Remaining counting down, Content-Length, Date,
+Server) in a ``CIMultiDictProxy``, as aiohttp hands them over. Recipients are built before the
+clock starts; logging is set up as the CLI does at INFO (JSON to a null stream). Runs alternate
+and the medians of the CPU times are compared:
 
 * ``bare``: 32 tasks doing nothing but ``await transport.send(request)`` on pre-encoded requests
   (the floor the null transport itself sets);
@@ -41,7 +41,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from benchmarks.common import KEY, machine, median, sandbox_process
 from benchmarks.throughput import raw_run
@@ -59,6 +59,11 @@ LIMIT = 1_000_000_000
 CHUNK = 4096  # rows per chunk, as the readers hand them to the engine
 MESSAGE = {"campaign": "bench", "messages": [{"title": "Benchmark", "body": "hello"}]}
 OK_BODY = b'{"success":true}'
+#: the sandbox's response headers, as aiohttp's parser names them
+CONTENT_TYPE, CONTENT_LENGTH, DATE, SERVER = map(
+    istr, ("Content-Type", "Content-Length", "Date", "Server")
+)
+LIMIT_HEADER, REMAINING_HEADER = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining")
 
 
 class NullTransport:
@@ -74,9 +79,12 @@ class NullTransport:
         self._remaining -= 1
         headers = CIMultiDict(
             (
-                ("Content-Type", "application/json; charset=utf-8"),
-                ("X-RateLimit-Limit", self._limit),
-                ("X-RateLimit-Remaining", str(self._remaining)),
+                (CONTENT_TYPE, "application/json"),
+                (LIMIT_HEADER, self._limit),
+                (REMAINING_HEADER, str(self._remaining)),
+                (CONTENT_LENGTH, "16"),
+                (DATE, "Wed, 02 Dec 2026 02:45:19 GMT"),
+                (SERVER, "Python/3.11 aiohttp/3.14.5"),
             )
         )
         return HttpResponse(200, CIMultiDictProxy(headers), OK_BODY)
