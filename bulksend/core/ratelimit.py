@@ -74,6 +74,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
 from bulksend.core.backoff import RetryBudget
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "parse_reset",
     "parse_retry_after",
     "parse_seconds",
+    "plain_counts",
 ]
 
 #: the longest wait any header can ask for (absurd values are capped to this)
@@ -110,6 +113,14 @@ class FeedbackKind(enum.Enum):
     THROTTLED = "throttled"  # 429 (or 503 with Retry-After)
     ERROR = "error"  # 5xx
     NO_RESPONSE = "no_response"  # timeout / connection error
+
+
+_OK, _THROTTLED, _ERROR, _NO_RESPONSE = (
+    FeedbackKind.OK,
+    FeedbackKind.THROTTLED,
+    FeedbackKind.ERROR,
+    FeedbackKind.NO_RESPONSE,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +283,9 @@ class RateLimitInfo:
         return self.limit is not None or self.remaining is not None or bool(self.policies)
 
 
+_EMPTY = RateLimitInfo()
+
+
 def _window_param(params: Mapping[str, str]) -> float | None:
     w = parse_seconds(params.get("w"))
     return w if w is not None and w > 0 else None
@@ -292,6 +306,75 @@ def _limit_field(value: str, window: float) -> tuple[int | None, list[tuple[int,
     return first, policies
 
 
+#: every field ``parse_headers`` reads besides X-RateLimit-Limit and X-RateLimit-Remaining
+_OTHER_FIELDS = frozenset(
+    {
+        "x-ratelimit-reset",
+        "x-ratelimit-reset-after",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+        "retry-after",
+    }
+)
+_OTHER_KEYS = tuple(istr(name) for name in sorted(_OTHER_FIELDS))
+_LIMIT_KEY = istr("x-ratelimit-limit")
+_REMAINING_KEY = istr("x-ratelimit-remaining")
+#: case-insensitive mappings (aiohttp's headers): looked up by name instead of scanned
+_CI_TYPES = (CIMultiDictProxy, CIMultiDict)
+#: plain counts up to this many digits read exactly as the full parser reads them (via float)
+_PLAIN_DIGITS = 15
+
+
+def _plain_fields(headers: Mapping[str, str]) -> tuple[str | None, str | None] | None:
+    """The X-RateLimit-Limit and -Remaining values (first of each) when the response has no
+    other rate-limit field; None when it has one."""
+    if isinstance(headers, _CI_TYPES):
+        if not headers.keys().isdisjoint(_OTHER_KEYS):
+            return None
+        return headers.get(_LIMIT_KEY), headers.get(_REMAINING_KEY)
+    limit = remaining = None
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name == "x-ratelimit-limit":
+            if limit is None:
+                limit = str(value)
+        elif name == "x-ratelimit-remaining":
+            if remaining is None:
+                remaining = str(value)
+        elif name in _OTHER_FIELDS:
+            return None
+    return limit, remaining
+
+
+def plain_counts(headers: Mapping[str, str]) -> tuple[int | None, int | None] | None:
+    """(limit, remaining) when the response's only rate-limit fields are X-RateLimit-Limit and
+    X-RateLimit-Remaining as plain integers (or absent) -- the common case, which needs none of
+    ``parse_headers``' machinery; None when the full parser is needed.
+
+    The figures are what ``parse_headers`` returns for the same headers: a limit outside
+    ``1..10,000,000`` reads as None, the window as the group's, no reset, no Retry-After.
+    """
+    fields = _plain_fields(headers)
+    if fields is None:
+        return None
+    text, rem_text = fields
+    limit = remaining = None
+    if text is not None:
+        if not (len(text) <= _PLAIN_DIGITS and text.isdigit() and text.isascii()):
+            return None
+        limit = int(text)
+        if not 0 < limit <= _MAX_LIMIT:
+            limit = None
+    if rem_text is not None:
+        if not (len(rem_text) <= _PLAIN_DIGITS and rem_text.isdigit() and rem_text.isascii()):
+            return None
+        remaining = int(rem_text)
+    return limit, remaining
+
+
 def parse_headers(
     headers: Mapping[str, str], *, wall_now: float, window: float = 60.0
 ) -> RateLimitInfo:
@@ -300,6 +383,17 @@ def parse_headers(
     ``window`` is the group's window, the unit of a bare ``X-RateLimit-Limit``. Pure: HTTP-dates
     and epoch timestamps are turned into delays with ``wall_now``.
     """
+    plain = plain_counts(headers)
+    if plain is not None:
+        limit, remaining = plain
+        if limit is None and remaining is None:
+            return _EMPTY
+        return RateLimitInfo(limit=limit, remaining=remaining)
+    return _parse_all(headers, wall_now=wall_now, window=window)
+
+
+def _parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> RateLimitInfo:
+    """``parse_headers`` without its shortcut for plain X-RateLimit-Limit/-Remaining."""
     h = headers if isinstance(headers, dict) and all(k.islower() for k in headers) else None
     h = h if h is not None else lower_headers(headers)
 
@@ -383,9 +477,6 @@ def parse_headers(
     )
 
 
-_EMPTY = RateLimitInfo()
-
-
 # --------------------------------------------------------------------------------------------
 # the bucket
 
@@ -458,6 +549,7 @@ class Bucket:
     _rtt_lo: deque[tuple[float, float]] = field(default_factory=deque)
     _rtt_hi: deque[tuple[float, float]] = field(default_factory=deque)
     _ad: _Adaptive = field(default_factory=_Adaptive)
+    _margin: float = 0.0  # margin(), kept up to date by _update_margin
 
     def __post_init__(self) -> None:
         self.configured = max(1, int(self.configured))
@@ -466,6 +558,7 @@ class Bucket:
         if self.ceiling is not None and not self.ceiling > 0:
             self.ceiling = None
         self._ad.b_start = self._ad.w_max = float(self.configured)
+        self._update_margin()
 
     # ---- derived figures -------------------------------------------------------------------
 
@@ -483,10 +576,14 @@ class Bucket:
 
     def margin(self) -> float:
         """Seconds added to the window: covers the spread of one-way delays (see docstring)."""
+        return self._margin
+
+    def _update_margin(self) -> None:
+        """Recompute ``margin()`` (after an RTT sample or a change of window)."""
         m = self.base_margin
         if self._rtt_lo and self._rtt_hi:
             m = max(m, self._rtt_hi[0][1] - self._rtt_lo[0][1])
-        return min(m, max(self.base_margin, min(self.max_margin, 0.1 * self.window)))
+        self._margin = min(m, max(self.base_margin, min(self.max_margin, 0.1 * self.window)))
 
     def used(self, now: float) -> int:
         """Requests sent within the last ``window + margin`` seconds."""
@@ -656,62 +753,80 @@ class Bucket:
         kind: FeedbackKind,
         headers: Mapping[str, str] | None = None,
         wall_now: float = 0.0,
-    ) -> RateLimitInfo:
+    ) -> None:
         """Take the outcome of send ``seq``: counts, RTT, headers, pauses and adaptation."""
-        self.in_flight = max(0, self.in_flight - 1)
-        self._close(seq)
+        self.in_flight = self.in_flight - 1 if self.in_flight > 0 else 0
+        open_ = self._open
+        if open_ and open_[0] == seq:  # answers mostly come back in order
+            del open_[0]
+        else:
+            self._close(seq)
         st = self.stats
-        if kind is FeedbackKind.NO_RESPONSE:
+        if kind is _NO_RESPONSE:
             st.no_response += 1
         else:
             self.answered = True
             self._rtt_sample(now, now - sent_at)
-        info = parse_headers(headers, wall_now=wall_now, window=self.window) if headers else _EMPTY
-        if info.has_rate_headers:
-            self.headers_seen = True
-            if info.limit is not None:
-                self.header_limit = info.limit
-                if info.window is not None:
-                    self.window = info.window
-            self.extra = tuple(p for p in info.policies if p != (self.limit(now), self.window))
 
-        throttled = kind is FeedbackKind.THROTTLED
-        remaining = info.remaining
+        limit = remaining = None
+        window = reset = retry_after = None
+        policies: tuple[tuple[int, float], ...] = ()
+        if headers:
+            plain = plain_counts(headers)
+            if plain is not None:
+                limit, remaining = plain
+            else:
+                info = _parse_all(headers, wall_now=wall_now, window=self.window)
+                limit, window, policies = info.limit, info.window, info.policies
+                remaining, reset, retry_after = info.remaining, info.reset, info.retry_after
+        if limit is not None or remaining is not None or policies:
+            self.headers_seen = True
+            if limit is not None:
+                self.header_limit = limit
+                if window is not None:
+                    self.window = window
+                    self._update_margin()
+            if policies:
+                current = (self.limit(now), self.window)
+                self.extra = tuple(p for p in policies if p != current)
+            else:
+                self.extra = ()
+
+        throttled = kind is _THROTTLED
         if throttled and remaining is not None:
             remaining = 0  # a 429 says this window is spent, whatever else it claims
         if remaining is not None:
             self._track_run(seq, remaining, now)
-            if info.limit is None:
-                self.floor_limit = max(self.floor_limit, remaining + 1)
+            if limit is None and remaining >= self.floor_limit:
+                self.floor_limit = remaining + 1
             if seq > self._rem_seq:
                 self._rem_seq = seq
                 self._rem_allow = remaining - self._not_counted(seq)
-                reset = info.reset if info.reset is not None else info.retry_after
-                self._rem_hold = self._window_end(now, reset)
+                self._rem_hold = self._window_end(now, reset if reset is not None else retry_after)
 
-        if kind is FeedbackKind.OK:
+        if kind is _OK:
             st.ok += 1
             self.budget.success(now)
             self.strikes = 0
             self.recovering = False
             if seq > self._ad.cut_seq:
                 self._ad.recovered = True
-        elif kind is FeedbackKind.ERROR:
+            return
+        if kind is _ERROR:
             st.errors += 1
 
-        if info.retry_after is not None and kind in (FeedbackKind.THROTTLED, FeedbackKind.ERROR):
-            self.pause_until = max(self.pause_until, now + info.retry_after)
+        if retry_after is not None and (throttled or kind is _ERROR):
+            self.pause_until = max(self.pause_until, now + retry_after)
         if throttled:
             st.throttled += 1
             if self.adaptive and seq > self._ad.cut_seq and self._ad.recovered:
                 self._cut(now)
-            if info.retry_after is None and remaining is None:
-                if info.reset is not None:
-                    self.pause_until = max(self.pause_until, now + info.reset)
+            if retry_after is None and remaining is None:
+                if reset is not None:
+                    self.pause_until = max(self.pause_until, now + reset)
                 else:
                     self.pause_until = max(self.pause_until, now + self._strike_pause())
                     self.recovering = True
-        return info
 
     def _track_run(self, seq: int, remaining: int, now: float) -> None:
         """Remember when the server's current window was first seen (Remaining last went up)."""
@@ -766,3 +881,4 @@ class Bucket:
             lo.popleft()
         while hi[0][0] < edge:
             hi.popleft()
+        self._update_margin()
