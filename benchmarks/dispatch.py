@@ -12,14 +12,15 @@ and the medians of the CPU times are compared:
 
 * ``bare``: 32 tasks doing nothing but ``await transport.send(request)`` on pre-encoded requests
   (the floor the null transport itself sets);
-* ``engine``: ``Engine.run`` on ready-made chunks of already unique rows with a pass-through
-  deduplicator, so what is measured is batching, encoding, scheduling, classifying, counting
-  and logging; *overhead* is engine minus bare, per request;
-* ``engine + dedup``: the same with the real ``Deduper`` (as ``bulksend send`` runs it); the
-  deduplicator alone is timed on the same chunks and reported beside it.
-
-``encode`` (the provider's JSON body, the same work the raw loop did before its clock started)
-is timed alone too, since it is inside the engine figure.
+* ``engine, bodies encoded in advance``: ``Engine.run`` on ready-made chunks of already unique
+  rows with a pass-through deduplicator, and the provider's ``encode`` answered from requests
+  made before the clock (as the raw loop's are), so what is measured is the engine's own work:
+  batching, queueing, scheduling, feedback, classifying, the circuit breaker, counting and
+  logging. *overhead* is this minus bare, per request (issue 7's target: <= 10 µs);
+* ``engine, encoding``: the same with the real ``encode`` (the JSON body of every batch); the
+  encoding alone is timed on the same batches and reported beside it;
+* ``engine + dedup``: the same with the real ``Deduper`` too (as ``bulksend send`` runs it);
+  the deduplicator alone is timed on the same chunks.
 
 With ``--sandbox`` the engine (dispatch only, as above, real ``Transport``) and the raw aiohttp
 loop of ``benchmarks.throughput`` post the same bodies to one sandbox process with no effective
@@ -35,7 +36,6 @@ import gc
 import logging
 import os
 import pstats
-import statistics
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -48,7 +48,7 @@ from benchmarks.throughput import raw_run
 from bulksend import logs
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
-from bulksend.models import HttpRequest, HttpResponse, Recipient
+from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers import maxtraffic
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
@@ -97,6 +97,27 @@ class PassThrough:
         return list(recipients), []
 
 
+class PreEncoded:
+    """The MaxTraffic adapter with every batch's request encoded in advance (by batch number),
+    so the engine's figure leaves out the JSON encoding the raw loop did before its clock."""
+
+    def __init__(self, inner: maxtraffic.MaxTraffic, requests: list[HttpRequest]) -> None:
+        self._inner = inner
+        self._requests = requests
+        self.name = inner.name
+        self.groups = inner.groups
+        self.sends_rate_headers = inner.sends_rate_headers
+        self.dedup_keys = inner.dedup_keys
+        self.batcher = inner.batcher
+        self.classify = inner.classify
+        self.describe = inner.describe
+
+    def encode(self, batch: Batch) -> HttpRequest:
+        if batch.number <= len(self._requests):
+            return self._requests[batch.number - 1]
+        return self._inner.encode(batch)
+
+
 def make_rows(n: int) -> list[Recipient]:
     return [Recipient(i + 2, f"{i:032x}", f"u-{i:08d}-{i % 9973:04d}") for i in range(n)]
 
@@ -142,9 +163,15 @@ async def acpu(coro: Coroutine[Any, Any, Any]) -> tuple[float, float, Any]:
 
 
 async def engine_run(
-    args: argparse.Namespace, chunks: list[Chunk], transport: Any, dedup: Any
+    args: argparse.Namespace,
+    chunks: list[Chunk],
+    transport: Any,
+    dedup: Any,
+    requests: list[HttpRequest] | None = None,
 ) -> tuple[float, float, int]:
-    engine = Engine(provider(), transport, scheduler(args.workers), dedup, options(args))
+    """One ``Engine.run``; with ``requests``, the bodies are encoded in advance."""
+    p: Any = provider() if requests is None else PreEncoded(provider(), requests)
+    engine = Engine(p, transport, scheduler(args.workers), dedup, options(args))
     seconds, wall, summary = await acpu(engine.run(chunks))
     if not summary.complete or summary.delivered != sum(len(c.recipients) for c in chunks):
         raise RuntimeError(f"engine run incomplete\n{summary.render()}")
@@ -186,42 +213,45 @@ async def null_mode(args: argparse.Namespace) -> None:
     rows = make_rows(n)
     chunks = make_chunks(rows)
     requests, _ = encoded(rows, args.batch_size)
-    engine_s: list[float] = []
-    encode_s: list[float] = []
-    full_s: list[float] = []
-    bare_s: list[float] = []
-    dedup_s: list[float] = []
+    names = ("bare", "dispatch", "engine", "encode", "engine + dedup", "dedup")
+    runs: dict[str, list[float]] = {k: [] for k in names}
+    await engine_run(args, chunks, NullTransport(), PassThrough(), requests)  # warm-up
     count = 0
     for _ in range(args.repeat):
-        seconds, _, count = await engine_run(args, chunks, NullTransport(), PassThrough())
-        engine_s.append(seconds)
-        bare_s.append(await bare_run(requests, NullTransport(), args.workers))
-        with Deduper(keys=("id", "uid"), expected=n) as d:
-            full_s.append((await engine_run(args, chunks, NullTransport(), d))[0])
-        dedup_s.append(dedup_cpu(chunks, n))
-        encode_s.append(encoded(rows, args.batch_size)[1])
-    e, b, f, d = median(engine_s), median(bare_s), median(full_s), median(dedup_s)
-    enc = median(encode_s)
-    spread = statistics.pstdev(engine_s) / e if e else 0.0
+        runs["bare"].append(await bare_run(requests, NullTransport(), args.workers))
+        seconds, _, count = await engine_run(args, chunks, NullTransport(), PassThrough(), requests)
+        runs["dispatch"].append(seconds)
+        runs["engine"].append((await engine_run(args, chunks, NullTransport(), PassThrough()))[0])
+        runs["encode"].append(encoded(rows, args.batch_size)[1])
+        if not args.no_dedup:
+            with Deduper(keys=("id", "uid"), expected=n) as d:
+                full = await engine_run(args, chunks, NullTransport(), d)
+            runs["engine + dedup"].append(full[0])
+            runs["dedup"].append(dedup_cpu(chunks, n))
     print(f"machine: {machine()}; loop: {type(asyncio.get_running_loop()).__module__}")
     print(
         f"null transport: requests={count:,} batch_size={args.batch_size} "
-        f"workers={args.workers} repeat={args.repeat} (medians of CPU time)"
+        f"workers={args.workers} repeat={args.repeat}; CPU µs per request"
     )
-    print(f"bare send loop:      {b:7.3f} s = {us(b, count):6.1f} µs/request")
-    print(
-        f"engine (no dedup):   {e:7.3f} s = {us(e, count):6.1f} µs/request "
-        f"(±{spread:.0%} between runs)"
-    )
-    print(f"  of which encode:   {enc:7.3f} s = {us(enc, count):6.1f} µs/request")
-    print(
-        f"engine + dedup:      {f:7.3f} s = {us(f, count):6.1f} µs/request; dedup alone "
-        f"{d:.3f} s = {us(d, count):.1f} µs/request; minus dedup {us(f - d, count):.1f}"
-    )
-    print(
-        f"engine overhead (engine - bare): {us(e - b, count):.1f} µs/request; "
-        f"without encode: {us(e - b - enc, count):.1f} µs/request"
-    )
+    print(f"{'':40} {'median':>7} {'best':>7}")
+    fig: dict[str, tuple[float, float]] = {}
+    for name, label in zip(
+        names,
+        (
+            "bare send loop",
+            "engine, bodies encoded in advance",
+            "engine, encoding",
+            "  encode alone",
+            "engine + dedup",
+            "  dedup alone",
+        ),
+        strict=True,
+    ):
+        if runs[name]:
+            fig[name] = (us(median(runs[name]), count), us(min(runs[name]), count))
+            print(f"{label:40} {fig[name][0]:7.1f} {fig[name][1]:7.1f}")
+    own = [d - b for d, b in zip(fig["dispatch"], fig["bare"], strict=True)]
+    print(f"{'overhead (encoded in advance - bare)':40} {own[0]:7.1f} {own[1]:7.1f}")
 
 
 async def profile_mode(args: argparse.Namespace) -> None:
@@ -294,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sandbox", action="store_true", help="against a sandbox process")
     parser.add_argument("--profile", metavar="FILE", help="cProfile one engine run into FILE")
+    parser.add_argument("--no-dedup", action="store_true", help="skip the runs with the Deduper")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     if args.requests is None:
