@@ -605,13 +605,14 @@ class Bucket:
         """Requests allowed per ``window`` right now (the lower of provider and user ceiling)."""
         if self.header_limit is not None:
             value = float(self.header_limit)
-        elif self.adaptive:
+        elif self.adaptive_only or (self.answered and not self.headers_seen):  # adaptive
             value = self._adaptive_limit(now)
         else:
-            value = float(max(self.configured, self.floor_limit))
+            configured, floor = self.configured, self.floor_limit
+            value = float(configured if configured >= floor else floor)
         if self.ceiling is not None:
             value = min(value, max(1.0, self.ceiling * self.window))
-        return max(1, int(value))
+        return int(value) if value >= 1.0 else 1
 
     def _log_limit(self, now: float, limit: int) -> int:
         """The sliding-log cap. After a cut in adaptive mode it stays at ``Wmax`` (what got
@@ -625,7 +626,7 @@ class Bucket:
 
     def interval(self, now: float) -> float:
         """GCRA spacing between sends: ``(window + margin) / limit`` (and the user ceiling)."""
-        spacing = (self.window + self.margin()) / self.limit(now)
+        spacing = (self.window + self._margin) / self.limit(now)
         if self.ceiling is not None:
             spacing = max(spacing, 1.0 / self.ceiling)
         return spacing
@@ -633,9 +634,6 @@ class Bucket:
     def rate(self, now: float) -> float:
         """Requests per second the bucket admits at most right now."""
         return 1.0 / self.interval(now)
-
-    def _cap(self) -> int:
-        return 1 if self.recovering else self.max_in_flight
 
     # ---- admission ---------------------------------------------------------------------------
 
@@ -653,49 +651,59 @@ class Bucket:
 
     def wait_time(self, now: float, retry: bool = False) -> float:
         """Seconds until a (re)try may be sent; ``math.inf`` while the in-flight cap is reached."""
-        if self.in_flight >= self._cap():
+        if self.in_flight >= (1 if self.recovering else self.max_in_flight):
             return math.inf
-        t = max(now, self.hold_until(now))
+        allow = self._rem_allow
+        t = self.hold_until(now) if allow is not None and allow <= 0 else self.pause_until
+        if t < now:
+            t = now
         limit = self.limit(now)
-        margin = self.margin()
+        margin = self._margin
+        window = self.window
         log = self._log
-        cap = self._log_limit(now, limit)
+        cap = limit if self.header_limit is not None else self._log_limit(now, limit)
         if len(log) >= cap:
-            t = max(t, log[-cap] + self.window + margin)
+            t = max(t, log[-cap] + window + margin)
         for quota, span in self.extra:
             if len(log) >= quota:
                 t = max(t, log[-quota] + span + margin)
-        spacing = (self.window + margin) / limit
+        spacing = (window + margin) / limit
         if self.ceiling is not None:
             spacing = max(spacing, 1.0 / self.ceiling)
-        tolerance = 0.0 if retry else max(0.0, self.burst * limit - 1.0) * spacing
-        t = max(t, self._tat - tolerance)
+        burst = self.burst * limit
+        tolerance = 0.0 if retry or burst <= 1.0 else (burst - 1.0) * spacing
+        if self._tat - tolerance > t:
+            t = self._tat - tolerance
         if retry:
             t = max(t, now + self.budget.wait_time(now))
         return t - now
 
     def send(self, now: float, retry: bool = False) -> tuple[int, float]:
         """Record a send at ``now``; returns (sequence number, GCRA cost)."""
-        if self._ad.t_event is None:
-            self._ad.t_event = self._ad.started = now
+        ad = self._ad
+        if ad.t_event is None:
+            ad.t_event = ad.started = now
         cost = self.interval(now)
         # a timer that fires late (event loops wake at ~1 ms granularity) may catch up on the
         # slots it overslept, up to ``slack`` seconds' worth; the log still bounds every window
-        if self._tat == -math.inf:
-            self._tat = now
-        self._tat = max(self._tat, now - self.slack) + cost
-        self._log.append(now)
-        if len(self._log) > self._trim_at:
+        tat, earliest = self._tat, now - self.slack
+        if tat == -math.inf:
+            tat = now
+        self._tat = (tat if tat >= earliest else earliest) + cost
+        log = self._log
+        log.append(now)
+        if len(log) > self._trim_at:
             self._trim(now)
         self.in_flight += 1
         seq = self._next_seq
-        self._next_seq += 1
+        self._next_seq = seq + 1
         self._open.append(seq)
         if self._rem_allow is not None:
             self._rem_allow -= 1
-        self.stats.sent += 1
+        stats = self.stats
+        stats.sent += 1
         if retry:
-            self.stats.retries += 1
+            stats.retries += 1
             self.budget.spend(now)
         return seq, cost
 
@@ -844,7 +852,7 @@ class Bucket:
             if reset <= 0:
                 return now + min(1.0, self.window / 10.0)
             return now + reset
-        end = self._run_start + self.window + self.margin()
+        end = self._run_start + self.window + self._margin
         if end > now:
             return end
         return now + self._strike_pause()
@@ -868,7 +876,7 @@ class Bucket:
         ad.recovered = False
 
     def _rtt_sample(self, now: float, rtt: float) -> None:
-        if not (rtt >= 0 and math.isfinite(rtt)):
+        if not 0.0 <= rtt < math.inf:  # also False for NaN
             return
         lo, hi, edge = self._rtt_lo, self._rtt_hi, now - self.window
         while lo and lo[-1][1] >= rtt:
