@@ -357,10 +357,15 @@ def plain_counts(headers: Mapping[str, str]) -> tuple[int | None, int | None] | 
     The figures are what ``parse_headers`` returns for the same headers: a limit outside
     ``1..10,000,000`` reads as None, the window as the group's, no reset, no Retry-After.
     """
-    fields = _plain_fields(headers)
-    if fields is None:
-        return None
-    text, rem_text = fields
+    if isinstance(headers, _CI_TYPES):  # the common case, inlined from _plain_fields
+        if not headers.keys().isdisjoint(_OTHER_KEYS):
+            return None
+        text, rem_text = headers.get(_LIMIT_KEY), headers.get(_REMAINING_KEY)
+    else:
+        fields = _plain_fields(headers)
+        if fields is None:
+            return None
+        text, rem_text = fields
     limit = remaining = None
     if text is not None:
         if not (len(text) <= _PLAIN_DIGITS and text.isdigit() and text.isascii()):
@@ -549,7 +554,8 @@ class Bucket:
     _rtt_lo: deque[tuple[float, float]] = field(default_factory=deque)
     _rtt_hi: deque[tuple[float, float]] = field(default_factory=deque)
     _ad: _Adaptive = field(default_factory=_Adaptive)
-    _margin: float = 0.0  # margin(), kept up to date by _update_margin
+    _margin: float = 0.0  # margin(), kept up to date by _update_margin and _rtt_sample
+    _margin_cap: float = 1.0  # the most the margin may be (for the current window)
 
     def __post_init__(self) -> None:
         self.configured = max(1, int(self.configured))
@@ -579,11 +585,12 @@ class Bucket:
         return self._margin
 
     def _update_margin(self) -> None:
-        """Recompute ``margin()`` (after an RTT sample or a change of window)."""
+        """Recompute ``margin()`` (after a change of window; ``_rtt_sample`` keeps it too)."""
+        self._margin_cap = max(self.base_margin, min(self.max_margin, 0.1 * self.window))
         m = self.base_margin
         if self._rtt_lo and self._rtt_hi:
             m = max(m, self._rtt_hi[0][1] - self._rtt_lo[0][1])
-        self._margin = min(m, max(self.base_margin, min(self.max_margin, 0.1 * self.window)))
+        self._margin = min(m, self._margin_cap)
 
     def used(self, now: float) -> int:
         """Requests sent within the last ``window + margin`` seconds."""
@@ -683,7 +690,9 @@ class Bucket:
         ad = self._ad
         if ad.t_event is None:
             ad.t_event = ad.started = now
-        cost = self.interval(now)
+        cost = (self.window + self._margin) / self.limit(now)  # interval(now), inlined
+        if self.ceiling is not None:
+            cost = max(cost, 1.0 / self.ceiling)
         # a timer that fires late (event loops wake at ~1 ms granularity) may catch up on the
         # slots it overslept, up to ``slack`` seconds' worth; the log still bounds every window
         tat, earliest = self._tat, now - self.slack
@@ -747,8 +756,9 @@ class Bucket:
         unanswered (it may have arrived after ``seq``).
         """
         later = self._next_seq - 1 - seq
-        returned = len(self._returned) - bisect_right(self._returned, seq)
-        return max(0, later - returned) + bisect_left(self._open, seq)
+        if self._returned:
+            later -= len(self._returned) - bisect_right(self._returned, seq)
+        return (later if later > 0 else 0) + bisect_left(self._open, seq)
 
     # ---- feedback ----------------------------------------------------------------------------
 
@@ -876,17 +886,22 @@ class Bucket:
         ad.recovered = False
 
     def _rtt_sample(self, now: float, rtt: float) -> None:
+        """Keep the lowest and highest RTT of the last window (monotonic deques) and the margin
+        they give (what ``_update_margin`` computes, inlined: this runs for every response)."""
         if not 0.0 <= rtt < math.inf:  # also False for NaN
             return
-        lo, hi, edge = self._rtt_lo, self._rtt_hi, now - self.window
+        lo, hi, edge, sample = self._rtt_lo, self._rtt_hi, now - self.window, (now, rtt)
         while lo and lo[-1][1] >= rtt:
             lo.pop()
-        lo.append((now, rtt))
+        lo.append(sample)
         while hi and hi[-1][1] <= rtt:
             hi.pop()
-        hi.append((now, rtt))
+        hi.append(sample)
         while lo[0][0] < edge:
             lo.popleft()
         while hi[0][0] < edge:
             hi.popleft()
-        self._update_margin()
+        spread, m = hi[0][1] - lo[0][1], self.base_margin
+        if spread > m:
+            m = spread
+        self._margin = m if m < self._margin_cap else self._margin_cap
