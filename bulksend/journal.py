@@ -88,10 +88,10 @@ def file_fingerprint(path: Path) -> str:
 
 
 def batch_digest(recipients: Iterable[Recipient]) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for r in recipients:
-        h.update(f"{r.line}\x1f{r.id or ''}\x1f{r.uid or ''}\x1e".encode())
-    return h.hexdigest()
+    """blake2b-96 of ``line US id US uid RS`` for every recipient (journals keep it: never
+    change what is hashed). One ``update`` of the joined text: the same bytes, fewer calls."""
+    text = "".join([f"{r.line}\x1f{r.id or ''}\x1f{r.uid or ''}\x1e" for r in recipients])
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
