@@ -102,7 +102,7 @@ _FEEDBACK_KINDS: dict[Verdict, FeedbackKind] = {
     Verdict.RETRY: FeedbackKind.ERROR,
 }
 # members looked up once (an enum attribute costs a dictionary walk each time)
-_DELIVERED, _RETRY = Verdict.DELIVERED, Verdict.RETRY
+_DELIVERED, _RETRY, _OK = Verdict.DELIVERED, Verdict.RETRY, FeedbackKind.OK
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
 
@@ -431,7 +431,7 @@ class Engine:
                 self._warned.add(verdict.warning)
                 summary.warnings.append(verdict.warning)
                 self._log.warning("provider_warning", warning=verdict.warning)
-            sched.complete(permit, Feedback(_FEEDBACK_KINDS[kind], response.headers))
+            sched.complete(permit, Feedback(_FEEDBACK_KINDS.get(kind, _OK), response.headers))
             http = response.status
             if self._debug:
                 self._log.debug(
