@@ -624,7 +624,7 @@ class Bucket:
     def _log_limit(self, now: float, limit: int) -> int:
         """The sliding-log cap. After a cut in adaptive mode it stays at ``Wmax`` (what got
         through), so the cut slows the pace instead of stopping the group until the log ages."""
-        if self.header_limit is None and self.adaptive and not self._ad.slow_start:
+        if self.header_limit is None and not self._ad.slow_start and self.adaptive:
             cap = int(self._ad.w_max)
             if self.ceiling is not None:
                 cap = min(cap, max(1, int(self.ceiling * self.window)))
