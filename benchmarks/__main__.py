@@ -5,13 +5,15 @@ Each prints its figures with the machine; benchmarks/README.md keeps the latest 
 
 from __future__ import annotations
 
-from benchmarks import ingest, limiter_cost, ratelimit, startup, throughput
+from benchmarks import dispatch, ingest, limiter_cost, ratelimit, startup, throughput
 
 
 def main() -> None:
     for name, run in (
         ("startup", lambda: startup.main([])),
         ("throughput", lambda: throughput.main([])),
+        ("dispatch overhead", lambda: dispatch.main([])),
+        ("dispatch vs raw aiohttp", lambda: dispatch.main(["--sandbox"])),
         ("limiter cost", lambda: limiter_cost.main([])),
         ("rate limits, 1 s windows", lambda: ratelimit.main(["--seconds", "20"])),
         ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),

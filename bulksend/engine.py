@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from bulksend.errors import AuthError, BulksendError, ProviderError, Unavailable
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
-from bulksend.providers.base import Batcher, Classification, Provider, Verdict
+from bulksend.providers.base import Batcher, Provider, Verdict
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
 from bulksend.sources.spec import Chunk
@@ -94,16 +95,30 @@ class EngineOptions:
     circuit_cooldown: float = 2.0
 
 
-def _feedback_kind(c: Classification) -> FeedbackKind:
-    if c.verdict is Verdict.THROTTLED:
-        return FeedbackKind.THROTTLED
-    if c.verdict is Verdict.RETRY:
-        return FeedbackKind.ERROR
-    return FeedbackKind.OK
+#: what each verdict tells the scheduler about the quota
+_FEEDBACK_KINDS: dict[Verdict, FeedbackKind] = {
+    **{v: FeedbackKind.OK for v in Verdict},
+    Verdict.THROTTLED: FeedbackKind.THROTTLED,
+    Verdict.RETRY: FeedbackKind.ERROR,
+}
+# members looked up once (an enum attribute costs a dictionary walk each time)
+_DELIVERED, _RETRY, _OK = Verdict.DELIVERED, Verdict.RETRY, FeedbackKind.OK
+_STATUS_DELIVERED = Status.DELIVERED
+_CLOSED = CircuitState.CLOSED
+
+
+def _debug_enabled(log: Any) -> bool:
+    """Whether ``log.debug`` does anything (its arguments need building only then)."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.DEBUG))
 
 
 class Engine:
     """One send. ``run`` consumes the source and returns the filled-in ``Summary``."""
+
+    # sending-side state the workers keep
+    _opened = False  # a response came back: the first request's gate is open for good
+    _debug = True  # the logger passes debug events (set when the workers start)
 
     def __init__(
         self,
@@ -307,8 +322,12 @@ class Engine:
     # -- sending ----------------------------------------------------------------------------
     async def _worker(self) -> None:
         queue = self._queue
+        self._debug = _debug_enabled(self._log)
         while True:
-            batch = await queue.get()
+            try:
+                batch = queue.get_nowait()  # what queue.get() does when a batch is waiting
+            except asyncio.QueueEmpty:
+                batch = await queue.get()
             if batch is None:
                 return
             if self._stop is not None:
@@ -344,20 +363,26 @@ class Engine:
         )
         request = provider.encode(part)
         unknown_sent = batch.possibly_sent
+        group = batch.group
+        circuits = self._circuits
         attempts = 0
         while True:
             if self._stop is not None:
                 status = Status.UNKNOWN if unknown_sent else Status.SKIPPED
                 return [(recipients, status, f"not sent: {self._stop}", None, attempts)]
-            if not self._probed.is_set():
+            if not self._opened and not self._probed.is_set():
                 if self._probing:
                     await self._probed.wait()
                     continue
                 self._probing = True
-            if not await self._circuit_ready(batch.group):
+            circuit = circuits.get(group)
+            # a closed circuit (or none yet: it starts closed) lets the send go as it is
+            if (circuit is None or circuit.state is not _CLOSED) and not await self._circuit_ready(
+                group
+            ):
                 continue
             try:
-                permit = await sched.acquire(batch.group, retry=attempts > 0)
+                permit = await sched.acquire(group, retry=attempts > 0)
             except Deferred as exc:
                 self._probed.set()
                 return [(recipients, Status.SKIPPED, f"deferred: {exc}", None, attempts)]
@@ -387,28 +412,41 @@ class Engine:
                     return [(recipients, status, str(exc), None, attempts)]
                 await asyncio.sleep(sched.backoff(batch.group, attempts))
                 continue
-            self._probed.set()
+            if not self._opened:
+                self._opened = True
+                self._probed.set()
             verdict = provider.classify(response)
-            self._circuit_result(batch.group, failure=verdict.verdict is Verdict.RETRY)
+            kind = verdict.verdict
+            failure = kind is _RETRY
+            circuit = circuits.get(group)
+            if (
+                failure
+                or circuit is None
+                or circuit.state is not _CLOSED
+                or circuit.failures
+                or group not in self._answered
+            ):  # else the circuit stays closed and clean: nothing to record
+                self._circuit_result(group, failure=failure)
             if verdict.warning and verdict.warning not in self._warned:
                 self._warned.add(verdict.warning)
                 summary.warnings.append(verdict.warning)
                 self._log.warning("provider_warning", warning=verdict.warning)
-            sched.complete(permit, Feedback(_feedback_kind(verdict), response.headers))
-            self._log.debug(
-                "batch_response",
-                batch=batch.number,
-                size=len(recipients),
-                status=response.status,
-                verdict=verdict.verdict.value,
-                attempt=attempts,
-            )
+            sched.complete(permit, Feedback(_FEEDBACK_KINDS.get(kind, _OK), response.headers))
             http = response.status
-            match verdict.verdict:
-                case Verdict.DELIVERED:
-                    if unknown_sent:
-                        summary.possible_duplicates += len(recipients)
-                    return [(recipients, Status.DELIVERED, "", http, attempts)]
+            if self._debug:
+                self._log.debug(
+                    "batch_response",
+                    batch=batch.number,
+                    size=len(recipients),
+                    status=http,
+                    verdict=kind.value,
+                    attempt=attempts,
+                )
+            if kind is _DELIVERED:
+                if unknown_sent:
+                    summary.possible_duplicates += len(recipients)
+                return [(recipients, _STATUS_DELIVERED, "", http, attempts)]
+            match kind:
                 case Verdict.INVALID:
                     named = verdict.rejected or {}
                     bad = [r for i, r in enumerate(recipients) if i in named]

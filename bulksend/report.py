@@ -19,6 +19,9 @@ import orjson
 from bulksend.models import Outcome, Status
 
 COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "batch")
+# looked up once: Summary.count runs for every batch
+_DELIVERED, _DUPLICATE, _INVALID = Status.DELIVERED, Status.DUPLICATE, Status.INVALID
+_FAILED, _UNKNOWN = Status.FAILED, Status.UNKNOWN
 
 
 class ReportWriter:
@@ -113,15 +116,15 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
 
     def count(self, status: Status, n: int = 1) -> None:
-        if status is Status.DELIVERED:
+        if status is _DELIVERED:
             self.delivered += n
-        elif status is Status.DUPLICATE:
+        elif status is _DUPLICATE:
             self.duplicates += n
-        elif status is Status.INVALID:
+        elif status is _INVALID:
             self.invalid += n
-        elif status is Status.FAILED:
+        elif status is _FAILED:
             self.failed += n
-        elif status is Status.UNKNOWN:
+        elif status is _UNKNOWN:
             self.unknown += n
         else:
             self.skipped += n

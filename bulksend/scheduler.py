@@ -196,13 +196,14 @@ class Scheduler:
 
     async def acquire(self, group: str, retry: bool = False) -> Permit:
         """Wait until a send to ``group`` may go; the returned permit is already counted."""
-        g = self._group(group)
+        g = self._groups.get(group) or self._group(group)
         now = self._now()
         queue = g.retries if retry else g.fresh
-        if not g.retries and (retry or not g.fresh):
+        if not g.retries and (retry or not g.fresh):  # nobody ahead: admit at once if it may go
             wait = g.bucket.wait_time(now, retry)
             if wait <= _EPS:
-                return self._grant(g, now, retry)
+                seq, cost = g.bucket.send(now, retry)
+                return Permit(group, now, retry, seq, cost)
             if wait != math.inf and wait > self._max_wait:
                 raise Deferred(group, wait)
         fut: _Waiter = asyncio.get_running_loop().create_future()
@@ -220,7 +221,7 @@ class Scheduler:
         if permit.done:
             raise RuntimeError("permit already completed or cancelled")
         permit.done = True
-        g = self._group(permit.group)
+        g = self._groups.get(permit.group) or self._group(permit.group)
         g.bucket.feedback(
             self._now(),
             seq=permit.seq,
@@ -229,7 +230,8 @@ class Scheduler:
             headers=feedback.headers,
             wall_now=self._wall(),
         )
-        self._pump(g)
+        if g.fresh or g.retries or g.timer is not None:  # else there is nobody to admit
+            self._pump(g)
 
     def cancel(self, permit: Permit) -> None:
         """Hand back a permit that was never used: its quota, slot and retry token return."""

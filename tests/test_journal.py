@@ -93,3 +93,11 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     a = file_fingerprint(f)
     f.write_text("id\n2\n")
     assert file_fingerprint(f) != a
+
+
+def test_batch_digest_is_what_earlier_journals_stored() -> None:
+    """Resume compares digests with the ones a journal keeps: the value must never change."""
+    rows = [Recipient(2, "a1", "u1"), Recipient(3, None, "u2"), Recipient(5, "a3", None)]
+    rows.append(Recipient(9, "é", ""))
+    assert batch_digest(rows) == "847bdaf0a75d481b9c8058e9"
+    assert batch_digest([]) == "b8e1dda3ac0aa3820ad2990b"

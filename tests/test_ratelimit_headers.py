@@ -20,7 +20,9 @@ from bulksend.core.ratelimit import (
     parse_reset,
     parse_retry_after,
     parse_seconds,
+    plain_counts,
 )
+from bulksend.core.ratelimit import _parse_all as parse_all_fields
 
 WALL = 1_800_000_000.0
 
@@ -177,6 +179,68 @@ def test_parsing_never_raises_and_never_returns_absurd_waits(headers: dict[str, 
         assert wait is None or 0.0 <= wait <= MAX_DELAY
     assert info.limit is None or info.limit > 0
     assert info.remaining is None or info.remaining >= 0
+
+
+_FIELD_NAMES = [
+    *_NAMES,
+    "RateLimit-Remaining",
+    "X-RateLimit-Reset-After",
+    "Content-Type",
+    "Date",
+]
+_VALUES = st.one_of(
+    st.integers(min_value=0, max_value=10**20).map(str),  # plain counts, some past 15 digits
+    st.sampled_from(["", " 7", "7 ", "0600", "600.0", "-1", "1e3", "٣", "²", "10, 10;w=1"]),
+    st.text(max_size=12),
+)
+
+
+def _case(name: str, flips: int) -> str:
+    return "".join(c.upper() if (flips >> i) & 1 else c.lower() for i, c in enumerate(name))
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_FIELD_NAMES), st.integers(0, 2**20), _VALUES), max_size=6)
+)
+def test_the_plain_shortcut_reads_exactly_what_the_full_parser_reads(
+    fields: list[tuple[str, int, str]],
+) -> None:
+    pairs = [(_case(name, flips), value) for name, flips, value in fields]
+    proxy = CIMultiDictProxy(CIMultiDict(pairs))
+    plain = dict(pairs)
+    for headers in (proxy, plain):
+        full = parse_all_fields(headers, wall_now=WALL, window=60.0)
+        assert parse_headers(headers, wall_now=WALL, window=60.0) == full
+        counts = plain_counts(headers)
+        if counts is not None:
+            assert counts == (full.limit, full.remaining)
+            assert (full.window, full.policies, full.reset, full.retry_after) == (
+                None,
+                (),
+                None,
+                None,
+            )
+
+
+def test_plain_counts_is_the_common_case_only() -> None:
+    common = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Content-Type", "application/json"),
+                ("X-RateLimit-Limit", "600"),
+                ("X-RateLimit-Remaining", "599"),
+                ("Server", "x"),
+            ]
+        )
+    )
+    assert plain_counts(common) == (600, 599)
+    assert plain_counts({"x-ratelimit-remaining": "0"}) == (None, 0)
+    assert plain_counts({"X-RateLimit-Limit": "1000000000"}) == (None, None)  # over 10 million
+    assert plain_counts({"Content-Type": "text/plain"}) == (None, None)
+    for other in ("Retry-After", "X-RateLimit-Reset", "RateLimit", "ratelimit-policy"):
+        assert plain_counts({"X-RateLimit-Limit": "600", other: "1"}) is None
+    for odd in (" 600", "600.0", "100, 100;w=60", "٣", "1234567890123456"):
+        assert plain_counts({"X-RateLimit-Limit": odd}) is None
 
 
 def test_parse_seconds_rejects_non_decimal_forms() -> None:

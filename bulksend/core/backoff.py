@@ -110,5 +110,11 @@ class RetryBudget:
 
     def success(self, now: float) -> None:
         """Record an OK response: it raises the income (``earn`` per success per second)."""
-        self._refill(now)
-        self._oks.append(now)
+        if self._tokens < self.capacity or self._updated is None:
+            self._refill(now)
+        elif now > self._updated:  # full: the refill would only move the clock on
+            self._updated = now
+        oks, edge = self._oks, now - self.horizon
+        oks.append(now)
+        while oks[0] <= edge:  # (the income only counts the last ``horizon`` seconds)
+            oks.popleft()

@@ -74,6 +74,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
 from bulksend.core.backoff import RetryBudget
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "parse_reset",
     "parse_retry_after",
     "parse_seconds",
+    "plain_counts",
 ]
 
 #: the longest wait any header can ask for (absurd values are capped to this)
@@ -110,6 +113,14 @@ class FeedbackKind(enum.Enum):
     THROTTLED = "throttled"  # 429 (or 503 with Retry-After)
     ERROR = "error"  # 5xx
     NO_RESPONSE = "no_response"  # timeout / connection error
+
+
+_OK, _THROTTLED, _ERROR, _NO_RESPONSE = (
+    FeedbackKind.OK,
+    FeedbackKind.THROTTLED,
+    FeedbackKind.ERROR,
+    FeedbackKind.NO_RESPONSE,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +283,9 @@ class RateLimitInfo:
         return self.limit is not None or self.remaining is not None or bool(self.policies)
 
 
+_EMPTY = RateLimitInfo()
+
+
 def _window_param(params: Mapping[str, str]) -> float | None:
     w = parse_seconds(params.get("w"))
     return w if w is not None and w > 0 else None
@@ -292,6 +306,80 @@ def _limit_field(value: str, window: float) -> tuple[int | None, list[tuple[int,
     return first, policies
 
 
+#: every field ``parse_headers`` reads besides X-RateLimit-Limit and X-RateLimit-Remaining
+_OTHER_FIELDS = frozenset(
+    {
+        "x-ratelimit-reset",
+        "x-ratelimit-reset-after",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+        "retry-after",
+    }
+)
+_OTHER_KEYS = tuple(istr(name) for name in sorted(_OTHER_FIELDS))
+_LIMIT_KEY = istr("x-ratelimit-limit")
+_REMAINING_KEY = istr("x-ratelimit-remaining")
+#: case-insensitive mappings (aiohttp's headers): looked up by name instead of scanned
+_CI_TYPES = (CIMultiDictProxy, CIMultiDict)
+#: plain counts up to this many digits read exactly as the full parser reads them (via float)
+_PLAIN_DIGITS = 15
+
+
+def _plain_fields(headers: Mapping[str, str]) -> tuple[str | None, str | None] | None:
+    """The X-RateLimit-Limit and -Remaining values (first of each) when the response has no
+    other rate-limit field; None when it has one."""
+    if isinstance(headers, _CI_TYPES):
+        if not headers.keys().isdisjoint(_OTHER_KEYS):
+            return None
+        return headers.get(_LIMIT_KEY), headers.get(_REMAINING_KEY)
+    limit = remaining = None
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name == "x-ratelimit-limit":
+            if limit is None:
+                limit = str(value)
+        elif name == "x-ratelimit-remaining":
+            if remaining is None:
+                remaining = str(value)
+        elif name in _OTHER_FIELDS:
+            return None
+    return limit, remaining
+
+
+def plain_counts(headers: Mapping[str, str]) -> tuple[int | None, int | None] | None:
+    """(limit, remaining) when the response's only rate-limit fields are X-RateLimit-Limit and
+    X-RateLimit-Remaining as plain integers (or absent) -- the common case, which needs none of
+    ``parse_headers``' machinery; None when the full parser is needed.
+
+    The figures are what ``parse_headers`` returns for the same headers: a limit outside
+    ``1..10,000,000`` reads as None, the window as the group's, no reset, no Retry-After.
+    """
+    if isinstance(headers, _CI_TYPES):  # the common case, inlined from _plain_fields
+        if not headers.keys().isdisjoint(_OTHER_KEYS):
+            return None
+        text, rem_text = headers.get(_LIMIT_KEY), headers.get(_REMAINING_KEY)
+    else:
+        fields = _plain_fields(headers)
+        if fields is None:
+            return None
+        text, rem_text = fields
+    limit = remaining = None
+    if text is not None:
+        if not (len(text) <= _PLAIN_DIGITS and text.isdigit() and text.isascii()):
+            return None
+        limit = int(text)
+        if not 0 < limit <= _MAX_LIMIT:
+            limit = None
+    if rem_text is not None:
+        if not (len(rem_text) <= _PLAIN_DIGITS and rem_text.isdigit() and rem_text.isascii()):
+            return None
+        remaining = int(rem_text)
+    return limit, remaining
+
+
 def parse_headers(
     headers: Mapping[str, str], *, wall_now: float, window: float = 60.0
 ) -> RateLimitInfo:
@@ -300,6 +388,17 @@ def parse_headers(
     ``window`` is the group's window, the unit of a bare ``X-RateLimit-Limit``. Pure: HTTP-dates
     and epoch timestamps are turned into delays with ``wall_now``.
     """
+    plain = plain_counts(headers)
+    if plain is not None:
+        limit, remaining = plain
+        if limit is None and remaining is None:
+            return _EMPTY
+        return RateLimitInfo(limit=limit, remaining=remaining)
+    return _parse_all(headers, wall_now=wall_now, window=window)
+
+
+def _parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> RateLimitInfo:
+    """``parse_headers`` without its shortcut for plain X-RateLimit-Limit/-Remaining."""
     h = headers if isinstance(headers, dict) and all(k.islower() for k in headers) else None
     h = h if h is not None else lower_headers(headers)
 
@@ -383,9 +482,6 @@ def parse_headers(
     )
 
 
-_EMPTY = RateLimitInfo()
-
-
 # --------------------------------------------------------------------------------------------
 # the bucket
 
@@ -458,6 +554,8 @@ class Bucket:
     _rtt_lo: deque[tuple[float, float]] = field(default_factory=deque)
     _rtt_hi: deque[tuple[float, float]] = field(default_factory=deque)
     _ad: _Adaptive = field(default_factory=_Adaptive)
+    _margin: float = 0.0  # margin(), kept up to date by _update_margin and _rtt_sample
+    _margin_cap: float = 1.0  # the most the margin may be (for the current window)
 
     def __post_init__(self) -> None:
         self.configured = max(1, int(self.configured))
@@ -466,6 +564,7 @@ class Bucket:
         if self.ceiling is not None and not self.ceiling > 0:
             self.ceiling = None
         self._ad.b_start = self._ad.w_max = float(self.configured)
+        self._update_margin()
 
     # ---- derived figures -------------------------------------------------------------------
 
@@ -483,10 +582,15 @@ class Bucket:
 
     def margin(self) -> float:
         """Seconds added to the window: covers the spread of one-way delays (see docstring)."""
+        return self._margin
+
+    def _update_margin(self) -> None:
+        """Recompute ``margin()`` (after a change of window; ``_rtt_sample`` keeps it too)."""
+        self._margin_cap = max(self.base_margin, min(self.max_margin, 0.1 * self.window))
         m = self.base_margin
         if self._rtt_lo and self._rtt_hi:
             m = max(m, self._rtt_hi[0][1] - self._rtt_lo[0][1])
-        return min(m, max(self.base_margin, min(self.max_margin, 0.1 * self.window)))
+        self._margin = min(m, self._margin_cap)
 
     def used(self, now: float) -> int:
         """Requests sent within the last ``window + margin`` seconds."""
@@ -508,18 +612,19 @@ class Bucket:
         """Requests allowed per ``window`` right now (the lower of provider and user ceiling)."""
         if self.header_limit is not None:
             value = float(self.header_limit)
-        elif self.adaptive:
+        elif self.adaptive_only or (self.answered and not self.headers_seen):  # adaptive
             value = self._adaptive_limit(now)
         else:
-            value = float(max(self.configured, self.floor_limit))
+            configured, floor = self.configured, self.floor_limit
+            value = float(configured if configured >= floor else floor)
         if self.ceiling is not None:
             value = min(value, max(1.0, self.ceiling * self.window))
-        return max(1, int(value))
+        return int(value) if value >= 1.0 else 1
 
     def _log_limit(self, now: float, limit: int) -> int:
         """The sliding-log cap. After a cut in adaptive mode it stays at ``Wmax`` (what got
         through), so the cut slows the pace instead of stopping the group until the log ages."""
-        if self.header_limit is None and self.adaptive and not self._ad.slow_start:
+        if self.header_limit is None and not self._ad.slow_start and self.adaptive:
             cap = int(self._ad.w_max)
             if self.ceiling is not None:
                 cap = min(cap, max(1, int(self.ceiling * self.window)))
@@ -528,7 +633,7 @@ class Bucket:
 
     def interval(self, now: float) -> float:
         """GCRA spacing between sends: ``(window + margin) / limit`` (and the user ceiling)."""
-        spacing = (self.window + self.margin()) / self.limit(now)
+        spacing = (self.window + self._margin) / self.limit(now)
         if self.ceiling is not None:
             spacing = max(spacing, 1.0 / self.ceiling)
         return spacing
@@ -536,9 +641,6 @@ class Bucket:
     def rate(self, now: float) -> float:
         """Requests per second the bucket admits at most right now."""
         return 1.0 / self.interval(now)
-
-    def _cap(self) -> int:
-        return 1 if self.recovering else self.max_in_flight
 
     # ---- admission ---------------------------------------------------------------------------
 
@@ -556,49 +658,61 @@ class Bucket:
 
     def wait_time(self, now: float, retry: bool = False) -> float:
         """Seconds until a (re)try may be sent; ``math.inf`` while the in-flight cap is reached."""
-        if self.in_flight >= self._cap():
+        if self.in_flight >= (1 if self.recovering else self.max_in_flight):
             return math.inf
-        t = max(now, self.hold_until(now))
+        allow = self._rem_allow
+        t = self.hold_until(now) if allow is not None and allow <= 0 else self.pause_until
+        if t < now:
+            t = now
         limit = self.limit(now)
-        margin = self.margin()
+        margin = self._margin
+        window = self.window
         log = self._log
-        cap = self._log_limit(now, limit)
+        cap = limit if self.header_limit is not None else self._log_limit(now, limit)
         if len(log) >= cap:
-            t = max(t, log[-cap] + self.window + margin)
+            t = max(t, log[-cap] + window + margin)
         for quota, span in self.extra:
             if len(log) >= quota:
                 t = max(t, log[-quota] + span + margin)
-        spacing = (self.window + margin) / limit
+        spacing = (window + margin) / limit
         if self.ceiling is not None:
             spacing = max(spacing, 1.0 / self.ceiling)
-        tolerance = 0.0 if retry else max(0.0, self.burst * limit - 1.0) * spacing
-        t = max(t, self._tat - tolerance)
+        burst = self.burst * limit
+        tolerance = 0.0 if retry or burst <= 1.0 else (burst - 1.0) * spacing
+        if self._tat - tolerance > t:
+            t = self._tat - tolerance
         if retry:
             t = max(t, now + self.budget.wait_time(now))
         return t - now
 
     def send(self, now: float, retry: bool = False) -> tuple[int, float]:
         """Record a send at ``now``; returns (sequence number, GCRA cost)."""
-        if self._ad.t_event is None:
-            self._ad.t_event = self._ad.started = now
-        cost = self.interval(now)
+        ad = self._ad
+        if ad.t_event is None:
+            ad.t_event = ad.started = now
+        cost = (self.window + self._margin) / self.limit(now)  # interval(now), inlined
+        if self.ceiling is not None:
+            cost = max(cost, 1.0 / self.ceiling)
         # a timer that fires late (event loops wake at ~1 ms granularity) may catch up on the
         # slots it overslept, up to ``slack`` seconds' worth; the log still bounds every window
-        if self._tat == -math.inf:
-            self._tat = now
-        self._tat = max(self._tat, now - self.slack) + cost
-        self._log.append(now)
-        if len(self._log) > self._trim_at:
+        tat, earliest = self._tat, now - self.slack
+        if tat == -math.inf:
+            tat = now
+        self._tat = (tat if tat >= earliest else earliest) + cost
+        log = self._log
+        log.append(now)
+        if len(log) > self._trim_at:
             self._trim(now)
         self.in_flight += 1
         seq = self._next_seq
-        self._next_seq += 1
+        self._next_seq = seq + 1
         self._open.append(seq)
         if self._rem_allow is not None:
             self._rem_allow -= 1
-        self.stats.sent += 1
+        stats = self.stats
+        stats.sent += 1
         if retry:
-            self.stats.retries += 1
+            stats.retries += 1
             self.budget.spend(now)
         return seq, cost
 
@@ -642,8 +756,9 @@ class Bucket:
         unanswered (it may have arrived after ``seq``).
         """
         later = self._next_seq - 1 - seq
-        returned = len(self._returned) - bisect_right(self._returned, seq)
-        return max(0, later - returned) + bisect_left(self._open, seq)
+        if self._returned:
+            later -= len(self._returned) - bisect_right(self._returned, seq)
+        return (later if later > 0 else 0) + bisect_left(self._open, seq)
 
     # ---- feedback ----------------------------------------------------------------------------
 
@@ -656,62 +771,80 @@ class Bucket:
         kind: FeedbackKind,
         headers: Mapping[str, str] | None = None,
         wall_now: float = 0.0,
-    ) -> RateLimitInfo:
+    ) -> None:
         """Take the outcome of send ``seq``: counts, RTT, headers, pauses and adaptation."""
-        self.in_flight = max(0, self.in_flight - 1)
-        self._close(seq)
+        self.in_flight = self.in_flight - 1 if self.in_flight > 0 else 0
+        open_ = self._open
+        if open_ and open_[0] == seq:  # answers mostly come back in order
+            del open_[0]
+        else:
+            self._close(seq)
         st = self.stats
-        if kind is FeedbackKind.NO_RESPONSE:
+        if kind is _NO_RESPONSE:
             st.no_response += 1
         else:
             self.answered = True
             self._rtt_sample(now, now - sent_at)
-        info = parse_headers(headers, wall_now=wall_now, window=self.window) if headers else _EMPTY
-        if info.has_rate_headers:
-            self.headers_seen = True
-            if info.limit is not None:
-                self.header_limit = info.limit
-                if info.window is not None:
-                    self.window = info.window
-            self.extra = tuple(p for p in info.policies if p != (self.limit(now), self.window))
 
-        throttled = kind is FeedbackKind.THROTTLED
-        remaining = info.remaining
+        limit = remaining = None
+        window = reset = retry_after = None
+        policies: tuple[tuple[int, float], ...] = ()
+        if headers:
+            plain = plain_counts(headers)
+            if plain is not None:
+                limit, remaining = plain
+            else:
+                info = _parse_all(headers, wall_now=wall_now, window=self.window)
+                limit, window, policies = info.limit, info.window, info.policies
+                remaining, reset, retry_after = info.remaining, info.reset, info.retry_after
+        if limit is not None or remaining is not None or policies:
+            self.headers_seen = True
+            if limit is not None:
+                self.header_limit = limit
+                if window is not None:
+                    self.window = window
+                    self._update_margin()
+            if policies:
+                current = (self.limit(now), self.window)
+                self.extra = tuple(p for p in policies if p != current)
+            else:
+                self.extra = ()
+
+        throttled = kind is _THROTTLED
         if throttled and remaining is not None:
             remaining = 0  # a 429 says this window is spent, whatever else it claims
         if remaining is not None:
             self._track_run(seq, remaining, now)
-            if info.limit is None:
-                self.floor_limit = max(self.floor_limit, remaining + 1)
+            if limit is None and remaining >= self.floor_limit:
+                self.floor_limit = remaining + 1
             if seq > self._rem_seq:
                 self._rem_seq = seq
                 self._rem_allow = remaining - self._not_counted(seq)
-                reset = info.reset if info.reset is not None else info.retry_after
-                self._rem_hold = self._window_end(now, reset)
+                self._rem_hold = self._window_end(now, reset if reset is not None else retry_after)
 
-        if kind is FeedbackKind.OK:
+        if kind is _OK:
             st.ok += 1
             self.budget.success(now)
             self.strikes = 0
             self.recovering = False
             if seq > self._ad.cut_seq:
                 self._ad.recovered = True
-        elif kind is FeedbackKind.ERROR:
+            return
+        if kind is _ERROR:
             st.errors += 1
 
-        if info.retry_after is not None and kind in (FeedbackKind.THROTTLED, FeedbackKind.ERROR):
-            self.pause_until = max(self.pause_until, now + info.retry_after)
+        if retry_after is not None and (throttled or kind is _ERROR):
+            self.pause_until = max(self.pause_until, now + retry_after)
         if throttled:
             st.throttled += 1
             if self.adaptive and seq > self._ad.cut_seq and self._ad.recovered:
                 self._cut(now)
-            if info.retry_after is None and remaining is None:
-                if info.reset is not None:
-                    self.pause_until = max(self.pause_until, now + info.reset)
+            if retry_after is None and remaining is None:
+                if reset is not None:
+                    self.pause_until = max(self.pause_until, now + reset)
                 else:
                     self.pause_until = max(self.pause_until, now + self._strike_pause())
                     self.recovering = True
-        return info
 
     def _track_run(self, seq: int, remaining: int, now: float) -> None:
         """Remember when the server's current window was first seen (Remaining last went up)."""
@@ -729,7 +862,7 @@ class Bucket:
             if reset <= 0:
                 return now + min(1.0, self.window / 10.0)
             return now + reset
-        end = self._run_start + self.window + self.margin()
+        end = self._run_start + self.window + self._margin
         if end > now:
             return end
         return now + self._strike_pause()
@@ -753,16 +886,22 @@ class Bucket:
         ad.recovered = False
 
     def _rtt_sample(self, now: float, rtt: float) -> None:
-        if not (rtt >= 0 and math.isfinite(rtt)):
+        """Keep the lowest and highest RTT of the last window (monotonic deques) and the margin
+        they give (what ``_update_margin`` computes, inlined: this runs for every response)."""
+        if not 0.0 <= rtt < math.inf:  # also False for NaN
             return
-        lo, hi, edge = self._rtt_lo, self._rtt_hi, now - self.window
+        lo, hi, edge, sample = self._rtt_lo, self._rtt_hi, now - self.window, (now, rtt)
         while lo and lo[-1][1] >= rtt:
             lo.pop()
-        lo.append((now, rtt))
+        lo.append(sample)
         while hi and hi[-1][1] <= rtt:
             hi.pop()
-        hi.append((now, rtt))
+        hi.append(sample)
         while lo[0][0] < edge:
             lo.popleft()
         while hi[0][0] < edge:
             hi.popleft()
+        spread, m = hi[0][1] - lo[0][1], self.base_margin
+        if spread > m:
+            m = spread
+        self._margin = m if m < self._margin_cap else self._margin_cap
