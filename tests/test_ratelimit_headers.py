@@ -301,11 +301,28 @@ def test_limit_header_is_adopted_at_once_and_in_flight_cap_holds() -> None:
     b.feedback(0.05, seq=s1, sent_at=0.0, kind=FeedbackKind.OK, headers={"X-RateLimit-Limit": "60"})
     assert b.limit(0.05) == 60
     assert b.mode == "headers"
-    # what was already paced at the old rate drains first, then the new spacing applies
+    # the two slots already taken are repriced at the new spacing: 0.15 s left becomes 10x
+    assert b.wait_time(0.05) == pytest.approx(1.5, rel=0.01)
     now = 0.05 + b.wait_time(0.05)
     b.send(now)
     b.feedback(now, seq=s2, sent_at=0.0, kind=FeedbackKind.OK)
     assert b.wait_time(now) == pytest.approx(60.05 / 60, abs=0.01)
+
+
+def test_a_raised_limit_frees_the_pace_at_once() -> None:
+    # the first request goes out priced at the assumed 600/min (0.1 s of spacing); its answer
+    # says the quota is far higher: the next send may go at once, not 0.1 s later
+    b = Bucket(configured=600, window=60.0, max_in_flight=32)
+    s1, _ = b.send(0.0)
+    assert b.wait_time(0.001) == pytest.approx(0.1 + 0.05 / 600 - 0.001)
+    headers = {"X-RateLimit-Limit": "1000000", "X-RateLimit-Remaining": "999999"}
+    b.feedback(0.002, seq=s1, sent_at=0.0, kind=FeedbackKind.OK, headers=headers)
+    assert b.wait_time(0.002) < 1e-4
+    # the same limit again changes nothing
+    s2, _ = b.send(0.002)
+    due = b.wait_time(0.002)
+    b.feedback(0.003, seq=s2, sent_at=0.002, kind=FeedbackKind.OK, headers=headers)
+    assert b.wait_time(0.003) == pytest.approx(max(0.0, due - 0.001))
 
 
 def test_remaining_is_adopted_minus_requests_sent_after_it() -> None:

@@ -716,6 +716,14 @@ class Bucket:
             self.budget.spend(now)
         return seq, cost
 
+    def _reprice(self, now: float, before: float) -> None:
+        """The GCRA slots already taken, at the new spacing: a limit the headers raise (the
+        first answer usually does) frees the pace at once instead of after the slots priced at
+        the assumed limit; a lowered one stretches them. The log still bounds every window."""
+        after = self.interval(now)
+        if self._tat > now and after != before:
+            self._tat = now + (self._tat - now) * (after / before)
+
     def _trim(self, now: float) -> None:
         spans = [self.window, *(span for _, span in self.extra)]
         horizon = max(spans) + max(self.margin(), self.max_margin)
@@ -800,10 +808,16 @@ class Bucket:
         if limit is not None or remaining is not None or policies:
             self.headers_seen = True
             if limit is not None:
+                changed = limit != self.header_limit or (
+                    window is not None and window != self.window
+                )
+                before = self.interval(now) if changed else 0.0
                 self.header_limit = limit
                 if window is not None:
                     self.window = window
                     self._update_margin()
+                if changed:
+                    self._reprice(now, before)
             if policies:
                 current = (self.limit(now), self.window)
                 self.extra = tuple(p for p in policies if p != current)
