@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulksend.core import dedup as dedup_module
+from bulksend.core import keyset_numpy
 from bulksend.core.dedup import Deduper, KeySet
 from bulksend.models import Recipient
 from bulksend.sources.rows import Recipients
@@ -210,8 +210,8 @@ def test_records_read_back_mapped_and_with_pread(
     monkeypatch: pytest.MonkeyPatch, budget: int
 ) -> None:
     # small steps of file growth: the map is made again often; past the budget: pread
-    monkeypatch.setattr(dedup_module, "_MAP_BUDGET", budget)
-    monkeypatch.setattr(dedup_module, "_GROW_FILE", 4096)
+    monkeypatch.setattr(keyset_numpy, "_MAP_BUDGET", budget)
+    monkeypatch.setattr(keyset_numpy, "_GROW_FILE", 4096)
     keys = [f"{i:032x}" for i in range(30_000)]
     with KeySet() as ks:
         for start in range(0, 30_000, 3000):
