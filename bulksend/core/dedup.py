@@ -2,9 +2,20 @@
 
 :class:`Deduper` drops the identifiers (``id``, ``uid``) already seen in a campaign. It keeps
 them in one :class:`KeySet` (ids and uids are told apart by a *kind* byte): an exact set of
-string keys whose table is in RAM and whose key text goes to an unlinked spill file on disk;
-a key is reported as seen only after its bytes were compared with a stored copy. The key set
-and why it is exact are described in :mod:`bulksend.core.keyset_numpy`.
+string keys whose table is in RAM (about 12 bytes a key) and whose key text goes to an
+unlinked spill file on disk. A key is reported as seen only after its bytes were compared with
+a stored copy, so a hash collision can never drop a recipient.
+
+Two implementations, the same API and the same answers (the tests run against both):
+
+* :mod:`bulksend.core.keyset_c`, on the C extension :mod:`bulksend.core._keyset`, built by
+  ``pip install`` when a C compiler is there: about 20-60 ns a key;
+* :mod:`bulksend.core.keyset_numpy`, pure Python and numpy: 150-350 ns a key.
+
+``BACKEND`` says which one :class:`KeySet` is: ``"c"`` when the extension imports and the
+environment variable ``BULKSEND_NO_EXTENSIONS`` is unset (or empty or ``0``) when this module
+is first imported; ``"numpy"`` otherwise. Each module's docstring describes its structure and
+why it is exact.
 """
 
 from __future__ import annotations
@@ -14,13 +25,35 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from itertools import compress
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bulksend.core.keyset_numpy import DEFAULT_KIND, BoolArray, KeySet, SpillStore
+from bulksend.core import keyset_numpy
+from bulksend.core.keyset_numpy import DEFAULT_KIND, BoolArray, SpillStore
 from bulksend.models import Recipient
 
-__all__ = ["Deduper", "KeySet", "SpillStore"]
+if TYPE_CHECKING:
+    from bulksend.core import keyset_c
+
+__all__ = ["BACKEND", "Deduper", "KeySet", "SpillStore"]
+
+#: set (not empty, not "0") to use the numpy key set even when the C extension is there
+NO_EXTENSIONS_VAR = "BULKSEND_NO_EXTENSIONS"
+
+
+def _choose_backend() -> tuple[str, type[keyset_c.KeySet] | type[keyset_numpy.KeySet]]:
+    if os.environ.get(NO_EXTENSIONS_VAR, "") not in ("", "0"):
+        return "numpy", keyset_numpy.KeySet
+    try:
+        from bulksend.core import keyset_c
+    except ImportError:  # not built (no C compiler at install time): the numpy one
+        return "numpy", keyset_numpy.KeySet
+    return "c", keyset_c.KeySet
+
+
+BACKEND: str
+BACKEND, KeySet = _choose_backend()
 
 
 class Deduper:
