@@ -21,7 +21,7 @@ from bulksend.core import keyset_numpy
 from bulksend.core.dedup import Deduper
 from bulksend.models import Recipient
 from bulksend.sources.rows import Recipients
-from tests.keysets import BACKENDS, backend_class, spill_fd
+from tests.keysets import BACKENDS, C_MISSING, backend_class, c_compiler, keyset_c, spill_fd
 
 #: the key set class under test (numpy's or C's); Deduper uses the same
 KeySet = Any
@@ -29,6 +29,15 @@ KeySet = Any
 
 def R(line: int, id: str | None, uid: str | None = None) -> Recipient:
     return Recipient(line, id, uid)
+
+
+def test_the_c_extension_was_built_where_a_compiler_exists() -> None:
+    if keyset_c is not None:
+        return
+    missing = c_compiler()
+    if missing is not None:
+        pytest.skip(f"C EXTENSION NOT BUILT -- {missing}: dedup uses the slower numpy key set")
+    pytest.fail(C_MISSING + " (a C compiler and Python's headers are here: the build failed)")
 
 
 @pytest.fixture(params=BACKENDS)
