@@ -451,32 +451,23 @@ record_size(const Item *it)
     return put_header(header, it->kind, it->n) + it->n;
 }
 
-static int
-compare_offsets(const void *a, const void *b)
-{
-    uint64_t x = ((const Cand *)a)->off, y = ((const Cand *)b)->off;
-    return (x > y) - (x < y);
-}
-
-/* Settles the candidates (older records whose fingerprint matched a deferred item's): sorted
- * by offset, records close together in the file are read with one pread (a row's id and uid
- * are written side by side, so a repeated row costs one read). */
+/* Settles the candidates (older records whose fingerprint matched a deferred item's), in the
+ * order they were found. Records close together in the file, one after the other, are read with
+ * one pread: a row's id and uid are written side by side and looked up one after the other, so
+ * a repeated row costs one read, not two. */
 static int
 settle_candidates(KeySetObject *s, Item *items)
 {
     size_t i = 0, j, k;
     Cand *c = s->cands;
     size_t m = s->ncands;
-    if (m > 1) {
-        qsort(c, m, sizeof(Cand), compare_offsets);
-    }
     while (i < m) {
         uint64_t start = c[i].off, end;
         if (items[c[i].item].state != ST_DEFERRED) {
             i++;
             continue;
         }
-        if (start >= s->file_end) {
+        if (start >= s->file_end) { /* in the buffer */
             int is = record_is(s, start, &items[c[i].item]);
             if (is < 0) {
                 return -1;
@@ -491,7 +482,9 @@ settle_candidates(KeySetObject *s, Item *items)
         if (end > s->file_end) {
             end = s->file_end;
         }
-        for (j = i + 1; j < m && c[j].off < s->file_end && c[j].off <= end + READ_GAP; j++) {
+        for (j = i + 1; j < m && c[j].off >= start && c[j].off < s->file_end &&
+                        c[j].off <= end + READ_GAP;
+             j++) {
             uint64_t stop = c[j].off + record_size(&items[c[j].item]);
             if (stop > s->file_end) {
                 stop = s->file_end;
@@ -511,7 +504,8 @@ settle_candidates(KeySetObject *s, Item *items)
         for (k = i; k < j; k++) {
             Item *it = &items[c[k].item];
             size_t at = (size_t)(c[k].off - start);
-            if (it->state == ST_DEFERRED && bytes_hold(s->scratch + at, (size_t)(end - start) - at, it)) {
+            if (it->state == ST_DEFERRED &&
+                bytes_hold(s->scratch + at, (size_t)(end - start) - at, it)) {
                 it->state = ST_FOUND;
             }
         }
@@ -588,9 +582,8 @@ slots_for(uint64_t keys)
 
 /* Puts a key known to be absent in the first empty slot from its home. */
 static inline void
-place(KeySetObject *s, uint64_t h, uint64_t off)
+place(KeySetObject *s, uint64_t pos, uint64_t h, uint64_t off)
 {
-    uint64_t pos = home_of(s, h);
     uint64_t *slots = s->slots;
     while (slots[pos]) {
         if (++pos == s->nslots) {
@@ -600,26 +593,36 @@ place(KeySetObject *s, uint64_t h, uint64_t off)
     slots[pos] = ((h & FP_MASK) << OFF_BITS) | off;
 }
 
-#define PENDING 32
+/* Keys on their way into a rebuilt table: each home is prefetched when the key comes in, and
+ * the key is placed AHEAD keys later, when its slot is in the cache. */
+#define RING 32 /* a power of two above AHEAD */
 
 typedef struct {
-    uint64_t h[PENDING], off[PENDING];
-    int n;
-    uint64_t placed;
+    uint64_t home[RING], h[RING], off[RING];
+    uint64_t in, out; /* keys taken in, keys placed */
 } Pending;
 
-static void
-pending_flush(KeySetObject *s, Pending *q)
+static inline void
+pending_push(KeySetObject *s, Pending *q, uint64_t h, uint64_t off)
 {
-    int i;
-    for (i = 0; i < q->n; i++) {
-        PREFETCH(&s->slots[home_of(s, q->h[i])]);
+    unsigned at = (unsigned)(q->in++ & (RING - 1));
+    q->home[at] = home_of(s, h);
+    q->h[at] = h;
+    q->off[at] = off;
+    PREFETCH(&s->slots[q->home[at]]);
+    if (q->in - q->out > AHEAD) {
+        at = (unsigned)(q->out++ & (RING - 1));
+        place(s, q->home[at], q->h[at], q->off[at]);
     }
-    for (i = 0; i < q->n; i++) {
-        place(s, q->h[i], q->off[i]);
+}
+
+static void
+pending_drain(KeySetObject *s, Pending *q)
+{
+    while (q->out < q->in) {
+        unsigned at = (unsigned)(q->out++ & (RING - 1));
+        place(s, q->home[at], q->h[at], q->off[at]);
     }
-    q->placed += (uint64_t)q->n;
-    q->n = 0;
 }
 
 static int
@@ -647,11 +650,7 @@ rehash_record(KeySetObject *s, Pending *q, uint64_t off, unsigned kind, const ch
     else {
         h = hash_bytes(s, kind, p, (size_t)n);
     }
-    q->h[q->n] = h;
-    q->off[q->n] = off;
-    if (++q->n == PENDING) {
-        pending_flush(s, q);
-    }
+    pending_push(s, q, h, off);
     return 0;
 }
 
@@ -704,8 +703,7 @@ rebuild(KeySetObject *s, uint64_t n)
             return -1;
         }
     }
-    q.n = 0;
-    q.placed = 0;
+    q.in = q.out = 0;
     chunk = PyMem_RawMalloc(cap);
     if (!chunk) {
         PyErr_NoMemory();
@@ -742,10 +740,10 @@ rebuild(KeySetObject *s, uint64_t n)
     if (used < 0) {
         goto fail;
     }
-    pending_flush(s, &q);
+    pending_drain(s, &q);
     PyMem_RawFree(chunk);
     chunk = NULL;
-    if ((size_t)used != s->buf_len || q.placed != s->count) {
+    if ((size_t)used != s->buf_len || q.out != s->count) {
         PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt");
         goto fail;
     }
