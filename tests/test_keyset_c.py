@@ -124,6 +124,17 @@ def test_growth_without_a_size_hint_rebuilds_from_the_spill() -> None:
         assert ks.add_many([k + "!" for k in keys[:1000]]).all()
 
 
+def test_growth_of_a_large_table_in_place() -> None:
+    # past 4 MiB the table is mapped, and grows by remapping (its pages reused, zeroed)
+    keys = [f"{i:032x}" for i in range(1_000_000)]
+    with KeySet() as ks:
+        for i in range(0, len(keys), 8192):
+            assert ks.add_many(keys[i : i + 8192]).all()
+        assert ks.table_bytes >= 8 << 20
+        assert not ks.add_many(keys[::37]).any()
+        assert ks.add_many([k + "!" for k in keys[:5000:7]]).all()
+
+
 def test_growth_with_a_hash_fn_decodes_the_records() -> None:
     seen: list[str] = []
 

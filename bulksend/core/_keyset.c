@@ -553,6 +553,13 @@ table_free(KeySetObject *s)
     s->slots = NULL;
 }
 
+/* the most keys n slots may hold: 3/4 of them */
+static inline uint64_t
+load_limit(uint64_t n)
+{
+    return n / 4 * 3 + (n % 4) * 3 / 4;
+}
+
 static int
 table_set(KeySetObject *s, uint64_t n)
 {
@@ -561,8 +568,38 @@ table_set(KeySetObject *s, uint64_t n)
         return -1;
     }
     s->nslots = n;
-    s->limit = n / 4 * 3 + (n % 4) * 3 / 4;
+    s->limit = load_limit(n);
     return 0;
+}
+
+/* Grows a mapped table in place to n slots, all empty: the old pages are reused (zeroed) and
+ * only the rest is new, so growing touches less fresh memory and never holds two tables.
+ * Returns 0 when that is not possible here (the caller frees and allocates instead). */
+static int
+table_regrow(KeySetObject *s, uint64_t n)
+{
+#if defined(MREMAP_MAYMOVE) && defined(MADV_HUGEPAGE)
+    size_t old_bytes = (size_t)s->nslots * sizeof(uint64_t);
+    size_t bytes = (size_t)n * sizeof(uint64_t);
+    void *p;
+    if (!s->mapped || !s->slots || n <= s->nslots) {
+        return 0;
+    }
+    p = mremap(s->slots, old_bytes, bytes, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED) {
+        return 0;
+    }
+    memset(p, 0, old_bytes);
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+    s->slots = (uint64_t *)p;
+    s->nslots = n;
+    s->limit = load_limit(n);
+    return 1;
+#else
+    (void)s;
+    (void)n;
+    return 0;
+#endif
 }
 
 /* slots for `keys` keys at load <= 3/4; 0 when more than MAX_SLOTS */
@@ -694,13 +731,15 @@ rebuild(KeySetObject *s, uint64_t n)
     Py_ssize_t used;
     int grew = 1;
 
-    table_free(s);
-    if (table_set(s, n) < 0) {
-        grew = 0; /* refill at the old size, then report the failure */
-        if (table_set(s, old) < 0) {
-            s->broken = 1;
-            PyErr_NoMemory();
-            return -1;
+    if (!table_regrow(s, n)) {
+        table_free(s);
+        if (table_set(s, n) < 0) {
+            grew = 0; /* refill at the old size, then report the failure */
+            if (table_set(s, old) < 0) {
+                s->broken = 1;
+                PyErr_NoMemory();
+                return -1;
+            }
         }
     }
     q.in = q.out = 0;
