@@ -110,7 +110,7 @@ def child(backend: str, workload: str, keys: int, hint: bool, rate: float) -> di
         if pairs:
             parts = [(_ids(j), 1), (_uids(j), 2)]
             start = time.perf_counter()
-            ks.add_kinds(parts)  # type: ignore[arg-type]
+            ks.add_kinds(parts)
         else:
             batch = _ids(j) if workload == "ids" else _uids(j)
             start = time.perf_counter()
