@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -270,6 +271,32 @@ def test_keys_must_be_a_sequence(ks: Any) -> None:
         ks.add_many(iter(["a"]))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ks.add_many(None)  # type: ignore[arg-type]
+
+
+def test_a_list_changed_while_its_call_is_set_up_is_refused(ks: Any) -> None:
+    keys = ["a", "b", "c"] * 1000
+
+    class Pair:  # the second part empties the first one's list while it is read
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> object:
+            if i == 0:
+                return ["x"]
+            if i == 1:
+                keys.clear()
+                return 2
+            raise IndexError(i)
+
+    def answers(n: int) -> Any:
+        return np.zeros(n, dtype=np.bool_)
+
+    table = ks._table
+    with pytest.raises(RuntimeError, match="changed"):
+        table.add_kinds(
+            [(keys, 1), Pair()], [answers(3000), answers(1)], [answers(3000), answers(1)]
+        )
+    assert len(ks) == 0
 
 
 # -- hash_fn --------------------------------------------------------------------------------

@@ -1281,6 +1281,15 @@ add_kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
+    /* Python code may have run above (a sequence that is not a list or tuple, a buffer):
+     * from here on none does (but a hash_fn, whose keys are in tuples), so the lists are read
+     * as they are now; only a length that changed would matter */
+    for (i = 0; i < count; i++) {
+        if (PySequence_Fast_GET_SIZE(parts[i].seq) != parts[i].n) {
+            PyErr_SetString(PyExc_RuntimeError, "the keys changed while they were being added");
+            goto done;
+        }
+    }
     /* every key is checked before any is added (a TypeError leaves the set as it was): here
      * when there is more than one batch, else while the batch is gathered */
     if (total > BATCH) {
@@ -1494,6 +1503,9 @@ KeySet_traverse(KeySetObject *s, visitproc visit, void *arg)
 static int
 KeySet_clear(KeySetObject *s)
 {
+    if (s->hash_fn) {
+        s->broken = 1; /* its keys were placed by that hash: no other may look them up */
+    }
     Py_CLEAR(s->hash_fn);
     return 0;
 }
@@ -1649,9 +1661,7 @@ module_exec(PyObject *module)
     if (PyType_Ready(&KeySetType) < 0) {
         return -1;
     }
-    Py_INCREF(&KeySetType);
-    if (PyModule_AddObject(module, "KeySet", (PyObject *)&KeySetType) < 0) {
-        Py_DECREF(&KeySetType);
+    if (PyModule_AddObjectRef(module, "KeySet", (PyObject *)&KeySetType) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(module, "BATCH", BATCH) < 0 ||
