@@ -5,7 +5,8 @@
     python3 dev.py test    # create .venv, install bulksend[dev], run ruff, mypy and the whole suite
     python3 dev.py bench   # create .venv, run the benchmarks in benchmarks/
 
-The virtual environment is reused; it is reinstalled when pyproject.toml changes.
+The virtual environment is reused; bulksend is reinstalled when pyproject.toml, setup.py or the
+C extension's source changes (an editable install does not recompile C by itself).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("BULKSEND_VENV", ROOT / ".venv"))
+#: what the installed environment is built from: a change to any of them reinstalls
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "bulksend/core/_keyset.c")
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 
@@ -32,16 +35,25 @@ def ensure_venv(extras: str) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run on an older Python
         sys.exit(f"bulksend needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     stamp = VENV / f".bulksend-{extras or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest and PY.exists():
+    digest = hashlib.sha256()
+    for name in BUILD_INPUTS:
+        path = ROOT / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b""))
+    stamp_text = digest.hexdigest()
+    if stamp.exists() and stamp.read_text() == stamp_text and PY.exists():
         return
     if not PY.exists():
         print(f"+ creating virtual environment in {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
     run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    # an extension built earlier would stay if this build failed (it is optional): remove it,
+    # so a failed build shows (tests/test_keyset_c.py fails where a C compiler exists)
+    for built in (ROOT / "bulksend" / "core").glob("_keyset.*.*"):
+        if built.suffix in {".so", ".pyd"}:
+            built.unlink()
     target = f".[{extras}]" if extras else "."
     run(PY, "-m", "pip", "install", "--quiet", "-e", target)
-    stamp.write_text(digest)
+    stamp.write_text(stamp_text)
 
 
 def demo() -> int:
@@ -59,8 +71,8 @@ def demo() -> int:
 
 def test(pytest_args: list[str]) -> int:
     ensure_venv("dev,plot")
-    run(BIN / "ruff", "check", "bulksend", "tests", "benchmarks", "dev.py")
-    run(BIN / "ruff", "format", "--check", "bulksend", "tests", "benchmarks", "dev.py")
+    run(BIN / "ruff", "check", "bulksend", "tests", "benchmarks", "dev.py", "setup.py")
+    run(BIN / "ruff", "format", "--check", "bulksend", "tests", "benchmarks", "dev.py", "setup.py")
     run(BIN / "mypy")
     return run(PY, "-m", "pytest", *pytest_args, check=False)
 

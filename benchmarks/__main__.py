@@ -5,7 +5,7 @@ Each prints its figures with the machine; benchmarks/README.md keeps the latest 
 
 from __future__ import annotations
 
-from benchmarks import dispatch, ingest, limiter_cost, ratelimit, startup, throughput
+from benchmarks import dispatch, ingest, keyset, limiter_cost, ratelimit, startup, throughput
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
         ("limiter cost", lambda: limiter_cost.main([])),
         ("rate limits, 1 s windows", lambda: ratelimit.main(["--seconds", "20"])),
         ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),
+        ("key sets, 1M keys", lambda: keyset.main(["--keys", "1000000"])),
     ):
         print(f"\n== {name} ==", flush=True)
         run()

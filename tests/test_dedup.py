@@ -1,27 +1,54 @@
-"""Exact deduplication: semantics, forced hash collisions, growth, and a reference set model."""
+"""Exact deduplication: semantics, forced hash collisions, growth, and a reference set model.
+
+Every test that takes the ``keyset`` fixture runs against both key sets, the numpy one and the
+C one (skipped, loudly, only where the extension could not be built: see test_keyset_c.py);
+``Deduper`` is given the same one.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulksend.core import dedup as dedup_module
-from bulksend.core.dedup import Deduper, KeySet
+from bulksend.core import keyset_numpy
+from bulksend.core.dedup import Deduper
 from bulksend.models import Recipient
 from bulksend.recipients import Recipients
+from tests.keysets import BACKENDS, C_MISSING, backend_class, c_compiler, keyset_c, spill_fd
+
+#: the key set class under test (numpy's or C's); Deduper uses the same
+KeySet = Any
 
 
 def R(line: int, id: str | None, uid: str | None = None) -> Recipient:
     return Recipient(line, id, uid)
 
 
+def test_the_c_extension_was_built_where_a_compiler_exists() -> None:
+    if keyset_c is not None:
+        return
+    missing = c_compiler()
+    if missing is not None:
+        pytest.skip(f"C EXTENSION NOT BUILT -- {missing}: dedup uses the slower numpy key set")
+    pytest.fail(C_MISSING + " (a C compiler and Python's headers are here: the build failed)")
+
+
+@pytest.fixture(params=BACKENDS)
+def keyset(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> KeySet:
+    cls = backend_class(request.param)
+    monkeypatch.setattr(dedup_module, "KeySet", cls)
+    return cls
+
+
 @pytest.fixture
-def dedup() -> Iterator[Deduper]:
+def dedup(keyset: KeySet) -> Iterator[Deduper]:
     with Deduper(("id", "uid")) as d:
         yield d
 
@@ -36,12 +63,12 @@ def test_new_partial_and_duplicate(dedup: Deduper) -> None:
     assert (dedup.unique("id"), dedup.unique("uid")) == (2, 2)
 
 
-def test_ids_and_uids_are_separate_key_spaces(dedup: Deduper) -> None:
+def test_ids_and_uids_are_separate_key_spaces(keyset: KeySet, dedup: Deduper) -> None:
     assert dedup.filter(R(2, "same", None)) == R(2, "same", None)
     assert dedup.filter(R(3, None, "same")) == R(3, None, "same")
 
 
-def test_only_the_chosen_keys_are_deduplicated() -> None:
+def test_only_the_chosen_keys_are_deduplicated(keyset: KeySet) -> None:
     with Deduper(("id",)) as d:
         assert d.filter(R(2, "a", "x")) == R(2, "a", "x")
         assert d.filter(R(3, "b", "x")) == R(3, "b", "x")  # uid not deduplicated
@@ -57,7 +84,7 @@ def test_filter_many_returns_kept_and_duplicates_in_order(dedup: Deduper) -> Non
     assert (dedup.duplicates, dedup.partial) == (1, 2)
 
 
-def test_rejects_unknown_keys() -> None:
+def test_rejects_unknown_keys(keyset: KeySet) -> None:
     with pytest.raises(ValueError, match="dedup keys"):
         Deduper(("email",))
 
@@ -73,9 +100,9 @@ TINY_HASHES: list[Callable[[str], int]] = [
 
 
 @pytest.mark.parametrize("hash_fn", TINY_HASHES)
-def test_colliding_hashes_never_drop_a_key(hash_fn: Callable[[str], int]) -> None:
+def test_colliding_hashes_never_drop_a_key(keyset: KeySet, hash_fn: Callable[[str], int]) -> None:
     keys = [f"k{i}" for i in range(1200)]
-    with KeySet(hash_fn=hash_fn) as ks:
+    with keyset(hash_fn=hash_fn) as ks:
         assert ks.add_many(keys[:400]).all()
         assert not ks.add_many(keys[:400]).any()
         out = ks.add_many(keys[200:1200])
@@ -84,8 +111,8 @@ def test_colliding_hashes_never_drop_a_key(hash_fn: Callable[[str], int]) -> Non
         assert len(ks) == 1200
 
 
-def test_growth_from_a_tiny_table_keeps_everything() -> None:
-    with KeySet() as ks:
+def test_growth_from_a_tiny_table_keeps_everything(keyset: KeySet) -> None:
+    with keyset() as ks:
         start = ks.buckets
         for base in range(0, 60_000, 7000):
             assert ks.add_many([f"key-{i}" for i in range(base, base + 7000)]).all()
@@ -93,8 +120,8 @@ def test_growth_from_a_tiny_table_keeps_everything() -> None:
         assert not ks.add_many([f"key-{i}" for i in range(0, 63_000, 3)]).any()
 
 
-def test_repeats_within_one_call_are_new_only_first() -> None:
-    with KeySet(hash_fn=lambda s: 7) as ks:
+def test_repeats_within_one_call_are_new_only_first(keyset: KeySet) -> None:
+    with keyset(hash_fn=lambda s: 7) as ks:
         assert ks.add_many(["a", "b", "a", "c", "b", "a"]).tolist() == [
             True,
             True,
@@ -105,9 +132,9 @@ def test_repeats_within_one_call_are_new_only_first() -> None:
         ]
 
 
-def test_awkward_keys_nul_unicode_long_and_mixed_widths() -> None:
+def test_awkward_keys_nul_unicode_long_and_mixed_widths(keyset: KeySet) -> None:
     awkward = ["", "a\0b", "a", "a\0", "é", "e\u0301", "\udc80", "x" * 500, "x" * 499, "日本"]
-    with KeySet() as ks:
+    with keyset() as ks:
         assert ks.add_many(awkward).all()
         # one by one, and padded to other widths among other keys: still all found
         for key in awkward:
@@ -118,17 +145,17 @@ def test_awkward_keys_nul_unicode_long_and_mixed_widths() -> None:
             ]
 
 
-def test_the_spill_file_is_gone_after_close() -> None:
-    ks = KeySet()
+def test_the_spill_file_is_gone_after_close(keyset: KeySet) -> None:
+    ks = keyset()
     ks.add_many(["a", "b"])
-    fd = ks._store._fd
-    os.fstat(fd)
+    fd = spill_fd(ks)
+    assert os.fstat(fd).st_nlink == 0  # unlinked at once
     ks.close()
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)
 
 
-def test_memory_is_a_few_bytes_per_key() -> None:
+def test_memory_is_a_few_bytes_per_key(keyset: KeySet) -> None:
     with Deduper(("id",), expected=100_000) as d:
         d.filter_many([R(i, f"{i:032x}") for i in range(100_000)])
         assert d.memory_bytes < 100_000 * 30 + 5_000_000  # table + fixed scratch
@@ -160,14 +187,17 @@ def reference(
 KEY = st.one_of(st.none(), st.text(alphabet="ab\0é", max_size=3))
 
 
-@settings(max_examples=200, deadline=None)
+# the fixture only picks a class: nothing to reset between examples
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     rows=st.lists(st.tuples(KEY, KEY), max_size=120),
     cuts=st.lists(st.integers(0, 120), max_size=6),
     collide=st.booleans(),
 )
 def test_matches_a_set_based_reference(
-    rows: list[tuple[str | None, str | None]], cuts: list[int], collide: bool
+    keyset: KeySet, rows: list[tuple[str | None, str | None]], cuts: list[int], collide: bool
 ) -> None:
     recipients = [R(i, id, uid) for i, (id, uid) in enumerate(rows)]
     bounds = sorted({0, len(rows), *[c for c in cuts if c <= len(rows)]})
@@ -183,11 +213,11 @@ def test_matches_a_set_based_reference(
         assert d.duplicates == expected.count(None)
 
 
-# -- kinds, repeats while the table grows, the spill read back under a small budget ---------
+# -- kinds, repeats while the table grows, numpy's spill read back under a small budget -----
 
 
-def test_kinds_share_one_table_but_not_their_keys() -> None:
-    with KeySet(hash_fn=lambda s: 5) as ks:  # one fingerprint: every key is read back
+def test_kinds_share_one_table_but_not_their_keys(keyset: KeySet) -> None:
+    with keyset(hash_fn=lambda s: 5) as ks:  # one fingerprint: every key is read back
         (ids, _), (uids, _) = ks.add_kinds([(["a", "b", "a"], 1), (["a", "c", "c"], 2)])
         assert ids.tolist() == [True, True, False]
         assert uids.tolist() == [True, True, False]
@@ -196,9 +226,9 @@ def test_kinds_share_one_table_but_not_their_keys() -> None:
         assert (ks.unique(1), ks.unique(2), len(ks)) == (3, 2, 5)
 
 
-def test_repeats_within_a_call_that_grows_the_table() -> None:
+def test_repeats_within_a_call_that_grows_the_table(keyset: KeySet) -> None:
     keys = [f"k{i % 9000}" for i in range(20_000)]  # far more than a fresh table holds
-    with KeySet() as ks:
+    with keyset() as ks:
         out = ks.add_many(keys)
         assert out.tolist() == [i < 9000 for i in range(20_000)]
         assert len(ks) == 9000
@@ -210,17 +240,17 @@ def test_records_read_back_mapped_and_with_pread(
     monkeypatch: pytest.MonkeyPatch, budget: int
 ) -> None:
     # small steps of file growth: the map is made again often; past the budget: pread
-    monkeypatch.setattr(dedup_module, "_MAP_BUDGET", budget)
-    monkeypatch.setattr(dedup_module, "_GROW_FILE", 4096)
+    monkeypatch.setattr(keyset_numpy, "_MAP_BUDGET", budget)
+    monkeypatch.setattr(keyset_numpy, "_GROW_FILE", 4096)
     keys = [f"{i:032x}" for i in range(30_000)]
-    with KeySet() as ks:
+    with keyset_numpy.KeySet() as ks:  # numpy's read paths (C's: test_keyset_c.py)
         for start in range(0, 30_000, 3000):
             assert ks.add_many(keys[start : start + 3000]).all()
         assert not ks.add_many(keys[::7]).any()
         assert not ks.add_many(["x" * 40 + k for k in keys[:50]] + keys[:50])[50:].any()
 
 
-def test_columns_are_deduplicated_without_making_recipients() -> None:
+def test_columns_are_deduplicated_without_making_recipients(keyset: KeySet) -> None:
     rows = [R(2, "a", "x"), R(3, "a", "y"), R(4, "b", None), R(5, "b", "x")]
     with Deduper() as plain, Deduper() as columns:
         expected = plain.filter_many(rows)

@@ -1,0 +1,27 @@
+"""Builds the optional C extension; the project's metadata is in pyproject.toml.
+
+``bulksend.core._keyset`` makes deduplication several times faster. It is optional: without a
+C compiler (or Python's headers) the build prints a warning, the install still succeeds, and
+bulksend uses the numpy key set instead (as it does with ``BULKSEND_NO_EXTENSIONS=1``).
+"""
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildExt(build_ext):
+    """``-O2`` (``/O2`` for MSVC) for the extension, whatever Python itself was built with."""
+
+    def build_extensions(self) -> None:
+        flag = "/O2" if self.compiler.compiler_type == "msvc" else "-O2"
+        for extension in self.extensions:
+            extension.extra_compile_args = [*extension.extra_compile_args, flag]
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[
+        Extension("bulksend.core._keyset", ["bulksend/core/_keyset.c"], optional=True),
+    ],
+    cmdclass={"build_ext": BuildExt},
+)
