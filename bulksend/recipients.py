@@ -18,6 +18,9 @@ from dataclasses import fields as dataclass_fields
 from itertools import compress, pairwise, repeat
 from typing import Any, overload
 
+import numpy as np
+import numpy.typing as npt
+
 from bulksend.models import Recipient
 
 __all__ = ["EMPTY", "AttrColumns", "Recipients", "make_recipient", "make_recipients"]
@@ -244,10 +247,18 @@ class Recipients(Sequence[Recipient]):
             )
         return made
 
-    def select(self, keep: Sequence[bool]) -> Recipients:
+    def select(self, keep: Sequence[bool] | npt.NDArray[np.bool_]) -> Recipients:
         """The rows where ``keep`` is true, in order."""
+        lines = self.lines
+        mask: Sequence[bool] = keep.tolist() if isinstance(keep, np.ndarray) else keep
+        if isinstance(keep, np.ndarray) and type(lines) is range:
+            # numbers made by numpy: an int object per kept row only, made in C
+            picked: Sequence[int] = (np.flatnonzero(keep) * lines.step + lines.start).tolist()
+        else:
+            picked = list(compress(lines, mask))
+        keep = mask
         out = Recipients(
-            list(compress(self.lines, keep)),
+            picked,
             None if self.ids is None else list(compress(self.ids, keep)),
             None if self.uids is None else list(compress(self.uids, keep)),
             None if self.attrs is None else _select_attrs(self.attrs, keep),

@@ -136,12 +136,12 @@ class Deduper:
             return rows, Recipients(range(0))
         duplicate = drop & ~keep  # every present key seen before
         partial = drop & keep
-        dups = rows.select(duplicate.tolist())
+        dups = rows.select(duplicate)
         self.duplicates += len(dups)
         if partial.any():
             self.partial += int(np.count_nonzero(partial))
             rows = _cleared(rows, {key: seen & partial for key, seen in seen_masks.items()})
-        return rows.select((~duplicate).tolist()), dups
+        return rows.select(~duplicate), dups
 
     def _columns(self, rows: Recipients) -> Iterator[tuple[str, int, list[str | None] | None]]:
         for key in self.keys:
