@@ -29,9 +29,9 @@ import contextlib
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -92,23 +92,35 @@ def file_fingerprint(path: Path) -> str:
 def batch_digest(recipients: Iterable[Recipient]) -> str:
     """blake2b-96 of ``line US id US uid RS`` for every recipient, joined (journals keep it and
     a resumed run checks its batches by it: never change what is hashed)."""
-    rows: Iterable[str]
-    if isinstance(recipients, Recipients):  # the same bytes, from the columns
+    if isinstance(recipients, Recipients):  # the same text, from the columns, without format
         count = len(recipients)
-        blank = repeat("", count)
-        ids = blank if recipients.ids is None else map(_or_blank, recipients.ids)
-        uids = blank if recipients.uids is None else map(_or_blank, recipients.uids)
-        rows = map(_ROW.format, recipients.lines, ids, uids)
+        fields = zip(
+            map(str, recipients.lines),
+            repeat("\x1f"),
+            _blanked(recipients.ids, count),
+            repeat("\x1f"),
+            _blanked(recipients.uids, count),
+            repeat("\x1e"),
+        )
+        text = "".join(chain.from_iterable(fields))
     else:
-        rows = (_ROW.format(r.line, r.id or "", r.uid or "") for r in recipients)
-    return hashlib.blake2b("".join(rows).encode(), digest_size=12).hexdigest()
+        text = "".join([f"{r.line}\x1f{r.id or ''}\x1f{r.uid or ''}\x1e" for r in recipients])
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-_ROW = "{}\x1f{}\x1f{}\x1e"
+def _blanked(values: list[str | None] | None, count: int) -> Iterable[str]:
+    """The column with "" for None (as ``r.id or ""``)."""
+    if values is None:
+        return repeat("", count)
+    if None in values:
+        return [v or "" for v in values]
+    return values  # type: ignore[return-value]  # no None in it
 
 
-def _or_blank(value: str | None) -> str:
-    return value or ""
+def first_and_last_line(recipients: Sequence[Recipient]) -> tuple[int, int]:
+    if isinstance(recipients, Recipients):
+        return recipients.lines[0], recipients.lines[-1]
+    return recipients[0].line, recipients[-1].line
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +282,7 @@ class Journal:
             (
                 batch.number,
                 batch.group,
-                recs[0].line,
-                recs[-1].line,
+                *first_and_last_line(recs),
                 len(recs),
                 batch_digest(recs),
                 batch.attempts,
