@@ -318,6 +318,12 @@ def test_a_raised_limit_frees_the_pace_at_once() -> None:
     headers = {"X-RateLimit-Limit": "1000000", "X-RateLimit-Remaining": "999999"}
     b.feedback(0.002, seq=s1, sent_at=0.0, kind=FeedbackKind.OK, headers=headers)
     assert b.wait_time(0.002) < 1e-4
+    # a Remaining alone that proves a higher limit (no usable Limit header) does the same
+    c = Bucket(configured=600, window=60.0, max_in_flight=32)
+    s3, _ = c.send(0.0)
+    absurd = {"X-RateLimit-Limit": "1000000000", "X-RateLimit-Remaining": "999999999"}
+    c.feedback(0.002, seq=s3, sent_at=0.0, kind=FeedbackKind.OK, headers=absurd)
+    assert c.wait_time(0.002) < 1e-4
     # the same limit again changes nothing
     s2, _ = b.send(0.002)
     due = b.wait_time(0.002)

@@ -103,9 +103,12 @@ def test_columns_behave_like_a_list_of_recipients(
     )
     assert columns == objects
     assert columns[start:stop] == objects[start:stop]
-    assert columns.select(keep[: len(rows)]) == [
-        o for o, k in zip(objects, keep, strict=False) if k
-    ]
+    chosen = keep[: len(rows)]
+    wanted = [o for o, k in zip(objects, chosen, strict=True) if k]
+    assert columns.select(chosen) == wanted
+    assert columns.select(np.array(chosen, dtype=np.bool_)) == wanted  # range lines
+    listed = Recipients.of(objects)  # list lines
+    assert listed.select(np.array(chosen, dtype=np.bool_)) == wanted
     assert Recipients.join([columns[:start], columns[start:]]) == objects
     # what goes on the wire and into the journal does not depend on the representation
     assert batch_digest(columns) == batch_digest(objects)

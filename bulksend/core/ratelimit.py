@@ -805,19 +805,16 @@ class Bucket:
                 info = _parse_all(headers, wall_now=wall_now, window=self.window)
                 limit, window, policies = info.limit, info.window, info.policies
                 remaining, reset, retry_after = info.remaining, info.reset, info.retry_after
+        spacing: float | None = None  # the GCRA spacing before the headers changed it
         if limit is not None or remaining is not None or policies:
             self.headers_seen = True
             if limit is not None:
-                changed = limit != self.header_limit or (
-                    window is not None and window != self.window
-                )
-                before = self.interval(now) if changed else 0.0
+                if limit != self.header_limit or (window is not None and window != self.window):
+                    spacing = self.interval(now)
                 self.header_limit = limit
                 if window is not None:
                     self.window = window
                     self._update_margin()
-                if changed:
-                    self._reprice(now, before)
             if policies:
                 current = (self.limit(now), self.window)
                 self.extra = tuple(p for p in policies if p != current)
@@ -830,11 +827,15 @@ class Bucket:
         if remaining is not None:
             self._track_run(seq, remaining, now)
             if limit is None and remaining >= self.floor_limit:
+                if spacing is None:
+                    spacing = self.interval(now)
                 self.floor_limit = remaining + 1
             if seq > self._rem_seq:
                 self._rem_seq = seq
                 self._rem_allow = remaining - self._not_counted(seq)
                 self._rem_hold = self._window_end(now, reset if reset is not None else retry_after)
+        if spacing is not None:
+            self._reprice(now, spacing)
 
         if kind is _OK:
             st.ok += 1
