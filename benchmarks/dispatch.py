@@ -51,6 +51,7 @@ from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers import maxtraffic
+from bulksend.recipients import Recipients
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
 from bulksend.transport import Transport
@@ -125,7 +126,12 @@ def make_rows(n: int) -> list[Recipient]:
 
 
 def make_chunks(rows: list[Recipient]) -> list[Chunk]:
-    chunks = [Chunk(rows[i : i + CHUNK], []) for i in range(0, len(rows), CHUNK)]
+    """Chunks as the readers hand them over: columns (``Recipients``), no row objects."""
+    parts = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
+    chunks = [
+        Chunk(Recipients([r.line for r in p], [r.id for r in p], [r.uid for r in p]), [])
+        for p in parts
+    ]
     # a real send streams its rows through; keep the collector from walking all of them
     gc.collect()
     gc.freeze()

@@ -331,6 +331,19 @@ def test_a_raised_limit_frees_the_pace_at_once() -> None:
     assert b.wait_time(0.003) == pytest.approx(max(0.0, due - 0.001))
 
 
+def test_pacing_waits_below_the_timer_resolution_are_no_waits() -> None:
+    fast = Bucket(configured=6_000_000, window=60.0, max_in_flight=1000)  # 10 µs apart
+    for _ in range(50):  # 50 sends in the same instant: 0.5 ms of pace, under the resolution
+        assert fast.wait_time(1.0) == 0.0
+        fast.send(1.0)
+    for _ in range(60):
+        fast.send(1.0)
+    assert fast.wait_time(1.0) == pytest.approx(110 * 60.05 / 6_000_000, rel=0.01)
+    slow = Bucket(configured=600, window=60.0, max_in_flight=100)
+    slow.send(1.0)
+    assert slow.wait_time(1.0) == pytest.approx(0.1, rel=0.01)
+
+
 def test_remaining_is_adopted_minus_requests_sent_after_it() -> None:
     b = Bucket(configured=100, window=60.0, max_in_flight=100, burst=1.0)
     seqs = [b.send(0.0)[0] for _ in range(10)]

@@ -526,6 +526,7 @@ class Bucket:
     max_margin: float = 1.0
     burst: float = 0.0
     slack: float = 0.005  # seconds of overdue GCRA slots a late timer may still use
+    resolution: float = 0.001  # a shorter pacing wait is no wait (see wait_time)
     budget: RetryBudget = field(default_factory=RetryBudget)
 
     stats: BucketStats = field(default_factory=BucketStats)
@@ -679,8 +680,11 @@ class Bucket:
             spacing = max(spacing, 1.0 / self.ceiling)
         burst = self.burst * limit
         tolerance = 0.0 if retry or burst <= 1.0 else (burst - 1.0) * spacing
-        if self._tat - tolerance > t:
-            t = self._tat - tolerance
+        # a pacing wait shorter than ``resolution`` goes at once: no timer would wake sooner,
+        # and a fast quota (the sandbox's: 60 ns apart) would send every request via a timer
+        gcra = self._tat - tolerance
+        if gcra - t >= self.resolution:
+            t = gcra
         if retry:
             t = max(t, now + self.budget.wait_time(now))
         return t - now
