@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields as dataclass_fields
 from itertools import compress, pairwise, repeat
-from typing import Any, overload
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, overload
 
 from bulksend.models import Recipient
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    BoolArray = npt.NDArray[np.bool_]
 
 __all__ = ["EMPTY", "AttrColumns", "Recipients", "make_recipient", "make_recipients"]
 
@@ -247,15 +250,20 @@ class Recipients(Sequence[Recipient]):
             )
         return made
 
-    def select(self, keep: Sequence[bool] | npt.NDArray[np.bool_]) -> Recipients:
-        """The rows where ``keep`` is true, in order."""
+    def select(self, keep: Sequence[bool] | BoolArray) -> Recipients:
+        """The rows where ``keep`` (a sequence of bools, or a numpy bool array) is true."""
         lines = self.lines
-        mask: Sequence[bool] = keep.tolist() if isinstance(keep, np.ndarray) else keep
-        if isinstance(keep, np.ndarray) and type(lines) is range:
-            # numbers made by numpy: an int object per kept row only, made in C
-            picked: Sequence[int] = (np.flatnonzero(keep) * lines.step + lines.start).tolist()
-        else:
-            picked = list(compress(lines, mask))
+        if isinstance(keep, Sequence):
+            mask: Sequence[bool] = keep
+            picked: Sequence[int] = list(compress(lines, mask))
+        else:  # numpy: kept line numbers made in C, without an int object per row twice
+            import numpy as np  # loaded by whoever made the array (kept out of start-up)
+
+            mask = keep.tolist()
+            if type(lines) is range:
+                picked = (np.flatnonzero(keep) * lines.step + lines.start).tolist()
+            else:
+                picked = list(compress(lines, mask))
         keep = mask
         out = Recipients(
             picked,

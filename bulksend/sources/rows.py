@@ -19,8 +19,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from bulksend.models import Recipient, Rejected
 from bulksend.recipients import EMPTY, AttrColumns, Recipients, make_recipient
 from bulksend.sources import spec
@@ -104,6 +102,8 @@ class Layout:
         """No control character or undecodable byte, none too long: fine for any column."""
         joined = "".join(values)
         if joined.isascii():
+            import numpy as np  # here, not at import: ``bulksend --help`` needs no numpy
+
             codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
             if (codes - np.uint8(32) >= np.uint8(95)).any():  # below 32, or 127
                 return False
@@ -180,6 +180,8 @@ class Layout:
             encoded = joined.encode("ascii")
             if b"\x7f" in encoded:
                 return None
+            import numpy as np  # here, not at import: ``bulksend --help`` needs no numpy
+
             codes = np.frombuffer(encoded, dtype=np.uint8)
             control = codes < 32
             # the separators must be the only control characters
