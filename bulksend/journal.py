@@ -31,7 +31,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +94,13 @@ def batch_digest(recipients: Iterable[Recipient]) -> str:
     a resumed run checks its batches by it: never change what is hashed)."""
     if isinstance(recipients, Recipients):  # the same text, from the columns, without format
         count = len(recipients)
-        fields = zip(
+        rows = zip(
             map(str, recipients.lines),
-            repeat("\x1f"),
             _blanked(recipients.ids, count),
-            repeat("\x1f"),
             _blanked(recipients.uids, count),
-            repeat("\x1e"),
+            strict=True,
         )
-        text = "".join(chain.from_iterable(fields))
+        text = "\x1e".join(map("\x1f".join, rows)) + "\x1e" if count else ""
     else:
         text = "".join([f"{r.line}\x1f{r.id or ''}\x1f{r.uid or ''}\x1e" for r in recipients])
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
