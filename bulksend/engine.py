@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
 from bulksend.errors import AuthError, BulksendError, ProviderError, UnavailableError
@@ -58,13 +60,6 @@ def as_chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[Chunk]:
             recipients, rejected = [], []
     if recipients or rejected:
         yield Chunk(recipients, rejected)
-
-
-class Dedup(Protocol):
-    def filter_many(
-        self, recipients: Sequence[Recipient]
-    ) -> tuple[Sequence[Recipient], Sequence[Recipient]]:
-        """(kept with already-seen identifiers cleared, whole-row duplicates)"""
 
 
 class Sender(Protocol):
@@ -220,31 +215,44 @@ class Engine:
 
     # -- reading ----------------------------------------------------------------------------
     async def _read(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> None:
+        """Read, deduplicate and batch. Deduplication runs in a helper thread one chunk ahead
+        (``DedupAhead``): chunk k is deduplicated while chunk k+1 is read and the event loop
+        sends; every chunk is settled in order."""
         batcher = self.provider.batcher(self.options.batch_size)
-        try:
-            if isinstance(chunks, AsyncIterable):  # e.g. behind an audience check
-                async for chunk in chunks:
-                    await self._chunk(chunk, batcher)
-            else:
-                for chunk in chunks:
-                    await self._chunk(chunk, batcher)
-        except ProviderError as exc:  # a source that talks to the provider (audience check)
-            self.stop(exc)
+        pending: Future[Kept] | None = None
+        with DedupAhead(self.dedup) as ahead:
+            try:
+                if isinstance(chunks, AsyncIterable):  # e.g. behind an audience check
+                    async for chunk in chunks:
+                        pending = await self._chunk(chunk, ahead, pending, batcher)
+                else:
+                    for chunk in chunks:
+                        pending = await self._chunk(chunk, ahead, pending, batcher)
+            except ProviderError as exc:  # a source that talks to the provider (audience)
+                self.stop(exc)
+            if pending is not None:
+                await self._take(pending, batcher)
         for batch in batcher.flush():
             await self._plan(batch)
 
-    async def _chunk(self, chunk: Chunk, batcher: Batcher) -> None:
+    async def _chunk(
+        self,
+        chunk: Chunk,
+        ahead: DedupAhead,
+        pending: Future[Kept] | None,
+        batcher: Batcher,
+    ) -> Future[Kept] | None:
+        """Count and report the chunk's rejected rows, start its deduplication, and settle
+        the chunk before it; returns this chunk's deduplication, still running."""
         recipients, rejected = chunk
         self.summary.read += len(recipients) + len(rejected)
         for item in rejected:
             rec = Recipient(item.line, item.id, item.uid)
             self._finish(None, [rec], Status.INVALID, self._where(item))
-        if self._stop is None:
-            await self._take(recipients, batcher)
-        else:  # after a stop the rest of the file is still accounted for, not sent
-            kept, duplicates = self.dedup.filter_many(recipients)
-            self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
-            self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
+        future = ahead.submit(recipients) if len(recipients) else None
+        if pending is not None:
+            await self._take(pending, batcher)
+        return future
 
     def _where(self, item: Rejected) -> str:
         """``file:line: reason`` for a row the source rejected."""
@@ -252,12 +260,13 @@ class Engine:
             return f"{self.source_name}:{item.line}: {item.reason}"
         return item.reason
 
-    async def _take(self, chunk: Sequence[Recipient], batcher: Batcher) -> None:
-        """Deduplicate a chunk of rows and batch what is new."""
-        if not chunk:
-            return
-        kept, duplicates = self.dedup.filter_many(chunk)
+    async def _take(self, deduplicated: Future[Kept], batcher: Batcher) -> None:
+        """Batch what a chunk's deduplication kept (after a stop: account for it, unsent)."""
+        kept, duplicates = await asyncio.wrap_future(deduplicated)
         self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
+        if self._stop is not None:  # after a stop the rest of the file is accounted for
+            self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
+            return
         add_many = getattr(batcher, "add_many", None)
         if add_many is not None:
             for batch in add_many(kept):

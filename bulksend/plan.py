@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bulksend.ahead import DedupAhead
 from bulksend.engine import as_chunks
 from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider
@@ -72,17 +73,22 @@ def plan(
         if on_request is not None:
             on_request(batch, provider.encode(batch))
 
-    for recipients, rejected in as_chunks(items):
-        p.rows += len(recipients) + len(rejected)
-        for item in rejected:
-            p.invalid[item.reason] += 1
-        kept, duplicates = dedup.filter_many(recipients)
-        p.duplicates += len(duplicates)
-        p.valid += len(kept)
-        for recipient in kept:
-            batch = batcher.add(recipient)
-            if batch is not None:
-                take(batch)
+    add_many = getattr(batcher, "add_many", None)
+    with DedupAhead(dedup) as ahead:
+        for (recipients, rejected), (kept, duplicates) in ahead.chunks(as_chunks(items)):
+            p.rows += len(recipients) + len(rejected)
+            for item in rejected:
+                p.invalid[item.reason] += 1
+            p.duplicates += len(duplicates)
+            p.valid += len(kept)
+            if add_many is not None:
+                for batch in add_many(kept):
+                    take(batch)
+                continue
+            for recipient in kept:
+                batch = batcher.add(recipient)
+                if batch is not None:
+                    take(batch)
     for batch in batcher.flush():
         take(batch)
     return p

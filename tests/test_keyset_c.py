@@ -273,10 +273,10 @@ def test_keys_must_be_a_sequence(ks: Any) -> None:
         ks.add_many(None)  # type: ignore[arg-type]
 
 
-def test_a_list_changed_while_its_call_is_set_up_is_refused(ks: Any) -> None:
+def test_a_list_changed_while_its_call_is_set_up_does_not_change_what_is_added(ks: Any) -> None:
     keys = ["a", "b", "c"] * 1000
 
-    class Pair:  # the second part empties the first one's list while it is read
+    class Pair:  # the second part empties the first one's list while the call is set up
         def __len__(self) -> int:
             return 2
 
@@ -292,11 +292,46 @@ def test_a_list_changed_while_its_call_is_set_up_is_refused(ks: Any) -> None:
         return np.zeros(n, dtype=np.bool_)
 
     table = ks._table
-    with pytest.raises(RuntimeError, match="changed"):
-        table.add_kinds(
-            [(keys, 1), Pair()], [answers(3000), answers(1)], [answers(3000), answers(1)]
-        )
-    assert len(ks) == 0
+    new = [answers(3000), answers(1)]
+    # each part's keys are copied (a tuple) as it is taken: the list read is the one given
+    table.add_kinds([(keys, 1), Pair()], new, [answers(3000), answers(1)])
+    assert new[0][:3].all()
+    assert not new[0][3:].any()
+    assert new[1].tolist() == [True]
+    assert len(ks) == 4
+
+
+def test_other_threads_run_while_keys_are_probed_and_cannot_use_the_set(ks: Any) -> None:
+    import threading
+
+    keys = [f"{i:032x}" for i in range(1_000_000)]
+    inside = threading.Event()  # set just before the one big call
+    done = threading.Event()
+    ticks = 0
+    refused: list[BaseException] = []
+
+    def other() -> None:
+        nonlocal ticks
+        inside.wait()
+        while not done.is_set():
+            ticks += 1  # runs only if the call let go of the GIL: C code is never preempted
+            try:
+                ks.add_many(["zz"])
+            except RuntimeError as error:
+                refused.append(error)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        inside.set()
+        assert ks.add_many(keys).all()
+    finally:
+        done.set()
+        thread.join()
+    assert ticks > 0
+    assert refused
+    assert all("in use" in str(e) for e in refused)
+    assert not ks.add_many(keys[::1000]).any()
 
 
 # -- hash_fn --------------------------------------------------------------------------------

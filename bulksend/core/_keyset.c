@@ -50,7 +50,7 @@
 
 #define MIN_SLOTS 4096
 #define MAX_SLOTS (UINT64_C(1) << 32) /* homes come from 32 bits of the hash */
-#define BATCH 8192                    /* keys hashed, then probed, together */
+#define BATCH 16384                   /* keys hashed, then probed, together */
 #ifndef AHEAD
 #define AHEAD 16 /* how many keys ahead the probe loop prefetches */
 #endif
@@ -62,6 +62,21 @@
 #define FILE_STEP (UINT64_C(64) << 20) /* the file's blocks are reserved this much ahead */
 #define HUGE_TABLE (UINT64_C(4) << 20) /* tables from this size are mapped (huge pages) */
 #define HEADER_MAX 11                  /* kind byte + LEB128 of a 64-bit length */
+
+/* Errors raised where the GIL may have been released (process() and what it calls run
+ * without it when there is no hash_fn): take it to set the exception. PyGILState_Ensure is
+ * also right when the thread holds the GIL already. */
+#define WITH_GIL(stmt)                                \
+    do {                                              \
+        PyGILState_STATE gil_ = PyGILState_Ensure(); \
+        stmt;                                         \
+        PyGILState_Release(gil_);                     \
+    } while (0)
+#define ERRNO_WITH_GIL()                                            \
+    do {                                                            \
+        int errno_ = errno;                                         \
+        WITH_GIL((errno = errno_, PyErr_SetFromErrno(PyExc_OSError))); \
+    } while (0)
 
 /* item states */
 #define ST_PENDING 0
@@ -257,7 +272,7 @@ grow_bytes(char **data, size_t *cap, size_t need, size_t at_least)
     }
     bigger = PyMem_RawRealloc(*data, size);
     if (!bigger) {
-        PyErr_NoMemory();
+        WITH_GIL(PyErr_NoMemory());
         return -1;
     }
     *data = bigger;
@@ -274,12 +289,12 @@ read_full(int fd, char *dst, size_t len, uint64_t off)
             if (errno == EINTR) {
                 continue;
             }
-            PyErr_SetFromErrno(PyExc_OSError);
+            ERRNO_WITH_GIL();
             return -1;
         }
         if (got == 0) {
-            PyErr_SetString(PyExc_OSError,
-                            "the deduplication spill file is shorter than what was written");
+            WITH_GIL(PyErr_SetString(PyExc_OSError,
+                            "the deduplication spill file is shorter than what was written"));
             return -1;
         }
         dst += got;
@@ -298,7 +313,7 @@ write_full(int fd, const char *src, size_t len, uint64_t off)
             if (errno == EINTR) {
                 continue;
             }
-            PyErr_SetFromErrno(PyExc_OSError);
+            ERRNO_WITH_GIL();
             return -1;
         }
         src += put;
@@ -393,7 +408,7 @@ append_record(KeySetObject *s, const Item *it, uint64_t *off)
     uint64_t at = s->file_end + s->buf_len;
     char *dst;
     if (UNLIKELY(at + size > OFF_LIMIT || size < it->n)) {
-        PyErr_SetString(PyExc_OverflowError, "deduplication spill file is full (1 TiB of keys)");
+        WITH_GIL(PyErr_SetString(PyExc_OverflowError, "deduplication spill file is full (1 TiB of keys)"));
         return -1;
     }
     if (UNLIKELY(s->buf_len + size > s->buf_cap) &&
@@ -703,7 +718,7 @@ rehash_records(KeySetObject *s, Pending *q, const char *data, size_t len, uint64
         uint64_t n;
         int hl = get_header(at, end, &kind, &n);
         if (hl < 0) {
-            PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt");
+            WITH_GIL(PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt"));
             return -1;
         }
         if (hl == 0 || n > (uint64_t)(end - at) - (uint64_t)hl) {
@@ -737,7 +752,7 @@ rebuild(KeySetObject *s, uint64_t n)
             grew = 0; /* refill at the old size, then report the failure */
             if (table_set(s, old) < 0) {
                 s->broken = 1;
-                PyErr_NoMemory();
+                WITH_GIL(PyErr_NoMemory());
                 return -1;
             }
         }
@@ -745,7 +760,7 @@ rebuild(KeySetObject *s, uint64_t n)
     q.in = q.out = 0;
     chunk = PyMem_RawMalloc(cap);
     if (!chunk) {
-        PyErr_NoMemory();
+        WITH_GIL(PyErr_NoMemory());
         goto fail;
     }
     /* the file: records from SPILL_START to file_end, read in large steps; chunk holds the
@@ -771,7 +786,7 @@ rebuild(KeySetObject *s, uint64_t n)
         }
     }
     if (have) {
-        PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt");
+        WITH_GIL(PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt"));
         goto fail;
     }
     /* then the buffer */
@@ -783,11 +798,11 @@ rebuild(KeySetObject *s, uint64_t n)
     PyMem_RawFree(chunk);
     chunk = NULL;
     if ((size_t)used != s->buf_len || q.out != s->count) {
-        PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt");
+        WITH_GIL(PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt"));
         goto fail;
     }
     if (!grew) {
-        PyErr_NoMemory();
+        WITH_GIL(PyErr_NoMemory());
         return -1;
     }
     s->rebuilds++;
@@ -807,7 +822,7 @@ ensure_room(KeySetObject *s, uint64_t more)
         return 0;
     }
     if (!slots_for(need)) {
-        PyErr_SetString(PyExc_OverflowError, "deduplication table is full (2**32 slots)");
+        WITH_GIL(PyErr_SetString(PyExc_OverflowError, "deduplication table is full (2**32 slots)"));
         return -1;
     }
     while (n / 4 * 3 < need && n < MAX_SLOTS) {
@@ -823,7 +838,7 @@ static int
 usable(KeySetObject *s)
 {
     if (s->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the key set is in use (called from its hash_fn?)");
+        PyErr_SetString(PyExc_RuntimeError, "the key set is in use (by another thread, or called from its hash_fn)");
         return 0;
     }
     if (s->fd < 0) {
@@ -891,7 +906,7 @@ process(KeySetObject *s, Item *items, size_t n)
                         size_t cap = s->cands_cap ? 2 * s->cands_cap : 256;
                         Cand *more = PyMem_RawRealloc(s->cands, cap * sizeof(Cand));
                         if (!more) {
-                            PyErr_NoMemory();
+                            WITH_GIL(PyErr_NoMemory());
                             return -1;
                         }
                         s->cands = more;
@@ -1043,9 +1058,7 @@ fill_item(KeySetObject *s, Item *it, PyObject *key, unsigned kind, unsigned char
             return -1;
         }
     }
-    else {
-        it->h = hash_bytes(s, kind, it->p, it->n);
-    }
+    /* without a hash_fn the hash is computed in run_batch, without the GIL */
     return 0;
 }
 
@@ -1059,7 +1072,22 @@ run_batch(KeySetObject *s, size_t n)
             s->items[i].p = s->arena + s->items[i].arena;
         }
     }
-    result = process(s, s->items, n);
+    if (s->hash_fn) {
+        result = process(s, s->items, n);
+    }
+    else {
+        /* No Python code runs from here to the end of process(): the keys are in tuples the
+         * call owns (add_kinds) or held by it (add), the answers in buffers it holds, and the
+         * set is marked busy, so other threads may run meanwhile (a dedup thread overlaps
+         * with the reader this way). Errors take the GIL to be set (WITH_GIL). */
+        Item *items = s->items;
+        Py_BEGIN_ALLOW_THREADS
+        for (i = 0; i < n; i++) {
+            items[i].h = hash_bytes(s, items[i].kind, items[i].p, items[i].n);
+        }
+        result = process(s, items, n);
+        Py_END_ALLOW_THREADS
+    }
     s->arena_len = 0;
     if (s->arena_cap > BUF_KEEP) {
         PyMem_RawFree(s->arena);
@@ -1246,8 +1274,9 @@ add_kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         Py_DECREF(kind);
-        /* a hash_fn runs Python code, which could change a list while it is read: copy */
-        part->seq = s->hash_fn ? PySequence_Tuple(keys) : PySequence_Fast(keys, "keys must be a sequence");
+        /* copied into a tuple: a hash_fn runs Python code, and without one other threads run
+         * while the keys are probed (run_batch); either could change a list being read */
+        part->seq = PySequence_Tuple(keys);
         Py_DECREF(keys);
         if (!part->seq) {
             goto done;
@@ -1525,7 +1554,7 @@ static PyObject *
 KeySet_close(KeySetObject *s, PyObject *unused)
 {
     if (s->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the key set is in use (called from its hash_fn?)");
+        PyErr_SetString(PyExc_RuntimeError, "the key set is in use (by another thread, or called from its hash_fn)");
         return NULL;
     }
     release_all(s);
