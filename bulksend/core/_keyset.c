@@ -7,7 +7,8 @@
  * docstring of bulksend/core/keyset_c.py; comments marked EXACT below are the places that
  * argument rests on.
  *
- * Plain C99 and the CPython C API; POSIX pread/pwrite. The GIL is held throughout.
+ * Plain C99 and the CPython C API; POSIX pread/pwrite. Without a hash_fn the GIL is let go
+ * while a batch is hashed and probed (run_batch): other threads run meanwhile (bulksend.ahead).
  */
 
 #define PY_SSIZE_T_CLEAN

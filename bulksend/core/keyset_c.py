@@ -66,9 +66,12 @@ Memory
     per 12-character one), reserved in 64 MiB steps with ``fallocate``.
 
 Speed
-    Per batch of up to 8192 keys: hash them all (ASCII strings are read in place; other
+    Per batch of up to 16384 keys: hash them all (ASCII strings are read in place; other
     strings are encoded into a scratch area, no Python object per key), then probe in order,
-    prefetching the home slot 16 keys ahead, so the table's cache misses overlap. Measured
+    prefetching the home slot 16 keys ahead, so the table's cache misses overlap. Without a
+    ``hash_fn`` the hashing, probing and spill I/O run without the GIL (the keys were copied
+    into tuples the call owns; the set refuses other callers while busy), so a helper thread
+    can deduplicate while the reader reads on (:mod:`bulksend.ahead`). Measured
     (benchmarks/keyset.py, 5 % repeated rows): an id and uid per row, as ``Deduper`` adds
     them, 56 ns a key at 1 million keys and 63 at 20 million (numpy: 203 and 252); ids alone
     66 and 108 (numpy 189 and 211), where one ``pread`` per repeated key (0.7-1.2 µs on the
