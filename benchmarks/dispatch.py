@@ -95,9 +95,8 @@ class NullTransport:
 class PassThrough:
     """A deduplicator for rows known to be unique: keeps them all."""
 
-    def filter_many(self, recipients: Sequence[Recipient]) -> tuple[list[Recipient], list[Any]]:
-        rows = recipients if isinstance(recipients, list) else list(recipients)
-        return rows, []
+    def filter_many(self, recipients: Sequence[Recipient]) -> tuple[Sequence[Recipient], list[Any]]:
+        return recipients, []  # as they are: the columns go on to the batcher
 
 
 class PreEncoded:
