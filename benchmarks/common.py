@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import structlog
+
+from bulksend import logs
 from bulksend.sandbox.testing import SandboxProcess
 
 KEY = "bench-key"
@@ -22,6 +26,18 @@ def sandbox_process(provider: str = "maxtraffic", *args: str) -> Iterator[str]:
         yield url
     finally:
         process.stop()
+
+
+@contextmanager
+def cli_logging() -> Iterator[None]:
+    """structlog set up as the CLI does at INFO (JSON), written to a null stream: the engine
+    pays for its log calls as in a real send, and the benchmark's output stays readable."""
+    with open(os.devnull, "w") as devnull:
+        logs.configure(level=logging.INFO, fmt="json", stream=devnull)
+        try:
+            yield
+        finally:
+            structlog.reset_defaults()  # the next benchmark logs as it would on its own
 
 
 def write_rows(path: Path, n: int, *, header: str = "id,uid") -> Path:

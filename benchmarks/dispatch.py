@@ -33,20 +33,16 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import logging
-import os
 import pstats
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from benchmarks.common import KEY, machine, median, sandbox_process
+from benchmarks.common import KEY, cli_logging, machine, median, sandbox_process
 from benchmarks.throughput import raw_run
-from bulksend import logs
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
@@ -369,8 +365,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = 2000 if args.sandbox else 5000
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - kept open for the logger
-    logs.configure(level=logging.INFO, fmt="json", stream=devnull)
     factory = None
     if not args.no_uvloop:
         import uvloop
@@ -378,11 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         factory = uvloop.new_event_loop
     mode = profile_mode if args.profile else sandbox_mode if args.sandbox else null_mode
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
+        with cli_logging(), asyncio.Runner(loop_factory=factory) as runner:
             runner.run(mode(args))
     finally:
-        structlog.reset_defaults()  # the other benchmarks log as they did before
-        devnull.close()
         gc.unfreeze()
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.common import KEY, machine
+from benchmarks.common import KEY, cli_logging, machine
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
 from bulksend.providers.base import Limit
@@ -186,7 +186,7 @@ def plot(outcomes: list[Outcome], path: Path) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> list[Outcome]:
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, cli_logging():
         tmp = Path(d)
         return [
             await engine_scenario("headers", args.seconds, True, tmp, args.window),

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,8 +29,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from benchmarks.common import KEY, machine, median, sandbox_process, write_rows
-from bulksend import logs
+from benchmarks.common import KEY, cli_logging, machine, median, sandbox_process, write_rows
 from bulksend.campaign import JournalOptions, build_provider, send_campaign
 from bulksend.config import load_settings
 from bulksend.models import Recipient
@@ -140,8 +137,7 @@ def prepare(campaign: Path, n: int, batch_size: int) -> tuple[list[bytes], dict[
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:  # noqa: ASYNC230
-        logs.configure(level=logging.INFO, fmt="json", stream=devnull)  # as the CLI, unseen
+    with tempfile.TemporaryDirectory() as tmp, cli_logging():
         path = write_rows(Path(tmp) / "r.csv", args.recipients)
         campaign = Path(tmp) / "c.toml"
         campaign.write_text(
