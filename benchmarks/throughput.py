@@ -92,34 +92,31 @@ async def script_run(
             if ids:
                 yield orjson.dumps({**message, "to_ids": ids, "to_uids": uids})
 
-    queue = bodies()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as session:
-
-        async def worker() -> None:
-            for body in queue:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    assert resp.status == 200, resp.status
-
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+    await post_all(bodies(), headers, url, in_flight)
     return time.perf_counter() - start
 
 
 async def raw_run(bodies: list[bytes], headers: dict[str, str], url: str, in_flight: int) -> float:
     """The ceiling: post prepared bodies with ``in_flight`` workers; returns seconds."""
-    queue = iter(bodies)
     start = time.perf_counter()
+    await post_all(iter(bodies), headers, url, in_flight)
+    return time.perf_counter() - start
+
+
+async def post_all(
+    bodies: Iterator[bytes], headers: dict[str, str], url: str, in_flight: int
+) -> None:
+    """The raw loop: ``in_flight`` workers posting ``bodies`` (shared) through one session."""
     connector = aiohttp.TCPConnector(limit=in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
-            for body in queue:
+            for body in bodies:
                 async with session.post(url, data=body, headers=headers) as resp:
                     await resp.read()
                     assert resp.status == 200, resp.status
 
         await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return time.perf_counter() - start
 
 
 def prepare(campaign: Path, n: int, batch_size: int) -> tuple[list[bytes], dict[str, str], str]:

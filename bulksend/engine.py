@@ -31,7 +31,7 @@ from bulksend.errors import AuthError, BulksendError, ProviderError, Unavailable
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
-from bulksend.providers.base import Batcher, Provider, Verdict
+from bulksend.providers.base import Batcher, Provider, Verdict, add_all
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
 from bulksend.sources.spec import Chunk
@@ -267,15 +267,8 @@ class Engine:
         if self._stop is not None:  # after a stop the rest of the file is accounted for
             self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
             return
-        add_many = getattr(batcher, "add_many", None)
-        if add_many is not None:
-            for batch in add_many(kept):
-                await self._plan(batch)
-            return await asyncio.sleep(0)
-        for recipient in kept:
-            batch = batcher.add(recipient)
-            if batch is not None:
-                await self._plan(batch)
+        for batch in add_all(batcher, kept):
+            await self._plan(batch)
         await asyncio.sleep(0)  # let the workers run between chunks
 
     async def _plan(self, batch: Batch) -> None:

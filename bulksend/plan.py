@@ -14,7 +14,7 @@ from typing import Any
 from bulksend.ahead import DedupAhead
 from bulksend.engine import as_chunks
 from bulksend.models import Batch, HttpRequest
-from bulksend.providers.base import Limit, Provider
+from bulksend.providers.base import Limit, Provider, add_all
 
 
 @dataclass(slots=True)
@@ -73,7 +73,6 @@ def plan(
         if on_request is not None:
             on_request(batch, provider.encode(batch))
 
-    add_many = getattr(batcher, "add_many", None)
     with DedupAhead(dedup) as ahead:
         for (recipients, rejected), (kept, duplicates) in ahead.chunks(as_chunks(items)):
             p.rows += len(recipients) + len(rejected)
@@ -81,14 +80,8 @@ def plan(
                 p.invalid[item.reason] += 1
             p.duplicates += len(duplicates)
             p.valid += len(kept)
-            if add_many is not None:
-                for batch in add_many(kept):
-                    take(batch)
-                continue
-            for recipient in kept:
-                batch = batcher.add(recipient)
-                if batch is not None:
-                    take(batch)
+            for batch in add_all(batcher, kept):
+                take(batch)
     for batch in batcher.flush():
         take(batch)
     return p

@@ -178,15 +178,9 @@ class Recipients(Sequence[Recipient]):
         if isinstance(rows, Recipients):
             return rows
         made = list(rows)
-        ids: Column | None = [r.id for r in made]
-        uids: Column | None = [r.uid for r in made]
-        attrs: list[Mapping[str, str]] | None = [r.attrs for r in made]
-        if ids is not None and ids.count(None) == len(made):
-            ids = None
-        if uids is not None and uids.count(None) == len(made):
-            uids = None
-        if attrs is not None and not any(attrs):
-            attrs = None
+        ids = present_or_none([r.id for r in made])
+        uids = present_or_none([r.uid for r in made])
+        attrs = attrs_or_none([r.attrs for r in made])
         out = cls([r.line for r in made], ids, uids, attrs)
         out._made = made
         return out
@@ -253,26 +247,22 @@ class Recipients(Sequence[Recipient]):
     def select(self, keep: Sequence[bool] | BoolArray) -> Recipients:
         """The rows where ``keep`` (a sequence of bools, or a numpy bool array) is true."""
         lines = self.lines
-        if isinstance(keep, Sequence):
-            mask: Sequence[bool] = keep
-            picked: Sequence[int] = list(compress(lines, mask))
-        else:  # numpy: kept line numbers made in C, without an int object per row twice
+        mask: Sequence[bool] = keep if isinstance(keep, Sequence) else keep.tolist()
+        if type(lines) is range and not isinstance(keep, Sequence):
             import numpy as np  # loaded by whoever made the array (kept out of start-up)
 
-            mask = keep.tolist()
-            if type(lines) is range:
-                picked = (np.flatnonzero(keep) * lines.step + lines.start).tolist()
-            else:
-                picked = list(compress(lines, mask))
-        keep = mask
+            # numpy: the kept line numbers made in C, an int object per kept row only
+            picked: Sequence[int] = (np.flatnonzero(keep) * lines.step + lines.start).tolist()
+        else:
+            picked = list(compress(lines, mask))
         out = Recipients(
             picked,
-            None if self.ids is None else list(compress(self.ids, keep)),
-            None if self.uids is None else list(compress(self.uids, keep)),
-            None if self.attrs is None else _select_attrs(self.attrs, keep),
+            None if self.ids is None else list(compress(self.ids, mask)),
+            None if self.uids is None else list(compress(self.uids, mask)),
+            None if self.attrs is None else _select_attrs(self.attrs, mask),
         )
         if self._made is not None:
-            out._made = list(compress(self._made, keep))
+            out._made = list(compress(self._made, mask))
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -284,6 +274,16 @@ class Recipients(Sequence[Recipient]):
 
     def __repr__(self) -> str:
         return f"Recipients({self.made()!r})"
+
+
+def present_or_none(values: Column) -> Column | None:
+    """A column as ``Recipients`` keeps it: None when no row has a value."""
+    return None if values.count(None) == len(values) else values
+
+
+def attrs_or_none(rows: list[Mapping[str, str]]) -> list[Mapping[str, str]] | None:
+    """Per-row attributes as ``Recipients`` keeps them: None when no row has any."""
+    return rows if any(rows) else None
 
 
 def _no_key(key: str) -> Column:

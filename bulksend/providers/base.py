@@ -64,6 +64,16 @@ class Batcher(Protocol):
         """Return what is left as final batches (never an empty one)."""
 
 
+def add_all(batcher: Batcher, recipients: Sequence[Recipient]) -> list[Batch]:
+    """The batches ``recipients`` fill: through ``add_many`` when the batcher has it."""
+    add_many = getattr(batcher, "add_many", None)
+    if add_many is not None:
+        batches: list[Batch] = add_many(recipients)
+        return batches
+    full = (batcher.add(r) for r in recipients)
+    return [batch for batch in full if batch is not None]
+
+
 @dataclass(slots=True)
 class CountBatcher:
     """Batches of at most ``size`` recipients for ``group``, numbered from 1, in order.

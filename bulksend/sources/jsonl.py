@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from bulksend.models import Rejected
-from bulksend.recipients import EMPTY, Recipients
+from bulksend.recipients import EMPTY, Recipients, attrs_or_none, present_or_none
 from bulksend.sources import spec as specs
 from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE
 from bulksend.sources.spec import Chunk, SourceSpec
@@ -62,9 +62,9 @@ class JsonLinesReader:
             yield Chunk(
                 Recipients(
                     numbers,
-                    ids if ids.count(None) < len(ids) else None,
-                    uids if uids.count(None) < len(uids) else None,
-                    attrs if any(attrs) else None,
+                    present_or_none(ids),
+                    present_or_none(uids),
+                    attrs_or_none(attrs),
                 ),
                 rejected,
             )
