@@ -20,12 +20,28 @@ KEY = "bench-key"
 @contextmanager
 def sandbox_process(provider: str = "maxtraffic", *args: str) -> Iterator[str]:
     """Start ``bulksend sandbox`` in a separate process; yields its base URL."""
+    with sandbox_child(provider, *args) as process:
+        yield process.base_url
+
+
+@contextmanager
+def sandbox_child(provider: str = "maxtraffic", *args: str) -> Iterator[SandboxProcess]:
+    """Start ``bulksend sandbox`` in a separate process; yields it (``base_url``, ``process``)."""
     process = SandboxProcess(provider, "--api-key", KEY, *args)
-    url = process.start()
+    process.start()
     try:
-        yield url
+        yield process
     finally:
         process.stop()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``; else None)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

@@ -35,14 +35,14 @@ import cProfile
 import gc
 import pstats
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from benchmarks.common import KEY, cli_logging, machine, median, sandbox_process
-from benchmarks.throughput import raw_run
+from benchmarks.throughput import post_all
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
@@ -158,7 +158,7 @@ def cpu(fn: Callable[[], Any]) -> float:
     return time.process_time() - start
 
 
-async def acpu(coro: Coroutine[Any, Any, Any]) -> tuple[float, float, Any]:
+async def acpu(coro: Awaitable[Any]) -> tuple[float, float, Any]:
     """(CPU seconds, wall seconds, result) of awaiting ``coro``."""
     start, wall = time.process_time(), time.perf_counter()
     result = await coro
@@ -320,7 +320,7 @@ async def sandbox_mode(args: argparse.Namespace) -> None:
                     timed = ProbeTimer(transport)
                     seconds, wall, count = await engine_run(args, chunks, timed, PassThrough(), pre)
                 runs[name].append((wall, seconds, timed.pause))
-            seconds, wall, _ = await acpu(raw_run(bodies, headers, url + path, args.workers))
+            seconds, wall, _ = await acpu(post_all(iter(bodies), headers, url + path, args.workers))
             runs["raw"].append((wall, seconds, 0.0))
     print(f"machine: {machine()}; loop: {type(asyncio.get_running_loop()).__module__}")
     print(

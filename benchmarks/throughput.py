@@ -1,6 +1,7 @@
 """Engine throughput vs minimal raw aiohttp loops, side by side against one sandbox process.
 
     python -m benchmarks.throughput [--recipients 200000] [--batch-size 100] [--in-flight 32]
+                                    [--latency-ms 0] [--repeat 3]
 
 Every run posts the same bodies (the same recipients in the same batches) to the same sandbox
 (started with no effective limit) with the same concurrency, and is timed from start to end:
@@ -13,7 +14,11 @@ Every run posts the same bodies (the same recipients in the same batches) to the
   encode, schedule, send, classify), logging at INFO as the CLI does;
 * *engine + journal*: the same with its SQLite journal (issue 5: must not halve throughput).
 
-Runs alternate and the medians are compared.
+Runs alternate and the medians are compared. Each run also reports the CPU time per request of
+this process (the client, all threads) and of the sandbox process (Linux only): with no
+latency both are busy, and the client's CPU per request is what sets the pace. With
+``--latency-ms`` the sandbox answers each request that much later: the network-bound case a
+real provider presents, where in-flight requests and round trips set the pace.
 """
 
 from __future__ import annotations
@@ -23,13 +28,22 @@ import asyncio
 import csv
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import orjson
 
-from benchmarks.common import KEY, cli_logging, machine, median, sandbox_process, write_rows
+from benchmarks.common import (
+    KEY,
+    cli_logging,
+    cpu_seconds,
+    machine,
+    median,
+    sandbox_child,
+    write_rows,
+)
 from bulksend.campaign import JournalOptions, build_provider, send_campaign
 from bulksend.config import load_settings
 from bulksend.models import Recipient
@@ -59,11 +73,24 @@ async def engine_run(campaign: Path, url: str, journal: Path | None = None) -> S
     return summary
 
 
-async def timed_engine_run(campaign: Path, url: str, journal: Path | None = None) -> float:
-    """Seconds for a whole ``send_campaign`` (opening the file and the session included)."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    seconds: float
+    client_cpu: float
+    server_cpu: float | None
+
+
+async def measured(run: Callable[[], Awaitable[object]], server_pid: int) -> Run:
+    """Wall time of ``run()`` with the CPU time this process and the sandbox spent in it."""
+    server_before = cpu_seconds(server_pid)
+    cpu_before = time.process_time()
     start = time.perf_counter()
-    await engine_run(campaign, url, journal)
-    return time.perf_counter() - start
+    await run()
+    seconds = time.perf_counter() - start
+    client = time.process_time() - cpu_before
+    server_after = cpu_seconds(server_pid)
+    server = None if server_before is None or server_after is None else server_after - server_before
+    return Run(seconds, client, server)
 
 
 async def script_run(
@@ -73,9 +100,8 @@ async def script_run(
     url: str,
     batch_size: int,
     in_flight: int,
-) -> float:
-    """The hand-written baseline: read the CSV, batch, encode and post; returns seconds."""
-    start = time.perf_counter()
+) -> None:
+    """The hand-written baseline: read the CSV, batch, encode and post."""
 
     def bodies() -> Iterator[bytes]:
         with path.open(newline="", encoding="utf-8") as f:
@@ -93,14 +119,6 @@ async def script_run(
                 yield orjson.dumps({**message, "to_ids": ids, "to_uids": uids})
 
     await post_all(bodies(), headers, url, in_flight)
-    return time.perf_counter() - start
-
-
-async def raw_run(bodies: list[bytes], headers: dict[str, str], url: str, in_flight: int) -> float:
-    """The ceiling: post prepared bodies with ``in_flight`` workers; returns seconds."""
-    start = time.perf_counter()
-    await post_all(iter(bodies), headers, url, in_flight)
-    return time.perf_counter() - start
 
 
 async def post_all(
@@ -142,32 +160,46 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         bodies, headers, api_path = prepare(campaign, args.recipients, args.batch_size)
         message = {k: v for k, v in orjson.loads(bodies[0]).items() if not k.startswith("to_")}
-        sandbox_args = ("--limit", "1000000000", "--max-batch", str(max(1000, args.batch_size)))
-        times: dict[str, list[float]] = {name: [] for name in RUNS}
-        with sandbox_process("maxtraffic", *sandbox_args) as url:
+        sandbox_args = (
+            *("--limit", "1000000000", "--max-batch", str(max(1000, args.batch_size))),
+            *("--latency-ms", str(args.latency_ms)),
+        )
+        runs: dict[str, list[Run]] = {name: [] for name in RUNS}
+        with sandbox_child("maxtraffic", *sandbox_args) as sandbox:
+            assert sandbox.process is not None
+            url, pid = sandbox.base_url, sandbox.process.pid
             journal = Path(tmp) / "bench.journal"
             target = url + api_path
+            contenders: dict[str, Callable[[], Awaitable[object]]] = {
+                "engine": lambda: engine_run(campaign, url),
+                "raw": lambda: post_all(iter(bodies), headers, target, args.in_flight),
+                "journal": lambda: engine_run(campaign, url, journal),
+                "script": lambda: script_run(
+                    path, message, headers, target, args.batch_size, args.in_flight
+                ),
+            }
             for _ in range(args.repeat):
-                times["engine"].append(await timed_engine_run(campaign, url))
-                times["raw"].append(await raw_run(bodies, headers, target, args.in_flight))
-                times["journal"].append(await timed_engine_run(campaign, url, journal))
-                times["script"].append(
-                    await script_run(
-                        path, message, headers, target, args.batch_size, args.in_flight
-                    )
-                )
+                for name, run in contenders.items():
+                    runs[name].append(await measured(run, pid))
+    report(runs, args, len(bodies))
+
+
+def report(runs: dict[str, list[Run]], args: argparse.Namespace, requests: int) -> None:
     n = args.recipients
-    medians = {name: median(values) for name, values in times.items()}
     print(f"machine: {machine()}; loop: {type(asyncio.get_running_loop()).__module__}")
     print(
         f"recipients={n:,} batch_size={args.batch_size} in_flight={args.in_flight} "
-        f"requests={len(bodies):,} repeat={args.repeat}"
+        f"requests={requests:,} latency_ms={args.latency_ms:g} repeat={args.repeat}"
     )
+    medians = {name: median([r.seconds for r in values]) for name, values in runs.items()}
     for name, label in RUNS.items():
         t = medians[name]
+        client = median([r.client_cpu for r in runs[name]]) / requests * 1e6
+        servers = [r.server_cpu for r in runs[name] if r.server_cpu is not None]
+        server = f"{median(servers) / requests * 1e6:>5.0f}" if servers else "    -"
         print(
-            f"{label:<34}: {n / t:>11,.0f} recipients/s {len(bodies) / t:>8,.0f} requests/s "
-            f"(median {t:.3f} s)"
+            f"{label:<34}: {n / t:>11,.0f} recipients/s {requests / t:>8,.0f} requests/s "
+            f"(median {t:.3f} s; CPU µs/request: client {client:>5.0f}, sandbox {server})"
         )
     e, r, s, j = (medians[k] for k in ("engine", "raw", "script", "journal"))
     print(f"ratio engine / raw script (same file in, same requests out): {s / e:.2f}")
@@ -189,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--in-flight", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="the sandbox's added latency per request"
+    )
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     factory = None

@@ -1,17 +1,33 @@
-"""The dispatch benchmark still runs against the engine as it is (a short null-transport run)."""
+"""The benchmarks still run against the engine as it is (short runs, checked for their output)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 from tests.conftest import ROOT
 
 
-def test_dispatch_benchmark_runs() -> None:
-    args = ["--requests", "60", "--repeat", "1", "--no-dedup"]
-    cmd = [sys.executable, "-m", "benchmarks.dispatch", *args]
+def run_benchmark(module: str, *args: str) -> str:
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
-    assert "requests=60 " in out.stdout
-    assert "overhead (encoded in advance - bare)" in out.stdout
+    return out.stdout
+
+
+def test_dispatch_benchmark_runs() -> None:
+    out = run_benchmark("dispatch", "--requests", "60", "--repeat", "1", "--no-dedup")
+    assert "requests=60 " in out
+    assert "overhead (encoded in advance - bare)" in out
+
+
+def test_throughput_benchmark_runs_with_latency_and_reports_cpu_per_request() -> None:
+    out = run_benchmark("throughput", "--recipients", "3000", "--repeat", "1", "--latency-ms", "2")
+    assert "requests=30 latency_ms=2 repeat=1" in out
+    cpu = re.findall(r"CPU µs/request: client +(\d+), sandbox +(\d+|-)\)", out)
+    assert len(cpu) == 4, out  # raw, script, engine, engine + journal
+    assert all(int(client) > 0 for client, _ in cpu), out
+    ratios = re.findall(r"ratio engine / raw [^:]*: (\d+\.\d\d)", out)
+    assert len(ratios) == 2, out
+    assert all(float(r) > 0 for r in ratios), out
