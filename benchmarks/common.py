@@ -35,15 +35,6 @@ def sandbox_child(provider: str = "maxtraffic", *args: str) -> Iterator[SandboxP
         process.stop()
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds a process has used so far (Linux ``/proc``; else None)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextmanager
 def cli_logging() -> Iterator[None]:
     """structlog set up as the CLI does at INFO (JSON), written to a null stream: the engine

@@ -38,7 +38,6 @@ import orjson
 from benchmarks.common import (
     KEY,
     cli_logging,
-    cpu_seconds,
     machine,
     median,
     sandbox_child,
@@ -48,6 +47,7 @@ from bulksend.campaign import JournalOptions, build_provider, send_campaign
 from bulksend.config import load_settings
 from bulksend.models import Recipient
 from bulksend.report import Summary
+from bulksend.sandbox.testing import SandboxProcess
 
 CAMPAIGN = """
 provider = "maxtraffic"
@@ -80,15 +80,15 @@ class Run:
     server_cpu: float | None
 
 
-async def measured(run: Callable[[], Awaitable[object]], server_pid: int) -> Run:
+async def measured(run: Callable[[], Awaitable[object]], sandbox: SandboxProcess) -> Run:
     """Wall time of ``run()`` with the CPU time this process and the sandbox spent in it."""
-    server_before = cpu_seconds(server_pid)
+    server_before = sandbox.cpu_seconds()
     cpu_before = time.process_time()
     start = time.perf_counter()
     await run()
     seconds = time.perf_counter() - start
     client = time.process_time() - cpu_before
-    server_after = cpu_seconds(server_pid)
+    server_after = sandbox.cpu_seconds()
     server = None if server_before is None or server_after is None else server_after - server_before
     return Run(seconds, client, server)
 
@@ -166,8 +166,7 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         runs: dict[str, list[Run]] = {name: [] for name in RUNS}
         with sandbox_child("maxtraffic", *sandbox_args) as sandbox:
-            assert sandbox.process is not None
-            url, pid = sandbox.base_url, sandbox.process.pid
+            url = sandbox.base_url
             journal = Path(tmp) / "bench.journal"
             target = url + api_path
             contenders: dict[str, Callable[[], Awaitable[object]]] = {
@@ -180,7 +179,7 @@ async def main_async(args: argparse.Namespace) -> None:
             }
             for _ in range(args.repeat):
                 for name, run in contenders.items():
-                    runs[name].append(await measured(run, pid))
+                    runs[name].append(await measured(run, sandbox))
     report(runs, args, len(bodies))
 
 

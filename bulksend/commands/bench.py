@@ -2,7 +2,7 @@
 
 The sandbox runs with a profile (latency, limit and window, faults); bulksend sends N synthetic
 recipients (or a given file) to it and reports recipients/s, requests/s, latency percentiles,
-quota utilisation, 429s, retries, client CPU time and peak RSS.
+quota utilisation, 429s, retries, the client's and the sandbox's CPU time and peak RSS.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     url = sandbox.start()
     timings = Timings()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    sandbox_cpu0 = sandbox.cpu_seconds()
     try:
         settings = load_settings(campaign, env={}, overrides={"base_url": url})
         result = await send_campaign(
@@ -157,9 +158,13 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             progress_every=3600,
             wrap_transport=lambda t: TimedTransport(t, timings),
         )
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        sandbox_cpu1 = sandbox.cpu_seconds()
     finally:
         sandbox.stop()
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    sandbox_cpu = (
+        None if sandbox_cpu0 is None or sandbox_cpu1 is None else sandbox_cpu1 - sandbox_cpu0
+    )
     s = result.summary
     allowed = (args.limit / args.window) if args.limit else 0.0
     req_rate = s.requests / s.elapsed if s.elapsed else 0.0
@@ -179,12 +184,67 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "retries": s.retries,
         "failed": s.failed,
         "client_cpu_s": round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 3),
+        "sandbox_cpu_s": None if sandbox_cpu is None else round(sandbox_cpu, 3),
         "peak_rss_mb": round(cpu1.ru_maxrss / 1024, 1),
         "limit": f"{args.limit}/{args.window:g}s" if args.limit else None,
         "batch_size": args.batch_size,
         "in_flight": args.in_flight,
         "_done_at": timings.done_at,
     }
+
+
+def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
+    """The figures as a table for people (``--json`` keeps the raw values)."""
+    latency = figures["latency_ms"]
+    utilisation = figures["utilisation"]
+    sandbox_cpu = figures["sandbox_cpu_s"]
+    faults = [
+        f"{flag.replace('_', ' ')} {getattr(args, flag):g}"
+        for flag in ("fail_rate", "reset_rate", "drop_after_accept_rate")
+        if getattr(args, flag)
+    ]
+    if args.storm_every:
+        faults.append(f"429 storm every {args.storm_every:g} s for {args.storm_for:g} s")
+    profile = [f"latency {args.latency_ms:g} ms", *faults]
+    if args.no_ratelimit_headers:
+        profile.append("no rate-limit headers")
+    rows = [
+        ("sandbox", "MaxTraffic in a separate process: " + ", ".join(profile)),
+        (
+            "delivered",
+            f"{figures['delivered']:,} of {figures['recipients']:,} recipients "
+            f"(failed {figures['failed']:,})",
+        ),
+        ("elapsed", f"{figures['elapsed_s']:.3f} s"),
+        (
+            "throughput",
+            f"{figures['recipients_per_s']:,.0f} recipients/s, "
+            f"{figures['requests_per_s']:,.0f} requests/s",
+        ),
+        (
+            "requests",
+            f"{figures['requests']:,}, up to {figures['batch_size']:,} recipients each, "
+            f"{figures['in_flight']} in flight",
+        ),
+        (
+            "latency",
+            f"p50 {latency['p50']:.2f} ms, p95 {latency['p95']:.2f} ms, "
+            f"p99 {latency['p99']:.2f} ms",
+        ),
+        (
+            "quota",
+            "no limit" if utilisation is None else f"{figures['limit']}, {utilisation:.1%} used",
+        ),
+        ("429s, retries", f"{figures['throttled_429']:,}, {figures['retries']:,}"),
+        (
+            "CPU time",
+            f"client {figures['client_cpu_s']:.3f} s"
+            + ("" if sandbox_cpu is None else f", sandbox {sandbox_cpu:.3f} s"),
+        ),
+        ("peak RSS", f"{figures['peak_rss_mb']:,.1f} MB (client)"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
 
 
 def plot(figures: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
@@ -230,9 +290,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     if not args.quiet:
-        width = max(len(k) for k in figures)
-        for k, v in figures.items():
-            print(f"  {k:<{width}}  {v}", file=ctx.out)
+        print(render(figures, args), file=ctx.out)
+        if args.json:
+            print(f"  figures: {args.json}", file=ctx.out)
         if args.plot:
             print(f"  chart: {args.plot}", file=ctx.out)
     return ExitStatus.OK if figures["delivered"] else ExitStatus.FAILURES

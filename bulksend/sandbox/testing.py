@@ -157,6 +157,19 @@ class SandboxProcess:
         """What the child wrote to stderr (complete after ``stop``)."""
         return self.stderr
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds the running child has used so far (read from Linux's
+        ``/proc``; None elsewhere, or once it has stopped)."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return None
+        try:
+            stat = Path(f"/proc/{process.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __enter__(self) -> SandboxProcess:
         self.start()
         return self
