@@ -43,27 +43,29 @@ exit statuses: 0 all delivered, 1 some not delivered, 2 usage/config/input error
 """
 
 #: command name -> (module, add_arguments, run, help, description, epilog attribute names)
-COMMANDS: Mapping[str, tuple[str, str, str, str, str]] = {
-    "send": ("bulksend.commands.send", "add_arguments", "run", "HELP", "DESCRIPTION"),
-    "validate": ("bulksend.commands.validate", "add_arguments", "run", "HELP", "DESCRIPTION"),
+Command = tuple[str, str, str, str, str, str]
+
+
+def _command(module: str) -> Command:
+    return (module, "add_arguments", "run", "HELP", "DESCRIPTION", "EPILOG")
+
+
+COMMANDS: Mapping[str, Command] = {
+    "send": _command("bulksend.commands.send"),
+    "validate": _command("bulksend.commands.validate"),
     "retry": (
         "bulksend.commands.send",
         "add_retry_arguments",
         "run_retry",
         "RETRY_HELP",
         "RETRY_DESCRIPTION",
+        "RETRY_EPILOG",
     ),
-    "sandbox": ("bulksend.commands.sandbox", "add_arguments", "run", "HELP", "DESCRIPTION"),
-    "leads": ("bulksend.commands.leads", "add_arguments", "run", "HELP", "DESCRIPTION"),
-    "traitly-webhooks": (
-        "bulksend.commands.webhooks",
-        "add_arguments",
-        "run",
-        "HELP",
-        "DESCRIPTION",
-    ),
-    "bench": ("bulksend.commands.bench", "add_arguments", "run", "HELP", "DESCRIPTION"),
-    "report": ("bulksend.commands.report", "add_arguments", "run", "HELP", "DESCRIPTION"),
+    "sandbox": _command("bulksend.commands.sandbox"),
+    "leads": _command("bulksend.commands.leads"),
+    "traitly-webhooks": _command("bulksend.commands.webhooks"),
+    "bench": _command("bulksend.commands.bench"),
+    "report": _command("bulksend.commands.report"),
 }
 
 
@@ -82,7 +84,7 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name, (module_name, add, _run, help_attr, desc_attr) in COMMANDS.items():
+    for name, (module_name, add, _run, help_attr, desc_attr, epilog_attr) in COMMANDS.items():
         if not full and name != command:
             sub.add_parser(name, help=_SHORT_HELP.get(name), add_help=False)
             continue
@@ -91,7 +93,7 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
             name,
             help=getattr(module, help_attr, None),
             description=getattr(module, desc_attr, None),
-            epilog=getattr(module, "EPILOG", None) if name != "retry" else None,
+            epilog=getattr(module, epilog_attr, None),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         getattr(module, add)(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pty
 import select
@@ -9,10 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from bulksend.cli import COMMANDS, build_parser
+from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import KEY, ROOT, run_cli, write_campaign, write_recipients
 
 ROWS = [(f"v{i}", f"u{i}") for i in range(200)]
@@ -120,15 +124,68 @@ def test_max_failure_rate_threshold(campaign: Path, tmp_path: Path) -> None:
 
 
 def test_help_has_examples_for_every_command() -> None:
-    for command in ("send", "validate", "retry", "sandbox"):
+    for command in COMMANDS:
         r = subprocess.run(
             [sys.executable, "-m", "bulksend", command, "--help"],
             capture_output=True, text=True, cwd=ROOT, check=False,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
-        assert "usage: bulksend" in r.stdout
-        if command != "retry":
-            assert "examples:" in r.stdout, command
+        assert f"usage: bulksend {command}" in r.stdout
+        assert "examples:\n  bulksend " in r.stdout, command
+
+
+def test_every_flag_and_argument_of_every_command_says_what_it_is_for() -> None:
+    def undocumented(parser: argparse.ArgumentParser) -> list[str]:
+        out = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out += [f"{name} {flag}" for flag in undocumented(sub)]
+            elif not action.help:
+                out.append("/".join(action.option_strings) or action.dest)
+        return out
+
+    assert undocumented(build_parser(full=True)) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "expected"),
+    [
+        (["send", "c.toml", "--max-failure-rate", "1.5"], "--max-failure-rate", "between 0 and 1"),
+        (["retry", "j", "--max-failure-rate", "x"], "--max-failure-rate", "between 0 and 1"),
+        (["report", "merge", "a.json", "--max-failure-rate", "-1"], "--max-failure-rate", "0 and"),
+        (["bench", "--fail-rate", "2"], "--fail-rate", "between 0 and 1"),
+        (["bench", "--window", "0"], "--window", "a number > 0"),
+        (["bench", "--latency-ms", "-3"], "--latency-ms", "a number >= 0"),
+        (["bench", "--recipients", "0"], "--recipients", "a whole number >= 1"),
+        (["bench", "--limit", "1.5"], "--limit", "a whole number >= 0"),
+        (["sandbox", "maxtraffic", "--fail-rate", "nan"], "--fail-rate", "between 0 and 1"),
+    ],
+)
+def test_bad_flag_values_are_usage_errors_naming_the_flag(
+    argv: list[str], flag: str, expected: str
+) -> None:
+    r = run_cli(*argv)
+    assert r.status == 2
+    assert f"argument {flag}: expected " in r.stderr
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_says_why_when_the_sandbox_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real child that exits at once (its argv gains a bad flag): one line, exit 2."""
+    real_init = SandboxProcess.__init__
+
+    def broken(self: SandboxProcess, provider: str, *args: str, **kwargs: Any) -> None:
+        real_init(self, provider, *args, "--window", "-1", **kwargs)
+
+    monkeypatch.setattr(SandboxProcess, "__init__", broken)
+    r = run_cli("bench", "--recipients", "10")
+    assert r.status == 2
+    assert r.stderr == (
+        "bulksend: error: bench: sandbox did not start (exit 2): "
+        "bulksend sandbox: error: window must be > 0\n"
+    )
 
 
 def test_progress_view_on_a_terminal(campaign: Path) -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
+from bulksend.argtypes import fraction, non_negative, non_negative_int, positive, positive_int
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
+from bulksend.errors import ConfigError
 
 HELP = "measure throughput against a sandbox in a separate process"
 DESCRIPTION = __doc__.splitlines()[0] if __doc__ else HELP
@@ -50,23 +52,60 @@ limit = "{limit}/{window:g}s"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     load = parser.add_argument_group("load")
-    load.add_argument("--recipients", type=int, default=100_000, metavar="N", help="(100,000)")
+    load.add_argument(
+        "--recipients",
+        type=positive_int,
+        default=100_000,
+        metavar="N",
+        help="synthetic recipients to send (100,000)",
+    )
     load.add_argument("--file", type=Path, help="send this recipient file instead (id,uid)")
-    load.add_argument("--duplicate-rate", type=float, default=0.0, metavar="F")
-    load.add_argument("--batch-size", type=int, default=1000, metavar="N")
-    load.add_argument("--in-flight", type=int, default=32, metavar="N")
-    load.add_argument("--max-attempts", type=int, default=6, metavar="N")
+    load.add_argument(
+        "--duplicate-rate",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="fraction of synthetic rows that repeat an earlier one (0)",
+    )
+    load.add_argument(
+        "--batch-size", type=positive_int, default=1000, metavar="N", help="recipients per request"
+    )
+    load.add_argument(
+        "--in-flight", type=positive_int, default=32, metavar="N", help="concurrent requests (32)"
+    )
+    load.add_argument(
+        "--max-attempts", type=positive_int, default=6, metavar="N", help="per batch (6)"
+    )
     profile = parser.add_argument_group("sandbox profile")
-    profile.add_argument("--latency-ms", type=float, default=0.0)
-    profile.add_argument("--limit", type=int, default=0, help="requests per window (0: none)")
-    profile.add_argument("--window", type=float, default=60.0, help="window seconds (60)")
-    profile.add_argument("--no-ratelimit-headers", action="store_true")
-    profile.add_argument("--fail-rate", type=float, default=0.0)
-    profile.add_argument("--reset-rate", type=float, default=0.0)
-    profile.add_argument("--drop-after-accept-rate", type=float, default=0.0)
-    profile.add_argument("--storm-every", type=float, default=0.0)
-    profile.add_argument("--storm-for", type=float, default=0.0)
-    profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument(
+        "--latency-ms", type=non_negative, default=0.0, help="added to every answer (0)"
+    )
+    profile.add_argument(
+        "--limit", type=non_negative_int, default=0, help="requests per window (0: none)"
+    )
+    profile.add_argument("--window", type=positive, default=60.0, help="window seconds (60)")
+    profile.add_argument(
+        "--no-ratelimit-headers", action="store_true", help="the sandbox sends no X-RateLimit-*"
+    )
+    profile.add_argument(
+        "--fail-rate", type=fraction, default=0.0, help="fraction answered 500/503 (half each)"
+    )
+    profile.add_argument(
+        "--reset-rate", type=fraction, default=0.0, help="fraction closed without an answer"
+    )
+    profile.add_argument(
+        "--drop-after-accept-rate",
+        type=fraction,
+        default=0.0,
+        help="fraction accepted, then closed without an answer",
+    )
+    profile.add_argument(
+        "--storm-every", type=non_negative, default=0.0, help="seconds between 429 storms"
+    )
+    profile.add_argument(
+        "--storm-for", type=non_negative, default=0.0, help="seconds a 429 storm lasts"
+    )
+    profile.add_argument("--seed", type=int, default=0, help="seed for the faults (0)")
     out = parser.add_argument_group("results")
     out.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     out.add_argument("--plot", type=Path, metavar="PNG", help="throughput and limit over time")
@@ -146,7 +185,10 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
     )
     sandbox = SandboxProcess("maxtraffic", *sandbox_args(args, key))
-    url = sandbox.start()
+    try:
+        url = sandbox.start()
+    except RuntimeError as exc:  # its own stderr says why
+        raise ConfigError(f"bench: {exc}") from None
     timings = Timings()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     sandbox_cpu0 = sandbox.cpu_seconds()

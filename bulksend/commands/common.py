@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from bulksend.argtypes import fraction
 from bulksend.config import Settings, load_settings
 
 
@@ -49,10 +50,16 @@ CAMPAIGN_FLAGS = (
 
 
 def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True) -> None:
-    parser.add_argument("campaign", type=Path, metavar="CAMPAIGN.toml")
+    parser.add_argument(
+        "campaign", type=Path, metavar="CAMPAIGN.toml", help="the campaign (docs/operations.md)"
+    )
     group = parser.add_argument_group("campaign overrides (flags win over BULKSEND_* and the file)")
     group.add_argument("--recipients", metavar="PATH", help="recipient file ('-' for stdin)")
-    group.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl", "lines"])
+    group.add_argument(
+        "--format",
+        choices=["auto", "csv", "tsv", "jsonl", "lines"],
+        help="recipient file format (auto: from the name, else sniffed)",
+    )
     group.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: sniffed)")
     group.add_argument("--encoding", metavar="NAME", help="recipient file encoding (utf-8)")
     group.add_argument("--batch-size", type=int, metavar="N", help="recipients per request")
@@ -78,4 +85,32 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("-q", "--quiet", action="store_true", help="no summary, warnings only")
     group.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
-    group.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    group.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="logs on stderr: JSON lines or readable (auto: readable on a terminal)",
+    )
+
+
+def add_max_failure_rate(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--max-failure-rate",
+        type=fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="exit 0 when at most this fraction of valid recipients was not delivered (0)",
+    )
+
+
+def add_ci_flags(parser: argparse.ArgumentParser) -> None:
+    """--summary-json, --max-failure-rate and --progress (send and retry)."""
+    ci = parser.add_argument_group("for CI jobs")
+    ci.add_argument("--summary-json", type=Path, metavar="PATH", help="write the summary as JSON")
+    add_max_failure_rate(ci)
+    ci.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="live progress line on stderr (auto: when stderr is a terminal)",
+    )

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import orjson
 
-from bulksend.commands.common import Context, ExitStatus
+from bulksend.commands.common import Context, ExitStatus, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
 from bulksend.report import COLUMNS, Summary
 
@@ -76,21 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="concatenate the per-recipient reports into PATH (.csv or .jsonl)",
     )
-    merge.add_argument(
-        "--max-failure-rate",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="exit 0 when at most this fraction of valid recipients was not delivered (0)",
-    )
+    add_max_failure_rate(merge)
     merge.add_argument("-q", "--quiet", action="store_true", help="do not print the summary")
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.report_command != "merge":  # pragma: no cover - argparse requires a subcommand
         raise ConfigError(f"unknown report command {args.report_command!r}")
-    if not 0.0 <= args.max_failure_rate <= 1.0:
-        raise ConfigError("--max-failure-rate: a fraction between 0 and 1, e.g. 0.01")
     summaries, reports = classify(args.inputs)
     merged = merge_summaries([s for _, s in summaries])
     counts = Counter[str]()

@@ -19,6 +19,7 @@ from bulksend.commands.common import (
     Context,
     ExitStatus,
     add_campaign_flags,
+    add_ci_flags,
     add_output_flags,
     overrides,
     settings_from,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a
     from bulksend.progress import ProgressView
 
 HELP = "send a campaign"
+DEAD_LETTER_HELP = "failed/unknown/skipped recipients as JSON Lines (default: beside the journal)"
 DESCRIPTION = "Send the campaign described by CAMPAIGN.toml. Flags override the file."
 EPILOG = """\
 examples:
@@ -100,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dead-letter",
         type=Path,
         metavar="PATH",
-        help="failed/unknown/skipped recipients as JSON Lines (default: beside the journal)",
+        help=DEAD_LETTER_HELP,
     )
     scale = parser.add_argument_group("several workers (docs/scaling.md)")
     scale.add_argument(
@@ -115,21 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share the provider's quota with other workers through Redis, "
         "e.g. redis://localhost:6379/0 (pip install 'bulksend[redis]')",
     )
-    ci = parser.add_argument_group("for CI jobs")
-    ci.add_argument("--summary-json", type=Path, metavar="PATH", help="write the summary as JSON")
-    ci.add_argument(
-        "--max-failure-rate",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="exit 0 when at most this fraction of valid recipients was not delivered (0)",
-    )
-    ci.add_argument(
-        "--progress",
-        choices=["auto", "always", "never"],
-        default="auto",
-        help="live progress line on stderr (auto: when stderr is a terminal)",
-    )
+    add_ci_flags(parser)
     add_output_flags(parser)
 
 
@@ -137,8 +125,6 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     from bulksend.campaign import JournalOptions, default_journal_path
 
     settings = settings_from(args, ctx)
-    if not 0.0 <= args.max_failure_rate <= 1.0:
-        raise ConfigError("--max-failure-rate: a fraction between 0 and 1, e.g. 0.01")
     if args.strict:
         _strict_check(settings, ctx)
     if args.dry_run:
@@ -436,14 +422,25 @@ RETRY_DESCRIPTION = (
 )
 
 
+RETRY_EPILOG = """\
+examples:
+  bulksend retry .bulksend/campaign.journal        # the journal `bulksend send` kept
+  bulksend retry .bulksend/campaign.journal --report out/retry.csv --summary-json out/retry.json
+  bulksend retry .bulksend/campaign.journal --base-url http://127.0.0.1:8765   # to a sandbox
+
+The campaign file, recipient file and flags of the first run are read from the journal; the
+provider's secrets come from the environment as for `bulksend send`.
+"""
+
+
 def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("journal", type=Path, metavar="JOURNAL")
+    parser.add_argument(
+        "journal", type=Path, metavar="JOURNAL", help="the journal of an earlier `bulksend send`"
+    )
     parser.add_argument("--base-url", metavar="URL", help="provider API base URL")
     parser.add_argument("--report", metavar="PATH", help="per-recipient report (.csv/.jsonl)")
-    parser.add_argument("--dead-letter", type=Path, metavar="PATH")
-    parser.add_argument("--summary-json", type=Path, metavar="PATH")
-    parser.add_argument("--max-failure-rate", type=float, default=0.0, metavar="FRACTION")
-    parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    parser.add_argument("--dead-letter", type=Path, metavar="PATH", help=DEAD_LETTER_HELP)
+    add_ci_flags(parser)
     add_output_flags(parser)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from bulksend.argtypes import fraction, non_negative
 from bulksend.sandbox.config import (
     LEDGER_FORMATS,
     FaultConfig,
@@ -33,18 +34,6 @@ def _group_limit(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number between 0 and 1, got {text!r}"
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the sandbox's arguments (the provider name first) to ``parser``."""
     parser.add_argument("provider", choices=sorted(PROVIDERS), help="which provider to emulate")
@@ -54,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=DEFAULT_PORT, help=f"0 = a free port (default {DEFAULT_PORT})"
     )
     net.add_argument("--api-key", default="sandbox-key", help="accepted API key (sandbox-key)")
-    net.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    net.add_argument("--latency-ms", type=non_negative, default=0.0, help="added to every request")
     net.add_argument("--ledger", type=Path, help="append accepted recipients here (JSON Lines)")
     net.add_argument(
         "--ledger-format",
@@ -89,15 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no Retry-After on 429 from the window",
     )
     flt = parser.add_argument_group("faults (send endpoints only; drawn from --seed)")
-    flt.add_argument("--fail-rate", type=_rate, default=0.0, help="answer 500/503 (half each)")
-    flt.add_argument("--reset-rate", type=_rate, default=0.0, help="close without answering")
-    flt.add_argument("--slow-rate", type=_rate, default=0.0, help="hold the answer --slow-ms")
+    flt.add_argument("--fail-rate", type=fraction, default=0.0, help="answer 500/503 (half each)")
+    flt.add_argument("--reset-rate", type=fraction, default=0.0, help="close without answering")
+    flt.add_argument("--slow-rate", type=fraction, default=0.0, help="hold the answer --slow-ms")
     flt.add_argument("--slow-ms", type=float, default=5000.0, help="delay of a slow answer")
     flt.add_argument("--storm-every", type=float, default=0.0, help="seconds between 429 storms")
     flt.add_argument("--storm-for", type=float, default=0.0, help="length of a 429 storm")
     flt.add_argument(
         "--drop-after-accept-rate",
-        type=_rate,
+        type=fraction,
         default=0.0,
         help="record in the ledger, then close without answering",
     )
@@ -116,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     mt.add_argument("--visitors", type=Path, help="CSV/JSONL of id,user_id,web_push_subscriber")
     mt.add_argument(
-        "--unknown-visitor-rate", type=_rate, default=0.0, help="fraction of ids answered 404"
+        "--unknown-visitor-rate", type=fraction, default=0.0, help="fraction of ids answered 404"
     )
     mt.add_argument("--leads", type=int, default=100, help="synthetic leads (100)")
     cred = parser.add_argument_group("credentials of the other providers")

@@ -125,9 +125,8 @@ class SandboxProcess:
         url = parse_listening_line(line)
         if url is None:
             code = self.stop()
-            raise RuntimeError(
-                f"sandbox did not start (exit {code}): {line!r} {self.stderr_text().strip()}"
-            )
+            why = self.stderr_text().strip() or f"it printed {line!r}"
+            raise RuntimeError(f"sandbox did not start (exit {code}): {why}")
         self.first_line, self.base_url = line.rstrip("\n"), url
         return url
 
