@@ -7,14 +7,16 @@ the exact request bodies that would go out).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bulksend.ahead import DedupAhead
+from bulksend.core.ratelimit import Bucket
 from bulksend.engine import as_chunks
 from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider, add_all
+from bulksend.scheduler import GroupPolicy
 
 
 @dataclass(slots=True)
@@ -27,20 +29,32 @@ class Plan:
     requests: Counter[str] = field(default_factory=Counter)  # per endpoint group
     recipients_in_batches: int = 0
 
-    def estimate_seconds(self, limits: dict[str, Limit]) -> float:
-        """The time the send would take at the known limits (groups run in parallel).
+    def estimate_seconds(self, policies: Mapping[str, GroupPolicy]) -> float:
+        """About how long the send takes at the known limits (groups run in parallel).
 
-        A fresh window admits ``limit`` requests at once, then ``limit`` per window.
+        The scheduler spreads a group's quota evenly over its window: one request every
+        ``(window + margin) / limit`` seconds, or slower under the user's ceiling
+        (``Bucket.interval``, the scheduler's own pacing), so ``n`` requests take ``n - 1`` such
+        steps. Left out: the requests' own round trips, which overlap with the pacing, a limit
+        the provider's headers raise or lower, and quota an earlier send used this window.
         """
         longest = 0.0
         for group, n in self.requests.items():
-            limit = limits.get(group)
-            if limit is None or n <= limit.requests:
+            policy = policies.get(group)
+            if policy is None or n < 2:
                 continue
-            longest = max(longest, (n - limit.requests) / limit.requests * limit.window)
+            bucket = Bucket(
+                configured=policy.limit.requests,
+                window=policy.limit.window,
+                ceiling=policy.ceiling,
+                adaptive_only=not policy.headers_expected,
+            )
+            longest = max(longest, (n - 1) * bucket.interval(0.0))
         return longest
 
-    def as_dict(self, limits: dict[str, Limit]) -> dict[str, Any]:
+    def as_dict(
+        self, limits: Mapping[str, Limit], policies: Mapping[str, GroupPolicy]
+    ) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "valid": self.valid,
@@ -50,7 +64,7 @@ class Plan:
             "batches": self.batches,
             "requests_per_endpoint": dict(self.requests),
             "limits": {g: f"{lim.requests}/{lim.window:g}s" for g, lim in limits.items()},
-            "estimated_seconds": round(self.estimate_seconds(limits), 1),
+            "estimated_seconds": round(self.estimate_seconds(policies), 1),
         }
 
 

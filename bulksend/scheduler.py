@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bulksend.core.backoff import RetryBudget, full_jitter
-from bulksend.core.ratelimit import Bucket, FeedbackKind
+from bulksend.core.ratelimit import BASE_MARGIN, Bucket, FeedbackKind
 from bulksend.providers.base import Limit
 
 __all__ = [
@@ -134,7 +134,7 @@ class Scheduler:
         *,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
-        margin: float = 0.05,
+        margin: float = BASE_MARGIN,
         max_wait: float = 600.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bulksend.campaign import build_provider, screened, source_spec
+from bulksend.campaign import build_provider, group_policies, screened, source_spec
 from bulksend.commands.common import (
     Context,
     ExitStatus,
@@ -73,7 +73,8 @@ def print_plan(
     settings: Settings, provider: Provider, p: Plan, ctx: Context, *, title: str
 ) -> None:
     limits = limits_for(settings, provider)
-    data = p.as_dict(limits)
+    policies = group_policies(settings, provider)
+    data = p.as_dict(limits, policies)
     out = ctx.out
     print(f"bulksend: {settings.provider} campaign {settings.name!r} — {title}", file=out)
     print(f"  recipients   {settings.recipients.path}", file=out)
@@ -86,8 +87,15 @@ def print_plan(
     print(f"  batches      {p.batches:,} (up to {settings.batch_size:,} per request)", file=out)
     for group, n in p.requests.items():
         print(f"  requests     {n:,} to {group} (limit {data['limits'][group]})", file=out)
-    seconds = p.estimate_seconds(limits)
-    print(f"  estimated    {dt.timedelta(seconds=round(seconds))} at the known limits", file=out)
+    seconds = p.estimate_seconds(policies)
+    print(f"  estimated    {duration(seconds)} at the known limits", file=out)
+
+
+def duration(seconds: float) -> str:
+    """``0:02:05``; under a second as ``under 1 s``."""
+    if seconds < 0.5:
+        return "under 1 s"
+    return str(dt.timedelta(seconds=round(seconds)))
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -105,6 +113,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             print(f"  {key_note}", file=ctx.out)
     if args.json:
         args.json.write_bytes(
-            orjson.dumps(p.as_dict(limits_for(settings, provider)), option=orjson.OPT_INDENT_2)
+            orjson.dumps(
+                p.as_dict(limits_for(settings, provider), group_policies(settings, provider)),
+                option=orjson.OPT_INDENT_2,
+            )
         )
     return ExitStatus.OK if p.valid else ExitStatus.USAGE

@@ -95,6 +95,8 @@ __all__ = [
 
 #: the longest wait any header can ask for (absurd values are capped to this)
 MAX_DELAY = 86_400.0
+#: seconds added to every window at the start of a send (see Pacing)
+BASE_MARGIN = 0.05
 _MAX_LIMIT = 10_000_000
 _EPOCH_S = 1e9
 _EPOCH_MS = 1e12
@@ -522,7 +524,7 @@ class Bucket:
     max_in_flight: int = 16
     ceiling: float | None = None  # requests per second
     adaptive_only: bool = False  # the provider sends no rate headers
-    base_margin: float = 0.05
+    base_margin: float = BASE_MARGIN
     max_margin: float = 1.0
     burst: float = 0.0
     slack: float = 0.005  # seconds of overdue GCRA slots a late timer may still use
