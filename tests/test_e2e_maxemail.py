@@ -254,3 +254,28 @@ def test_the_sandbox_accepts_the_random_credentials_send_sandbox_makes(tmp_path:
     assert summary["stopped"] == ""
     assert summary["failed"] == 0
     assert summary["requests"] == summary["read"] - summary["duplicates"] == 61
+
+
+async def test_the_deprecated_sample_delivers_once_trigger_has_filled_the_sandbox(
+    tmp_path: Path,
+) -> None:
+    """The two-step flow the deprecated sample's comment gives, on one sandbox."""
+    samples = ROOT / "samples" / "maxemail"
+    flags = {"limit": "1000/1s", "report": str(tmp_path / "r.csv")}
+    async with running(config(ledger=tmp_path / "l.jsonl", limit=100_000)) as sb:
+        results = []
+        for name in ("trigger.toml", "deprecated.toml"):
+            settings = load_settings(
+                samples / name, env={}, overrides={"base_url": sb.base_url, **flags}
+            )
+            results.append((await send_campaign(settings, SECRETS)).summary)
+    trigger, deprecated = results
+    assert trigger.warnings == []
+    assert deprecated.delivered == trigger.delivered == 60
+    assert deprecated.invalid == trigger.invalid == 1  # the sample's one malformed address
+    assert deprecated.warnings == [
+        "maxemail: list.insertRecipient is deprecated (since API version 100): "
+        "Use list.addRecipient"
+    ]
+    listed = {e["value"] for e in sb.ledger_entries() if e["kind"] == "list"}
+    assert len(listed) == 60
