@@ -121,13 +121,22 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _log_level(args: argparse.Namespace) -> int:
+def _log_level(args: argparse.Namespace, err: TextIO) -> int:
+    """-vv debug, -v info, -q warnings. By default info, except on a terminal that shows the
+    live progress line: the line and the final table say what the info events would."""
     verbose = getattr(args, "verbose", 0)
     if verbose >= 2:
         return logging.DEBUG
     if verbose == 1:
         return logging.INFO
-    return logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    if err.isatty():
+        from bulksend.progress import shows_progress
+
+        if shows_progress(getattr(args, "progress", None), err):
+            return logging.WARNING
+    return logging.INFO
 
 
 def run(
@@ -140,14 +149,20 @@ def run(
 ) -> int:
     """Run the CLI; returns the exit status. Never raises for user errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ctx = Context(os.environ if env is None else env, stdout or sys.stdout, stderr or sys.stderr)
+    err = stderr or sys.stderr
+    if err.isatty():  # a live progress line may share it: messages and logs scroll above it
+        from bulksend.progress import TerminalLine
+
+        err = TerminalLine(err)
+    ctx = Context(os.environ if env is None else env, stdout or sys.stdout, err)
     parser = build_parser(_command_of(argv))
     try:  # usage errors and --help go to the streams given, not always sys.*
         with contextlib.redirect_stdout(ctx.out), contextlib.redirect_stderr(ctx.err):
             args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    logs.configure(level=_log_level(args), fmt=getattr(args, "log_format", "auto"), stream=ctx.err)
+    level = _log_level(args, ctx.err)
+    logs.configure(level=level, fmt=getattr(args, "log_format", "auto"), stream=ctx.err)
     module_name, _add, run_name, *_ = COMMANDS[args.command]
     command = getattr(importlib.import_module(module_name), run_name)
     try:

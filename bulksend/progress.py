@@ -1,13 +1,21 @@
 """A live progress line for people on a terminal; nothing when stderr is not a TTY (the
 structured ``progress`` log events serve machines there).
 
-    delivered 12,345/50,000  24.7%  1,234/s  ETA 0:00:31  429s 0  retries 2  limit 600/60s
+    12,345/50,000 24.7%  delivered 12,300  1,234/s  ETA 31s  limit 600/min  429s 0  retries 2
+
+The first figure counts every row settled (delivered, duplicate, invalid, failed, ...), so it
+reaches the file's row count; *delivered* and the rate count deliveries. The line is cut to
+the terminal's width (a wrapped line could not be redrawn in place), and ``TerminalLine`` lets
+log lines and messages written to the same terminal scroll up above it instead of landing
+inside it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import io
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -36,22 +44,111 @@ def count_rows(path: str, *, header: bool = True, limit_bytes: int = 2 << 30) ->
     return max(0, n - header)
 
 
-def render_line(summary: Summary, total: int | None, elapsed: float, limits: str) -> str:
+def line_parts(summary: Summary, total: int | None, elapsed: float, limits: str) -> list[str]:
+    """The progress line's parts, most important first (``fit`` drops from the end)."""
     done = summary.accounted
     rate = summary.delivered / elapsed if elapsed > 0 else 0.0
-    parts = [f"delivered {summary.delivered:,}" + (f"/{total:,}" if total else "")]
     if total:
-        parts.append(f"{min(100.0, 100.0 * done / total):5.1f}%")
-    parts.append(f"{rate:,.0f}/s")
-    if total and rate > 0 and done < total:
-        eta = (total - done) / (done / elapsed) if done else 0
-        parts.append(f"ETA {dt.timedelta(seconds=round(eta))}")
-    parts += [f"429s {summary.throttled:,}", f"retries {summary.retries:,}"]
+        parts = [f"{done:,}/{total:,} {min(100.0, 100.0 * done / total):.1f}%"]
+    else:
+        parts = [f"{done:,} rows"]
+    parts.append(f"delivered {summary.delivered:,}")
     if summary.failed:
         parts.append(f"failed {summary.failed:,}")
+    parts.append(f"{rate:,.0f}/s")
+    if total and done and done < total and elapsed > 0:
+        parts.append(f"ETA {eta_text((total - done) / (done / elapsed))}")
     if limits:
         parts.append(f"limit {limits}")
-    return "  ".join(parts)
+    parts += [f"429s {summary.throttled:,}", f"retries {summary.retries:,}"]
+    return parts
+
+
+def eta_text(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h07m``: short, so the line keeps room for the rest."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def limit_text(requests: int, window: float) -> str:
+    """``600/min``, ``50/s``, ``1000/h``, else ``100/15s``."""
+    unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(window)
+    return f"{requests}/{unit}" if unit else f"{requests}/{window:g}s"
+
+
+def fit(parts: list[str], width: int) -> str:
+    """As many leading ``parts`` as fit in ``width - 1`` columns (the last column is left free:
+    some terminals wrap when it is written)."""
+    line = parts[0][: max(0, width - 1)] if parts else ""
+    for part in parts[1:]:
+        longer = f"{line}  {part}"
+        if len(longer) > width - 1:
+            break
+        line = longer
+    return line
+
+
+class TerminalLine(io.TextIOBase):
+    """A terminal stream shared by a status line and everything else written to it.
+
+    A write clears the status line first; once a write ends a line, the status line is drawn
+    again below it. With nothing to show it passes writes straight through.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.status = ""
+        self._shown = False
+
+    def columns(self) -> int:
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            width = 0
+        return width if width > 0 else shutil.get_terminal_size().columns  # else $COLUMNS, 80
+
+    def show(self, line: str) -> None:
+        """Draw ``line`` as the status line (replacing the one shown)."""
+        self.status = line
+        self.stream.write("\r\x1b[2K" + line)
+        self.stream.flush()
+        self._shown = True
+
+    def keep(self) -> None:
+        """Leave the status line shown as it is, end it, and stop redrawing it."""
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.status, self._shown = "", False
+
+    def write(self, text: str) -> int:
+        if self._shown and text:
+            self.stream.write("\r\x1b[2K")
+            self._shown = False
+        n = self.stream.write(text)
+        if self.status and text.endswith("\n"):
+            self.stream.write(self.status)
+            self._shown = True
+        return n
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def shows_progress(mode: str | None, stream: TextIO) -> bool:
+    """Whether ``--progress MODE`` draws the live line on ``stream``."""
+    return mode == "always" or (mode == "auto" and stream.isatty())
 
 
 class ProgressView:
@@ -66,7 +163,7 @@ class ProgressView:
         *,
         interval: float = 0.25,
     ) -> None:
-        self.stream = stream
+        self.line = stream if isinstance(stream, TerminalLine) else TerminalLine(stream)
         self.summary = summary
         self._scheduler = scheduler
         self.total = total
@@ -77,12 +174,11 @@ class ProgressView:
         sched = self._scheduler()
         if sched is None:
             return ""
-        return ", ".join(f"{g.limit}/{g.window:g}s" for g in sched.snapshot().values())
+        return ", ".join(limit_text(g.limit, g.window) for g in sched.snapshot().values())
 
     def draw(self, elapsed: float) -> None:
-        line = render_line(self.summary, self.total, elapsed, self._limits())
-        self.stream.write("\r\x1b[2K" + line)
-        self.stream.flush()
+        parts = line_parts(self.summary, self.total, elapsed, self._limits())
+        self.line.show(fit(parts, self.line.columns()))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,5 +195,4 @@ class ProgressView:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self.draw(self.summary.elapsed)
-            self.stream.write("\n")
-            self.stream.flush()
+            self.line.keep()

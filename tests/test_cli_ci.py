@@ -188,13 +188,13 @@ def test_bench_says_why_when_the_sandbox_does_not_start(monkeypatch: pytest.Monk
     )
 
 
-def test_progress_view_on_a_terminal(campaign: Path) -> None:
-    """Run with stderr on a pseudo-terminal: the live line is drawn and redrawn."""
+def on_a_terminal(*args: str, columns: int = 120) -> tuple[int, str, bytes]:
+    """``python -m bulksend ARGS`` with stderr on a pseudo-terminal (a fresh one reports no
+    size, so $COLUMNS gives the width): (exit status, what the terminal got, stdout)."""
     primary, secondary = pty.openpty()
-    env = {**os.environ, "COLUMNS": "120"}
+    env = {**os.environ, "COLUMNS": str(columns)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bulksend", "send", str(campaign), "--sandbox",
-         "--rate", "40/s", "--in-flight", "1", "--batch-size", "10"],
+        [sys.executable, "-m", "bulksend", *args],
         stdout=subprocess.PIPE, stderr=secondary, cwd=ROOT, env=env,
     )  # fmt: skip
     os.close(secondary)
@@ -214,10 +214,48 @@ def test_progress_view_on_a_terminal(campaign: Path) -> None:
             break
     os.close(primary)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    text = seen.decode("utf-8", "replace")
+    return proc.returncode, seen.decode("utf-8", "replace"), out
+
+
+def test_progress_view_on_a_terminal(campaign: Path) -> None:
+    """Run with stderr on a pseudo-terminal: the live line is drawn and redrawn."""
+    status, text, out = on_a_terminal(
+        "send", str(campaign), "--sandbox", "--rate", "40/s", "--in-flight", "1",
+        "--batch-size", "10",
+    )  # fmt: skip
+    assert status == 0
     assert text.count("\r\x1b[2K") >= 2  # redrawn in place
-    assert "delivered 200/202" in text
+    assert "202/202 100.0%  delivered 200  " in text  # every row settled, 200 of them delivered
     assert "429s 0" in text
-    assert "limit " in text
+    assert "limit 600/min" in text  # MaxTraffic's assumed limit: below the --rate ceiling
+    assert "send_finished" not in text  # info events: the line and the table say it all
     assert b"delivered" in out  # the final summary still goes to stdout
+
+
+def test_the_line_fits_the_terminal_and_log_lines_scroll_above_it(tmp_path: Path) -> None:
+    """Maxemail's deprecation warning is logged mid-send: it gets a line of its own."""
+    rows = "email\n" + "".join(f"user{i:03d}@example.com\n" for i in range(30))
+    (tmp_path / "r.csv").write_text(rows)
+    campaign = tmp_path / "c.toml"
+    campaign.write_text(
+        (ROOT / "samples" / "maxemail" / "deprecated.toml")
+        .read_text()
+        .replace('"recipients.csv"', '"r.csv"')
+    )
+    status, text, _ = on_a_terminal(
+        "send", str(campaign), "--sandbox", "--rate", "20/s", "-v", columns=60
+    )  # fmt: skip
+    assert status == 0, text  # every call 404s in a fresh sandbox: 30 invalid rows
+    lines = text.replace("\r\n", "\n").split("\n")
+    drawn = [d for line in lines for d in line.split("\r\x1b[2K") if "/30 " in d]
+    assert drawn
+    assert all(len(d) <= 59 for d in drawn), max(drawn, key=len)
+    assert "30/30 100.0%  delivered 0  0/s  limit 600/min  429s 0" in drawn  # no room: retries
+    logged = [line for line in lines if "provider_warning" in line or "send_finished" in line]
+    assert len(logged) == 2  # -v: info events too
+    for line in logged:  # each on a line of its own: the status line is cleared first ...
+        event = line.rpartition("\r\x1b[2K")[2]
+        assert "provider_warning" in event or "send_finished" in event
+        assert "/30 " not in event
+    # ... and drawn again after it
+    assert any(line.startswith("0/30 ") or line.startswith(("1", "2", "3")) for line in lines)

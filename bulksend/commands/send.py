@@ -168,7 +168,9 @@ async def execute(
     limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
     interrupts = _Interrupts(ctx)
     progress = None
-    if args.progress == "always" or (args.progress == "auto" and ctx.err.isatty()):
+    from bulksend.progress import shows_progress
+
+    if shows_progress(args.progress, ctx.err):
         progress = _ProgressHook(ctx, settings)
     with interrupts.installed():
 
