@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bulksend.commands import bench
 from tests.conftest import run_cli
@@ -21,7 +22,7 @@ def test_bench_against_a_sandbox_process(tmp_path: Path) -> None:
     assert figures["delivered"] == 3000
     assert figures["requests"] == 60
     assert figures["throttled_429"] == 0
-    assert 0.5 < figures["utilisation"] <= 1.0  # 60 requests at 40/s: about 1.5 s
+    assert 0.9 < figures["utilisation"] <= 1.0  # 60 requests at 40/s, evenly paced
     assert figures["latency_ms"]["p50"] > 0
     assert figures["peak_rss_mb"] > 0
     assert png.read_bytes().startswith(b"\x89PNG")
@@ -61,3 +62,13 @@ def test_the_table_names_the_profile_and_leaves_out_what_was_not_measured() -> N
         "  CPU time       client 0.500 s",
         "  peak RSS       1,234.5 MB (client)",
     ]
+
+
+def test_utilisation_is_the_pace_between_the_first_and_the_last_request() -> None:
+    # 5 requests exactly at a 10/s limit span 0.4 s: 100 %, not 5 / 0.4 s = 125 %
+    assert bench.utilisation([0.0, 0.1, 0.2, 0.3, 0.4], 10.0) == pytest.approx(1.0)
+    assert bench.utilisation([0.4, 0.0, 0.2, 0.1, 0.3], 10.0) == pytest.approx(1.0)  # any order
+    assert bench.utilisation([0.0, 0.2, 0.4], 10.0) == pytest.approx(0.5)
+    assert bench.utilisation([0.0, 0.1], 0.0) is None  # no limit
+    assert bench.utilisation([0.3], 10.0) is None  # one request has no pace
+    assert bench.utilisation([0.3, 0.3], 10.0) is None

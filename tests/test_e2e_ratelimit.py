@@ -12,7 +12,7 @@ from bulksend.config import load_settings
 from bulksend.sandbox import SandboxConfig, running
 from tests.conftest import KEY, write_campaign, write_recipients
 
-# 100 per 2 s: the pacing margin (50 ms of each window, for latency jitter) costs 2.5 %
+# 100 per 2 s: the pacing margin (1 % of a window this short, for latency jitter) costs 1 %
 LIMIT, WINDOW, SECONDS = 100, 2.0, 20
 
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulksend.core.ratelimit import BASE_MARGIN, MARGIN_SHARE
 from bulksend.providers.base import Limit
 from bulksend.scheduler import (
     Deferred,
@@ -25,8 +26,13 @@ from tests.sim import WALL0, make_scheduler, run_virtual
 OK = Feedback(FeedbackKind.OK)
 
 
-def spacing(limit: int, window: float, margin: float = 0.05) -> float:
-    return (window + margin) / limit
+def margin_for(window: float, base: float = BASE_MARGIN) -> float:
+    """The pacing margin at the start of a send: ``base``, or 1 % of a shorter window."""
+    return min(base, MARGIN_SHARE * window)
+
+
+def spacing(limit: int, window: float, base: float = BASE_MARGIN) -> float:
+    return (window + margin_for(window, base)) / limit
 
 
 def test_default_clock_is_resolved_lazily_inside_the_running_loop() -> None:
@@ -218,7 +224,7 @@ def test_property_cancelling_waiters_never_loses_or_adds_capacity(
         used.sort()
         # never adds: at most `limit` used sends in any window + margin
         for i in range(limit, len(used)):
-            assert used[i] - used[i - limit] >= window + 0.05 - 1e-9
+            assert used[i] - used[i - limit] >= window + margin_for(window) - 1e-9
         # never loses: the survivors were served as fast as if the others never existed
         if used:
             assert used[-1] <= (survivors - 1) * step + 1e-6

@@ -118,6 +118,7 @@ class Timings:
 
     start: float = field(default_factory=time.perf_counter)
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
     done_at: list[float] = field(default_factory=list)
 
 
@@ -128,12 +129,23 @@ class TimedTransport:
 
     async def send(self, request: Any) -> Any:
         t0 = time.perf_counter()
+        self.timings.sent_at.append(t0 - self.timings.start)
         try:
             return await self.inner.send(request)
         finally:
             t1 = time.perf_counter()
             self.timings.latencies.append(t1 - t0)
             self.timings.done_at.append(t1 - self.timings.start)
+
+
+def utilisation(sent_at: Sequence[float], allowed_per_second: float) -> float | None:
+    """The pace from the first request to the last, as a share of the limit: ``n`` requests
+    span ``n - 1`` intervals (counting ``n`` over the span reads more than 100 % on a short run
+    paced exactly at the limit). None without a limit or with fewer than two requests."""
+    if allowed_per_second <= 0 or len(sent_at) < 2:
+        return None
+    span = max(sent_at) - min(sent_at)
+    return (len(sent_at) - 1) / span / allowed_per_second if span > 0 else None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -210,6 +222,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     s = result.summary
     allowed = (args.limit / args.window) if args.limit else 0.0
     req_rate = s.requests / s.elapsed if s.elapsed else 0.0
+    used = utilisation(timings.sent_at, allowed)
     return {
         "recipients": s.read,
         "delivered": s.delivered,
@@ -221,7 +234,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             q: round(percentile(timings.latencies, p) * 1000, 2)
             for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
         },
-        "utilisation": round(req_rate / allowed, 3) if allowed else None,
+        "utilisation": None if used is None else round(used, 3),
         "throttled_429": s.throttled,
         "retries": s.retries,
         "failed": s.failed,
@@ -238,7 +251,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
     """The figures as a table for people (``--json`` keeps the raw values)."""
     latency = figures["latency_ms"]
-    utilisation = figures["utilisation"]
+    used, limit = figures["utilisation"], figures["limit"]
     sandbox_cpu = figures["sandbox_cpu_s"]
     faults = [
         f"{flag.replace('_', ' ')} {getattr(args, flag):g}"
@@ -275,7 +288,7 @@ def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
         ),
         (
             "quota",
-            "no limit" if utilisation is None else f"{figures['limit']}, {utilisation:.1%} used",
+            "no limit" if limit is None else limit + ("" if used is None else f", {used:.1%} used"),
         ),
         ("429s, retries", f"{figures['throttled_429']:,}, {figures['retries']:,}"),
         (

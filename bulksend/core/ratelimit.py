@@ -12,7 +12,8 @@ with a sliding-window log: never more than ``L`` sends within any ``W + margin``
 one-way delays of two requests differ by less than ``margin``, any ``L + 1`` consecutive arrivals
 then span more than ``W`` seconds, so no fixed window of the server -- whatever its phase -- sees
 more than ``L``; and the long-run rate is ``L / (W + margin)``, about 99.9 % of the quota for a
-60 s window. ``margin`` starts at 50 ms and follows the spread of the round-trip times seen over the
+60 s window. ``margin`` starts at 50 ms, or 1 % of a window shorter than 5 s (so a 1 s window
+keeps 99 % of its quota, not 95 %), and follows the spread of the round-trip times seen over the
 last window (capped at 1 s and at ``W / 10``). Requests in flight count against the window they
 were sent in. On top of the log, sends are spaced by a GCRA at ``(W + margin) / L`` (by default
 with no burst tolerance: a tolerance lets a burst through after every stall, which the log then
@@ -95,8 +96,10 @@ __all__ = [
 
 #: the longest wait any header can ask for (absurd values are capped to this)
 MAX_DELAY = 86_400.0
-#: seconds added to every window at the start of a send (see Pacing)
+#: seconds added to every window at the start of a send (see Pacing) ...
 BASE_MARGIN = 0.05
+#: ... or this share of the window, when that is less
+MARGIN_SHARE = 0.01
 _MAX_LIMIT = 10_000_000
 _EPOCH_S = 1e9
 _EPOCH_MS = 1e12
@@ -559,6 +562,7 @@ class Bucket:
     _ad: _Adaptive = field(default_factory=_Adaptive)
     _margin: float = 0.0  # margin(), kept up to date by _update_margin and _rtt_sample
     _margin_cap: float = 1.0  # the most the margin may be (for the current window)
+    _margin_floor: float = BASE_MARGIN  # the least (for the current window)
 
     def __post_init__(self) -> None:
         self.configured = max(1, int(self.configured))
@@ -589,8 +593,9 @@ class Bucket:
 
     def _update_margin(self) -> None:
         """Recompute ``margin()`` (after a change of window; ``_rtt_sample`` keeps it too)."""
-        self._margin_cap = max(self.base_margin, min(self.max_margin, 0.1 * self.window))
-        m = self.base_margin
+        self._margin_floor = min(self.base_margin, MARGIN_SHARE * self.window)
+        self._margin_cap = max(self._margin_floor, min(self.max_margin, 0.1 * self.window))
+        m = self._margin_floor
         if self._rtt_lo and self._rtt_hi:
             m = max(m, self._rtt_hi[0][1] - self._rtt_lo[0][1])
         self._margin = min(m, self._margin_cap)
@@ -922,7 +927,7 @@ class Bucket:
             lo.popleft()
         while hi[0][0] < edge:
             hi.popleft()
-        spread, m = hi[0][1] - lo[0][1], self.base_margin
+        spread, m = hi[0][1] - lo[0][1], self._margin_floor
         if spread > m:
             m = spread
         self._margin = m if m < self._margin_cap else self._margin_cap
