@@ -8,6 +8,7 @@ provider may or may not have acted on the request.
 from __future__ import annotations
 
 import asyncio
+import os
 from types import TracebackType
 
 import aiohttp
@@ -15,6 +16,7 @@ from yarl import URL
 
 from bulksend.errors import TransientError
 from bulksend.models import HttpRequest, HttpResponse
+from bulksend.proxies import proxy_for, redacted
 
 
 class NoResponse(TransientError):
@@ -26,8 +28,17 @@ class NoResponse(TransientError):
         self.sent = sent
 
 
+#: ``Transport(proxy=FROM_ENVIRONMENT)``: the proxy the process environment names, if any
+FROM_ENVIRONMENT = "environment"
+
+
 class Transport:
-    """One pooled session for a whole send. Use as an async context manager."""
+    """One pooled session for a whole send. Use as an async context manager.
+
+    ``proxy``: by default the one ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` name for the
+    base URL, unless ``NO_PROXY`` lists its host or the host is loopback (``bulksend.proxies``);
+    or a proxy URL; or None for a direct connection.
+    """
 
     def __init__(
         self,
@@ -36,8 +47,14 @@ class Transport:
         connections: int = 64,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        proxy: str | None = FROM_ENVIRONMENT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if proxy == FROM_ENVIRONMENT:
+            proxy = proxy_for(self.base_url, os.environ)
+        self.proxy = proxy
+        #: where the requests go, for messages (never the proxy's credentials)
+        self.route = self.base_url + (f" through the proxy {redacted(proxy)}" if proxy else "")
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(connect_timeout, timeout))
         self._session: aiohttp.ClientSession | None = None
@@ -53,6 +70,7 @@ class Transport:
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "bulksend"},
             raise_for_status=False,
+            proxy=self.proxy,
         )
         return self
 
@@ -88,8 +106,12 @@ class Transport:
         except TimeoutError:
             raise NoResponse("timed out waiting for the provider", sent=True) from None
         except aiohttp.ClientConnectorError as exc:
+            message = f"cannot connect to {self.route}: {exc.os_error}"
+            raise NoResponse(message, sent=False) from None
+        except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us
             raise NoResponse(
-                f"cannot connect to {self.base_url}: {exc.os_error}", sent=False
+                f"cannot connect to {self.route}: the proxy answered {exc.status} {exc.message}",
+                sent=False,
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
             raise NoResponse(f"connection lost: {type(exc).__name__}", sent=True) from None
