@@ -290,6 +290,8 @@ class Engine:
                 status = Status(previous.state)
                 reason = previous.reason or f"{previous.state} in an earlier run"
                 self._finish(batch, batch.recipients, status, reason, previous.http_status)
+                if status is _STATUS_DELIVERED:
+                    self.summary.delivered_earlier += len(batch.recipients)
                 return
             if previous.state == "split":
                 remaining = self._replay_parts(batch, journal)
@@ -317,6 +319,8 @@ class Engine:
             p = parts.get(r.line)
             if p is not None and p.state in settled:
                 self._finish(batch, [r], Status(p.state), p.reason, p.http_status)
+                if p.state == "delivered":
+                    self.summary.delivered_earlier += 1
             else:
                 remaining.append(r)
         return remaining

@@ -47,7 +47,8 @@ def count_rows(path: str, *, header: bool = True, limit_bytes: int = 2 << 30) ->
 def line_parts(summary: Summary, total: int | None, elapsed: float, limits: str) -> list[str]:
     """The progress line's parts, most important first (``fit`` drops from the end)."""
     done = summary.accounted
-    rate = summary.delivered / elapsed if elapsed > 0 else 0.0
+    delivered_now = summary.delivered - summary.delivered_earlier  # not a resumed run's replay
+    rate = delivered_now / elapsed if elapsed > 0 else 0.0
     if total:
         parts = [f"{done:,}/{total:,} {min(100.0, 100.0 * done / total):.1f}%"]
     else:

@@ -110,6 +110,8 @@ class Summary:
     throttled: int = 0
     retries: int = 0
     possible_duplicates: int = 0
+    #: of ``delivered``: settled by an earlier run of a resumed send (from its journal)
+    delivered_earlier: int = 0
     batches: int = 0
     elapsed: float = 0.0
     stopped: str = ""
@@ -143,7 +145,14 @@ class Summary:
 
     @property
     def rate(self) -> float:
-        return self.delivered / self.elapsed if self.elapsed > 0 else 0.0
+        """Recipients delivered per second by this run (not those an earlier run delivered)."""
+        now = self.delivered - self.delivered_earlier
+        return now / self.elapsed if self.elapsed > 0 else 0.0
+
+    def _delivered_text(self) -> str:
+        if not self.delivered_earlier:
+            return f"{self.delivered:,}"
+        return f"{self.delivered:,} ({self.delivered_earlier:,} by an earlier run)"
 
     @property
     def complete(self) -> bool:
@@ -177,7 +186,7 @@ class Summary:
         )
         rows = [
             ("rows read", f"{self.read:,}"),
-            ("delivered", f"{self.delivered:,}"),
+            ("delivered", self._delivered_text()),
             ("duplicates", f"{self.duplicates:,}"),
             ("invalid", f"{self.invalid:,}"),
             ("failed", f"{self.failed:,}"),
@@ -205,7 +214,7 @@ class Summary:
             ("read", self.read),
             ("duplicates", self.duplicates),
             ("invalid", self.invalid),
-            ("delivered", self.delivered),
+            ("delivered", self._delivered_text()),
             ("failed", self.failed),
         ]
         if self.unknown:

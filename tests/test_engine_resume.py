@@ -76,6 +76,13 @@ async def test_resume_resends_only_what_was_not_confirmed(tmp_path: Path) -> Non
     assert summary.possible_duplicates == len(twice)
     assert summary.delivered == 100
     assert len(confirmed) >= 10
+    # the rows the journal replayed count as delivered, but not as this run's deliveries
+    assert summary.delivered_earlier == len(confirmed)
+    assert summary.delivered - summary.delivered_earlier == len(set(ids(second)))
+    summary.elapsed = 2.0
+    assert summary.rate == (100 - len(confirmed)) / 2.0
+    line = next(x for x in summary.render().splitlines() if x.startswith("  delivered "))
+    assert line.split() == ["delivered", "100", f"({len(confirmed)}", "by", "an", "earlier", "run)"]
 
 
 async def test_unknown_skip_policy_marks_in_flight_batches_for_review(tmp_path: Path) -> None:
@@ -110,6 +117,7 @@ async def test_a_batch_split_when_the_run_died_resends_only_its_unsettled_rows(
     engine.journal.close()
     assert ids(transport) == [f"id{i}" for i in range(5, 10)]  # only the unsettled rows
     assert (summary.delivered, summary.invalid) == (9, 1)
+    assert summary.delivered_earlier == 4  # the parts the dead run had settled
     again = Journal.open(path, ID, resume=True)
     record = again.previous(1)
     assert record is not None
