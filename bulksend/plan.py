@@ -18,6 +18,9 @@ from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider, add_all
 from bulksend.scheduler import GroupPolicy
 
+#: rejected rows a plan keeps as examples
+EXAMPLES = 10
+
 
 @dataclass(slots=True)
 class Plan:
@@ -28,6 +31,8 @@ class Plan:
     batches: int = 0
     requests: Counter[str] = field(default_factory=Counter)  # per endpoint group
     recipients_in_batches: int = 0
+    #: the first rejected rows, as (line, reason), to show where to look
+    examples: list[tuple[int, str]] = field(default_factory=list)
 
     def estimate_seconds(self, policies: Mapping[str, GroupPolicy]) -> float:
         """About how long the send takes at the known limits (groups run in parallel).
@@ -61,6 +66,7 @@ class Plan:
             "duplicates": self.duplicates,
             "invalid": sum(self.invalid.values()),
             "invalid_by_reason": dict(self.invalid.most_common()),
+            "invalid_examples": [{"line": n, "reason": r} for n, r in self.examples],
             "batches": self.batches,
             "requests_per_endpoint": dict(self.requests),
             "limits": {g: f"{lim.requests}/{lim.window:g}s" for g, lim in limits.items()},
@@ -92,6 +98,9 @@ def plan(
             p.rows += len(recipients) + len(rejected)
             for item in rejected:
                 p.invalid[item.reason] += 1
+            room = EXAMPLES - len(p.examples)
+            if room > 0:
+                p.examples += [(item.line, item.reason) for item in rejected[:room]]
             p.duplicates += len(duplicates)
             p.valid += len(kept)
             for batch in add_all(batcher, kept):

@@ -89,6 +89,24 @@ def test_validate_counts_without_sending(campaign: Path, tmp_path: Path) -> None
     assert plan["invalid_by_reason"] == {"wrong number of fields (expected 2, got 3)": 1}
     assert plan["requests_per_endpoint"] == {"api": 4}
     assert "MAXTRAFFIC_API_KEY is not set" in r.stdout
+    # where to look: the bad row by file and line, in the table and the JSON
+    recipients = tmp_path / "r.csv"
+    assert "— valid campaign file\n" in r.stdout
+    shown = f"  first invalid rows (1 of 1):\n    {recipients}:203: wrong number of fields"
+    assert shown in r.stdout
+    assert plan["invalid_examples"] == [
+        {"line": 203, "reason": "wrong number of fields (expected 2, got 3)"}
+    ]
+
+
+def test_validate_with_no_valid_row_says_nothing_would_be_sent(tmp_path: Path) -> None:
+    rows = [(f"v{i}", f"u{i},x") for i in range(12)]  # three fields each
+    campaign = write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", rows))
+    r = run_cli("validate", str(campaign), env={})
+    assert r.status == 2
+    assert "— no valid recipient: nothing would be sent\n" in r.stdout
+    assert "  first invalid rows (10 of 12):\n" in r.stdout
+    assert f"    {tmp_path / 'r.csv'}:11: wrong number of fields" in r.stdout
 
 
 def test_strict_lists_the_problems_and_sends_nothing(campaign: Path) -> None:

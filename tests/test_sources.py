@@ -394,3 +394,46 @@ def test_reading_dedup_and_batching_make_no_recipient_objects(
             body = orjson.loads(notification_body({"messages": []}, batch.recipients))
             sent += len(body["to_ids"])
     assert sent == 20_000 - dedup.duplicates > 17_000
+
+
+@pytest.mark.parametrize(
+    ("at", "reason"),
+    [
+        (
+            49_990,  # ten rows from the end
+            "a quoted field starts on this row and is never closed, so the rest of the file "
+            "would read as one field (close the quote, or write a quote inside a quoted field "
+            'as "")',
+        ),
+        (
+            40_000,  # 10,000 rows from the end: more than csv's field size limit
+            "a quoted field starting on this row runs past 131,072 characters: most likely its "
+            "quote is never closed (close the quote, or write a quote inside a quoted field "
+            'as "")',
+        ),
+    ],
+)
+def test_a_quote_that_never_closes_is_an_error_at_its_row_not_rows_lost(
+    tmp_path: Path, at: int, reason: str
+) -> None:
+    """csv.reader (not strict) would return the rest of the file as one field."""
+    path = tmp_path / "r.csv"
+    rows = [f"v{i},u{i}\n" for i in range(50_000)]  # fast-path blocks first
+    rows[at] = f'"v{at},u{at}\n'  # an opening quote without its closing one
+    path.write_text("id,uid\n" + "".join(rows))
+    with pytest.raises(InputError) as raised:
+        read(path)
+    assert str(raised.value) == f"{path}:{at + 2}: {reason}"
+    with pytest.raises(InputError) as again:  # the same for --strict and validate
+        collect_problems(SourceSpec(path=str(path)))
+    assert str(again.value) == str(raised.value)
+
+
+@pytest.mark.parametrize("end", ["\n", "", "\r\n"])
+def test_a_closed_quote_at_the_end_of_the_file_is_fine(tmp_path: Path, end: str) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(f'id,uid\nv1,"u1"\nv2,"u\n2"{end}', newline="")
+    got = read(path)
+    assert got[0] == R(2, "v1", "u1")
+    assert [r.line for r in got] == [2, 3]
+    assert len(got) == 2

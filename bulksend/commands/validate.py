@@ -84,6 +84,10 @@ def print_plan(
     print(f"  invalid      {sum(p.invalid.values()):,}", file=out)
     for reason, n in p.invalid.most_common(10):
         print(f"    {n:>10,}  {reason}", file=out)
+    if p.examples:
+        print(f"  first invalid rows ({len(p.examples)} of {sum(p.invalid.values()):,}):", file=out)
+        for line, reason in p.examples:
+            print(f"    {settings.recipients.path}:{line}: {reason}", file=out)
     print(f"  batches      {p.batches:,} (up to {settings.batch_size:,} per request)", file=out)
     for group, n in p.requests.items():
         print(f"  requests     {n:,} to {group} (limit {data['limits'][group]})", file=out)
@@ -108,7 +112,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     provider = build_provider(settings, {n: "VALIDATE" for n in settings.secret_sources})
     p = walk(settings, provider)
     if not args.quiet:
-        print_plan(settings, provider, p, ctx, title="valid campaign file")
+        title = "valid campaign file" if p.valid else "no valid recipient: nothing would be sent"
+        print_plan(settings, provider, p, ctx, title=title)
         if key_note:
             print(f"  {key_note}", file=ctx.out)
     if args.json:

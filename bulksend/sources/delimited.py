@@ -21,6 +21,7 @@ CANDIDATES = (",", "\t", ";", "|")
 SNIFF_LINES = 100
 SLOW_CHUNK = 8192
 QUOTE = '"'
+UNCLOSED_HINT = 'close the quote, or write a quote inside a quoted field as ""'
 
 
 class Dialect(csv.Dialect):
@@ -206,7 +207,22 @@ class DelimitedReader:
             except StopIteration:
                 break
             except csv.Error as error:
-                raise InputError(f"{self._name}:{base + before}: {error}") from None
+                reason = str(error)
+                if reason.startswith("field larger than field limit"):
+                    reason = (
+                        f"a quoted field starting on this row runs past {csv.field_size_limit():,} "
+                        f"characters: most likely its quote is never closed ({UNCLOSED_HINT})"
+                    )
+                raise InputError(f"{self._name}:{base + before}: {reason}") from None
+            if feed.ended:
+                # csv.reader only asks for another line in the middle of a record when it is
+                # inside quotes: it met the end of the file there, and (not being strict)
+                # returned everything after the quote as one field. Those rows would be lost.
+                raise InputError(
+                    f"{self._name}:{base + before}: a quoted field starts on this row and is "
+                    f"never closed, so the rest of the file would read as one field "
+                    f"({UNCLOSED_HINT})"
+                )
             numbers.append(base + before)
             rows.append(record)
             if len(rows) >= SLOW_CHUNK:

@@ -201,6 +201,8 @@ class Feed:
         self._source = source
         self._lines: list[str] = []
         self._next = 0
+        #: the source ran out while ``csv.reader`` asked for more (see ``DelimitedReader``)
+        self.ended = False
 
     def load(self, block: str) -> None:
         self._lines = split_lines(block)
@@ -218,6 +220,7 @@ class Feed:
         if self._next >= len(self._lines):
             block = self._source.block()
             if not block:
+                self.ended = True
                 raise StopIteration
             self.load(block)
         line = self._lines[self._next]
