@@ -13,6 +13,8 @@ import csv
 from collections.abc import Iterator, Sequence
 
 from bulksend.errors import InputError
+from bulksend.models import Rejected
+from bulksend.recipients import Recipients
 from bulksend.sources.rows import Layout
 from bulksend.sources.spec import DEFAULT_NAMES, Chunk, SourceSpec
 from bulksend.sources.stream import Feed, TextSource, split_lines
@@ -194,10 +196,19 @@ class DelimitedReader:
         return chunk
 
     def _slow(self) -> Iterator[Chunk]:
-        """Rows through ``csv.reader`` until the loaded lines are used up on a record boundary."""
+        """Rows through ``csv.reader`` until the loaded lines are used up on a record boundary.
+
+        A stray quote makes ``csv.reader`` (not strict) read on across line ends until the next
+        quote, or to the end of the file, as one field: every row in between would vanish into
+        one bad record. So a record that runs into the end of the file (or past the field size
+        limit) inside quotes is rejected on its first line, and reading starts again on the
+        line after it; a record that spans lines, does not fit the header and is not how a CSV
+        writer quotes has every one of its lines rejected, each with the reason.
+        """
         feed = self._feed
         reader = csv.reader(feed, self._dialect)
         base = self._line
+        width = self.layout.width
         numbers: list[int] = []
         rows: list[list[str]] = []
         while not feed.drained:
@@ -207,31 +218,70 @@ class DelimitedReader:
             except StopIteration:
                 break
             except csv.Error as error:
-                reason = str(error)
-                if reason.startswith("field larger than field limit"):
-                    reason = (
-                        f"a quoted field starting on this row runs past {csv.field_size_limit():,} "
-                        f"characters: most likely its quote is never closed ({UNCLOSED_HINT})"
-                    )
-                raise InputError(f"{self._name}:{base + before}: {reason}") from None
-            if feed.ended:
-                # csv.reader only asks for another line in the middle of a record when it is
-                # inside quotes: it met the end of the file there, and (not being strict)
-                # returned everything after the quote as one field. Those rows would be lost.
-                raise InputError(
-                    f"{self._name}:{base + before}: a quoted field starts on this row and is "
-                    f"never closed, so the rest of the file would read as one field "
-                    f"({UNCLOSED_HINT})"
+                if not str(error).startswith("field larger than field limit"):
+                    raise InputError(f"{self._name}:{base + before}: {error}") from None
+                stray = (
+                    f"a quoted field starts on this row and runs past "
+                    f"{csv.field_size_limit():,} characters without closing"
                 )
-            numbers.append(base + before)
-            rows.append(record)
-            if len(rows) >= SLOW_CHUNK:
-                self._line = base + reader.line_num
+            else:
+                if reader.line_num - before == 1 and not feed.ended:  # the common case
+                    numbers.append(base + before)
+                    rows.append(record)
+                    if len(rows) >= SLOW_CHUNK:
+                        self._line = base + reader.line_num
+                        yield self._chunk(numbers, rows)
+                        numbers, rows = [], []
+                    continue
+                if feed.ended:  # csv.reader asks for more mid-record only inside quotes
+                    stray = "a quoted field starts on this row and is never closed"
+                elif len(record) == width or self._well_formed(
+                    feed.last(reader.line_num - before)
+                ):  # a quoted field with line ends in it, as CSV allows
+                    numbers.append(base + before)
+                    rows.append(record)
+                    continue
+                else:  # which lines were meant as rows is anybody's guess: each is reported
+                    if rows:
+                        yield self._chunk(numbers, rows)
+                        numbers, rows = [], []
+                    yield self._spanning(base + before, base + reader.line_num - 1, len(record))
+                    continue
+            line = base + before
+            if rows:
                 yield self._chunk(numbers, rows)
                 numbers, rows = [], []
+            reason = f"{stray}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
+            yield Chunk(Recipients.of([]), [Rejected(line, reason)])
+            feed.put_back(feed.last(reader.line_num - before)[1:])  # its lines after the first
+            reader = csv.reader(feed, self._dialect)
+            base = self._line = line + 1
         self._line = base + reader.line_num
         if rows:
             yield self._chunk(numbers, rows)
+
+    def _well_formed(self, lines: list[str]) -> bool:
+        """Whether a record's lines are one record to a strict reader: its quotes open at a
+        field's start and close before a delimiter or a line end, as a CSV writer puts them
+        (a stray quote seldom does)."""
+        strict = type("Strict", (self._dialect,), {"strict": True})
+        try:
+            return len(list(csv.reader(lines, strict))) == 1
+        except csv.Error:
+            return False
+
+    def _spanning(self, first: int, last: int, fields: int) -> Chunk:
+        """Lines ``first``..``last``, read as one record that does not fit the header: each
+        is rejected (a stray quote, most likely), none is lost or sent."""
+        where = f"a quoted field starts on line {first} and closes only on line {last}"
+        got = f"{fields} field" + ("" if fields == 1 else "s")
+        fit = f"the record does not fit the header ({got}, expected {self.layout.width})"
+        rejected = [Rejected(first, f"{where}, and {fit} ({UNCLOSED_HINT})")]
+        rejected += [
+            Rejected(line, f"inside the quoted field that starts on line {first}: {fit}")
+            for line in range(first + 1, last + 1)
+        ]
+        return Chunk(Recipients.of([]), rejected)
 
     def _chunk(self, numbers: list[int], rows: list[list[str]]) -> Chunk:
         """Rows from ``csv.reader``: column by column when they all have the right width."""

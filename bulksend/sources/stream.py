@@ -12,6 +12,7 @@ import io
 import os
 import sys
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -194,6 +195,10 @@ def split_lines(block: str) -> list[str]:
     return io.StringIO(block, newline="").readlines()
 
 
+#: characters of earlier blocks a ``Feed`` keeps: twice csv's default field size limit
+HISTORY_CHARS = 2 * 131_072
+
+
 class Feed:
     """Physical lines for ``csv.reader``, pulled from the source a block at a time."""
 
@@ -203,9 +208,19 @@ class Feed:
         self._next = 0
         #: the source ran out while ``csv.reader`` asked for more (see ``DelimitedReader``)
         self.ended = False
+        self._chars = 0  # of the block loaded
+        #: earlier blocks' lines and sizes, newest last, kept (by reference) for ``last``
+        self._history: deque[tuple[list[str], int]] = deque()
+        self._history_chars = 0
 
     def load(self, block: str) -> None:
+        if self._lines:
+            self._history.append((self._lines, self._chars))
+            self._history_chars += self._chars
+            while len(self._history) > 1 and self._history_chars > HISTORY_CHARS:
+                self._history_chars -= self._history.popleft()[1]
         self._lines = split_lines(block)
+        self._chars = len(block)
         self._next = 0
 
     @property
@@ -226,3 +241,19 @@ class Feed:
         line = self._lines[self._next]
         self._next += 1
         return line
+
+    def last(self, count: int) -> list[str]:
+        """The last ``count`` lines handed out (one record's), from the blocks still kept:
+        at least ``HISTORY_CHARS`` characters' worth, more than csv's field size limit."""
+        out = self._lines[max(0, self._next - count) : self._next]
+        for lines, _ in reversed(self._history):
+            if len(out) >= count:
+                break
+            out = lines[max(0, len(lines) - (count - len(out))) :] + out
+        return out
+
+    def put_back(self, lines: list[str]) -> None:
+        """Hand ``lines`` out again before the rest (after the end of the source, too)."""
+        self._lines = lines + self._lines[self._next :]
+        self._next = 0
+        self.ended = False
