@@ -99,6 +99,21 @@ def test_validate_counts_without_sending(campaign: Path, tmp_path: Path) -> None
     ]
 
 
+def test_a_send_of_a_file_without_one_valid_row_is_an_input_error(tmp_path: Path) -> None:
+    rows = [(f"v{i}", f"u{i},x") for i in range(5)]  # three fields each
+    campaign = write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", rows))
+    summary = tmp_path / "s.json"
+    sent = run_cli("send", str(campaign), "--sandbox", "--summary-json", str(summary), "-q")
+    assert sent.status == 2  # as validate: the file is wrong, not the provider
+    assert sent.stderr.endswith(
+        "bulksend: error: no valid recipient in the file (every row is invalid or a duplicate; "
+        "the report and `bulksend validate` say why): nothing was sent\n"
+    )
+    data = orjson.loads(summary.read_bytes())
+    assert (data["read"], data["invalid"], data["requests"]) == (5, 5, 0)  # still written
+    assert run_cli("send", str(campaign), "--dry-run", "-q").status == 2
+
+
 def test_validate_with_no_valid_row_says_nothing_would_be_sent(tmp_path: Path) -> None:
     rows = [(f"v{i}", f"u{i},x") for i in range(12)]  # three fields each
     campaign = write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", rows))

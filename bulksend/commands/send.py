@@ -31,6 +31,7 @@ from bulksend.shard import Shard
 if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
     from bulksend.campaign import JournalOptions, SendResult
     from bulksend.progress import ProgressView
+    from bulksend.report import Summary
 
 HELP = "send a campaign"
 DEAD_LETTER_HELP = "failed/unknown/skipped recipients as JSON Lines (default: beside the journal)"
@@ -313,6 +314,12 @@ async def _send_to_sandbox(
         return await send_campaign(local, fake, on_start=on_start, **kwargs)
 
 
+def no_valid_rows(summary: Summary) -> bool:
+    """Rows were read, none could be sent, and none was: the file, not the provider, is wrong."""
+    settled_elsewhere = summary.delivered + summary.failed + summary.unknown + summary.skipped
+    return bool(summary.read and summary.invalid and not summary.requests and not settled_elsewhere)
+
+
 def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
     summary, stopped = result.summary, result.stopped
     if args.summary_json:
@@ -330,6 +337,13 @@ def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
                 f"--recipients {result.dead_letter} --no-journal",
                 file=ctx.out,
             )
+    if no_valid_rows(summary):
+        print(
+            "bulksend: error: no valid recipient in the file (every row is invalid or a "
+            "duplicate; the report and `bulksend validate` say why): nothing was sent",
+            file=ctx.err,
+        )
+        return ExitStatus.USAGE
     if isinstance(stopped, AuthError):
         print(f"bulksend: {logs.redactor.scrub(str(stopped))}", file=ctx.err)
         return ExitStatus.AUTH
@@ -395,7 +409,7 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
         print(_readable_request(orjson.loads(line)), file=ctx.out)
     if args.requests_out:
         print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
-    return ExitStatus.OK
+    return ExitStatus.OK if result.valid else ExitStatus.USAGE  # as validate
 
 
 def _readable_request(request: dict[str, Any], keep: int = 3) -> str:
