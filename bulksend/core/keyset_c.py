@@ -88,14 +88,14 @@ from typing import Final
 import numpy as np
 
 from bulksend.core import _keyset
-from bulksend.core.keyset_numpy import DEFAULT_KIND, BoolArray
+from bulksend.core.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase
 
 __all__ = ["KeySet"]
 
 _MASK64: Final = (1 << 64) - 1
 
 
-class KeySet:
+class KeySet(KeySetBase):
     """The set of keys seen so far; see the module docstring.
 
     Keys are of a *kind* (1-255: ``Deduper`` uses one per identifier): equal texts of different
@@ -155,15 +155,6 @@ class KeySet:
     def add(self, key: str, kind: int = DEFAULT_KIND) -> bool:
         """Record ``key``; True when it was not seen before."""
         return self._table.add(key, kind)
-
-    def add_many(self, keys: Sequence[str], kind: int = DEFAULT_KIND) -> BoolArray:
-        """Record ``keys`` in order; ``out[i]`` is True when ``keys[i]`` is seen for the first time.
-
-        A key repeated within ``keys`` is new only at its first position, exactly as if the keys
-        were added one by one.
-        """
-        new, _ = self.add_kinds([(keys, kind)])[0]
-        return new
 
     def add_kinds(
         self, parts: Sequence[tuple[Sequence[str | None], int]]

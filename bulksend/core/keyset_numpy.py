@@ -82,6 +82,7 @@ import mmap
 import os
 import tempfile
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import is_not
@@ -360,7 +361,26 @@ class SpillStore:
         return bool(self.same([o], [record])[0])
 
 
-class KeySet:
+class KeySetBase(ABC):
+    """What both key sets (this one and :mod:`bulksend.core.keyset_c`'s) build on ``add_kinds``."""
+
+    @abstractmethod
+    def add_kinds(
+        self, parts: Sequence[tuple[Sequence[str | None], int]]
+    ) -> list[tuple[BoolArray, BoolArray | None]]:
+        """``add_many`` for several kinds at once (one pass through the table), in order."""
+
+    def add_many(self, keys: Sequence[str], kind: int = DEFAULT_KIND) -> BoolArray:
+        """Record ``keys`` in order; ``out[i]`` is True when ``keys[i]`` is seen for the first time.
+
+        A key repeated within ``keys`` is new only at its first position, exactly as if the keys
+        were added one by one.
+        """
+        new, _ = self.add_kinds([(keys, kind)])[0]
+        return new
+
+
+class KeySet(KeySetBase):
     """The set of keys seen so far; see the module docstring.
 
     Keys are of a *kind* (1-255: ``Deduper`` uses one per identifier): equal texts of different
@@ -423,15 +443,6 @@ class KeySet:
     def add(self, key: str, kind: int = DEFAULT_KIND) -> bool:
         """Record ``key``; True when it was not seen before."""
         return bool(self.add_many([key], kind)[0])
-
-    def add_many(self, keys: Sequence[str], kind: int = DEFAULT_KIND) -> BoolArray:
-        """Record ``keys`` in order; ``out[i]`` is True when ``keys[i]`` is seen for the first time.
-
-        A key repeated within ``keys`` is new only at its first position, exactly as if the keys
-        were added one by one.
-        """
-        new, _ = self.add_kinds([(keys, kind)])[0]
-        return new
 
     def add_kinds(
         self, parts: Sequence[tuple[Sequence[str | None], int]]

@@ -24,6 +24,7 @@ SNIFF_LINES = 100
 SLOW_CHUNK = 8192
 QUOTE = '"'
 UNCLOSED_HINT = 'close the quote, or write a quote inside a quoted field as ""'
+_SPANNING = "spanning"  # DelimitedReader._stray: a multi-line record that is not one
 
 
 class Dialect(csv.Dialect):
@@ -124,6 +125,7 @@ class DelimitedReader:
             spaced = False
         self.delimiter = delimiter
         self._dialect = make_dialect(delimiter, spaced)
+        self._strict = type("Strict", (self._dialect,), {"strict": True})  # see _well_formed
         self._fast_ok = not spaced
         self._feed = Feed(source)
         self._feed.load(first)
@@ -208,7 +210,6 @@ class DelimitedReader:
         feed = self._feed
         reader = csv.reader(feed, self._dialect)
         base = self._line
-        width = self.layout.width
         numbers: list[int] = []
         rows: list[list[str]] = []
         while not feed.drained:
@@ -220,53 +221,56 @@ class DelimitedReader:
             except csv.Error as error:
                 if not str(error).startswith("field larger than field limit"):
                     raise InputError(f"{self._name}:{base + before}: {error}") from None
-                stray = (
-                    f"a quoted field starts on this row and runs past "
-                    f"{csv.field_size_limit():,} characters without closing"
+                record, stray = (
+                    [],
+                    (
+                        f"a quoted field starts on this row and runs past "
+                        f"{csv.field_size_limit():,} characters without closing"
+                    ),
                 )
             else:
-                if reader.line_num - before == 1 and not feed.ended:  # the common case
-                    numbers.append(base + before)
-                    rows.append(record)
-                    if len(rows) >= SLOW_CHUNK:
-                        self._line = base + reader.line_num
-                        yield self._chunk(numbers, rows)
-                        numbers, rows = [], []
-                    continue
-                if feed.ended:  # csv.reader asks for more mid-record only inside quotes
-                    stray = "a quoted field starts on this row and is never closed"
-                elif len(record) == width or self._well_formed(
-                    feed.last(reader.line_num - before)
-                ):  # a quoted field with line ends in it, as CSV allows
-                    numbers.append(base + before)
-                    rows.append(record)
-                    continue
-                else:  # which lines were meant as rows is anybody's guess: each is reported
-                    if rows:
-                        yield self._chunk(numbers, rows)
-                        numbers, rows = [], []
-                    yield self._spanning(base + before, base + reader.line_num - 1, len(record))
-                    continue
-            line = base + before
+                lines = reader.line_num - before
+                stray = "" if lines == 1 and not feed.ended else self._stray(record, lines)
+            if not stray:
+                numbers.append(base + before)
+                rows.append(record)
+                if len(rows) >= SLOW_CHUNK:
+                    self._line = base + reader.line_num
+                    yield self._chunk(numbers, rows)
+                    numbers, rows = [], []
+                continue
             if rows:
                 yield self._chunk(numbers, rows)
                 numbers, rows = [], []
+            first, lines = base + before, reader.line_num - before
+            if stray == _SPANNING:  # which lines were meant as rows is a guess: each is reported
+                yield self._spanning(first, first + lines - 1, len(record))
+                continue
             reason = f"{stray}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
-            yield Chunk(Recipients.of([]), [Rejected(line, reason)])
-            feed.put_back(feed.last(reader.line_num - before)[1:])  # its lines after the first
+            yield Chunk(Recipients.of([]), [Rejected(first, reason)])
+            feed.put_back(feed.last(lines)[1:])  # the record's lines after its first
             reader = csv.reader(feed, self._dialect)
-            base = self._line = line + 1
+            base = self._line = first + 1
         self._line = base + reader.line_num
         if rows:
             yield self._chunk(numbers, rows)
+
+    def _stray(self, record: list[str], lines: int) -> str:
+        """For a record that took ``lines`` lines (or ran into the end of the file): "" when
+        it is fine, ``_SPANNING`` when it spans lines but is not a record, else the reason
+        its first row is rejected."""
+        if self._feed.ended:  # csv.reader asks for more mid-record only inside quotes
+            return "a quoted field starts on this row and is never closed"
+        if len(record) == self.layout.width or self._well_formed(self._feed.last(lines)):
+            return ""  # a quoted field with line ends in it, as CSV allows
+        return _SPANNING
 
     def _well_formed(self, lines: list[str]) -> bool:
         """Whether a record's lines are one record to a strict reader: its quotes open at a
         field's start and close before a delimiter or a line end, as a CSV writer puts them
         (a stray quote seldom does)."""
-        strict = type("Strict", (self._dialect,), {"strict": True})
         try:
-            return len(list(csv.reader(lines, strict))) == 1
+            return len(list(csv.reader(lines, self._strict))) == 1
         except csv.Error:
             return False
 
