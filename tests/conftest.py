@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bulksend import cli
+from tests import hypothesis_profiles  # noqa: F401 - loads the Hypothesis profile
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-1234567890"

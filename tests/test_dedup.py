@@ -21,6 +21,7 @@ from bulksend.core import keyset_numpy
 from bulksend.core.dedup import Deduper
 from bulksend.models import Recipient
 from bulksend.recipients import Recipients
+from tests.hypothesis_profiles import examples
 from tests.keysets import BACKENDS, C_MISSING, backend_class, c_compiler, keyset_c, spill_fd
 
 #: the key set class under test (numpy's or C's); Deduper uses the same
@@ -189,7 +190,9 @@ KEY = st.one_of(st.none(), st.text(alphabet="ab\0é", max_size=3))
 
 # the fixture only picks a class: nothing to reset between examples
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     rows=st.lists(st.tuples(KEY, KEY), max_size=120),

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from bulksend.core import dedup
 from bulksend.core.dedup import Deduper
 from bulksend.models import Recipient
+from tests.hypothesis_profiles import examples
 from tests.keysets import keyset_c, needs_c
 
 pytestmark = needs_c
@@ -517,7 +518,7 @@ HASHES: list[Callable[[str], int] | None] = [
 ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     calls=st.lists(st.lists(PART, max_size=3), max_size=8),
     hash_choice=st.integers(0, len(HASHES) - 1),

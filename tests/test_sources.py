@@ -28,6 +28,7 @@ from bulksend.sources import (
 )
 from bulksend.sources import stream as stream_module
 from bulksend.sources.delimited import layout_for
+from tests.hypothesis_profiles import examples
 
 DATA = Path(__file__).parent / "data"
 
@@ -274,7 +275,9 @@ def _reference(path: Path, spec: SourceSpec) -> list[Recipient | Rejected]:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     rows=st.lists(st.lists(FIELD, min_size=3, max_size=5), min_size=1, max_size=60),
