@@ -4,7 +4,8 @@
 ``sb.base_url``, ``sb.stats`` and ``sb.ledger_entries()`` tell what happened. The ledger is a JSON
 Lines file with one line per accepted recipient. ``python -m bulksend.sandbox.cli NAME`` runs one
 in its own process. Each provider module's docstring lists the readings made where its doc is
-silent.
+silent. ``SandboxConfig.profile`` (``--profile``) picks the rate limiter that answers: the
+provider's own (``fixed``) or a real family's gateway (``bulksend.sandbox.limiters``).
 """
 
 from __future__ import annotations

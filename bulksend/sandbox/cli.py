@@ -18,6 +18,7 @@ import orjson
 from bulksend.argtypes import fraction, non_negative
 from bulksend.sandbox.config import (
     LEDGER_FORMATS,
+    PROFILES,
     FaultConfig,
     SandboxConfig,
     SandboxConfigError,
@@ -32,6 +33,20 @@ def _group_limit(text: str) -> tuple[str, int]:
     if not sep or not name or not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected NAME=N with N >= 1, got {text!r}")
     return name, int(value)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+PROFILE_HELP = (
+    "which rate limiter answers: fixed (default: the provider's own fixed windows and "
+    "headers), leaky (nginx limit_req: limit/window per second, no headers, 503), "
+    "limits-fixed / limits-moving (Flask-Limiter over the limits library), github (x-ratelimit-*, "
+    "403), ietf (RateLimit and RateLimit-Policy, two policies), bare429 (429s, no headers)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--stats", type=Path, help="write the final counters here as JSON on exit")
     net.add_argument("--seed", type=int, help="seed for faults and synthetic data (default 0)")
     net.add_argument("--max-batch", type=int, help="records per request (provider default)")
-    lim = parser.add_argument_group("rate limit (fixed windows aligned to the start)")
-    lim.add_argument("--limit", type=int, help="requests per window for every endpoint group")
+    lim = parser.add_argument_group("rate limit (one limiter per endpoint group, see --profile)")
+    lim.add_argument("--profile", choices=PROFILES, default="fixed", help=PROFILE_HELP)
+    lim.add_argument(
+        "--limit",
+        type=int,
+        help="requests per window for every endpoint group (leaky: a rate of limit/window per s)",
+    )
     lim.add_argument("--window", type=float, default=60.0, help="window in seconds (60)")
     lim.add_argument(
         "--group-limit",
@@ -66,16 +86,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per window for one endpoint group (repeatable)",
     )
     lim.add_argument(
+        "--burst",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="leaky: nginx's burst=N, excess requests let through at once (0)",
+    )
+    lim.add_argument(
+        "--reject-status",
+        type=int,
+        choices=(403, 429, 503),
+        help="status of a refusal: leaky 503 (default, nginx's) or 429; github 403 (default) "
+        "or 429; the others 429",
+    )
+    lim.add_argument(
+        "--long-limit",
+        type=int,
+        metavar="N",
+        help="ietf: quota of the long policy (default 30 x the limit)",
+    )
+    lim.add_argument(
+        "--long-window",
+        type=float,
+        metavar="S",
+        help="ietf: window of the long policy in seconds (default 60 x --window)",
+    )
+    lim.add_argument(
         "--no-ratelimit-headers",
         dest="ratelimit_headers",
         action="store_false",
-        help="never send X-RateLimit-* headers",
+        help="fixed profile: never send X-RateLimit-* headers",
     )
     lim.add_argument(
-        "--no-retry-after",
-        dest="retry_after",
-        action="store_false",
-        help="no Retry-After on 429 from the window",
+        "--retry-after",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Retry-After on window refusals (default: the profile's habit: fixed, limits-* "
+        "and ietf send it, github does not, leaky and bare429 never can)",
     )
     flt = parser.add_argument_group("faults (send endpoints only; drawn from --seed)")
     flt.add_argument("--fail-rate", type=fraction, default=0.0, help="answer 500/503 (half each)")
@@ -136,6 +183,11 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         group_limits=dict(args.group_limit),
         ratelimit_headers=args.ratelimit_headers,
         retry_after=args.retry_after,
+        profile=args.profile,
+        burst=args.burst,
+        reject_status=args.reject_status,
+        long_limit=args.long_limit,
+        long_window=args.long_window,
         latency_ms=args.latency_ms,
         ledger=args.ledger,
         ledger_format=args.ledger_format,

@@ -1,15 +1,15 @@
-"""Shared by every sandbox: fixed window, fault plan, ledger, stats and the request
-pipeline (auth -> rate limit -> faults -> provider handler -> ledger -> faults after accept).
+"""Shared by every sandbox: fault plan, ledger, stats and the request pipeline
+(auth -> rate limit -> faults -> provider handler -> ledger -> faults after accept).
 
-The pure parts (``FixedWindow``, ``storm_left``, ``FaultPlan``, ``ledger_blob``) take ``now`` and
-data in and hand decisions out; ``Core`` and the aiohttp glue are thin wrappers around them.
+The pure parts (the limiters of ``bulksend.sandbox.limiters``, ``storm_left``, ``FaultPlan``,
+``ledger_blob``) take ``now`` and data in and hand decisions out; ``Core`` and the aiohttp glue are
+thin wrappers around them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import math
 import random
 import time
 from collections import Counter
@@ -20,53 +20,18 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from bulksend.sandbox.config import FaultConfig, SandboxConfig
+from bulksend.sandbox.config import FaultConfig, SandboxConfig, SandboxConfigError
 from bulksend.sandbox.ledger import Ledger
+from bulksend.sandbox.limiters import BodyKind, Decision, Limiter, make_limiter
+
+# the window model moved to bulksend.sandbox.limiters; these names stay importable from here
+from bulksend.sandbox.limiters import FixedWindow as FixedWindow
+from bulksend.sandbox.limiters import WindowDecision as WindowDecision
+from bulksend.sandbox.limiters import retry_after_value as retry_after_value
 
 Clock = Callable[[], float]
 
 # ---------------------------------------------------------------------------- pure logic
-
-
-@dataclass(frozen=True, slots=True)
-class WindowDecision:
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_after: float  # seconds until the current window ends
-
-
-@dataclass(slots=True)
-class FixedWindow:
-    """``limit`` requests per ``window`` seconds, windows aligned to ``origin``.
-
-    Only allowed requests count: a request answered 429 does not consume quota.
-    """
-
-    limit: int
-    window: float
-    origin: float
-    _index: int = -1
-    _count: int = 0
-
-    def _roll(self, now: float) -> float:
-        elapsed = max(0.0, now - self.origin)
-        index = int(elapsed // self.window)
-        if index != self._index:
-            self._index, self._count = index, 0
-        return (index + 1) * self.window - elapsed
-
-    def hit(self, now: float) -> WindowDecision:
-        reset_after = self._roll(now)
-        if self._count >= self.limit:
-            return WindowDecision(False, self.limit, 0, reset_after)
-        self._count += 1
-        return WindowDecision(True, self.limit, self.limit - self._count, reset_after)
-
-    def peek(self, now: float) -> WindowDecision:
-        reset_after = self._roll(now)
-        remaining = self.limit - self._count
-        return WindowDecision(remaining > 0, self.limit, remaining, reset_after)
 
 
 def storm_left(elapsed: float, every: float, length: float) -> float | None:
@@ -81,11 +46,6 @@ def storm_left(elapsed: float, every: float, length: float) -> float | None:
     if phase >= every - length:
         return every - phase
     return None
-
-
-def retry_after_value(seconds: float) -> str:
-    """Retry-After as whole seconds (RFC 9110 delay-seconds), at least 1."""
-    return str(max(1, math.ceil(seconds - 1e-9)))
 
 
 class Fault(enum.Enum):
@@ -164,11 +124,15 @@ class Stats:
     requests: int = 0
     accepted: int = 0  # requests that were accepted (and recorded in the ledger)
     recipients: int = 0  # ledger lines written
-    rate_limited: int = 0  # 429 from the window (not storms)
+    #: refusals by the profile's limiter (not storms), whatever their status (429, 503, 403)
+    rate_limited: int = 0
     storm_limited: int = 0  # 429 from a storm
     unauthorized: int = 0
+    profile: str = "fixed"
     by_status: Counter[int] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
+    #: ``rate_limited`` by endpoint group
+    rate_limited_by_group: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -178,8 +142,10 @@ class Stats:
             "rate_limited": self.rate_limited,
             "storm_limited": self.storm_limited,
             "unauthorized": self.unauthorized,
+            "profile": self.profile,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "faults": dict(sorted(self.faults.items())),
+            "rate_limited_by_group": dict(sorted(self.rate_limited_by_group.items())),
         }
 
 
@@ -227,7 +193,7 @@ REQUEST_NUMBER: web.RequestKey[int] = web.RequestKey("sandbox_request_number", i
 
 
 class Core:
-    """Runtime state of one sandbox: config, windows, fault plan, ledger, stats and clocks."""
+    """Runtime state of one sandbox: config, limiters, fault plan, ledger, stats and clocks."""
 
     def __init__(
         self,
@@ -242,23 +208,24 @@ class Core:
         self.wall = wall
         self.start = clock()
         self.started_at = wall()
-        self.stats = Stats()
-        self.ledger = Ledger(config.ledger)
-        self.per_request_ledger = config.ledger_format == "requests"
-        self.faults = FaultPlan(config.faults, config.seed_value)
-        self.windows: dict[str, FixedWindow] = {}
-        for name, default in groups.items():
-            limit = config.limit if config.limit is not None else default
-            limit = config.group_limits.get(name, limit)
-            self.windows[name] = FixedWindow(limit, config.window, self.start)
+        self.stats = Stats(profile=config.profile)
         unknown = sorted(set(config.group_limits) - set(groups))
         if unknown:
-            from bulksend.sandbox.config import SandboxConfigError
-
             known = ", ".join(groups)
             raise SandboxConfigError(
                 f"unknown limit group(s) {', '.join(unknown)} (known: {known})"
             )
+        #: one limiter per endpoint group, of the config's profile (``fixed``: the provider's own)
+        self.limiters: dict[str, Limiter] = {}
+        for name, default in groups.items():
+            limit = config.limit if config.limit is not None else default
+            limit = config.group_limits.get(name, limit)
+            self.limiters[name] = make_limiter(config, limit, origin=self.start)
+        #: whether the limiters are a gateway's (their own headers and refusals)
+        self.gateway = config.profile != "fixed"
+        self.ledger = Ledger(config.ledger)
+        self.per_request_ledger = config.ledger_format == "requests"
+        self.faults = FaultPlan(config.faults, config.seed_value)
         self._number = 0
         self._latency = config.latency_ms / 1000.0
 
@@ -278,7 +245,7 @@ class Core:
         (401, 404, 405, prechecks), for providers that send them on every response.
         """
         stats = self.stats
-        peek = self.windows[headers_from].peek if headers_from is not None else None
+        peek = self.limiters[headers_from].peek if headers_from is not None else None
 
         @web.middleware
         async def sandbox_middleware(
@@ -316,11 +283,53 @@ class Core:
                         else:
                             response = dialect.error(exc.status, exc.reason)
             if local and peek is not None:
-                response.headers.update(dialect.rate_headers(peek(self.clock())))
+                decision = peek(self.clock(), self.wall())
+                response.headers.update(self.answer_headers(decision, dialect))
             stats.by_status[response.status] += 1
             return response
 
         return sandbox_middleware
+
+    def answer_headers(
+        self, decision: Decision, dialect: Dialect, *, retry_after: bool = True
+    ) -> dict[str, str]:
+        """The rate-limit headers of an answer: the gateway's, or (fixed profile) the provider's
+        own from the window's counts, plus Retry-After on a refusal unless ``retry_after`` is
+        False (a provider whose own limiter sends none)."""
+        if decision.counts is None:
+            return dict(decision.headers)
+        headers = dict(dialect.rate_headers(decision.counts))
+        for name, value in decision.headers.items():
+            if retry_after or name.lower() != "retry-after":
+                headers[name] = value
+        return headers
+
+    def _storm(self, now: float, is_send: bool) -> float | None:
+        """Seconds left in the 429 storm a send arriving ``now`` falls into, or None."""
+        faults = self.config.faults
+        if not is_send or faults.storm_every <= 0:
+            return None
+        left = storm_left(now - self.start, faults.storm_every, faults.storm_for)
+        if left is not None:
+            self.stats.storm_limited += 1
+            self.stats.faults["storm"] += 1
+        return left
+
+    def _refusal(
+        self, decision: Decision, dialect: Dialect, headers: Mapping[str, str], group: str
+    ) -> web.Response:
+        self.stats.rate_limited += 1
+        self.stats.rate_limited_by_group[group] += 1
+        if decision.body_kind is BodyKind.GATEWAY:
+            response = web.Response(
+                body=decision.body,
+                status=decision.status,
+                headers={"Content-Type": decision.content_type},
+            )
+        else:
+            response = dialect.error(decision.status, "too many requests")
+        response.headers.update(headers)
+        return response
 
     def endpoint(
         self,
@@ -331,68 +340,91 @@ class Core:
         send: bool | SendPredicate,
         retry_after: bool | None = None,
     ) -> Any:
-        """Wrap a provider handler with the group's window and, on send endpoints, the faults.
+        """Wrap a provider handler with the group's limiter and, on send endpoints, the faults.
 
         ``send`` may be a predicate on the request, for APIs (Maxemail) whose one path carries
-        both reads and sends; ``retry_after`` None follows the config.
-        """
-        window = self.windows[group]
-        faults = self.config.faults
-        storms = faults.storm_every > 0
-        if retry_after is None:
-            retry_after = self.config.retry_after
-        stats = self.stats
+        both reads and sends; ``retry_after`` False: the provider's own (fixed) limiter sends
+        no Retry-After whatever the config says (a gateway profile decides for itself).
 
-        async def endpoint(request: web.Request) -> web.StreamResponse:
-            now = self.clock()
-            is_send = send if isinstance(send, bool) else await send(request)
-            if storms and is_send:
-                left = storm_left(now - self.start, faults.storm_every, faults.storm_for)
-                if left is not None:
-                    stats.storm_limited += 1
-                    stats.faults["storm"] += 1
-                    response = dialect.error(429, "too many requests")
-                    response.headers.update(dialect.rate_headers(window.peek(now)))
-                    response.headers["Retry-After"] = retry_after_value(left)
-                    return response
-            decision = window.hit(now)
-            headers = dialect.rate_headers(decision)
-            if not decision.allowed:
-                stats.rate_limited += 1
-                response = dialect.error(429, "too many requests")
-                response.headers.update(headers)
-                if retry_after:
-                    response.headers["Retry-After"] = retry_after_value(decision.reset_after)
-                return response
-            draw = self.faults.draw() if is_send else _NO_FAULT
-            fault = draw.fault
-            if fault is Fault.ERROR_500 or fault is Fault.ERROR_503:
-                stats.faults[fault.value] += 1
-                status = 500 if fault is Fault.ERROR_500 else 503
-                response = dialect.error(status, "injected server error")
-                response.headers.update(headers)
-                if status == 503 and faults.retry_after_503:
-                    response.headers["Retry-After"] = "1"
-                return response
-            if fault is Fault.RESET:
-                stats.faults["reset"] += 1
-                return _drop(request)
-            ctx = Context(self, request[REQUEST_NUMBER])
-            response = await handler(request, ctx)
-            if ctx.accepted:
-                await self.ledger.commit()
-                stats.accepted += 1
-                if fault is Fault.DROP_AFTER_ACCEPT:
-                    stats.faults["drop_after_accept"] += 1
-                    return _drop(request)
-            if draw.slow:
-                stats.faults["slow"] += 1
-                await asyncio.sleep(faults.slow_ms / 1000.0)
-            if headers:
-                response.headers.update(headers)
+        The fixed profile is the provider's own limiter: a storm answers first and the window
+        counts only what the storm lets through. A gateway profile stands in front: it counts
+        every request it lets through, and the provider behind may still answer a storm's 429.
+        """
+        limiter = self.limiters[group]
+        keep_retry_after = retry_after is not False
+        gateway = self.gateway
+
+        def storm_answer(left: float, headers: Mapping[str, str]) -> web.Response:
+            response = dialect.error(429, "too many requests")
+            response.headers.update(headers)
+            response.headers["Retry-After"] = retry_after_value(left)
             return response
 
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            now, wall = self.clock(), self.wall()
+            is_send = send if isinstance(send, bool) else await send(request)
+            if not gateway:
+                left = self._storm(now, is_send)
+                if left is not None:
+                    return storm_answer(left, self.answer_headers(limiter.peek(now, wall), dialect))
+            decision = limiter.hit(now, wall)
+            headers = self.answer_headers(decision, dialect, retry_after=keep_retry_after)
+            if not decision.allowed:
+                return self._refusal(decision, dialect, headers, group)
+            if gateway:
+                left = self._storm(now, is_send)
+                if left is not None:
+                    return storm_answer(left, headers)
+            return await self._serve(request, dialect, handler, headers, is_send)
+
         return endpoint
+
+    async def _serve(
+        self,
+        request: web.Request,
+        dialect: Dialect,
+        handler: Handler,
+        headers: Mapping[str, str],
+        is_send: bool,
+    ) -> web.StreamResponse:
+        """Past the limiter: the fault draw, the provider's handler, the ledger, late faults."""
+        stats, faults = self.stats, self.config.faults
+        draw = self.faults.draw() if is_send else _NO_FAULT
+        fault = draw.fault
+        if fault is Fault.ERROR_500 or fault is Fault.ERROR_503:
+            stats.faults[fault.value] += 1
+            status = 500 if fault is Fault.ERROR_500 else 503
+            response = dialect.error(status, "injected server error")
+            response.headers.update(headers)
+            if status == 503 and faults.retry_after_503:
+                _raise_retry_after(response, 1)
+            return response
+        if fault is Fault.RESET:
+            stats.faults["reset"] += 1
+            return _drop(request)
+        ctx = Context(self, request[REQUEST_NUMBER])
+        response = await handler(request, ctx)
+        if ctx.accepted:
+            await self.ledger.commit()
+            stats.accepted += 1
+            if fault is Fault.DROP_AFTER_ACCEPT:
+                stats.faults["drop_after_accept"] += 1
+                return _drop(request)
+        if draw.slow:
+            stats.faults["slow"] += 1
+            await asyncio.sleep(faults.slow_ms / 1000.0)
+        if headers:
+            response.headers.update(headers)
+        return response
+
+
+def _raise_retry_after(response: web.Response, seconds: int) -> None:
+    """Set Retry-After to ``seconds`` unless the answer already holds a later one (a gateway
+    that sends it on every answer, as Flask-Limiter, keeps the larger of the two)."""
+    current = response.headers.get("Retry-After", "")
+    if current.lstrip("-").isdigit():
+        seconds = max(seconds, int(current))
+    response.headers["Retry-After"] = str(seconds)
 
 
 #: the status counted (never sent) for a connection closed without an answer, as nginx does

@@ -7,6 +7,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LEDGER_FORMATS = ("lines", "requests")
+#: ``--profile`` values: which rate limiter answers (see ``bulksend.sandbox.limiters``)
+PROFILES = ("fixed", "leaky", "limits-fixed", "limits-moving", "github", "ietf", "bare429")
+#: refusal statuses a profile may be told to use (the first is its default)
+REJECT_STATUSES: Mapping[str, tuple[int, ...]] = {
+    "fixed": (429,),
+    "leaky": (503, 429),
+    "limits-fixed": (429,),
+    "limits-moving": (429,),
+    "github": (403, 429),
+    "ietf": (429,),
+    "bare429": (429,),
+}
+#: whether a profile sends Retry-After when ``retry_after`` is left to it (None: never can)
+RETRY_AFTER_DEFAULTS: Mapping[str, bool | None] = {
+    "fixed": True,
+    "leaky": None,
+    "limits-fixed": True,
+    "limits-moving": True,
+    "github": False,
+    "ietf": True,
+    "bare429": None,
+}
+#: the ietf profile's long policy, by default: this many times the short one's quota and window
+LONG_LIMIT_FACTOR = 30
+LONG_WINDOW_FACTOR = 60
 
 
 class SandboxConfigError(ValueError):
@@ -65,8 +90,12 @@ class SandboxConfig:
     """Everything one sandbox needs. ``None`` means "the provider's documented default".
 
     ``limit`` (when set) replaces every endpoint group's request limit; ``group_limits`` then
-    overrides single groups by name (see each provider module for its group names). All groups
-    count fixed windows of ``window`` seconds aligned to the server's start.
+    overrides single groups by name (see each provider module for its group names). Each group
+    has its own limiter of the kind ``profile`` names (``bulksend.sandbox.limiters``): by default
+    (``fixed``) the provider's own, counting fixed windows of ``window`` seconds aligned to the
+    server's start and answering in the provider's dialect; the other profiles put a gateway of
+    a real family in front (nginx, Flask-Limiter, GitHub, the IETF RateLimit draft, bare 429s)
+    at ``limit`` per ``window``.
     """
 
     provider: str = "maxtraffic"
@@ -76,8 +105,15 @@ class SandboxConfig:
     limit: int | None = None
     window: float = 60.0
     group_limits: Mapping[str, int] = field(default_factory=dict)
-    ratelimit_headers: bool = True
-    retry_after: bool = True
+    ratelimit_headers: bool = True  # fixed profile only
+    #: None: the profile's habit (``RETRY_AFTER_DEFAULTS``)
+    retry_after: bool | None = None
+    profile: str = "fixed"
+    burst: int = 0  # leaky: nginx's burst=N
+    #: None: the profile's default refusal status (``REJECT_STATUSES``)
+    reject_status: int | None = None
+    long_limit: int | None = None  # ietf: quota of the long policy (None: 30 x the group's)
+    long_window: float | None = None  # ietf: its window in seconds (None: 60 x ``window``)
     latency_ms: float = 0.0
     ledger: Path | None = None
     #: "lines": one line per recipient (the default); "requests": one line per accepted request
@@ -109,6 +145,23 @@ class SandboxConfig:
         return self.api_key if self.password is None else self.password
 
     @property
+    def effective_retry_after(self) -> bool:
+        """Whether window refusals carry Retry-After (limits: every answer does)."""
+        if self.retry_after is not None:
+            return self.retry_after
+        return bool(RETRY_AFTER_DEFAULTS.get(self.profile))
+
+    @property
+    def effective_reject_status(self) -> int:
+        if self.reject_status is not None:
+            return self.reject_status
+        return REJECT_STATUSES.get(self.profile, (429,))[0]
+
+    @property
+    def effective_long_window(self) -> float:
+        return self.window * LONG_WINDOW_FACTOR if self.long_window is None else self.long_window
+
+    @property
     def seed_value(self) -> int:
         """The seed actually used: ``None`` means 0, so every run is reproducible."""
         return 0 if self.seed is None else self.seed
@@ -135,3 +188,50 @@ class SandboxConfig:
             raise SandboxConfigError("leads must be >= 0")
         _rate("unknown_visitor_rate", self.unknown_visitor_rate)
         self.faults.validate()
+        _validate_profile(self)
+
+
+def _whole_seconds(name: str, value: float) -> None:
+    if value < 1 or value != int(value):
+        raise SandboxConfigError(f"{name} must be a whole number of seconds >= 1 (got {value:g})")
+
+
+def _validate_profile(c: SandboxConfig) -> None:
+    """The profile's own settings; one line per problem (the first one found)."""
+    p = c.profile
+    if p not in PROFILES:
+        raise SandboxConfigError(f"profile must be one of {', '.join(PROFILES)} (got {p!r})")
+    if c.burst < 0:
+        raise SandboxConfigError("burst must be >= 0")
+    if c.burst and p != "leaky":
+        raise SandboxConfigError("burst applies to the leaky profile only")
+    allowed = REJECT_STATUSES[p]
+    if c.reject_status is not None and c.reject_status not in allowed:
+        choices = " or ".join(map(str, allowed))
+        raise SandboxConfigError(f"reject_status for the {p} profile must be {choices}")
+    if (c.long_limit is not None or c.long_window is not None) and p != "ietf":
+        raise SandboxConfigError("long_limit and long_window apply to the ietf profile only")
+    if c.long_limit is not None and c.long_limit < 1:
+        raise SandboxConfigError("long_limit must be >= 1")
+    if not c.ratelimit_headers and p != "fixed":
+        raise SandboxConfigError(
+            "ratelimit_headers=False applies to the fixed profile only (bare429 sends none)"
+        )
+    if c.retry_after and RETRY_AFTER_DEFAULTS[p] is None:
+        raise SandboxConfigError(f"the {p} profile never sends Retry-After")
+    _validate_windows(c)
+
+
+def _validate_windows(c: SandboxConfig) -> None:
+    if c.profile in ("limits-fixed", "limits-moving"):
+        _whole_seconds("window (limits counts whole seconds)", c.window)
+    elif c.profile == "ietf":
+        _whole_seconds("window (RateLimit-Policy w)", c.window)
+        _whole_seconds("long_window (RateLimit-Policy w)", c.effective_long_window)
+    elif c.profile == "leaky":
+        limits = [*([c.limit] if c.limit is not None else []), *c.group_limits.values()]
+        for limit in limits:
+            if limit * 1000 / c.window < 1:
+                raise SandboxConfigError(
+                    f"leaky: {limit} per {c.window:g} s is below nginx's lowest rate (0.001 r/s)"
+                )
