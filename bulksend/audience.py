@@ -39,6 +39,7 @@ from bulksend.errors import AuthError, ProviderError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
+from bulksend.providers.status import throttled
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
 from bulksend.transport import NoResponse, Transport
@@ -144,10 +145,11 @@ def read_lookup(response: HttpResponse) -> LookupResult:
     if status == 422:
         reason = f"audience check: {message or '422 invalid visitor id'}"
         return LookupResult(LookupVerdict.ANSWER, Answer(Audience.REFUSED, reason))
+    throttle = throttled(status, response.headers, message)  # a 429, or a 403 with evidence
+    if throttle is not None:
+        return LookupResult(LookupVerdict.THROTTLED, message=throttle.message)
     if status in (401, 403):
         return LookupResult(LookupVerdict.AUTH, message=message or f"{status} Unauthorized")
-    if status == 429:
-        return LookupResult(LookupVerdict.THROTTLED, message=message or "429 Too Many Requests")
     if status >= 500 or status == 408:
         return LookupResult(LookupVerdict.RETRY, message=message or f"{status} server error")
     return LookupResult(LookupVerdict.FATAL, message=f"visitor lookup: {status}: {message}")

@@ -35,6 +35,7 @@ from bulksend.errors import AuthError, ConfigError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
+from bulksend.providers.status import throttled
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
 from bulksend.transport import NoResponse
 
@@ -143,6 +144,9 @@ def read_leads(response: HttpResponse, query: LeadsQuery) -> Reading:
         if isinstance(data, list) and all(isinstance(x, dict) for x in data):
             return Reading(leads=data)
         return Reading(error=UnavailableError(f"leads: unexpected answer: {message[:200]}"))
+    throttle = throttled(status, response.headers, message)  # a 429, or a 403 with evidence
+    if throttle is not None:
+        return Reading(retry=FeedbackKind.THROTTLED, message=throttle.message)
     if status in (401, 403):
         return Reading(
             error=AuthError(
@@ -163,8 +167,6 @@ def read_leads(response: HttpResponse, query: LeadsQuery) -> Reading:
         )
     if status == 422:
         return Reading(error=ConfigError(f"the provider refused the query (422): {message}"))
-    if status == 429:
-        return Reading(retry=FeedbackKind.THROTTLED, message=message or "429 Too Many Requests")
     if status >= 500 or status == 408:
         return Reading(retry=FeedbackKind.ERROR, message=message or f"{status} server error")
     return Reading(error=UnavailableError(f"leads: {status}: {message}", status=status))

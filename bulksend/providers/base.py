@@ -32,10 +32,11 @@ class Verdict(enum.Enum):
     """What a response means for the batch that got it."""
 
     DELIVERED = "delivered"  # the provider accepted the batch
-    THROTTLED = "throttled"  # 429 (or 503 with Retry-After): wait, then retry through the bucket
+    #: 429, or a 403 with rate-limit evidence (a spent quota): wait, retry through the bucket
+    THROTTLED = "throttled"
     RETRY = "retry"  # 5xx and similar transient failures: back off, then retry
     INVALID = "invalid"  # the provider refused these recipients (422, 400, an error envelope)
-    AUTH = "auth"  # 401/403: the whole send stops at once
+    AUTH = "auth"  # 401, 403 without rate-limit evidence: the whole send stops at once
     FATAL = "fatal"  # the request can never succeed (404 on the endpoint, 405, 406): stop
 
 

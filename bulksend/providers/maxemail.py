@@ -32,7 +32,6 @@ from urllib.parse import urlencode
 
 import orjson
 
-from bulksend.core.ratelimit import MAX_DELAY, parse_seconds
 from bulksend.errors import ConfigError, InputError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers.base import (
@@ -43,6 +42,7 @@ from bulksend.providers.base import (
     checked_paths,
     screen_with,
 )
+from bulksend.providers.status import common_verdict
 from bulksend.sources.spec import Chunk
 
 NAME = "maxemail"
@@ -293,12 +293,6 @@ _TEMPLATE_ERRORS = re.compile(
 _NAMES_CALL = re.compile(r"\b(service|method)\b", re.IGNORECASE)
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds (an HTTP-date is left to the scheduler, which reads the headers)."""
-    seconds = parse_seconds(headers.get("Retry-After"))
-    return None if seconds is None else min(seconds, MAX_DELAY)
-
-
 def classify(response: HttpResponse) -> Classification:
     """A response's verdict (the warning is added by the adapter, which knows the service)."""
     status = response.status
@@ -306,12 +300,9 @@ def classify(response: HttpResponse) -> Classification:
         return Classification(Verdict.DELIVERED)
     err = error_body(response.body)
     message = err.message or f"HTTP {status}"
-    if status == 429:
-        return Classification(Verdict.THROTTLED, message, _retry_after(response.headers))
-    if status in (401, 403):
-        return Classification(Verdict.AUTH, message)
-    if status >= 500 or status == 408:
-        return Classification(Verdict.RETRY, message, _retry_after(response.headers))
+    common = common_verdict(status, response.headers, message)
+    if common is not None:
+        return common
     if status == 400:
         if _TEMPLATE_ERRORS.match(message):
             return Classification(Verdict.FATAL, message)

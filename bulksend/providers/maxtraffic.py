@@ -23,6 +23,7 @@ from bulksend.providers.base import (
     checked_options,
     checked_paths,
 )
+from bulksend.providers.status import common_verdict
 from bulksend.recipients import Recipients
 
 NAME = "maxtraffic"
@@ -120,18 +121,17 @@ _DELIVERED = Classification(Verdict.DELIVERED)  # frozen: one for every accepted
 
 
 def classify(response: HttpResponse) -> Classification:
+    """Status -> verdict: the shared ladder (``bulksend.providers.status``), then the doc's 422
+    (and 400) as invalid data; anything else (404 on the endpoint, 405, ...) stops the send."""
     status = response.status
     if 200 <= status < 300:
         return _DELIVERED
     message = error_message(response.body)
-    if status == 429:
-        return Classification(Verdict.THROTTLED, message or "429 Too Many Requests")
-    if status in (401, 403):
-        return Classification(Verdict.AUTH, message or f"{status} Unauthorized")
+    common = common_verdict(status, response.headers, message)
+    if common is not None:
+        return common
     if status == 422 or status == 400:
         return Classification(Verdict.INVALID, message or f"{status} invalid request")
-    if status >= 500 or status == 408:
-        return Classification(Verdict.RETRY, message or f"{status} server error")
     return Classification(Verdict.FATAL, f"{status}: {message}")
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from bulksend.core.ratelimit import parse_seconds
+from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers.base import (
@@ -53,6 +53,7 @@ from bulksend.providers.base import (
     screen_with,
 )
 from bulksend.providers.reads import ReadRequest
+from bulksend.providers.status import common_verdict
 from bulksend.sources.spec import Chunk
 
 NAME = "notifyvisitors"
@@ -220,13 +221,13 @@ def _snippet(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip()
 
 
-def _retry_after(response: HttpResponse) -> float | None:
-    headers = response.headers
-    return parse_seconds(headers.get("Retry-After") or headers.get("retry-after"))
-
-
 def classify(response: HttpResponse) -> Classification:
-    """Status and envelope -> verdict (see the table in docs/providers.md)."""
+    """Status and envelope -> verdict (see the table in docs/providers.md).
+
+    2xx: the envelope decides (``status: "error"`` is a failure even on HTTP 200). Other
+    statuses: the shared ladder (``bulksend.providers.status``), then the doc's "400 Invalid
+    resource" as invalid; anything else (404 "Invalid URL", 405, ...) stops the send.
+    """
     status = response.status
     env = read_envelope(response.body)
     if 200 <= status < 300:
@@ -237,14 +238,11 @@ def classify(response: HttpResponse) -> Classification:
         return Classification(Verdict.DELIVERED)
     text = env.message if env is not None and env.message else _snippet(response.body)
     message = f"{status} {text}".strip()
-    if status == 429:
-        return Classification(Verdict.THROTTLED, message, retry_after=_retry_after(response))
-    if status in (401, 403):
-        return Classification(Verdict.AUTH, message)
+    common = common_verdict(status, response.headers, message)
+    if common is not None:
+        return common
     if status == 400:
         return Classification(Verdict.INVALID, message)
-    if status == 408 or status >= 500:
-        return Classification(Verdict.RETRY, message, retry_after=_retry_after(response))
     return Classification(Verdict.FATAL, message)  # 404 "Invalid URL", 405, ...
 
 

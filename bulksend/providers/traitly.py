@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from bulksend.core.ratelimit import parse_seconds
+from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers.base import (
@@ -46,6 +46,7 @@ from bulksend.providers.base import (
     screen_with,
 )
 from bulksend.providers.reads import ReadRequest
+from bulksend.providers.status import common_verdict, throttled
 from bulksend.sources.spec import Chunk
 
 NAME = "traitly"
@@ -147,11 +148,6 @@ def error_of(response: HttpResponse) -> tuple[str, str]:
     return kind, message
 
 
-def _retry_after(response: HttpResponse) -> float | None:
-    h = response.headers
-    return parse_seconds(h.get("Retry-After") or h.get("retry-after"))
-
-
 def _failed_item(body: bytes) -> str | None:
     """The reason when a 200 answer's ``data`` holds an item with ``success`` 0 (or false)."""
     try:
@@ -177,14 +173,12 @@ def classify(response: HttpResponse) -> Classification:
         return Classification(Verdict.DELIVERED)
     kind, text = error_of(response)
     message = f"{status} {kind}: {text}"
-    if status == 429:
-        return Classification(Verdict.THROTTLED, message, retry_after=_retry_after(response))
-    if status == 401:
-        return Classification(Verdict.AUTH, message)
-    if status in (400, 403, 422):  # 403: this record's resource is hidden
+    # 403 is "the requested resource is hidden" (this record), unless it shows a spent quota
+    common = common_verdict(status, response.headers, message, forbidden=Verdict.INVALID)
+    if common is not None:
+        return common
+    if status in (400, 422):
         return Classification(Verdict.INVALID, message)
-    if status == 408 or status >= 500:
-        return Classification(Verdict.RETRY, message, retry_after=_retry_after(response))
     return Classification(Verdict.FATAL, message)  # 404, 405, 406: the request can never work
 
 
@@ -347,7 +341,10 @@ def _body(response: HttpResponse, what: str) -> dict[str, Any]:
         message = f"traitly {what}: {status} {kind}: {text}"
         if status == 401:
             raise AuthError(message, status=status)
-        if status == 429 or status == 408 or status >= 500:
+        throttle = throttled(status, response.headers, f"{status} {kind}: {text}")
+        if throttle is not None:  # a 429, or a 403 that shows a spent quota
+            raise TransientError(f"traitly {what}: {throttle.message}", status=status)
+        if status == 408 or status >= 500:
             raise TransientError(message, status=status)
         raise ProviderError(message, status=status)
     try:

@@ -5,8 +5,9 @@ pure functions in ``bulksend.providers.traitly``)::
         starters = await list_customers(session, base_url, token, plan="Starter")
         actions = await next_actions(session, base_url, token, "123", "30-day Conversion")
 
-Errors: ``AuthError`` (401), ``TransientError`` (429, 5xx, timeouts; worth retrying later),
-``ProviderError`` (400, 403 hidden, 404 unknown customer, ...; ``.status`` tells which).
+Errors: ``AuthError`` (401), ``TransientError`` (429, a 403 with rate-limit headers, 5xx,
+timeouts; worth retrying later), ``ProviderError`` (400, 403 hidden, 404 unknown customer, ...;
+``.status`` tells which).
 """
 
 from __future__ import annotations
