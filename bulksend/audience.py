@@ -310,7 +310,7 @@ class AudienceCheck:
                 LookupVerdict.THROTTLED: FeedbackKind.THROTTLED,
                 LookupVerdict.RETRY: FeedbackKind.ERROR,
             }.get(result.verdict, FeedbackKind.OK)
-            sched.complete(permit, Feedback(kind, response.headers))
+            sched.complete(permit, Feedback(kind, response.headers, response.status))
             match result.verdict:
                 case LookupVerdict.ANSWER:
                     assert result.answer is not None
@@ -389,7 +389,9 @@ async def _aiter(chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> AsyncIterato
 
 def default_scheduler(in_flight: int = 16, limit: Limit | None = None) -> Scheduler:
     """A scheduler with MaxTraffic's one ``api`` group (600/min until headers say otherwise)."""
-    policy = GroupPolicy(limit or maxtraffic.DEFAULT_LIMITS[maxtraffic.GROUP], in_flight=in_flight)
+    policy = GroupPolicy(
+        maxtraffic.DEFAULT_LIMITS[maxtraffic.GROUP], in_flight=in_flight, stated=limit
+    )
     return Scheduler({maxtraffic.GROUP: policy})
 
 

@@ -68,7 +68,8 @@ def group_policies(settings: Settings, provider: Provider) -> dict[str, GroupPol
     ceiling = settings.rate.per_second if settings.rate else None
     return {
         name: GroupPolicy(
-            limit=settings.limit or limit,
+            limit=limit,
+            stated=settings.limit,
             in_flight=settings.in_flight,
             ceiling=ceiling,
             headers_expected=provider.sends_rate_headers,
@@ -262,6 +263,7 @@ async def send_campaign(
         outcome = f"crashed: {type(exc).__name__}"
         raise
     finally:
+        summary.limits = scheduler.beliefs()
         if book is not None:
             book.close(outcome)
     return SendResult(

@@ -177,7 +177,7 @@ def read_leads(response: HttpResponse, query: LeadsQuery) -> Reading:
 
 def default_scheduler(limit: Limit | None = None) -> Scheduler:
     """MaxTraffic's one ``api`` group (the quota is shared with sends on the same key)."""
-    policy = GroupPolicy(limit or maxtraffic.DEFAULT_LIMITS[maxtraffic.GROUP], in_flight=1)
+    policy = GroupPolicy(maxtraffic.DEFAULT_LIMITS[maxtraffic.GROUP], in_flight=1, stated=limit)
     return Scheduler({maxtraffic.GROUP: policy})
 
 
@@ -214,7 +214,8 @@ async def fetch_leads(
             scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
             raise
         reading = read_leads(response, query)
-        scheduler.complete(permit, Feedback(reading.retry or FeedbackKind.OK, response.headers))
+        kind = reading.retry or FeedbackKind.OK
+        scheduler.complete(permit, Feedback(kind, response.headers, response.status))
         if reading.leads is not None:
             return reading.leads
         if reading.error is not None:

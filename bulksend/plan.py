@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulksend.ahead import DedupAhead
-from bulksend.core.ratelimit import Bucket
+from bulksend.core.bucket import Bucket
 from bulksend.engine import as_chunks
 from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider, add_all
@@ -48,9 +48,11 @@ class Plan:
             policy = policies.get(group)
             if policy is None or n < 2:
                 continue
+            stated = policy.stated
             bucket = Bucket(
                 configured=policy.limit.requests,
                 window=policy.limit.window,
+                stated=None if stated is None else (stated.requests, stated.window),
                 ceiling=policy.ceiling,
                 adaptive_only=not policy.headers_expected,
             )

@@ -78,7 +78,7 @@ def eta_text(seconds: float) -> str:
 def limit_text(requests: int, window: float) -> str:
     """``600/min``, ``50/s``, ``1000/h``, else ``100/15s``."""
     unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(window)
-    return f"{requests}/{unit}" if unit else f"{requests}/{window:g}s"
+    return f"{requests}/{unit}" if unit else f"{requests}/{window:.3g}s"
 
 
 def fit(parts: list[str], width: int) -> str:

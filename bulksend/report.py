@@ -116,6 +116,10 @@ class Summary:
     elapsed: float = 0.0
     stopped: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: what the scheduler believed of each endpoint group's quota at the end: ``limit`` requests
+    #: per ``window`` seconds, the ``evidence`` it rests on, the ``mode`` (headers, adaptive,
+    #: configured) and the group's ``throttled`` answers
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def count(self, status: Status, n: int = 1) -> None:
         if status is _DELIVERED:
@@ -153,6 +157,17 @@ class Summary:
         if not self.delivered_earlier:
             return f"{self.delivered:,}"
         return f"{self.delivered:,} ({self.delivered_earlier:,} by an earlier run)"
+
+    def _limit_texts(self) -> list[tuple[str, str]]:
+        """``(group, "50/1.01s (X-RateLimit-Limit, window inferred from refills)")``."""
+        out = []
+        for group, belief in self.limits.items():
+            window = float(belief.get("window", 0.0))
+            text = f"{belief.get('limit')}/{window:.3g}s"
+            if belief.get("evidence"):
+                text += f" ({belief['evidence']})"
+            out.append((group, text))
+        return out
 
     @property
     def complete(self) -> bool:
@@ -198,6 +213,7 @@ class Summary:
             ("retries", f"{self.retries:,}"),
             ("elapsed", f"{self.elapsed:.2f} s"),
             ("recipients/s", f"{self.rate:,.0f}"),
+            *((f"limit: {group}", text) for group, text in self._limit_texts()),
         ]
         out = [
             f"### bulksend: {self.provider} campaign `{self.campaign}` — {status}",
@@ -229,6 +245,7 @@ class Summary:
         if self.possible_duplicates:
             rows.append(("possible duplicates", self.possible_duplicates))
         rows += [("elapsed", f"{self.elapsed:.2f} s"), ("recipients/s", f"{self.rate:,.0f}")]
+        rows += [(f"limit {group}", text) for group, text in self._limit_texts()]
         width = max(len(k) for k, _ in rows)
         head = f"bulksend: {self.provider} campaign {self.campaign!r}"
         lines = [head] + [

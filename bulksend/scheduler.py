@@ -28,8 +28,16 @@ admission time. No waiter wakes up unless it is admitted, so 10,000 waiting task
 completion. A waiter cancelled while queued is skipped; one cancelled after its permit was granted
 hands it back, so cancellation never loses or adds capacity.
 
-The pacing rules (sliding-window log, header adoption, adaptation, retry budget) are documented in
-``bulksend.core.ratelimit`` and ``bulksend.core.backoff``.
+Quotas shared by groups: when the answers of two or more groups name the same partition (GitHub's
+``x-ratelimit-resource``, an IETF ``pk``), those groups draw on one quota (GitHub's "core" serves
+every REST endpoint): from then on each of their sends also passes a bucket of the partition's own,
+which every one of their answers feeds, so the per-key limit holds beside each group's own.
+
+The pacing rules (quotas, the sliding-window log, header adoption, window inference, rate
+discovery, the retry budget) are documented in ``bulksend.core.bucket``, ``bulksend.core.window``,
+``bulksend.core.discovery`` and ``bulksend.core.backoff``. Each time a group's believed limit or
+window changes, an info event ``rate_limit_changed`` says from what, to what, and on which
+evidence.
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bulksend.core.backoff import RetryBudget, full_jitter
-from bulksend.core.ratelimit import BASE_MARGIN, Bucket, FeedbackKind
+from bulksend.core.bucket import BASE_MARGIN, Bucket, FeedbackKind
+from bulksend.logs import get_logger
 from bulksend.providers.base import Limit
 
 __all__ = [
@@ -61,12 +71,18 @@ __all__ = [
 class Feedback:
     kind: FeedbackKind
     headers: Mapping[str, str] | None = None
+    #: the HTTP status (a 503 without Retry-After is also a sign to slow down: nginx's
+    #: ``limit_req`` refuses with 503 by default)
+    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
+    #: the provider's documented limit: a starting guess the headers and 429s replace
     limit: Limit
     in_flight: int = 16
+    #: the limit the user stated (``--limit``): a hard cap, lowered by headers, never raised
+    stated: Limit | None = None
     #: the user's own ceiling (requests per second), honoured when lower than the provider's
     ceiling: float | None = None
     #: False when the provider sends no rate-limit headers: adapt the rate from 429s
@@ -90,6 +106,9 @@ class Permit:
     seq: int = 0
     cost: float = 0.0
     done: bool = False
+    #: the send's place in the bucket of a quota the group shares with others (0: none)
+    shared_seq: int = 0
+    shared_cost: float = 0.0
 
 
 @dataclass(slots=True)
@@ -105,6 +124,7 @@ class GroupStats:
     rate: float = 0.0  # requests per second admitted at most right now
     margin: float = 0.0  # seconds added to the window for latency jitter
     mode: str = ""  # "headers", "configured" or "adaptive"
+    evidence: str = ""  # what the limit and window rest on
     paused_for: float = 0.0  # seconds left of a provider-requested pause
     waiting: int = 0
     in_flight: int = 0
@@ -125,6 +145,10 @@ class _Group:
     retries: deque[_Waiter] = field(default_factory=deque)
     timer: asyncio.TimerHandle | None = None
     timer_at: float = math.inf
+    changes: int = 0  # the bucket's change count already logged
+    partition: str = ""  # the quota partition its answers named
+    shared: _Group | None = None  # the bucket of a quota shared with other groups
+    members: list[_Group] = field(default_factory=list)  # (of a shared one) who draws on it
 
 
 class Scheduler:
@@ -136,13 +160,14 @@ class Scheduler:
         rng: random.Random | None = None,
         margin: float = BASE_MARGIN,
         max_wait: float = 600.0,
-        backoff_base: float = 0.5,
+        backoff_base: float = 0.1,
         backoff_cap: float = 30.0,
         max_attempts: int = 6,
         burst: float = 0.0,
         retry_floor: float = 1.0,
-        retry_ratio: float = 0.1,
+        retry_ratio: float = 1.0,
         wall_clock: Callable[[], float] | None = None,
+        infer_windows: bool = True,
     ) -> None:
         self._clock = clock
         self._last_now = 0.0
@@ -153,23 +178,30 @@ class Scheduler:
         self._cap = backoff_cap
         self.max_attempts = max(1, max_attempts)
         self._groups: dict[str, _Group] = {}
+        self._partitions: dict[str, list[_Group]] = {}
+        self._shared: dict[str, _Group] = {}
+        self._margin = margin
+        self._log = get_logger()
         for name, policy in groups.items():
             limit = policy.limit
-            budget = RetryBudget(
-                capacity=max(10.0, retry_ratio * limit.requests),
+            budget = RetryBudget(  # numbers: see bulksend.core.backoff
+                capacity=max(10.0, 0.1 * limit.requests),
                 floor=retry_floor,
                 earn=retry_ratio,
                 horizon=min(max(limit.window, 1.0), 10.0),
             )
+            stated = policy.stated
             bucket = Bucket(
                 configured=limit.requests,
                 window=limit.window,
+                stated=None if stated is None else (stated.requests, stated.window),
                 max_in_flight=policy.in_flight,
                 ceiling=policy.ceiling,
                 adaptive_only=not policy.headers_expected,
                 base_margin=margin,
                 burst=burst,
                 budget=budget,
+                infer_window=infer_windows,
             )
             self._groups[name] = _Group(name, bucket)
 
@@ -201,9 +233,10 @@ class Scheduler:
         queue = g.retries if retry else g.fresh
         if not g.retries and (retry or not g.fresh):  # nobody ahead: admit at once if it may go
             wait = g.bucket.wait_time(now, retry)
+            if g.shared is not None:
+                wait = max(wait, g.shared.bucket.wait_time(now))
             if wait <= _EPS:
-                seq, cost = g.bucket.send(now, retry)
-                return Permit(group, now, retry, seq, cost)
+                return self._grant(g, now, retry)
             if wait != math.inf and wait > self._max_wait:
                 raise Deferred(group, wait)
         fut: _Waiter = asyncio.get_running_loop().create_future()
@@ -222,16 +255,83 @@ class Scheduler:
             raise RuntimeError("permit already completed or cancelled")
         permit.done = True
         g = self._groups.get(permit.group) or self._group(permit.group)
-        g.bucket.feedback(
-            self._now(),
+        now, wall = self._now(), self._wall()
+        bucket = g.bucket
+        bucket.feedback(
+            now,
             seq=permit.seq,
             sent_at=permit.sent_at,
             kind=feedback.kind,
             headers=feedback.headers,
-            wall_now=self._wall(),
+            wall_now=wall,
+            status=feedback.status,
         )
+        if bucket.changes != g.changes:
+            self._changed(g)
+        if bucket.partition != g.partition:
+            self._join(g, bucket.partition)
+        shared = g.shared
+        if shared is not None and permit.shared_seq:
+            shared.bucket.feedback(
+                now,
+                seq=permit.shared_seq,
+                sent_at=permit.sent_at,
+                kind=feedback.kind,
+                headers=feedback.headers,
+                wall_now=wall,
+                status=feedback.status,
+            )
+            if shared.bucket.changes != shared.changes:
+                self._changed(shared)
+            for member in shared.members:  # the shared quota may have freed for any of them
+                if member is not g and (member.fresh or member.retries):
+                    self._pump(member)
         if g.fresh or g.retries or g.timer is not None:  # else there is nobody to admit
             self._pump(g)
+
+    def _join(self, g: _Group, partition: str) -> None:
+        """``g``'s answers name a quota partition: once two groups share one, both draw on a
+        bucket of its own (a quota across endpoint groups, e.g. per key)."""
+        g.partition = partition
+        if not partition:
+            return
+        members = self._partitions.setdefault(partition, [])
+        members.append(g)
+        if len(members) < 2:
+            return
+        shared = self._shared.get(partition)
+        if shared is None:
+            belief = g.bucket.belief(self._now())
+            bucket = Bucket(
+                configured=belief.limit,
+                window=belief.window,
+                max_in_flight=1 << 30,
+                base_margin=self._margin,
+            )
+            shared = self._shared[partition] = _Group(f"{partition} (shared)", bucket)
+            shared.partition = partition
+            self._log.info(
+                "rate_limit_shared", partition=partition, groups=[m.name for m in members]
+            )
+        shared.members = members
+        for member in members:
+            member.shared = shared
+            member.bucket.delegate()
+
+    def _changed(self, g: _Group) -> None:
+        """Log what the group now believes about its quota (an info event per change)."""
+        bucket = g.bucket
+        g.changes = bucket.changes
+        belief = bucket.belief(self._now())
+        self._log.info(
+            "rate_limit_changed",
+            group=g.name,
+            change=bucket.change_note,
+            limit=belief.limit,
+            window=round(belief.window, 3),
+            evidence=belief.evidence,
+            mode=belief.mode,
+        )
 
     def cancel(self, permit: Permit) -> None:
         """Hand back a permit that was never used: its quota, slot and retry token return."""
@@ -239,7 +339,11 @@ class Scheduler:
             return
         permit.done = True
         g = self._group(permit.group)
-        g.bucket.unsend(self._now(), permit.seq, permit.sent_at, permit.cost, permit.retry)
+        now = self._now()
+        g.bucket.unsend(now, permit.seq, permit.sent_at, permit.cost, permit.retry)
+        if g.shared is not None and permit.shared_seq:
+            shared = g.shared.bucket
+            shared.unsend(now, permit.shared_seq, permit.sent_at, permit.shared_cost, False)
         self._pump(g)
 
     def backoff(self, group: str, attempt: int) -> float:
@@ -262,29 +366,59 @@ class Scheduler:
         out = {}
         for name, g in self._groups.items():
             b, s = g.bucket, g.bucket.stats
+            belief = b.belief(now)
             out[name] = GroupStats(
                 sent=s.sent,
                 ok=s.ok,
                 throttled=s.throttled,
                 errors=s.errors,
                 retries=s.retries,
-                limit=b.limit(now),
-                window=b.window,
+                limit=belief.limit,
+                window=belief.window,
                 no_response=s.no_response,
                 rate=b.rate(now),
                 margin=b.margin(),
-                mode=b.mode,
+                mode=belief.mode,
+                evidence=belief.evidence,
                 paused_for=max(0.0, b.hold_until(now) - now),
                 waiting=sum(not f.done() for f in g.fresh) + sum(not f.done() for f in g.retries),
                 in_flight=b.in_flight,
             )
         return out
 
+    def beliefs(self) -> dict[str, dict[str, Any]]:
+        """What each group's quota is believed to be, for the summary: ``limit`` per ``window``
+        seconds, the ``evidence``, the ``mode`` and the ``throttled`` answers seen."""
+        out = {
+            name: {
+                "limit": g.limit,
+                "window": round(g.window, 3),
+                "evidence": g.evidence,
+                "mode": g.mode,
+                "throttled": g.throttled,
+            }
+            for name, g in self.snapshot().items()
+        }
+        now = self._now()
+        for shared in self._shared.values():
+            belief = shared.bucket.belief(now)
+            out[shared.name] = {
+                "limit": belief.limit,
+                "window": round(belief.window, 3),
+                "evidence": belief.evidence,
+                "mode": belief.mode,
+                "groups": [m.name for m in shared.members],
+            }
+        return out
+
     # ---- internals -----------------------------------------------------------------------------
 
     def _grant(self, g: _Group, now: float, retry: bool) -> Permit:
         seq, cost = g.bucket.send(now, retry)
-        return Permit(g.name, now, retry, seq, cost)
+        permit = Permit(g.name, now, retry, seq, cost)
+        if g.shared is not None:
+            permit.shared_seq, permit.shared_cost = g.shared.bucket.send(now)
+        return permit
 
     def _pump(self, g: _Group) -> None:
         now = self._now()
@@ -298,11 +432,12 @@ class Scheduler:
             if not (fresh or retries):
                 self._disarm(g)
                 return
-            wait_retry = bucket.wait_time(now, True) if retries else math.inf
+            common = 0.0 if g.shared is None else g.shared.bucket.wait_time(now)
+            wait_retry = max(bucket.wait_time(now, True), common) if retries else math.inf
             if wait_retry <= _EPS:
                 retries.popleft().set_result(self._grant(g, now, True))
                 continue
-            wait_fresh = bucket.wait_time(now, False) if fresh else math.inf
+            wait_fresh = max(bucket.wait_time(now, False), common) if fresh else math.inf
             if wait_fresh <= _EPS:
                 fresh.popleft().set_result(self._grant(g, now, False))
                 continue

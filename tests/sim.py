@@ -8,6 +8,9 @@ Three pieces, usable on their own:
 * ``FixedWindowServer`` -- a pure model of a provider counting requests in fixed windows of
   ``window`` seconds starting at ``phase``: 429 beyond ``limit``, rate headers in several dialects,
   Retry-After in both forms, quota already spent by someone else, and scheduled storms.
+* ``ProfileServer`` -- any of the sandbox's limiter models (``bulksend.sandbox.limiters``: nginx
+  ``limit_req``, the ``limits`` library's fixed and moving windows with Flask-Limiter's headers,
+  GitHub's, the IETF draft's, 429s with no headers) with the same ledger.
 * ``simulate(...)`` -- an engine stand-in: ``workers`` tasks each send one item after another
   through ``Scheduler.acquire``/``complete`` with random one-way delays, retrying per the engine
   contract (THROTTLED: re-acquire with ``retry=True``; ERROR: sleep ``backoff`` first; at most
@@ -29,6 +32,8 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, TypeVar
 
+from bulksend.core.headers import throttle_evidence
+from bulksend.sandbox.limiters import Limiter
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
 
 T = TypeVar("T")
@@ -215,6 +220,52 @@ class FixedWindowServer:
         return best
 
 
+@dataclass(slots=True)
+class ProfileServer:
+    """A sandbox limiter model (``bulksend.sandbox.limiters``) with the same ledger as
+    ``FixedWindowServer``. ``window`` only numbers the arrivals' windows (``Arrival.window``)
+    for the per-window queries; ``rate`` is the limiter's true rate (requests per second)."""
+
+    limiter: Limiter
+    window: float
+    rate: float
+    wall0: float = WALL0
+    arrivals: list[Arrival] = field(default_factory=list)
+
+    @property
+    def limit(self) -> int:
+        return round(self.rate * self.window)
+
+    def handle(self, t: float) -> tuple[int, dict[str, str]]:
+        decision = self.limiter.hit(t, self.wall0 + t)
+        status = 200 if decision.allowed else decision.status
+        self.arrivals.append(Arrival(t, status, math.floor(t / self.window)))
+        return status, dict(decision.headers)
+
+    accepted = FixedWindowServer.accepted
+    rejected = FixedWindowServer.rejected
+    arrivals_per_window = FixedWindowServer.arrivals_per_window
+    max_arrivals_in_any_window = FixedWindowServer.max_arrivals_in_any_window
+
+    def utilisation(self, start: float, end: float) -> float:
+        """Accepted requests in ``[start, end)`` as a share of the true rate."""
+        return self.accepted(start, end) / (self.rate * (end - start))
+
+
+Server = FixedWindowServer | ProfileServer
+
+
+def feedback_kind(status: int, headers: Mapping[str, str]) -> FeedbackKind:
+    """What the engine tells the scheduler for a status (see ``bulksend.providers.status``)."""
+    if status < 400:
+        return FeedbackKind.OK
+    if status == 429 or (status == 403 and throttle_evidence(headers, wall_now=WALL0)):
+        return FeedbackKind.THROTTLED
+    if status == 503 and "Retry-After" in headers:
+        return FeedbackKind.THROTTLED
+    return FeedbackKind.ERROR
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -237,7 +288,7 @@ class Attempt:
 
 @dataclass(slots=True)
 class SimResult:
-    servers: Mapping[str, FixedWindowServer]
+    servers: Mapping[str, Server]
     attempts: list[Attempt] = field(default_factory=list)
     delivered: int = 0
     failed: int = 0
@@ -257,7 +308,7 @@ class SimResult:
 
 async def simulate(
     sched: Scheduler,
-    servers: Mapping[str, FixedWindowServer],
+    servers: Mapping[str, Server],
     *,
     duration: float,
     workers: int = 32,
@@ -293,13 +344,11 @@ async def simulate(
             status, headers = server.handle(loop.time())
             result.attempts.append(Attempt(group, item, attempt, permit.sent_at, status))
             await asyncio.sleep(delay(rng))
-            if status == 200:
-                sched.complete(permit, Feedback(FeedbackKind.OK, headers))
+            kind = feedback_kind(status, headers)
+            sched.complete(permit, Feedback(kind, headers, status))
+            if kind is FeedbackKind.OK:
                 result.delivered += 1
                 return
-            throttled = status == 429 or (status == 503 and "Retry-After" in headers)
-            kind = FeedbackKind.THROTTLED if throttled else FeedbackKind.ERROR
-            sched.complete(permit, Feedback(kind, headers))
             if attempt >= attempts_cap:
                 result.failed += 1
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -283,7 +284,12 @@ def test_the_line_fits_the_terminal_and_log_lines_scroll_above_it(tmp_path: Path
     drawn = [d for line in lines for d in line.split("\r\x1b[2K") if "/30 " in d]
     assert drawn
     assert all(len(d) <= 59 for d in drawn), max(drawn, key=len)
-    assert "30/30 100.0%  delivered 0  0/s  limit 600/min  429s 0" in drawn  # no room: retries
+    # no room left for retries; Maxemail sends no rate headers: the rate is being discovered,
+    # under the --rate ceiling (20/s: 1,188/min with its 1 % margin)
+    assert any(
+        re.fullmatch(r"30/30 100\.0%  delivered 0  0/s  limit \d+/min  429s 0", d) for d in drawn
+    )
+    assert all(int(re.findall(r"limit (\d+)/min", d)[0]) <= 1200 for d in drawn if "limit" in d)
     logged = [line for line in lines if "provider_warning" in line or "send_finished" in line]
     assert len(logged) == 2  # -v: info events too
     for line in logged:  # each on a line of its own: the status line is cleared first ...

@@ -27,8 +27,8 @@ def test_requests_are_spread_evenly_over_the_window_with_its_margin() -> None:
 
 
 def test_the_users_ceiling_slows_the_estimate_when_lower() -> None:
-    slow = {"api": GroupPolicy(Limit(600, 60.0), ceiling=2.0)}  # 120 a window at most
-    assert plan(api=101).estimate_seconds(slow) == pytest.approx(100 * 60.05 / 120)
+    slow = {"api": GroupPolicy(Limit(600, 60.0), ceiling=2.0)}  # 2/s, with a 1 % margin
+    assert plan(api=101).estimate_seconds(slow) == pytest.approx(100 * 1.01 / 2.0)
     fast = {"api": GroupPolicy(Limit(600, 60.0), ceiling=1000.0)}
     assert plan(api=101).estimate_seconds(fast) == pytest.approx(100 * 60.05 / 600)
 
@@ -59,3 +59,12 @@ def test_the_estimate_matches_a_real_send_paced_by_the_ceiling(tmp_path: Path) -
     assert done["requests"] == 11
     # pacing never runs ahead of the estimate; a slow machine may only make it late
     assert estimate - 0.1 <= done["elapsed"] <= estimate * 1.5 + 0.5
+
+
+def test_a_stated_limit_is_what_the_estimate_assumes() -> None:
+    # the user knows the provider allows 1,200 a minute: the estimate assumes that, not 600
+    stated = {"api": GroupPolicy(Limit(600, 60.0), stated=Limit(1200, 60.0))}
+    assert plan(api=101).estimate_seconds(stated) == pytest.approx(100 * 60.05 / 1200)
+    # and a stated limit below the documented one slows it
+    lower = {"api": GroupPolicy(Limit(600, 60.0), stated=Limit(60, 60.0))}
+    assert plan(api=101).estimate_seconds(lower) == pytest.approx(100 * 60.05 / 60)

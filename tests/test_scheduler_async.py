@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulksend.core.ratelimit import BASE_MARGIN, MARGIN_SHARE
+from bulksend.core.bucket import BASE_MARGIN, MARGIN_SHARE
 from bulksend.providers.base import Limit
 from bulksend.scheduler import (
     Deferred,
@@ -21,6 +21,7 @@ from bulksend.scheduler import (
     Permit,
     Scheduler,
 )
+from tests.hypothesis_profiles import examples
 from tests.sim import WALL0, make_scheduler, run_virtual
 
 OK = Feedback(FeedbackKind.OK)
@@ -45,7 +46,7 @@ def test_default_clock_is_resolved_lazily_inside_the_running_loop() -> None:
             permit = await sched.acquire("g")
             times.append(loop.time())
             assert permit.sent_at == loop.time()
-            sched.complete(permit, OK)
+            sched.complete(permit, Feedback(FeedbackKind.OK, {"X-RateLimit-Limit": "10"}))
         return times
 
     times = run_virtual(main(), start=1000.0)
@@ -178,7 +179,7 @@ def test_cancel_permit_returns_capacity_and_double_complete_is_refused() -> None
     run_virtual(main())
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     limit=st.integers(1, 20),
     window=st.sampled_from([1.0, 5.0, 60.0]),
@@ -196,6 +197,8 @@ def test_property_cancelling_waiters_never_loses_or_adds_capacity(
     seed: int,
 ) -> None:
     step = spacing(limit, window)
+    # until 8 round trips are known the margin is the longest one seen (``hold`` here)
+    step = max(step, (window + min(0.1 * window, hold)) / limit)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -266,8 +269,11 @@ def test_retry_budget_api_and_current_rate() -> None:
         assert 0.0 < loop.time() - start <= 1.0 + 1e-6  # a token refills within 1 s
         sched.complete(permit, OK)
         snap = sched.snapshot()["g"]
-        assert (snap.retries, snap.errors, snap.limit, snap.window) == (spent + 1, spent, 300, 60.0)
+        assert (snap.retries, snap.errors, snap.window) == (spent + 1, spent, 60.0)
         assert snap.mode == "adaptive"  # no rate headers seen yet
+        # discovery probes only up to about twice what the ceiling lets through
+        assert snap.limit <= 2 * 5.0 * 60.0 + 1
+        assert snap.rate <= 5.0
         assert math.isclose(snap.rate, sched.current_rate("g"))
 
     run_virtual(main())

@@ -63,7 +63,12 @@ def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True)
     group.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: sniffed)")
     group.add_argument("--encoding", metavar="NAME", help="recipient file encoding (utf-8)")
     group.add_argument("--batch-size", type=int, metavar="N", help="recipients per request")
-    group.add_argument("--limit", metavar="N/UNIT", help="the provider's quota, e.g. 600/min")
+    group.add_argument(
+        "--limit",
+        metavar="N/UNIT",
+        help="a limit you know the provider has, e.g. 600/min: a hard cap (headers may "
+        "lower it, never raise it)",
+    )
     group.add_argument("--rate", metavar="N/UNIT", help="your own ceiling, e.g. 300/min")
     if sending:
         group.add_argument("--base-url", metavar="URL", help="provider API base URL")

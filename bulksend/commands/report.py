@@ -37,7 +37,7 @@ _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 _SUMMED = tuple(
     f.name
     for f in fields(Summary)
-    if f.name not in {"provider", "campaign", "elapsed", "stopped", "warnings"}
+    if f.name not in {"provider", "campaign", "elapsed", "stopped", "warnings", "limits"}
 )
 #: report status -> Summary counter
 _STATUS_FIELD = {

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -386,12 +386,9 @@ class _Reading:
     window: float
     limit: int | None = None
     limit_window: float | None = None
-    policies: list[Policy] | None = None
+    policies: list[Policy] = field(default_factory=list)
     #: (remaining, reset, policy name) candidates; the lowest remaining binds
-    candidates: list[tuple[int, _Reset | None, str]] | None = None
-
-    def __post_init__(self) -> None:
-        self.policies, self.candidates = [], []
+    candidates: list[tuple[int, _Reset | None, str]] = field(default_factory=list)
 
     def reset(self, name: str) -> _Reset | None:
         return _read_reset(self.h.get(name), wall_now=self.wall_now, window=self.window)
@@ -416,7 +413,6 @@ def _limit_list(value: str) -> list[Policy]:
 def _read_x_fields(r: _Reading) -> _Reset | None:
     """X-RateLimit-* (the providers' documented headers, GitHub's, Flask-Limiter's)."""
     h = r.h
-    assert r.policies is not None and r.candidates is not None
     resource = _unquote(h.get("x-ratelimit-resource", ""))[:64]
     if "x-ratelimit-limit" in h:
         listed = _limit_list(h["x-ratelimit-limit"])
@@ -443,7 +439,6 @@ def _read_ietf_fields(r: _Reading) -> None:
     """IETF drafts: RateLimit-Limit/-Remaining/-Reset (<= 06), RateLimit: limit=,remaining=,
     reset= (07), RateLimit-Policy + RateLimit: "name";r=;t= (08 and later)."""
     h = r.h
-    assert r.policies is not None and r.candidates is not None
     if "ratelimit-limit" in h:
         listed = _limit_list(h["ratelimit-limit"])
         r.policies.extend(listed)
@@ -465,7 +460,6 @@ def _read_ietf_fields(r: _Reading) -> None:
 
 
 def _read_ratelimit_items(r: _Reading, value: str) -> None:
-    assert r.policies is not None and r.candidates is not None
     members = _members(value)
     pairs = {m.key: m.value for m in members if m.value is not None}
     if "remaining" in pairs:  # draft 07 dictionary
@@ -485,7 +479,7 @@ def _read_ratelimit_items(r: _Reading, value: str) -> None:
         if rem is not None:
             t_text = member.params.get("t")
             t = parse_seconds(t_text)
-            reset = None if t is None else _Reset(clamp_delay(t), _quantum(t_text or "", 1.0), False)
+            reset = None if t is None else _Reset(clamp_delay(t), _quantum(t_text or "", 1), False)
             r.candidates.append((rem, reset, member.key))
 
 
@@ -496,7 +490,7 @@ def parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> 
     r = _Reading(h, wall_now, window)
     x_reset = _read_x_fields(r)
     _read_ietf_fields(r)
-    policies = list(dict.fromkeys(r.policies or ()))
+    policies = list(dict.fromkeys(r.policies))
     limit, limit_window = r.limit, r.limit_window
     if limit is None and policies:
         primary = min(policies, key=lambda p: (p.window or math.inf, p.quota))

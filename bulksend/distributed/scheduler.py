@@ -24,6 +24,11 @@ provider): at least ``min_margin`` (30 ms), more when the worker's round-trip ti
 from the start of the admitting Redis call to the response) spread more; at most ``W / 10`` (and
 1 s). The long-run rate is ``L / (W + m)``: 97 % of a 1 s window's quota, 99.95 % of a minute's.
 
+Windows are not inferred from the answers here: each worker sees counts that include the other
+workers' sends, which the inference (``bulksend.core.window``) would read as its own. Give the
+workers the limit you know (``--limit``), else the documented one applies until a header
+announces a window.
+
 Redis lost mid-send: every admission waits (nothing is sent on an unshared limit), one task per
 worker reconnects with exponential backoff and jitter, structured events ``limiter_unavailable``
 and ``limiter_restored`` are logged, and sending resumes. When Redis comes back without its data
@@ -46,7 +51,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bulksend.core.ratelimit import Bucket, parse_headers
+from bulksend.core.bucket import Bucket
+from bulksend.core.headers import parse_headers
 from bulksend.distributed.gate import Admission, GateUnavailable, RedisGate, Verdict
 from bulksend.distributed.keys import MAX_MARGIN, key_ttl_ms
 from bulksend.logs import get_logger
@@ -103,7 +109,8 @@ class SharedScheduler(Scheduler):
         slack: float = SLACK,
         **kwargs: Any,
     ) -> None:
-        super().__init__(groups, margin=margin, **kwargs)
+        # each worker sees counts that include the others' sends: windows are not inferred here
+        super().__init__(groups, margin=margin, infer_windows=False, **kwargs)
         self.gate = gate
         self._min_margin = min_margin
         self._max_outage = max_outage
