@@ -10,8 +10,16 @@ reported from the journal and not sent again, and batches left ``in_flight`` by 
 resent and counted as possible duplicates (``unknown_policy="resend"``) or reported ``unknown``
 for review (``"skip"``).
 
+A batch whose request must be retried does not keep its worker while it waits: it is *parked*
+in a task of its own, which sleeps the backoff, waits for the retry budget and the pacing
+(``Scheduler.acquire(retry=True)``, served ahead of first attempts) and sends the retry, while
+the worker goes on with other batches. At most ``parked_per_worker * workers`` batches are
+parked; when that many are, a worker with one more waits for room. The requests actually in
+flight stay capped by the scheduler (``GroupPolicy.in_flight``).
+
 ``interrupt()`` stops taking new batches and lets the ones in flight finish (bounded by
-``drain_timeout``); queued batches are reported ``skipped`` and stay resumable.
+``drain_timeout``); queued batches are reported ``skipped`` and stay resumable, and so are parked
+ones (woken at once), or ``unknown`` when an earlier attempt may have reached the provider.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ from bulksend.errors import AuthError, BulksendError, ProviderError, Unavailable
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
-from bulksend.providers.base import Batcher, Provider, Verdict, add_all
+from bulksend.providers.base import Batcher, Classification, Provider, Verdict, add_all
 from bulksend.report import ReportWriter, Summary
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
+from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
 from bulksend.transport import NoResponse
 
@@ -85,9 +93,35 @@ class EngineOptions:
     #: what to do with batches a dead run left in flight: "resend" or "skip"
     unknown_policy: str = "resend"
     drain_timeout: float = 30.0
-    #: consecutive 5xx/timeouts that pause a group, and the first pause (doubling to 60 s)
+    #: consecutive 5xx/timeouts that pause a group (when at least ``circuit_failure_rate`` of
+    #: its last ``circuit_window`` outcomes failed too), and the first pause (doubling to 60 s)
     circuit_threshold: int = 5
     circuit_cooldown: float = 2.0
+    circuit_window: int = 50
+    circuit_failure_rate: float = 0.5
+    #: batches waiting to retry, per worker, that do not hold a worker (see the module docstring)
+    parked_per_worker: int = 4
+
+
+@dataclass(slots=True, eq=False)
+class _Part:
+    """Recipients of a batch sent in one request: the whole batch, or a part a 422 split off."""
+
+    batch: Batch  # what is encoded: the batch itself, or a Batch of the part
+    #: a request without an answer may have reached the provider (or an earlier run's did)
+    unknown_sent: bool = False
+    attempts: int = 0
+    request: Any = None  # encoded at the first attempt
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """A batch being sent: its parts still to send (the next one last) and its results so far."""
+
+    batch: Batch
+    parts: list[_Part]
+    results: list[Result]
+    split_budget: int  # extra requests left for isolating invalid recipients
 
 
 #: what each verdict tells the scheduler about the quota
@@ -154,6 +188,9 @@ class Engine:
         self._answered: set[str] = set()  # groups that gave at least one good answer
         self._base = getattr(transport, "base_url", "")
         self._circuit_changed: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()  # set by stop(): ends the waits of parked batches
+        self._parked: set[asyncio.Task[None]] = set()
+        self._parking = asyncio.Semaphore()  # room for parked batches: sized by run()
 
     # -- outcomes ---------------------------------------------------------------------------
     def _finish(
@@ -203,6 +240,7 @@ class Engine:
             self._stop = error
             self.summary.stopped = str(error)
             self._probed.set()
+            self._stopping.set()
             for event in self._circuit_changed.values():
                 event.set()
             self._circuit_changed.clear()
@@ -329,6 +367,7 @@ class Engine:
     async def _worker(self) -> None:
         queue = self._queue
         self._debug = _debug_enabled(self._log)
+        split_budget = self.options.split_budget
         while True:
             try:
                 batch = queue.get_nowait()  # what queue.get() does when a batch is waiting
@@ -339,165 +378,270 @@ class Engine:
             if self._stop is not None:
                 self._skip(batch)
                 continue
+            job = _Job(batch, [_Part(batch, batch.possibly_sent)], [], split_budget)
             try:
-                results = await self._send(batch, batch.recipients, [self.options.split_budget])
+                await self._work(job, parked=False)
             except asyncio.CancelledError:
-                self._record(
-                    batch,
-                    [(batch.recipients, Status.UNKNOWN, "interrupted while in flight", None, 0)],
-                )
+                self._abandon(job)
                 raise
-            self._record(batch, results)
 
     def _skip(self, batch: Batch) -> None:
         status = Status.UNKNOWN if batch.possibly_sent else Status.SKIPPED
         self._record(batch, [(batch.recipients, status, f"not sent: {self._stop}", None, 0)])
 
-    async def _send(
-        self, batch: Batch, recipients: Sequence[Recipient], budget: list[int]
-    ) -> list[Result]:
-        """Send ``recipients`` (all or part of ``batch``) until a final result.
+    def _abandon(self, job: _Job) -> None:
+        """Record a job cancelled before its end: what is not settled is unknown."""
+        rest = [r for part in reversed(job.parts) for r in part.batch.recipients]
+        results = list(job.results)
+        if rest:
+            results.append((rest, Status.UNKNOWN, "interrupted while in flight", None, 0))
+        self._record(job.batch, results)
 
-        On 422 with more than one recipient, split in halves and send each (bisection), while
-        ``budget`` (shared by the whole batch) allows extra requests.
+    async def _work(self, job: _Job, *, parked: bool) -> None:
+        """Send the job's parts until each has a final result, then record them.
+
+        A part that must wait before it is retried parks the job (``_park``): the worker goes on
+        with other batches and the job goes on in a task of its own. A parked job waits out its
+        later retries itself. A stop ends every wait (the next attempt reports the stop).
         """
-        sched, provider, opts, summary = self.scheduler, self.provider, self.options, self.summary
-        part = (
-            batch
-            if recipients is batch.recipients
-            else Batch(batch.number, batch.group, list(recipients))
-        )
-        request = provider.encode(part)
-        unknown_sent = batch.possibly_sent
-        group = batch.group
-        circuits = self._circuits
-        attempts = 0
+        parts = job.parts
+        while parts:
+            delay = await self._attempt(job, parts[-1])
+            if delay is None or self._stop is not None:
+                continue  # settled, or stopped: the next attempt settles it
+            if not parked:
+                await self._park(job, delay)
+                return
+            await self._pause(delay)
+        self._record(job.batch, job.results)
+
+    async def _park(self, job: _Job, delay: float) -> None:
+        """Hand a job waiting to retry to a task of its own (waiting while too many are)."""
+        await self._parking.acquire()
+        task = asyncio.create_task(self._parked_job(job, delay))
+        self._parked.add(task)
+        task.add_done_callback(self._unpark)
+
+    def _unpark(self, task: asyncio.Task[None]) -> None:
+        self._parked.discard(task)
+        self._parking.release()
+
+    async def _parked_job(self, job: _Job, delay: float) -> None:
+        try:
+            await self._pause(delay)
+            await self._work(job, parked=True)
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the send stops meanwhile."""
+        if delay <= 0.0 or self._stop is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _settle(self, job: _Job, status: Status, reason: str, http: int | None) -> None:
+        """The job's current part (the last) ends in ``status``."""
+        part = job.parts.pop()
+        job.results.append((part.batch.recipients, status, reason, http, part.attempts))
+
+    async def _attempt(self, job: _Job, part: _Part) -> float | None:
+        """Send ``part`` once. Returns None when it is settled (or split), else the delay
+        before its next attempt."""
+        batch = job.batch
+        if part.request is None:
+            part.request = self.provider.encode(part.batch)
+        permit = await self._admit(job, part)
+        if permit is None:
+            return None
+        if self.journal is not None and part.attempts == 0 and part.batch is batch:
+            await self.journal.in_flight(batch)
+        part.attempts += 1
+        batch.attempts += 1
+        summary = self.summary
+        summary.requests += 1
+        if part.attempts > 1:
+            summary.retries += 1
+        try:
+            response = await self.transport.send(part.request)
+        except asyncio.CancelledError:
+            self.scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+            raise
+        except NoResponse as exc:
+            return self._no_response(job, part, permit, exc)
+        return self._answered_with(job, part, permit, response)
+
+    async def _admit(self, job: _Job, part: _Part) -> Permit | None:
+        """Wait for the probe, the circuit and the scheduler; None when the part was settled
+        instead (the send stopped, or the provider deferred it)."""
+        group = job.batch.group
         while True:
             if self._stop is not None:
-                status = Status.UNKNOWN if unknown_sent else Status.SKIPPED
-                return [(recipients, status, f"not sent: {self._stop}", None, attempts)]
+                status = Status.UNKNOWN if part.unknown_sent else Status.SKIPPED
+                self._settle(job, status, f"not sent: {self._stop}", None)
+                return None
             if not self._opened and not self._probed.is_set():
                 if self._probing:
                     await self._probed.wait()
                     continue
                 self._probing = True
-            circuit = circuits.get(group)
+            circuit = self._circuits.get(group)
             # a closed circuit (or none yet: it starts closed) lets the send go as it is
             if (circuit is None or circuit.state is not _CLOSED) and not await self._circuit_ready(
                 group
             ):
                 continue
             try:
-                permit = await sched.acquire(group, retry=attempts > 0)
+                if part.attempts:
+                    permit = await self._acquire_retry(group)
+                else:
+                    permit = await self.scheduler.acquire(group, retry=False)
             except Deferred as exc:
                 self._probed.set()
-                return [(recipients, Status.SKIPPED, f"deferred: {exc}", None, attempts)]
-            if self._stop is not None:
-                sched.cancel(permit)
-                continue
-            if self.journal is not None and attempts == 0 and part is batch:
-                await self.journal.in_flight(batch)
-            attempts += 1
-            batch.attempts += 1
-            summary.requests += 1
-            if attempts > 1:
-                summary.retries += 1
-            try:
-                response = await self.transport.send(request)
-            except asyncio.CancelledError:
-                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
-                raise
-            except NoResponse as exc:
-                self._probed.set()
-                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
-                self._circuit_result(batch.group, failure=True)
-                unknown_sent = unknown_sent or exc.sent
-                self._log.debug("batch_no_response", batch=batch.number, error=str(exc))
-                if attempts >= opts.max_attempts:
-                    status = Status.UNKNOWN if unknown_sent else Status.FAILED
-                    return [(recipients, status, str(exc), None, attempts)]
-                await asyncio.sleep(sched.backoff(batch.group, attempts))
-                continue
-            if not self._opened:
-                self._opened = True
-                self._probed.set()
-            verdict = provider.classify(response)
-            kind = verdict.verdict
-            failure = kind is _RETRY
-            circuit = circuits.get(group)
-            if (
-                failure
-                or circuit is None
-                or circuit.state is not _CLOSED
-                or circuit.failures
-                or group not in self._answered
-            ):  # else the circuit stays closed and clean: nothing to record
-                self._circuit_result(group, failure=failure)
-            if verdict.warning and verdict.warning not in self._warned:
-                self._warned.add(verdict.warning)
-                summary.warnings.append(verdict.warning)
-                self._log.warning("provider_warning", warning=verdict.warning)
-            sched.complete(permit, Feedback(_FEEDBACK_KINDS.get(kind, _OK), response.headers))
-            http = response.status
-            if self._debug:
-                self._log.debug(
-                    "batch_response",
-                    batch=batch.number,
-                    size=len(recipients),
-                    status=http,
-                    verdict=kind.value,
-                    attempt=attempts,
-                )
-            if kind is _DELIVERED:
-                if unknown_sent:
-                    summary.possible_duplicates += len(recipients)
-                return [(recipients, _STATUS_DELIVERED, "", http, attempts)]
-            match kind:
-                case Verdict.INVALID:
-                    named = verdict.rejected or {}
-                    bad = [r for i, r in enumerate(recipients) if i in named]
-                    if bad and len(bad) < len(recipients) and budget[0] >= 1:
-                        budget[0] -= 1
-                        invalid = [
-                            ([r], Status.INVALID, named[i], http, attempts)
-                            for i, r in enumerate(recipients)
-                            if i in named
-                        ]
-                        rest = [r for i, r in enumerate(recipients) if i not in named]
-                        return invalid + await self._send(batch, rest, budget)
-                    if bad and len(bad) == len(recipients):
-                        return [
-                            ([r], Status.INVALID, named[i], http, attempts)
-                            for i, r in enumerate(recipients)
-                        ]
-                    if len(recipients) > 1 and budget[0] >= 2:
-                        budget[0] -= 2
-                        mid = len(recipients) // 2
-                        self._log.info(
-                            "batch_split",
-                            batch=batch.number,
-                            size=len(recipients),
-                            reason=verdict.message,
-                        )
-                        left = await self._send(batch, recipients[:mid], budget)
-                        return left + await self._send(batch, recipients[mid:], budget)
-                    return [(recipients, Status.INVALID, verdict.message, http, attempts)]
-                case Verdict.AUTH:
-                    message = f"provider rejected the credentials ({http}): {verdict.message}"
-                    self.stop(AuthError(message, status=http))
-                    return [(recipients, Status.FAILED, verdict.message, http, attempts)]
-                case Verdict.FATAL:
-                    self.stop(ProviderError(verdict.message, status=http))
-                    return [(recipients, Status.FAILED, verdict.message, http, attempts)]
-                case Verdict.THROTTLED | Verdict.RETRY:
-                    if verdict.verdict is Verdict.THROTTLED:
-                        summary.throttled += 1
-                    if attempts >= opts.max_attempts:
-                        reason = f"{verdict.message} (gave up after {attempts} attempts)"
-                        return [(recipients, Status.FAILED, reason, http, attempts)]
-                    if verdict.verdict is Verdict.RETRY:
-                        delay = sched.backoff(batch.group, attempts)
-                        await asyncio.sleep(max(delay, verdict.retry_after or 0.0))
+                self._settle(job, Status.SKIPPED, f"deferred: {exc}", None)
+                return None
+            if permit is not None and self._stop is not None:
+                self.scheduler.cancel(permit)
+            elif permit is not None:
+                return permit
+
+    async def _acquire_retry(self, group: str) -> Permit | None:
+        """A retry's permit, or None when the send stops while it waits (for the pacing or the
+        retry budget): a parked batch then ends at once instead of after the wait."""
+        acquiring = asyncio.ensure_future(self.scheduler.acquire(group, retry=True))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((acquiring, stopping), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+                self.scheduler.cancel(acquiring.result())
+            raise
+        finally:
+            stopping.cancel()
+            # still waiting: cancelled, the scheduler takes back a permit granted meanwhile
+            acquiring.cancel()
+        if acquiring.cancelled() or not acquiring.done():
+            return None
+        return acquiring.result()  # (raises Deferred as acquire does)
+
+    def _no_response(self, job: _Job, part: _Part, permit: Permit, exc: NoResponse) -> float | None:
+        group = job.batch.group
+        self._probed.set()
+        self.scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+        self._circuit_result(group, failure=True)
+        part.unknown_sent = part.unknown_sent or exc.sent
+        self._log.debug("batch_no_response", batch=job.batch.number, error=str(exc))
+        if part.attempts >= self.options.max_attempts:
+            status = Status.UNKNOWN if part.unknown_sent else Status.FAILED
+            self._settle(job, status, str(exc), None)
+            return None
+        return self.scheduler.backoff(group, part.attempts)
+
+    def _answered_with(self, job: _Job, part: _Part, permit: Permit, response: Any) -> float | None:
+        """Take a response: feedback to the scheduler and the circuit, then the verdict."""
+        if not self._opened:
+            self._opened = True
+            self._probed.set()
+        verdict = self.provider.classify(response)
+        kind = verdict.verdict
+        group = job.batch.group
+        failure = kind is _RETRY
+        circuit = self._circuits.get(group)
+        if (
+            failure
+            or circuit is None
+            or circuit.state is not _CLOSED
+            or group not in self._answered
+        ):
+            self._circuit_result(group, failure=failure)
+        else:  # closed, and stays closed: count the success cheaply
+            circuit.succeeded()
+        if verdict.warning and verdict.warning not in self._warned:
+            self._warn(verdict.warning)
+        feedback = Feedback(_FEEDBACK_KINDS.get(kind, _OK), response.headers, response.status)
+        self.scheduler.complete(permit, feedback)
+        http = response.status
+        if self._debug:
+            self._log.debug(
+                "batch_response",
+                batch=job.batch.number,
+                size=len(part.batch.recipients),
+                status=http,
+                verdict=kind.value,
+                attempt=part.attempts,
+            )
+        if kind is _DELIVERED:
+            if part.unknown_sent:
+                self.summary.possible_duplicates += len(part.batch.recipients)
+            self._settle(job, _STATUS_DELIVERED, "", http)
+            return None
+        return self._verdict(job, part, verdict, http)
+
+    def _warn(self, warning: str) -> None:
+        self._warned.add(warning)
+        self.summary.warnings.append(warning)
+        self._log.warning("provider_warning", warning=warning)
+
+    def _verdict(self, job: _Job, part: _Part, verdict: Classification, http: int) -> float | None:
+        """Act on a verdict other than delivered; a delay when the part is to be retried."""
+        match verdict.verdict:
+            case Verdict.INVALID:
+                self._invalid(job, part, verdict, http)
+            case Verdict.AUTH:
+                message = f"provider rejected the credentials ({http}): {verdict.message}"
+                self.stop(AuthError(message, status=http))
+                self._settle(job, Status.FAILED, verdict.message, http)
+            case Verdict.FATAL:
+                self.stop(ProviderError(verdict.message, status=http))
+                self._settle(job, Status.FAILED, verdict.message, http)
+            case Verdict.THROTTLED | Verdict.RETRY:
+                throttled = verdict.verdict is Verdict.THROTTLED
+                if throttled:
+                    self.summary.throttled += 1
+                if part.attempts >= self.options.max_attempts:
+                    reason = f"{verdict.message} (gave up after {part.attempts} attempts)"
+                    self._settle(job, Status.FAILED, reason, http)
+                elif throttled:
+                    return 0.0  # the scheduler's pause, quota and retry budget pace it
+                else:
+                    delay = self.scheduler.backoff(job.batch.group, part.attempts)
+                    return max(delay, verdict.retry_after or 0.0)
+        return None
+
+    def _invalid(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
+        """A 422 (or the like): report the recipients the provider named and send the rest
+        again, or split the part in halves (bisection) while the job's split budget allows
+        extra requests; else the whole part is invalid."""
+        batch, recipients, attempts = job.batch, part.batch.recipients, part.attempts
+        named = verdict.rejected or {}
+        bad = sum(1 for i in range(len(recipients)) if i in named)
+        if bad and (bad == len(recipients) or job.split_budget >= 1):
+            if bad < len(recipients):
+                job.split_budget -= 1
+            job.parts.pop()
+            job.results.extend(
+                ([r], Status.INVALID, named[i], http, attempts)
+                for i, r in enumerate(recipients)
+                if i in named
+            )
+            rest = [r for i, r in enumerate(recipients) if i not in named]
+            if rest:
+                job.parts.append(self._part(batch, rest))
+        elif len(recipients) > 1 and job.split_budget >= 2:
+            job.split_budget -= 2
+            mid = len(recipients) // 2
+            self._log.info(
+                "batch_split", batch=batch.number, size=len(recipients), reason=verdict.message
+            )
+            job.parts.pop()
+            job.parts += [self._part(batch, recipients[mid:]), self._part(batch, recipients[:mid])]
+        else:
+            self._settle(job, Status.INVALID, verdict.message, http)
+
+    @staticmethod
+    def _part(batch: Batch, recipients: Sequence[Recipient]) -> _Part:
+        return _Part(Batch(batch.number, batch.group, list(recipients)), batch.possibly_sent)
 
     # -- circuit breaker --------------------------------------------------------------------
     def _circuit(self, group: str) -> Circuit:
@@ -505,7 +649,10 @@ class Engine:
         if circuit is None:
             opts = self.options
             circuit = self._circuits[group] = Circuit(
-                threshold=opts.circuit_threshold, cooldown=opts.circuit_cooldown
+                threshold=opts.circuit_threshold,
+                cooldown=opts.circuit_cooldown,
+                window=opts.circuit_window,
+                failure_rate=opts.circuit_failure_rate,
             )
         return circuit
 
@@ -594,23 +741,25 @@ class Engine:
         """Send everything ``items`` holds: rows, or chunks of rows (``Rows.chunks()``)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        workers = [asyncio.create_task(self._worker()) for _ in range(self.options.workers)]
+        opts = self.options
+        self._parking = asyncio.Semaphore(max(1, opts.workers * opts.parked_per_worker))
+        workers = [asyncio.create_task(self._worker()) for _ in range(opts.workers)]
         progress = asyncio.create_task(self._progress())
         try:
             await self._read(items if isinstance(items, AsyncIterable) else as_chunks(items))
             for _ in workers:
                 await self._queue.put(None)
             if self._interrupted:
-                _, pending = await asyncio.wait(workers, timeout=self.options.drain_timeout)
-                for w in pending:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+                await self._drain(workers, loop.time() + opts.drain_timeout)
             else:
                 await asyncio.gather(*workers)
+                while self._parked:  # no batch parks once the workers are done
+                    await asyncio.gather(*self._parked)
         except BaseException:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            tasks = [*workers, *self._parked]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._drain_queue()
             raise
         finally:
@@ -622,6 +771,22 @@ class Engine:
         self._drain_queue()
         self._log.info("send_finished", **self.summary.as_dict())
         return self.summary
+
+    async def _drain(self, workers: list[asyncio.Task[None]], deadline: float) -> None:
+        """After an interrupt: let the workers, then the parked batches, finish until
+        ``deadline``; cancel what is still running then (it is reported unknown)."""
+        await self._finish_by(workers, deadline)
+        await self._finish_by(list(self._parked), deadline)  # none parks after the workers end
+
+    @staticmethod
+    async def _finish_by(tasks: list[asyncio.Task[None]], deadline: float) -> None:
+        if not tasks:
+            return
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _drain_queue(self) -> None:
         """Batches still queued (after a stop or a cancel) are reported skipped."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 from bulksend.core.circuit import Circuit, State
 
 
@@ -42,3 +44,31 @@ def test_a_failed_probe_reopens_with_a_doubled_cooldown_up_to_the_cap() -> None:
     c.on_send()
     c.on_result(now + 10, failure=False)
     assert c.failed_probes == 0
+
+
+def test_random_failures_of_a_working_endpoint_never_open_it() -> None:
+    rng = random.Random(5)
+    c, old = Circuit(), Circuit(window=1, failure_rate=0.0)  # old: 5 in a row alone opens
+    for i in range(200_000):  # 1,000 s at 200 requests a second, 20 % failing at random
+        failure = rng.random() < 0.2
+        c.on_result(i / 200, failure=failure)
+        if old.on_result(i / 200, failure=failure) is State.OPEN:
+            old.wait_time(i / 200 + old.current_cooldown)  # half-open: the next one probes
+            old.on_send()
+    assert c.opened == 0
+    assert old.opened > 20  # every ~20 s
+
+
+def test_an_endpoint_that_dies_opens_it_within_half_the_window() -> None:
+    c = Circuit(threshold=5, window=50, failure_rate=0.5)
+    for _ in range(1000):
+        c.succeeded()
+    opened_after = next(n for n in range(1, 100) if c.on_result(0.0, failure=True))
+    assert opened_after == 25  # half of the last 50 failed
+    assert c.state is State.OPEN
+
+
+def test_a_wrong_base_url_opens_it_after_the_threshold() -> None:
+    c = Circuit(threshold=5)
+    assert [c.on_result(0.0, failure=True) for _ in range(5)][-1] is State.OPEN
+    assert c.failure_share() == 1.0

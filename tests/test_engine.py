@@ -16,7 +16,7 @@ from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
 from bulksend.report import ReportWriter
-from bulksend.scheduler import GroupPolicy, Scheduler
+from bulksend.scheduler import GroupPolicy, Permit, Scheduler
 from bulksend.transport import NoResponse
 
 Handler = Callable[[HttpRequest, int], HttpResponse]
@@ -308,3 +308,184 @@ async def test_an_endpoint_that_never_answered_is_given_up_after_three_probes() 
     assert summary.delivered == 0
     assert summary.failed + summary.skipped == 100
     assert len(transport.requests) <= 3 + 4 + 3  # threshold, the in-flight ones, 3 probes
+
+
+# -- retries park: a batch waiting to retry does not hold a worker ------------------------------
+
+
+class Gated(Scheduler):
+    """A scheduler whose retries wait until ``open`` is set (as if the budget held them), and
+    whose backoff is ``delay``."""
+
+    def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open = asyncio.Event()
+        self.delay = delay
+        self.retries_waiting = 0
+
+    async def acquire(self, group: str, retry: bool = False) -> Permit:
+        if retry:
+            self.retries_waiting += 1
+            try:
+                await self.open.wait()
+            finally:
+                self.retries_waiting -= 1
+        return await super().acquire(group, retry)
+
+    def backoff(self, group: str, attempt: int) -> float:
+        return self.delay
+
+
+def gated_engine(
+    handler: Handler, *, workers: int = 1, delay: float = 0.0, **options: Any
+) -> tuple[Engine, FakeTransport, Gated]:
+    engine, transport = make_engine(handler)
+    sched = Gated({"api": GroupPolicy(Limit(100_000, 1.0), in_flight=4)}, delay=delay)
+    engine.scheduler = sched
+    engine.options = EngineOptions(batch_size=10, workers=workers, **options)
+    return engine, transport, sched
+
+
+def batch_of(request: HttpRequest) -> int:
+    """The batch a request carries (rows(n) puts id{10k}..id{10k+9} in batch k)."""
+    first = orjson.loads(request.body or b"")["to_ids"][0]
+    return int(first.removeprefix("id")) // 10
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` every millisecond, for 10 s at most."""
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("timed out")
+
+
+async def test_a_batch_waiting_to_retry_lets_the_worker_send_the_others() -> None:
+    def first_fails_once(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(500, {}, b"{}") if n == 1 else ok(request, n)
+
+    engine, transport, sched = gated_engine(first_fails_once, workers=1)
+    run = asyncio.create_task(engine.run(rows(100)))
+    # one worker: the other nine batches go out while the first waits for its retry
+    await until(lambda: len(transport.requests) == 10)
+    assert sched.retries_waiting == 1
+    sched.open.set()
+    summary = await asyncio.wait_for(run, 10)
+    assert [batch_of(r) for r in transport.requests] == [0, *range(1, 10), 0]
+    assert (summary.delivered, summary.retries, summary.requests) == (100, 1, 11)
+
+
+async def test_a_batch_in_backoff_lets_the_worker_send_the_others() -> None:
+    def first_fails_once(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(503, {}, b"{}") if n == 1 else ok(request, n)
+
+    engine, transport, sched = gated_engine(first_fails_once, workers=1, delay=0.3)
+    sched.open.set()
+    summary = await asyncio.wait_for(engine.run(rows(100)), 10)
+    assert [batch_of(r) for r in transport.requests] == [0, *range(1, 10), 0]
+    assert summary.delivered == 100
+
+
+async def test_parked_batches_are_bounded_then_the_worker_waits() -> None:
+    def fail_first_attempts(request: HttpRequest, n: int) -> HttpResponse:
+        first = batch_of(request) not in {batch_of(r) for r in seen[:-1]}
+        return HttpResponse(500, {}, b"{}") if first else ok(request, n)
+
+    engine, transport, sched = gated_engine(
+        fail_first_attempts, workers=2, parked_per_worker=2, circuit_threshold=1000
+    )
+    seen = transport.requests
+    run = asyncio.create_task(engine.run(rows(200)))
+    await until(lambda: sched.retries_waiting == 4)
+    for _ in range(20):
+        await asyncio.sleep(0.005)  # the workers hold batches 5 and 6 and wait for room
+    assert len(transport.requests) == 6  # 4 parked, and the one each worker keeps
+    sched.open.set()
+    summary = await asyncio.wait_for(run, 10)
+    assert summary.delivered == 200
+    assert summary.requests == 40  # every batch twice
+
+
+async def test_an_interrupt_ends_parked_batches_at_once_skipped_or_unknown(tmp_path: Path) -> None:
+    class Flaky(FakeTransport):
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            self.requests.append(request)
+            batch = batch_of(request)
+            if batch == 0:
+                raise NoResponse("timed out", sent=True)  # it may have been delivered
+            if batch == 1:
+                return HttpResponse(500, {}, b"{}")
+            await asyncio.sleep(0.01)  # the send takes a while: it is interrupted midway
+            return ok(request, len(self.requests))
+
+    engine, _, _ = gated_engine(ok, workers=2, delay=3600.0)
+    engine.transport = transport = Flaky(ok)
+    engine.report = ReportWriter(tmp_path / "r.jsonl")
+    with engine.report:
+        run = asyncio.create_task(engine.run(rows(1000)))
+        await until(lambda: len(engine._parked) == 2)
+        engine.interrupt("SIGINT")
+        summary = await asyncio.wait_for(run, 10)  # not after the hour of backoff
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    status = {x["id"]: x["status"] for x in lines}
+    assert {status[f"id{i}"] for i in range(10)} == {"unknown"}  # possibly sent: unknown
+    assert {status[f"id{i}"] for i in range(10, 20)} == {"skipped"}  # answered 500: skipped
+    assert summary.unknown == 10
+    assert summary.delivered + summary.skipped + summary.unknown == 1000
+    assert len(transport.requests) < 1000 // 10
+
+
+async def test_a_cancelled_send_reports_its_parked_batches_unknown(tmp_path: Path) -> None:
+    def first_fails(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(500, {}, b"{}") if batch_of(request) == 0 else ok(request, n)
+
+    engine, _, sched = gated_engine(first_fails, workers=1)
+    engine.report = ReportWriter(tmp_path / "r.jsonl")
+    with engine.report:
+        run = asyncio.create_task(engine.run(rows(30)))
+        await until(lambda: sched.retries_waiting == 1)
+        await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    summary = engine.summary
+    assert summary.read == summary.accounted == 30
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert {x["status"] for x in lines if x["id"] in {f"id{i}" for i in range(10)}} == {"unknown"}
+
+
+async def test_a_part_of_a_split_batch_is_retried_while_parked(tmp_path: Path) -> None:
+    failed: set[str] = set()
+
+    def handler(request: HttpRequest, n: int) -> HttpResponse:
+        ids = orjson.loads(request.body or b"")["to_ids"]
+        if "id13" in ids:
+            return HttpResponse(422, {}, b'{"message": "to_ids: bad value id13"}')
+        if "id17" in ids and "id17" not in failed:  # the half without id13 fails once
+            failed.add("id17")
+            return HttpResponse(500, {}, b"{}")
+        return ok(request, n)
+
+    engine, transport, sched = gated_engine(handler, workers=2, delay=0.01)
+    sched.open.set()
+    engine.report = ReportWriter(tmp_path / "r.jsonl")
+    with engine.report:
+        summary = await asyncio.wait_for(engine.run(rows(30)), 10)
+    assert (summary.delivered, summary.invalid, summary.retries) == (29, 1, 1)
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert [x["id"] for x in lines if x["status"] == "invalid"] == ["id13"]
+    assert sent_ids(transport).count("id17") == 3  # in the batch, its half, the half again
+
+
+async def test_random_failures_of_a_working_endpoint_do_not_open_the_circuit() -> None:
+    def every_fifth_batch_fails(request: HttpRequest, n: int) -> HttpResponse:
+        # 20 % of the requests fail, and 5 in a row at requests 101-105
+        bad = n % 5 == 0 or 101 <= n <= 105
+        return HttpResponse(500, {}, b"{}") if bad else ok(request, n)
+
+    engine, _ = make_engine(every_fifth_batch_fails, max_attempts=10)
+    summary = await engine.run(rows(3000))
+    assert summary.delivered == 3000
+    assert not summary.warnings  # the circuit never opened
+    assert engine._circuits["api"].opened == 0
