@@ -48,7 +48,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bulksend.core.backoff import RetryBudget, full_jitter
@@ -152,6 +152,9 @@ class _Group:
 
 
 class Scheduler:
+    #: pace groups whose answers name one quota partition together (see the module docstring)
+    share_partitions = True
+
     def __init__(
         self,
         groups: Mapping[str, GroupPolicy],
@@ -268,7 +271,7 @@ class Scheduler:
         )
         if bucket.changes != g.changes:
             self._changed(g)
-        if bucket.partition != g.partition:
+        if bucket.partition and not g.partition and self.share_partitions:
             self._join(g, bucket.partition)
         shared = g.shared
         if shared is not None and permit.shared_seq:
@@ -290,11 +293,10 @@ class Scheduler:
             self._pump(g)
 
     def _join(self, g: _Group, partition: str) -> None:
-        """``g``'s answers name a quota partition: once two groups share one, both draw on a
-        bucket of its own (a quota across endpoint groups, e.g. per key)."""
+        """``g``'s answers name a quota partition (the first one they name: a group stays in
+        it): once two groups share one, both draw on a bucket of its own (a quota across
+        endpoint groups, e.g. per key)."""
         g.partition = partition
-        if not partition:
-            return
         members = self._partitions.setdefault(partition, [])
         members.append(g)
         if len(members) < 2:
@@ -302,9 +304,12 @@ class Scheduler:
         shared = self._shared.get(partition)
         if shared is None:
             belief = g.bucket.belief(self._now())
+            first = members[0].bucket
             bucket = Bucket(
                 configured=belief.limit,
                 window=belief.window,
+                stated=first.stated,  # (the user's caps hold for the shared quota too)
+                ceiling=first.ceiling,
                 max_in_flight=1 << 30,
                 base_margin=self._margin,
             )
@@ -367,6 +372,10 @@ class Scheduler:
         for name, g in self._groups.items():
             b, s = g.bucket, g.bucket.stats
             belief = b.belief(now)
+            if g.shared is not None and b.delegated:  # the quota is paced by the shared bucket
+                shared = g.shared.bucket.belief(now)
+                evidence = f"{shared.evidence}; shared: {g.shared.name}"
+                belief = replace(shared, evidence=evidence)
             out[name] = GroupStats(
                 sent=s.sent,
                 ok=s.ok,

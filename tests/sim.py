@@ -142,7 +142,8 @@ class FixedWindowServer:
     retry_after: str | None = None
     prior: int = 0
     storms: tuple[Storm, ...] = ()
-    wall0: float = WALL0
+    wall0: float = WALL0  # the server's clock at virtual time 0 (skewed when != WALL0)
+    dated: bool = False  # send a Date header
     counts: Counter[int] = field(default_factory=Counter)
     arrivals: list[Arrival] = field(default_factory=list)
 
@@ -171,6 +172,8 @@ class FixedWindowServer:
         self.arrivals.append(Arrival(t, status, k))
         remaining = max(0, self.limit - self.counts[k])
         hdrs = self._rate_headers(remaining, t, end)
+        if self.dated:
+            hdrs["Date"] = formatdate(self.wall0 + t, usegmt=True)
         if not ok and self.retry_after is not None:
             wait = end - t
             if self.retry_after == "date":

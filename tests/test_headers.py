@@ -254,14 +254,29 @@ def test_flask_limiter_epoch_reset_is_whole_seconds_on_the_servers_clock() -> No
         "X-RateLimit-Remaining": "10",
         "X-RateLimit-Reset": str(int(WALL) + 2),
         "Retry-After": "1",
-        "Date": formatdate(WALL, usegmt=True),
     }
     info = parse_headers(headers, wall_now=WALL + 0.4, window=60.0)
     assert (info.limit, info.window, info.remaining) == (50, None, 10)
-    assert info.reset == pytest.approx(1.6)
+    assert info.reset == pytest.approx(1.6)  # against our clock: no Date came with it
     assert (info.reset_quantum, info.reset_epoch) == (1.0, True)
-    assert info.date == WALL  # read beside an epoch, to correct for the server's clock
     assert info.retry_after == 1.0  # on a 200 too: the bucket ignores it unless throttled
+
+
+@pytest.mark.parametrize("skew", [-300.0, -3.0, 0.0, 3.0, 300.0])
+def test_an_epoch_reset_is_read_against_the_servers_own_date(skew: float) -> None:
+    # the server's clock is ``skew`` seconds ahead of ours: its Date and its epoch agree
+    server_now = WALL + skew
+    headers = {
+        "X-RateLimit-Limit": "100",
+        "X-RateLimit-Remaining": "10",
+        "X-RateLimit-Reset": str(int(server_now) + 7),
+        "Date": formatdate(server_now, usegmt=True),
+        "Retry-After": formatdate(server_now + 5, usegmt=True),
+    }
+    info = parse_headers(headers, wall_now=WALL, window=60.0)
+    assert info.reset == pytest.approx(7.0)  # whatever the skew
+    assert (info.reset_quantum, info.reset_epoch) == (2.0, False)  # Date is whole seconds
+    assert info.retry_after == pytest.approx(5.0)
 
 
 def test_github_used_resource_and_epoch() -> None:

@@ -26,9 +26,10 @@ from bulksend.sandbox.limiters import (
     nginx_rate,
 )
 from bulksend.sandbox.limiters import Policy as IetfPolicy
-from bulksend.scheduler import GroupPolicy, Scheduler
+from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 from tests.hypothesis_profiles import examples
 from tests.sim import (
+    WALL0,
     FixedWindowServer,
     ProfileServer,
     SimResult,
@@ -422,3 +423,41 @@ def test_a_quota_two_groups_share_is_honoured_across_them() -> None:
     beliefs = sched.beliefs()
     assert beliefs["core (shared)"]["groups"] == ["a", "b"]
     assert beliefs["core (shared)"]["limit"] == 100
+
+
+def test_remaining_without_a_limit_below_the_documented_one_is_found() -> None:
+    # NotifyVisitors-style (Remaining only); documented 600/min, the account has 60/min
+    server = FixedWindowServer(60, MINUTE, phase=20.0, headers="remaining")
+    _, sched = _run_with_scheduler(server, GroupPolicy(Limit(600, MINUTE)), 30 * MINUTE)
+    snap = sched.snapshot()["g"]
+    assert (snap.limit, snap.window) == (60, pytest.approx(MINUTE, rel=0.05))
+    assert server.accepted(10 * MINUTE, 30 * MINUTE) >= 0.9 * 60 * 20
+    assert server.rejected() <= 2
+
+
+@pytest.mark.parametrize("skew", [-300.0, -5.0, 5.0, 300.0])
+def test_a_servers_clock_minutes_off_costs_nothing_when_it_sends_its_date(skew: float) -> None:
+    server = FixedWindowServer(100, 10.0, phase=3.0, headers="x-epoch", wall0=WALL0 + skew)
+    server.dated = True
+    _, sched = _run_with_scheduler(server, GroupPolicy(Limit(100, 10.0)), 300.0)
+    assert sched.snapshot()["g"].window == pytest.approx(10.0, rel=0.1)
+    assert server.accepted(50.0, 300.0) >= 0.95 * 100 * 25
+    assert server.rejected() == 0
+
+
+def test_a_group_stays_in_the_first_partition_its_answers_name() -> None:
+    async def main() -> Scheduler:
+        sched = make_scheduler({"a": GroupPolicy(Limit(5000, 3600.0), in_flight=64)})
+        for i in range(200):
+            permit = await sched.acquire("a")
+            headers = {
+                "X-RateLimit-Limit": "5000",
+                "X-RateLimit-Remaining": str(4000 - i),
+                "x-ratelimit-resource": "core" if i % 2 else "search",
+            }
+            sched.complete(permit, Feedback(FeedbackKind.OK, headers, 200))
+        return sched
+
+    sched = run_virtual(main())
+    assert sched.beliefs().keys() == {"a"}  # one group alone shares nothing
+    assert sched.snapshot()["a"].limit == 5000

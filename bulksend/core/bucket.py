@@ -77,12 +77,12 @@ __all__ = [
 BASE_MARGIN = 0.05
 #: ... or this share of the window, when that is less
 MARGIN_SHARE = 0.01
-#: a skew between the server's Date and our clock above this is corrected in epoch resets
-_SKEW = 1.5
 #: round trips seen before their spread (not the longest) sets the margin
 _RTT_SAMPLES = 8
 #: the spread is taken over the last window, and over at least this many round trips
 _RTT_KEEP = 32
+#: window estimates that moved less than this share do not reprice the pace yet
+_REPACE = 0.002
 #: window estimates that moved less than this share are not reported as a change
 _WINDOW_CHANGE = 0.05
 
@@ -183,7 +183,9 @@ class Bucket:
         self.header_limit: int | None = None
         self.partition = ""  # the quota partition the answers named (GitHub resource, IETF pk)
         self.delegated = False  # the server's quota is paced by a shared bucket (delegate())
-        self._rem_peak = 0  # the highest Remaining seen, plus one
+        self._rem_peak = 0  # the highest Remaining of this window and the last, plus one
+        self._peak_now = self._peak_prev = 0
+        self._peak_at = -math.inf  # the boundary the current peak began at
         self.extra: tuple[Quota, ...] = ()  # further quotas the server announced
         self.pause_until = -math.inf
         self.recovering = False
@@ -292,6 +294,11 @@ class Bucket:
         quota = self._binding()
         if quota is not None and not (self._probing and self._probe_binds(now, quota)):
             return Belief(quota[0], quota[1], self._evidence(quota), self.mode)
+        if quota is None and self.delegated and not self.adaptive:
+            limit = self.header_limit or self._rem_peak or self.configured
+            return Belief(
+                limit, self.estimator.window, "a quota shared with other groups", "headers"
+            )
         window = self.guess_window if quota is None else quota[1]
         rate = self.rate(now)  # what goes out: the rate discovered, under the user's caps
         if not math.isfinite(rate):
@@ -465,9 +472,8 @@ class Bucket:
             self.probe.on_send(now, 1.0 / self.probe.rate(now))
         # a timer that fires late (event loops wake at ~1 ms granularity) may catch up on the
         # slots it overslept, up to ``slack`` seconds' worth; the log still bounds every window
-        # (discovering a rate, perhaps a leaky bucket's that refuses anything early: a quarter
-        # of a send interval at most)
-        slack = self.slack if not self._probing else min(self.slack, 0.25 * cost)
+        # (not when discovering a rate, perhaps a leaky bucket's, which refuses anything early)
+        slack = self.slack if not self._probing else 0.0
         tat, earliest = self._tat, now - slack
         if tat == -math.inf:
             tat = now
@@ -507,6 +513,7 @@ class Bucket:
             del log[i]
         self._tat -= cost
         self.in_flight = max(0, self.in_flight - 1)
+        self._times.refuse(seq)  # it never went out: the server did not count it
         self._close(seq)
         self.stats.sent -= 1
         self.stats.returned += 1
@@ -566,7 +573,7 @@ class Bucket:
             self._rtt_sample(now, now - sent_at)
         info = self._read(headers, wall_now) if headers else None
         if info is not None:
-            self._take_headers(now, seq, kind, info, wall_now)
+            self._take_headers(now, seq, kind, info)
         elif self.answered and not self.headers_seen and not self._probing:
             # answers come back without rate headers: the rate is discovered from 429s
             self._probing = True
@@ -637,9 +644,7 @@ class Bucket:
             if reset is None:
                 self.recovering = True
 
-    def _take_headers(
-        self, now: float, seq: int, kind: FeedbackKind, info: RateLimitInfo, wall_now: float
-    ) -> None:
+    def _take_headers(self, now: float, seq: int, kind: FeedbackKind, info: RateLimitInfo) -> None:
         if not info.has_rate_headers:
             return
         first = not self.headers_seen
@@ -652,6 +657,7 @@ class Bucket:
         changed = first
         if info.limit is not None and info.limit != self.header_limit:
             changed = True
+            self.estimator.rebase()  # the counts change basis
             if self.header_limit is None:
                 self.estimator.restart(self._window_guess(info.limit))
             self.header_limit = info.limit
@@ -662,7 +668,7 @@ class Bucket:
         if extra != self.extra:
             self.extra, changed = extra, True
         if info.remaining is not None:
-            changed = self._take_remaining(now, seq, kind, info, wall_now) or changed
+            changed = self._take_remaining(now, seq, kind, info) or changed
         if changed:
             self._refresh(now)
 
@@ -683,15 +689,13 @@ class Bucket:
         return tuple(dict.fromkeys(out))
 
     def _take_remaining(
-        self, now: float, seq: int, kind: FeedbackKind, info: RateLimitInfo, wall_now: float
+        self, now: float, seq: int, kind: FeedbackKind, info: RateLimitInfo
     ) -> bool:
         remaining = info.remaining
         assert remaining is not None
         throttled = kind is _THROTTLED
-        changed = False
-        if remaining + 1 > self._rem_peak and not throttled:
-            changed = self.header_limit is None and remaining + 1 > (self._count_limit() or 0)
-            self._rem_peak = remaining + 1
+        basis = self._count_limit()
+        changed = False if throttled else self._note_peak(remaining)
         if throttled:
             remaining = 0  # a 429 says this window is spent, whatever else it claims
         quota, inferred = self._remaining_quota(info)
@@ -707,12 +711,14 @@ class Bucket:
                 ok=not throttled,
                 tolerance=self._reordering(seq),
                 jitter=self._margin,
-                end=self._reset_end(now, info, wall_now),
+                end=self._reset_end(now, info),
+                exact=self.header_limit is not None or not inferred,
             )
-            if abs(estimator.window - before) > _WINDOW_CHANGE * before or (
-                estimator.window != before and estimator.evidence != "guess"
-            ):
-                changed = True
+            if abs(estimator.window - before) > _REPACE * before:
+                changed = True  # (smaller moves wait: repricing on every answer costs)
+        if self._count_limit() != basis:  # a peak or a refill changed the limit: the counts
+            self.estimator.rebase()  # change basis (that is not a refill)
+            changed = True
         if self._run_start == -math.inf:
             self._run_start = now  # the first answer: its window ends within one window
         if seq > self._rem_seq and not self.delegated:
@@ -721,31 +727,19 @@ class Bucket:
             trusted = not inferred or estimator.evidence != "guess"
             counted = 0 if quota is None else quota[0] - remaining
             self._rem_explained = self._log_explains(seq, quota, counted, trusted)
-            self._rem_hold = self._window_end(now, info, wall_now)
+            self._rem_hold = self._window_end(now, info)
         return changed
 
-    def _reset_end(
-        self, now: float, info: RateLimitInfo, wall_now: float
-    ) -> tuple[float, float] | None:
-        """When the window the answer was counted in ends (our clock), and how far off that may
-        be: the reset's resolution, plus a second of clock difference for an epoch."""
-        reset = info.reset
-        if reset is None:
-            return None
-        slack = info.reset_quantum
-        if info.reset_epoch:
-            skew = self._skew(info, wall_now)
-            reset = max(0.0, reset - skew)
-            slack += 1.0
-        return now + reset, slack
-
     @staticmethod
-    def _skew(info: RateLimitInfo, wall_now: float) -> float:
-        """How far the server's clock (its ``Date``) is ahead of ours, when clearly so."""
-        if info.date is None:
-            return 0.0
-        skew = info.date - wall_now
-        return skew if abs(skew) > _SKEW else 0.0
+    def _reset_end(now: float, info: RateLimitInfo) -> tuple[float, float] | None:
+        """When the window the answer was counted in ends (our clock), and how far off that may
+        be: the reset's resolution, plus a second of clock difference for an epoch read
+        against our clock (no ``Date``); an epoch reset at or before our now says nothing."""
+        reset = info.reset
+        if reset is None or (info.reset_epoch and reset <= 0.0):
+            return None
+        slack = info.reset_quantum + (1.0 if info.reset_epoch else 0.0)
+        return now + reset, slack
 
     def _reordering(self, seq: int) -> int:
         """How many sends around ``seq`` may have reached the server in another order: those
@@ -753,6 +747,23 @@ class Bucket:
         spacing = self._spacing if self._spacing > 0 else self.interval(0.0)
         around = 2 * math.ceil(self._margin / spacing) if spacing > 0 else self.max_in_flight
         return max(bisect_left(self._open, seq), min(around, 2 * self.max_in_flight)) + 1
+
+    def _note_peak(self, remaining: int) -> bool:
+        """Keep the highest Remaining (plus one) of this window and the one before it: without
+        a limit header that is the limit, and a lowered one shows within two windows. True when
+        that changes what the group believes."""
+        boundary = self.estimator.last_boundary
+        if boundary != self._peak_at:  # a new window began
+            self._peak_at = boundary
+            self._peak_prev, self._peak_now = self._peak_now, 0
+        if remaining + 1 > self._peak_now:
+            self._peak_now = remaining + 1
+        peak = max(self._peak_now, self._peak_prev)
+        if peak == self._rem_peak:
+            return False
+        before = self._count_limit()
+        self._rem_peak = peak
+        return self.header_limit is None and self._count_limit() != before
 
     def _remaining_quota(self, info: RateLimitInfo) -> tuple[Quota | None, bool]:
         """The quota the binding Remaining belongs to, and whether its window is inferred."""
@@ -766,11 +777,9 @@ class Bucket:
             return (count, self.estimator.explicit), False
         return (count, self.estimator.window), True
 
-    def _window_end(self, now: float, info: RateLimitInfo, wall_now: float) -> float:
+    def _window_end(self, now: float, info: RateLimitInfo) -> float:
         reset = info.reset if info.reset is not None else info.retry_after
         if reset is not None:
-            if info.reset_epoch:
-                reset = max(0.0, reset - self._skew(info, wall_now))
             if reset <= 0:
                 return now + min(1.0, self.window / 10.0)
             return now + reset

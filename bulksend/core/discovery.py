@@ -8,7 +8,8 @@ Gateways such as nginx ``limit_req`` answer 429 (or 503) with no counts at all; 
    throttle -- so a guess 10 times too low is left behind in under two seconds.
 2. **A cut on each congestion event** (a 429 for a request sent after the previous cut, once an OK
    came back since) at rate ``r``: the rate drops to ``0.85 r``, or ``0.97 r`` when ``r`` is
-   within 10 % of the previous event's (the limit is found: a gentle cut), and the plateau
+   within 10 % of the previous event's (the limit is found: a gentle cut; 0.92 r for the first
+   refusal out of slow start when the last OKs came at about ``r``), and the plateau
    ``r_max`` is set at ``0.98 r``, just below where it failed. When ``r`` is more than twice the
    rate of the last OKs (a guess 10 times too high), twice that rate stands for ``r``.
 3. **CUBIC between events**: ``r(t) = r_max * (1 + C * (t/tau - K) ** 3)``: back at ``r_max`` after
@@ -50,6 +51,8 @@ __all__ = ["BETA", "Learned", "RateProbe"]
 BETA = 0.85
 #: the cut when a refusal comes at about the level of the previous one (within NEAR)
 BETA_NEAR = 0.97
+#: the first cut out of slow start, when the last OKs came at about the refused rate
+BETA_FIRST = 0.92
 NEAR = 0.1
 #: the plateau sits this much below the rate that was refused
 PLATEAU = 0.98
@@ -221,10 +224,13 @@ class RateProbe:
         through = self._through(now)
         if 0.0 < 2.0 * through < rate:  # far above what the server lets through
             event = 2.0 * through
-        # a refusal at about the level of the previous one: the limit is found, cut gently
+        # a refusal at about the level of the previous one: the limit is found, cut gently;
+        # the first one out of slow start while nearly everything got through, a little less so
         previous, self._event = self._event, event
         near = previous is not None and abs(event - previous) <= NEAR * previous
         beta = BETA_NEAR if near else BETA
+        if self.slow_start and through >= (1.0 - NEAR) * rate:
+            beta = BETA_FIRST
         self.r_max = self._capped(max(PLATEAU * event, 1e-3))
         # the curve starts at ``beta * event`` and reaches the plateau after K periods
         self._approach = max(0.0, 1.0 - beta / PLATEAU) / CUBIC_K**3

@@ -19,9 +19,10 @@ Fields read
 * The reset: ``X-RateLimit-Reset`` as seconds until, epoch seconds (> 1e9), epoch milliseconds
   (> 1e12) or an HTTP-date; ``X-RateLimit-Reset-After``; ``RateLimit-Reset``; IETF ``t``.
   ``RateLimitInfo.reset_quantum`` says how coarse it is (1.0 for whole seconds: Flask-Limiter's
-  epoch is rounded up to the next second, IETF ``t`` is an integer) and ``reset_epoch`` whether it
-  was an absolute time (then it carries the server's clock skew; ``date`` is the server's ``Date``
-  so the caller can correct for it).
+  epoch is rounded up to the next second, IETF ``t`` is an integer). An absolute reset (an epoch,
+  an HTTP-date) is read against the server's own ``Date`` when it sent one, so a clock
+  difference between the server and us costs nothing (a second coarser); without ``Date``,
+  ``reset_epoch`` says the difference is in it.
 * ``Retry-After``: delay-seconds, a decimal, or an HTTP-date (one ``parse_retry_after`` for every
   provider). Flask-Limiter sends it on every answer, 200s included: it pauses only when the
   answer is a throttle or a server error (the caller decides).
@@ -133,24 +134,34 @@ def parse_retry_after(value: str | None, *, wall_now: float) -> float | None:
 class _Reset:
     delay: float
     quantum: float  # 1.0 for whole seconds, 0.001 for milliseconds, 0.0 for decimals
-    epoch: bool  # an absolute time (subject to the server's clock)
+    epoch: bool  # an absolute time read against our clock (the server's may differ)
 
 
 def _quantum(text: str, unit: float) -> float:
     return 0.0 if "." in text else unit
 
 
-def _read_reset(value: str | None, *, wall_now: float, window: float) -> _Reset | None:
+def _absolute(stamp: float, quantum: float, date: float | None, wall_now: float) -> _Reset:
+    """An absolute reset: against the server's own ``Date`` when it sent one (no clock skew;
+    a second coarser), else against our clock."""
+    if date is not None:
+        return _Reset(clamp_delay(stamp - date), quantum + 1.0, False)
+    return _Reset(clamp_delay(stamp - wall_now), quantum, True)
+
+
+def _read_reset(
+    value: str | None, *, wall_now: float, window: float, date: float | None = None
+) -> _Reset | None:
     number = parse_seconds(value)
     if number is None:
         stamp = parse_http_date(value)
-        return None if stamp is None else _Reset(clamp_delay(stamp - wall_now), 1.0, True)
+        return None if stamp is None else _absolute(stamp, 1.0, date, wall_now)
     assert value is not None
     text = value.strip()
     if number >= _EPOCH_MS:
-        return _Reset(clamp_delay(number / 1000.0 - wall_now), _quantum(text, 0.001), True)
+        return _absolute(number / 1000.0, _quantum(text, 0.001), date, wall_now)
     if number >= _EPOCH_S:
-        return _Reset(clamp_delay(number - wall_now), _quantum(text, 1.0), True)
+        return _absolute(number, _quantum(text, 1.0), date, wall_now)
     span = max(1.5 * window, 1.5)
     if number > span and number / 1000.0 <= span:
         return _Reset(clamp_delay(number / 1000.0), _quantum(text, 0.001), False)
@@ -267,9 +278,10 @@ class RateLimitInfo:
     remaining_policy: Policy | None = None
     reset: float | None = None  # seconds until the binding quota frees
     reset_quantum: float = 0.0  # the reset's resolution (1.0: whole seconds)
-    reset_epoch: bool = False  # the reset was an absolute time on the server's clock
+    #: the reset was an absolute time read against our clock (no ``Date`` came with it), so
+    #: the server's clock difference is in it
+    reset_epoch: bool = False
     retry_after: float | None = None
-    date: float | None = None  # the server's Date (read only beside an epoch reset)
     partition: str = ""  # GitHub x-ratelimit-resource (or the binding IETF pk)
 
     @property
@@ -389,9 +401,24 @@ class _Reading:
     policies: list[Policy] = field(default_factory=list)
     #: (remaining, reset, policy name) candidates; the lowest remaining binds
     candidates: list[tuple[int, _Reset | None, str]] = field(default_factory=list)
+    _date: float | bool | None = False  # the server's Date; False: not read yet
 
     def reset(self, name: str) -> _Reset | None:
-        return _read_reset(self.h.get(name), wall_now=self.wall_now, window=self.window)
+        value = self.h.get(name)
+        date = self.date() if value is not None and _absolute_form(value) else None
+        return _read_reset(value, wall_now=self.wall_now, window=self.window, date=date)
+
+    def date(self) -> float | None:
+        """The server's ``Date`` (read once, and only for an absolute reset)."""
+        if self._date is False:
+            self._date = parse_http_date(self.h.get("date"))
+        return None if self._date is False else self._date
+
+
+def _absolute_form(value: str) -> bool:
+    """An epoch or an HTTP-date (not seconds from now)."""
+    number = parse_seconds(value)
+    return number >= _EPOCH_S if number is not None else any(c.isalpha() for c in value)
 
 
 def _valid(count: int | None) -> bool:
@@ -512,10 +539,9 @@ def parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> 
     if bound is None and remaining is not None and limit is not None:
         bound = Policy(limit, limit_window)
 
-    date = None
-    if reset is not None and reset.epoch:
-        date = parse_http_date(h.get("date"))
     resource = _unquote(h.get("x-ratelimit-resource", ""))[:64]
+    retry = h.get("retry-after")
+    clock = r.date() if retry is not None and _absolute_form(retry) else None
     return RateLimitInfo(
         limit=limit,
         window=limit_window,
@@ -525,8 +551,7 @@ def parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> 
         reset=None if reset is None else reset.delay,
         reset_quantum=0.0 if reset is None else reset.quantum,
         reset_epoch=False if reset is None else reset.epoch,
-        retry_after=parse_retry_after(h.get("retry-after"), wall_now=wall_now),
-        date=date,
+        retry_after=parse_retry_after(retry, wall_now=wall_now if clock is None else clock),
         partition=resource or (bound.partition if bound else ""),
     )
 

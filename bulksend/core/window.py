@@ -35,20 +35,26 @@ mislead it):
 
 The estimate: ``hi`` while it is trusted (the answers keep forgetting), else the refill period;
 a reset's bound where it is tighter; never below ``lo``. An upper bound above the guess leaves
-the guess standing ("confirmed"): only ``lo`` raises a window above the guess. Without new
-evidence the last estimate stands. Sends the server counted but we did not make (another client
-on the same key) make the lookups fail and are skipped.
+the guess standing ("confirmed"): only ``lo`` raises a window above the guess, and nothing goes
+below ``lo`` (plus 1 %: the spans fall a send interval short). Without new evidence the last
+estimate stands. Sends the server counted but we did not make (another client on the same key)
+lengthen the spans: the window reads longer than it is, which is safe but slow -- several
+workers on one key should share the Redis limiter, which does not infer windows.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 
 __all__ = ["SendTimes", "WindowEstimator"]
 
+#: no window read off the answers is shorter than this (nginx counts whole milliseconds)
+_SHORTEST = 0.001
+#: a window raised to ``lo`` is padded by this share (``lo`` is a send interval short of it)
+_PAD = 0.01
 #: how many boundaries are remembered for the refill period
 _BOUNDARIES = 6
 #: ``hi`` counts as consistent with ``lo`` down to this share of it (send-order jitter)
@@ -59,17 +65,71 @@ _FORGETTING = 0.9
 _RECENT = 16
 
 
+class _Runs:
+    """A set of sequence numbers kept as sorted runs of consecutive ones (they come mostly in
+    order and in runs: a storm of 5xx, a stall of 429s), so every query is a bisection."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, seq: int) -> None:
+        starts, ends = self._starts, self._ends
+        if ends and ends[-1] == seq - 1:  # the common case: the latest run grows
+            ends[-1] = seq
+            return
+        i = bisect_right(starts, seq)
+        if i and ends[i - 1] >= seq:
+            return  # already in
+        if i and ends[i - 1] == seq - 1:
+            ends[i - 1] = seq
+            if i < len(starts) and starts[i] == seq + 1:  # it closes a gap: merge
+                ends[i - 1] = ends[i]
+                del starts[i], ends[i]
+        elif i < len(starts) and starts[i] == seq + 1:
+            starts[i] = seq
+        else:
+            starts.insert(i, seq)
+            ends.insert(i, seq)
+
+    def run_at(self, seq: int) -> int:
+        """The first number of the run holding ``seq``, or ``seq + 1`` when it is not held."""
+        i = bisect_right(self._starts, seq) - 1
+        if i >= 0 and self._ends[i] >= seq:
+            return self._starts[i]
+        return seq + 1
+
+    def count(self, first: int, last: int) -> int:
+        """How many numbers in ``[first, last]`` are held."""
+        starts, ends = self._starts, self._ends
+        total, i = 0, max(0, bisect_right(ends, first - 1))
+        while i < len(starts) and starts[i] <= last:
+            total += min(ends[i], last) - max(starts[i], first) + 1
+            i += 1
+        return total
+
+    def drop_below(self, base: int) -> None:
+        cut = bisect_right(self._ends, base - 1)
+        if cut:
+            del self._starts[:cut], self._ends[:cut]
+        if self._starts and self._starts[0] < base:
+            self._starts[0] = base
+
+
 class SendTimes:
     """The send time of every sequence number (consecutive from 1), trimmed from the old end,
-    and which sends the server refused (refused requests do not count against a quota)."""
+    and which sends the server surely did not count (refused: a 429; cancelled before they went)
+    or may not have counted (a 5xx, no answer)."""
 
     __slots__ = ("_base", "_refused", "_t", "_unsure")
 
     def __init__(self) -> None:
         self._t = array("d")
         self._base = 1  # the sequence number of ``_t[0]``
-        self._refused: list[int] = []  # ascending
-        self._unsure: list[int] = []  # answered with an error or not at all: counted or not
+        self._refused = _Runs()
+        self._unsure = _Runs()  # refused or unsure: not surely counted
 
     def add(self, seq: int, t: float) -> None:
         """Record send ``seq`` at ``t`` (sequence numbers come in order, times never go back)."""
@@ -91,33 +151,32 @@ class SendTimes:
         if cut:
             del self._t[:cut]
             self._base += cut
-            for marks in (self._refused, self._unsure):
-                drop = bisect_left(marks, self._base)
-                if drop:
-                    del marks[:drop]
+            self._refused.drop_below(self._base)
+            self._unsure.drop_below(self._base)
 
     def refuse(self, seq: int) -> None:
-        """The server refused send ``seq``: it is not among the requests it counted."""
+        """The server did not count send ``seq`` (refused, or it never went out)."""
         if seq >= self._base:
-            insort(self._refused, seq)
+            self._refused.add(seq)
+            self._unsure.add(seq)
 
     def unsure(self, seq: int) -> None:
         """Send ``seq`` failed (a 5xx, no answer): the server may or may not have counted it."""
         if seq >= self._base:
-            insort(self._unsure, seq)
+            self._unsure.add(seq)
 
-    def _refused_in(self, first: int, last: int) -> int:
-        r = self._refused
-        return bisect_right(r, last) - bisect_left(r, first) if r and first <= last else 0
+    def refused_between(self, first: int, last: int) -> int:
+        """Refused sends strictly between ``first`` and ``last``."""
+        return self._refused.count(first + 1, last - 1)
 
     def counted_back(self, seq: int, count: int) -> int:
         """The sequence number of the ``count``-th send back from ``seq`` (itself the first)
         that the server did not refuse."""
         first = seq - count + 1
-        missing = self._refused_in(first, seq)
+        missing = self._refused.count(first, seq)
         while missing:
             lower = first - missing
-            missing = self._refused_in(lower, first - 1)
+            missing = self._refused.count(lower, first - 1)
             first = lower
         return first
 
@@ -125,12 +184,7 @@ class SendTimes:
         """The newest send before ``seq`` that the server surely counted (not refused, not
         failed): the last one of an earlier window when ``seq`` opened a new one."""
         k = seq - 1
-        unsure = self._unsure
-        while k >= self._base and (
-            self._refused_in(k, k) or (unsure and bisect_right(unsure, k) > bisect_left(unsure, k))
-        ):
-            k -= 1
-        return k
+        return self._unsure.run_at(k) - 1
 
     def __len__(self) -> int:
         return len(self._t)
@@ -168,6 +222,7 @@ class WindowEstimator:
 
     __slots__ = (
         "_bounds",
+        "_floor_count",
         "_forgets",
         "_hi",
         "_lo",
@@ -204,7 +259,13 @@ class WindowEstimator:
         self._forgets.clear()
         self._prev_seq = 0
         self._prev_count = 0
+        self._floor_count = 0  # the count at the last boundary (for counts off by a constant)
         self._bounds.clear()
+
+    def rebase(self) -> None:
+        """The counts will be read against another limit: the next one is not compared with
+        the last (a change of basis is not a refill)."""
+        self._prev_seq = self._prev_count = self._floor_count = 0
 
     def declare(self, window: float | None) -> None:
         """The server said the window (IETF ``w``): it replaces every inference."""
@@ -226,31 +287,44 @@ class WindowEstimator:
         tolerance: int,
         jitter: float,
         end: tuple[float, float] | None = None,
+        exact: bool = True,
     ) -> None:
         """Take one answer: send ``seq`` was the ``count``-th request the server counted in its
         window (for a 429: ``count`` is the limit + 1). ``tolerance``: sends that may have
         reached the server out of order; ``jitter``: the round-trip spread (seconds); ``end``:
-        when the server said the window ends (our clock) and how far off that may be."""
+        when the server said the window ends (our clock) and how far off that may be.
+        ``exact`` False: ``count`` is off by an unknown constant (Remaining without a limit):
+        only its changes are read (the refills), not the spans."""
         t_s = times.at(seq)
         if t_s is None or count < 1:
             return
-        first_seq = times.counted_back(seq, count)
-        first = times.at(first_seq)
+        if exact:
+            first_seq = times.counted_back(seq, count)
+            first = times.at(first_seq)
+            before = times.at(times.uncounted_before(first_seq))
+        else:  # the sends counted are unknown: a boundary lies since the previous answer's
+            first, before = t_s, times.at(self._prev_seq) if self._prev_seq else None
         if first is None:  # the server counted requests we did not send
             return
         edge = now - max(2.0 * self.window, 1.0)
-        self._lo.push(now, t_s - first - jitter, edge)
-        before = times.at(times.uncounted_before(first_seq))
-        if end is not None:
-            self._reset_bounds(now, end, first, before, jitter, edge)
+        if exact:
+            self._lo.push(now, t_s - first - jitter, edge)
+            if end is not None:
+                self._reset_bounds(now, end, first, before, jitter, edge)
         if ok and seq > self._prev_seq:  # (an answer overtaken by a later one says nothing new)
+            if not self._prev_seq:  # the first answer (on this basis): the window's count so far
+                self._floor_count = count - 1
             if self._prev_seq and before is not None:
-                forgotten = self._prev_count + (seq - self._prev_seq) - count
+                sent = seq - self._prev_seq - times.refused_between(self._prev_seq, seq)
+                forgotten = self._prev_count + sent - count
                 self._forgets.append(forgotten >= 1)
-                if forgotten >= 1:  # a send left the count since the previous answer
+                if forgotten >= 1 and exact:  # a send left the count since the previous answer
                     self._hi.push(now, t_s - before + jitter, edge)
-                # more than reordering explains, and most of the window: a new window
-                if forgotten > tolerance and 2 * forgotten > self._prev_count:
+                # more than reordering explains, and most of the window: a new window (when
+                # the count is off by a constant, against what it rose since the last one)
+                held = self._prev_count - (0 if exact else self._floor_count)
+                if forgotten > tolerance and 2 * forgotten > held:
+                    self._floor_count = count
                     # (widened by half the round-trip spread, about the one-way delay spread:
                     # the order in which the sends arrived is what counts)
                     self._boundary(now, before - jitter / 4.0, first + jitter / 4.0)
@@ -277,8 +351,17 @@ class WindowEstimator:
 
     def _boundary(self, now: float, before: float, first: float) -> None:
         self.last_boundary = now
-        if not self._bounds or first > self._bounds[-1][1]:
-            self._bounds.append((before, first))
+        bounds = self._bounds
+        if not bounds:
+            bounds.append((before, first))
+            return
+        last_before, last_first = bounds[-1]
+        if before >= last_first:
+            bounds.append((before, first))
+        elif first > last_first:  # overlapping: the same boundary, seen again out of order
+            narrowed = (max(before, last_before), last_first)
+            if narrowed[0] <= narrowed[1]:
+                bounds[-1] = narrowed
 
     def _period(self, lo: float) -> float | None:
         """The smallest upper bound two recent boundaries give, of those consistent with ``lo``."""
@@ -308,6 +391,6 @@ class WindowEstimator:
                 value, evidence = self.guess, "confirmed"
         if sure is not None and lo * _CONSISTENT <= sure < value:  # a reset's bound: for
             value, evidence = sure, "resets"  # every kind of window (unless its clock is off)
-        if lo > value:
-            value, evidence = lo, "spans"
-        self.window, self.evidence = value, evidence
+        if lo > value:  # (the spans fall a send interval short of the window: a 1 % pad)
+            value, evidence = lo * (1.0 + _PAD), "spans"
+        self.window, self.evidence = max(value, _SHORTEST), evidence

@@ -95,6 +95,9 @@ class SharedScheduler(Scheduler):
     Build it with ``bulksend.distributed.shared_scheduler``; close it with ``aclose()``.
     """
 
+    #: the gate in Redis paces each group for every worker; no local shared buckets here
+    share_partitions = False
+
     def __init__(
         self,
         groups: Mapping[str, GroupPolicy],
