@@ -37,17 +37,18 @@ The server's own signals
 * **Remaining** (the binding one when several policies answer): the quota the server has left for
   the window the request arrived in, minus the requests sent after it. When that reaches 0 and our
   own log does not explain the server's count (another client on the key, or a window still
-  unknown), nothing goes out until the window frees: at the reset the server gave (corrected for
-  the server's clock when its ``Date`` is seconds off ours), else one window after the last
-  refill. When the log does explain it, the log already holds the next send out of the exhausted
-  window, so a whole-second epoch reset or an IETF ``t`` rounded up costs nothing.
+  unknown), nothing goes out until the window frees: at the reset the server gave (read against
+  the server's own ``Date`` when it sends one), else one window after the last refill. When the
+  log does explain it, the log already holds the next send out of the exhausted window, so a
+  whole-second epoch reset or an IETF ``t`` rounded up costs nothing.
 * **Retry-After** on a 429 or a 5xx pauses the whole group (on a 200 it is ignored: Flask-Limiter
   sends one on every answer).
-* **A 429 with no rate headers** also pauses the group for ``p * 2 ** (n - 1)`` seconds (``p`` =
-  window / 60 clamped to [0.05, 1], capped at half a window; ``n`` counts consecutive ones) and
-  lets one request at a time go until an answer is OK again, so an exhausted window costs a
-  handful of 429s, not a storm; it also feeds the rate discovery, even when other answers carry
-  headers (a gateway in front of an API can have a limit of its own).
+* **A 429 with no rate headers** (or a 503 without Retry-After) also pauses the group for
+  ``p * 2 ** (n - 1)`` seconds (``p`` = one send interval, within [0.01 s, 1 s]; ``n`` counts
+  the refused probes; at most window / 15, at least 50 ms) and lets one request at a time go
+  until an answer is OK again, so an exhausted window costs a handful of 429s, not a storm; it
+  also feeds the rate discovery, even when other answers carry headers (a gateway in front of an
+  API can have a limit of its own).
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class Bucket:
         self.header_limit: int | None = None
         self.partition = ""  # the quota partition the answers named (GitHub resource, IETF pk)
         self.delegated = False  # the server's quota is paced by a shared bucket (delegate())
+        self._limit_source = "X-RateLimit-Limit"  # the header field the limit came from
         self._rem_peak = 0  # the highest Remaining of this window and the last, plus one
         self._peak_now = self._peak_prev = 0
         self._peak_at = -math.inf  # the boundary the current peak began at
@@ -325,7 +327,7 @@ class Bucket:
             return "learned from 429 stalls" if self.probe.learned else "discovered from 429s"
         if self.header_limit is None and not self._rem_peak:
             return "documented default"
-        source = "X-RateLimit-Limit" if self.header_limit is not None else "Remaining"
+        source = self._limit_source if self.header_limit is not None else "Remaining"
         return f"{source}, window {self._window_evidence()}"
 
     def _window_evidence(self) -> str:
@@ -655,6 +657,8 @@ class Bucket:
             self._probing = False  # the headers say the quota: nothing to discover
         self.probe.learning = False  # (a headerless 429 behind headers only cuts the rate)
         changed = first
+        if info.limit is not None and info.source:
+            self._limit_source = info.source
         if info.limit is not None and info.limit != self.header_limit:
             changed = True
             self.estimator.rebase()  # the counts change basis
@@ -736,6 +740,10 @@ class Bucket:
         be: the reset's resolution, plus a second of clock difference for an epoch read
         against our clock (no ``Date``); an epoch reset at or before our now says nothing."""
         reset = info.reset
+        if reset is None and info.retry_after is not None:
+            # no reset, but a Retry-After beside the counts (Flask-Limiter sends it on every
+            # answer): the seconds until the window frees, whole and truncated
+            return now + info.retry_after, 1.0
         if reset is None or (info.reset_epoch and reset <= 0.0):
             return None
         slack = info.reset_quantum + (1.0 if info.reset_epoch else 0.0)
@@ -792,17 +800,17 @@ class Bucket:
     def _strike_pause(self, seq: int, rate: float | None = None) -> float:
         """Exponential pause after a 429 we cannot place in a window: ``p * 2 ** (n - 1)``, ``n``
         counting the refused probes (requests sent after the previous pause began; the others
-        were in flight and belong to the same refusal), capped at ``max(1 s, window / 15)``
-        (and half a window) so the end of a long stall is found within that. ``p`` is one send
-        interval at ``rate`` when one is given (a leaky bucket lets a request through one
-        interval later), else window / 60; within [0.01 s, 1 s]."""
+        were in flight and belong to the same refusal), capped at ``window / 15`` (at least
+        50 ms, at most half a window) so the end of a long stall is found within that. ``p``
+        is one send interval at ``rate`` when one is given (a leaky bucket lets a request
+        through one interval later), else window / 60; within [0.01 s, 1 s]."""
         if seq > self._strike_seq:
             self.strikes += 1
             self._strike_seq = self._next_seq - 1
         window = self.window
         base = 1.0 / rate if rate else window / 60.0
         base = min(1.0, max(0.01, base))
-        cap = min(max(base, window / 2.0), max(1.0, window / 15.0))
+        cap = min(max(base, window / 2.0), max(0.05, window / 15.0))
         return min(cap, base * 2.0 ** min(max(self.strikes, 1) - 1, 30))
 
     def _rtt_sample(self, now: float, rtt: float) -> None:

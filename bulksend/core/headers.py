@@ -283,6 +283,7 @@ class RateLimitInfo:
     reset_epoch: bool = False
     retry_after: float | None = None
     partition: str = ""  # GitHub x-ratelimit-resource (or the binding IETF pk)
+    source: str = ""  # the field the limit came from ("X-RateLimit-Limit", "RateLimit-Policy")
 
     @property
     def has_rate_headers(self) -> bool:
@@ -385,6 +386,7 @@ def parse_headers(
             policies=(policy,) if policy is not None else (),
             remaining=remaining,
             remaining_policy=policy if remaining is not None else None,
+            source="X-RateLimit-Limit" if limit is not None else "",
         )
     return parse_all(headers, wall_now=wall_now, window=window)
 
@@ -519,9 +521,11 @@ def parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> 
     _read_ietf_fields(r)
     policies = list(dict.fromkeys(r.policies))
     limit, limit_window = r.limit, r.limit_window
+    source = "X-RateLimit-Limit" if "x-ratelimit-limit" in h else "RateLimit-Limit"
     if limit is None and policies:
         primary = min(policies, key=lambda p: (p.window or math.inf, p.quota))
         limit, limit_window = primary.quota, primary.window
+        source = "RateLimit-Policy" if "ratelimit-policy" in h else "RateLimit"
 
     remaining: int | None = None
     reset: _Reset | None = None
@@ -553,6 +557,7 @@ def parse_all(headers: Mapping[str, str], *, wall_now: float, window: float) -> 
         reset_epoch=False if reset is None else reset.epoch,
         retry_after=parse_retry_after(retry, wall_now=wall_now if clock is None else clock),
         partition=resource or (bound.partition if bound else ""),
+        source=source if limit is not None else "",
     )
 
 
