@@ -16,6 +16,7 @@ def main() -> None:
         ("dispatch vs raw aiohttp", lambda: dispatch.main(["--sandbox"])),
         ("limiter cost", lambda: limiter_cost.main([])),
         ("rate limits, 1 s windows", lambda: ratelimit.main(["--seconds", "20"])),
+        ("rate-limit profiles", lambda: ratelimit.main(["--seconds", "20", "--profiles", "all"])),
         ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),
         ("key sets, 1M keys", lambda: keyset.main(["--keys", "1000000"])),
     ):

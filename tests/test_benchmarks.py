@@ -31,3 +31,11 @@ def test_throughput_benchmark_runs_with_latency_and_reports_cpu_per_request() ->
     ratios = re.findall(r"ratio engine / raw [^:]*: (\d+\.\d\d)", out)
     assert len(ratios) == 2, out
     assert all(float(r) > 0 for r in ratios), out
+
+
+def test_ratelimit_profiles_run_without_a_stated_limit() -> None:
+    out = run_benchmark("ratelimit", "--seconds", "3", "--profiles", "ietf,bare429")
+    assert "ietf 20/1s + 150/5s, refusal 429; believed " in out, out
+    lines = re.findall(r"^ +(\S+): utilisation (\d\.\d+) +refusals (\d+)", out, re.MULTILINE)
+    assert [name for name, _, _ in lines] == ["ietf", "bare429"], out
+    assert all(float(u) > 0 for _, u, _ in lines), out
