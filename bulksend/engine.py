@@ -769,6 +769,7 @@ class Engine:
             if self.journal is not None:
                 self.journal.flush()
         self._drain_queue()
+        self.summary.limits = self.scheduler.beliefs()
         self._log.info("send_finished", **self.summary.as_dict())
         return self.summary
 

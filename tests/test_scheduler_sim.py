@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -461,3 +462,18 @@ def test_a_group_stays_in_the_first_partition_its_answers_name() -> None:
     sched = run_virtual(main())
     assert sched.beliefs().keys() == {"a"}  # one group alone shares nothing
     assert sched.snapshot()["a"].limit == 5000
+
+
+def test_each_change_of_belief_is_an_info_event_with_its_evidence() -> None:
+    limiter, rate, window, _ = _family("limits fixed")  # 50 per 1 s, announced without window
+    server = ProfileServer(limiter, window, rate)
+    with structlog.testing.capture_logs() as events:
+        _run_with_scheduler(server, GroupPolicy(Limit(600, MINUTE)), 8.0)
+    changes = [e for e in events if e["event"] == "rate_limit_changed"]
+    assert changes[0]["change"].startswith("600/60s -> 50/60s")  # the count, announced
+    assert changes[0]["log_level"] == "info"
+    last = changes[-1]
+    assert last["limit"] == 50
+    assert last["window"] == pytest.approx(1.0, rel=0.1)  # the window, inferred
+    assert "inferred" in last["evidence"]
+    assert len(changes) <= 8  # a change of belief, not a stream

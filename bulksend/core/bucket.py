@@ -402,12 +402,18 @@ class Bucket:
         self._note_change(now)
 
     def _note_change(self, now: float | None) -> None:
+        """Count a change of the believed limit, window (by more than 5 %) or mode: what the
+        scheduler logs (a change of evidence alone is kept, not logged)."""
         shown = self.belief(now if now is not None else 0.0)
         old = self._shown
-        if old is not None and old.mode == shown.mode and old.limit == shown.limit:
-            same_window = abs(shown.window - old.window) <= _WINDOW_CHANGE * old.window
-            if same_window and old.evidence == shown.evidence:
-                return
+        same = old is not None and old.mode == shown.mode and old.limit == shown.limit
+        if (
+            old is not None
+            and same
+            and abs(shown.window - old.window) <= _WINDOW_CHANGE * old.window
+        ):
+            self._shown = Belief(old.limit, old.window, shown.evidence, old.mode)
+            return
         if old is not None:
             self.changes += 1
             self.change_note = f"{old.text()} -> {shown.text()} ({shown.evidence})"
