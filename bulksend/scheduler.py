@@ -259,38 +259,34 @@ class Scheduler:
         permit.done = True
         g = self._groups.get(permit.group) or self._group(permit.group)
         now, wall = self._now(), self._wall()
+        self._feed(g, permit.seq, permit, feedback, now, wall)
         bucket = g.bucket
-        bucket.feedback(
+        if bucket.partition and not g.partition and self.share_partitions:
+            self._join(g, bucket.partition)
+        shared = g.shared
+        if shared is not None and permit.shared_seq:
+            self._feed(shared, permit.shared_seq, permit, feedback, now, wall)
+            for member in shared.members:  # the shared quota may have freed for any of them
+                if member is not g and (member.fresh or member.retries):
+                    self._pump(member)
+        if g.fresh or g.retries or g.timer is not None:  # else there is nobody to admit
+            self._pump(g)
+
+    def _feed(
+        self, g: _Group, seq: int, permit: Permit, feedback: Feedback, now: float, wall: float
+    ) -> None:
+        """Hand one answer to a group's bucket (send ``seq`` of it) and log a change of belief."""
+        g.bucket.feedback(
             now,
-            seq=permit.seq,
+            seq=seq,
             sent_at=permit.sent_at,
             kind=feedback.kind,
             headers=feedback.headers,
             wall_now=wall,
             status=feedback.status,
         )
-        if bucket.changes != g.changes:
+        if g.bucket.changes != g.changes:
             self._changed(g)
-        if bucket.partition and not g.partition and self.share_partitions:
-            self._join(g, bucket.partition)
-        shared = g.shared
-        if shared is not None and permit.shared_seq:
-            shared.bucket.feedback(
-                now,
-                seq=permit.shared_seq,
-                sent_at=permit.sent_at,
-                kind=feedback.kind,
-                headers=feedback.headers,
-                wall_now=wall,
-                status=feedback.status,
-            )
-            if shared.bucket.changes != shared.changes:
-                self._changed(shared)
-            for member in shared.members:  # the shared quota may have freed for any of them
-                if member is not g and (member.fresh or member.retries):
-                    self._pump(member)
-        if g.fresh or g.retries or g.timer is not None:  # else there is nobody to admit
-            self._pump(g)
 
     def _join(self, g: _Group, partition: str) -> None:
         """``g``'s answers name a quota partition (the first one they name: a group stays in

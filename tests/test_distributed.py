@@ -38,6 +38,7 @@ from bulksend.errors import ConfigError, UnavailableError
 from bulksend.providers.base import Limit
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy
 from tests.conftest import run_cli, write_campaign, write_recipients
+from tests.peers.measure import most_in_any_span
 
 NO_REDIS = (
     "REDIS UNAVAILABLE -- the shared-limiter tests did NOT run: install redis-server "
@@ -110,17 +111,6 @@ async def admit_loop(
     return times
 
 
-def most_in_any_window(times: list[float], span: float) -> int:
-    """The largest number of events in any half-open interval of length ``span``."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - span:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 # ---- keys and fingerprints (pure) ---------------------------------------------------------
 
 
@@ -169,9 +159,9 @@ async def test_two_clients_sharing_a_limit_never_exceed_it_in_any_window(
     # few slots for a while (see docs/scaling.md, "Fairness"). What the quota needs is below.
     assert times, "the clients got admissions"
     # on Redis's clock: never more than the limit within any window + margin
-    assert most_in_any_window(times, window + margin) <= limit
+    assert most_in_any_span(times, window + margin) <= limit
     # so no fixed window of the provider, whatever its phase, sees more than the limit
-    assert most_in_any_window(times, window) <= limit
+    assert most_in_any_span(times, window) <= limit
     # and the shared GCRA spreads them: consecutive admissions are (W + m) / L apart
     gaps = [y - x for x, y in itertools.pairwise(times)]
     assert min(gaps) >= (window + margin) / limit - 0.0055  # 5 ms catch-up slack
@@ -208,7 +198,7 @@ async def test_a_limit_announced_to_one_client_tightens_the_other(
     # b still asks with its own limit of 100, but gets the announced 4 per window
     until = asyncio.get_running_loop().time() + 1.5
     times = [adm.now, *await admit_loop(b, "api", 100, 1.0, 0.05, until)]
-    assert most_in_any_window(times, 1.05) == 4
+    assert most_in_any_span(times, 1.05) == 4
     assert len(times) <= 4 * 2
 
 
@@ -306,7 +296,7 @@ async def test_two_schedulers_share_one_quota(redis_url: str) -> None:
     sent = sorted(sent1 + sent2)
     assert sent1
     assert sent2
-    assert most_in_any_window(sent, window) <= limit
+    assert most_in_any_span(sent, window) <= limit
     # each alone would send `limit` per window; together they send it once
     span = sent[-1] - sent[0]
     assert len(sent) <= limit * (span / window + 1)

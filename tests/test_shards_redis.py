@@ -27,6 +27,7 @@ from bulksend.distributed.testing import RedisServer
 from bulksend.sandbox.ledger import read_ledger
 from bulksend.sandbox.testing import SandboxProcess, wait_until
 from tests.conftest import ROOT, run_cli, write_campaign, write_recipients
+from tests.peers.measure import most_in_any_span
 
 LIMIT, WINDOW = 100, 1.0
 NO_REDIS = (
@@ -152,15 +153,6 @@ class Run:
         return stats
 
 
-def most_in_any_window(times: list[float], span: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - span:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 def test_four_workers_share_one_quota_exactly(redis_server: RedisServer, tmp_path: Path) -> None:
     run = Run(tmp_path, n_unique=9_000, workers=4)  # ~900 requests: about 9.5 s at the limit
     run.start(redis_server.url)
@@ -177,7 +169,7 @@ def test_four_workers_share_one_quota_exactly(redis_server: RedisServer, tmp_pat
         per_window = Counter(int((t - started) // WINDOW) for t in times)
         assert max(per_window.values()) <= LIMIT
     # nor did any window of any other phase (ledger times are taken a moment after arrival)
-    assert most_in_any_window(times, WINDOW - 0.02) <= LIMIT
+    assert most_in_any_span(times, WINDOW - 0.02) <= LIMIT
 
     # the combined rate, away from the ramp-up and the tail, is at least 95 % of the quota
     lo, hi = times[0] + 1.0, times[-1] - 1.0

@@ -356,12 +356,6 @@ class Bucket:
             m = max(m, spread)
         self._margin = min(m, self._margin_cap)
 
-    def used(self, now: float, span: float | None = None) -> int:
-        """Requests sent within the last ``span`` (default: the binding window + margin)."""
-        if span is None:
-            span = self.window + self._margin
-        return len(self._log) - bisect_right(self._log, now - span)
-
     def _probe_rate(self, now: float) -> float:
         return self.probe.rate(now)
 

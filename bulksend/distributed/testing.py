@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from bulksend.sandbox.testing import stop_process
+
 __all__ = ["RedisServer", "free_port", "ping"]
 
 
@@ -100,16 +102,7 @@ class RedisServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return stop_process(process, sig, timeout)
 
     def close(self) -> None:
         self.stop()

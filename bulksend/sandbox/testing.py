@@ -135,13 +135,7 @@ class SandboxProcess:
         process = self.process
         if process is None:
             return 0
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, sig, timeout)
         if process.stdout is not None and not process.stdout.closed:
             self.stdout_rest = process.stdout.read()
             process.stdout.close()
@@ -180,6 +174,23 @@ class SandboxProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(
+    process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> int | None:
+    """Signal a child (SIGTERM by default), kill it after ``timeout``; its exit status, or None
+    when there was none."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> bool:

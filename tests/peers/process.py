@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import time
+
+from bulksend.sandbox.testing import stop_process
 
 
 def port_answers(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -33,13 +34,4 @@ def wait_for_port(
 
 def stop(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
     """SIGTERM, then SIGKILL after ``timeout``; the exit status (None if never started)."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    return stop_process(process, timeout=timeout)
