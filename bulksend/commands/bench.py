@@ -59,7 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="synthetic recipients to send (100,000)",
     )
-    load.add_argument("--file", type=Path, help="send this recipient file instead (id,uid)")
+    load.add_argument("--file", type=Path, help="send this recipient file instead")
+    load.add_argument("--id", default="id", metavar="COLUMN", help="with --file: id column (id)")
+    load.add_argument(
+        "--uid", default="uid", metavar="COLUMN", help="with --file: uid column (uid)"
+    )
     load.add_argument(
         "--duplicate-rate",
         type=fraction,
@@ -177,7 +181,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     key = "bench-key"
     if args.file:
-        path, id_col, uid_col = args.file, "id", "uid"
+        path, id_col, uid_col = args.file.resolve(), args.id, args.uid
     else:
         path = tmp / "recipients.csv"
         write_synthetic_csv(path, args.recipients, duplicate_rate=args.duplicate_rate, seed=1)
