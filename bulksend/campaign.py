@@ -29,7 +29,7 @@ from bulksend.models import Outcome, Status
 from bulksend.providers.base import Provider
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
-from bulksend.shard import Shard
+from bulksend.shard import ALREADY_DEDUPLICATED, Shard
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
 from bulksend.transport import Transport
 
@@ -196,7 +196,9 @@ async def send_campaign(
     if audience_check and provider.name != "maxtraffic":
         raise ConfigError("--audience-check looks visitors up in MaxTraffic; this is not")
     scheduler = scheduler or build_scheduler(settings, provider)
-    summary = Summary(provider=provider.name, campaign=settings.name)
+    summary = Summary(
+        provider=provider.name, campaign=settings.name, dedup_keys=list(provider.dedup_keys)
+    )
     options = EngineOptions(
         batch_size=settings.batch_size,
         workers=settings.in_flight,
@@ -218,6 +220,7 @@ async def send_campaign(
         dead_letter = journal.path.with_suffix(".dead-letter.jsonl")
     columns = (settings.recipients.id_column, settings.recipients.uid_column)
     letters = DeadLetter(dead_letter, *columns) if dead_letter else None
+    sharding = shard if shard is not None and shard.count > 1 else None
     outcome = "finished"
     try:
         with (
@@ -232,7 +235,7 @@ async def send_campaign(
                     provider,
                     wrap_transport(transport) if wrap_transport else transport,
                     scheduler,
-                    dedup,
+                    ALREADY_DEDUPLICATED if sharding else dedup,  # a shard dedups every row
                     options,
                     report=report,
                     summary=summary,
@@ -243,10 +246,12 @@ async def send_campaign(
                 )
                 if on_start is not None:
                     on_start(engine)
-                with letters or contextlib.nullcontext():
+                with letters or contextlib.nullcontext(), contextlib.ExitStack() as stack:
                     chunks = screened(provider, rows.chunks())
-                    if shard:
-                        chunks = shard.select(chunks)
+                    if sharding:  # closed before the deduper, even on a crash
+                        chunks = stack.enter_context(
+                            contextlib.closing(sharding.select(chunks, dedup))
+                        )
                     if audience_check:
                         check = AudienceCheck.for_provider(
                             provider,  # type: ignore[arg-type]  # MaxTraffic, checked above

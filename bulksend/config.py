@@ -6,10 +6,11 @@ never from a flag.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -141,15 +142,102 @@ def read_campaign(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
+# ---- the types of the campaign file's values ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a campaign key holds: ``what`` is said in the error, ``accepts`` checks a value."""
+
+    what: str
+    accepts: Callable[[Any], bool]
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_whole(value: Any) -> bool:  # a bool is an int to Python, not to a campaign file
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+_TEXT = Kind("text", _is_text)
+_PATH = Kind("a file path (text)", _is_text)
+_URL = Kind("a URL (text)", _is_text)
+_COLUMN = Kind("a column name (text)", _is_text)
+_RATE_TEXT = Kind("a rate such as '300/min' (text)", _is_text)
+_WHOLE = Kind("a whole number", _is_whole)
+_SECONDS = Kind("a number of seconds", _is_number)
+
+#: the kind of every key of the campaign file bulksend itself reads ([message] and [api] are the
+#: provider's, which checks them; [auth] keys are ``AUTH_KINDS`` by suffix); None: the top level
+KINDS: Mapping[tuple[str | None, str], Kind] = {
+    (None, "provider"): Kind("a provider name (text)", _is_text),
+    (None, "operation"): Kind("an operation name (text)", _is_text),
+    (None, "name"): _TEXT,
+    ("recipients", "path"): _PATH,
+    ("recipients", "format"): Kind("one of auto, csv, tsv, jsonl, lines (text)", _is_text),
+    ("recipients", "delimiter"): Kind("one character (text)", _is_text),
+    ("recipients", "encoding"): Kind("an encoding name (text)", _is_text),
+    ("recipients", "id"): _COLUMN,
+    ("recipients", "uid"): _COLUMN,
+    ("send", "base_url"): _URL,
+    ("send", "batch_size"): _WHOLE,
+    ("send", "rate"): _RATE_TEXT,
+    ("send", "limit"): _RATE_TEXT,
+    ("send", "in_flight"): _WHOLE,
+    ("send", "timeout"): _SECONDS,
+    ("send", "max_attempts"): _WHOLE,
+    ("send", "report"): _PATH,
+    ("send", "limiter"): _URL,
+}
+AUTH_KINDS: Mapping[str, Kind] = {
+    "_env": Kind("an environment variable name (text)", _is_text),
+    "_file": _PATH,
+}
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: TOML's words for tables and the like."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_kind(value: Any, kind: Kind, where: str) -> None:
+    if not kind.accepts(value):
+        raise ConfigError(f"{where} must be {kind.what}, got {shown(value)}")
+
+
+def _where(origin: str, table: str | None, key: str) -> str:
+    return f"{origin}: {key}" if table is None else f"{origin}: [{table}] {key}"
+
+
 def _int(value: Any, where: str, *, minimum: int = 1) -> int:
+    """A whole number from the file (checked by its kind), an environment variable or a flag."""
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
-    if isinstance(value, float) and value != number:
-        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        raise ConfigError(f"{where} must be a whole number, got {shown(value)}") from None
+    if isinstance(value, bool) or (isinstance(value, float) and value != number):
+        raise ConfigError(f"{where} must be a whole number, got {shown(value)}")
     if number < minimum:
-        raise ConfigError(f"{where}: must be at least {minimum}, got {number}")
+        raise ConfigError(f"{where} must be at least {minimum}, got {number}")
     return number
 
 
@@ -157,16 +245,20 @@ def _float(value: Any, where: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a number of seconds, got {value!r}") from None
+        raise ConfigError(f"{where} must be a number of seconds, got {shown(value)}") from None
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a number of seconds, got {shown(value)}")
     if number <= 0:
-        raise ConfigError(f"{where}: must be positive, got {value!r}")
+        raise ConfigError(f"{where} must be positive, got {shown(value)}")
     return number
 
 
 def _table(data: Mapping[str, Any], name: str, origin: str) -> dict[str, Any]:
+    """The table ``name`` of the file, its keys known (where bulksend knows them) and of the
+    right kind."""
     value = data.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{origin}: [{name}] must be a table")
+        raise ConfigError(f"{origin}: [{name}] must be a table, got {shown(value)}")
     allowed = _TABLES[name]
     if allowed:
         unknown = sorted(set(value) - allowed)
@@ -175,7 +267,90 @@ def _table(data: Mapping[str, Any], name: str, origin: str) -> dict[str, Any]:
                 f"{origin}: unknown key(s) in [{name}]: {', '.join(unknown)} "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
+    for key, item in value.items():
+        kind = KINDS.get((name, key))
+        if name == "auth":
+            kind = next((k for end, k in AUTH_KINDS.items() if key.endswith(end)), None)
+        if kind is not None:
+            _check_kind(item, kind, _where(origin, name, key))
     return dict(value)
+
+
+def _top(data: Mapping[str, Any], origin: str) -> None:
+    """Top-level keys: known, and of the right kind."""
+    unknown = sorted(set(data) - _TOP)
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown top-level key(s): {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(_TOP))})"
+        )
+    if not data.get("provider"):
+        raise ConfigError(f"{origin}: 'provider' is required (one of {', '.join(providers.KNOWN)})")
+    for (table, key), kind in KINDS.items():
+        if table is None and key in data:
+            _check_kind(data[key], kind, _where(origin, None, key))
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+#: [send]/[recipients] keys that flags set, and the flag's name when it is not --KEY
+_FLAGS: Mapping[str, tuple[str, str]] = {
+    **{
+        key: ("send", key)
+        for key in (
+            "base_url",
+            "batch_size",
+            "rate",
+            "limit",
+            "in_flight",
+            "timeout",
+            "max_attempts",
+            "report",
+        )
+    },
+    "recipients": ("recipients", "path"),
+    **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
+}
+
+
+class _Values:
+    """The file's tables with ``BULKSEND_*`` and flags applied, and where each value came from
+    (for errors: ``campaign.toml: [send] batch_size``, ``BULKSEND_BATCH_SIZE``, ``--batch-size``).
+    """
+
+    def __init__(
+        self,
+        tables: dict[str, dict[str, Any]],
+        origin: str,
+        env: Mapping[str, str],
+        flags: Mapping[str, Any],
+    ) -> None:
+        self.tables = tables
+        self.origin = origin
+        self.flags = flags
+        self._sources: dict[tuple[str, str], str] = {}
+        for var, (table, key) in ENV_OVERRIDES.items():
+            if env.get(var):
+                tables[table][key] = env[var]
+                self._sources[(table, key)] = var
+        for flag, (table, key) in _FLAGS.items():
+            if flag in flags:
+                tables[table][key] = flags[flag]
+                self._sources[(table, key)] = "--" + flag.replace("_", "-")
+
+    def where(self, table: str, key: str) -> str:
+        return self._sources.get((table, key)) or _where(self.origin, table, key)
+
+    def from_flag(self, table: str, key: str) -> bool:
+        """Whether a flag set it (a path then is relative to the working directory)."""
+        return self._sources.get((table, key), "").startswith("--")
+
+    def whole(self, key: str, default: int) -> int:
+        return _int(self.tables["send"].get(key, default), self.where("send", key))
+
+    def rate(self, key: str) -> Limit | None:
+        value = self.tables["send"].get(key)
+        return parse_rate(value, what=self.where("send", key)) if value else None
 
 
 def load_settings(
@@ -192,46 +367,64 @@ def load_settings(
     env = os.environ if env is None else env
     data = read_campaign(path)
     origin = str(path)
-    unknown = sorted(set(data) - _TOP)
-    if unknown:
-        raise ConfigError(
-            f"{origin}: unknown top-level key(s): {', '.join(unknown)} "
-            f"(allowed: {', '.join(sorted(_TOP))})"
-        )
-    provider = data.get("provider")
-    if not isinstance(provider, str) or not provider:
-        raise ConfigError(f"{origin}: 'provider' is required (one of {', '.join(providers.KNOWN)})")
-    module = providers.load(provider)
+    _top(data, origin)
+    module = providers.load(data["provider"])
     tables = {name: _table(data, name, origin) for name in _TABLES}
-    for var, (table, key) in ENV_OVERRIDES.items():
-        if env.get(var):
-            tables[table][key] = env[var]
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    send, rec = tables["send"], tables["recipients"]
-    for key in ("base_url", "batch_size", "rate", "limit", "in_flight", "timeout", "max_attempts"):
-        if key in flags:
-            send[key] = flags[key]
-    if "report" in flags:
-        send["report"] = flags["report"]
-    if "recipients" in flags:
-        rec["path"] = flags["recipients"]
-    for key in ("format", "delimiter", "encoding"):
-        if key in flags:
-            rec[key] = flags[key]
+    values = _Values(tables, origin, env, flags)
+    recipients = _recipients(values, path)
+    secret_sources = _secret_sources(module, tables, path.parent, origin)
+    send = tables["send"]
+    report = send.get("report")
+    if report and not values.from_flag("send", "report") and not Path(str(report)).is_absolute():
+        report = str(path.parent / str(report))
+    operation = str(data.get("operation", module.OPERATIONS[0]))
+    name = str(data.get("name", path.stem))
+    options = {
+        **tables["api"],
+        "operation": operation,
+        "message": tables["message"],
+        "campaign_name": name,
+        "columns": {"id": recipients.id_column, "uid": recipients.uid_column},
+    }
+    return Settings(
+        campaign_file=path,
+        provider=data["provider"],
+        operation=operation,
+        name=name,
+        options=options,
+        recipients=recipients,
+        secret_sources=secret_sources,
+        base_url=str(send.get("base_url", module.DEFAULT_BASE_URL)).rstrip("/"),
+        batch_size=values.whole("batch_size", module.DEFAULT_BATCH_SIZE),
+        limit=values.rate("limit"),
+        rate=values.rate("rate"),
+        in_flight=values.whole("in_flight", 16),
+        timeout=_float(send.get("timeout", 30.0), values.where("send", "timeout")),
+        max_attempts=values.whole("max_attempts", 6),
+        report=Path(str(report)) if report else None,
+        limiter=str(send["limiter"]) if send.get("limiter") else None,
+    )
 
-    base = path.parent
+
+def _recipients(values: _Values, path: Path) -> RecipientSettings:
+    rec = values.tables["recipients"]
     rec_path = rec.get("path")
     if not rec_path:
-        raise ConfigError(f"{origin}: no recipient file: set [recipients].path or --recipients")
+        raise ConfigError(
+            f"{values.origin}: no recipient file: set [recipients].path or --recipients"
+        )
     rec_path = str(rec_path)
-    if "recipients" not in flags and rec_path != "-" and not Path(rec_path).is_absolute():
-        rec_path = str(base / rec_path)  # file paths are relative to the campaign file
+    relative = rec_path != "-" and not Path(rec_path).is_absolute()
+    if relative and not values.from_flag("recipients", "path"):
+        rec_path = str(path.parent / rec_path)  # file paths are relative to the campaign file
     fmt = str(rec.get("format", "auto"))
     if fmt not in {"auto", "csv", "tsv", "jsonl", "lines"}:
         raise ConfigError(
-            f"{origin}: [recipients].format {fmt!r} is not one of auto, csv, tsv, jsonl, lines"
+            f"{values.where('recipients', 'format')} {fmt!r} is not one of "
+            "auto, csv, tsv, jsonl, lines"
         )
-    recipients = RecipientSettings(
+    return RecipientSettings(
         path=rec_path,
         format=fmt,
         delimiter=rec.get("delimiter"),
@@ -240,6 +433,11 @@ def load_settings(
         uid_column=rec.get("uid", "uid") or None,
     )
 
+
+def _secret_sources(
+    module: ModuleType, tables: Mapping[str, dict[str, Any]], base: Path, origin: str
+) -> dict[str, str]:
+    """Secret name -> the environment variable (or ``file:PATH``) it is read from."""
     auth = tables["auth"]
     secret_sources: dict[str, str] = {}
     secrets_for = getattr(module, "secrets_for", None)  # secrets may depend on [api] (auth mode)
@@ -257,36 +455,7 @@ def load_settings(
                 f"{origin}: unknown key [auth].{key} (allowed: {allowed}; "
                 "secrets are read from the environment or a file, never from the campaign file)"
             )
-
-    report = send.get("report")
-    if report and "report" not in flags and not Path(str(report)).is_absolute():
-        report = str(base / str(report))
-    operation = str(data.get("operation", module.OPERATIONS[0]))
-    options = {
-        **tables["api"],
-        "operation": operation,
-        "message": tables["message"],
-        "campaign_name": str(data.get("name", path.stem)),
-        "columns": {"id": recipients.id_column, "uid": recipients.uid_column},
-    }
-    return Settings(
-        campaign_file=path,
-        provider=provider,
-        operation=operation,
-        name=str(data.get("name", path.stem)),
-        options=options,
-        recipients=recipients,
-        secret_sources=secret_sources,
-        base_url=str(send.get("base_url", module.DEFAULT_BASE_URL)).rstrip("/"),
-        batch_size=_int(send.get("batch_size", module.DEFAULT_BATCH_SIZE), "batch_size"),
-        limit=parse_rate(send["limit"], what="limit") if send.get("limit") else None,
-        rate=parse_rate(send["rate"], what="rate") if send.get("rate") else None,
-        in_flight=_int(send.get("in_flight", 16), "in_flight"),
-        timeout=_float(send.get("timeout", 30.0), "timeout"),
-        max_attempts=_int(send.get("max_attempts", 6), "max_attempts"),
-        report=Path(str(report)) if report else None,
-        limiter=str(send["limiter"]) if send.get("limiter") else None,
-    )
+    return secret_sources
 
 
 def resolve_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -38,7 +38,7 @@ from bulksend.core.circuit import State as CircuitState
 from bulksend.errors import AuthError, BulksendError, ProviderError, UnavailableError
 from bulksend.journal import Journal, batch_digest
 from bulksend.logs import get_logger
-from bulksend.models import Batch, Outcome, Recipient, Rejected, Status
+from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
 from bulksend.providers.base import Batcher, Classification, Provider, Verdict, add_all
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Permit, Scheduler
@@ -286,7 +286,10 @@ class Engine:
         self.summary.read += len(recipients) + len(rejected)
         for item in rejected:
             rec = Recipient(item.line, item.id, item.uid)
-            self._finish(None, [rec], Status.INVALID, self._where(item))
+            if type(item) is Duplicate:  # deduplicated ahead (a shard: see bulksend.shard)
+                self._finish(None, [rec], Status.DUPLICATE, item.reason)
+            else:
+                self._finish(None, [rec], Status.INVALID, self._where(item))
         future = ahead.submit(recipients) if len(recipients) else None
         if pending is not None:
             await self._take(pending, batcher)
@@ -301,7 +304,7 @@ class Engine:
     async def _take(self, deduplicated: Future[Kept], batcher: Batcher) -> None:
         """Batch what a chunk's deduplication kept (after a stop: account for it, unsent)."""
         kept, duplicates = await asyncio.wrap_future(deduplicated)
-        self._finish(None, duplicates, Status.DUPLICATE, "already in this campaign")
+        self._finish(None, duplicates, Status.DUPLICATE, DUPLICATE_REASON)
         if self._stop is not None:  # after a stop the rest of the file is accounted for
             self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
             return

@@ -43,6 +43,16 @@ class Rejected:
     uid: str | None = None
 
 
+#: why a row whose identifiers were all seen earlier in the file is not sent
+DUPLICATE_REASON = "already in this campaign"
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate(Rejected):
+    """A row deduplicated before the engine saw it (a shard deduplicates the whole file, see
+    ``bulksend.shard``): reported ``duplicate`` with its reason, not ``invalid``."""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """An encoded request, ready for the transport. ``path`` is joined to the base URL."""

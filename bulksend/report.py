@@ -120,6 +120,9 @@ class Summary:
     #: per ``window`` seconds, the ``evidence`` it rests on, the ``mode`` (headers, adaptive,
     #: configured) and the group's ``throttled`` answers
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the identifiers the provider deduplicates on (``id``, ``uid``): each is delivered at
+    #: most once in a campaign, which ``bulksend report merge`` checks across shards
+    dedup_keys: list[str] = field(default_factory=list)
 
     def count(self, status: Status, n: int = 1) -> None:
         if status is _DELIVERED:

@@ -1,23 +1,28 @@
 """Deterministic sharding of a recipient file across workers (``--shard I/N``).
 
-A row belongs to shard ``I`` of ``N`` when a stable hash of its dedup key (the id, or the uid
-when there is no id) is ``I`` modulo ``N``; so every copy of a row, and every row sharing its
-id, lands in the same shard and is deduplicated there. Rows rejected while reading carry no
-trustworthy key and are assigned by line number instead, so each is reported by exactly one
-shard. (Rows that share only a uid but have different ids can land in different shards; see
-docs/scaling.md.)
+Every worker reads the whole file (it must, to find its rows) and deduplicates *all* of it with
+the campaign's own rules, exactly as an unsharded send would: the file and its order are the
+same everywhere, so every shard takes the same decisions. Then it keeps the rows it owns: the
+row that starts on line ``L`` belongs to shard ``L mod N``. So a sharded send delivers exactly
+what an unsharded send delivers, split N ways: a uid shared by rows with different ids is sent
+once, with its first row, whichever shard owns that row. Each row, sent, rejected or dropped as
+a duplicate, is reported by the one shard that owns it.
+
+The cost: each of the N workers deduplicates every row, not 1/N of them, and sizes its key
+table for the whole file (docs/scaling.md has the figures).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from bulksend.ahead import Dedup, DedupAhead
 from bulksend.errors import ConfigError
-from bulksend.models import Recipient, Rejected
+from bulksend.models import DUPLICATE_REASON, Duplicate, Recipient
+from bulksend.recipients import Recipients
+from bulksend.sources.spec import Chunk
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -41,23 +46,38 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
-    def owns(self, item: Recipient | Rejected) -> bool:
-        if self.count == 1:
-            return True
-        key = item.id if item.id is not None else item.uid
-        if isinstance(item, Rejected) or key is None:
-            return item.line % self.count == self.index
-        return stable_hash(key) % self.count == self.index
+    def owns(self, line: int) -> bool:
+        """Whether the row that starts on ``line`` is this shard's."""
+        return line % self.count == self.index
 
-    def select(self, chunks: Iterable[Any]) -> Iterator[Any]:
-        """Keep this shard's rows of each ``(recipients, rejected)`` chunk."""
-        for recipients, rejected in chunks:
-            yield (
-                [r for r in recipients if self.owns(r)],
-                [r for r in rejected if self.owns(r)],
-            )
+    def select(self, chunks: Iterable[Chunk], dedup: Dedup) -> Generator[Chunk, None, None]:
+        """This shard's rows of each chunk, after deduplicating every row with ``dedup``
+        (one chunk ahead, in a helper thread). The duplicates it owns come as
+        :class:`~bulksend.models.Duplicate` items among the chunk's ``rejected``; what it
+        keeps needs no more deduplication (give the engine ``ALREADY_DEDUPLICATED``)."""
+        with DedupAhead(dedup) as ahead:
+            for (_, rejected), (kept, duplicates) in ahead.chunks(chunks):
+                mine = [r for r in rejected if self.owns(r.line)]
+                mine += [
+                    Duplicate(r.line, DUPLICATE_REASON, r.id, r.uid)
+                    for r in duplicates
+                    if self.owns(r.line)
+                ]
+                yield Chunk(self._mine(kept), mine)
+
+    def _mine(self, rows: Sequence[Recipient]) -> Recipients:
+        rows = Recipients.of(rows)
+        count, index = self.count, self.index
+        return rows.select([line % count == index for line in rows.lines])
 
 
-def stable_hash(key: str) -> int:
-    """The same on every machine and Python (unlike ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+class _AlreadyDeduplicated:
+    """The engine's deduplicator for a shard whose rows were deduplicated by ``select``."""
+
+    def filter_many(
+        self, recipients: Sequence[Recipient]
+    ) -> tuple[Sequence[Recipient], Sequence[Recipient]]:
+        return recipients, Recipients(range(0))
+
+
+ALREADY_DEDUPLICATED = _AlreadyDeduplicated()

@@ -77,8 +77,8 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
     [
         ("provider = 'nope'", "unknown provider 'nope'"),
         ("name = 'x'", "'provider' is required"),
-        (f"{MT}[send]\nbatch_size = 0", "batch_size: must be at least 1"),
-        (f"{MT}[send]\ntimeout = 'soon'", "timeout: expected a number"),
+        (f"{MT}[send]\nbatch_size = 0", r"c.toml: \[send\] batch_size must be at least 1, got 0"),
+        (f"{MT}[send]\ntimeout = 'soon'", "timeout must be a number of seconds, got 'soon'"),
         ("provider = 'maxtraffic'\n[send]\nbatchsize = 5", r"unknown key\(s\) in \[send\]"),
         (f"{MT}[auth]\napi_key = 'abc'", r"unknown key \[auth\].api_key"),
         ("provider = 'maxtraffic'\n[recipients]\npath='r'\nformat='xls'", "'xls' is not one of"),

@@ -45,7 +45,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 def dataset(n_unique: int, seed: int = 8) -> list[tuple[str, str]]:
-    """Unique rows plus 5 % exact copies (a copy lands in its original's shard)."""
+    """Unique rows plus 5 % exact copies (every shard deduplicates the whole file)."""
     rows = [(f"v{i:06d}", f"u{i:06d}") for i in range(n_unique)]
     rows += random.Random(seed).sample(rows, n_unique // 20)
     random.Random(seed + 1).shuffle(rows)

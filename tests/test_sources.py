@@ -138,7 +138,8 @@ def test_bad_rows_are_rejected_with_line_and_reason_and_reading_goes_on() -> Non
         X(4, "missing id and uid"),
         X(5, "value too long in column 'uid' (2000 > 1024 chars)"),
         X(6, "control character in column 'uid'"),
-        # line 7 is empty and line 8 holds only delimiters: skipped silently
+        # line 7 is empty: not a row; line 8 holds only delimiters: a row without a value
+        X(8, "empty row: no id and no uid"),
         R(9, "5", "u5", name="last"),
     ]
 
@@ -230,7 +231,7 @@ def test_strict_stops_at_the_first_problem_and_collect_problems_lists_them() -> 
         list(rows)
     problems = collect_problems(SourceSpec(path=str(DATA / "bad_rows.csv")), limit=2)
     assert [p.line for p in problems] == [3, 4]
-    assert len(collect_problems(SourceSpec(path=str(DATA / "bad_rows.csv")))) == 4
+    assert len(collect_problems(SourceSpec(path=str(DATA / "bad_rows.csv")))) == 5
 
 
 def test_spooled_stdin_can_be_read_twice() -> None:
@@ -245,7 +246,7 @@ def test_spooled_stdin_can_be_read_twice() -> None:
 def test_rows_can_be_read_once_and_count_what_they_read() -> None:
     with open_source(SourceSpec(path=str(DATA / "bad_rows.csv"))) as rows:
         chunks = list(rows.chunks())
-        assert (rows.recipients, rows.rejected) == (2, 4)
+        assert (rows.recipients, rows.rejected) == (2, 5)
         assert sum(len(c.recipients) for c in chunks) == 2
         with pytest.raises(RuntimeError):
             list(rows.chunks())

@@ -61,7 +61,12 @@ def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True)
         help="recipient file format (auto: from the name, else sniffed)",
     )
     group.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: sniffed)")
-    group.add_argument("--encoding", metavar="NAME", help="recipient file encoding (utf-8)")
+    group.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="recipient file encoding (default utf-8, or UTF-16/UTF-32 when the file starts "
+        "with their byte-order mark)",
+    )
     group.add_argument("--batch-size", type=int, metavar="N", help="recipients per request")
     group.add_argument(
         "--limit",

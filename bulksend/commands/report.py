@@ -28,17 +28,22 @@ MERGE_DESCRIPTION = """\
 Combine the per-shard summaries (written by bulksend send --summary-json) and/or per-recipient
 reports (--report, CSV or JSON Lines) into one summary: counters are summed, elapsed is the
 longest shard's, rates are recomputed. With --report the per-recipient reports are concatenated.
-When both summaries and reports are given, their per-status counts must agree. Exit status: 0
-when every valid recipient was delivered (or within --max-failure-rate), 1 otherwise, 2 for
-unreadable inputs."""
+When both summaries and reports are given, their per-status counts must agree. No id or uid the
+provider deduplicates on (the summaries name them; without summaries both) may be delivered by
+two report rows: one shard delivering what another did fails the merge. Exit status: 0 when
+every valid recipient was delivered (or within --max-failure-rate), 1 otherwise (also when the
+reports disagree with the summaries or deliver an identifier twice), 2 for unreadable
+inputs."""
 
 _REPORT_SUFFIXES = {".csv", ".tsv", ".txt"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 _SUMMED = tuple(
     f.name
     for f in fields(Summary)
-    if f.name not in {"provider", "campaign", "elapsed", "stopped", "warnings", "limits"}
+    if f.name
+    not in {"provider", "campaign", "elapsed", "stopped", "warnings", "limits", "dedup_keys"}
 )
+_KEYS = ("id", "uid")
 #: report status -> Summary counter
 _STATUS_FIELD = {
     "delivered": "delivered",
@@ -86,8 +91,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     summaries, reports = classify(args.inputs)
     merged = merge_summaries([s for _, s in summaries])
     counts = Counter[str]()
+    twice: list[str] = []
     if reports:
-        counts = concatenate(reports, args.report)
+        counts, twice = concatenate(reports, args.report, merged.dedup_keys or _KEYS)
     elif args.report is not None:
         raise ConfigError("--report: no per-recipient reports among the inputs to concatenate")
     problems: list[str] = []
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         merged = summary_from_counts(counts)
     elif reports:
         problems = compare(merged, counts)
+    problems = [f"summaries and reports disagree: {p}" for p in problems] + twice
     if args.summary_json:
         data = merged.as_dict()
         data["merged_from"] = [str(p) for p in args.inputs]
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if args.report is not None:
             print(f"  report: {args.report} ({sum(counts.values()):,} rows)", file=ctx.out)
     for problem in problems:
-        print(f"bulksend: summaries and reports disagree: {problem}", file=ctx.err)
+        print(f"bulksend: {problem}", file=ctx.err)
     if problems:
         return ExitStatus.FAILURES
     if merged.complete or (not merged.stopped and merged.failure_rate <= args.max_failure_rate):
@@ -155,6 +162,9 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
             raise InputError(f"{path}: summary field {name!r} is not a count: {value!r}")
     if not isinstance(data.get("elapsed", 0.0), int | float):
         raise InputError(f"{path}: summary field 'elapsed' is not a number")
+    keys = data.get("dedup_keys", [])
+    if not isinstance(keys, list) or not set(keys) <= set(_KEYS):
+        raise InputError(f"{path}: summary field 'dedup_keys' is not a list of id, uid")
     return data
 
 
@@ -171,6 +181,8 @@ def merge_summaries(items: Sequence[dict[str, Any]]) -> Summary:
     merged.stopped = "; ".join(dict.fromkeys(stops))
     warnings = (str(w) for d in items for w in d.get("warnings") or [])
     merged.warnings = list(dict.fromkeys(warnings))
+    named = {str(key) for d in items for key in d.get("dedup_keys") or []}
+    merged.dedup_keys = [key for key in _KEYS if key in named]
     return merged
 
 
@@ -284,18 +296,91 @@ def read_report(path: Path) -> Iterator[dict[str, Any]]:
         raise InputError(f"{path}: not UTF-8 text") from None
 
 
-def concatenate(reports: Sequence[Path], out_path: Path | None) -> Counter[str]:
-    """Count the rows of ``reports`` by status and, with ``out_path``, write them all there."""
+def concatenate(
+    reports: Sequence[Path], out_path: Path | None, keys: Sequence[str] = _KEYS
+) -> tuple[Counter[str], list[str]]:
+    """Count the rows of ``reports`` by status and, with ``out_path``, write them all there.
+
+    Also returns what went wrong across them: an identifier among ``keys`` that two rows
+    delivered (one line naming it, both rows and how many such identifiers there are)."""
     if out_path is not None and any(p.resolve() == out_path.resolve() for p in reports):
         raise ConfigError(f"--report: {out_path} is also an input")
     counts = Counter[str]()
     out = _Out(out_path)
     out.open()
+    delivered = _Delivered(keys)
     try:
         for path in reports:
             for row in read_report(path):
-                counts[str(row.get("status"))] += 1
+                status = str(row.get("status"))
+                counts[status] += 1
                 out.write(row)
+                if status == "delivered":
+                    delivered.add(path, row)
+        delivered.flush()
     finally:
         out.close()
-    return counts
+        delivered.close()
+    return counts, delivered.problems(reports)
+
+
+class _Delivered:
+    """The identifiers delivered so far, in an exact key set (bounded RAM: about 12 bytes a
+    key, the text spilled to disk), and the first one delivered twice."""
+
+    BATCH = 4096
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        from bulksend.core.dedup import KeySet  # numpy and the C extension: only when needed
+
+        self.keys = tuple(keys)
+        self._seen = KeySet()
+        self._rows: list[tuple[Path, Any, dict[str, str | None]]] = []
+        self.repeats = 0
+        #: (key, value, the report and line of the second delivery)
+        self.first: tuple[str, str, Path, Any] | None = None
+
+    def add(self, path: Path, row: dict[str, Any]) -> None:
+        values = {key: _identifier(row.get(key)) for key in self.keys}
+        self._rows.append((path, row.get("line"), values))
+        if len(self._rows) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        for kind, key in enumerate(self.keys, 1):
+            values = [values[key] for _, _, values in rows]
+            new, present = self._seen.add_kinds([(values, kind)])[0]
+            again = ~new if present is None else present & ~new
+            where = again.nonzero()[0]
+            self.repeats += len(where)
+            if len(where) and self.first is None:
+                path, line, _ = rows[int(where[0])]
+                self.first = (key, str(values[int(where[0])]), path, line)
+
+    def close(self) -> None:
+        self._seen.close()
+
+    def problems(self, reports: Sequence[Path]) -> list[str]:
+        if self.first is None:
+            return []
+        key, value, path, line = self.first
+        earlier = _first_delivery(reports, key, value)
+        more = f"; {self.repeats:,} deliveries of an id or uid delivered before, in all"
+        return [
+            f"{key} {value!r} was delivered twice: {earlier} and {path} (line {line}); shards "
+            f"must not overlap (docs/scaling.md){more if self.repeats > 1 else ''}"
+        ]
+
+
+def _identifier(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _first_delivery(reports: Sequence[Path], key: str, value: str) -> str:
+    """``report (line N)`` of the first row that delivered ``value`` as its ``key``."""
+    for path in reports:
+        for row in read_report(path):
+            if row.get("status") == "delivered" and _identifier(row.get(key)) == value:
+                return f"{path} (line {row.get('line')})"
+    return "an earlier row"  # pragma: no cover - the key set found one

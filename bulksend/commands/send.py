@@ -109,8 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument(
         "--shard",
         metavar="I/N",
-        help="send only slice I (0-based) of N of the recipient file, by a stable hash of the "
-        "dedup key; each shard keeps its own journal",
+        help="send only slice I (0-based) of N of the recipient file: the rows on lines L with "
+        "L mod N = I, after deduplicating the whole file as one send would; each shard keeps "
+        "its own journal",
     )
     scale.add_argument(
         "--limiter",

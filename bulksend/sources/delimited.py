@@ -192,7 +192,8 @@ class DelimitedReader:
             columns = [flat[i::step] if i in self._needed else [] for i in range(width)]
         chunk = self.layout.columns(numbers, columns, count)
         if chunk is None:
-            rows = [line.split(delimiter) for line in body.split("\n")]
+            # an empty line is no row ([], as csv.reader gives it); "" would be an empty row
+            rows = [line.split(delimiter) if line else [] for line in body.split("\n")]
             chunk = self.layout.rows(numbers, rows)
         self._line = first + count
         return chunk

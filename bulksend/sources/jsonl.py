@@ -1,4 +1,9 @@
-"""JSON Lines: one object per line; ``id``/``uid`` may be strings or integers."""
+"""JSON Lines: one object per line; ``id``/``uid`` may be strings or integers.
+
+An empty line (nothing but its ending) is skipped and is not a row. A line of only whitespace,
+and an object without a value (``{}``, or only nulls and blank strings), is a row rejected as
+``empty row``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,11 @@ from bulksend.sources.stream import TextSource
 _KINDS = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
+def _blank(record: dict[str, Any]) -> bool:
+    """No value in the object: every one is null or a blank string (``{}`` too)."""
+    return all(v is None or (type(v) is str and not v.strip()) for v in record.values())
+
+
 def _kind(value: object) -> str:
     return "object" if isinstance(value, dict) else _KINDS.get(type(value), type(value).__name__)
 
@@ -31,6 +41,7 @@ class JsonLinesReader:
         self._limit = spec.max_value_len
         self._undecodable = specs.undecodable(spec.encoding)
         self._missing = specs.missing([key for key, _ in spec.columns.mapped()])
+        self._empty = specs.empty([key for key, _ in spec.columns.mapped()])
         self._line = 1
 
     def chunks(self) -> Iterator[Chunk]:
@@ -48,9 +59,9 @@ class JsonLinesReader:
             attrs: list[Mapping[str, str]] = []
             rejected: list[Rejected] = []
             for number, text in enumerate(lines, self._line):
-                if not text.strip():
+                if not text or text == "\r":
                     continue
-                item = self._row(number, text)
+                item = self._row(number, text) if text.strip() else Rejected(number, self._empty)
                 if type(item) is Rejected:
                     rejected.append(item)
                 else:
@@ -95,7 +106,7 @@ class JsonLinesReader:
                 return Rejected(line, problem)
         id, uid = values.get("id"), values.get("uid")
         if id is None and uid is None:
-            return Rejected(line, self._missing)
+            return Rejected(line, self._empty if _blank(record) else self._missing)
         return id, uid, attrs or EMPTY
 
     def _key(self, name: str, value: Any) -> tuple[str | None, str | None]:

@@ -1,4 +1,8 @@
-"""A plain list: one identifier per line, no header; blank lines are skipped."""
+"""A plain list: one identifier per line, no header.
+
+An empty line (nothing but its ending) is skipped and is not a row; a line of only whitespace
+is a row, rejected as ``empty row``.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ class LinesReader:
             self._line += len(lines)
             numbers = range(first, first + len(lines))
             if "" in lines:
-                kept = [(n, v) for n, v in zip(numbers, lines, strict=True) if v.strip()]
+                kept = [(n, v) for n, v in zip(numbers, lines, strict=True) if v]
                 if not kept:
                     yield Chunk([], [])
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from bulksend.sources.delimited import DelimitedReader, check_delimiter, sniff
 from bulksend.sources.jsonl import JsonLinesReader
 from bulksend.sources.lines import LinesReader
 from bulksend.sources.spec import FORMATS, STDIN, Chunk, Format, SourceSpec, describe
-from bulksend.sources.stream import TextSource, open_text
+from bulksend.sources.stream import TextSource, open_text, wide
 
 _EXTENSIONS: dict[str, Format] = {
     ".csv": "csv",
@@ -37,7 +38,8 @@ class _Reader(Protocol):
 class Rows:
     """The rows of an open source. Iterate once: items, or ``chunks()`` for speed.
 
-    ``format``, ``delimiter`` and ``header`` say what was found; ``estimated_rows`` is a guess
+    ``format``, ``delimiter``, ``header`` and ``encoding`` (the codec, after any byte-order
+    mark) say what was found; ``estimated_rows`` is a guess
     from the file size and the first block (0 when unknown: gzip, stdin), good for sizing the
     deduplicator; ``recipients``/``rejected`` count what has been read so far.
     """
@@ -55,6 +57,7 @@ class Rows:
     ) -> None:
         self.name = spec.name
         self.format = format
+        self.encoding = spec.encoding
         self.delimiter = delimiter
         self.header = header
         self.recipients = 0
@@ -147,7 +150,11 @@ def open_source(spec: SourceSpec, *, stdin: BinaryIO | None = None) -> Iterator[
     here (or, for damage further on such as truncated gzip data, while iterating)."""
     _check(spec)
     delimiter = check_delimiter(spec)
-    with open_text(spec, stdin) as (text, size):
+    with open_text(spec, stdin) as (text, size, encoding):
+        if encoding != codecs.lookup(spec.encoding).name:  # a byte-order mark said otherwise
+            spec = replace(spec, encoding=encoding)
+        if size and wide(encoding):  # the estimate counts characters, the size bytes
+            size //= 4 if encoding.startswith("utf-32") else 2
         source = TextSource(text, spec.name)
         fmt = _detect(spec, source)
         reader: _Reader

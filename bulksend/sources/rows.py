@@ -7,7 +7,9 @@ rules.
 Rules, for the columns that are read (``id``, ``uid`` and, with ``keep_attrs``, the others):
 
 * surrounding whitespace is stripped from ``id`` and ``uid``; an empty one counts as absent;
-* a row whose fields are all blank is skipped silently (spreadsheet exports end with them);
+* a line with no character at all (only its line ending) is not a row: it is skipped, and
+  counted nowhere; a row that has characters but no value (only delimiters and/or whitespace,
+  such as ``,,`` at the end of a spreadsheet export) is a row, rejected as ``empty row``;
 * undecodable bytes, a value over ``max_value_len`` characters, or a control character
   (any C0/C1 character in ``id``/``uid``; C0 other than tab, CR and LF in attributes) reject
   the row, as does a row without ``id`` and ``uid``.
@@ -58,14 +60,18 @@ class Layout:
         self.max_len = max_len
         self.undecodable = spec.undecodable(encoding)
         self.missing = spec.missing([key for key, _, _ in keys])
+        self.empty = spec.empty([key for key, _, _ in keys])
 
     # -- one row -----------------------------------------------------------------------------
 
     def row(self, line: int, fields: Sequence[str]) -> Recipient | Rejected | None:
-        """The recipient for one row, its rejection, or None for a blank row."""
+        """The recipient for one row, its rejection, or None for an empty line (no fields:
+        what ``csv.reader`` gives for a line with nothing but its ending)."""
+        if not fields:
+            return None
         if len(fields) != self.width:
-            if not "".join(fields).strip():
-                return None
+            if self._blank(fields):
+                return Rejected(line, self.empty)
             return Rejected(line, spec.wrong_fields(self.width, len(fields)))
         values = {}
         for key, index, label in self.keys:
@@ -86,7 +92,7 @@ class Layout:
             attrs = kept
         id, uid = values.get("id"), values.get("uid")
         if id is None and uid is None:
-            return None if self._blank(fields) else Rejected(line, self.missing)
+            return Rejected(line, self.empty if self._blank(fields) else self.missing)
         return make_recipient(line, id, uid, attrs)
 
     def _problem(self, value: str, label: str, bad: re.Pattern[str]) -> str | None:

@@ -78,6 +78,11 @@ def missing(keys: list[str]) -> str:
     return "missing " + " and ".join(keys)
 
 
+def empty(keys: list[str]) -> str:
+    """A row with characters in it but no value: only delimiters, whitespace, ``{}``."""
+    return "empty row: " + " and ".join(f"no {key}" for key in keys)
+
+
 def too_long(column: str, length: int, limit: int) -> str:
     return f"value too long in column {column!r} ({length} > {limit} chars)"
 

@@ -1,7 +1,15 @@
-"""Bytes to text: opening a path or stdin, gzip by magic bytes, the whole-file checks.
+"""Bytes to text: opening a path or stdin, gzip by magic bytes, the byte-order mark, the
+whole-file checks.
 
 Everything that makes a file unusable as a whole raises :class:`~bulksend.errors.InputError`
 with a one-line message that names the file, here or while reading on.
+
+The encoding: with ``utf-8`` (the default) a byte-order mark at the start of the (decompressed)
+file decides: UTF-8, UTF-16 LE/BE or UTF-32 LE/BE; without one the file is UTF-8. None of those
+marks can begin UTF-8 text, so following it is never wrong. Any other encoding is used as
+given; a mark of that encoding is skipped (``utf-16`` or ``utf-32`` take their byte order from
+it), any other mark is left in the text. The mark is cut off before decoding, so line numbers
+are unchanged, and only the first block is looked at: the file is still streamed.
 """
 
 from __future__ import annotations
@@ -80,22 +88,70 @@ def _read_head(name: str, stream: BinaryIO | gzip.GzipFile) -> bytes:
     return b"".join(parts)
 
 
-def _wide(encoding: str) -> bool:
+def wide(encoding: str) -> bool:
+    """UTF-16 or UTF-32 (where NUL bytes are text)."""
     return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
+def _lone_surrogates(error: UnicodeError) -> tuple[str, int]:
+    """Like ``surrogateescape`` for any byte: UTF-16/32 data can be bad in bytes below 128,
+    which ``surrogateescape`` refuses to escape (it raises instead). Each bad byte becomes a
+    lone surrogate, so the row holding it is rejected as undecodable and reading goes on."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return "".join(chr(0xDC00 + byte) for byte in bad), error.end
+
+
+LONE_SURROGATES = "bulksend-lone-surrogates"
+codecs.register_error(LONE_SURROGATES, _lone_surrogates)
+
+
+#: byte-order marks and their codecs; UTF-32 LE's (FF FE 00 00) before UTF-16 LE's (FF FE)
+BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def choose_encoding(name: str, head: bytes) -> tuple[str, int]:
+    """``(codec, bytes of byte-order mark to skip)`` for a file that starts with ``head``, when
+    ``name`` was asked for (a normalised codec name; see the module docstring)."""
+    found = next(((bom, codec) for bom, codec in BOMS if head.startswith(bom)), None)
+    if found is None:
+        return name, 0
+    bom, codec = found
+    if name in ("utf-8", "utf-8-sig") or codec == name or codec.startswith(f"{name}-"):
+        return codec, len(bom)
+    return name, 0  # an explicit encoding wins over a mark of another one
+
+
+def _binary(name: str, head: bytes) -> InputError:
+    probe = head[:BINARY_PROBE]
+    hint = ""
+    if len(probe) >= 4:
+        if probe[1::2].count(0) * 4 >= len(probe) * 3 // 2:  # NUL every other byte
+            hint = "; if it is UTF-16 text without a byte-order mark, try --encoding utf-16-le"
+        elif probe[0::2].count(0) * 4 >= len(probe) * 3 // 2:
+            hint = "; if it is UTF-16 text without a byte-order mark, try --encoding utf-16-be"
+    return InputError(f"{name}: looks like a binary file (NUL bytes), not a recipient list{hint}")
 
 
 @contextmanager
 def open_text(
     spec: SourceSpec, stdin: BinaryIO | None = None
-) -> Iterator[tuple[io.TextIOWrapper, int | None]]:
-    """The decoded text of the file (undecodable bytes kept as lone surrogates) and its size
-    in bytes when it is a plain regular file (for estimates), else None."""
+) -> Iterator[tuple[io.TextIOWrapper, int | None, str]]:
+    """The decoded text of the file (undecodable bytes kept as lone surrogates, byte-order mark
+    cut off), its size in bytes when it is a plain regular file (for estimates) else None, and
+    the codec it is decoded with."""
     name = spec.name
     try:
-        codec = codecs.lookup(spec.encoding)
+        asked = codecs.lookup(spec.encoding).name
     except LookupError:
         raise InputError(f"{name}: unknown encoding {spec.encoding!r}") from None
-    encoding = "utf-8-sig" if codec.name == "utf-8" else codec.name
     size: int | None = None
     raw: BinaryIO
     if spec.path == STDIN:
@@ -119,11 +175,15 @@ def open_text(
             size = None
         if not head:
             raise InputError(f"{name}: file is empty")
-        if b"\0" in head[:BINARY_PROBE] and not _wide(encoding):
-            raise InputError(f"{name}: looks like a binary file (NUL bytes), not a recipient list")
-        buffered = io.BufferedReader(_Replay(head, stream, owned=False), buffer_size=BLOCK)
-        text = io.TextIOWrapper(buffered, encoding=encoding, errors="surrogateescape", newline="")
-        yield text, size
+        encoding, skip = choose_encoding(asked, head)
+        if skip and len(head) == skip:
+            raise InputError(f"{name}: file is empty (only a byte-order mark)")
+        if b"\0" in head[skip:BINARY_PROBE] and not wide(encoding):
+            raise _binary(name, head)
+        buffered = io.BufferedReader(_Replay(head[skip:], stream, owned=False), buffer_size=BLOCK)
+        errors = LONE_SURROGATES if wide(encoding) else "surrogateescape"
+        text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline="")
+        yield text, size, encoding
     finally:
         if text is not None:
             text.close()
