@@ -44,6 +44,7 @@ _TABLES: Mapping[str, frozenset[str]] = {
             "in_flight",
             "timeout",
             "max_attempts",
+            "max_unexpected",
             "report",
             "limiter",
         }
@@ -62,6 +63,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "BULKSEND_IN_FLIGHT": ("send", "in_flight"),
     "BULKSEND_TIMEOUT": ("send", "timeout"),
     "BULKSEND_MAX_ATTEMPTS": ("send", "max_attempts"),
+    "BULKSEND_MAX_UNEXPECTED": ("send", "max_unexpected"),
     "BULKSEND_REPORT": ("send", "report"),
     "BULKSEND_RECIPIENTS": ("recipients", "path"),
     "BULKSEND_LIMITER": ("send", "limiter"),
@@ -112,6 +114,8 @@ class Settings:
     in_flight: int = 16
     timeout: float = 30.0
     max_attempts: int = 6
+    #: unexpected answers in a row (a 2xx that is not the provider's answer) that stop the send
+    max_unexpected: int = 5
     report: Path | None = None
     #: a shared limiter (``redis://...``) for several workers; None: in-process
     limiter: str | None = None
@@ -187,7 +191,7 @@ def load_settings(
     """Read ``path``, apply ``BULKSEND_*`` from ``env``, then ``overrides`` (flags; None = unset).
 
     ``overrides`` keys: recipients, base_url, report, batch_size, rate, limit, in_flight, timeout,
-    max_attempts, format, delimiter, encoding.
+    max_attempts, max_unexpected, format, delimiter, encoding.
     """
     env = os.environ if env is None else env
     data = read_campaign(path)
@@ -208,7 +212,16 @@ def load_settings(
             tables[table][key] = env[var]
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     send, rec = tables["send"], tables["recipients"]
-    for key in ("base_url", "batch_size", "rate", "limit", "in_flight", "timeout", "max_attempts"):
+    for key in (
+        "base_url",
+        "batch_size",
+        "rate",
+        "limit",
+        "in_flight",
+        "timeout",
+        "max_attempts",
+        "max_unexpected",
+    ):
         if key in flags:
             send[key] = flags[key]
     if "report" in flags:
@@ -284,6 +297,7 @@ def load_settings(
         in_flight=_int(send.get("in_flight", 16), "in_flight"),
         timeout=_float(send.get("timeout", 30.0), "timeout"),
         max_attempts=_int(send.get("max_attempts", 6), "max_attempts"),
+        max_unexpected=_int(send.get("max_unexpected", 5), "max_unexpected"),
         report=Path(str(report)) if report else None,
         limiter=str(send["limiter"]) if send.get("limiter") else None,
     )
