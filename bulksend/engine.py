@@ -200,6 +200,9 @@ class Engine:
         self._unexpected_streak = 0
         self._recognised = False
         self._last_unexpected = ""  # "URL answered 200 text/html, not ..." (the latest)
+        #: the latest failure of each group, for the stop line ("connection refused: host")
+        self._last_failure: dict[str, str] = {}
+        self._no_answer: NoResponse | None = None  # the latest request that got no answer
         self._base = getattr(transport, "base_url", "")
         self._circuit_changed: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()  # set by stop(): ends the waits of parked batches
@@ -543,6 +546,8 @@ class Engine:
         group = job.batch.group
         self._probed.set()
         self.scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+        self._last_failure[group] = exc.reason
+        self._no_answer = exc
         self._circuit_result(group, failure=True)
         part.unknown_sent = part.unknown_sent or exc.sent
         self._log.debug("batch_no_response", batch=job.batch.number, error=str(exc))
@@ -565,6 +570,8 @@ class Engine:
         if kind is not _UNEXPECTED:
             self._unexpected_streak = 0
             self._recognised = True
+        if failure:
+            self._last_failure[group] = f"answered {response.status}"
         if (
             failure
             or circuit is None
@@ -656,10 +663,20 @@ class Engine:
         return f"; resume it with: bulksend retry {self.journal.path}"
 
     def _never_answered(self) -> None:
-        """At the end of a run in which nothing but unexpected answers came back: stop with
-        what was seen, as a stop in the middle of the send would."""
-        if self._stop is None and self._unexpected_streak and not self._recognised:
+        """At the end of a run in which nothing but unexpected answers (or no answer at all)
+        came back: stop with what was seen, as a stop in the middle of the send would."""
+        if self._stop is not None:
+            return
+        if self._unexpected_streak and not self._recognised:
             self.stop(self._unexpected_stop())
+        elif self._no_answer is not None and not self._opened:
+            base = public_url(self._base)
+            self.stop(
+                UnavailableError(
+                    f"{base} never answered ({self._no_answer.reason}): is --base-url right? "
+                    "nothing was delivered" + self._resume_hint()
+                )
+            )
 
     def _invalid(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
         """A 422 (or the like): report the recipients the provider named and send the rest
@@ -746,11 +763,14 @@ class Engine:
                 if answered
                 else f" (it never answered: check the base URL {public_url(self._base)})"
             )
+            cause = self._last_failure.get(group, "")
             self.stop(
                 UnavailableError(
-                    f"endpoint group {group!r} kept failing: {circuit.failures} failures in a "
-                    f"row, {circuit.failed_probes} probes after pauses{hint}; the send stopped "
-                    "(what was not sent is skipped and resumable)"
+                    f"endpoint group {group!r} kept failing"
+                    + (f" ({cause})" if cause else "")
+                    + f": {circuit.failures} failures in a row, {circuit.failed_probes} probes "
+                    f"after pauses{hint}; the send stopped (what was not sent is skipped and "
+                    "resumable)"
                 )
             )
         if state is CircuitState.OPEN:
