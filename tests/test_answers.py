@@ -191,3 +191,23 @@ def test_a_maxemail_warning_survives_on_an_unexpected_answer() -> None:
     assert c.verdict is Verdict.UNEXPECTED
     assert c.unexpected == "200 text/html, not Maxemail's JSON answer"
     assert c.warning is not None
+
+
+def test_the_leads_export_and_the_audience_check_refuse_a_page_the_same_way() -> None:
+    from bulksend.audience import LookupVerdict, read_lookup
+    from bulksend.errors import UnavailableError
+    from bulksend.leads import LeadsQuery, read_leads
+
+    page = HttpResponse(200, HTML, PAGE)
+    reading = read_leads(page, LeadsQuery())
+    assert isinstance(reading.error, UnavailableError)
+    assert str(reading.error).startswith(
+        "leads: unexpected answer: 200 text/html, not MaxTraffic's leads (a JSON array of leads); "
+        "body: <html>\\r\\n"
+    )
+    assert read_leads(HttpResponse(200, JSON, b'[{"email": "a@b.c"}]'), LeadsQuery()).leads
+    lookup = read_lookup(page)
+    assert lookup.verdict is LookupVerdict.FATAL
+    assert lookup.message.startswith("visitor lookup: unexpected answer: 200 text/html, not ")
+    visitor = HttpResponse(200, JSON, b'{"id": "v1", "web_push_subscriber": true}')
+    assert read_lookup(visitor).verdict is LookupVerdict.ANSWER
