@@ -38,6 +38,7 @@ import orjson
 from bulksend.errors import AuthError, ProviderError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
+from bulksend.providers.answers import read_json, unexpected
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
@@ -114,21 +115,16 @@ def read_lookup(response: HttpResponse) -> LookupResult:
     """What a visitor lookup's response means (pure)."""
     status = response.status
     if status == 200:
-        try:
-            data = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            data = None
+        data = read_json(response)  # NOT_JSON for a page (or any type that is not JSON)
         flag = data.get("web_push_subscriber") if isinstance(data, dict) else None
         if flag is True:
             return LookupResult(LookupVerdict.ANSWER, Answer(Audience.OK))
         if flag is False:
             reason = REASONS[Audience.UNSUBSCRIBED]
             return LookupResult(LookupVerdict.ANSWER, Answer(Audience.UNSUBSCRIBED, reason))
-        return LookupResult(
-            LookupVerdict.FATAL,
-            message="visitor lookup: 200 without a boolean web_push_subscriber: "
-            + response.body[:200].decode("utf-8", "replace"),
-        )
+        shape = '{"web_push_subscriber": true or false}'
+        said = unexpected(response, "MaxTraffic's visitor", shape).message
+        return LookupResult(LookupVerdict.FATAL, message=f"visitor lookup: {said}")
     message = _message(response.body)
     if status == 404:
         try:

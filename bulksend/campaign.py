@@ -203,6 +203,7 @@ async def send_campaign(
         batch_size=settings.batch_size,
         workers=settings.in_flight,
         max_attempts=settings.max_attempts,
+        max_unexpected=settings.max_unexpected,
         progress_every=progress_every,
         unknown_policy=journal.unknown_policy if journal else "resend",
     )

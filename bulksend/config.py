@@ -45,6 +45,7 @@ _TABLES: Mapping[str, frozenset[str]] = {
             "in_flight",
             "timeout",
             "max_attempts",
+            "max_unexpected",
             "report",
             "limiter",
         }
@@ -63,6 +64,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "BULKSEND_IN_FLIGHT": ("send", "in_flight"),
     "BULKSEND_TIMEOUT": ("send", "timeout"),
     "BULKSEND_MAX_ATTEMPTS": ("send", "max_attempts"),
+    "BULKSEND_MAX_UNEXPECTED": ("send", "max_unexpected"),
     "BULKSEND_REPORT": ("send", "report"),
     "BULKSEND_RECIPIENTS": ("recipients", "path"),
     "BULKSEND_LIMITER": ("send", "limiter"),
@@ -113,6 +115,8 @@ class Settings:
     in_flight: int = 16
     timeout: float = 30.0
     max_attempts: int = 6
+    #: unexpected answers in a row (a 2xx that is not the provider's answer) that stop the send
+    max_unexpected: int = 5
     report: Path | None = None
     #: a shared limiter (``redis://...``) for several workers; None: in-process
     limiter: str | None = None
@@ -192,6 +196,7 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
     ("send", "in_flight"): _WHOLE,
     ("send", "timeout"): _SECONDS,
     ("send", "max_attempts"): _WHOLE,
+    ("send", "max_unexpected"): _WHOLE,
     ("send", "report"): _PATH,
     ("send", "limiter"): _URL,
 }
@@ -305,6 +310,7 @@ _FLAGS: Mapping[str, tuple[str, str]] = {
             "in_flight",
             "timeout",
             "max_attempts",
+            "max_unexpected",
             "report",
         )
     },
@@ -362,7 +368,7 @@ def load_settings(
     """Read ``path``, apply ``BULKSEND_*`` from ``env``, then ``overrides`` (flags; None = unset).
 
     ``overrides`` keys: recipients, base_url, report, batch_size, rate, limit, in_flight, timeout,
-    max_attempts, format, delimiter, encoding.
+    max_attempts, max_unexpected, format, delimiter, encoding.
     """
     env = os.environ if env is None else env
     data = read_campaign(path)
@@ -402,6 +408,7 @@ def load_settings(
         in_flight=values.whole("in_flight", 16),
         timeout=_float(send.get("timeout", 30.0), values.where("send", "timeout")),
         max_attempts=values.whole("max_attempts", 6),
+        max_unexpected=values.whole("max_unexpected", 5),
         report=Path(str(report)) if report else None,
         limiter=str(send["limiter"]) if send.get("limiter") else None,
     )

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequenc
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
@@ -101,6 +102,8 @@ class EngineOptions:
     circuit_failure_rate: float = 0.5
     #: batches waiting to retry, per worker, that do not hold a worker (see the module docstring)
     parked_per_worker: int = 4
+    #: unexpected answers in a row (2xx that are not the provider's answer) that stop the send
+    max_unexpected: int = 5
 
 
 @dataclass(slots=True, eq=False)
@@ -132,8 +135,15 @@ _FEEDBACK_KINDS: dict[Verdict, FeedbackKind] = {
 }
 # members looked up once (an enum attribute costs a dictionary walk each time)
 _DELIVERED, _RETRY, _OK = Verdict.DELIVERED, Verdict.RETRY, FeedbackKind.OK
+_UNEXPECTED = Verdict.UNEXPECTED
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
+
+
+def public_url(url: str) -> str:
+    """``url`` for messages: without a user name, password, query or fragment."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _debug_enabled(log: Any) -> bool:
@@ -186,6 +196,13 @@ class Engine:
         self._warned: set[str] = set()
         self._circuits: dict[str, Circuit] = {}
         self._answered: set[str] = set()  # groups that gave at least one good answer
+        #: unexpected answers in a row, and whether any other answer came in this run
+        self._unexpected_streak = 0
+        self._recognised = False
+        self._last_unexpected = ""  # "URL answered 200 text/html, not ..." (the latest)
+        #: the latest failure of each group, for the stop line ("connection refused: host")
+        self._last_failure: dict[str, str] = {}
+        self._no_answer: NoResponse | None = None  # the latest request that got no answer
         self._base = getattr(transport, "base_url", "")
         self._circuit_changed: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()  # set by stop(): ends the waits of parked batches
@@ -532,6 +549,8 @@ class Engine:
         group = job.batch.group
         self._probed.set()
         self.scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+        self._last_failure[group] = exc.reason
+        self._no_answer = exc
         self._circuit_result(group, failure=True)
         part.unknown_sent = part.unknown_sent or exc.sent
         self._log.debug("batch_no_response", batch=job.batch.number, error=str(exc))
@@ -551,13 +570,18 @@ class Engine:
         group = job.batch.group
         failure = kind is _RETRY
         circuit = self._circuits.get(group)
+        if kind is not _UNEXPECTED:
+            self._unexpected_streak = 0
+            self._recognised = True
+        if failure:
+            self._last_failure[group] = f"answered {response.status}"
         if (
             failure
             or circuit is None
             or circuit.state is not _CLOSED
             or group not in self._answered
         ):
-            self._circuit_result(group, failure=failure)
+            self._circuit_result(group, failure=failure, answered=kind is not _UNEXPECTED)
         else:  # closed, and stays closed: count the success cheaply
             circuit.succeeded()
         if verdict.warning and verdict.warning not in self._warned:
@@ -598,6 +622,8 @@ class Engine:
             case Verdict.FATAL:
                 self.stop(ProviderError(verdict.message, status=http))
                 self._settle(job, Status.FAILED, verdict.message, http)
+            case Verdict.UNEXPECTED:
+                self._unexpected(job, part, verdict, http)
             case Verdict.THROTTLED | Verdict.RETRY:
                 throttled = verdict.verdict is Verdict.THROTTLED
                 if throttled:
@@ -611,6 +637,49 @@ class Engine:
                     delay = self.scheduler.backoff(job.batch.group, part.attempts)
                     return max(delay, verdict.retry_after or 0.0)
         return None
+
+    def _unexpected(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
+        """A 2xx that is not the provider's answer: never delivered. The part ends ``unknown``
+        (something answered 2xx, so whether the provider acted cannot be told; a resume or
+        ``bulksend retry`` sends it again) and is not retried here. ``max_unexpected`` of them
+        in a row stop the send."""
+        self._unexpected_streak += 1
+        url = public_url(self._base + part.request.path)
+        self._last_unexpected = f"{url} answered {verdict.unexpected or verdict.message}"
+        self._settle(job, Status.UNKNOWN, verdict.message, http)
+        if self._unexpected_streak >= self.options.max_unexpected:
+            self.stop(self._unexpected_stop())
+
+    def _unexpected_stop(self) -> UnavailableError:
+        """``URL answered 200 text/html, not MaxTraffic's JSON answer, 5 times in a row: ...``"""
+        n = self._unexpected_streak
+        times = "once" if n == 1 else f"{n} times in a row"
+        return UnavailableError(
+            f"{self._last_unexpected}, {times}: is --base-url right? the send stopped"
+            + self._resume_hint()
+        )
+
+    def _resume_hint(self) -> str:
+        """How to send again what was not delivered (with a journal)."""
+        if self.journal is None:
+            return ""
+        return f"; resume it with: bulksend retry {self.journal.path}"
+
+    def _never_answered(self) -> None:
+        """At the end of a run in which nothing but unexpected answers (or no answer at all)
+        came back: stop with what was seen, as a stop in the middle of the send would."""
+        if self._stop is not None:
+            return
+        if self._unexpected_streak and not self._recognised:
+            self.stop(self._unexpected_stop())
+        elif self._no_answer is not None and not self._opened:
+            base = public_url(self._base)
+            self.stop(
+                UnavailableError(
+                    f"{base} never answered ({self._no_answer.reason}): is --base-url right? "
+                    "nothing was delivered" + self._resume_hint()
+                )
+            )
 
     def _invalid(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
         """A 422 (or the like): report the recipients the provider named and send the rest
@@ -678,9 +747,11 @@ class Engine:
                 await asyncio.wait_for(changed.wait(), wait)
         return False
 
-    def _circuit_result(self, group: str, *, failure: bool) -> None:
+    def _circuit_result(self, group: str, *, failure: bool, answered: bool = True) -> None:
+        """Record an outcome; ``answered`` False: a success that is not the provider's answer
+        (an unexpected 2xx) does not count as the group having answered well."""
         circuit = self._circuit(group)
-        if not failure:
+        if not failure and answered:
             self._answered.add(group)
         state = circuit.on_result(asyncio.get_running_loop().time(), failure=failure)
         if state is None:
@@ -690,12 +761,19 @@ class Engine:
         answered = group in self._answered
         give_up = self.options.max_attempts if answered else min(3, self.options.max_attempts)
         if state is CircuitState.OPEN and circuit.failed_probes >= give_up:
-            hint = "" if answered else f" (it never answered: check the base URL {self._base})"
+            hint = (
+                ""
+                if answered
+                else f" (it never answered: check the base URL {public_url(self._base)})"
+            )
+            cause = self._last_failure.get(group, "")
             self.stop(
                 UnavailableError(
-                    f"endpoint group {group!r} kept failing: {circuit.failures} failures in a "
-                    f"row, {circuit.failed_probes} probes after pauses{hint}; the send stopped "
-                    "(what was not sent is skipped and resumable)"
+                    f"endpoint group {group!r} kept failing"
+                    + (f" ({cause})" if cause else "")
+                    + f": {circuit.failures} failures in a row, {circuit.failed_probes} probes "
+                    f"after pauses{hint}; the send stopped (what was not sent is skipped and "
+                    "resumable)"
                 )
             )
         if state is CircuitState.OPEN:
@@ -758,6 +836,7 @@ class Engine:
                 await asyncio.gather(*workers)
                 while self._parked:  # no batch parks once the workers are done
                     await asyncio.gather(*self._parked)
+                self._never_answered()
         except BaseException:
             tasks = [*workers, *self._parked]
             for task in tasks:

@@ -34,6 +34,7 @@ import orjson
 from bulksend.errors import AuthError, ConfigError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.providers import maxtraffic
+from bulksend.providers.answers import read_json, unexpected
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
@@ -135,15 +136,13 @@ def read_leads(response: HttpResponse, query: LeadsQuery) -> Reading:
     status = response.status
     message = maxtraffic.error_message(response.body) if response.body else ""
     if status == 200:
-        try:
-            data = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            data = None
+        data = read_json(response)  # NOT_JSON for a page (or any type that is not JSON)
         if isinstance(data, dict) and data:
             data = [data]
         if isinstance(data, list) and all(isinstance(x, dict) for x in data):
             return Reading(leads=data)
-        return Reading(error=UnavailableError(f"leads: unexpected answer: {message[:200]}"))
+        said = unexpected(response, "MaxTraffic's leads", "a JSON array of leads").message
+        return Reading(error=UnavailableError(f"leads: {said}", status=status))
     throttle = throttled(status, response.headers, message)  # a 429, or a 403 with evidence
     if throttle is not None:
         return Reading(retry=FeedbackKind.THROTTLED, message=throttle.message)

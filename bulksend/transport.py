@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 from types import TracebackType
 
 import aiohttp
@@ -20,12 +22,56 @@ from bulksend.proxies import proxy_for, redacted
 
 
 class NoResponse(TransientError):
-    """No response arrived (timeout, reset, refused): the request's outcome is unknown."""
+    """No response arrived (timeout, reset, refused): the request's outcome is unknown.
 
-    def __init__(self, message: str, *, sent: bool) -> None:
+    ``cause`` names the class of failure for people (``CAUSES``) and ``host`` the
+    ``host:port`` it concerns; ``reason`` joins them: ``connection refused: 127.0.0.1:9``.
+    """
+
+    def __init__(
+        self, message: str, *, sent: bool, cause: str = "connection lost", host: str = ""
+    ) -> None:
         super().__init__(message)
         #: False when the connection failed before the request could have reached the provider
         self.sent = sent
+        self.cause = cause
+        self.host = host
+
+    @property
+    def reason(self) -> str:
+        return f"{self.cause}: {self.host}" if self.host else self.cause
+
+
+REFUSED = "connection refused"
+DNS = "DNS name not resolved"
+TLS = "TLS error"
+TIMEOUT = "timeout"
+RESET = "connection reset"
+#: the causes ``NoResponse.cause`` names (else "cannot connect" or "connection lost")
+CAUSES = (REFUSED, DNS, TLS, TIMEOUT, RESET)
+
+
+def failure_cause(exc: BaseException) -> str | None:
+    """The class of a connection failure (one of ``CAUSES``), or None for another one."""
+    for error in (exc, getattr(exc, "os_error", None), exc.__cause__):
+        if isinstance(error, socket.gaierror):
+            return DNS
+        if isinstance(error, ssl.SSLError | aiohttp.ClientSSLError):
+            return TLS
+        if isinstance(error, ConnectionRefusedError):
+            return REFUSED
+        if isinstance(error, TimeoutError):
+            return TIMEOUT
+        if isinstance(
+            error,
+            ConnectionResetError
+            | BrokenPipeError
+            | aiohttp.ServerDisconnectedError
+            | aiohttp.ClientPayloadError  # the answer was cut short
+            | asyncio.IncompleteReadError,
+        ):
+            return RESET
+    return None
 
 
 #: ``Transport(proxy=FROM_ENVIRONMENT)``: the proxy the process environment names, if any
@@ -103,15 +149,43 @@ class Transport:
             ) as resp:
                 body = await resp.read()
                 return HttpResponse(resp.status, resp.headers, body)
-        except TimeoutError:
-            raise NoResponse("timed out waiting for the provider", sent=True) from None
+        except TimeoutError as exc:
+            raise self._timed_out(request, exc) from None
         except aiohttp.ClientConnectorError as exc:
-            message = f"cannot connect to {self.route}: {exc.os_error}"
-            raise NoResponse(message, sent=False) from None
+            cause = failure_cause(exc) or "cannot connect"
+            host = f"{exc.host}:{exc.port}"
+            message = f"cannot connect to {self.route}: {cause} ({exc.os_error})"
+            raise NoResponse(message, sent=False, cause=cause, host=host) from None
         except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us
             raise NoResponse(
                 f"cannot connect to {self.route}: the proxy answered {exc.status} {exc.message}",
                 sent=False,
+                cause=f"the proxy answered {exc.status}",
+                host=self._host(request),
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise NoResponse(f"connection lost: {type(exc).__name__}", sent=True) from None
+            lost = failure_cause(exc)
+            said = f"{lost} ({type(exc).__name__})" if lost else type(exc).__name__
+            raise NoResponse(
+                f"connection lost: {said}",
+                sent=True,
+                cause=lost or "connection lost",
+                host=self._host(request),
+            ) from None
+
+    def _host(self, request: HttpRequest) -> str:
+        """``host:port`` of the request's URL (the proxy's when one is used)."""
+        url = URL(self.proxy) if self.proxy else self.url(request.path)
+        return f"{url.host}:{url.port}"
+
+    def _timed_out(self, request: HttpRequest, exc: TimeoutError) -> NoResponse:
+        """A timeout: before the connection was made (not sent) or while waiting (unknown)."""
+        connecting = isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ()))
+        seconds = (self._timeout.connect if connecting else self._timeout.total) or 0.0
+        what = "connecting to" if connecting else "waiting for an answer from"
+        return NoResponse(
+            f"timed out {what} {self.route} (after {seconds:g} s)",
+            sent=not connecting,
+            cause=TIMEOUT,
+            host=self._host(request),
+        )

@@ -146,15 +146,28 @@ def test_flags_win_over_environment_win_over_the_file(campaign: Path, tmp_path: 
 
 
 def test_max_failure_rate_threshold(campaign: Path, tmp_path: Path) -> None:
-    # a dead endpoint: every request fails to connect -> every recipient failed
-    base = ["send", str(campaign), "--base-url", "http://127.0.0.1:9", "--no-journal"]
-    base += ["--max-attempts", "1"]
-    env = {"MAXTRAFFIC_API_KEY": KEY}
-    assert run_cli(*base, env=env).status == 4  # nothing delivered: provider unavailable
-    assert run_cli(*base, "--max-failure-rate", "1", env=env).status == 0
+    # a provider that answers every request 500 -> every recipient failed
+    with SandboxProcess("maxtraffic", "--api-key", KEY, "--fail-rate", "1") as sandbox:
+        base = ["send", str(campaign), "--base-url", sandbox.base_url, "--no-journal"]
+        base += ["--max-attempts", "1"]
+        env = {"MAXTRAFFIC_API_KEY": KEY}
+        assert run_cli(*base, env=env).status == 4  # nothing delivered: provider unavailable
+        assert run_cli(*base, "--max-failure-rate", "1", env=env).status == 0
     bad = run_cli(*base, "--max-failure-rate", "2", env=env)
     assert bad.status == 2
     assert "--max-failure-rate" in bad.stderr
+
+
+def test_an_endpoint_that_never_answered_exits_4_whatever_the_threshold(campaign: Path) -> None:
+    # a dead endpoint: no request got an answer -> unavailable, not a failure rate
+    base = ["send", str(campaign), "--base-url", "http://127.0.0.1:9", "--no-journal"]
+    base += ["--max-attempts", "1", "--max-failure-rate", "1", "-q"]
+    r = run_cli(*base, env={"MAXTRAFFIC_API_KEY": KEY})
+    assert r.status == 4
+    assert (
+        "bulksend: http://127.0.0.1:9 never answered (connection refused: 127.0.0.1:9): "
+        "is --base-url right? nothing was delivered\n"
+    ) in r.stderr
 
 
 def test_help_has_examples_for_every_command() -> None:

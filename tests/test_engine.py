@@ -178,7 +178,7 @@ async def test_422_without_split_budget_reports_the_whole_batch_invalid() -> Non
 
 async def test_5xx_is_retried_then_delivered() -> None:
     def flaky(request: HttpRequest, n: int) -> HttpResponse:
-        return HttpResponse(500 if n <= 3 else 200, {}, b"{}")
+        return HttpResponse(500 if n <= 3 else 200, {}, b'{"success": true}')
 
     engine, transport = make_engine(flaky)
     summary = await engine.run(rows(10))
@@ -240,7 +240,7 @@ async def test_rejected_positions_are_reported_and_the_rest_resent_at_once() -> 
     engine.provider = Classifying(engine.provider, classify)
 
     def first_partial(request: HttpRequest, n: int) -> HttpResponse:
-        return HttpResponse(207 if n == 1 else 200, {}, b"{}")
+        return HttpResponse(207 if n == 1 else 200, {}, b'{"success": true}')
 
     engine.transport = FakeTransport(first_partial)
     summary = await engine.run(rows(10))
@@ -274,7 +274,7 @@ async def test_circuit_breaker_pauses_the_group_then_probes_one_request_at_a_tim
             await asyncio.sleep(0.005)
             n = len(self.requests)  # the first answer is good, then 8 failures in a row
             status = 500 if 2 <= n <= 9 else 200
-            return HttpResponse(status, {}, b"{}")
+            return HttpResponse(status, {}, b'{"success": true}')
 
     engine, _ = make_engine(ok, max_attempts=10)
     engine.transport = transport = Unwell(ok)

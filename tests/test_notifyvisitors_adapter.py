@@ -217,7 +217,8 @@ def test_screen_moves_refused_rows_to_rejected_and_keeps_order() -> None:
     ("status", "body", "headers", "verdict"),
     [
         (200, envelope("success", "success", {"count": 2}), {}, Verdict.DELIVERED),
-        (200, b"", {}, Verdict.DELIVERED),
+        (200, b"", {}, Verdict.UNEXPECTED),
+        (200, b"<html>ok</html>", {"Content-Type": "text/html"}, Verdict.UNEXPECTED),
         (200, envelope("error", "2 of 3 records are invalid"), {}, Verdict.INVALID),
         (400, envelope("error", "Invalid resource: nv"), {}, Verdict.INVALID),
         (401, envelope("error", "Invalid auth"), {}, Verdict.AUTH),
@@ -272,7 +273,7 @@ def test_report_read_and_its_answers() -> None:
         notifyvisitors.read_report(HttpResponse(401, {}, envelope("error", "Invalid auth")))
     with pytest.raises(TransientError):
         notifyvisitors.read_report(HttpResponse(429, {}, b""))
-    with pytest.raises(ProviderError, match="not a NotifyVisitors envelope"):
+    with pytest.raises(ProviderError, match="not NotifyVisitors' JSON envelope"):
         notifyvisitors.read_report(HttpResponse(200, {}, b"[]"))
 
 

@@ -190,7 +190,7 @@ def test_retry_after_is_read_and_200_is_delivered() -> None:
     assert traitly.classify(HttpResponse(200, {}, ok)).verdict is Verdict.DELIVERED
     failed = orjson.dumps({"data": [{"customer_id": "1", "success": 0}], "object": "event"})
     assert traitly.classify(HttpResponse(200, {}, failed)).verdict is Verdict.INVALID
-    assert traitly.classify(HttpResponse(201, {}, b"not json")).verdict is Verdict.DELIVERED
+    assert traitly.classify(HttpResponse(201, {}, b"not json")).verdict is Verdict.UNEXPECTED
 
 
 def test_reads_are_built_with_the_doc_filters() -> None:

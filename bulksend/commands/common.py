@@ -43,6 +43,7 @@ CAMPAIGN_FLAGS = (
     "in_flight",
     "timeout",
     "max_attempts",
+    "max_unexpected",
     "format",
     "delimiter",
     "encoding",
@@ -81,6 +82,13 @@ def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True)
         group.add_argument("--in-flight", type=int, metavar="N", help="concurrent requests")
         group.add_argument("--timeout", type=float, metavar="SECONDS", help="per request")
         group.add_argument("--max-attempts", type=int, metavar="N", help="per batch")
+        group.add_argument(
+            "--max-unexpected",
+            type=int,
+            metavar="N",
+            help="stop after N answers in a row that are 2xx but not the provider's answer "
+            "(a load balancer's page, a wrong path) (5)",
+        )
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

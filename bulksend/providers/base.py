@@ -38,6 +38,9 @@ class Verdict(enum.Enum):
     INVALID = "invalid"  # the provider refused these recipients (422, 400, an error envelope)
     AUTH = "auth"  # 401, 403 without rate-limit evidence: the whole send stops at once
     FATAL = "fatal"  # the request can never succeed (404 on the endpoint, 405, 406): stop
+    #: a 2xx that is not the provider's documented success answer (a load balancer's page, a
+    #: captive portal, a wrong path): never delivered; whether the provider acted is unknown
+    UNEXPECTED = "unexpected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class Classification:
     rejected: Mapping[int, str] | None = None
     #: a warning the provider attached (e.g. a deprecation), logged once and shown in the summary
     warning: str | None = None
+    #: with UNEXPECTED: the answer in short for the stop line, e.g. ``200 text/html, not
+    #: MaxTraffic's JSON answer`` (``bulksend.providers.answers.unexpected`` fills it in)
+    unexpected: str | None = None
 
 
 class Batcher(Protocol):

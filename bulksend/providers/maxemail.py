@@ -24,6 +24,7 @@ be decided when the campaign is loaded).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import orjson
 
 from bulksend.errors import ConfigError, InputError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.answers import NOT_JSON, read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     Limit,
@@ -293,11 +295,26 @@ _TEMPLATE_ERRORS = re.compile(
 _NAMES_CALL = re.compile(r"\b(service|method)\b", re.IGNORECASE)
 
 
+_DELIVERED = Classification(Verdict.DELIVERED)
+#: how messages name the documented success answer
+ANSWER = "Maxemail's JSON answer"
+
+
+def success(response: HttpResponse) -> Classification:
+    """A 2xx: delivered when its body is JSON (any value: the method's result, ``12345`` or
+    ``true`` or an object); a page, an empty body or the doc's error object
+    (``{"success": false, "msg"}``, which comes with a 4xx/5xx) is an unexpected answer."""
+    data = read_json(response)
+    if data is NOT_JSON or (isinstance(data, dict) and data.get("success") is False):
+        return unexpected(response, ANSWER, "the method's result as JSON")
+    return _DELIVERED
+
+
 def classify(response: HttpResponse) -> Classification:
     """A response's verdict (the warning is added by the adapter, which knows the service)."""
     status = response.status
     if 200 <= status < 300:
-        return Classification(Verdict.DELIVERED)
+        return success(response)
     err = error_body(response.body)
     message = err.message or f"HTTP {status}"
     common = common_verdict(status, response.headers, message)
@@ -415,7 +432,7 @@ class Maxemail:
         warning = response_warnings(response.headers, self.service)
         if warning is None:
             return c
-        return Classification(c.verdict, c.message, c.retry_after, c.rejected, warning)
+        return dataclasses.replace(c, warning=warning)
 
     def describe(self) -> Mapping[str, Any]:
         return {

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.answers import json_typed, read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     CountBatcher,
@@ -118,14 +119,22 @@ def error_message(body: bytes) -> str:
 
 
 _DELIVERED = Classification(Verdict.DELIVERED)  # frozen: one for every accepted batch
+#: the doc's success answer (its "Response samples"), as servers write it: read without parsing
+_OK_BODIES = frozenset({b'{"success":true}', b'{"success": true}'})
+#: how messages name the documented success answer
+ANSWER = "MaxTraffic's JSON answer"
 
 
 def classify(response: HttpResponse) -> Classification:
-    """Status -> verdict: the shared ladder (``bulksend.providers.status``), then the doc's 422
-    (and 400) as invalid data; anything else (404 on the endpoint, 405, ...) stops the send."""
+    """Status -> verdict: a 2xx is delivered only when it is the doc's ``{"success": true}``
+    (JSON), else unexpected (``bulksend.providers.answers``); then the shared ladder
+    (``bulksend.providers.status``), the doc's 422 (and 400) as invalid data; anything else
+    (404 on the endpoint, 405, ...) stops the send."""
     status = response.status
     if 200 <= status < 300:
-        return _DELIVERED
+        if response.body in _OK_BODIES and json_typed(response.headers):
+            return _DELIVERED
+        return success(response)
     message = error_message(response.body)
     common = common_verdict(status, response.headers, message)
     if common is not None:
@@ -133,6 +142,15 @@ def classify(response: HttpResponse) -> Classification:
     if status == 422 or status == 400:
         return Classification(Verdict.INVALID, message or f"{status} invalid request")
     return Classification(Verdict.FATAL, f"{status}: {message}")
+
+
+def success(response: HttpResponse) -> Classification:
+    """A 2xx: delivered when its JSON is an object with ``success: true`` (other keys are
+    allowed), else an unexpected answer."""
+    data = read_json(response)
+    if isinstance(data, dict) and data.get("success") is True:
+        return _DELIVERED
+    return unexpected(response, ANSWER, '{"success": true}')
 
 
 #: secrets this provider needs: name -> default environment variable

@@ -43,6 +43,7 @@ import orjson
 from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.answers import json_typed, unexpected
 from bulksend.providers.base import (
     Classification,
     CountBatcher,
@@ -221,21 +222,37 @@ def _snippet(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip()
 
 
+_DELIVERED = Classification(Verdict.DELIVERED)
+#: how messages name the documented success answer
+ANSWER = "NotifyVisitors' JSON envelope"
+_SHAPE = '{"response": {"status": "success", ...}}'
+
+
+def _success(response: HttpResponse, env: Envelope | None) -> Classification:
+    """A 2xx: its envelope's status decides; anything else is an unexpected answer."""
+    if env is None or not json_typed(response.headers):
+        return unexpected(response, ANSWER, _SHAPE)
+    if env.status == "success":
+        return _DELIVERED
+    if env.status == "error":
+        rejected = record_errors(env.data)
+        message = env.message or "status=error"
+        return Classification(Verdict.INVALID, message, rejected=rejected or None)
+    return unexpected(response, ANSWER, _SHAPE)
+
+
 def classify(response: HttpResponse) -> Classification:
     """Status and envelope -> verdict (see the table in docs/providers.md).
 
-    2xx: the envelope decides (``status: "error"`` is a failure even on HTTP 200). Other
+    2xx: the envelope decides (``status: "error"`` is a failure even on HTTP 200); a 2xx that
+    is not a JSON envelope with status "success" or "error" is an unexpected answer. Other
     statuses: the shared ladder (``bulksend.providers.status``), then the doc's "400 Invalid
     resource" as invalid; anything else (404 "Invalid URL", 405, ...) stops the send.
     """
     status = response.status
     env = read_envelope(response.body)
     if 200 <= status < 300:
-        if env is not None and env.status == "error":
-            rejected = record_errors(env.data)
-            message = env.message or "status=error"
-            return Classification(Verdict.INVALID, message, rejected=rejected or None)
-        return Classification(Verdict.DELIVERED)
+        return _success(response, env)
     text = env.message if env is not None and env.message else _snippet(response.body)
     message = f"{status} {text}".strip()
     common = common_verdict(status, response.headers, message)
@@ -364,8 +381,8 @@ def read_report(response: HttpResponse) -> dict[str, Any]:
     """The report's ``data`` from an answer, or the error tree's exception for a failure.
 
     401 -> AuthError; 429 and 5xx -> TransientError; anything else that is not a success
-    envelope (400, 404, HTTP 200 with ``status: "error"`` such as an unknown campaign) ->
-    ProviderError with the server's message.
+    envelope (400, 404, HTTP 200 with ``status: "error"`` such as an unknown campaign, a 2xx
+    that is no envelope) -> ProviderError with the server's message (or the answer's start).
     """
     verdict = classify(response)
     env = read_envelope(response.body)
@@ -377,8 +394,6 @@ def read_report(response: HttpResponse) -> dict[str, Any]:
         raise AuthError(f"notifyvisitors report: {message}", status=status)
     if verdict.verdict in (Verdict.THROTTLED, Verdict.RETRY):
         raise TransientError(f"notifyvisitors report: {message}", status=status)
-    if verdict.verdict is Verdict.DELIVERED:
-        message = f"{status}: not a NotifyVisitors envelope: {_snippet(response.body)}"
     raise ProviderError(f"notifyvisitors report: {message}", status=status)
 
 

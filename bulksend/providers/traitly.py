@@ -37,6 +37,7 @@ import orjson
 from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.providers.answers import read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     Limit,
@@ -148,29 +149,30 @@ def error_of(response: HttpResponse) -> tuple[str, str]:
     return kind, message
 
 
-def _failed_item(body: bytes) -> str | None:
-    """The reason when a 200 answer's ``data`` holds an item with ``success`` 0 (or false)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    items = data.get("data") if isinstance(data, dict) else None
+_DELIVERED = Classification(Verdict.DELIVERED)
+#: how messages name the documented success answer
+ANSWER = "Traitly's JSON answer"
+
+
+def success(response: HttpResponse) -> Classification:
+    """A 2xx: the doc's ``{"data": [...], "object": ...}`` (JSON) is delivered, unless an item
+    of ``data`` has ``success`` 0 (or false): invalid. Anything else is an unexpected answer."""
+    body = read_json(response)
+    items = body.get("data") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        return None
+        return unexpected(response, ANSWER, '{"data": [...]}')
     for item in items:
         if isinstance(item, dict) and "success" in item and item["success"] in (0, False):
-            return "Traitly answered success: 0"
-    return None
+            message = f"{response.status}: Traitly answered success: 0"
+            return Classification(Verdict.INVALID, message)
+    return _DELIVERED
 
 
 def classify(response: HttpResponse) -> Classification:
     """Status -> verdict; the message carries the doc's error type (docs/providers.md)."""
     status = response.status
     if 200 <= status < 300:
-        failed = _failed_item(response.body)
-        if failed is not None:
-            return Classification(Verdict.INVALID, f"{status}: {failed}")
-        return Classification(Verdict.DELIVERED)
+        return success(response)
     kind, text = error_of(response)
     message = f"{status} {kind}: {text}"
     # 403 is "the requested resource is hidden" (this record), unless it shows a spent quota

@@ -1,0 +1,162 @@
+"""Is a 2xx the provider's own answer? Shared by the adapters, the audience check and leads.
+
+A load balancer's default page, a captive portal or a wrong path can answer ``200 text/html``;
+counting that as delivered loses every recipient silently. So each provider checks that a 2xx
+carries its documented success answer: a JSON content type (``json_typed``) and the documented
+shape (the provider's own test, on ``read_json``'s value). Anything else is an *unexpected
+answer* (``unexpected``): ``Verdict.UNEXPECTED`` with a reason that names the status, the
+content type and the start of the body — bounded, control characters escaped, secrets removed.
+
+JSON content types: ``application/json``, ``text/json`` and ``application/*+json``, with any
+parameters (``application/json; charset=utf-8``) and in any case. An answer without a
+Content-Type header is judged by its body alone (HTTP lets a server leave it out; the shape
+check still tells a page from the provider's JSON).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from bulksend.models import HttpResponse
+from bulksend.providers.base import Classification, Verdict
+
+__all__ = [
+    "NOT_JSON",
+    "body_start",
+    "content_type",
+    "describe",
+    "json_typed",
+    "read_json",
+    "shown_type",
+    "unexpected",
+]
+
+#: characters of a body shown in a reason (after decoding)
+BODY_CHARS = 80
+_TYPE_CHARS = 60
+_JSON_TYPES = frozenset({"application/json", "text/json"})
+#: header value -> is it a JSON media type (servers send one or two values: a small cache)
+_typed: dict[str, bool] = {}
+#: credentials a body may echo back (an echo service, a debug page): the value is removed
+_CREDENTIALS = re.compile(
+    r"(?i)\b(authorization|x-api-key|x-brand-id|api[_-]?key|token|password)"
+    r"(\W{1,4})(key=|bearer\s+|basic\s+|token\s+)?[^\s\"',;&}]+"
+)
+
+
+class _NotJson:
+    """``read_json``'s answer for a body that is not JSON (``None`` is the JSON ``null``)."""
+
+    def __repr__(self) -> str:
+        return "NOT_JSON"
+
+
+NOT_JSON: Final = _NotJson()
+
+
+def content_type(headers: Mapping[str, str]) -> str | None:
+    """The Content-Type header's value, or None without one (any case of the name)."""
+    value = headers.get("Content-Type")
+    if value is None:
+        for name, found in headers.items():
+            if str(name).lower() == "content-type":
+                return str(found)
+    return value
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def json_typed(headers: Mapping[str, str]) -> bool:
+    """Whether the answer says it is JSON (or says nothing: judged by its body then)."""
+    value = content_type(headers)
+    if value is None:
+        return True
+    known = _typed.get(value)
+    if known is None:
+        media = _media_type(value)
+        suffixed = media.startswith("application/") and media.endswith("+json")
+        known = media in _JSON_TYPES or suffixed
+        if len(_typed) >= 64:
+            _typed.clear()
+        _typed[value] = known
+    return known
+
+
+def read_json(response: HttpResponse) -> Any:
+    """The body's JSON value when the answer is typed JSON and parses; else ``NOT_JSON``."""
+    if not json_typed(response.headers):
+        return NOT_JSON
+    try:
+        return orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return NOT_JSON
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escaped(text: str) -> str:
+    """Control and other invisible characters as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def _scrubbed(text: str) -> str:
+    from bulksend.logs import REDACTED, redactor  # the send's registered secrets
+
+    text = _CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}{REDACTED}", text)
+    return redactor.scrub(text)
+
+
+def body_start(body: bytes, limit: int = BODY_CHARS) -> str:
+    """The first ``limit`` characters of a body, one line, escaped, secrets removed."""
+    if not body.strip():
+        return "(empty)"
+    # secrets are removed before the cut, so none is shown in part
+    text = _scrubbed(body[: limit * 4].decode("utf-8", "replace").strip())
+    cut = len(text) > limit or len(body) > limit * 4
+    return _escaped(text[:limit]) + ("…" if cut else "")
+
+
+def shown_type(headers: Mapping[str, str]) -> str:
+    """The media type for a message: ``text/html``, or ``no content type``."""
+    value = content_type(headers)
+    if value is None or not value.strip():
+        return "no content type"
+    return _escaped(_media_type(value)[:_TYPE_CHARS])
+
+
+def describe(response: HttpResponse, expected: str) -> str:
+    """``200 text/html, not MaxTraffic's JSON answer``: the answer in short, for one line."""
+    return f"{response.status} {shown_type(response.headers)}, not {expected}"
+
+
+def unexpected(response: HttpResponse, expected: str, shape: str = "") -> Classification:
+    """The verdict on a 2xx that is not the provider's documented success answer.
+
+    ``expected`` names the answer (``MaxTraffic's JSON answer``); ``shape`` shows it
+    (``{"success": true}``). The message, for every recipient of the batch::
+
+        unexpected answer: 200 text/html, not MaxTraffic's JSON answer ({"success": true});
+        body: <html>\\n<head><title>Welcome to nginx!</title>…
+    """
+    short = describe(response, expected)
+    said = f" ({shape})" if shape else ""
+    message = f"unexpected answer: {short}{said}; body: {body_start(response.body)}"
+    return Classification(Verdict.UNEXPECTED, message, unexpected=short)

@@ -1,0 +1,213 @@
+"""A 2xx is delivered only when it is the provider's documented success answer (pure checks)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from bulksend.logs import redactor
+from bulksend.models import HttpResponse
+from bulksend.providers import maxemail, maxtraffic, notifyvisitors, traitly
+from bulksend.providers.answers import NOT_JSON, body_start, json_typed, read_json, unexpected
+from bulksend.providers.base import Verdict
+
+PAGE = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\n\x1b[0m\x00"
+    + "\u202e".encode()
+    + b"</html>"
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "typed"),
+    [
+        ({"Content-Type": "application/json"}, True),
+        ({"Content-Type": "application/json; charset=utf-8"}, True),
+        ({"content-type": "Application/JSON;charset=UTF-8"}, True),
+        ({"Content-Type": "application/vnd.api+json"}, True),
+        ({"Content-Type": "text/json"}, True),
+        ({}, True),  # no Content-Type: the body decides
+        ({"Content-Type": "text/html"}, False),
+        ({"Content-Type": "text/html; charset=utf-8"}, False),
+        ({"Content-Type": "text/plain"}, False),
+        ({"Content-Type": "application/xml"}, False),
+        ({"Content-Type": "text/vnd.x+json"}, False),
+    ],
+)
+def test_json_content_types(headers: dict[str, str], typed: bool) -> None:
+    assert json_typed(headers) is typed
+
+
+def test_read_json_needs_the_type_and_the_syntax() -> None:
+    json = {"Content-Type": "application/json"}
+    assert read_json(HttpResponse(200, json, b"null")) is None
+    assert read_json(HttpResponse(200, json, b"12345")) == 12345
+    assert read_json(HttpResponse(200, json, b"<html>")) is NOT_JSON
+    assert read_json(HttpResponse(200, json, b"")) is NOT_JSON
+    assert read_json(HttpResponse(200, {"Content-Type": "text/html"}, b"{}")) is NOT_JSON
+
+
+def test_the_body_is_shown_bounded_escaped_and_on_one_line() -> None:
+    shown = body_start(PAGE)
+    assert shown == (
+        "<html>\\r\\n<head><title>502 Bad Gateway</title></head>\\n\\x1b[0m\\x00\\u202e</html>"
+    )
+    assert body_start(b"x" * 1000) == "x" * 80 + "…"
+    assert body_start(b"\xff\xfe" + b"a" * 10) == "\ufffd\ufffd" + "a" * 10  # undecodable bytes
+    assert body_start(b"  \n") == "(empty)"
+
+
+def test_credentials_a_body_echoes_are_removed() -> None:
+    redactor.register(["sandbox-secret-value-42"])
+    echo = orjson.dumps(
+        {
+            "headers": {"Authorization": "key=abc123xyz", "X-Api-Key": "k9"},
+            "n": "sandbox-secret-value-42",
+        }
+    )
+    shown = body_start(echo, limit=200)
+    assert "abc123xyz" not in shown
+    assert "k9" not in shown
+    assert "sandbox-secret-value-42" not in shown
+    assert '"Authorization": "key=[redacted]"' in shown.replace('":"', '": "')
+
+
+def test_an_unexpected_answer_names_status_type_expected_shape_and_body() -> None:
+    answer = HttpResponse(200, {"Content-Type": "text/html; charset=utf-8"}, PAGE)
+    c = unexpected(answer, "MaxTraffic's JSON answer", '{"success": true}')
+    assert c.verdict is Verdict.UNEXPECTED
+    assert c.unexpected == "200 text/html, not MaxTraffic's JSON answer"
+    assert c.message.startswith(
+        'unexpected answer: 200 text/html, not MaxTraffic\'s JSON answer ({"success": true}); '
+        "body: <html>\\r\\n<head>"
+    )
+    bare = unexpected(HttpResponse(204, {}, b""), "Traitly's JSON answer")
+    assert (
+        bare.message
+        == "unexpected answer: 204 no content type, not Traitly's JSON answer; body: (empty)"
+    )
+
+
+JSON = {"Content-Type": "application/json"}
+HTML = {"Content-Type": "text/html"}
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "verdict"),
+    [
+        (200, JSON, b'{"success": true}', Verdict.DELIVERED),
+        (200, {}, b'{"success":true}', Verdict.DELIVERED),
+        (
+            200,
+            {"Content-Type": "application/json; charset=utf-8"},
+            b'{"success": true, "id": 7}',
+            Verdict.DELIVERED,
+        ),
+        (201, JSON, b'{ "success" : true }', Verdict.DELIVERED),
+        (200, HTML, b'{"success": true}', Verdict.UNEXPECTED),
+        (200, HTML, PAGE, Verdict.UNEXPECTED),
+        (200, JSON, b'{"success": false}', Verdict.UNEXPECTED),
+        (200, JSON, b'{"status": "ok"}', Verdict.UNEXPECTED),
+        (200, JSON, b"[]", Verdict.UNEXPECTED),
+        (204, {}, b"", Verdict.UNEXPECTED),
+    ],
+)
+def test_maxtraffic_delivers_only_its_success_answer(
+    status: int, headers: dict[str, str], body: bytes, verdict: Verdict
+) -> None:
+    assert maxtraffic.classify(HttpResponse(status, headers, body)).verdict is verdict
+
+
+def envelope(status: str) -> bytes:
+    return orjson.dumps({"response": {"data": {}, "message": status, "status": status}})
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "verdict"),
+    [
+        (JSON, envelope("success"), Verdict.DELIVERED),
+        (
+            {"Content-Type": "application/json; charset=UTF-8"},
+            envelope("Success"),
+            Verdict.DELIVERED,
+        ),
+        (JSON, envelope("error"), Verdict.INVALID),
+        (JSON, envelope("queued"), Verdict.UNEXPECTED),
+        (JSON, b'{"status": "success"}', Verdict.UNEXPECTED),
+        (HTML, envelope("success"), Verdict.UNEXPECTED),
+        (HTML, PAGE, Verdict.UNEXPECTED),
+    ],
+)
+def test_notifyvisitors_delivers_only_a_success_envelope(
+    headers: dict[str, str], body: bytes, verdict: Verdict
+) -> None:
+    assert notifyvisitors.classify(HttpResponse(200, headers, body)).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "verdict"),
+    [
+        ({"Content-Type": "application/json; charset=utf-8"}, b"12345", Verdict.DELIVERED),
+        (JSON, b"true", Verdict.DELIVERED),
+        (JSON, b"null", Verdict.DELIVERED),  # findByEmailAddress of an unknown address
+        (JSON, b'{"email_id": 340, "campaign_id": "298"}', Verdict.DELIVERED),
+        (JSON, b'{"success": false, "msg": "Service down", "code": 503}', Verdict.UNEXPECTED),
+        (JSON, b"", Verdict.UNEXPECTED),
+        (HTML, b"true", Verdict.UNEXPECTED),
+        (HTML, PAGE, Verdict.UNEXPECTED),
+    ],
+)
+def test_maxemail_delivers_any_json_result(
+    headers: dict[str, str], body: bytes, verdict: Verdict
+) -> None:
+    assert maxemail.classify(HttpResponse(200, headers, body)).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "verdict"),
+    [
+        (JSON, b'{"data": [{"customer_id": "1"}], "object": "customer"}', Verdict.DELIVERED),
+        (JSON, b'{"data": [], "metadata": {}}', Verdict.DELIVERED),
+        (JSON, b'{"data": [{"customer_id": "1", "success": 0}]}', Verdict.INVALID),
+        (JSON, b'{"object": "customer"}', Verdict.UNEXPECTED),
+        (JSON, b'{"data": {"customer_id": "1"}}', Verdict.UNEXPECTED),
+        (HTML, b'{"data": []}', Verdict.UNEXPECTED),
+        (HTML, PAGE, Verdict.UNEXPECTED),
+    ],
+)
+def test_traitly_delivers_only_its_data_answer(
+    headers: dict[str, str], body: bytes, verdict: Verdict
+) -> None:
+    assert traitly.classify(HttpResponse(201, headers, body)).verdict is verdict
+
+
+def test_a_maxemail_warning_survives_on_an_unexpected_answer() -> None:
+    adapter = maxemail.build(
+        {"message": {"service": "email_send", "method": "triggerFolder", "args": ["1", "{id}"]}},
+        {"username": "u@example.com", "password": "p"},
+    )
+    header = '299 MxmApi/v100 "triggerFolder Deprecated: 99 use another"'
+    c = adapter.classify(HttpResponse(200, {**HTML, "Warning": header}, PAGE))
+    assert c.verdict is Verdict.UNEXPECTED
+    assert c.unexpected == "200 text/html, not Maxemail's JSON answer"
+    assert c.warning is not None
+
+
+def test_the_leads_export_and_the_audience_check_refuse_a_page_the_same_way() -> None:
+    from bulksend.audience import LookupVerdict, read_lookup
+    from bulksend.errors import UnavailableError
+    from bulksend.leads import LeadsQuery, read_leads
+
+    page = HttpResponse(200, HTML, PAGE)
+    reading = read_leads(page, LeadsQuery())
+    assert isinstance(reading.error, UnavailableError)
+    assert str(reading.error).startswith(
+        "leads: unexpected answer: 200 text/html, not MaxTraffic's leads (a JSON array of leads); "
+        "body: <html>\\r\\n"
+    )
+    assert read_leads(HttpResponse(200, JSON, b'[{"email": "a@b.c"}]'), LeadsQuery()).leads
+    lookup = read_lookup(page)
+    assert lookup.verdict is LookupVerdict.FATAL
+    assert lookup.message.startswith("visitor lookup: unexpected answer: 200 text/html, not ")
+    visitor = HttpResponse(200, JSON, b'{"id": "v1", "web_push_subscriber": true}')
+    assert read_lookup(visitor).verdict is LookupVerdict.ANSWER
