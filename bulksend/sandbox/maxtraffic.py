@@ -43,6 +43,7 @@ from bulksend.providers.maxtraffic import PATHS
 from bulksend.sandbox.common import (
     Context,
     Core,
+    Handler,
     WindowDecision,
     json_response,
     parse_json,
@@ -102,17 +103,8 @@ def _string_array(data: Mapping[str, Any], key: str, max_batch: int) -> list[str
     return value
 
 
-def validate_notification(
-    data: Any, *, max_batch: int, strict_arrays: bool, reject_marker: str | None = None
-) -> Notification:
-    """The notification a body asks for, or ``Invalid`` naming the first problem.
-
-    ``reject_marker``: an id or uid containing it is refused like data the provider does not
-    accept ("contained invalid data", 422), naming the entry — to exercise a client's handling
-    of one bad recipient in a batch.
-    """
-    if not isinstance(data, dict):
-        raise Invalid("request body must be a JSON object")
+def _check_messages(data: Mapping[str, Any]) -> None:
+    """``messages``: required, a non-empty array of unique non-empty objects."""
     messages = data.get("messages")
     if messages is None:
         raise Invalid("messages: required")
@@ -126,9 +118,19 @@ def validate_notification(
         if encoded in keys:
             raise Invalid(f"messages[{i}]: duplicate message")
         keys.add(encoded)
+
+
+def _check_optional_strings(data: Mapping[str, Any]) -> None:
+    """``icon``, ``image`` and ``campaign``: missing, null or a string."""
     for key in ("icon", "image", "campaign"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise Invalid(f"{key}: must be a string")
+
+
+def _recipients(
+    data: Mapping[str, Any], max_batch: int, strict_arrays: bool
+) -> tuple[list[str] | None, list[str] | None]:
+    """``to_ids`` and ``to_uids`` (None: absent): one at least, both when ``strict_arrays``."""
     ids = _string_array(data, "to_ids", max_batch)
     uids = _string_array(data, "to_uids", max_batch)
     if strict_arrays:
@@ -138,11 +140,33 @@ def validate_notification(
             raise Invalid("to_uids: required")
     elif ids is None and uids is None:
         raise Invalid("to_ids or to_uids: at least one is required")
+    return ids, uids
+
+
+def _check_marker(marker: str, ids: list[str], uids: list[str]) -> None:
+    """Refuse the first id or uid containing ``marker``, naming it."""
+    for key, values in (("to_ids", ids), ("to_uids", uids)):
+        for i, v in enumerate(values):
+            if marker in v:
+                raise Invalid(f"{key}[{i}]: not a known visitor: {short(v)!r}")
+
+
+def validate_notification(
+    data: Any, *, max_batch: int, strict_arrays: bool, reject_marker: str | None = None
+) -> Notification:
+    """The notification a body asks for, or ``Invalid`` naming the first problem.
+
+    ``reject_marker``: an id or uid containing it is refused like data the provider does not
+    accept ("contained invalid data", 422), naming the entry — to exercise a client's handling
+    of one bad recipient in a batch.
+    """
+    if not isinstance(data, dict):
+        raise Invalid("request body must be a JSON object")
+    _check_messages(data)
+    _check_optional_strings(data)
+    ids, uids = _recipients(data, max_batch, strict_arrays)
     if reject_marker:
-        for key, values in (("to_ids", ids or []), ("to_uids", uids or [])):
-            for i, v in enumerate(values):
-                if reject_marker in v:
-                    raise Invalid(f"{key}[{i}]: not a known visitor: {short(v)!r}")
+        _check_marker(reject_marker, ids or [], uids or [])
     return Notification(data.get("campaign") or "default", ids or [], uids or [])
 
 
@@ -302,48 +326,54 @@ class MaxTrafficDialect:
 _OK = orjson.dumps({"success": True})
 
 
-def build_app(core: Core) -> web.Application:
-    config = core.config
-    dialect = MaxTrafficDialect(config)
-    max_batch = config.max_batch or DEFAULT_MAX_BATCH
-    strict = config.strict_arrays
-    seed = config.seed_value
-    visitors = load_visitors(config.visitors) if config.visitors is not None else None
-    leads = synthetic_leads(config.leads, seed=seed, anchor=core.started_at)
+class _MaxTrafficApi:
+    """The endpoints of one MaxTraffic sandbox, over its visitors and leads."""
 
-    def invalid(message: str) -> web.Response:
-        return dialect.error(422, message)
+    def __init__(self, core: Core) -> None:
+        config = core.config
+        self.config = config
+        self.dialect = MaxTrafficDialect(config)
+        self.max_batch = config.max_batch or DEFAULT_MAX_BATCH
+        self.seed = config.seed_value
+        self.visitors = load_visitors(config.visitors) if config.visitors is not None else None
+        self.leads = synthetic_leads(config.leads, seed=self.seed, anchor=core.started_at)
 
-    async def notifications(request: web.Request, ctx: Context) -> web.Response:
+    def invalid(self, message: str) -> web.Response:
+        return self.dialect.error(422, message)
+
+    async def notifications(self, request: web.Request, ctx: Context) -> web.Response:
         if request.content_type != "application/json":
-            return invalid("Content-Type must be application/json")
+            return self.invalid("Content-Type must be application/json")
         body = await request.read()
         data, problem = parse_json(body)
         if problem is not None:
-            return invalid(problem)
+            return self.invalid(problem)
         ctx.plain = b"\\" not in body
         try:
             note = validate_notification(
-                data, max_batch=max_batch, strict_arrays=strict, reject_marker=config.reject_marker
+                data,
+                max_batch=self.max_batch,
+                strict_arrays=self.config.strict_arrays,
+                reject_marker=self.config.reject_marker,
             )
         except Invalid as exc:
-            return invalid(str(exc))
+            return self.invalid(str(exc))
         if note.ids:
             ctx.accept({"campaign": note.campaign, "kind": "id"}, note.ids)
         if note.uids:
             ctx.accept({"campaign": note.campaign, "kind": "uid"}, note.uids)
         return web.Response(body=_OK, content_type="application/json")
 
-    async def visitor(request: web.Request, ctx: Context) -> web.Response:
+    async def visitor(self, request: web.Request, ctx: Context) -> web.Response:
         visitor_id = request.match_info["id"]
-        if visitors is not None:
-            found = visitors.get(visitor_id)
+        if self.visitors is not None:
+            found = self.visitors.get(visitor_id)
         else:
             found = synthetic_visitor(
-                visitor_id, seed=seed, unknown_rate=config.unknown_visitor_rate
+                visitor_id, seed=self.seed, unknown_rate=self.config.unknown_visitor_rate
             )
         if found is None:
-            return dialect.error(404, f"Visitor {short(visitor_id)!r} not found")
+            return self.dialect.error(404, f"Visitor {short(visitor_id)!r} not found")
         return json_response(
             {
                 "id": found.id,
@@ -352,31 +382,35 @@ def build_app(core: Core) -> web.Application:
             }
         )
 
-    async def all_leads(request: web.Request, ctx: Context) -> web.Response:
+    async def all_leads(self, request: web.Request, ctx: Context) -> web.Response:
         try:
-            chosen = filter_leads(leads, request.query, None)
+            chosen = filter_leads(self.leads, request.query, None)
         except Invalid as exc:
-            return invalid(str(exc))
+            return self.invalid(str(exc))
         return json_response([lead.as_json() for lead in chosen])
 
-    async def campaign_leads(request: web.Request, ctx: Context) -> web.Response:
+    async def campaign_leads(self, request: web.Request, ctx: Context) -> web.Response:
         campaign = request.match_info["id"]
         if campaign not in CAMPAIGNS:
-            return dialect.error(404, f"Campaign {short(campaign)!r} not found")
+            return self.dialect.error(404, f"Campaign {short(campaign)!r} not found")
         try:
-            chosen = filter_leads(leads, request.query, campaign)
+            chosen = filter_leads(self.leads, request.query, campaign)
         except Invalid as exc:
-            return invalid(str(exc))
+            return self.invalid(str(exc))
         return json_response([lead.as_json() for lead in chosen])
 
+
+def build_app(core: Core) -> web.Application:
+    api = _MaxTrafficApi(core)
+    dialect = api.dialect
     # every response carries the window's headers, including 401/404/405 from the middleware
     app = web.Application(middlewares=[core.middleware(dialect, headers_from="api")])
 
-    def route(method: str, path: str, handler: Any, *, send: bool = False) -> None:
+    def route(method: str, path: str, handler: Handler, *, send: bool = False) -> None:
         app.router.add_route(method, path, core.endpoint(dialect, "api", handler, send=send))
 
-    route("POST", PATHS["notifications"], notifications, send=True)
-    route("GET", PATHS["visitor"], visitor)
-    route("GET", PATHS["leads"], all_leads)
-    route("GET", PATHS["campaign_leads"], campaign_leads)
+    route("POST", PATHS["notifications"], api.notifications, send=True)
+    route("GET", PATHS["visitor"], api.visitor)
+    route("GET", PATHS["leads"], api.all_leads)
+    route("GET", PATHS["campaign_leads"], api.campaign_leads)
     return app

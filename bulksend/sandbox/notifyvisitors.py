@@ -38,7 +38,15 @@ from typing import Any
 
 from aiohttp import web
 
-from bulksend.sandbox.common import Context, Core, WindowDecision, json_response, parse_json, short
+from bulksend.sandbox.common import (
+    Context,
+    Core,
+    Handler,
+    WindowDecision,
+    json_response,
+    parse_json,
+    short,
+)
 
 NAME = "notifyvisitors"
 GROUPS: Mapping[str, int] = {"user": 100, "event": 500, "campaign": 500, "reporting": 50}
@@ -243,96 +251,110 @@ class CampaignReport:
         }
 
 
-def build_app(core: Core) -> web.Application:
-    config = core.config
-    dialect = NotifyVisitorsDialect(core)
-    max_batch = config.max_batch or DEFAULT_MAX_BATCH
-    reports: dict[str, CampaignReport] = {}
+def _bad(message: str) -> web.Response:
+    return json_response(envelope({}, message, "error"), 400)
 
-    def bad(message: str) -> web.Response:
-        return json_response(envelope({}, message, "error"), 400)
 
-    def record_errors(errors: list[RecordError], total: int) -> web.Response:
-        message = f"{len(errors)} of {total} records are invalid; nothing was saved"
-        data = {"errors": [e.as_json() for e in errors]}
-        return json_response(envelope(data, message, "error"))
+def _record_errors(errors: list[RecordError], total: int) -> web.Response:
+    message = f"{len(errors)} of {total} records are invalid; nothing was saved"
+    data = {"errors": [e.as_json() for e in errors]}
+    return json_response(envelope(data, message, "error"))
 
-    def success(count: int) -> web.Response:
-        data = {"count": count, "timestamp": stamp(core.wall())}
+
+async def _body_of(request: web.Request) -> tuple[Any, bytes]:
+    if request.content_type != "application/json":
+        raise BadRequest("Invalid resource: Content-Type must be application/json")
+    raw = await request.read()
+    data, problem = parse_json(raw)
+    if problem is not None:
+        raise BadRequest(f"Invalid resource: {problem}")
+    return data, raw
+
+
+class _NotifyVisitorsApi:
+    """The endpoints of one NotifyVisitors sandbox, over its campaign reports."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.dialect = NotifyVisitorsDialect(core)
+        self.max_batch = core.config.max_batch or DEFAULT_MAX_BATCH
+        self.reports: dict[str, CampaignReport] = {}
+
+    def success(self, count: int) -> web.Response:
+        data = {"count": count, "timestamp": stamp(self.core.wall())}
         return json_response(envelope(data, "success", "success"))
 
-    async def body_of(request: web.Request) -> tuple[Any, bytes]:
-        if request.content_type != "application/json":
-            raise BadRequest("Invalid resource: Content-Type must be application/json")
-        raw = await request.read()
-        data, problem = parse_json(raw)
-        if problem is not None:
-            raise BadRequest(f"Invalid resource: {problem}")
-        return data, raw
-
-    async def user_create(request: web.Request, ctx: Context) -> web.Response:
+    async def user_create(self, request: web.Request, ctx: Context) -> web.Response:
         try:
-            data, raw = await body_of(request)
-            ids, errors = validate_users(data, max_batch)
+            data, raw = await _body_of(request)
+            ids, errors = validate_users(data, self.max_batch)
         except BadRequest as exc:
-            return bad(str(exc))
+            return _bad(str(exc))
         if errors:
-            return record_errors(errors, len(ids) + len(errors))
+            return _record_errors(errors, len(ids) + len(errors))
         ctx.plain = b"\\" not in raw
         ctx.accept({"campaign": None, "kind": "user"}, ids)
-        return success(len(ids))
+        return self.success(len(ids))
 
-    async def event_track(request: web.Request, ctx: Context) -> web.Response:
+    async def event_track(self, request: web.Request, ctx: Context) -> web.Response:
         try:
-            data, _ = await body_of(request)
-            events, errors = validate_events(data, max_batch)
+            data, _ = await _body_of(request)
+            events, errors = validate_events(data, self.max_batch)
         except BadRequest as exc:
-            return bad(str(exc))
+            return _bad(str(exc))
         if errors:
-            return record_errors(errors, len(events) + len(errors))
+            return _record_errors(errors, len(events) + len(errors))
         for user, name in events:
             ctx.accept({"campaign": None, "kind": "event", "event": name}, [user])
-        return success(len(events))
+        return self.success(len(events))
 
-    async def campaign_send(request: web.Request, ctx: Context) -> web.Response:
+    async def campaign_send(self, request: web.Request, ctx: Context) -> web.Response:
         try:
-            data, raw = await body_of(request)
-            send, errors = validate_campaign(data, max_batch)
+            data, raw = await _body_of(request)
+            send, errors = validate_campaign(data, self.max_batch)
         except BadRequest as exc:
-            return bad(str(exc))
+            return _bad(str(exc))
         if errors:
-            return record_errors(errors, len(send.users) + len(errors))
+            return _record_errors(errors, len(send.users) + len(errors))
         ctx.plain = b"\\" not in raw
         fields = {"campaign": send.campaign_id, "kind": "campaign", "channel": send.channel}
         ctx.accept(fields, send.users)
-        now = core.wall()
-        report = reports.get(send.campaign_id)
+        self.count(send)
+        return self.success(len(send.users))
+
+    def count(self, send: CampaignSend) -> None:
+        """Add an accepted campaign send to its campaign's report."""
+        now = self.core.wall()
+        report = self.reports.get(send.campaign_id)
         if report is None:
-            report = reports[send.campaign_id] = CampaignReport(send.campaign_id, first=now)
+            report = self.reports[send.campaign_id] = CampaignReport(send.campaign_id, first=now)
         report.sent += len(send.users)
         report.requests += 1
         report.channels[send.channel] = report.channels.get(send.channel, 0) + len(send.users)
         report.last = now
-        return success(len(send.users))
 
-    async def campaign_report(request: web.Request, ctx: Context) -> web.Response:
+    async def campaign_report(self, request: web.Request, ctx: Context) -> web.Response:
         campaign = request.query.get("campaign_id", "")
         if not campaign:
-            return bad("Invalid resource: campaign_id is required")
-        report = reports.get(campaign)
+            return _bad("Invalid resource: campaign_id is required")
+        report = self.reports.get(campaign)
         if report is None:
             message = f"campaign {short(campaign)!r} not found"
             return json_response(envelope({}, message, "error"))
         return json_response(envelope(report.as_json(), "success", "success"))
 
+
+def build_app(core: Core) -> web.Application:
+    api = _NotifyVisitorsApi(core)
+    dialect = api.dialect
     app = web.Application(middlewares=[core.middleware(dialect)])
 
-    def route(method: str, group: str, handler: Any, *, send: bool) -> None:
+    def route(method: str, group: str, handler: Handler, *, send: bool) -> None:
         endpoint = core.endpoint(dialect, group, handler, send=send)
         app.router.add_route(method, PATHS[group], endpoint)
 
-    route("POST", "user", user_create, send=True)
-    route("POST", "event", event_track, send=True)
-    route("POST", "campaign", campaign_send, send=True)
-    route("GET", "reporting", campaign_report, send=False)
+    route("POST", "user", api.user_create, send=True)
+    route("POST", "event", api.event_track, send=True)
+    route("POST", "campaign", api.campaign_send, send=True)
+    route("GET", "reporting", api.campaign_report, send=False)
     return app

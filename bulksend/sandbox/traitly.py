@@ -36,7 +36,15 @@ from typing import Any
 from aiohttp import web
 
 from bulksend.core.http import accepts_json
-from bulksend.sandbox.common import Context, Core, WindowDecision, json_response, parse_json, short
+from bulksend.sandbox.common import (
+    Context,
+    Core,
+    Handler,
+    WindowDecision,
+    json_response,
+    parse_json,
+    short,
+)
 
 NAME = "traitly"
 GROUPS: Mapping[str, int] = {"api": 600}
@@ -193,96 +201,108 @@ class TraitlyDialect:
         return {}  # the doc names no rate-limit headers
 
 
-def build_app(core: Core) -> web.Application:
-    dialect = TraitlyDialect(core)
-    seed = core.config.seed_value
-    customers: dict[str, dict[str, Any]] = {}
-    events: dict[tuple[str, str], list[dict[str, Any]]] = {}
+async def _body_of(request: web.Request) -> Any:
+    data, problem = parse_json(await request.read())
+    if problem is not None:
+        raise ApiError(400, problem)
+    return data
 
-    def error(exc: ApiError) -> web.Response:
-        return dialect.error(exc.status, exc.message)
 
-    def listing(kind: str, data: list[dict[str, Any]], key: str = "retrieved") -> web.Response:
-        body = {"data": data, "metadata": {}, key: str(int(core.wall())), "object": kind}
+class _TraitlyApi:
+    """The endpoints of one Traitly sandbox, over its customers and events."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.dialect = TraitlyDialect(core)
+        self.seed = core.config.seed_value
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.events: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def error(self, exc: ApiError) -> web.Response:
+        return self.dialect.error(exc.status, exc.message)
+
+    def listing(
+        self, kind: str, data: list[dict[str, Any]], key: str = "retrieved"
+    ) -> web.Response:
+        body = {"data": data, "metadata": {}, key: str(int(self.core.wall())), "object": kind}
         return json_response(body)
 
-    async def body_of(request: web.Request) -> Any:
-        data, problem = parse_json(await request.read())
-        if problem is not None:
-            raise ApiError(400, problem)
-        return data
-
-    async def create_customer(request: web.Request, ctx: Context) -> web.Response:
+    async def create_customer(self, request: web.Request, ctx: Context) -> web.Response:
         try:
-            customer = validate_customer(await body_of(request), core.wall())
+            customer = validate_customer(await _body_of(request), self.core.wall())
         except ApiError as exc:
-            return error(exc)
+            return self.error(exc)
         customer_id = customer["customer_id"]
+        customers = self.customers
         customers[customer_id] = {**customers.get(customer_id, {}), **customer}
         ctx.accept({"campaign": None, "kind": "customer"}, [customer_id])
-        return listing("customer", [customers[customer_id]], "created")
+        return self.listing("customer", [customers[customer_id]], "created")
 
-    async def list_customers(request: web.Request, ctx: Context) -> web.Response:
+    async def list_customers(self, request: web.Request, ctx: Context) -> web.Response:
         q = request.query
         wanted = q.get("customer_id")
         if wanted is not None and hidden(wanted):
-            return dialect.error(403, MESSAGES[403])
+            return self.dialect.error(403, MESSAGES[403])
         found = [
             c
-            for c in customers.values()
+            for c in self.customers.values()
             if all(q.get(k) is None or c.get(k) == q[k] for k in ("customer_id", "name", "plan"))
         ]
-        return listing("customer", found)
+        return self.listing("customer", found)
 
-    async def create_event(request: web.Request, ctx: Context) -> web.Response:
+    async def create_event(self, request: web.Request, ctx: Context) -> web.Response:
         try:
-            event = validate_event(await body_of(request), core.wall())
+            event = validate_event(await _body_of(request), self.core.wall())
         except ApiError as exc:
-            return error(exc)
-        events.setdefault((event["customer_id"], event["name"]), []).append(event)
+            return self.error(exc)
+        self.events.setdefault((event["customer_id"], event["name"]), []).append(event)
         fields = {"campaign": None, "kind": "event", "event": event["name"]}
         ctx.accept(fields, [event["customer_id"]])
-        return listing("event", [event], "created")
+        return self.listing("event", [event], "created")
 
-    async def list_events(request: web.Request, ctx: Context) -> web.Response:
+    async def list_events(self, request: web.Request, ctx: Context) -> web.Response:
         q = request.query
         try:
             _required(q, ("customer_id", "name"))
         except ApiError as exc:
-            return error(exc)
+            return self.error(exc)
         if hidden(q["customer_id"]):
-            return dialect.error(403, MESSAGES[403])
-        return listing("event", events.get((q["customer_id"], q["name"]), []))
+            return self.dialect.error(403, MESSAGES[403])
+        return self.listing("event", self.events.get((q["customer_id"], q["name"]), []))
 
-    async def next_actions(request: web.Request, ctx: Context) -> web.Response:
+    async def next_actions(self, request: web.Request, ctx: Context) -> web.Response:
         q = request.query
         try:
             _required(q, ("customer_id",))
         except ApiError as exc:
-            return error(exc)
+            return self.error(exc)
         customer_id = q["customer_id"]
         if hidden(customer_id):
-            return dialect.error(403, MESSAGES[403])
-        if customer_id not in customers:
-            return dialect.error(404, f"No such customer: {short(customer_id)!r}")
+            return self.dialect.error(403, MESSAGES[403])
+        if customer_id not in self.customers:
+            return self.dialect.error(404, f"No such customer: {short(customer_id)!r}")
         goal = q.get("goal_name", "Conversion")
         body = {
-            **recommendations(seed, customer_id, goal),
+            **recommendations(self.seed, customer_id, goal),
             "meta": {"customer_id": customer_id, "goal_name": goal},
-            "timestamp": int(core.wall()),
+            "timestamp": int(self.core.wall()),
             "object": "recommended-next-actions",
         }
         return json_response(body)
 
+
+def build_app(core: Core) -> web.Application:
+    api = _TraitlyApi(core)
+    dialect = api.dialect
     app = web.Application(middlewares=[core.middleware(dialect)])
 
-    def route(method: str, path: str, handler: Any, *, send: bool = False) -> None:
+    def route(method: str, path: str, handler: Handler, *, send: bool = False) -> None:
         app.router.add_route(method, path, core.endpoint(dialect, "api", handler, send=send))
 
-    route("POST", "/api/v1/customer", create_customer, send=True)
-    route("GET", "/api/v1/customer", list_customers)
+    route("POST", "/api/v1/customer", api.create_customer, send=True)
+    route("GET", "/api/v1/customer", api.list_customers)
     for path in ("/api/v1/event", "/api/event"):
-        route("POST", path, create_event, send=True)
-        route("GET", path, list_events)
-    route("GET", "/api/v1/recommended-next-actions", next_actions)
+        route("POST", path, api.create_event, send=True)
+        route("GET", path, api.list_events)
+    route("GET", "/api/v1/recommended-next-actions", api.next_actions)
     return app
