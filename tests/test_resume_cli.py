@@ -3,12 +3,18 @@
 Running the same send again resumes it (one line on stderr says so); a changed campaign, file or
 setting is refused, named; ``--fresh`` starts over; a start the provider kept nothing of does not
 block the corrected command; every command the tool prints runs as printed and sends where the
-send did.
+send did; possible duplicates are marked per row and counted for the whole campaign, checked
+against the sandbox's ledger.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +24,7 @@ import orjson
 import pytest
 
 from bulksend.sandbox.testing import SandboxProcess
-from tests.conftest import KEY, run_bulksend, run_cli, write_campaign, write_recipients
+from tests.conftest import KEY, ROOT, run_bulksend, run_cli, write_campaign, write_recipients
 
 N = 300  # recipients
 BATCH = 10
@@ -253,3 +259,87 @@ def test_retry_of_a_sandbox_send_sends_to_a_sandbox_again(campaign: Path, tmp_pa
     assert again.returncode == 0, again.stderr  # no key needed: a sandbox, not the real API
     s = summary_of(tmp_path / "s.json")
     assert (s["delivered"], s["delivered_earlier"], s["requests"]) == (N, N, 0)
+
+
+# -- possible duplicates: kill -9, resume, a second Ctrl-C, retry -------------------------------
+
+BIG = 6_000
+BIG_BATCH = 100
+
+
+def start(campaign: Path, url: str, *extra: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "bulksend", "send", str(campaign), "--base-url", url]
+    return subprocess.Popen(
+        [*argv, "--quiet", "--progress", "never", *extra],
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_arrivals(ledger: Path, count: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while sum(ledger_ids(ledger).values()) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the send made no progress"
+        time.sleep(0.02)
+
+
+def test_possible_duplicates_are_marked_and_counted_across_runs(tmp_path: Path) -> None:
+    """Run 1 is killed (-9); the same command resumes and is stopped at once by a second
+    SIGINT with requests in flight; ``retry`` finishes. Every recipient the sandbox received
+    twice is reported "may have arrived twice", and the summary counts them all."""
+    ledger = tmp_path / "ledger.jsonl"
+    rows = [(f"v{i:05d}", f"u{i:05d}") for i in range(BIG)]
+    campaign = write_campaign(
+        tmp_path, write_recipients(tmp_path / "big.csv", rows), batch_size=BIG_BATCH, in_flight=4
+    )
+    faults = ("--latency-ms", "100", "--drop-after-accept-rate", "0.05", "--seed", "3")
+    with sandbox(ledger, *faults) as sb:
+        first = start(campaign, sb.base_url)
+        wait_for_arrivals(ledger, BIG // 4, first)
+        first.kill()  # SIGKILL: no clean-up of any kind
+        first.communicate()
+        time.sleep(0.3)  # what the sandbox was still answering lands in the ledger
+        before = sum(ledger_ids(ledger).values())
+
+        second = start(campaign, sb.base_url)
+        wait_for_arrivals(ledger, before + 8 * BIG_BATCH, second)
+        second.send_signal(signal.SIGINT)
+        time.sleep(0.03)  # the drain waits for answers 100 ms away: these are cut off
+        second.send_signal(signal.SIGINT)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 130, err
+        assert "stopped at once" in err
+        assert one_line(err, "resuming").startswith("bulksend: resuming: ")
+
+        report, summary = tmp_path / "report.jsonl", tmp_path / "summary.json"
+        retry = run_bulksend(
+            "retry", str(journal_of(campaign)), "--report", str(report),
+            "--summary-json", str(summary), "-q", "--progress", "never", env=ENV,
+        )  # fmt: skip
+        assert retry.returncode == 0, retry.stderr
+
+    ids = ledger_ids(ledger)
+    assert set(ids) == {v for v, _ in rows}
+    arrived_twice = {i for i, n in ids.items() if n > 1}
+    lines = [orjson.loads(x) for x in report.read_bytes().splitlines()]
+    marked = {x["id"]: x["reason"] for x in lines if x["reason"].startswith("may have arrived")}
+    assert arrived_twice  # (the sandbox dropped answers after accepting)
+    assert arrived_twice <= set(marked)  # every real double arrival is named
+    s = summary_of(summary)
+    assert s["delivered"] == BIG
+    assert s["possible_duplicates"] == len(marked)  # the whole campaign's, all three runs
+    assert 0 < s["possible_duplicates_earlier"] < s["possible_duplicates"]
+    reasons = {r.split(":", 1)[1].strip() for r in marked.values()}
+    assert "resent after run 2 left its outcome unknown (interrupted while in flight)" in reasons
+    assert {x["status"] for x in lines if x["id"] in marked} == {"delivered"}
+
+    merged = run_cli("report", "merge", str(summary), str(report), "--summary-json",
+                     str(tmp_path / "m.json"))  # fmt: skip
+    assert merged.status == 0, merged.stderr
+    only = run_cli("report", "merge", str(report), "--summary-json", str(tmp_path / "r.json"))
+    assert only.status == 0, only.stderr
+    assert summary_of(tmp_path / "r.json")["possible_duplicates"] == len(marked)
