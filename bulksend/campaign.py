@@ -41,6 +41,8 @@ class JournalOptions:
     fresh: bool = False  # discard an existing journal
     unknown_policy: str = "resend"  # or "skip"
     meta: Mapping[str, Any] = field(default_factory=dict)  # what `bulksend retry` needs
+    #: told one line when the journal is continued or started over ("resuming: ...")
+    announce: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +106,11 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     if settings.recipients.path == "-":
         raise ConfigError("a send from stdin cannot be journaled; use --no-journal or a file")
     try:
-        campaign = hashlib.sha256(settings.campaign_file.read_bytes()).hexdigest()
+        text = settings.campaign_file.read_bytes()
         recipients = file_fingerprint(Path(settings.recipients.path))
     except OSError as exc:
         raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    campaign = hashlib.sha256(text).hexdigest()
     plan = {
         "provider": settings.provider,
         "operation": settings.operation,
@@ -123,7 +126,36 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
         "shard": str(shard) if shard else None,
     }
     digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return Identity(campaign=campaign, recipients=recipients, plan=digest)
+    details = {
+        "campaign_text": text.decode("utf-8", "replace"),
+        "recipients_path": str(Path(settings.recipients.path).resolve()),
+        "settings": orjson.dumps(named_plan(settings, shard)).decode(),
+    }
+    return Identity(campaign=campaign, recipients=recipients, plan=digest, details=details)
+
+
+def named_plan(settings: Settings, shard: Shard | None = None) -> dict[str, Any]:
+    """The settings that shape the batches, by the names an error message gives them."""
+    rec = settings.recipients
+    api = {
+        f"[api] {k}": v
+        for k, v in settings.options.items()
+        if k not in {"operation", "message", "campaign_name", "columns"}
+    }
+    return {
+        "provider": settings.provider,
+        "operation": settings.operation,
+        "message": settings.options.get("message"),
+        "campaign name": settings.options.get("campaign_name"),
+        **api,
+        "recipient file format": rec.format,
+        "delimiter": rec.delimiter,
+        "encoding": rec.encoding,
+        "id column": rec.id_column,
+        "uid column": rec.uid_column,
+        "batch size": settings.batch_size,
+        "shard": str(shard) if shard else None,
+    }
 
 
 class DeadLetter:
@@ -217,6 +249,9 @@ async def send_campaign(
             fresh=journal.fresh,
             meta=journal.meta,
         )
+        note = book.opening_note()
+        if note and journal.announce is not None:
+            journal.announce(note)
     if dead_letter is None and journal is not None:
         dead_letter = journal.path.with_suffix(".dead-letter.jsonl")
     columns = (settings.recipients.id_column, settings.recipients.uid_column)
@@ -265,6 +300,8 @@ async def send_campaign(
                         await engine.run(chunks)
         if engine.stopped_by is not None:
             outcome = f"stopped: {engine.stopped_by}"
+        elif book is not None:  # every batch was planned: the next run can say "N of M"
+            book.set_planned(summary.batches)
     except BaseException as exc:
         outcome = f"crashed: {type(exc).__name__}"
         raise

@@ -6,9 +6,12 @@ the report and the summary (``Summary.accounted == Summary.read``).
 
 With a ``Journal`` each batch is recorded ``in_flight`` (durably) before it is sent and with its
 final state after; on a resumed run the batches the journal shows delivered (or invalid) are
-reported from the journal and not sent again, and batches left ``in_flight`` by a dead run are
-resent and counted as possible duplicates (``unknown_policy="resend"``) or reported ``unknown``
-for review (``"skip"``).
+reported from the journal and not sent again, and batches left ``in_flight`` (or ``unknown``) by
+an earlier run are resent (``unknown_policy="resend"``) or reported ``unknown`` for review
+(``"skip"``). A batch the provider may already have (an earlier request got no answer) is, once
+delivered, reported with a reason starting ``may have arrived twice`` and counted as possible
+duplicates; the journal keeps both, so later runs count it again (``Summary.possible_duplicates``
+covers the whole campaign).
 
 A batch whose request must be retried does not keep its worker while it waits: it is *parked*
 in a task of its own, which sleeps the backoff, waits for the retry budget and the pacing
@@ -37,11 +40,11 @@ from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
 from bulksend.errors import AuthError, BulksendError, ProviderError, UnavailableError
-from bulksend.journal import Journal, batch_digest
+from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
 from bulksend.providers.base import Batcher, Classification, Provider, Verdict, add_all
-from bulksend.report import ReportWriter, Summary
+from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
 from bulksend.transport import NoResponse
@@ -115,6 +118,7 @@ class _Part:
     unknown_sent: bool = False
     attempts: int = 0
     request: Any = None  # encoded at the first attempt
+    doubt: str = ""  # why it may have reached the provider already ("resent after ...")
 
 
 @dataclass(slots=True, eq=False)
@@ -125,6 +129,7 @@ class _Job:
     parts: list[_Part]
     results: list[Result]
     split_budget: int  # extra requests left for isolating invalid recipients
+    doubt: str = ""  # why the provider may have some of it already (kept in the journal)
 
 
 #: what each verdict tells the scheduler about the quota
@@ -144,6 +149,15 @@ def public_url(url: str) -> str:
     """``url`` for messages: without a user name, password, query or fragment."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _run_name(run: int | None) -> str:
+    return f"run {run}" if run else "an earlier run"
+
+
+def _left_unknown(run: int | None, reason: str) -> str:
+    """Why a batch an earlier run left ``unknown`` may have reached the provider."""
+    return f"resent after {_run_name(run)} left its outcome unknown ({reason or 'no answer'})"
 
 
 def _debug_enabled(log: Any) -> bool:
@@ -221,6 +235,8 @@ class Engine:
     ) -> None:
         rows = recipients if isinstance(recipients, Sequence) else list(recipients)
         self.summary.count(status, len(rows))
+        if status is _STATUS_DELIVERED and reason.startswith(POSSIBLY_TWICE):
+            self.summary.possible_duplicates += len(rows)
         to_report = self.report.active
         to_hook = self._on_outcomes is not None and status in self._hook_statuses
         if not (to_report or to_hook) or not rows:
@@ -234,22 +250,22 @@ class Engine:
         if to_hook and self._on_outcomes is not None:
             self._on_outcomes(outcomes)
 
-    def _record(self, batch: Batch, results: list[Result]) -> None:
-        """Report a batch's results and journal its final state."""
+    def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
+        """Report a batch's results and journal its final state (and ``doubt``)."""
         for recipients, status, reason, http_status, attempts in results:
             self._finish(batch, recipients, status, reason, http_status, attempts)
         if self.journal is None:
             return
         if len(results) == 1 and not batch.resumed_split:
             _, status, reason, http_status, _ = results[0]
-            self.journal.finished(batch, status.value, reason, http_status)
+            self.journal.finished(batch, status.value, reason, http_status, doubt=doubt)
         else:
             parts = [
                 (r.line, status.value, reason, http_status)
                 for recipients, status, reason, http_status, _ in results
                 for r in recipients
             ]
-            self.journal.finished(batch, "split", "", None, parts)
+            self.journal.finished(batch, "split", "", None, parts, doubt=doubt)
 
     def stop(self, error: BaseException) -> None:
         """Stop taking batches: nothing more is sent once this is called."""
@@ -344,44 +360,84 @@ class Engine:
                     "run's; the recipients or settings changed — start over with --fresh"
                 )
             batch.attempts = previous.attempts
-            if previous.state in ("delivered", "invalid"):
-                status = Status(previous.state)
-                reason = previous.reason or f"{previous.state} in an earlier run"
-                self._finish(batch, batch.recipients, status, reason, previous.http_status)
-                if status is _STATUS_DELIVERED:
-                    self.summary.delivered_earlier += len(batch.recipients)
+            if self._resumed(batch, previous, journal):
                 return
-            if previous.state == "split":
-                remaining = self._replay_parts(batch, journal)
-                if not remaining:
-                    return
-                batch.recipients, batch.resumed_split = remaining, True
-            if previous.state == "in_flight":
-                if self.options.unknown_policy == "skip":
-                    reason = "in flight when an earlier run stopped; outcome unknown (review)"
-                    self._finish(batch, batch.recipients, Status.UNKNOWN, reason)
-                    journal.finished(batch, "unknown", reason)
-                    return
-                batch.possibly_sent = True
         await self._queue.put(batch)
 
-    def _replay_parts(self, batch: Batch, journal: Journal) -> list[Recipient]:
-        """Report a split batch's settled parts from the journal; return the rows still to send.
+    def _resumed(self, batch: Batch, previous: BatchRecord, journal: Journal) -> bool:
+        """Report what an earlier run settled of ``batch``; True when nothing is left to send.
+
+        What is left is marked possibly sent (with why) when an earlier request for it got no
+        answer; with ``unknown_policy="skip"`` a batch whose outcome is unknown is reported
+        ``unknown`` for review instead.
+        """
+        state = previous.state
+        if state in ("delivered", "invalid"):
+            reason = previous.reason or f"{state} in an earlier run"
+            self._replay(batch, batch.recipients, Status(state), reason, previous.http_status)
+            return True
+        doubt = previous.doubt
+        unsure = state in ("in_flight", "unknown")
+        parts = journal.parts(batch.number) if unsure or state == "split" else []
+        if parts:  # a 422 was being isolated: report the settled parts, send the rest
+            remaining, no_answer = self._replay_parts(batch, parts)
+            if not remaining:
+                return True
+            batch.recipients, batch.resumed_split = remaining, True
+            if no_answer and not doubt:
+                doubt = _left_unknown(previous.run, no_answer)
+        if unsure and not doubt:
+            doubt = (
+                f"resent after {_run_name(previous.run)} was interrupted with the request in flight"
+                if state == "in_flight"
+                else _left_unknown(previous.run, previous.reason)
+            )
+        if unsure and self.options.unknown_policy == "skip":
+            reason = (
+                "in flight when an earlier run stopped; outcome unknown (review)"
+                if state == "in_flight"
+                else previous.reason or "outcome unknown (review)"
+            )
+            self._record(batch, [(batch.recipients, Status.UNKNOWN, reason, None, 0)], doubt)
+            return True
+        batch.possibly_sent, batch.doubt = bool(doubt), doubt
+        return False
+
+    def _replay(
+        self,
+        batch: Batch,
+        rows: Sequence[Recipient],
+        status: Status,
+        reason: str,
+        http_status: int | None,
+    ) -> None:
+        """Report rows an earlier run settled (counted as settled earlier)."""
+        self._finish(batch, rows, status, reason, http_status)
+        if status is _STATUS_DELIVERED:
+            self.summary.delivered_earlier += len(rows)
+            if reason.startswith(POSSIBLY_TWICE):
+                self.summary.possible_duplicates_earlier += len(rows)
+
+    def _replay_parts(
+        self, batch: Batch, parts: Sequence[PartRecord]
+    ) -> tuple[list[Recipient], str]:
+        """Report a split batch's settled parts from the journal; return the rows still to
+        send, and the reason of one of them that got no answer ("" if none did).
 
         (A run that died in the middle of isolating a 422 leaves some parts unsettled.)
         """
-        parts = {p.line: p for p in journal.parts(batch.number)}
-        settled = {"delivered", "invalid"}
-        remaining = []
+        by_line = {p.line: p for p in parts}
+        remaining: list[Recipient] = []
+        no_answer = ""
         for r in batch.recipients:
-            p = parts.get(r.line)
-            if p is not None and p.state in settled:
-                self._finish(batch, [r], Status(p.state), p.reason, p.http_status)
-                if p.state == "delivered":
-                    self.summary.delivered_earlier += 1
-            else:
-                remaining.append(r)
-        return remaining
+            p = by_line.get(r.line)
+            if p is not None and p.state in ("delivered", "invalid"):
+                self._replay(batch, [r], Status(p.state), p.reason, p.http_status)
+                continue
+            remaining.append(r)
+            if p is not None and p.state == "unknown":
+                no_answer = no_answer or p.reason or "no answer"
+        return remaining, no_answer
 
     # -- sending ----------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -398,7 +454,8 @@ class Engine:
             if self._stop is not None:
                 self._skip(batch)
                 continue
-            job = _Job(batch, [_Part(batch, batch.possibly_sent)], [], split_budget)
+            first = _Part(batch, batch.possibly_sent, doubt=batch.doubt)
+            job = _Job(batch, [first], [], split_budget, doubt=batch.doubt)
             try:
                 await self._work(job, parked=False)
             except asyncio.CancelledError:
@@ -407,7 +464,9 @@ class Engine:
 
     def _skip(self, batch: Batch) -> None:
         status = Status.UNKNOWN if batch.possibly_sent else Status.SKIPPED
-        self._record(batch, [(batch.recipients, status, f"not sent: {self._stop}", None, 0)])
+        self._record(
+            batch, [(batch.recipients, status, f"not sent: {self._stop}", None, 0)], batch.doubt
+        )
 
     def _abandon(self, job: _Job) -> None:
         """Record a job cancelled before its end: what is not settled is unknown."""
@@ -415,7 +474,7 @@ class Engine:
         results = list(job.results)
         if rest:
             results.append((rest, Status.UNKNOWN, "interrupted while in flight", None, 0))
-        self._record(job.batch, results)
+        self._record(job.batch, results, job.doubt)
 
     async def _work(self, job: _Job, *, parked: bool) -> None:
         """Send the job's parts until each has a final result, then record them.
@@ -433,7 +492,7 @@ class Engine:
                 await self._park(job, delay)
                 return
             await self._pause(delay)
-        self._record(job.batch, job.results)
+        self._record(job.batch, job.results, job.doubt)
 
     async def _park(self, job: _Job, delay: float) -> None:
         """Hand a job waiting to retry to a task of its own (waiting while too many are)."""
@@ -553,6 +612,10 @@ class Engine:
         self._no_answer = exc
         self._circuit_result(group, failure=True)
         part.unknown_sent = part.unknown_sent or exc.sent
+        if exc.sent and not part.doubt:
+            run = f" in run {self.journal.run_id}" if self.journal is not None else ""
+            part.doubt = f"resent after a request{run} got no answer ({exc})"
+            job.doubt = job.doubt or part.doubt
         self._log.debug("batch_no_response", batch=job.batch.number, error=str(exc))
         if part.attempts >= self.options.max_attempts:
             status = Status.UNKNOWN if part.unknown_sent else Status.FAILED
@@ -599,9 +662,10 @@ class Engine:
                 attempt=part.attempts,
             )
         if kind is _DELIVERED:
+            reason = ""
             if part.unknown_sent:
-                self.summary.possible_duplicates += len(part.batch.recipients)
-            self._settle(job, _STATUS_DELIVERED, "", http)
+                reason = f"{POSSIBLY_TWICE}: {part.doubt or 'resent after a request got no answer'}"
+            self._settle(job, _STATUS_DELIVERED, reason, http)
             return None
         return self._verdict(job, part, verdict, http)
 
@@ -639,14 +703,16 @@ class Engine:
         return None
 
     def _unexpected(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
-        """A 2xx that is not the provider's answer: never delivered. The part ends ``unknown``
-        (something answered 2xx, so whether the provider acted cannot be told; a resume or
-        ``bulksend retry`` sends it again) and is not retried here. ``max_unexpected`` of them
-        in a row stop the send."""
+        """A 2xx that is not the provider's answer: never delivered, and not retried here (a
+        resume or ``bulksend retry`` sends it again). A page or other non-JSON answer is not
+        the provider's API: the part ``failed``. JSON of another shape may be the provider's
+        answer in a changed form: whether it acted cannot be told, so the part is ``unknown``
+        (and a resend of it a possible duplicate). ``max_unexpected`` in a row stop the send."""
         self._unexpected_streak += 1
         url = public_url(self._base + part.request.path)
         self._last_unexpected = f"{url} answered {verdict.unexpected or verdict.message}"
-        self._settle(job, Status.UNKNOWN, verdict.message, http)
+        status = Status.UNKNOWN if verdict.maybe_provider else Status.FAILED
+        self._settle(job, status, verdict.message, http)
         if self._unexpected_streak >= self.options.max_unexpected:
             self.stop(self._unexpected_stop())
 
@@ -713,7 +779,8 @@ class Engine:
 
     @staticmethod
     def _part(batch: Batch, recipients: Sequence[Recipient]) -> _Part:
-        return _Part(Batch(batch.number, batch.group, list(recipients)), batch.possibly_sent)
+        part = Batch(batch.number, batch.group, list(recipients))
+        return _Part(part, batch.possibly_sent, doubt=batch.doubt)
 
     # -- circuit breaker --------------------------------------------------------------------
     def _circuit(self, group: str) -> Circuit:

@@ -13,7 +13,14 @@ Batch states::
         (a batch still ``in_flight`` when a run starts was in flight when the last run died:
          its outcome is unknown)
 
-``split`` batches (422 bisection) keep per-part outcomes in ``parts``.
+``split`` batches (422 bisection) keep per-part outcomes in ``parts``. A batch's ``doubt`` says
+why the provider may already have it (an earlier request got no answer); a batch delivered after
+that has a reason starting ``may have arrived twice``, and later runs count it again as a
+possible duplicate, so the summary covers the whole campaign.
+
+Running the same send again continues its journal when the campaign, the recipient file and the
+settings that shape the batches are unchanged (``Journal.open``); a changed one is refused,
+naming what changed, unless the journal records nothing that can have reached the provider.
 
 Writes are group-committed: everything queued in one turn of the event loop (``in_flight``
 marks, final states) shares one commit on the next turn, and an ``in_flight`` mark is durable
@@ -29,8 +36,9 @@ import contextlib
 import hashlib
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -58,7 +66,9 @@ CREATE TABLE IF NOT EXISTS batches (
     http_status INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     runs INTEGER NOT NULL DEFAULT 1,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    run INTEGER,
+    doubt TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS parts (
     batch INTEGER NOT NULL,
@@ -76,6 +86,8 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 FINAL = frozenset({"delivered", "invalid", "failed", "unknown", "skipped", "split"})
+#: columns later versions added to ``batches`` (an older journal gets them when opened)
+_ADDED_COLUMNS = {"run": "INTEGER", "doubt": "TEXT NOT NULL DEFAULT ''"}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -128,9 +140,75 @@ class Identity:
     campaign: str  # sha256 of the campaign file
     recipients: str  # file_fingerprint of the recipient file
     plan: str  # digest of provider, operation, columns, batch size, message
+    #: kept beside the identity to say what changed: ``campaign_text`` (the file),
+    #: ``recipients_path``, ``settings`` (JSON: each setting of the plan by its name)
+    details: Mapping[str, str] = field(default_factory=dict)
 
     def as_rows(self) -> Mapping[str, str]:
         return {"campaign": self.campaign, "recipients": self.recipients, "plan": self.plan}
+
+    def changes(self, stored: Mapping[str, str]) -> list[str]:
+        """What differs from the identity ``stored`` in a journal, for people ([] if nothing)."""
+        out = []
+        if stored.get("recipients") != self.recipients:
+            was, now = stored.get("recipients_path"), self.details.get("recipients_path")
+            if was and now and was != now:
+                out.append(f"the recipient file changed (was {was}, now {now})")
+            else:
+                out.append("the recipient file changed" + (f" ({now})" if now else ""))
+        if stored.get("plan") != self.plan:
+            out += _setting_changes(stored.get("settings"), self.details.get("settings"))
+        if stored.get("campaign") != self.campaign:
+            keys = _toml_changes(stored.get("campaign_text"), self.details.get("campaign_text"))
+            if keys is None:
+                out.append("the campaign file changed")
+            elif keys:  # (none: the same settings, only comments or layout changed)
+                out.append(f"the campaign file changed ({', '.join(keys)})")
+        return out
+
+
+def _setting_changes(was: str | None, now: str | None) -> list[str]:
+    """``["the batch size changed (was 100, now 50)"]`` from two ``settings`` rows."""
+    if not was or not now:
+        return ["the settings that shape the batches (batch size, columns, ...) changed"]
+    before, after = orjson.loads(was), orjson.loads(now)
+    out = []
+    for name in dict.fromkeys([*after, *before]):
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        shown = [orjson.dumps(v).decode() for v in (old, new)]
+        if all(len(v) <= 40 for v in shown) and not isinstance(new, dict | list):
+            out.append(f"the {name} changed (was {_plain(old)}, now {_plain(new)})")
+        else:
+            out.append(f"the {name} changed")
+    return out or ["the settings that shape the batches changed"]
+
+
+def _plain(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _toml_changes(was: str | None, now: str | None, most: int = 5) -> list[str] | None:
+    """The dotted keys (``[send].rate``) whose values differ, or None when unknown."""
+    if was is None or now is None:
+        return None
+    try:
+        before, after = _flat(tomllib.loads(was)), _flat(tomllib.loads(now))
+    except tomllib.TOMLDecodeError:
+        return None
+    keys = [k for k in dict.fromkeys([*after, *before]) if before.get(k) != after.get(k)]
+    return keys[:most] + ([f"{len(keys) - most} more"] if len(keys) > most else [])
+
+
+def _flat(data: Mapping[str, Any], table: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and not table:
+            out.update(_flat(value, key))
+        else:
+            out[f"[{table}].{key}" if table else key] = value
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +220,8 @@ class BatchRecord:
     http_status: int | None
     attempts: int
     runs: int
+    run: int | None = None  # the run that wrote it last
+    doubt: str = ""  # why the provider may already have it ("" if it cannot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +246,18 @@ class Journal:
         self._previous: dict[int, BatchRecord] = {
             row[0]: BatchRecord(*row)
             for row in db.execute(
-                "SELECT number, digest, state, reason, http_status, attempts, runs FROM batches"
+                "SELECT number, digest, state, reason, http_status, attempts, runs, run, doubt "
+                "FROM batches"
             )
         }
-        self._run_id = db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),)).lastrowid
+        stored = dict(db.execute("SELECT key, value FROM campaign").fetchall())
+        #: batches the whole campaign has, once a run planned them all (0: not known yet)
+        self.planned = int(stored.get("planned", 0))
+        #: why an earlier journal here was discarded when this one was opened ("" if not)
+        self.restarted = ""
+        self.run_id = int(
+            db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),)).lastrowid or 0
+        )
         db.commit()
 
     # -- opening ------------------------------------------------------------------------------
@@ -179,61 +267,55 @@ class Journal:
         path: Path,
         identity: Identity,
         *,
-        resume: bool,
+        resume: bool = False,
         fresh: bool = False,
         flush_interval: float = 0.0,
         meta: Mapping[str, Any] | None = None,
     ) -> Journal:
-        """Open (``resume``) or create the journal at ``path``.
+        """Create the journal at ``path``, or continue the one there.
 
-        An existing journal is never overwritten silently: without ``resume`` or ``fresh`` it is
-        a ConfigError, and with ``resume`` its identity must match this campaign exactly.
+        An existing journal is continued when its identity matches this campaign. When it does
+        not, the open is refused with a ConfigError naming what changed, unless the journal
+        records nothing the provider can have kept and ``resume`` is False: then it starts over
+        (``restarted`` says why). ``resume`` requires an existing journal; ``fresh`` discards
+        it. ``meta`` (what ``bulksend retry`` needs) is replaced by each run's.
         """
         exists = path.exists() and path.stat().st_size > 0
         if exists and fresh:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
+            _discard(path)
             exists = False
-        if exists and not resume:
-            raise ConfigError(
-                f"{path}: a journal of an earlier send exists; add --resume to continue it "
-                "(delivered recipients are skipped) or --fresh to start over"
-            )
         if resume and not exists:
             raise ConfigError(f"{path}: no journal to resume (run the send without --resume)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
+        db = _connect(path)
+        restarted = ""
         stored = dict(db.execute("SELECT key, value FROM campaign").fetchall())
-        if stored:
-            for key, value in identity.as_rows().items():
-                if stored.get(key) != value:
-                    db.close()
-                    what = {
-                        "campaign": "the campaign file",
-                        "recipients": "the recipient file",
-                        "plan": "the settings that shape the batches (batch size, columns, ...)",
-                    }[key]
-                    raise ConfigError(
-                        f"{path}: cannot resume: {what} changed since this journal was written; "
-                        "restore it, or start over with --fresh"
-                    )
-        else:
-            rows = dict(identity.as_rows())
-            rows["meta"] = orjson.dumps(dict(meta or {})).decode()
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO campaign (key, value) VALUES (?, ?)", rows.items())
-            db.execute("COMMIT")
-        return cls(path, db, flush_interval=flush_interval)
+        changes = identity.changes(stored) if stored else []
+        if changes and (resume or _may_have_reached_the_provider(db)):
+            db.close()
+            raise ConfigError(
+                f"{path}: cannot resume: {_joined(changes)} since this journal was written; "
+                f"restore {'it' if len(changes) == 1 else 'them'}, or add --fresh to start "
+                "over (sending everything again)"
+            )
+        if changes:  # nothing in it can have reached the provider: start over
+            db.close()
+            _discard(path)
+            db = _connect(path)
+            restarted = _joined(changes)
+        rows = {**identity.details, **identity.as_rows(), "meta": orjson.dumps(dict(meta or {}))}
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT OR REPLACE INTO campaign (key, value) VALUES (?, ?)",
+            [(k, v.decode() if isinstance(v, bytes) else v) for k, v in rows.items()],
+        )
+        db.execute("COMMIT")
+        journal = cls(path, db, flush_interval=flush_interval)
+        journal.restarted = restarted
+        return journal
 
     @staticmethod
     def read_meta(path: Path) -> dict[str, Any]:
-        """The meta a journal was created with (campaign file, flags), without opening a run."""
+        """The meta of the journal's last run (campaign file, settings), without opening a run."""
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
                 row = db.execute("SELECT value FROM campaign WHERE key = 'meta'").fetchone()
@@ -241,6 +323,39 @@ class Journal:
             raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
         meta = orjson.loads(row[0]) if row else {}
         return meta if isinstance(meta, dict) else {}
+
+    def opening_note(self) -> str:
+        """One line on how this run uses the journal ("" when it is as good as new)."""
+        if self.restarted:
+            return (
+                f"starting over: {self.restarted}, and the provider kept nothing the earlier "
+                f"run sent ({self.path})"
+            )
+        settled = self._settled_batches()
+        doubtful = sum(1 for r in self._previous.values() if r.state in ("in_flight", "unknown"))
+        if not settled and not doubtful:
+            return ""
+        total = f" of {self.planned:,}" if self.planned else ""
+        noun = "batch" if (self.planned or settled) == 1 else "batches"
+        note = f"resuming: {settled:,}{total} {noun} settled by an earlier run"
+        if doubtful:
+            note += f", {doubtful:,} with an unknown outcome"
+        return f"{note} ({self.path}; --fresh starts over)"
+
+    def _settled_batches(self) -> int:
+        """Batches an earlier run delivered or had rejected, each of their parts included."""
+        unsettled = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT DISTINCT batch FROM parts WHERE state NOT IN ('delivered', 'invalid')"
+            )
+        }
+        return sum(
+            1
+            for r in self._previous.values()
+            if r.state in ("delivered", "invalid")
+            or (r.state == "split" and r.number not in unsettled)
+        )
 
     # -- what the last run left -----------------------------------------------------------------
     def previous(self, number: int) -> BatchRecord | None:
@@ -258,6 +373,13 @@ class Journal:
         return bool(self._previous)
 
     # -- writing ----------------------------------------------------------------------------
+    def set_planned(self, batches: int) -> None:
+        """Record how many batches the whole campaign has (a run planned them all)."""
+        self.planned = batches
+        self._queue(
+            "INSERT OR REPLACE INTO campaign (key, value) VALUES ('planned', ?)", (str(batches),)
+        )
+
     def _queue(self, sql: str, params: tuple[Any, ...], *, urgent: bool = False) -> None:
         """Queue a write, committed on the loop's next turn with everything queued in this one
         (or, for a write nobody waits for, within ``flush_interval`` when that is set)."""
@@ -274,9 +396,10 @@ class Journal:
         recs = batch.recipients
         self._queue(
             "INSERT INTO batches (number, grp, first_line, last_line, size, digest, state, "
-            "attempts, updated) VALUES (?, ?, ?, ?, ?, ?, 'in_flight', ?, ?) "
+            "attempts, updated, run) VALUES (?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?) "
             "ON CONFLICT(number) DO UPDATE SET state='in_flight', attempts=excluded.attempts, "
-            "runs=runs + (batches.state != 'in_flight'), updated=excluded.updated",
+            "runs=runs + (batches.state != 'in_flight'), updated=excluded.updated, "
+            "run=excluded.run",
             (
                 batch.number,
                 batch.group,
@@ -285,6 +408,7 @@ class Journal:
                 batch_digest(recs),
                 batch.attempts,
                 time.time(),
+                self.run_id,
             ),
             urgent=True,
         )
@@ -299,14 +423,26 @@ class Journal:
         reason: str = "",
         http_status: int | None = None,
         parts: Iterable[tuple[int, str, str, int | None]] = (),
+        doubt: str = "",
     ) -> None:
-        """Record a batch's final state (committed within the flush interval)."""
+        """Record a batch's final state (committed within the flush interval); ``doubt`` says
+        why the provider may already have the batch, for the runs that send it again."""
         if state not in FINAL:
             raise ValueError(f"not a final state: {state}")
         self._queue(
-            "UPDATE batches SET state=?, reason=?, http_status=?, attempts=?, updated=? "
-            "WHERE number=?",
-            (state, reason, http_status, batch.attempts, time.time(), batch.number),
+            "UPDATE batches SET state=?, reason=?, http_status=?, attempts=?, updated=?, run=?, "
+            "doubt=CASE WHEN ? = '' THEN doubt ELSE ? END WHERE number=?",
+            (
+                state,
+                reason,
+                http_status,
+                batch.attempts,
+                time.time(),
+                self.run_id,
+                doubt,
+                doubt,
+                batch.number,
+            ),
         )
         for line, part_state, part_reason, status in parts:
             self._queue(
@@ -337,7 +473,7 @@ class Journal:
         self.flush()
         self._db.execute(
             "UPDATE runs SET finished=?, outcome=? WHERE rowid=?",
-            (time.time(), outcome, self._run_id),
+            (time.time(), outcome, self.run_id),
         )
         self._db.close()
 
@@ -345,3 +481,39 @@ class Journal:
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, SUM(size) FROM batches GROUP BY state")
         return {state: int(total) for state, total in rows}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the SQLite file with the journal's tables, older journals upgraded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        have = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE batches ADD COLUMN {name} {kind}")
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
+    return db
+
+
+def _discard(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def _may_have_reached_the_provider(db: sqlite3.Connection) -> bool:
+    """Does the journal record a batch the provider may have kept (delivered, in flight, ...)?"""
+    row = db.execute(
+        "SELECT 1 FROM batches WHERE state NOT IN ('failed', 'skipped', 'invalid', 'split') "
+        "OR doubt != '' UNION ALL "
+        "SELECT 1 FROM parts WHERE state NOT IN ('failed', 'skipped', 'invalid') LIMIT 1"
+    ).fetchone()
+    return row is not None
+
+
+def _joined(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

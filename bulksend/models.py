@@ -83,6 +83,8 @@ class Batch:
     attempts: int = 0
     #: an earlier run may have sent it (it was in flight when that run died)
     possibly_sent: bool = False
+    #: why it may have been sent ("resent after run 2 was interrupted ..."), for the report
+    doubt: str = ""
     #: the rest of a batch an earlier run had split (422): its outcome is kept as parts
     resumed_split: bool = False
 

@@ -19,6 +19,9 @@ import orjson
 from bulksend.models import Outcome, Status
 
 COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "batch")
+#: the reason of a delivered row the provider may have received twice starts so (a request for
+#: it got no answer and it was sent again); such rows are the ``possible_duplicates``
+POSSIBLY_TWICE = "may have arrived twice"
 # looked up once: Summary.count runs for every batch
 _DELIVERED, _DUPLICATE, _INVALID = Status.DELIVERED, Status.DUPLICATE, Status.INVALID
 _FAILED, _UNKNOWN = Status.FAILED, Status.UNKNOWN
@@ -109,7 +112,10 @@ class Summary:
     requests: int = 0
     throttled: int = 0
     retries: int = 0
+    #: delivered rows that may have arrived twice (the whole campaign, earlier runs included)
     possible_duplicates: int = 0
+    #: of ``possible_duplicates``: delivered by an earlier run of a resumed send
+    possible_duplicates_earlier: int = 0
     #: of ``delivered``: settled by an earlier run of a resumed send (from its journal)
     delivered_earlier: int = 0
     batches: int = 0
@@ -161,6 +167,12 @@ class Summary:
             return f"{self.delivered:,}"
         return f"{self.delivered:,} ({self.delivered_earlier:,} by an earlier run)"
 
+    def _possible_text(self) -> str:
+        if not self.possible_duplicates_earlier:
+            return f"{self.possible_duplicates:,}"
+        earlier = self.possible_duplicates_earlier
+        return f"{self.possible_duplicates:,} ({earlier:,} by an earlier run)"
+
     def _limit_texts(self) -> list[tuple[str, str]]:
         """``(group, "50/1.01s (X-RateLimit-Limit, window inferred from refills)")``."""
         out = []
@@ -210,7 +222,7 @@ class Summary:
             ("failed", f"{self.failed:,}"),
             ("unknown", f"{self.unknown:,}"),
             ("skipped", f"{self.skipped:,}"),
-            ("possible duplicates", f"{self.possible_duplicates:,}"),
+            ("possible duplicates", self._possible_text()),
             ("requests", f"{self.requests:,}"),
             ("429 responses", f"{self.throttled:,}"),
             ("retries", f"{self.retries:,}"),
@@ -246,7 +258,7 @@ class Summary:
             ("retries", self.retries),
         ]
         if self.possible_duplicates:
-            rows.append(("possible duplicates", self.possible_duplicates))
+            rows.append(("possible duplicates", self._possible_text()))
         rows += [("elapsed", f"{self.elapsed:.2f} s"), ("recipients/s", f"{self.rate:,.0f}")]
         rows += [(f"limit {group}", text) for group, text in self._limit_texts()]
         width = max(len(k) for k, _ in rows)

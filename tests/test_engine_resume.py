@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from bulksend.engine import Engine, EngineOptions
 from bulksend.journal import Identity, Journal
 from bulksend.models import Batch, HttpRequest, HttpResponse
+from bulksend.report import Summary
 from tests.test_engine import FakeTransport, SetDedup, make_engine, ok, rows
 
 ID = Identity("c", "r", "p")
@@ -18,7 +20,10 @@ ID = Identity("c", "r", "p")
 
 def with_journal(engine: Engine, path: Path, *, resume: bool, policy: str = "resend") -> Engine:
     engine.journal = Journal.open(path, ID, resume=resume)
-    engine.options = EngineOptions(batch_size=10, workers=4, unknown_policy=policy)
+    attempts = engine.options.max_attempts
+    engine.options = EngineOptions(
+        batch_size=10, workers=4, unknown_policy=policy, max_attempts=attempts
+    )
     return engine
 
 
@@ -124,3 +129,92 @@ async def test_a_batch_split_when_the_run_died_resends_only_its_unsettled_rows(
     assert record.state == "split"  # its earlier parts are kept
     assert {p.line for p in again.parts(1)} == set(range(2, 12))
     again.close()
+
+
+async def resumed_run(
+    path: Path, tmp_path: Path, name: str
+) -> tuple[Summary, list[dict[str, Any]]]:
+    """Another run of the same send, with a report; returns its summary and report rows."""
+    report = tmp_path / f"{name}.jsonl"
+    engine, _ = make_engine(ok, report=report)
+    with_journal(engine, path, resume=True)
+    with engine.report:
+        summary = await engine.run(rows(100))
+    assert engine.journal is not None
+    engine.journal.close()
+    return summary, [orjson.loads(x) for x in report.read_bytes().splitlines()]
+
+
+def twice(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [x for x in lines if x["reason"].startswith("may have arrived twice")]
+
+
+async def test_resent_batches_are_marked_and_counted_by_every_later_run(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    await crashed_run(path, crash_at=5)
+    summary, lines = await resumed_run(path, tmp_path, "second")
+    marked = twice(lines)
+    assert 0 < len(marked) == summary.possible_duplicates <= 40
+    assert {x["status"] for x in marked} == {"delivered"}
+    assert {x["reason"] for x in marked} == {
+        "may have arrived twice: resent after run 1 was interrupted with the request in flight"
+    }
+    assert summary.possible_duplicates_earlier == 0
+    # a third run sends nothing, and still counts (and reports) the whole campaign's
+    third, lines = await resumed_run(path, tmp_path, "third")
+    assert third.requests == 0
+    assert third.possible_duplicates == third.possible_duplicates_earlier == len(marked)
+    assert twice(lines) == marked
+    assert f"possible duplicates  {len(marked)} ({len(marked)} by an earlier run)" in third.render()
+
+
+@pytest.mark.parametrize("policy", ["resend", "skip"])
+async def test_batches_left_unknown_are_resent_as_possible_duplicates(
+    tmp_path: Path, policy: str
+) -> None:
+    path = tmp_path / "j"
+    first = Journal.open(path, ID)
+    batch = Batch(1, "api", list(rows(10)))  # type: ignore[arg-type]
+    await first.in_flight(batch)
+    first.finished(batch, "unknown", "interrupted while in flight")  # a second Ctrl-C
+    first.close("crashed")
+    engine, transport = make_engine(ok, report=tmp_path / "r.jsonl")
+    with_journal(engine, path, resume=True, policy=policy)
+    with engine.report:
+        summary = await engine.run(rows(100))
+    assert engine.journal is not None
+    engine.journal.close()
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    if policy == "skip":  # for review: not sent
+        assert (summary.unknown, summary.possible_duplicates, summary.delivered) == (10, 0, 90)
+        assert "id0" not in ids(transport)
+        return
+    assert "id0" in ids(transport)
+    assert (summary.delivered, summary.possible_duplicates) == (100, 10)
+    assert {x["reason"] for x in twice(lines)} == {
+        "may have arrived twice: resent after run 1 left its outcome unknown "
+        "(interrupted while in flight)"
+    }
+
+
+async def test_a_doubt_outlives_a_failed_resend(tmp_path: Path) -> None:
+    """Resent after a crash, failed this time: the run after still counts it when it lands."""
+    path = tmp_path / "j"
+    await crashed_run(path, crash_at=3)
+
+    def down(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(503, {}, b'{"message": "maintenance"}')
+
+    engine, _ = make_engine(down, max_attempts=1)
+    with_journal(engine, path, resume=True)
+    failing = await engine.run(rows(100))
+    assert engine.journal is not None
+    engine.journal.close()
+    assert failing.possible_duplicates == 0
+    assert failing.failed > 0
+    summary, lines = await resumed_run(path, tmp_path, "third")
+    assert summary.delivered == 100
+    assert 0 < summary.possible_duplicates == len(twice(lines))
+    assert {x["reason"] for x in twice(lines)} == {
+        "may have arrived twice: resent after run 1 was interrupted with the request in flight"
+    }

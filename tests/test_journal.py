@@ -3,6 +3,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bulksend.errors import ConfigError
@@ -55,14 +56,40 @@ async def test_resume_sees_the_previous_run(tmp_path: Path) -> None:
     j.close()
 
 
-async def test_an_existing_journal_is_never_overwritten_silently(tmp_path: Path) -> None:
+async def test_an_existing_journal_is_continued_never_overwritten_silently(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "j"
-    Journal.open(path, ID, resume=False).close()
-    with pytest.raises(ConfigError, match="--resume"):
-        Journal.open(path, ID, resume=False)
-    Journal.open(path, ID, resume=False, fresh=True).close()
+    first = Journal.open(path, ID, resume=False)
+    await first.in_flight(batch(1))
+    first.finished(batch(1), "delivered", "", 200)
+    first.close()
+    again = Journal.open(path, ID, resume=False)  # the same send again: continued
+    record = again.previous(1)
+    assert record is not None
+    assert (record.state, record.run) == ("delivered", 1)
+    assert again.run_id == 2
+    assert again.opening_note() == (
+        f"resuming: 1 batch settled by an earlier run ({path}; --fresh starts over)"
+    )
+    again.set_planned(4)
+    again.close()
+    third = Journal.open(path, ID, resume=True)
+    assert third.opening_note().startswith("resuming: 1 of 4 batches settled by an earlier run")
+    third.close()
+    fresh = Journal.open(path, ID, resume=False, fresh=True)
+    assert fresh.previous(1) is None
+    assert fresh.opening_note() == ""
+    fresh.close()
     with pytest.raises(ConfigError, match="no journal to resume"):
         Journal.open(tmp_path / "other", ID, resume=True)
+
+
+async def delivered_one(path: Path, identity: Identity = ID) -> None:
+    j = Journal.open(path, identity, resume=False)
+    await j.in_flight(batch(1))
+    j.finished(batch(1), "delivered", "", 200)
+    j.close()
 
 
 @pytest.mark.parametrize(
@@ -73,11 +100,119 @@ async def test_an_existing_journal_is_never_overwritten_silently(tmp_path: Path)
         (Identity("c1", "r1", "p2"), "batch size"),
     ],
 )
-def test_resume_refuses_a_changed_campaign(tmp_path: Path, changed: Identity, what: str) -> None:
+async def test_a_changed_campaign_is_refused(tmp_path: Path, changed: Identity, what: str) -> None:
     path = tmp_path / "j"
-    Journal.open(path, ID, resume=False).close()
-    with pytest.raises(ConfigError, match=what):
-        Journal.open(path, changed, resume=True)
+    await delivered_one(path)
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match=what) as caught:
+            Journal.open(path, changed, resume=resume)
+        assert "--fresh" in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+
+def identity(campaign: str, recipients: str = "r1", **settings: object) -> Identity:
+    named = {"batch size": 100, "message": {"title": "Hi"}, **settings}
+    details = {
+        "campaign_text": campaign,
+        "recipients_path": f"/data/{recipients}.csv",
+        "settings": orjson.dumps(named).decode(),
+    }
+    plan = orjson.dumps(named).decode()
+    return Identity(campaign, recipients, plan, details)
+
+
+async def test_the_refusal_names_what_changed(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    base = 'provider = "maxtraffic"\n[send]\nbatch_size = 100\nrate = "300/min"\n'
+    await delivered_one(path, identity(base))
+    edited = base.replace("100", "50").replace("300/min", "600/min")
+    with pytest.raises(ConfigError) as caught:
+        Journal.open(path, identity(edited, "r2", **{"batch size": 50}))
+    assert str(caught.value) == (
+        f"{path}: cannot resume: the recipient file changed (was /data/r1.csv, now "
+        "/data/r2.csv), the batch size changed (was 100, now 50) and the campaign file "
+        "changed ([send].batch_size, [send].rate) since this journal was written; restore them, "
+        "or add --fresh to start over (sending everything again)"
+    )
+    with pytest.raises(ConfigError, match=r"the message changed since"):
+        Journal.open(path, identity(base, message={"title": "Bye"}))
+    # comments and layout are not a change: the journal is continued
+    Journal.open(path, identity("# the sale\n" + base.replace(" = ", "=")), resume=True).close()
+
+
+async def test_a_journal_of_a_send_nothing_reached_does_not_block_a_changed_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    j = Journal.open(path, ID)
+    await j.in_flight(batch(1))
+    j.finished(batch(1), "failed", "provider rejected the credentials (401)", 401)
+    await j.in_flight(batch(2))
+    j.finished(batch(2), "invalid", "no such visitor", 422)
+    j.close()
+    changed = Identity("c1", "r2", "p1")
+    with pytest.raises(ConfigError, match="cannot resume"):
+        Journal.open(path, changed, resume=True)  # --resume and retry: never started over
+    again = Journal.open(path, changed)
+    assert again.previous(1) is None
+    assert again.opening_note() == (
+        "starting over: the recipient file changed, and the provider kept nothing the earlier "
+        f"run sent ({path})"
+    )
+    again.close()
+
+
+@pytest.mark.parametrize("left", ["in_flight", "unknown", "doubt"])
+async def test_a_journal_with_a_request_in_doubt_blocks_a_changed_send(
+    tmp_path: Path, left: str
+) -> None:
+    path = tmp_path / "j"
+    j = Journal.open(path, ID)
+    await j.in_flight(batch(1))
+    if left == "unknown":
+        j.finished(batch(1), "unknown", "interrupted while in flight")
+    elif left == "doubt":
+        j.finished(batch(1), "failed", "500", 500, doubt="resent after a request got no answer")
+    j.close()
+    with pytest.raises(ConfigError, match="cannot resume: the recipient file changed"):
+        Journal.open(path, Identity("c1", "r2", "p1"))
+    again = Journal.open(path, ID)
+    note = again.opening_note()
+    record = again.previous(1)
+    again.close()
+    assert record is not None
+    if left == "doubt":
+        assert record.doubt == "resent after a request got no answer"
+        assert note == ""  # a failed batch is simply sent again
+    else:
+        assert note.startswith("resuming: 0 batches settled by an earlier run, 1 with an unknown")
+
+
+async def test_a_journal_written_before_runs_and_doubts_were_kept_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE batches (number INTEGER PRIMARY KEY, grp TEXT NOT NULL,
+            first_line INTEGER NOT NULL, last_line INTEGER NOT NULL, size INTEGER NOT NULL,
+            digest TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+            http_status INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+            runs INTEGER NOT NULL DEFAULT 1, updated REAL NOT NULL);
+        INSERT INTO campaign VALUES ('campaign', 'c1'), ('recipients', 'r1'), ('plan', 'p1'),
+            ('meta', '{"campaign_file": "/c.toml", "overrides": {}}');
+        INSERT INTO batches VALUES (1, 'g', 10, 12, 3, 'x', 'in_flight', '', NULL, 1, 1, 0);
+        """
+    )
+    db.close()
+    j = Journal.open(path, ID, meta={"campaign_file": "/c.toml", "settings": {}})
+    record = j.previous(1)
+    assert record is not None
+    assert (record.state, record.run, record.doubt) == ("in_flight", None, "")
+    j.close()
+    assert Journal.read_meta(path) == {"campaign_file": "/c.toml", "settings": {}}
 
 
 def test_not_a_journal(tmp_path: Path) -> None:

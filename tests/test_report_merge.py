@@ -187,3 +187,26 @@ def test_report_flag_needs_reports_and_a_subcommand_is_required(
     help_ = run_cli("report", "merge", "--help")
     assert help_.status == 0
     assert "--summary-json" in help_.stdout + capsys.readouterr().out
+
+
+def test_possible_duplicates_are_counted_from_the_reasons_and_checked(tmp_path: Path) -> None:
+    twice = "may have arrived twice: resent after run 1 was interrupted with the request in flight"
+    report = tmp_path / "r.jsonl"
+    rows = [(1, "a", "delivered", twice), (2, "b", "delivered", twice), (3, "c", "delivered", "")]
+    report.write_bytes(
+        b"".join(
+            orjson.dumps({"line": n, "id": i, "status": st, "reason": why}) + b"\n"
+            for n, i, st, why in rows
+        )
+    )
+    out = tmp_path / "total.json"
+    alone = run_cli("report", "merge", str(report), "--summary-json", str(out))
+    assert alone.status == 0, alone.stderr
+    data = orjson.loads(out.read_bytes())
+    assert (data["read"], data["delivered"], data["possible_duplicates"]) == (3, 3, 2)
+    one = summary(tmp_path / "s.json", read=3, delivered=3, possible_duplicates=1)
+    disagree = run_cli("report", "merge", str(one), str(report))
+    assert disagree.status == 1
+    assert "possible duplicates: 1 in the summaries, 2 in the reports" in disagree.stderr
+    agree = summary(tmp_path / "s.json", read=3, delivered=3, possible_duplicates=2)
+    assert run_cli("report", "merge", str(agree), str(report)).status == 0

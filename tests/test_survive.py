@@ -95,9 +95,9 @@ def wait_for_ledger(ledger: Path, lines: int, proc: subprocess.Popen[str]) -> No
         time.sleep(0.02)
 
 
-def resume(campaign: Path, url: str, tmp_path: Path) -> dict[str, int]:
+def resume(campaign: Path, url: str, tmp_path: Path, *flags: str) -> dict[str, int]:
     summary = tmp_path / "summary.json"
-    proc = start_send(campaign, url, "--resume", "--summary-json", str(summary))
+    proc = start_send(campaign, url, *(flags or ["--resume"]), "--summary-json", str(summary))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     data: dict[str, int] = orjson.loads(summary.read_bytes())
@@ -216,7 +216,7 @@ def test_401_stops_then_the_same_command_with_the_right_key_finishes(
     assert bad.returncode == 3
     assert "401" in bad.stderr
     assert ledger_lines(ledger) == 0
-    summary = resume(campaign, url, tmp_path)  # same journal, right key
+    summary = resume(campaign, url, tmp_path, "-q")  # the same command, the right key
     ids = ledger_ids(ledger)
     assert len(ids) == N
     assert max(ids.values()) == 1

@@ -14,7 +14,7 @@ import orjson
 
 from bulksend.commands.common import Context, ExitStatus, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
-from bulksend.report import COLUMNS, Summary
+from bulksend.report import COLUMNS, POSSIBLY_TWICE, Summary
 
 HELP = "work with reports (merge the shards of a send)"
 DESCRIPTION = "Work with the summaries and per-recipient reports that bulksend send writes."
@@ -28,12 +28,13 @@ MERGE_DESCRIPTION = """\
 Combine the per-shard summaries (written by bulksend send --summary-json) and/or per-recipient
 reports (--report, CSV or JSON Lines) into one summary: counters are summed, elapsed is the
 longest shard's, rates are recomputed. With --report the per-recipient reports are concatenated.
-When both summaries and reports are given, their per-status counts must agree. No id or uid the
-provider deduplicates on (the summaries name them; without summaries both) may be delivered by
-two report rows: one shard delivering what another did fails the merge. Exit status: 0 when
-every valid recipient was delivered (or within --max-failure-rate), 1 otherwise (also when the
-reports disagree with the summaries or deliver an identifier twice), 2 for unreadable
-inputs."""
+When both summaries and reports are given, their per-status counts (and possible duplicates) must
+agree. Possible duplicates are the delivered rows whose reason starts "may have arrived twice"
+(each send's summary counts its whole campaign, earlier runs included). No id or uid the provider
+deduplicates on (the summaries name them; without summaries both) may be delivered by two report
+rows: one shard delivering what another did fails the merge. Exit status: 0 when every valid
+recipient was delivered (or within --max-failure-rate), 1 otherwise (also when the reports
+disagree with the summaries or deliver an identifier twice), 2 for unreadable inputs."""
 
 _REPORT_SUFFIXES = {".csv", ".tsv", ".txt"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
@@ -44,6 +45,8 @@ _SUMMED = tuple(
     not in {"provider", "campaign", "elapsed", "stopped", "warnings", "limits", "dedup_keys"}
 )
 _KEYS = ("id", "uid")
+#: a pseudo-status the report counts carry for delivered rows that may have arrived twice
+_TWICE = "possible duplicate"
 #: report status -> Summary counter
 _STATUS_FIELD = {
     "delivered": "delivered",
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         print(f"merged {what}", file=ctx.out)
         print(merged.render(), file=ctx.out)
         if args.report is not None:
-            print(f"  report: {args.report} ({sum(counts.values()):,} rows)", file=ctx.out)
+            print(f"  report: {args.report} ({report_rows(counts):,} rows)", file=ctx.out)
     for problem in problems:
         print(f"bulksend: {problem}", file=ctx.err)
     if problems:
@@ -190,22 +193,28 @@ def _joined(values: Iterator[str] | Sequence[str]) -> str:
     return ", ".join(dict.fromkeys(v for v in values if v))
 
 
+def report_rows(counts: Counter[str]) -> int:
+    return sum(n for status, n in counts.items() if status != _TWICE)
+
+
 def summary_from_counts(counts: Counter[str]) -> Summary:
     """A summary of recipients only (no requests, no elapsed time) from report rows."""
-    merged = Summary(read=sum(counts.values()))
+    merged = Summary(read=report_rows(counts))
     for status, name in _STATUS_FIELD.items():
         setattr(merged, name, counts.get(status, 0))
+    merged.possible_duplicates = counts.get(_TWICE, 0)
     return merged
 
 
 def compare(merged: Summary, counts: Counter[str]) -> list[str]:
     """Where the reports' per-status counts differ from the summaries'."""
     out = []
-    for status, name in _STATUS_FIELD.items():
-        want, got = getattr(merged, name), counts.get(status, 0)
+    checks = [(s, getattr(merged, name), counts.get(s, 0)) for s, name in _STATUS_FIELD.items()]
+    checks.append(("possible duplicates", merged.possible_duplicates, counts.get(_TWICE, 0)))
+    for what, want, got in checks:
         if want != got:
-            out.append(f"{status}: {want:,} in the summaries, {got:,} in the reports")
-    unknown = sorted(set(counts) - set(_STATUS_FIELD))
+            out.append(f"{what}: {want:,} in the summaries, {got:,} in the reports")
+    unknown = sorted(set(counts) - set(_STATUS_FIELD) - {_TWICE})
     if unknown:
         out.append(f"unknown status(es) in the reports: {', '.join(unknown)}")
     return out
@@ -314,6 +323,9 @@ def concatenate(
             for row in read_report(path):
                 status = str(row.get("status"))
                 counts[status] += 1
+                reason = str(row.get("reason") or "")
+                if status == "delivered" and reason.startswith(POSSIBLY_TWICE):
+                    counts[_TWICE] += 1
                 out.write(row)
                 if status == "delivered":
                     delivered.add(path, row)

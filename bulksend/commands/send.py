@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
+import shlex
 import signal
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -21,7 +23,6 @@ from bulksend.commands.common import (
     add_campaign_flags,
     add_ci_flags,
     add_output_flags,
-    overrides,
     settings_from,
 )
 from bulksend.config import Settings, load_settings, resolve_secrets
@@ -41,7 +42,8 @@ examples:
   bulksend send samples/maxtraffic/campaign.toml --sandbox
   MAXTRAFFIC_API_KEY=... bulksend send campaign.toml --recipients list.csv --report out.csv
   bulksend send campaign.toml --dry-run --requests-out bodies.jsonl
-  bulksend send campaign.toml --resume        # continue a send that died
+  bulksend send campaign.toml                 # again after a crash or a stop: it resumes
+  bulksend send campaign.toml --fresh         # start over, sending everything again
 """
 
 
@@ -82,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "journal and resume",
         "A journal records every batch so a send that died can be resumed without sending "
         "again what the provider confirmed. Default: .bulksend/CAMPAIGN.journal beside the "
-        "campaign file; running the same send again resumes it.",
+        "campaign file; running the same send again resumes it (one line on stderr says so). "
+        "A changed campaign file, recipient file or batch-shaping setting is refused, named, "
+        "unless the earlier run sent nothing the provider kept.",
     )
     journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
     journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
@@ -96,8 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--unknown",
         choices=["resend", "skip"],
         default="resend",
-        help="batches in flight when an earlier run died: resend them (counted as possible "
-        "duplicates; default) or mark them unknown for review",
+        help="batches an earlier run sent without an answer (in flight when it died, or "
+        "unknown): resend them (counted as possible duplicates; default) or mark them unknown "
+        "for review",
     )
     journal.add_argument(
         "--dead-letter",
@@ -138,17 +143,67 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     wanted = args.journal or args.resume or not args.sandbox  # a sandbox run keeps none
     if wanted and not args.no_journal and settings.recipients.path != "-":
         path = args.journal or default_journal_path(settings, shard)
-        journal = JournalOptions(path, args.resume, args.fresh, args.unknown, _meta(args))
+        meta = recorded_send(args, settings)
+        journal = JournalOptions(
+            path, args.resume, args.fresh, args.unknown, meta, announce=_announcer(ctx)
+        )
     return await execute(settings, args, ctx, journal, shard=shard)
 
 
-def _meta(args: argparse.Namespace) -> dict[str, Any]:
-    """What ``bulksend retry JOURNAL`` needs to run the same send again (no secrets)."""
+def _announcer(ctx: Context) -> Any:
+    def announce(note: str) -> None:
+        print(f"bulksend: {note}", file=ctx.err)
+
+    return announce
+
+
+def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """What ``bulksend retry JOURNAL`` needs to run this send again as it ran: the settings in
+    effect (flags, ``BULKSEND_*`` and the campaign file resolved), the mode flags, no secret."""
+    rec = settings.recipients
+    values = {
+        "recipients": str(Path(rec.path).resolve()),
+        "format": rec.format,
+        "delimiter": rec.delimiter,
+        "encoding": rec.encoding,
+        "base_url": settings.base_url,
+        "batch_size": settings.batch_size,
+        "rate": _limit_text(settings.rate),
+        "limit": _limit_text(settings.limit),
+        "in_flight": settings.in_flight,
+        "timeout": settings.timeout,
+        "max_attempts": settings.max_attempts,
+        "report": str(settings.report.resolve()) if settings.report else None,
+    }
+    limiter, password = _without_password(getattr(args, "limiter", None) or settings.limiter)
+    dead_letter = getattr(args, "dead_letter", None)
     return {
         "campaign_file": str(Path(args.campaign).resolve()),
-        "overrides": {k: v for k, v in overrides(args).items() if v is not None},
-        "shard": args.shard,
+        "settings": {k: v for k, v in values.items() if v is not None},
+        "shard": getattr(args, "shard", None),
+        "sandbox": bool(getattr(args, "sandbox", False)),
+        "audience_check": bool(getattr(args, "audience_check", False)),
+        "limiter": limiter,
+        "limiter_password": password,
+        "dead_letter": str(Path(dead_letter).resolve()) if dead_letter else None,
     }
+
+
+def _limit_text(limit: Any) -> str | None:
+    """A ``Limit`` as ``parse_rate`` reads it back exactly (``"600/60.0s"``)."""
+    return None if limit is None else f"{limit.requests}/{float(limit.window)!r}s"
+
+
+def _without_password(url: str | None) -> tuple[str | None, bool]:
+    """``url`` with its password (if any) replaced by ``***``, and whether it had one."""
+    if not url:
+        return None, False
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, False
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc)), True
 
 
 async def execute(
@@ -332,12 +387,8 @@ def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
             f.write(summary.markdown())
     if not args.quiet:
         print(summary.render(), file=ctx.out)
-        if result.dead_letter is not None:
-            print(
-                f"  to resend the failed: bulksend send {args.campaign} "
-                f"--recipients {result.dead_letter} --no-journal",
-                file=ctx.out,
-            )
+        for line in resend_hint(result):
+            print(line, file=ctx.out)
     if no_valid_rows(summary):
         print(
             "bulksend: error: no valid recipient in the file (every row is invalid or a "
@@ -356,6 +407,30 @@ def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
     if summary.delivered == 0 and summary.failed and not summary.unknown:
         return ExitStatus.UNAVAILABLE
     return ExitStatus.FAILURES
+
+
+def resend_hint(result: SendResult) -> list[str]:
+    """What was not delivered, by state, and the one command that sends it again exactly as
+    this send ran (``bulksend retry JOURNAL``: same base URL, limits, flags), if there is one."""
+    summary = result.summary
+    counts = [
+        (summary.failed, "failed"),
+        (summary.skipped, "skipped"),
+        (summary.unknown, "with an unknown outcome"),
+    ]
+    what = [f"{n:,} {state}" for n, state in counts if n]
+    if not what:
+        return []
+    listed = f" (listed in {result.dead_letter})" if result.dead_letter else ""
+    lines = [f"  not delivered: {', '.join(what)}{listed}"]
+    if result.journal is not None:
+        lines.append(f"  to send them again: bulksend retry {shlex.quote(str(result.journal))}")
+    else:
+        lines.append(
+            "  no journal was kept (--no-journal, --sandbox or stdin), so no command can send "
+            "them again as this send ran"
+        )
+    return lines
 
 
 def _strict_check(settings: Settings, ctx: Context) -> None:
@@ -434,8 +509,10 @@ def _readable_request(request: dict[str, Any], keep: int = 3) -> str:
 
 RETRY_HELP = "send again what a journaled send did not deliver"
 RETRY_DESCRIPTION = (
-    "Resume the send recorded in JOURNAL: recipients delivered (or invalid) are skipped, "
-    "failed, unknown and skipped ones are sent again."
+    "Resume the send recorded in JOURNAL as it ran: the same campaign and recipient file, base "
+    "URL (or sandbox), limits, batch size, in-flight, timeout, attempts, file format, shard, "
+    "shared limiter and audience check. Recipients delivered (or invalid) are skipped; failed, "
+    "unknown and skipped ones are sent again (the unknown count as possible duplicates)."
 )
 
 
@@ -445,7 +522,8 @@ examples:
   bulksend retry .bulksend/campaign.journal --report out/retry.csv --summary-json out/retry.json
   bulksend retry .bulksend/campaign.journal --base-url http://127.0.0.1:8765   # to a sandbox
 
-The campaign file, recipient file and flags of the first run are read from the journal; the
+The campaign file, recipient file and the settings in effect (flags, BULKSEND_* variables, the
+file) of the last run are read from the journal, so the retry sends where that run sent; the
 provider's secrets come from the environment as for `bulksend send`.
 """
 
@@ -455,8 +533,17 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
         "journal", type=Path, metavar="JOURNAL", help="the journal of an earlier `bulksend send`"
     )
     parser.add_argument("--base-url", metavar="URL", help="provider API base URL")
-    parser.add_argument("--report", metavar="PATH", help="per-recipient report (.csv/.jsonl)")
+    parser.add_argument(
+        "--report",
+        metavar="PATH",
+        help="per-recipient report (.csv/.jsonl) of the whole campaign (default: the send's)",
+    )
     parser.add_argument("--dead-letter", type=Path, metavar="PATH", help=DEAD_LETTER_HELP)
+    parser.add_argument(
+        "--limiter",
+        metavar="URL",
+        help="the shared limiter (Redis) to use; needed when the journal's had a password",
+    )
     add_ci_flags(parser)
     add_output_flags(parser)
 
@@ -471,13 +558,41 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     campaign = meta.get("campaign_file")
     if not campaign:
         raise ConfigError(f"{args.journal}: the journal does not name its campaign file")
-    flags = dict(meta.get("overrides", {}))
+    flags = dict(meta.get("settings") or meta.get("overrides") or {})  # (older journals)
     for key in ("base_url", "report"):
         if getattr(args, key):
             flags[key] = getattr(args, key)
     settings = load_settings(Path(campaign), env=ctx.env, overrides=flags)
     args.campaign = campaign
-    args.sandbox = False
-    journal = JournalOptions(args.journal, True, False, "resend", meta)
-    shard = Shard.parse(meta["shard"]) if meta.get("shard") else None
+    args.sandbox = bool(meta.get("sandbox")) and not args.base_url
+    args.audience_check = bool(meta.get("audience_check"))
+    args.shard = meta.get("shard")
+    args.limiter = _retry_limiter(args, meta, settings)
+    if args.dead_letter is None and meta.get("dead_letter"):
+        args.dead_letter = Path(meta["dead_letter"])
+    journal = JournalOptions(
+        args.journal,
+        True,
+        False,
+        "resend",
+        recorded_send(args, settings),
+        announce=_announcer(ctx),
+    )
+    shard = Shard.parse(args.shard) if args.shard else None
     return await execute(settings, args, ctx, journal, shard=shard)
+
+
+def _retry_limiter(args: argparse.Namespace, meta: Mapping[str, Any], settings: Settings) -> Any:
+    """The shared limiter of the recorded send (its password from --limiter or the
+    environment, as the journal does not keep it), or the one named now."""
+    recorded = meta.get("limiter")
+    if args.limiter or not recorded:
+        return args.limiter or settings.limiter
+    if not meta.get("limiter_password"):
+        return recorded
+    if settings.limiter:
+        return settings.limiter
+    raise ConfigError(
+        f"{args.journal}: the send shared its quota through {recorded}, whose password the "
+        "journal does not keep; give it with --limiter URL or BULKSEND_LIMITER"
+    )

@@ -159,4 +159,5 @@ def unexpected(response: HttpResponse, expected: str, shape: str = "") -> Classi
     short = describe(response, expected)
     said = f" ({shape})" if shape else ""
     message = f"unexpected answer: {short}{said}; body: {body_start(response.body)}"
-    return Classification(Verdict.UNEXPECTED, message, unexpected=short)
+    maybe = read_json(response) is not NOT_JSON
+    return Classification(Verdict.UNEXPECTED, message, unexpected=short, maybe_provider=maybe)

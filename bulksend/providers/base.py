@@ -39,7 +39,7 @@ class Verdict(enum.Enum):
     AUTH = "auth"  # 401, 403 without rate-limit evidence: the whole send stops at once
     FATAL = "fatal"  # the request can never succeed (404 on the endpoint, 405, 406): stop
     #: a 2xx that is not the provider's documented success answer (a load balancer's page, a
-    #: captive portal, a wrong path): never delivered; whether the provider acted is unknown
+    #: captive portal, a wrong path, JSON of another shape): never delivered
     UNEXPECTED = "unexpected"
 
 
@@ -56,6 +56,10 @@ class Classification:
     #: with UNEXPECTED: the answer in short for the stop line, e.g. ``200 text/html, not
     #: MaxTraffic's JSON answer`` (``bulksend.providers.answers.unexpected`` fills it in)
     unexpected: str | None = None
+    #: with UNEXPECTED: the answer was JSON, only not of the documented shape, so it may be the
+    #: provider's own answer in a form it changed: whether it acted is ``unknown``. A page or
+    #: any other non-JSON answer is not the provider's API: its recipients ``failed``.
+    maybe_provider: bool = False
 
 
 class Batcher(Protocol):

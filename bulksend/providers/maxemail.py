@@ -305,8 +305,11 @@ def success(response: HttpResponse) -> Classification:
     ``true`` or an object); a page, an empty body or the doc's error object
     (``{"success": false, "msg"}``, which comes with a 4xx/5xx) is an unexpected answer."""
     data = read_json(response)
-    if data is NOT_JSON or (isinstance(data, dict) and data.get("success") is False):
+    if data is NOT_JSON:
         return unexpected(response, ANSWER, "the method's result as JSON")
+    if isinstance(data, dict) and data.get("success") is False:  # it says it did not act
+        said = unexpected(response, ANSWER, "the method's result as JSON")
+        return dataclasses.replace(said, maybe_provider=False)
     return _DELIVERED
 
 
