@@ -259,7 +259,7 @@ def load_settings(
             )
 
     report = send.get("report")
-    if report and "report" not in flags and not Path(str(report)).is_absolute():
+    if report and "report" not in flags and report != "-" and not Path(str(report)).is_absolute():
         report = str(base / str(report))
     operation = str(data.get("operation", module.OPERATIONS[0]))
     options = {

@@ -22,6 +22,7 @@ import orjson
 from bulksend.argtypes import fraction, non_negative, non_negative_int, positive, positive_int
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.errors import ConfigError
+from bulksend.outputs import Output, check
 
 HELP = "measure throughput against a sandbox in a separate process"
 DESCRIPTION = __doc__.splitlines()[0] if __doc__ else HELP
@@ -336,6 +337,8 @@ def plot(figures: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
+    outputs = [Output("--json", args.json, "bench.json"), Output("--plot", args.plot, "bench.png")]
+    check(outputs, {"the recipient file": args.file})
     with tempfile.TemporaryDirectory() as tmp:
         figures = await measure(args, Path(tmp))
     if args.plot:

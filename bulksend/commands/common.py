@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from bulksend.argtypes import fraction
 from bulksend.config import Settings, load_settings
+from bulksend.outputs import Output
 
 
 class ExitStatus(enum.IntEnum):
@@ -119,3 +120,53 @@ def add_ci_flags(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="live progress line on stderr (auto: when stderr is a terminal)",
     )
+
+
+def report_label(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """How the user named the report: the flag, the variable or the campaign file's key."""
+    if getattr(args, "report", None):
+        return "--report"
+    if env.get("BULKSEND_REPORT"):
+        return "$BULKSEND_REPORT"
+    return "[send] report"
+
+
+def send_outputs(
+    args: argparse.Namespace,
+    settings: Settings,
+    env: Mapping[str, str],
+    journal: Path | None,
+    *,
+    retry: bool = False,
+) -> list[Output]:
+    """What ``bulksend send`` and ``bulksend retry`` will write (checked before they start)."""
+    if retry:  # the journal named on the command line, which exists
+        journal_label, journal_hint = "journal", ""
+    elif args.journal:
+        journal_label, journal_hint = "--journal", "or pass --no-journal"
+    else:
+        journal_label, journal_hint = "journal", "give another with --journal PATH, or --no-journal"
+    dead_letter = args.dead_letter
+    derived = dead_letter is None and journal is not None
+    if dead_letter is None and journal is not None:
+        dead_letter = journal.with_suffix(".dead-letter.jsonl")  # as send_campaign names it
+    return [
+        Output(journal_label, journal, "campaign.journal", beside=True, hint=journal_hint),
+        Output(report_label(args, env), settings.report, "report.csv", stdout=True),
+        Output("--summary-json", args.summary_json, "summary.json", stdout=True),
+        Output(
+            "dead-letter file" if derived else "--dead-letter",
+            dead_letter,
+            "dead-letter.jsonl",
+            hint="give another with --dead-letter PATH" if derived else "",
+        ),
+        Output("$GITHUB_STEP_SUMMARY", env.get("GITHUB_STEP_SUMMARY") or None, "summary.md"),
+    ]
+
+
+def campaign_inputs(settings: Settings) -> dict[str, str | Path | None]:
+    """The files a send reads, which no output may overwrite."""
+    return {
+        "the recipient file": settings.recipients.path,
+        "the campaign file": settings.campaign_file,
+    }

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import orjson
 
 from bulksend.commands.common import Context, ExitStatus, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
+from bulksend.outputs import Output, check
 from bulksend.report import COLUMNS, Summary
 
 HELP = "work with reports (merge the shards of a send)"
@@ -84,12 +86,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.report_command != "merge":  # pragma: no cover - argparse requires a subcommand
         raise ConfigError(f"unknown report command {args.report_command!r}")
     summaries, reports = classify(args.inputs)
+    if args.report is not None and not reports:
+        raise ConfigError("--report: no per-recipient reports among the inputs to concatenate")
+    outputs = [
+        Output("--report", args.report, "all.csv", stdout=True),
+        Output("--summary-json", args.summary_json, "total.json", stdout=True),
+    ]
+    check(outputs, {f"the input {p}": p for p in args.inputs})
     merged = merge_summaries([s for _, s in summaries])
     counts = Counter[str]()
     if reports:
-        counts = concatenate(reports, args.report)
-    elif args.report is not None:
-        raise ConfigError("--report: no per-recipient reports among the inputs to concatenate")
+        counts = concatenate(reports, args.report, ctx.out)
     problems: list[str] = []
     if not summaries:
         merged = summary_from_counts(counts)
@@ -98,14 +105,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.summary_json:
         data = merged.as_dict()
         data["merged_from"] = [str(p) for p in args.inputs]
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        _write_json(args.summary_json, orjson.dumps(data, option=orjson.OPT_INDENT_2), ctx)
+    people = ctx.err if any(o.to_stdout for o in outputs) else ctx.out
     if not args.quiet:
         what = f"{len(summaries)} summaries" if summaries else f"{len(reports)} reports"
-        print(f"merged {what}", file=ctx.out)
-        print(merged.render(), file=ctx.out)
+        print(f"merged {what}", file=people)
+        print(merged.render(), file=people)
         if args.report is not None:
-            print(f"  report: {args.report} ({sum(counts.values()):,} rows)", file=ctx.out)
+            print(f"  report: {args.report} ({sum(counts.values()):,} rows)", file=people)
     for problem in problems:
         print(f"bulksend: summaries and reports disagree: {problem}", file=ctx.err)
     if problems:
@@ -113,6 +120,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if merged.complete or (not merged.stopped and merged.failure_rate <= args.max_failure_rate):
         return ExitStatus.OK
     return ExitStatus.FAILURES
+
+
+def _write_json(path: Path, data: bytes, ctx: Context) -> None:
+    if str(path) == "-":
+        ctx.out.write(data.decode() + "\n")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 # ---- summaries ------------------------------------------------------------------------------
@@ -207,6 +222,7 @@ class _Out:
     """The merged report being written (CSV or JSON Lines, by suffix, as ``ReportWriter``)."""
 
     path: Path | None
+    stdout: TextIO | None = None  # takes the report when the path is "-" (CSV)
     file: IO[str] | None = None
     writer: Any = None
     jsonl: bool = False
@@ -214,9 +230,12 @@ class _Out:
     def open(self) -> None:
         if self.path is None:
             return
-        self.jsonl = self.path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("w", encoding="utf-8", newline="")
+        if str(self.path) == "-":
+            self.file = self.stdout or sys.stdout
+        else:
+            self.jsonl = self.path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("w", encoding="utf-8", newline="")
         if not self.jsonl:
             self.writer = csv.writer(self.file)
             self.writer.writerow(COLUMNS)
@@ -230,7 +249,9 @@ class _Out:
             self.writer.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
 
     def close(self) -> None:
-        if self.file is not None:
+        if self.file is not None and str(self.path) == "-":
+            self.file.flush()
+        elif self.file is not None:
             self.file.close()
 
 
@@ -284,12 +305,15 @@ def read_report(path: Path) -> Iterator[dict[str, Any]]:
         raise InputError(f"{path}: not UTF-8 text") from None
 
 
-def concatenate(reports: Sequence[Path], out_path: Path | None) -> Counter[str]:
-    """Count the rows of ``reports`` by status and, with ``out_path``, write them all there."""
+def concatenate(
+    reports: Sequence[Path], out_path: Path | None, stdout: TextIO | None = None
+) -> Counter[str]:
+    """Count the rows of ``reports`` by status and, with ``out_path``, write them all there
+    (``-``: to ``stdout``)."""
     if out_path is not None and any(p.resolve() == out_path.resolve() for p in reports):
         raise ConfigError(f"--report: {out_path} is also an input")
     counts = Counter[str]()
-    out = _Out(out_path)
+    out = _Out(out_path, stdout)
     out.open()
     try:
         for path in reports:

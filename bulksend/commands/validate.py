@@ -21,11 +21,13 @@ from bulksend.commands.common import (
     ExitStatus,
     add_campaign_flags,
     add_output_flags,
+    campaign_inputs,
     settings_from,
 )
 from bulksend.config import Settings, resolve_secrets
 from bulksend.core.dedup import Deduper
 from bulksend.errors import MissingSecretError
+from bulksend.outputs import Output, check
 from bulksend.plan import Plan, plan
 from bulksend.providers.base import Limit, Provider
 from bulksend.sources import open_source
@@ -104,6 +106,7 @@ def duration(seconds: float) -> str:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     settings = settings_from(args, ctx)
+    check([Output("--json", args.json, "plan.json")], campaign_inputs(settings))
     try:
         resolve_secrets(settings, ctx.env)
         key_note = ""
@@ -117,6 +120,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         if key_note:
             print(f"  {key_note}", file=ctx.out)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(
             orjson.dumps(
                 p.as_dict(limits_for(settings, provider), group_policies(settings, provider)),

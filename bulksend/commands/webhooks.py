@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bulksend.commands.common import Context, ExitStatus
 from bulksend.errors import ConfigError
+from bulksend.outputs import Output, check
 
 HELP = "receive Traitly prediction webhooks into a recipient file"
 DESCRIPTION = (
@@ -82,6 +83,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
+    check([Output("--out", args.out, "audience.jsonl")])
     objects = frozenset(OBJECTS if args.object == "all" else [args.object])
     config = ReceiverConfig(args.out, args.min_likelihood, token, objects, args.path)
     try:
