@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from bulksend import logs
 from bulksend.commands.common import Context, ExitStatus
@@ -27,6 +27,7 @@ from bulksend.errors import (
     InputError,
     UnavailableError,
 )
+from bulksend.streams import SafeStream
 
 __all__ = ["ExitStatus", "build_parser", "main", "run"]
 
@@ -149,12 +150,22 @@ def run(
 ) -> int:
     """Run the CLI; returns the exit status. Never raises for user errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    err = stderr or sys.stderr
+    out = SafeStream.wrap(stdout or sys.stdout)  # a closed pipe drops what is written to it
+    safe_err = SafeStream.wrap(stderr or sys.stderr)
+    err = cast(TextIO, safe_err)
     if err.isatty():  # a live progress line may share it: messages and logs scroll above it
         from bulksend.progress import TerminalLine
 
-        err = TerminalLine(err)
-    ctx = Context(os.environ if env is None else env, stdout or sys.stdout, err)
+        err = cast(TextIO, TerminalLine(err))
+    ctx = Context(os.environ if env is None else env, cast(TextIO, out), err)
+    try:
+        return _run(argv, ctx, loop_factory)
+    finally:  # what is still buffered: flushed now, while a closed pipe is dropped quietly
+        out.flush()
+        safe_err.flush()
+
+
+def _run(argv: list[str], ctx: Context, loop_factory: Any) -> int:
     parser = build_parser(_command_of(argv))
     try:  # usage errors and --help go to the streams given, not always sys.*
         with contextlib.redirect_stdout(ctx.out), contextlib.redirect_stderr(ctx.err):
