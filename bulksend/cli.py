@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO, cast
 
 from bulksend import logs
-from bulksend.commands.common import Context, ExitStatus
+from bulksend.commands.common import Context, ExitStatus, HelpFormatter
 from bulksend.errors import (
     AuthError,
     BulksendError,
@@ -39,8 +39,9 @@ examples:
   bulksend retry .bulksend/campaign.journal                     # send again what failed
   bulksend sandbox maxtraffic --port 8765 --limit 50 --window 1
 
-exit statuses: 0 all delivered, 1 some not delivered, 2 usage/config/input error,
-3 credentials rejected, 4 provider unavailable, 130/143 interrupted (docs/operations.md)
+exit statuses: 0 all delivered, 1 some not delivered (validate: too many invalid rows),
+2 usage/config/input error, 3 credentials rejected, 4 provider unavailable, 130/143
+interrupted (docs/operations.md); NO_COLOR=1 turns colour off
 """
 
 #: command name -> (module, add_arguments, run, help, description, epilog attribute names)
@@ -75,14 +76,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message}\n")
 
 
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("bulksend")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        from bulksend import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``: looked up only when asked, so other commands do not pay for it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"bulksend {version()}", file=sys.stdout)  # redirected to the given stdout
+        parser.exit(0)
+
+
 def build_parser(command: str | None = None, *, full: bool = False) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (every one with ``full``)."""
     parser = _Parser(
         prog="bulksend",
         description="Send large campaigns through rate-limited HTTP APIs.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module_name, add, _run, help_attr, desc_attr, epilog_attr) in COMMANDS.items():
@@ -95,7 +120,7 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
             help=getattr(module, help_attr, None),
             description=getattr(module, desc_attr, None),
             epilog=getattr(module, epilog_attr, None),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         getattr(module, add)(p)
     return parser
@@ -173,7 +198,10 @@ def _run(argv: list[str], ctx: Context, loop_factory: Any) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     level = _log_level(args, ctx.err)
-    logs.configure(level=level, fmt=getattr(args, "log_format", "auto"), stream=ctx.err)
+    colors = ctx.err.isatty() and not ctx.env.get("NO_COLOR")  # https://no-color.org
+    logs.configure(
+        level=level, fmt=getattr(args, "log_format", "auto"), stream=ctx.err, colors=colors
+    )
     module_name, _add, run_name, *_ = COMMANDS[args.command]
     command = getattr(importlib.import_module(module_name), run_name)
     try:

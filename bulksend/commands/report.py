@@ -13,7 +13,7 @@ from typing import IO, Any, TextIO
 
 import orjson
 
-from bulksend.commands.common import Context, ExitStatus, add_max_failure_rate
+from bulksend.commands.common import Context, ExitStatus, HelpFormatter, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
 from bulksend.outputs import Output, check
 from bulksend.report import COLUMNS, Summary
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="combine per-shard summaries and reports into one",
         description=MERGE_DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     merge.add_argument(
         "inputs",
@@ -70,13 +70,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="summary JSON files (--summary-json) and/or per-recipient reports (.csv/.jsonl)",
     )
     merge.add_argument(
-        "--summary-json", type=Path, metavar="PATH", help="write the merged summary as JSON"
+        "--summary-json",
+        type=Path,
+        metavar="PATH",
+        help="write the merged summary as JSON ('-': stdout)",
     )
     merge.add_argument(
         "--report",
         type=Path,
         metavar="PATH",
-        help="concatenate the per-recipient reports into PATH (.csv or .jsonl)",
+        help="concatenate the per-recipient reports into PATH (.csv or .jsonl; '-': stdout, "
+        "as CSV)",
     )
     add_max_failure_rate(merge)
     merge.add_argument("-q", "--quiet", action="store_true", help="do not print the summary")

@@ -16,6 +16,7 @@ import orjson
 
 from bulksend import logs
 from bulksend.commands.common import (
+    REPORT_HELP,
     Context,
     ExitStatus,
     add_campaign_flags,
@@ -474,7 +475,7 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
         "journal", type=Path, metavar="JOURNAL", help="the journal of an earlier `bulksend send`"
     )
     parser.add_argument("--base-url", metavar="URL", help="provider API base URL")
-    parser.add_argument("--report", metavar="PATH", help="per-recipient report (.csv/.jsonl)")
+    parser.add_argument("--report", metavar="PATH", help=REPORT_HELP)
     parser.add_argument("--dead-letter", type=Path, metavar="PATH", help=DEAD_LETTER_HELP)
     add_ci_flags(parser)
     add_output_flags(parser)

@@ -45,8 +45,12 @@ def _fraction(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bulksend.webhooks import OBJECTS
 
-    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument(
+        "--port", metavar="PORT", type=int, required=True, help="port to listen on (0: any)"
+    )
+    parser.add_argument(
+        "--host", metavar="ADDRESS", default="127.0.0.1", help="address to bind (127.0.0.1)"
+    )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="PATH.jsonl", help="file to append to"
     )
@@ -64,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="record only this kind of payload (default: all)",
     )
-    parser.add_argument("--path", default="/", help="URL path that takes the POSTs (/)")
+    parser.add_argument(
+        "--path", metavar="/PATH", default="/", help="URL path that takes the POSTs (/)"
+    )
     parser.add_argument(
         "--token-env",
         metavar="VAR",
