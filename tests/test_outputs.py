@@ -269,6 +269,11 @@ def test_the_report_on_standard_output(campaign: Path, tmp_path: Path) -> None:
     assert merged.status == 0, merged.stderr
     assert merged.stdout.replace("\r\n", "\n") == report.read_text().replace("\r\n", "\n")
     assert "merged 1 reports" in merged.stderr
+    summary = tmp_path / "s.json"
+    assert run_cli("send", str(campaign), "--sandbox", "--summary-json", str(summary)).status == 0
+    total = run_cli("report", "merge", str(summary), "--summary-json", "-")
+    assert total.status == 0, total.stderr
+    assert orjson.loads(total.stdout)["merged_from"] == [str(summary)]
 
 
 def test_leads_checks_out_before_asking_and_stdout_stays_allowed(tmp_path: Path) -> None:
