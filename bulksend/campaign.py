@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import orjson
 
@@ -216,12 +216,14 @@ async def send_campaign(
     scheduler: Scheduler | None = None,
     wrap_transport: Callable[[Transport], Any] | None = None,
     audience_check: bool = False,
+    stdout: TextIO | None = None,
 ) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing).
 
     ``shard`` sends only this worker's slice of the file; ``scheduler`` replaces the
     in-process one (e.g. a scheduler whose buckets live in Redis, shared by several workers);
-    ``wrap_transport`` wraps the transport (``bulksend bench`` times every request with it).
+    ``wrap_transport`` wraps the transport (``bulksend bench`` times every request with it);
+    ``stdout`` takes a report whose path is ``-`` (default: ``sys.stdout``).
     """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
@@ -261,7 +263,7 @@ async def send_campaign(
     try:
         with (
             open_source(spec) as rows,
-            ReportWriter(settings.report) as report,
+            ReportWriter(settings.report, stdout) as report,
             Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
         ):
             async with Transport(

@@ -16,10 +16,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from bulksend import logs
-from bulksend.commands.common import Context, ExitStatus
+from bulksend.commands.common import Context, ExitStatus, HelpFormatter
 from bulksend.errors import (
     AuthError,
     BulksendError,
@@ -27,6 +27,7 @@ from bulksend.errors import (
     InputError,
     UnavailableError,
 )
+from bulksend.streams import SafeStream
 
 __all__ = ["ExitStatus", "build_parser", "main", "run"]
 
@@ -38,8 +39,9 @@ examples:
   bulksend retry .bulksend/campaign.journal                     # send again what failed
   bulksend sandbox maxtraffic --port 8765 --limit 50 --window 1
 
-exit statuses: 0 all delivered, 1 some not delivered, 2 usage/config/input error,
-3 credentials rejected, 4 provider unavailable, 130/143 interrupted (docs/operations.md)
+exit statuses: 0 all delivered, 1 some not delivered (validate: too many invalid rows),
+2 usage/config/input error, 3 credentials rejected, 4 provider unavailable, 130/143
+interrupted (docs/operations.md); NO_COLOR=1 turns colour off
 """
 
 #: command name -> (module, add_arguments, run, help, description, epilog attribute names)
@@ -74,14 +76,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message}\n")
 
 
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("bulksend")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        from bulksend import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``: looked up only when asked, so other commands do not pay for it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"bulksend {version()}", file=sys.stdout)  # redirected to the given stdout
+        parser.exit(0)
+
+
 def build_parser(command: str | None = None, *, full: bool = False) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (every one with ``full``)."""
     parser = _Parser(
         prog="bulksend",
         description="Send large campaigns through rate-limited HTTP APIs.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module_name, add, _run, help_attr, desc_attr, epilog_attr) in COMMANDS.items():
@@ -94,7 +120,7 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
             help=getattr(module, help_attr, None),
             description=getattr(module, desc_attr, None),
             epilog=getattr(module, epilog_attr, None),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         getattr(module, add)(p)
     return parser
@@ -149,12 +175,22 @@ def run(
 ) -> int:
     """Run the CLI; returns the exit status. Never raises for user errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    err = stderr or sys.stderr
+    out = SafeStream.wrap(stdout or sys.stdout)  # a closed pipe drops what is written to it
+    safe_err = SafeStream.wrap(stderr or sys.stderr)
+    err = cast(TextIO, safe_err)
     if err.isatty():  # a live progress line may share it: messages and logs scroll above it
         from bulksend.progress import TerminalLine
 
-        err = TerminalLine(err)
-    ctx = Context(os.environ if env is None else env, stdout or sys.stdout, err)
+        err = cast(TextIO, TerminalLine(err))
+    ctx = Context(os.environ if env is None else env, cast(TextIO, out), err)
+    try:
+        return _run(argv, ctx, loop_factory)
+    finally:  # what is still buffered: flushed now, while a closed pipe is dropped quietly
+        out.flush()
+        safe_err.flush()
+
+
+def _run(argv: list[str], ctx: Context, loop_factory: Any) -> int:
     parser = build_parser(_command_of(argv))
     try:  # usage errors and --help go to the streams given, not always sys.*
         with contextlib.redirect_stdout(ctx.out), contextlib.redirect_stderr(ctx.err):
@@ -162,7 +198,10 @@ def run(
     except SystemExit as exc:
         return int(exc.code or 0)
     level = _log_level(args, ctx.err)
-    logs.configure(level=level, fmt=getattr(args, "log_format", "auto"), stream=ctx.err)
+    colors = ctx.err.isatty() and not ctx.env.get("NO_COLOR")  # https://no-color.org
+    logs.configure(
+        level=level, fmt=getattr(args, "log_format", "auto"), stream=ctx.err, colors=colors
+    )
     module_name, _add, run_name, *_ = COMMANDS[args.command]
     command = getattr(importlib.import_module(module_name), run_name)
     try:

@@ -382,7 +382,8 @@ def load_settings(
     secret_sources = _secret_sources(module, tables, path.parent, origin)
     send = tables["send"]
     report = send.get("report")
-    if report and not values.from_flag("send", "report") and not Path(str(report)).is_absolute():
+    relative = report and report != "-" and not Path(str(report)).is_absolute()
+    if relative and not values.from_flag("send", "report"):
         report = str(path.parent / str(report))
     operation = str(data.get("operation", module.OPERATIONS[0]))
     name = str(data.get("name", path.stem))

@@ -71,10 +71,19 @@ def _dumps_text(obj: Any, **kwargs: Any) -> str:
 
 
 def configure(
-    *, level: int = logging.INFO, fmt: str = "auto", stream: TextIO | None = None
+    *,
+    level: int = logging.INFO,
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    colors: bool | None = None,
 ) -> None:
-    """Configure structlog for the CLI. ``fmt``: "json", "console" or "auto" (by TTY)."""
+    """Configure structlog for the CLI. ``fmt``: "json", "console" or "auto" (by TTY).
+
+    ``colors``: ANSI colours in console output (default: when ``stream`` is a terminal).
+    """
     stream = stream or sys.stderr
+    if colors is None:
+        colors = stream.isatty()
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     processors: list[Any] = [
@@ -92,7 +101,7 @@ def configure(
         processors.append(structlog.processors.JSONRenderer(serializer=_dumps_text))
         factory = structlog.PrintLoggerFactory(stream)
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        processors.append(structlog.dev.ConsoleRenderer(colors=colors))
         factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
         processors=processors,

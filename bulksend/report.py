@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import orjson
 
@@ -28,10 +29,14 @@ _FAILED, _UNKNOWN = Status.FAILED, Status.UNKNOWN
 
 
 class ReportWriter:
-    """Streams outcomes to ``path``; ``.jsonl``/``.json``/``.ndjson`` -> JSON Lines, else CSV."""
+    """Streams outcomes to ``path``; ``.jsonl``/``.json``/``.ndjson`` -> JSON Lines, else CSV.
 
-    def __init__(self, path: Path | None) -> None:
+    ``-`` is ``stdout`` (``sys.stdout`` unless given), written as CSV and left open.
+    """
+
+    def __init__(self, path: Path | None, stdout: TextIO | None = None) -> None:
         self.path = path
+        self._stdout = stdout
         self._file: IO[str] | None = None
         self._csv: Any = None
         self._json = path is not None and path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
@@ -41,8 +46,16 @@ class ReportWriter:
         """Is a report being written? (when not, nobody needs per-recipient outcomes)"""
         return self.path is not None
 
+    @property
+    def to_stdout(self) -> bool:
+        return self.path is not None and str(self.path) == "-"
+
     def __enter__(self) -> ReportWriter:
-        if self.path is not None:
+        if self.to_stdout:
+            self._file = self._stdout or sys.stdout
+            self._csv = csv.writer(self._file)
+            self._csv.writerow(COLUMNS)
+        elif self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("w", encoding="utf-8", newline="")
             if not self._json:
@@ -56,9 +69,11 @@ class ReportWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._file is not None:
+        if self._file is not None and not self.to_stdout:
             self._file.close()
-            self._file = None
+        elif self._file is not None:
+            self._file.flush()
+        self._file = None
 
     def write(self, outcomes: Iterable[Outcome]) -> None:
         if self._file is None:

@@ -81,7 +81,7 @@ def test_dry_run_writes_every_request_without_sending(campaign: Path, tmp_path: 
 
 def test_validate_counts_without_sending(campaign: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
-    r = run_cli("validate", str(campaign), "--json", str(out), env={})
+    r = run_cli("validate", str(campaign), "--json", str(out), "--max-invalid-rate", "0.01", env={})
     assert r.status == 0, r.stderr
     plan = orjson.loads(out.read_bytes())
     assert plan["rows"] == 202
@@ -98,6 +98,20 @@ def test_validate_counts_without_sending(campaign: Path, tmp_path: Path) -> None
     assert plan["invalid_examples"] == [
         {"line": 203, "reason": "wrong number of fields (expected 2, got 3)"}
     ]
+
+
+def test_validate_fails_on_more_invalid_rows_than_max_invalid_rate(campaign: Path) -> None:
+    r = run_cli("validate", str(campaign), env={})  # one invalid row of 202; the default is 0
+    assert r.status == 1
+    assert r.stderr == (
+        "bulksend: 1 of 202 rows are invalid (0.50%), more than --max-invalid-rate 0 allows\n"
+    )
+    assert "— valid campaign file\n" in r.stdout
+    assert run_cli("validate", str(campaign), "--max-invalid-rate", "0.005", "-q").status == 0
+    assert run_cli("validate", str(campaign), "--max-invalid-rate", "0.004", "-q").status == 1
+    bad = run_cli("validate", str(campaign), "--max-invalid-rate", "2")
+    assert bad.status == 2
+    assert "--max-invalid-rate: expected a number between 0 and 1, got '2'" in bad.stderr
 
 
 def test_a_send_of_a_file_without_one_valid_row_is_an_input_error(tmp_path: Path) -> None:

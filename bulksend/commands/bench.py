@@ -22,9 +22,13 @@ import orjson
 from bulksend.argtypes import fraction, non_negative, non_negative_int, positive, positive_int
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.errors import ConfigError
+from bulksend.outputs import Output, check
 
 HELP = "measure throughput against a sandbox in a separate process"
-DESCRIPTION = __doc__.splitlines()[0] if __doc__ else HELP
+DESCRIPTION = (
+    "Measure a send end to end against a sandbox in a separate process: recipients/s, "
+    "requests/s, latency percentiles, quota use, 429s, retries, CPU time and peak RSS."
+)
 EPILOG = """\
 examples:
   bulksend bench --recipients 200000 --batch-size 100
@@ -59,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="synthetic recipients to send (100,000)",
     )
-    load.add_argument("--file", type=Path, help="send this recipient file instead")
+    load.add_argument("--file", metavar="PATH", type=Path, help="send this recipient file instead")
     load.add_argument("--id", default="id", metavar="COLUMN", help="with --file: id column (id)")
     load.add_argument(
         "--uid", default="uid", metavar="COLUMN", help="with --file: uid column (uid)"
@@ -68,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duplicate-rate",
         type=fraction,
         default=0.0,
-        metavar="F",
+        metavar="FRACTION",
         help="fraction of synthetic rows that repeat an earlier one (0)",
     )
     load.add_argument(
@@ -82,34 +86,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     profile = parser.add_argument_group("sandbox profile")
     profile.add_argument(
-        "--latency-ms", type=non_negative, default=0.0, help="added to every answer (0)"
+        "--latency-ms",
+        metavar="MS",
+        type=non_negative,
+        default=0.0,
+        help="added to every answer (0)",
     )
     profile.add_argument(
-        "--limit", type=non_negative_int, default=0, help="requests per window (0: none)"
+        "--limit",
+        metavar="N",
+        type=non_negative_int,
+        default=0,
+        help="requests per window (0: none)",
     )
-    profile.add_argument("--window", type=positive, default=60.0, help="window seconds (60)")
+    profile.add_argument(
+        "--window", metavar="SECONDS", type=positive, default=60.0, help="window seconds (60)"
+    )
     profile.add_argument(
         "--no-ratelimit-headers", action="store_true", help="the sandbox sends no X-RateLimit-*"
     )
     profile.add_argument(
-        "--fail-rate", type=fraction, default=0.0, help="fraction answered 500/503 (half each)"
+        "--fail-rate",
+        metavar="FRACTION",
+        type=fraction,
+        default=0.0,
+        help="fraction answered 500/503 (half each)",
     )
     profile.add_argument(
-        "--reset-rate", type=fraction, default=0.0, help="fraction closed without an answer"
+        "--reset-rate",
+        metavar="FRACTION",
+        type=fraction,
+        default=0.0,
+        help="fraction closed without an answer",
     )
     profile.add_argument(
         "--drop-after-accept-rate",
+        metavar="FRACTION",
         type=fraction,
         default=0.0,
         help="fraction accepted, then closed without an answer",
     )
     profile.add_argument(
-        "--storm-every", type=non_negative, default=0.0, help="seconds between 429 storms"
+        "--storm-every",
+        metavar="SECONDS",
+        type=non_negative,
+        default=0.0,
+        help="seconds between 429 storms",
     )
     profile.add_argument(
-        "--storm-for", type=non_negative, default=0.0, help="seconds a 429 storm lasts"
+        "--storm-for",
+        metavar="SECONDS",
+        type=non_negative,
+        default=0.0,
+        help="seconds a 429 storm lasts",
     )
-    profile.add_argument("--seed", type=int, default=0, help="seed for the faults (0)")
+    profile.add_argument("--seed", metavar="N", type=int, default=0, help="seed for the faults (0)")
     out = parser.add_argument_group("results")
     out.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     out.add_argument("--plot", type=Path, metavar="PNG", help="throughput and limit over time")
@@ -340,6 +371,8 @@ def plot(figures: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
+    outputs = [Output("--json", args.json, "bench.json"), Output("--plot", args.plot, "bench.png")]
+    check(outputs, {"the recipient file": args.file})
     with tempfile.TemporaryDirectory() as tmp:
         figures = await measure(args, Path(tmp))
     if args.plot:

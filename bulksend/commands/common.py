@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,30 @@ from typing import Any, TextIO
 
 from bulksend.argtypes import fraction
 from bulksend.config import Settings, load_settings
+from bulksend.outputs import Output
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (examples keep their lines), except a paragraph
+    written as one long line, which is wrapped to the width of the help."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            single = "\n" not in paragraph.strip("\n") and not paragraph.startswith(" ")
+            if single and len(indent + paragraph.strip()) > width:
+                tail = "\n" if paragraph.endswith("\n") else ""
+                wrapped = textwrap.fill(
+                    paragraph.strip(),
+                    width,
+                    initial_indent=indent,
+                    subsequent_indent=indent,
+                    break_on_hyphens=False,
+                )
+                paragraphs.append(wrapped + tail)
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
 
 
 class ExitStatus(enum.IntEnum):
@@ -31,6 +56,8 @@ class Context:
     out: TextIO
     err: TextIO
 
+
+REPORT_HELP = "per-recipient report (.csv/.jsonl; '-': stdout, as CSV)"
 
 #: flags that override the campaign file, and their Settings keys
 CAMPAIGN_FLAGS = (
@@ -78,7 +105,7 @@ def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True)
     group.add_argument("--rate", metavar="N/UNIT", help="your own ceiling, e.g. 300/min")
     if sending:
         group.add_argument("--base-url", metavar="URL", help="provider API base URL")
-        group.add_argument("--report", metavar="PATH", help="per-recipient report (.csv/.jsonl)")
+        group.add_argument("--report", metavar="PATH", help=REPORT_HELP)
         group.add_argument("--in-flight", type=int, metavar="N", help="concurrent requests")
         group.add_argument("--timeout", type=float, metavar="SECONDS", help="per request")
         group.add_argument("--max-attempts", type=int, metavar="N", help="per batch")
@@ -124,7 +151,9 @@ def add_max_failure_rate(group: argparse._ActionsContainer) -> None:
 def add_ci_flags(parser: argparse.ArgumentParser) -> None:
     """--summary-json, --max-failure-rate and --progress (send and retry)."""
     ci = parser.add_argument_group("for CI jobs")
-    ci.add_argument("--summary-json", type=Path, metavar="PATH", help="write the summary as JSON")
+    ci.add_argument(
+        "--summary-json", type=Path, metavar="PATH", help="write the summary as JSON ('-': stdout)"
+    )
     add_max_failure_rate(ci)
     ci.add_argument(
         "--progress",
@@ -132,3 +161,53 @@ def add_ci_flags(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="live progress line on stderr (auto: when stderr is a terminal)",
     )
+
+
+def report_label(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """How the user named the report: the flag, the variable or the campaign file's key."""
+    if getattr(args, "report", None):
+        return "--report"
+    if env.get("BULKSEND_REPORT"):
+        return "$BULKSEND_REPORT"
+    return "[send] report"
+
+
+def send_outputs(
+    args: argparse.Namespace,
+    settings: Settings,
+    env: Mapping[str, str],
+    journal: Path | None,
+    *,
+    retry: bool = False,
+) -> list[Output]:
+    """What ``bulksend send`` and ``bulksend retry`` will write (checked before they start)."""
+    if retry:  # the journal named on the command line, which exists
+        journal_label, journal_hint = "journal", ""
+    elif args.journal:
+        journal_label, journal_hint = "--journal", "or pass --no-journal"
+    else:
+        journal_label, journal_hint = "journal", "give another with --journal PATH, or --no-journal"
+    dead_letter = args.dead_letter
+    derived = dead_letter is None and journal is not None
+    if dead_letter is None and journal is not None:
+        dead_letter = journal.with_suffix(".dead-letter.jsonl")  # as send_campaign names it
+    return [
+        Output(journal_label, journal, "campaign.journal", beside=True, hint=journal_hint),
+        Output(report_label(args, env), settings.report, "report.csv", stdout=True),
+        Output("--summary-json", args.summary_json, "summary.json", stdout=True),
+        Output(
+            "dead-letter file" if derived else "--dead-letter",
+            dead_letter,
+            "dead-letter.jsonl",
+            hint="give another with --dead-letter PATH" if derived else "",
+        ),
+        Output("$GITHUB_STEP_SUMMARY", env.get("GITHUB_STEP_SUMMARY") or None, "summary.md"),
+    ]
+
+
+def campaign_inputs(settings: Settings) -> dict[str, str | Path | None]:
+    """The files a send reads, which no output may overwrite."""
+    return {
+        "the recipient file": settings.recipients.path,
+        "the campaign file": settings.campaign_file,
+    }

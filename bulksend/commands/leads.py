@@ -29,6 +29,7 @@ from bulksend.leads import (
     write_leads,
 )
 from bulksend.logs import redactor
+from bulksend.outputs import Output, check
 from bulksend.providers import maxtraffic
 from bulksend.transport import Transport
 
@@ -115,6 +116,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.timeout <= 0:
         raise ConfigError("--timeout: must be positive")
     query = make_query(args.start, args.end, campaign_id=args.campaign_id)
+    out = Output("--out", args.out, "leads.csv", stdout=True, beside=True)  # replaced atomically
+    check([out], {"the campaign file": args.campaign})
     to_stdout = args.out == "-"
     fmt = (args.format or "jsonl") if to_stdout else output_format(args.out, args.format)
     target = _target(args, ctx, need_key=not args.sandbox)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import orjson
 
-from bulksend.commands.common import Context, ExitStatus, add_max_failure_rate
+from bulksend.commands.common import Context, ExitStatus, HelpFormatter, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
+from bulksend.outputs import Output, check
 from bulksend.report import COLUMNS, POSSIBLY_TWICE, Summary
 
 HELP = "work with reports (merge the shards of a send)"
@@ -66,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="combine per-shard summaries and reports into one",
         description=MERGE_DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     merge.add_argument(
         "inputs",
@@ -76,13 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="summary JSON files (--summary-json) and/or per-recipient reports (.csv/.jsonl)",
     )
     merge.add_argument(
-        "--summary-json", type=Path, metavar="PATH", help="write the merged summary as JSON"
+        "--summary-json",
+        type=Path,
+        metavar="PATH",
+        help="write the merged summary as JSON ('-': stdout)",
     )
     merge.add_argument(
         "--report",
         type=Path,
         metavar="PATH",
-        help="concatenate the per-recipient reports into PATH (.csv or .jsonl)",
+        help="concatenate the per-recipient reports into PATH (.csv or .jsonl; '-': stdout, "
+        "as CSV)",
     )
     add_max_failure_rate(merge)
     merge.add_argument("-q", "--quiet", action="store_true", help="do not print the summary")
@@ -92,13 +98,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.report_command != "merge":  # pragma: no cover - argparse requires a subcommand
         raise ConfigError(f"unknown report command {args.report_command!r}")
     summaries, reports = classify(args.inputs)
+    if args.report is not None and not reports:
+        raise ConfigError("--report: no per-recipient reports among the inputs to concatenate")
+    outputs = [
+        Output("--report", args.report, "all.csv", stdout=True),
+        Output("--summary-json", args.summary_json, "total.json", stdout=True),
+    ]
+    check(outputs, {f"the input {p}": p for p in args.inputs})
     merged = merge_summaries([s for _, s in summaries])
     counts = Counter[str]()
     twice: list[str] = []
     if reports:
-        counts, twice = concatenate(reports, args.report, merged.dedup_keys or _KEYS)
-    elif args.report is not None:
-        raise ConfigError("--report: no per-recipient reports among the inputs to concatenate")
+        counts, twice = concatenate(reports, args.report, merged.dedup_keys or _KEYS, ctx.out)
     problems: list[str] = []
     if not summaries:
         merged = summary_from_counts(counts)
@@ -108,14 +119,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.summary_json:
         data = merged.as_dict()
         data["merged_from"] = [str(p) for p in args.inputs]
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        _write_json(args.summary_json, orjson.dumps(data, option=orjson.OPT_INDENT_2), ctx)
+    people = ctx.err if any(o.to_stdout for o in outputs) else ctx.out
     if not args.quiet:
         what = f"{len(summaries)} summaries" if summaries else f"{len(reports)} reports"
-        print(f"merged {what}", file=ctx.out)
-        print(merged.render(), file=ctx.out)
+        print(f"merged {what}", file=people)
+        print(merged.render(), file=people)
         if args.report is not None:
-            print(f"  report: {args.report} ({report_rows(counts):,} rows)", file=ctx.out)
+            print(f"  report: {args.report} ({report_rows(counts):,} rows)", file=people)
     for problem in problems:
         print(f"bulksend: {problem}", file=ctx.err)
     if problems:
@@ -123,6 +134,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if merged.complete or (not merged.stopped and merged.failure_rate <= args.max_failure_rate):
         return ExitStatus.OK
     return ExitStatus.FAILURES
+
+
+def _write_json(path: Path, data: bytes, ctx: Context) -> None:
+    if str(path) == "-":
+        ctx.out.write(data.decode() + "\n")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 # ---- summaries ------------------------------------------------------------------------------
@@ -228,6 +247,7 @@ class _Out:
     """The merged report being written (CSV or JSON Lines, by suffix, as ``ReportWriter``)."""
 
     path: Path | None
+    stdout: TextIO | None = None  # takes the report when the path is "-" (CSV)
     file: IO[str] | None = None
     writer: Any = None
     jsonl: bool = False
@@ -235,9 +255,12 @@ class _Out:
     def open(self) -> None:
         if self.path is None:
             return
-        self.jsonl = self.path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("w", encoding="utf-8", newline="")
+        if str(self.path) == "-":
+            self.file = self.stdout or sys.stdout
+        else:
+            self.jsonl = self.path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("w", encoding="utf-8", newline="")
         if not self.jsonl:
             self.writer = csv.writer(self.file)
             self.writer.writerow(COLUMNS)
@@ -251,7 +274,9 @@ class _Out:
             self.writer.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
 
     def close(self) -> None:
-        if self.file is not None:
+        if self.file is not None and str(self.path) == "-":
+            self.file.flush()
+        elif self.file is not None:
             self.file.close()
 
 
@@ -306,16 +331,20 @@ def read_report(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def concatenate(
-    reports: Sequence[Path], out_path: Path | None, keys: Sequence[str] = _KEYS
+    reports: Sequence[Path],
+    out_path: Path | None,
+    keys: Sequence[str] = _KEYS,
+    stdout: TextIO | None = None,
 ) -> tuple[Counter[str], list[str]]:
-    """Count the rows of ``reports`` by status and, with ``out_path``, write them all there.
+    """Count the rows of ``reports`` by status and, with ``out_path``, write them all there
+    (``-``: to ``stdout``).
 
     Also returns what went wrong across them: an identifier among ``keys`` that two rows
     delivered (one line naming it, both rows and how many such identifiers there are)."""
     if out_path is not None and any(p.resolve() == out_path.resolve() for p in reports):
         raise ConfigError(f"--report: {out_path} is also an input")
     counts = Counter[str]()
-    out = _Out(out_path)
+    out = _Out(out_path, stdout)
     out.open()
     delivered = _Delivered(keys)
     try:

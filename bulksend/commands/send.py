@@ -23,10 +23,13 @@ from bulksend.commands.common import (
     add_campaign_flags,
     add_ci_flags,
     add_output_flags,
+    campaign_inputs,
+    send_outputs,
     settings_from,
 )
 from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
+from bulksend.outputs import Output, check
 from bulksend.shard import Shard
 
 if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
@@ -147,6 +150,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         journal = JournalOptions(
             path, args.resume, args.fresh, args.unknown, meta, announce=_announcer(ctx)
         )
+    outputs = send_outputs(args, settings, ctx.env, journal.path if journal else None)
+    check(outputs, campaign_inputs(settings))  # before the journal exists and anything is sent
     return await execute(settings, args, ctx, journal, shard=shard)
 
 
@@ -216,11 +221,13 @@ async def execute(
 ) -> int:
     from bulksend.campaign import send_campaign
 
+    report_to_stdout = settings.report is not None and str(settings.report) == "-"
     kwargs: dict[str, Any] = {
         "journal": journal,
         "dead_letter": args.dead_letter,
         "shard": shard,
         "audience_check": getattr(args, "audience_check", False),
+        "stdout": ctx.out,
     }
     limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
     interrupts = _Interrupts(ctx)
@@ -251,7 +258,7 @@ async def execute(
         finally:
             if progress is not None:
                 await progress.stop()
-    status = finish(result, args, ctx)
+    status = finish(result, args, ctx, report_to_stdout=report_to_stdout)
     return interrupts.status if interrupts.name else status
 
 
@@ -376,19 +383,27 @@ def no_valid_rows(summary: Summary) -> bool:
     return bool(summary.read and summary.invalid and not summary.requests and not settled_elsewhere)
 
 
-def finish(result: SendResult, args: argparse.Namespace, ctx: Context) -> int:
+def finish(
+    result: SendResult, args: argparse.Namespace, ctx: Context, *, report_to_stdout: bool = False
+) -> int:
     summary, stopped = result.summary, result.stopped
-    if args.summary_json:
+    people = ctx.out  # the summary table; on stderr when stdout carries the report or JSON
+    if args.summary_json and str(args.summary_json) == "-":
+        ctx.out.write(summary.to_json().decode() + "\n")
+        people = ctx.err
+    elif args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_bytes(summary.to_json())
+    if report_to_stdout:
+        people = ctx.err
     step_summary = ctx.env.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a", encoding="utf-8") as f:
             f.write(summary.markdown())
     if not args.quiet:
-        print(summary.render(), file=ctx.out)
+        print(summary.render(), file=people)
         for line in resend_hint(result):
-            print(line, file=ctx.out)
+            print(line, file=people)
     if no_valid_rows(summary):
         print(
             "bulksend: error: no valid recipient in the file (every row is invalid or a "
@@ -453,7 +468,12 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
     from bulksend.commands.validate import print_plan, walk
 
     shown: list[bytes] = []
-    out_file = args.requests_out.open("wb") if args.requests_out else None
+    requests_out = Output("--requests-out", args.requests_out, "requests.jsonl")
+    check([requests_out], campaign_inputs(settings))
+    out_file = None
+    if args.requests_out:
+        args.requests_out.parent.mkdir(parents=True, exist_ok=True)
+        out_file = args.requests_out.open("wb")
     provider = build_provider(settings, {n: "DRY-RUN" for n in settings.secret_sources})
 
     def on_request(batch: Any, request: Any) -> None:
@@ -536,7 +556,8 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report",
         metavar="PATH",
-        help="per-recipient report (.csv/.jsonl) of the whole campaign (default: the send's)",
+        help="per-recipient report of the whole campaign (.csv/.jsonl; '-': stdout, as CSV; "
+        "default: the send's)",
     )
     parser.add_argument("--dead-letter", type=Path, metavar="PATH", help=DEAD_LETTER_HELP)
     parser.add_argument(
@@ -579,6 +600,8 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
         announce=_announcer(ctx),
     )
     shard = Shard.parse(args.shard) if args.shard else None
+    outputs = send_outputs(args, settings, ctx.env, args.journal, retry=True)
+    check(outputs, campaign_inputs(settings))
     return await execute(settings, args, ctx, journal, shard=shard)
 
 

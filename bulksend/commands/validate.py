@@ -15,33 +15,52 @@ from typing import Any
 
 import orjson
 
+from bulksend.argtypes import fraction
 from bulksend.campaign import build_provider, group_policies, screened, source_spec
 from bulksend.commands.common import (
     Context,
     ExitStatus,
     add_campaign_flags,
     add_output_flags,
+    campaign_inputs,
     settings_from,
 )
 from bulksend.config import Settings, resolve_secrets
 from bulksend.core.dedup import Deduper
 from bulksend.errors import MissingSecretError
+from bulksend.outputs import Output, check
 from bulksend.plan import Plan, plan
 from bulksend.providers.base import Limit, Provider
 from bulksend.sources import open_source
 
 HELP = "check a campaign and its recipient file without sending"
-DESCRIPTION = __doc__.splitlines()[0] if __doc__ else HELP
+DESCRIPTION = (
+    "Check the campaign and read the whole recipient file: rows, valid, invalid by reason, "
+    "duplicates, batches, requests per endpoint and the time the send would take under the "
+    "known limits. Sends nothing; needs no API key."
+)
 EPILOG = """\
 examples:
   bulksend validate samples/maxtraffic/campaign.toml
   bulksend validate campaign.toml --recipients export.csv --json plan.json
+  bulksend validate campaign.toml --max-invalid-rate 0.01     # a few bad rows are fine
+
+exit statuses: 0 valid (invalid rows within --max-invalid-rate), 1 more invalid rows than
+--max-invalid-rate allows, 2 bad flag, campaign or recipient file, or not one valid row
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_campaign_flags(parser, sending=False)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the counts as JSON")
+    parser.add_argument(
+        "--max-invalid-rate",
+        type=fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="exit 0 when at most this fraction of the rows read is invalid (0: any invalid "
+        "row exits 1)",
+    )
     add_output_flags(parser)
 
 
@@ -104,6 +123,7 @@ def duration(seconds: float) -> str:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     settings = settings_from(args, ctx)
+    check([Output("--json", args.json, "plan.json")], campaign_inputs(settings))
     try:
         resolve_secrets(settings, ctx.env)
         key_note = ""
@@ -117,10 +137,26 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         if key_note:
             print(f"  {key_note}", file=ctx.out)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(
             orjson.dumps(
                 p.as_dict(limits_for(settings, provider), group_policies(settings, provider)),
                 option=orjson.OPT_INDENT_2,
             )
         )
-    return ExitStatus.OK if p.valid else ExitStatus.USAGE
+    if not p.valid:
+        return ExitStatus.USAGE
+    invalid = sum(p.invalid.values())
+    if invalid_rate(p) > args.max_invalid_rate:
+        print(
+            f"bulksend: {invalid:,} of {p.rows:,} rows are invalid ({invalid_rate(p):.2%}), "
+            f"more than --max-invalid-rate {args.max_invalid_rate:g} allows",
+            file=ctx.err,
+        )
+        return ExitStatus.FAILURES
+    return ExitStatus.OK
+
+
+def invalid_rate(p: Plan) -> float:
+    """The fraction of the rows read that are invalid (duplicates are not)."""
+    return sum(p.invalid.values()) / p.rows if p.rows else 0.0

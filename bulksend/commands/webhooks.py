@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bulksend.commands.common import Context, ExitStatus
 from bulksend.errors import ConfigError
+from bulksend.outputs import Output, check
 
 HELP = "receive Traitly prediction webhooks into a recipient file"
 DESCRIPTION = (
@@ -44,8 +45,12 @@ def _fraction(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bulksend.webhooks import OBJECTS
 
-    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument(
+        "--port", metavar="PORT", type=int, required=True, help="port to listen on (0: any)"
+    )
+    parser.add_argument(
+        "--host", metavar="ADDRESS", default="127.0.0.1", help="address to bind (127.0.0.1)"
+    )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="PATH.jsonl", help="file to append to"
     )
@@ -63,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="record only this kind of payload (default: all)",
     )
-    parser.add_argument("--path", default="/", help="URL path that takes the POSTs (/)")
+    parser.add_argument(
+        "--path", metavar="/PATH", default="/", help="URL path that takes the POSTs (/)"
+    )
     parser.add_argument(
         "--token-env",
         metavar="VAR",
@@ -82,6 +89,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
+    check([Output("--out", args.out, "audience.jsonl")])
     objects = frozenset(OBJECTS if args.object == "all" else [args.object])
     config = ReceiverConfig(args.out, args.min_likelihood, token, objects, args.path)
     try:

@@ -53,30 +53,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the sandbox's arguments (the provider name first) to ``parser``."""
     parser.add_argument("provider", choices=sorted(PROVIDERS), help="which provider to emulate")
     net = parser.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     net.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"0 = a free port (default {DEFAULT_PORT})"
+        "--host", metavar="ADDRESS", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
     )
-    net.add_argument("--api-key", default="sandbox-key", help="accepted API key (sandbox-key)")
-    net.add_argument("--latency-ms", type=non_negative, default=0.0, help="added to every request")
-    net.add_argument("--ledger", type=Path, help="append accepted recipients here (JSON Lines)")
+    net.add_argument(
+        "--port",
+        metavar="PORT",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"0 = a free port (default {DEFAULT_PORT})",
+    )
+    net.add_argument(
+        "--api-key", metavar="KEY", default="sandbox-key", help="accepted API key (sandbox-key)"
+    )
+    net.add_argument(
+        "--latency-ms", metavar="MS", type=non_negative, default=0.0, help="added to every request"
+    )
+    net.add_argument(
+        "--ledger", metavar="PATH", type=Path, help="append accepted recipients here (JSON Lines)"
+    )
     net.add_argument(
         "--ledger-format",
         choices=LEDGER_FORMATS,
         default="lines",
         help="lines: one per recipient (default); requests: one per accepted request",
     )
-    net.add_argument("--stats", type=Path, help="write the final counters here as JSON on exit")
-    net.add_argument("--seed", type=int, help="seed for faults and synthetic data (default 0)")
-    net.add_argument("--max-batch", type=int, help="records per request (provider default)")
+    net.add_argument(
+        "--stats", metavar="PATH", type=Path, help="write the final counters here as JSON on exit"
+    )
+    net.add_argument(
+        "--seed", metavar="N", type=int, help="seed for faults and synthetic data (default 0)"
+    )
+    net.add_argument(
+        "--max-batch", metavar="N", type=int, help="records per request (provider default)"
+    )
     lim = parser.add_argument_group("rate limit (one limiter per endpoint group, see --profile)")
     lim.add_argument("--profile", choices=PROFILES, default="fixed", help=PROFILE_HELP)
     lim.add_argument(
         "--limit",
+        metavar="N",
         type=int,
         help="requests per window for every endpoint group (leaky: a rate of limit/window per s)",
     )
-    lim.add_argument("--window", type=float, default=60.0, help="window in seconds (60)")
+    lim.add_argument(
+        "--window", metavar="SECONDS", type=float, default=60.0, help="window in seconds (60)"
+    )
     lim.add_argument(
         "--group-limit",
         type=_group_limit,
@@ -108,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument(
         "--long-window",
         type=float,
-        metavar="S",
+        metavar="SECONDS",
         help="ietf: window of the long policy in seconds (default 60 x --window)",
     )
     lim.add_argument(
@@ -125,14 +146,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and ietf send it, github does not, leaky and bare429 never can)",
     )
     flt = parser.add_argument_group("faults (send endpoints only; drawn from --seed)")
-    flt.add_argument("--fail-rate", type=fraction, default=0.0, help="answer 500/503 (half each)")
-    flt.add_argument("--reset-rate", type=fraction, default=0.0, help="close without answering")
-    flt.add_argument("--slow-rate", type=fraction, default=0.0, help="hold the answer --slow-ms")
-    flt.add_argument("--slow-ms", type=float, default=5000.0, help="delay of a slow answer")
-    flt.add_argument("--storm-every", type=float, default=0.0, help="seconds between 429 storms")
-    flt.add_argument("--storm-for", type=float, default=0.0, help="length of a 429 storm")
+    flt.add_argument(
+        "--fail-rate",
+        metavar="FRACTION",
+        type=fraction,
+        default=0.0,
+        help="answer 500/503 (half each)",
+    )
+    flt.add_argument(
+        "--reset-rate",
+        metavar="FRACTION",
+        type=fraction,
+        default=0.0,
+        help="close without answering",
+    )
+    flt.add_argument(
+        "--slow-rate",
+        metavar="FRACTION",
+        type=fraction,
+        default=0.0,
+        help="hold the answer --slow-ms",
+    )
+    flt.add_argument(
+        "--slow-ms", metavar="MS", type=float, default=5000.0, help="delay of a slow answer"
+    )
+    flt.add_argument(
+        "--storm-every",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="seconds between 429 storms",
+    )
+    flt.add_argument(
+        "--storm-for", metavar="SECONDS", type=float, default=0.0, help="length of a 429 storm"
+    )
     flt.add_argument(
         "--drop-after-accept-rate",
+        metavar="FRACTION",
         type=fraction,
         default=0.0,
         help="record in the ledger, then close without answering",
@@ -150,16 +200,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="answer 422 for a send whose to_ids/to_uids hold an entry containing TEXT",
     )
-    mt.add_argument("--visitors", type=Path, help="CSV/JSONL of id,user_id,web_push_subscriber")
     mt.add_argument(
-        "--unknown-visitor-rate", type=fraction, default=0.0, help="fraction of ids answered 404"
+        "--visitors", metavar="PATH", type=Path, help="CSV/JSONL of id,user_id,web_push_subscriber"
     )
-    mt.add_argument("--leads", type=int, default=100, help="synthetic leads (100)")
+    mt.add_argument(
+        "--unknown-visitor-rate",
+        metavar="FRACTION",
+        type=fraction,
+        default=0.0,
+        help="fraction of ids answered 404",
+    )
+    mt.add_argument("--leads", metavar="N", type=int, default=100, help="synthetic leads (100)")
     cred = parser.add_argument_group("credentials of the other providers")
-    cred.add_argument("--brand-id", default="sandbox-brand", help="notifyvisitors x-brand-id")
-    cred.add_argument("--token", help="notifyvisitors bearer / traitly token (the api key)")
-    cred.add_argument("--username", default="sandbox@example.com", help="maxemail user")
-    cred.add_argument("--password", help="maxemail password (default: the api key)")
+    cred.add_argument(
+        "--brand-id", metavar="ID", default="sandbox-brand", help="notifyvisitors x-brand-id"
+    )
+    cred.add_argument(
+        "--token", metavar="TOKEN", help="notifyvisitors bearer / traitly token (the api key)"
+    )
+    cred.add_argument(
+        "--username", metavar="NAME", default="sandbox@example.com", help="maxemail user"
+    )
+    cred.add_argument(
+        "--password", metavar="PASSWORD", help="maxemail password (default: the api key)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
