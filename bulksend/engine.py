@@ -894,7 +894,8 @@ class Engine:
         workers = [asyncio.create_task(self._worker()) for _ in range(opts.workers)]
         progress = asyncio.create_task(self._progress())
         try:
-            await self._read(items if isinstance(items, AsyncIterable) else as_chunks(items))
+            chunks = items if isinstance(items, AsyncIterable) else as_chunks(items)
+            await self._read_while_sending(chunks, workers)
             for _ in workers:
                 await self._queue.put(None)
             if self._interrupted:
@@ -921,6 +922,28 @@ class Engine:
         self.summary.limits = self.scheduler.beliefs()
         self._log.info("send_finished", **self.summary.as_dict())
         return self.summary
+
+    async def _read_while_sending(
+        self, chunks: Iterable[Chunk] | AsyncIterable[Chunk], workers: list[asyncio.Task[None]]
+    ) -> None:
+        """Read while the workers send. A worker ends only at the end of the input, so one
+        that ends before is a bug or a failure nobody caught: its error ends the send at once,
+        instead of leaving the reader blocked for good on a full queue."""
+        reader = asyncio.create_task(self._read(chunks))
+        try:
+            done, _ = await asyncio.wait({reader, *workers}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            raise
+        if reader in done:
+            reader.result()  # the reader's own error, if it had one
+            return
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        for worker in done:
+            worker.result()  # raises what killed it
+        raise RuntimeError("a send worker stopped before the end of the input")
 
     async def _drain(self, workers: list[asyncio.Task[None]], deadline: float) -> None:
         """After an interrupt: let the workers, then the parked batches, finish until

@@ -489,3 +489,15 @@ async def test_random_failures_of_a_working_endpoint_do_not_open_the_circuit() -
     assert summary.delivered == 3000
     assert not summary.warnings  # the circuit never opened
     assert engine._circuits["api"].opened == 0
+
+
+async def test_a_worker_that_dies_ends_the_send_instead_of_hanging_it() -> None:
+    """A bug in a worker (here: the transport raising what it never should) used to leave the
+    reader blocked for good on the full batch queue; the error now ends the send."""
+
+    def broken(request: HttpRequest, n: int) -> HttpResponse:
+        raise RuntimeError("a bug, not a network error")
+
+    engine, _ = make_engine(broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(engine.run(rows(20_000)), timeout=20)
