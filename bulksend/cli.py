@@ -225,7 +225,26 @@ def _run(argv: list[str], ctx: Context, loop_factory: Any) -> int:
         return ExitStatus.INTERRUPTED
 
 
+def standard_streams_open() -> None:
+    """Give a process started with stdin, stdout or stderr closed (``<&-``, ``2>&-``)
+    ``os.devnull`` there: otherwise the next file opened takes descriptor 0-2 (uvloop aborts on
+    that, and a report would receive what was meant for the terminal), and ``sys.stderr`` is
+    None."""
+    for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, mode)
+            if null != fd:  # pragma: no cover - the lowest free descriptor is fd itself
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd, write in (("stdin", 0, False), ("stdout", 1, True), ("stderr", 2, True)):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w" if write else "r", closefd=False))  # noqa: SIM115
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    standard_streams_open()
     factory = None
     try:
         import uvloop

@@ -202,3 +202,21 @@ def test_leads_into_a_closed_stdout_say_nothing_of_it(
     assert "bulksend: wrote 100 leads" in text
     assert "Traceback" not in text
     assert "Exception ignored" not in text
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&- 2>&-"])
+def test_a_send_started_with_standard_streams_closed(
+    campaign: Path, tmp_path: Path, processes: list[subprocess.Popen[bytes]], closed: str
+) -> None:
+    """A cron job or a daemon can start it with 0, 1 or 2 closed: the next file opened must not
+    take their place (uvloop aborted on that, exit 134), and ``sys.stderr`` may be None."""
+    report, journal = tmp_path / "report.csv", tmp_path / "j.journal"
+    send = (
+        f"{BULKSEND} send {shlex.quote(str(campaign))} --sandbox -v "
+        f"--journal {shlex.quote(str(journal))} --report {shlex.quote(str(report))}"
+    )
+    proc = popen(processes, ["bash", "-c", f"{send} {closed}"], stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    assert_complete(report, journal)
