@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from bulksend import providers
 from bulksend.errors import ConfigError, MissingSecretError
@@ -162,7 +163,7 @@ def _is_text(value: Any) -> bool:
 
 
 def _is_whole(value: Any) -> bool:  # a bool is an int to Python, not to a campaign file
-    return type(value) is int or (type(value) is float and value.is_integer())
+    return type(value) is int  # 10.0 is refused, as "10.0" is from a variable or a flag
 
 
 def _is_number(value: Any) -> bool:
@@ -239,11 +240,29 @@ def _int(value: Any, where: str, *, minimum: int = 1) -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where} must be a whole number, got {shown(value)}") from None
-    if isinstance(value, bool) or (isinstance(value, float) and value != number):
+    if isinstance(value, bool | float):
         raise ConfigError(f"{where} must be a whole number, got {shown(value)}")
     if number < minimum:
         raise ConfigError(f"{where} must be at least {minimum}, got {number}")
     return number
+
+
+def check_base_url(value: str, where: str) -> str:
+    """``value`` without a trailing ``/`` when it is an http(s) URL with a host (and a valid
+    port); else a one-line ``ConfigError`` naming ``where`` it came from."""
+    url = value.strip().rstrip("/")
+    said = shown(re.sub(r"//[^/@]*@", "//", value))  # never a user name or password
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {said} is not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where}: {said} is not an http(s) URL with a host; "
+            "give one such as https://api.example.com"
+        )
+    return url
 
 
 def _float(value: Any, where: str) -> float:
@@ -402,7 +421,9 @@ def load_settings(
         options=options,
         recipients=recipients,
         secret_sources=secret_sources,
-        base_url=str(send.get("base_url", module.DEFAULT_BASE_URL)).rstrip("/"),
+        base_url=check_base_url(
+            str(send.get("base_url", module.DEFAULT_BASE_URL)), values.where("send", "base_url")
+        ),
         batch_size=values.whole("batch_size", module.DEFAULT_BATCH_SIZE),
         limit=values.rate("limit"),
         rate=values.rate("rate"),

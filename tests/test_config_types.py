@@ -151,7 +151,7 @@ def test_right_types_still_load(tmp_path: Path) -> None:
         tmp_path,
         top='name = "n"\n',
         tables={
-            "send": 'batch_size = 10\nin_flight = 2.0\ntimeout = 1\nmax_attempts = 3\nrate = "5/s"',
+            "send": 'batch_size = 10\nin_flight = 2\ntimeout = 1\nmax_attempts = 3\nrate = "5/s"',
             "recipients": 'path = "r.csv"\nid = "id"\nuid = ""\nformat = "csv"\nencoding = "utf-8"',
             "auth": 'api_key_env = "MY_KEY"',
         },
@@ -160,3 +160,55 @@ def test_right_types_still_load(tmp_path: Path) -> None:
     assert (settings.batch_size, settings.in_flight, settings.timeout) == (10, 2, 1.0)
     assert settings.recipients.uid_column is None
     assert settings.secret_sources == {"api_key": "MY_KEY"}
+
+
+def test_whole_numbers_are_whole_in_the_file_as_in_a_variable(tmp_path: Path) -> None:
+    """``10.0`` is refused from the file as ``BULKSEND_BATCH_SIZE=10.0`` is (docs: whole)."""
+    path = campaign(tmp_path, tables={"send": "batch_size = 10.0"})
+    assert_one_line_error(path, "[send] batch_size must be a whole number, got 10.0")
+    path = campaign(tmp_path)
+    result = run_cli("validate", str(path), env={"BULKSEND_BATCH_SIZE": "10.0"})
+    assert result.status == 2
+    assert "BULKSEND_BATCH_SIZE must be a whole number, got '10.0'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("127.0.0.1:8765", "is not an http(s) URL with a host"),
+        ("notaurl", "is not an http(s) URL with a host"),
+        ("ftp://files.example.com", "is not an http(s) URL with a host"),
+        ("http://", "is not an http(s) URL with a host"),
+        ("http://127.0.0.1:99999", "is not a URL (Port out of range"),
+        ("http://[::1", "is not a URL (Invalid IPv6 URL)"),
+    ],
+)
+def test_a_base_url_that_cannot_be_sent_to_is_refused_before_anything(
+    tmp_path: Path, url: str, why: str
+) -> None:
+    path = campaign(tmp_path)
+    for args, where in (
+        (["--base-url", url], "--base-url"),
+        ([], "BULKSEND_BASE_URL"),
+    ):
+        env = {} if args else {"BULKSEND_BASE_URL": url}
+        result = run_cli(
+            "send", str(path), *args, "--no-journal", env={**env, "MAXTRAFFIC_API_KEY": "k"}
+        )
+        assert result.status == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"bulksend: error: {where}: "), line
+        assert why in line
+    file_url = campaign(tmp_path, tables={"send": f'base_url = "{url}"'})
+    result = run_cli("validate", str(file_url), env={})
+    assert result.status == 2
+    assert "[send] base_url" in result.stderr
+    assert why in result.stderr
+
+
+def test_a_password_in_a_bad_base_url_is_not_shown(tmp_path: Path) -> None:
+    path = campaign(tmp_path)
+    result = run_cli("send", str(path), "--base-url", "ftp://user:s3cret@host", env={})
+    assert result.status == 2
+    assert "s3cret" not in result.stderr
+    assert "'ftp://host'" in result.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
-from bulksend.config import load_settings, resolve_secrets
+from bulksend.config import check_base_url, load_settings, resolve_secrets
 from bulksend.errors import ConfigError, MissingSecretError
 from bulksend.leads import (
     LeadsQuery,
@@ -107,6 +107,10 @@ def _target(args: argparse.Namespace, ctx: Context, *, need_key: bool) -> Target
             raise MissingSecretError(
                 f"api_key: environment variable {var} is not set (export {var}=... first)"
             )
+    if args.base_url:
+        base_url = check_base_url(args.base_url, "--base-url")
+    elif args.campaign is None and env.get("BULKSEND_BASE_URL"):
+        base_url = check_base_url(base_url, "BULKSEND_BASE_URL")
     return Target(base_url.rstrip("/"), key, paths)
 
 
