@@ -212,3 +212,18 @@ def test_validate_and_a_sandbox_send_read_utf16_and_utf32(
     assert Counter(r["status"] for r in rows) == {"delivered": len(valid), "invalid": len(invalid)}
     delivered = sorted((r["line"], r["id"], r["uid"]) for r in rows if r["status"] == "delivered")
     assert delivered == [e[:3] for e in valid]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_utf16_or_32_asked_for_a_file_without_a_mark_is_a_one_line_error(
+    tmp_path: Path, encoding: str
+) -> None:
+    """Python's codec needs the mark to know the byte order: say which encoding to give."""
+    (tmp_path / "r.csv").write_bytes("id\n1\n".encode(f"{encoding}-le"))
+    campaign = tmp_path / "c.toml"
+    campaign.write_text(CAMPAIGN.format(name="r.csv"))
+    for command in (["validate"], ["send", "--sandbox"]):
+        result = run_cli(*command, str(campaign), "--encoding", encoding, env={})
+        assert result.status == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.endswith(f"has none; give {encoding}-le or {encoding}-be"), line

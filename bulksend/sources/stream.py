@@ -176,6 +176,11 @@ def open_text(
         if not head:
             raise InputError(f"{name}: file is empty")
         encoding, skip = choose_encoding(asked, head)
+        if encoding in ("utf-16", "utf-32") and not skip:
+            raise InputError(
+                f"{name}: --encoding {encoding} takes its byte order from a byte-order mark and "
+                f"this file has none; give {encoding}-le or {encoding}-be"
+            )
         if skip and len(head) == skip:
             raise InputError(f"{name}: file is empty (only a byte-order mark)")
         if b"\0" in head[skip:BINARY_PROBE] and not wide(encoding):
