@@ -223,6 +223,11 @@ def _run(argv: list[str], ctx: Context, loop_factory: Any) -> int:
         return ExitStatus.UNAVAILABLE
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
+    except OSError as exc:  # a file that failed after the checks (EIO, disk full): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        said = logs.redactor.scrub(f"{where}{exc.strerror or exc}")
+        print(f"bulksend: error: {said} (a journaled send resumes when run again)", file=ctx.err)
+        return ExitStatus.FAILURES
 
 
 def standard_streams_open() -> None:

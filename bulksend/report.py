@@ -6,10 +6,11 @@ frozen snapshot of the counters, rendered as text for people and as JSON for mac
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -69,15 +70,31 @@ class ReportWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._file is not None and not self.to_stdout:
-            self._file.close()
-        elif self._file is not None:
-            self._file.flush()
-        self._file = None
+        file, self._file = self._file, None
+        with self._named():
+            if file is not None and not self.to_stdout:
+                file.close()
+            elif file is not None:
+                file.flush()
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """An error writing the report names it (a write error of a file names none)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is None and not self.to_stdout:
+                exc.filename = str(self.path)
+            raise
 
     def write(self, outcomes: Iterable[Outcome]) -> None:
         if self._file is None:
             return
+        with self._named():
+            self._write(outcomes)
+
+    def _write(self, outcomes: Iterable[Outcome]) -> None:
+        assert self._file is not None
         if self._json:
             buf = io.StringIO()
             for o in outcomes:

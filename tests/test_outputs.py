@@ -283,3 +283,31 @@ def test_leads_checks_out_before_asking_and_stdout_stays_allowed(tmp_path: Path)
     assert_usage_error(
         r, f"--out {tmp_path}/: is a directory; give a file path such as {tmp_path}/leads.csv"
     )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_summary_that_cannot_be_written_after_the_send_keeps_its_status(
+    campaign: Path, tmp_path: Path
+) -> None:
+    """/dev/full passes the check (it opens) and fails the write (disk full)."""
+    r = run_cli("send", str(campaign), "--sandbox", "--summary-json", "/dev/full", "-q")
+    assert r.status == 0, r.stderr
+    assert r.stderr == (
+        "bulksend: could not write --summary-json /dev/full: No space left on device\n"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/version").exists(), reason="needs Linux's /proc")
+def test_a_report_that_fails_while_the_send_writes_it_is_one_line(
+    campaign: Path, tmp_path: Path
+) -> None:
+    """/proc/version opens for writing and fails the write (EIO): no traceback, the journal
+    keeps the send, which the same command resumes into a report that works."""
+    journal = tmp_path / "j.journal"
+    args = ["send", str(campaign), "--sandbox", "--journal", str(journal), "-q"]
+    r = run_cli(*args, "--report", "/proc/version")
+    assert r.status == 1
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("bulksend: error: /proc/version: ")
+    again = run_cli(*args, "--report", str(tmp_path / "report.csv"))
+    assert again.status == 0, again.stderr

@@ -383,6 +383,21 @@ def no_valid_rows(summary: Summary) -> bool:
     return bool(summary.read and summary.invalid and not summary.requests and not settled_elsewhere)
 
 
+def _append(path: str, summary: Summary) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(summary.markdown())
+
+
+def _write_after(label: str, path: Any, write: Any, ctx: Context) -> None:
+    """Write an output once the send is over; a failure (disk full, a file that changed since
+    the check before the send) is one line, and the send's exit status stays what it was."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write()
+    except OSError as exc:
+        print(f"bulksend: could not write {label} {path}: {exc.strerror or exc}", file=ctx.err)
+
+
 def finish(
     result: SendResult, args: argparse.Namespace, ctx: Context, *, report_to_stdout: bool = False
 ) -> int:
@@ -392,14 +407,15 @@ def finish(
         ctx.out.write(summary.to_json().decode() + "\n")
         people = ctx.err
     elif args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_bytes(summary.to_json())
+        path = args.summary_json
+        _write_after("--summary-json", path, lambda: path.write_bytes(summary.to_json()), ctx)
     if report_to_stdout:
         people = ctx.err
     step_summary = ctx.env.get("GITHUB_STEP_SUMMARY")
     if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(summary.markdown())
+        _write_after(
+            "$GITHUB_STEP_SUMMARY", step_summary, lambda: _append(step_summary, summary), ctx
+        )
     if not args.quiet:
         print(summary.render(), file=people)
         for line in resend_hint(result):
