@@ -37,7 +37,7 @@ import orjson
 from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.answers import read_json, unexpected
+from bulksend.providers.answers import NOT_JSON, fatal, read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     Limit,
@@ -181,7 +181,9 @@ def classify(response: HttpResponse) -> Classification:
         return common
     if status in (400, 422):
         return Classification(Verdict.INVALID, message)
-    return Classification(Verdict.FATAL, message)  # 404, 405, 406: the request can never work
+    # 404, 405, 406, a redirect: the request can never work; the body's own words, if any
+    said = f"{kind}: {text}" if read_json(response) is not NOT_JSON else ""
+    return fatal(response, said)
 
 
 @dataclass(slots=True)
