@@ -622,7 +622,7 @@ class Engine:
         if not self._opened:
             self._opened = True
             self._probed.set()
-        verdict = self.provider.classify(response)
+        verdict = self._classify(part, response)
         kind = verdict.verdict
         group = job.batch.group
         failure = kind is _RETRY
@@ -662,6 +662,14 @@ class Engine:
             self._settle(job, _STATUS_DELIVERED, reason, http)
             return None
         return self._verdict(job, part, verdict, http)
+
+    def _classify(self, part: _Part, response: Any) -> Classification:
+        """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
+        sent = getattr(self.provider, "classify_sent", None)
+        if sent is not None:
+            verdict: Classification = sent(part.request, response)
+            return verdict
+        return self.provider.classify(response)
 
     def _warn(self, warning: str) -> None:
         self._warned.add(warning)

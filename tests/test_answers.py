@@ -181,7 +181,7 @@ def test_maxemail_delivers_any_json_result(
     ("headers", "body", "verdict"),
     [
         (JSON, b'{"data": [{"customer_id": "1"}], "object": "customer"}', Verdict.DELIVERED),
-        (JSON, b'{"data": [], "metadata": {}}', Verdict.DELIVERED),
+        (JSON, b'{"data": [], "metadata": {}}', Verdict.DELIVERED),  # shape only: see below
         (JSON, b'{"data": [{"customer_id": "1", "success": 0}]}', Verdict.INVALID),
         (JSON, b'{"object": "customer"}', Verdict.UNEXPECTED),
         (JSON, b'{"data": {"customer_id": "1"}}', Verdict.UNEXPECTED),
@@ -335,3 +335,52 @@ def test_a_fatal_answer_keeps_the_providers_own_words() -> None:
         HttpResponse(404, JSON, b'{"success": false, "msg": "Unknown service \'x\'"}')
     )
     assert me.hint == maxemail.CALL_FIX
+
+
+CREATED = {"customer_id": "123", "name": "John Smith", "created_at": "1493933699"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "answer", "verdict"),
+    [
+        # the doc's create answers: the created record in data, the operation's object
+        ("customers", {"data": [CREATED], "metadata": {}, "created": "1", "object": "customer"},
+         Verdict.DELIVERED),
+        ("customers", {"data": [{**CREATED, "customer_id": 123}], "object": "customer"},
+         Verdict.DELIVERED),
+        ("events", {"data": [{"customer_id": "123", "name": "Logged in", "success": 1}],
+                    "object": "event"}, Verdict.DELIVERED),
+        ("events", {"data": [{"customer_id": "123", "name": "Logged in", "success": 0}],
+                    "object": "event"}, Verdict.INVALID),
+        # the operator's report: an empty data array is not the record sent
+        ("customers", {"status": "ok", "data": []}, Verdict.UNEXPECTED),
+        ("customers", {"data": [], "object": "customer"}, Verdict.UNEXPECTED),
+        ("customers", {"data": [{**CREATED, "customer_id": "456"}], "object": "customer"},
+         Verdict.UNEXPECTED),
+        ("customers", {"data": [CREATED], "object": "event"}, Verdict.UNEXPECTED),
+        ("customers", {"data": [CREATED]}, Verdict.UNEXPECTED),
+        ("customers", {"data": ["123"], "object": "customer"}, Verdict.UNEXPECTED),
+        ("events", {"data": [{"customer_id": "123", "name": "x"}], "object": "customer"},
+         Verdict.UNEXPECTED),
+    ],
+)  # fmt: skip
+def test_traitly_delivers_only_an_answer_that_names_the_record_sent(
+    operation: str, answer: dict[str, Any], verdict: Verdict
+) -> None:
+    from bulksend.models import Batch, Recipient
+
+    attrs = {"name": "John Smith", "email": "john@example.com", "plan": "Starter"}
+    message = {"name": "Logged in"} if operation == "events" else {}
+    adapter = traitly.build(
+        {"operation": operation, "message": message, "campaign_name": "T"}, {"token": "t"}
+    )
+    request = adapter.encode(Batch(1, "api", [Recipient(2, "123", None, attrs)]))
+    c = adapter.classify_sent(request, HttpResponse(201, JSON, orjson.dumps(answer)))
+    assert c.verdict is verdict
+    if verdict is Verdict.UNEXPECTED:  # JSON of another shape: the engine marks it unknown
+        assert c.maybe_provider
+        assert c.unexpected == "201 application/json, not Traitly's JSON answer"
+        assert '"customer_id": "123"' in c.message
+    # the request-less check still sees the object
+    if answer.get("object") not in (None, traitly.OBJECTS[operation]):
+        assert adapter.classify(HttpResponse(201, JSON, orjson.dumps(answer))).verdict is verdict

@@ -1,11 +1,11 @@
 """End to end: an answer that ends a command says where it came from and what to check.
 
 A plain loopback server (not a sandbox) answers every request with one fixed answer: a 404, 405
-or 410 without a body (a wrong base URL behind a bare router), an empty 204 or JSON that is
-not the provider's. ``bulksend send`` (all four providers), ``bulksend
-leads`` and ``send --audience-check`` must each exit 4 with ONE line naming the URL (without
-credentials or query), the status, the content type, the start of the body and the likely fix —
-never ``404: `` with nothing after it — and count nobody delivered.
+or 410 without a body (a wrong base URL behind a bare router), an empty 204, or JSON that is not
+the provider's (for Traitly: an answer without the record sent). ``bulksend send`` (all four
+providers), ``bulksend leads`` and ``send --audience-check`` must each exit 4 with ONE line
+naming the URL (without credentials or query), the status, the content type, the start of the
+body and the likely fix — never ``404: `` with nothing after it — and count nobody delivered.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -26,10 +27,12 @@ from tests.test_e2e_unexpected import (
     in_background,
     messages,
     report,
+    sandbox,
     send,
 )
 
 MAXTRAFFIC = CASES[0]
+TRAITLY = next(c for c in CASES if c.provider == "traitly")
 MOVED = b"<html><body>moved to the login page</body></html>"
 
 
@@ -167,3 +170,37 @@ def test_the_audience_check_stops_on_an_empty_answer_naming_the_url(
     assert line.endswith(f" answered {said}: is --base-url right?")
     assert summary["delivered"] == 0
     assert all(method == "GET" for method, _ in server.seen)  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "ok", "data": []},  # the operator's report
+        {"data": [], "metadata": {}, "created": "1", "object": "customer"},
+        {"data": [{"customer_id": "someone-else"}], "object": "customer"},
+        {"data": [{"customer_id": "1001"}], "object": "event"},
+    ],
+)
+def test_traitly_never_counts_an_answer_without_the_record_sent_as_delivered(
+    answer: dict[str, object], tmp_path: Path
+) -> None:
+    body = orjson.dumps(answer)
+    with answering(200, body, **{"Content-Type": "application/json"}) as server:
+        result, summary = send(TRAITLY, tmp_path, server.url, "first")
+    assert result.status == 4, result.stderr
+    assert stop_line(result) == (
+        f"bulksend: {server.url}{TRAITLY.path} answered 200 application/json, not Traitly's "
+        f"JSON answer, 5 times in a row: is --base-url right? the send stopped"
+        f"{resume_hint(tmp_path)}"
+    )
+    assert summary["delivered"] == 0
+    assert summary["unknown"] >= 5  # JSON: Traitly may have acted, it cannot be told
+    rows = [r for r in report(tmp_path, "first") if r["status"] == "unknown"]
+    assert all(r["reason"].startswith("unexpected answer: 200 application/json") for r in rows)
+    assert all('{"data": [{"customer_id": "' in r["reason"] for r in rows)
+
+    with sandbox(TRAITLY, tmp_path) as real:  # the sandbox answers as the document says
+        again, resumed = send(TRAITLY, tmp_path, real.base_url, "again", "--resume")
+    assert again.status == 0, again.stderr
+    assert resumed["delivered"] + resumed["invalid"] + resumed["duplicates"] == summary["read"]
+    assert (resumed["failed"], resumed["unknown"], resumed["skipped"]) == (0, 0, 0)

@@ -521,3 +521,26 @@ async def test_a_missing_endpoint_stops_with_the_url_the_answer_and_the_fix(
     lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
     failed = [x["reason"] for x in lines if x["status"] == "failed"]
     assert failed == [f"{status} no content type, empty body"] * 10
+
+
+async def test_the_engine_prefers_classify_sent_and_hands_it_the_request() -> None:
+    from bulksend.providers.base import Classification, Verdict
+
+    engine, transport = make_engine(ok)
+    seen: list[tuple[HttpRequest, int]] = []
+
+    class Sending:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def classify_sent(self, request: HttpRequest, response: HttpResponse) -> Classification:
+            seen.append((request, response.status))
+            return Classification(Verdict.DELIVERED)
+
+    engine.provider = Sending(engine.provider)
+    summary = await engine.run(rows(25))
+    assert summary.delivered == 25
+    assert [r for r, _ in seen] == transport.requests

@@ -151,6 +151,10 @@ class Provider(Protocol):
 
     def classify(self, response: HttpResponse) -> Classification: ...
 
+    # A provider may also offer ``classify_sent(request, response) -> Classification``: the
+    # verdict knowing the request it answers (Traitly checks that its answer names the record
+    # sent); the engine prefers it.
+
     def describe(self) -> Mapping[str, Any]:
         """Facts for the summary and the dry run (operation, group, path); never secrets."""
         ...
