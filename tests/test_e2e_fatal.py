@@ -1,11 +1,12 @@
 """End to end: an answer that ends a command says where it came from and what to check.
 
 A plain loopback server (not a sandbox) answers every request with one fixed answer: a 404, 405
-or 410 without a body (a wrong base URL behind a bare router), an empty 204, or JSON that is not
-the provider's (for Traitly: an answer without the record sent). ``bulksend send`` (all four
-providers), ``bulksend leads`` and ``send --audience-check`` must each exit 4 with ONE line
-naming the URL (without credentials or query), the status, the content type, the start of the
-body and the likely fix — never ``404: `` with nothing after it — and count nobody delivered.
+or 410 without a body (a wrong base URL behind a bare router), an empty 204, JSON that is not
+the provider's (for Traitly: an answer without the record sent), or a redirect to a page.
+``bulksend send`` (all four providers), ``bulksend leads`` and ``send --audience-check`` must
+each exit 4 with ONE line naming the URL (without credentials or query), the status, the
+content type, the start of the body and the likely fix — never ``404: `` with nothing after it —
+and count nobody delivered.
 """
 
 from __future__ import annotations
@@ -204,3 +205,36 @@ def test_traitly_never_counts_an_answer_without_the_record_sent_as_delivered(
     assert again.status == 0, again.stderr
     assert resumed["delivered"] + resumed["invalid"] + resumed["duplicates"] == summary["read"]
     assert (resumed["failed"], resumed["unknown"], resumed["skipped"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_stops_the_send_naming_where_it_points(
+    status: int, tmp_path: Path
+) -> None:
+    headers = {"Location": "/landing?from=api", "Content-Type": "text/html"}
+    with answering(status, MOVED, **headers) as server:
+        result, summary = send(MAXTRAFFIC, tmp_path, server.url, "first")
+    assert result.status == 4, result.stderr
+    assert stop_line(result) == (
+        f"bulksend: {server.url}{MAXTRAFFIC.path} answered {status} text/html, a redirect to "
+        f"/landing; body: {MOVED.decode()}: is --base-url right? the send stopped"
+        f"{resume_hint(tmp_path)}"
+    )
+    assert server.seen == [("POST", MAXTRAFFIC.path)]  # the page it points to is never asked
+    assert summary["delivered"] == 0
+    failed = {r["reason"] for r in report(tmp_path, "first") if r["status"] == "failed"}
+    assert failed == {f"{status} text/html, a redirect to /landing; body: {MOVED.decode()}"}
+
+
+def test_leads_does_not_follow_a_redirect_either(tmp_path: Path) -> None:
+    out = tmp_path / "leads.csv"
+    headers = {"Location": "https://portal.example/login", "Content-Type": "text/html"}
+    with answering(302, MOVED, **headers) as server:
+        result = leads(server.url, out)
+    assert result.status == 4, result.stderr
+    assert stop_line(result) == (
+        f"bulksend: leads: {server.url}/v1/leads answered 302 text/html, a redirect to "
+        f"https://portal.example/login; body: {MOVED.decode()}: is --base-url right?"
+    )
+    assert server.seen == [("GET", "/v1/leads")]
+    assert not out.exists()
