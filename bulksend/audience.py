@@ -10,8 +10,10 @@ receive a web push.
 * 422 -> ``refused`` with the server's message (``"audience check: <message>"``);
 * 401/403 -> ``AuthError``; 429 and 5xx/timeouts are retried through the scheduler (the lookups
   share MaxTraffic's single ``api`` quota with the sends); a lookup that still fails, a 404 that is
-  not JSON (a wrong base URL), or any other answer -> ``UnavailableError``: the check cannot vouch
-  for anyone, so the pass stops rather than guessing.
+  not JSON (a wrong base URL), any other 2xx (a page, an empty 204, JSON without
+  ``web_push_subscriber``) or any other answer (405, a redirect, ...) -> ``UnavailableError``
+  naming the URL, the answer and the likely fix: the check cannot vouch for anyone, so the pass
+  stops rather than guessing.
 
 A recipient without a visitor id (uid only) cannot be looked up and passes as ``unchecked``.
 Each distinct id is looked up once: concurrent lookups of one id share the request and answers
@@ -38,7 +40,14 @@ import orjson
 from bulksend.errors import AuthError, ProviderError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
-from bulksend.providers.answers import read_json, unexpected
+from bulksend.providers.answers import (
+    BASE_URL_HINT,
+    answered,
+    likely_fix,
+    read_json,
+    stop_line,
+    unexpected_answer,
+)
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
@@ -111,30 +120,33 @@ def _message(body: bytes) -> str:
     return maxtraffic.error_message(body) if body else ""
 
 
-def read_lookup(response: HttpResponse) -> LookupResult:
-    """What a visitor lookup's response means (pure)."""
+def _fatal(url: str, answer: str, fix: str) -> LookupResult:
+    """``visitor lookup: URL answered 404 text/html; body: …: is --base-url right?``"""
+    line = stop_line(url, answer, fix)
+    return LookupResult(LookupVerdict.FATAL, message=f"visitor lookup: {line}")
+
+
+def _visitor(response: HttpResponse, url: str) -> LookupResult:
+    """A 2xx: the visitor's ``web_push_subscriber``, else an unexpected answer (fatal)."""
+    data = read_json(response)  # NOT_JSON for a page (or any type that is not JSON)
+    flag = data.get("web_push_subscriber") if isinstance(data, dict) else None
+    if flag is True:
+        return LookupResult(LookupVerdict.ANSWER, Answer(Audience.OK))
+    if flag is False:
+        reason = REASONS[Audience.UNSUBSCRIBED]
+        return LookupResult(LookupVerdict.ANSWER, Answer(Audience.UNSUBSCRIBED, reason))
+    shape = '{"web_push_subscriber": true or false}'
+    return _fatal(url, unexpected_answer(response, "MaxTraffic's visitor", shape), BASE_URL_HINT)
+
+
+def read_lookup(response: HttpResponse, url: str = "") -> LookupResult:
+    """What a visitor lookup's response means (pure). ``url`` (the request's, without
+    credentials or query) is named when the answer stops the check."""
     status = response.status
-    if status == 200:
-        data = read_json(response)  # NOT_JSON for a page (or any type that is not JSON)
-        flag = data.get("web_push_subscriber") if isinstance(data, dict) else None
-        if flag is True:
-            return LookupResult(LookupVerdict.ANSWER, Answer(Audience.OK))
-        if flag is False:
-            reason = REASONS[Audience.UNSUBSCRIBED]
-            return LookupResult(LookupVerdict.ANSWER, Answer(Audience.UNSUBSCRIBED, reason))
-        shape = '{"web_push_subscriber": true or false}'
-        said = unexpected(response, "MaxTraffic's visitor", shape).message
-        return LookupResult(LookupVerdict.FATAL, message=f"visitor lookup: {said}")
+    if 200 <= status < 300:
+        return _visitor(response, url)
     message = _message(response.body)
-    if status == 404:
-        try:
-            orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            return LookupResult(
-                LookupVerdict.FATAL,
-                message=f"visitor lookup: 404 without a JSON body (is the base URL right?): "
-                f"{message}",
-            )
+    if status == 404 and _json_body(response.body):  # the doc's "non existing Visitor id"
         return LookupResult(
             LookupVerdict.ANSWER, Answer(Audience.UNKNOWN, REASONS[Audience.UNKNOWN])
         )
@@ -148,7 +160,16 @@ def read_lookup(response: HttpResponse) -> LookupResult:
         return LookupResult(LookupVerdict.AUTH, message=message or f"{status} Unauthorized")
     if status >= 500 or status == 408:
         return LookupResult(LookupVerdict.RETRY, message=message or f"{status} server error")
-    return LookupResult(LookupVerdict.FATAL, message=f"visitor lookup: {status}: {message}")
+    # a 404 that is not JSON (a router's page, an empty body), 405, 410, a redirect, ...
+    return _fatal(url, answered(response, message), likely_fix(status))
+
+
+def _json_body(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------- the check
@@ -279,6 +300,7 @@ class AudienceCheck:
 
     async def _ask(self, visitor_id: str) -> Answer:
         request = visitor_request(visitor_id, self.headers, self.path)
+        url = getattr(self.transport, "base_url", "") + request.path
         sched, group = self.scheduler, self.group
         attempts = 0
         last = ""
@@ -301,7 +323,7 @@ class AudienceCheck:
             except BaseException:
                 sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
                 raise
-            result = read_lookup(response)
+            result = read_lookup(response, url)
             kind = {
                 LookupVerdict.THROTTLED: FeedbackKind.THROTTLED,
                 LookupVerdict.RETRY: FeedbackKind.ERROR,

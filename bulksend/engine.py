@@ -34,7 +34,6 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequenc
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
@@ -43,6 +42,7 @@ from bulksend.errors import AuthError, BulksendError, ProviderError, Unavailable
 from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
+from bulksend.providers.answers import likely_fix, public_url, stop_line
 from bulksend.providers.base import Batcher, Classification, Provider, Verdict, add_all
 from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Permit, Scheduler
@@ -143,12 +143,6 @@ _DELIVERED, _RETRY, _OK = Verdict.DELIVERED, Verdict.RETRY, FeedbackKind.OK
 _UNEXPECTED = Verdict.UNEXPECTED
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
-
-
-def public_url(url: str) -> str:
-    """``url`` for messages: without a user name, password, query or fragment."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _run_name(run: int | None) -> str:
@@ -628,7 +622,7 @@ class Engine:
         if not self._opened:
             self._opened = True
             self._probed.set()
-        verdict = self.provider.classify(response)
+        verdict = self._classify(part, response)
         kind = verdict.verdict
         group = job.batch.group
         failure = kind is _RETRY
@@ -669,6 +663,14 @@ class Engine:
             return None
         return self._verdict(job, part, verdict, http)
 
+    def _classify(self, part: _Part, response: Any) -> Classification:
+        """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
+        sent = getattr(self.provider, "classify_sent", None)
+        if sent is not None:
+            verdict: Classification = sent(part.request, response)
+            return verdict
+        return self.provider.classify(response)
+
     def _warn(self, warning: str) -> None:
         self._warned.add(warning)
         self.summary.warnings.append(warning)
@@ -684,7 +686,7 @@ class Engine:
                 self.stop(AuthError(message, status=http))
                 self._settle(job, Status.FAILED, verdict.message, http)
             case Verdict.FATAL:
-                self.stop(ProviderError(verdict.message, status=http))
+                self.stop(ProviderError(self._fatal_stop(part, verdict, http), status=http))
                 self._settle(job, Status.FAILED, verdict.message, http)
             case Verdict.UNEXPECTED:
                 self._unexpected(job, part, verdict, http)
@@ -715,6 +717,13 @@ class Engine:
         self._settle(job, status, verdict.message, http)
         if self._unexpected_streak >= self.options.max_unexpected:
             self.stop(self._unexpected_stop())
+
+    def _fatal_stop(self, part: _Part, verdict: Classification, http: int) -> str:
+        """``URL answered 404 no content type, empty body: is --base-url right? the send
+        stopped``: the URL, the answer (``answers.fatal``'s message) and the likely fix."""
+        url = self._base + part.request.path
+        fix = verdict.hint or likely_fix(http)
+        return f"{stop_line(url, verdict.message, fix)} the send stopped{self._resume_hint()}"
 
     def _unexpected_stop(self) -> UnavailableError:
         """``URL answered 200 text/html, not MaxTraffic's JSON answer, 5 times in a row: ...``"""

@@ -10,10 +10,13 @@ instants, written to CSV or JSON Lines.
 Readings (docs/providers.md): ``from``/``to`` are sent as UTC ISO 8601 with milliseconds and a
 ``Z`` (the form of the doc's own timestamps); a date alone means midnight UTC and a time without
 an offset is UTC. The answer is a JSON array of leads (a single lead object is read as a list of
-one). The doc mentions no paging, so one request returns everything. 401 -> ``AuthError``; 404
-on a campaign -> ``ConfigError`` (no such campaign), on ``/v1/leads`` -> ``UnavailableError``
-(wrong base URL); 422 -> ``ConfigError`` with the server's message; 429, 5xx and lost
-connections are retried through the scheduler.
+one); a lead is an object with the doc's ``email`` (``timestamp``, ``campaign`` and any other
+field are kept when present). Any other 2xx (a page, an empty 204, JSON such as
+``{"status": "ok", "data": []}``) is an unexpected answer -> ``UnavailableError`` naming the URL.
+The doc mentions no paging, so one request returns everything. 401 -> ``AuthError``; a 404 with
+a JSON body on a campaign -> ``ConfigError`` (no such campaign); any other 404, 405, 410, a
+redirect -> ``UnavailableError`` naming the URL (wrong base URL); 422 -> ``ConfigError`` with
+the server's message; 429, 5xx and lost connections are retried through the scheduler.
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ import orjson
 from bulksend.errors import AuthError, ConfigError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.providers import maxtraffic
-from bulksend.providers.answers import read_json, unexpected
+from bulksend.providers.answers import (
+    BASE_URL_HINT,
+    NOT_JSON,
+    answered,
+    likely_fix,
+    read_json,
+    stop_line,
+    unexpected_answer,
+)
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
 from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
@@ -42,6 +53,12 @@ from bulksend.transport import NoResponse
 
 #: the documented fields of a lead, first in the CSV header; any others follow
 FIELDS = ("email", "timestamp", "campaign")
+#: the field every lead has (the doc's lead object; ``timestamp`` and ``campaign`` are kept
+#: when present, and may be left out)
+REQUIRED = ("email",)
+#: how messages name the documented answer
+ANSWER = "MaxTraffic's leads"
+_SHAPE = 'a JSON array of leads: [{"email", "timestamp", "campaign"}, ...]'
 FORMATS = ("csv", "jsonl")
 _JSONL = {".jsonl", ".ndjson", ".json"}
 
@@ -131,18 +148,39 @@ class Reading:
     message: str = ""
 
 
-def read_leads(response: HttpResponse, query: LeadsQuery) -> Reading:
-    """Pure: the leads of a 200, or what to do about anything else."""
+def is_lead(item: Any) -> bool:
+    """Whether ``item`` is the doc's lead object (an object with ``email``, at least)."""
+    return isinstance(item, dict) and all(name in item for name in REQUIRED)
+
+
+def as_leads(data: Any) -> list[Lead] | None:
+    """The leads a 2xx's JSON holds (an array of leads, or one lead), else None."""
+    if is_lead(data):
+        return [data]
+    if isinstance(data, list) and all(map(is_lead, data)):
+        return data
+    return None
+
+
+def _stopped(url: str, response: HttpResponse, said: str = "") -> UnavailableError:
+    """``leads: URL answered 404 no content type, empty body: is --base-url right?``"""
+    fix = likely_fix(response.status)
+    line = stop_line(url, answered(response, said), fix)
+    return UnavailableError(f"leads: {line}", status=response.status)
+
+
+def read_leads(response: HttpResponse, query: LeadsQuery, url: str = "") -> Reading:
+    """Pure: the leads of a 2xx, or what to do about anything else. ``url`` (the request's,
+    without credentials or query) is named in the errors."""
     status = response.status
     message = maxtraffic.error_message(response.body) if response.body else ""
-    if status == 200:
-        data = read_json(response)  # NOT_JSON for a page (or any type that is not JSON)
-        if isinstance(data, dict) and data:
-            data = [data]
-        if isinstance(data, list) and all(isinstance(x, dict) for x in data):
-            return Reading(leads=data)
-        said = unexpected(response, "MaxTraffic's leads", "a JSON array of leads").message
-        return Reading(error=UnavailableError(f"leads: {said}", status=status))
+    if 200 <= status < 300:
+        leads = as_leads(read_json(response))  # read_json: NOT_JSON for a page
+        if leads is not None:
+            return Reading(leads=leads)
+        said = unexpected_answer(response, ANSWER, _SHAPE)
+        line = stop_line(url, said, BASE_URL_HINT)
+        return Reading(error=UnavailableError(f"leads: {line}", status=status))
     throttle = throttled(status, response.headers, message)  # a 429, or a 403 with evidence
     if throttle is not None:
         return Reading(retry=FeedbackKind.THROTTLED, message=throttle.message)
@@ -152,23 +190,17 @@ def read_leads(response: HttpResponse, query: LeadsQuery) -> Reading:
                 f"the provider rejected the API key ({status}): {message}", status=status
             )
         )
-    if status == 404:
-        if query.campaign_id is not None:
-            return Reading(
-                error=ConfigError(
-                    f"--campaign-id {query.campaign_id}: no such campaign (404: {message})"
-                )
-            )
+    if status == 404 and query.campaign_id is not None and read_json(response) is not NOT_JSON:
         return Reading(
-            error=UnavailableError(
-                f"leads endpoint not found (404: {message}); is the base URL right?", status=404
+            error=ConfigError(
+                f"--campaign-id {query.campaign_id}: no such campaign (404: {message})"
             )
         )
     if status == 422:
         return Reading(error=ConfigError(f"the provider refused the query (422): {message}"))
     if status >= 500 or status == 408:
         return Reading(retry=FeedbackKind.ERROR, message=message or f"{status} server error")
-    return Reading(error=UnavailableError(f"leads: {status}: {message}", status=status))
+    return Reading(error=_stopped(url, response, message))  # 404, 405, 410, a redirect, ...
 
 
 # ---------------------------------------------------------------------------- I/O
@@ -192,6 +224,7 @@ async def fetch_leads(
 ) -> list[Lead]:
     """Every lead ``query`` selects; retries 429/5xx/lost connections, raises the rest."""
     request = leads_request(query, headers, paths)
+    url = getattr(transport, "base_url", "") + request.path
     attempts = 0
     last = ""
     while True:
@@ -212,7 +245,7 @@ async def fetch_leads(
         except BaseException:
             scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
             raise
-        reading = read_leads(response, query)
+        reading = read_leads(response, query, url)
         kind = reading.retry or FeedbackKind.OK
         scheduler.complete(permit, Feedback(kind, response.headers, response.status))
         if reading.leads is not None:

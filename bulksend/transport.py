@@ -3,6 +3,10 @@
 ``Transport.send`` turns an ``HttpRequest`` into an ``HttpResponse`` or raises ``NoResponse`` (a
 ``TransientError``) for timeouts and broken connections — outcomes that are *unknown*: the
 provider may or may not have acted on the request.
+
+Redirects are not followed: an API that answers a POST with a 3xx has not taken it (aiohttp would
+repeat a 301/302/303 as a GET without the body and count the page it lands on), so the 3xx itself
+goes to the provider's ``classify``, which stops the send naming where it points.
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ class Transport:
                 self.url(request.path),
                 data=request.body,
                 headers=request.headers,
+                allow_redirects=False,  # a redirect is an answer: the provider decides
             ) as resp:
                 body = await resp.read()
                 return HttpResponse(resp.status, resp.headers, body)

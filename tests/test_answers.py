@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
 from bulksend.logs import redactor
 from bulksend.models import HttpResponse
 from bulksend.providers import maxemail, maxtraffic, notifyvisitors, traitly
-from bulksend.providers.answers import NOT_JSON, body_start, json_typed, read_json, unexpected
+from bulksend.providers.answers import (
+    NOT_JSON,
+    answered,
+    body_start,
+    fatal,
+    json_typed,
+    likely_fix,
+    public_url,
+    read_json,
+    redirect_target,
+    stop_line,
+    unexpected,
+)
 from bulksend.providers.base import Verdict
 
 PAGE = (
@@ -167,7 +181,7 @@ def test_maxemail_delivers_any_json_result(
     ("headers", "body", "verdict"),
     [
         (JSON, b'{"data": [{"customer_id": "1"}], "object": "customer"}', Verdict.DELIVERED),
-        (JSON, b'{"data": [], "metadata": {}}', Verdict.DELIVERED),
+        (JSON, b'{"data": [], "metadata": {}}', Verdict.DELIVERED),  # shape only: see below
         (JSON, b'{"data": [{"customer_id": "1", "success": 0}]}', Verdict.INVALID),
         (JSON, b'{"object": "customer"}', Verdict.UNEXPECTED),
         (JSON, b'{"data": {"customer_id": "1"}}', Verdict.UNEXPECTED),
@@ -202,12 +216,171 @@ def test_the_leads_export_and_the_audience_check_refuse_a_page_the_same_way() ->
     reading = read_leads(page, LeadsQuery())
     assert isinstance(reading.error, UnavailableError)
     assert str(reading.error).startswith(
-        "leads: unexpected answer: 200 text/html, not MaxTraffic's leads (a JSON array of leads); "
-        "body: <html>\\r\\n"
+        "leads: answered 200 text/html, not MaxTraffic's leads (a JSON array of leads: "
     )
+    assert "; body: <html>\\r\\n" in str(reading.error)
+    assert str(reading.error).endswith(": is --base-url right?")
     assert read_leads(HttpResponse(200, JSON, b'[{"email": "a@b.c"}]'), LeadsQuery()).leads
     lookup = read_lookup(page)
     assert lookup.verdict is LookupVerdict.FATAL
-    assert lookup.message.startswith("visitor lookup: unexpected answer: 200 text/html, not ")
+    assert lookup.message.startswith("visitor lookup: answered 200 text/html, not ")
     visitor = HttpResponse(200, JSON, b'{"id": "v1", "web_push_subscriber": true}')
     assert read_lookup(visitor).verdict is LookupVerdict.ANSWER
+
+
+# ---------------------------------------------------------------------------- final answers
+
+
+def test_a_final_answer_names_status_type_words_and_body_start() -> None:
+    assert answered(HttpResponse(404, {}, b"")) == "404 no content type, empty body"
+    assert answered(HttpResponse(405, HTML, b"  \n")) == "405 text/html, empty body"
+    page = answered(HttpResponse(404, HTML, PAGE))
+    assert page.startswith("404 text/html; body: <html>\\r\\n<head><title>502 Bad Gateway")
+    assert "\x1b" not in page
+    json = HttpResponse(400, JSON, b'{"success": false, "msg": "No method specified"}')
+    assert answered(json, "No method specified") == (
+        '400 application/json: No method specified; body: {"success": false, "msg": "No method'
+        ' specified"}'
+    )
+    # words that only repeat the body are not shown twice
+    assert answered(HttpResponse(404, HTML, b"Not Found\n"), "Not Found") == (
+        "404 text/html; body: Not Found"
+    )
+    long = answered(HttpResponse(400, JSON, b"{}"), "x" * 500)
+    assert len(long) < 250
+
+
+def test_a_redirect_names_where_it_points_without_credentials_or_query() -> None:
+    moved = HttpResponse(
+        302, {"location": "https://user:pw@portal.example/login?next=/v1#top"}, b"<html>moved"
+    )
+    assert redirect_target(moved) == "https://portal.example/login"
+    assert answered(moved) == (
+        "302 no content type, a redirect to https://portal.example/login; body: <html>moved"
+    )
+    assert redirect_target(HttpResponse(301, {}, b"")) == "no Location"
+    assert redirect_target(HttpResponse(200, {"Location": "/x"}, b"")) is None
+
+
+def test_the_likely_fix_and_the_stop_line() -> None:
+    for status in (301, 302, 307, 308, 404, 405, 410, 409, 400):
+        assert likely_fix(status) == "is --base-url right?"
+    assert "--batch-size" in likely_fix(413)
+    assert "JSON" in likely_fix(406)
+    assert "JSON" in likely_fix(415)
+    assert public_url("https://u:p@h.example:8443/v1/leads?from=x#f") == (
+        "https://h.example:8443/v1/leads"
+    )
+    line = stop_line("https://u:p@h.example/v1/leads?key=s3cret", "404 text/html", "is it?")
+    assert line == "https://h.example/v1/leads answered 404 text/html: is it?"
+    assert stop_line("", "404 text/html", "is it?") == "answered 404 text/html: is it?"
+    c = fatal(HttpResponse(410, {}, b""))
+    assert (c.verdict, c.message, c.hint) == (
+        Verdict.FATAL,
+        "410 no content type, empty body",
+        "is --base-url right?",
+    )
+    assert fatal(HttpResponse(400, {}, b""), fix="check the call").hint == "check the call"
+
+
+FATAL_ANSWERS = [
+    (HttpResponse(404, {}, b""), "404 no content type, empty body"),
+    (HttpResponse(405, {}, b""), "405 no content type, empty body"),
+    (HttpResponse(410, {}, b""), "410 no content type, empty body"),
+    (
+        HttpResponse(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404: Not Found"),
+        "404 text/plain; body: 404: Not Found",
+    ),
+    (
+        HttpResponse(302, {**HTML, "Location": "https://example.com/login"}, b"<a>moved</a>"),
+        "302 text/html, a redirect to https://example.com/login; body: <a>moved</a>",
+    ),
+    (HttpResponse(307, {"Location": "/v2/x"}, b""), "307 no content type, a redirect to /v2/x, "
+     "empty body"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("classify", [
+    maxtraffic.classify, notifyvisitors.classify, maxemail.classify, traitly.classify
+], ids=["maxtraffic", "notifyvisitors", "maxemail", "traitly"])  # fmt: skip
+@pytest.mark.parametrize(("response", "said"), FATAL_ANSWERS)
+def test_every_provider_stops_on_a_missing_endpoint_naming_the_answer(
+    classify: Any, response: HttpResponse, said: str
+) -> None:
+    """404/405/410 without the provider's own error, and a redirect: the request can never
+    work. The message is the answer itself (no ``404: `` with nothing after it)."""
+    c = classify(response)
+    assert c.verdict is Verdict.FATAL
+    assert c.message == said
+    assert c.hint == "is --base-url right?"
+
+
+def test_a_fatal_answer_keeps_the_providers_own_words() -> None:
+    nv = notifyvisitors.classify(
+        HttpResponse(
+            404, JSON, orjson.dumps({"response": {"status": "error", "message": "Invalid URL"}})
+        )
+    )
+    assert nv.message.startswith("404 application/json: Invalid URL; body: {")
+    mt = maxtraffic.classify(HttpResponse(405, JSON, b'{"message": "Method Not Allowed"}'))
+    assert (
+        mt.message
+        == '405 application/json: Method Not Allowed; body: {"message": "Method Not Allowed"}'
+    )
+    body = orjson.dumps({"error": {"type": "api_invalid_request_error", "message": "Nope"}})
+    tr = traitly.classify(HttpResponse(406, JSON, body))
+    assert tr.message.startswith("406 application/json: api_invalid_request_error: Nope; body: ")
+    assert "JSON" in (tr.hint or "")
+    me = maxemail.classify(
+        HttpResponse(404, JSON, b'{"success": false, "msg": "Unknown service \'x\'"}')
+    )
+    assert me.hint == maxemail.CALL_FIX
+
+
+CREATED = {"customer_id": "123", "name": "John Smith", "created_at": "1493933699"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "answer", "verdict"),
+    [
+        # the doc's create answers: the created record in data, the operation's object
+        ("customers", {"data": [CREATED], "metadata": {}, "created": "1", "object": "customer"},
+         Verdict.DELIVERED),
+        ("customers", {"data": [{**CREATED, "customer_id": 123}], "object": "customer"},
+         Verdict.DELIVERED),
+        ("events", {"data": [{"customer_id": "123", "name": "Logged in", "success": 1}],
+                    "object": "event"}, Verdict.DELIVERED),
+        ("events", {"data": [{"customer_id": "123", "name": "Logged in", "success": 0}],
+                    "object": "event"}, Verdict.INVALID),
+        # the operator's report: an empty data array is not the record sent
+        ("customers", {"status": "ok", "data": []}, Verdict.UNEXPECTED),
+        ("customers", {"data": [], "object": "customer"}, Verdict.UNEXPECTED),
+        ("customers", {"data": [{**CREATED, "customer_id": "456"}], "object": "customer"},
+         Verdict.UNEXPECTED),
+        ("customers", {"data": [CREATED], "object": "event"}, Verdict.UNEXPECTED),
+        ("customers", {"data": [CREATED]}, Verdict.UNEXPECTED),
+        ("customers", {"data": ["123"], "object": "customer"}, Verdict.UNEXPECTED),
+        ("events", {"data": [{"customer_id": "123", "name": "x"}], "object": "customer"},
+         Verdict.UNEXPECTED),
+    ],
+)  # fmt: skip
+def test_traitly_delivers_only_an_answer_that_names_the_record_sent(
+    operation: str, answer: dict[str, Any], verdict: Verdict
+) -> None:
+    from bulksend.models import Batch, Recipient
+
+    attrs = {"name": "John Smith", "email": "john@example.com", "plan": "Starter"}
+    message = {"name": "Logged in"} if operation == "events" else {}
+    adapter = traitly.build(
+        {"operation": operation, "message": message, "campaign_name": "T"}, {"token": "t"}
+    )
+    request = adapter.encode(Batch(1, "api", [Recipient(2, "123", None, attrs)]))
+    c = adapter.classify_sent(request, HttpResponse(201, JSON, orjson.dumps(answer)))
+    assert c.verdict is verdict
+    if verdict is Verdict.UNEXPECTED:  # JSON of another shape: the engine marks it unknown
+        assert c.maybe_provider
+        assert c.unexpected == "201 application/json, not Traitly's JSON answer"
+        assert '"customer_id": "123"' in c.message
+    # the request-less check still sees the object
+    if answer.get("object") not in (None, traitly.OBJECTS[operation]):
+        assert adapter.classify(HttpResponse(201, JSON, orjson.dumps(answer))).verdict is verdict

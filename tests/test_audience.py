@@ -89,6 +89,41 @@ def test_read_lookup() -> None:
     assert read_lookup(resp(405, {"message": "x"})).verdict is LookupVerdict.FATAL
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (204, b"", "answered 204 no content type, not MaxTraffic's visitor "
+         '({"web_push_subscriber": true or false}); body: (empty): is --base-url right?'),
+        (200, {"status": "ok", "data": []}, "answered 200 no content type, not MaxTraffic's "
+         'visitor ({"web_push_subscriber": true or false}); body: {"status":"ok","data":[]}: '
+         "is --base-url right?"),
+        (404, b"", "answered 404 no content type, empty body: is --base-url right?"),
+        (405, b"", "answered 405 no content type, empty body: is --base-url right?"),
+        (410, b"gone", "answered 410 no content type; body: gone: is --base-url right?"),
+    ],
+)  # fmt: skip
+def test_a_lookup_that_stops_the_check_names_the_url_and_the_answer(
+    status: int, body: Any, said: str
+) -> None:
+    url = "https://api.example.com/v1/visitors/v%2F1"
+    result = read_lookup(resp(status, body), url)
+    assert result.verdict is LookupVerdict.FATAL
+    assert result.message == f"visitor lookup: {url} {said}"
+
+
+async def test_the_check_names_the_transports_url_without_credentials() -> None:
+    class Based(Scripted):
+        base_url = "https://user:secret@api.example.com/base"
+
+    check = AudienceCheck(Based(lambda n, r: resp(204, b"")), fast_scheduler(), headers=HEADERS)
+    with pytest.raises(UnavailableError) as caught:
+        await check.lookup("v1")
+    assert str(caught.value).startswith(
+        "visitor lookup: https://api.example.com/base/v1/visitors/v1 answered 204 "
+    )
+    assert "secret" not in str(caught.value)
+
+
 def test_visitor_request_encodes_the_id_as_one_segment() -> None:
     r = visitor_request("a/b c?", {**HEADERS, "Content-Type": "application/json"})
     assert (r.method, r.path, r.body) == ("GET", "/v1/visitors/a%2Fb%20c%3F", None)
@@ -261,7 +296,7 @@ async def test_a_provider_that_stays_down_stops_the_check() -> None:
     html = AudienceCheck(
         Scripted(lambda n, r: resp(404, b"<h1>nginx</h1>")), fast_scheduler(), headers=HEADERS
     )
-    with pytest.raises(UnavailableError, match="base URL"):
+    with pytest.raises(UnavailableError, match=r"answered 404 no content type.*base-url right"):
         await html.lookup("v1")
 
 

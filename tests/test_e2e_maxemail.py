@@ -123,7 +123,13 @@ async def test_a_wrong_arity_stops_the_send_with_the_docs_message(tmp_path: Path
         )
         result = await send_campaign(settings, SECRETS)
     assert sb.stats.requests == 1
-    assert str(result.stopped) == "Invalid Method Call to triggerFolder. Requires 3, 2 given."
+    assert str(result.stopped).startswith(
+        f"{sb.base_url}/api/json/email_send answered 400 application/json: "
+        "Invalid Method Call to triggerFolder. Requires 3, 2 given.; body: {"
+    )
+    assert str(result.stopped).endswith(
+        ": are the campaign's [message] service, method and arguments right? the send stopped"
+    )
     assert result.summary.stopped == str(result.stopped)
     assert sb.ledger_entries() == []
     assert result.summary.failed == 1

@@ -242,7 +242,10 @@ async def test_a_wrong_endpoint_stops_the_send(tmp_path: Path, path: str, status
         result = await send(campaign, sb.base_url)
     assert isinstance(result.stopped, ProviderError)
     assert not isinstance(result.stopped, AuthError)
-    assert str(result.stopped).startswith(f"{status} api_invalid_request_error")
+    assert str(result.stopped).startswith(
+        f"{sb.base_url}{path} answered {status} application/json: api_invalid_request_error: "
+    )
+    assert str(result.stopped).endswith(": is --base-url right? the send stopped")
     assert sb.stats.requests == 1
     assert result.summary.delivered == 0
     assert sb.ledger_entries() == []

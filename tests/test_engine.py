@@ -501,3 +501,46 @@ async def test_a_worker_that_dies_ends_the_send_instead_of_hanging_it() -> None:
     engine, _ = make_engine(broken)
     with pytest.raises(RuntimeError, match="a bug"):
         await asyncio.wait_for(engine.run(rows(20_000)), timeout=20)
+
+
+@pytest.mark.parametrize("status", [404, 405, 410])
+async def test_a_missing_endpoint_stops_with_the_url_the_answer_and_the_fix(
+    tmp_path: Path, status: int
+) -> None:
+    def missing(request: HttpRequest, n: int) -> HttpResponse:
+        return HttpResponse(status, {}, b"")
+
+    engine, transport = make_engine(missing, report=tmp_path / "r.jsonl")
+    with engine.report:
+        summary = await engine.run(rows(30))
+    assert len(transport.requests) == 1
+    assert summary.stopped == (
+        f"/v1/notifications answered {status} no content type, empty body: "
+        "is --base-url right? the send stopped"
+    )
+    lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    failed = [x["reason"] for x in lines if x["status"] == "failed"]
+    assert failed == [f"{status} no content type, empty body"] * 10
+
+
+async def test_the_engine_prefers_classify_sent_and_hands_it_the_request() -> None:
+    from bulksend.providers.base import Classification, Verdict
+
+    engine, transport = make_engine(ok)
+    seen: list[tuple[HttpRequest, int]] = []
+
+    class Sending:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def classify_sent(self, request: HttpRequest, response: HttpResponse) -> Classification:
+            seen.append((request, response.status))
+            return Classification(Verdict.DELIVERED)
+
+    engine.provider = Sending(engine.provider)
+    summary = await engine.run(rows(25))
+    assert summary.delivered == 25
+    assert [r for r, _ in seen] == transport.requests

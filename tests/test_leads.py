@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from bulksend.errors import AuthError, ConfigError
+from bulksend.errors import AuthError, ConfigError, UnavailableError
 from bulksend.leads import (
     LeadsQuery,
+    as_leads,
     columns,
     default_scheduler,
     fetch_leads,
@@ -23,8 +24,10 @@ from bulksend.leads import (
     make_query,
     output_format,
     parse_instant,
+    read_leads,
     write_leads,
 )
+from bulksend.models import HttpResponse
 from bulksend.sandbox import Sandbox, SandboxConfig, running
 from bulksend.sandbox.maxtraffic import filter_leads, synthetic_leads
 from bulksend.sandbox.testing import SandboxProcess
@@ -80,6 +83,62 @@ def test_leads_request_paths_and_query() -> None:
     )
     assert "Content-Type" not in r.headers
     assert leads_request(LeadsQuery(), HEADERS).path == "/v1/leads"
+
+
+LEAD = {"email": "email@example.com", "timestamp": "2021-11-05T11:20:03.000Z", "campaign": "S"}
+
+
+@pytest.mark.parametrize(
+    ("data", "leads"),
+    [
+        ([LEAD, {**LEAD, "email": "b@example.com"}], 2),  # what the sandbox sends
+        ([], 0),
+        (LEAD, 1),  # the doc's response sample: one lead object
+        ({"email": "a@example.com"}, 1),
+        ([{"email": "a@example.com", "extra": 1}], 1),
+        ({"status": "ok", "data": []}, None),  # the operator's report
+        ([{"status": "ok"}], None),
+        ([LEAD, {"timestamp": "2021-11-05T11:20:03.000Z"}], None),
+        ([LEAD, "a@example.com"], None),
+        ({}, None),
+        (None, None),
+        ("leads", None),
+    ],
+)
+def test_a_lead_is_the_docs_lead_object(data: Any, leads: int | None) -> None:
+    found = as_leads(data)
+    assert (None if found is None else len(found)) == leads
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, b'{"status":"ok","data":[]}', "answered 200 application/json, not MaxTraffic's "
+         'leads (a JSON array of leads: [{"email", "timestamp", "campaign"}, ...]); body: '
+         '{"status":"ok","data":[]}: is --base-url right?'),
+        (204, b"", "answered 204 application/json, not MaxTraffic's leads (a JSON array of "
+         'leads: [{"email", "timestamp", "campaign"}, ...]); body: (empty): is --base-url right?'),
+        (404, b"", "answered 404 application/json, empty body: is --base-url right?"),
+        (405, b"", "answered 405 application/json, empty body: is --base-url right?"),
+        (410, b"", "answered 410 application/json, empty body: is --base-url right?"),
+    ],
+)  # fmt: skip
+def test_an_answer_that_ends_the_export_names_the_url(status: int, body: bytes, said: str) -> None:
+    url = "https://api.example.com/v1/leads"
+    response = HttpResponse(status, {"Content-Type": "application/json"}, body)
+    for query in (LeadsQuery(), LeadsQuery(campaign_id="7")):
+        reading = read_leads(response, query, url)
+        assert isinstance(reading.error, UnavailableError)
+        assert str(reading.error) == f"leads: {url} {said}"
+
+
+def test_a_campaign_404_with_json_is_no_such_campaign() -> None:
+    response = HttpResponse(404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
+    reading = read_leads(response, LeadsQuery(campaign_id="7"), "https://h/v1/campaigns/7/leads")
+    assert isinstance(reading.error, ConfigError)
+    assert str(reading.error) == "--campaign-id 7: no such campaign (404: Not Found)"
+    reading = read_leads(response, LeadsQuery(), "https://h/v1/leads")
+    assert str(reading.error).startswith("leads: https://h/v1/leads answered 404 application/json")
 
 
 def test_output_format_and_columns() -> None:

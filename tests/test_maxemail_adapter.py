@@ -229,9 +229,11 @@ def test_classify(resp: HttpResponse, verdict: Verdict) -> None:
 
 def test_errors_carry_the_servers_message_and_retry_after() -> None:
     arity = error(400, "Invalid Method Call to triggerFolder. Requires 3, 0 given.")
-    assert maxemail.classify(arity).message == (
-        "Invalid Method Call to triggerFolder. Requires 3, 0 given."
+    fatal = maxemail.classify(arity)
+    assert fatal.message.startswith(
+        "400 no content type: Invalid Method Call to triggerFolder. Requires 3, 0 given.; body: {"
     )
+    assert fatal.hint == maxemail.CALL_FIX
     busy = response(503, {"success": False, "msg": "down", "code": 503}, **{"Retry-After": "2"})
     c = maxemail.classify(busy)
     assert (c.verdict, c.message, c.retry_after) == (Verdict.RETRY, "down", 2.0)

@@ -37,7 +37,8 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # 5xx and similar transient failures: back off, then retry
     INVALID = "invalid"  # the provider refused these recipients (422, 400, an error envelope)
     AUTH = "auth"  # 401, 403 without rate-limit evidence: the whole send stops at once
-    FATAL = "fatal"  # the request can never succeed (404 on the endpoint, 405, 406): stop
+    #: the request can never succeed (404 on the endpoint, 405, 406, a redirect): stop
+    FATAL = "fatal"
     #: a 2xx that is not the provider's documented success answer (a load balancer's page, a
     #: captive portal, a wrong path, JSON of another shape): never delivered
     UNEXPECTED = "unexpected"
@@ -60,6 +61,9 @@ class Classification:
     #: provider's own answer in a form it changed: whether it acted is ``unknown``. A page or
     #: any other non-JSON answer is not the provider's API: its recipients ``failed``.
     maybe_provider: bool = False
+    #: with FATAL: the likely fix, a question for the stop line (``is --base-url right?``);
+    #: ``bulksend.providers.answers.fatal`` fills it in, its ``message`` names the answer
+    hint: str | None = None
 
 
 class Batcher(Protocol):
@@ -146,6 +150,10 @@ class Provider(Protocol):
     def encode(self, batch: Batch) -> HttpRequest: ...
 
     def classify(self, response: HttpResponse) -> Classification: ...
+
+    # A provider may also offer ``classify_sent(request, response) -> Classification``: the
+    # verdict knowing the request it answers (Traitly checks that its answer names the record
+    # sent); the engine prefers it.
 
     def describe(self) -> Mapping[str, Any]:
         """Facts for the summary and the dry run (operation, group, path); never secrets."""

@@ -35,7 +35,7 @@ import orjson
 
 from bulksend.errors import ConfigError, InputError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.answers import NOT_JSON, read_json, unexpected
+from bulksend.providers.answers import NOT_JSON, fatal, read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     Limit,
@@ -298,6 +298,8 @@ _NAMES_CALL = re.compile(r"\b(service|method)\b", re.IGNORECASE)
 _DELIVERED = Classification(Verdict.DELIVERED)
 #: how messages name the documented success answer
 ANSWER = "Maxemail's JSON answer"
+#: the likely fix when Maxemail says the call itself is wrong (unknown service or method, arity)
+CALL_FIX = "are the campaign's [message] service, method and arguments right?"
 
 
 def success(response: HttpResponse) -> Classification:
@@ -325,7 +327,7 @@ def classify(response: HttpResponse) -> Classification:
         return common
     if status == 400:
         if _TEMPLATE_ERRORS.match(message):
-            return Classification(Verdict.FATAL, message)
+            return fatal(response, err.message, CALL_FIX)
         return Classification(Verdict.INVALID, message)
     if status == 404:
         # a JSON error naming something else (a recipient, a list) refuses this recipient only;
@@ -333,10 +335,11 @@ def classify(response: HttpResponse) -> Classification:
         # or the base URL is wrong for everyone
         if err.envelope and not _NAMES_CALL.search(message) and message.lower() != "not found":
             return Classification(Verdict.INVALID, message)
-        return Classification(Verdict.FATAL, f"404: {message}")
+        names_call = err.envelope and _NAMES_CALL.search(message) is not None
+        return fatal(response, err.message, CALL_FIX if names_call else "")
     if status in (409, 422) and err.envelope:
         return Classification(Verdict.INVALID, message)
-    return Classification(Verdict.FATAL, f"{status}: {message}")
+    return fatal(response, err.message)  # 405, 415, a redirect, ...
 
 
 # ---------------------------------------------------------------------------- the adapter

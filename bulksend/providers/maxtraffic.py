@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.answers import json_typed, read_json, unexpected
+from bulksend.providers.answers import fatal, json_typed, read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     CountBatcher,
@@ -129,7 +129,7 @@ def classify(response: HttpResponse) -> Classification:
     """Status -> verdict: a 2xx is delivered only when it is the doc's ``{"success": true}``
     (JSON), else unexpected (``bulksend.providers.answers``); then the shared ladder
     (``bulksend.providers.status``), the doc's 422 (and 400) as invalid data; anything else
-    (404 on the endpoint, 405, ...) stops the send."""
+    (404 on the endpoint, 405, a redirect, ...) stops the send (``answers.fatal``)."""
     status = response.status
     if 200 <= status < 300:
         if response.body in _OK_BODIES and json_typed(response.headers):
@@ -141,7 +141,7 @@ def classify(response: HttpResponse) -> Classification:
         return common
     if status == 422 or status == 400:
         return Classification(Verdict.INVALID, message or f"{status} invalid request")
-    return Classification(Verdict.FATAL, f"{status}: {message}")
+    return fatal(response, message)
 
 
 def success(response: HttpResponse) -> Classification:

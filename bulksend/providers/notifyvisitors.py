@@ -43,7 +43,7 @@ import orjson
 from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.answers import json_typed, unexpected
+from bulksend.providers.answers import fatal, json_typed, unexpected
 from bulksend.providers.base import (
     Classification,
     CountBatcher,
@@ -260,7 +260,7 @@ def classify(response: HttpResponse) -> Classification:
         return common
     if status == 400:
         return Classification(Verdict.INVALID, message)
-    return Classification(Verdict.FATAL, message)  # 404 "Invalid URL", 405, ...
+    return fatal(response, text)  # 404 "Invalid URL", 405, a redirect, ...
 
 
 # ---------------------------------------------------------------------------- the adapter

@@ -14,6 +14,11 @@ One record per request (the API takes one object per POST), with
   not sent (the doc defines no other event field). Not deduplicated on customer_id, since one
   customer has many events; an event key column mapped as ``[recipients].uid`` deduplicates.
 
+A 2xx is delivered only when it is the doc's create answer: a JSON object whose ``object`` is
+the operation's (``customer``, ``event``) and whose ``data`` holds the record sent (its
+customer_id; ``classify_sent``, which the engine prefers to ``classify``); anything else is an
+unexpected answer.
+
 Rows missing a required value (or with an unreadable ``created_at``) are refused before sending
 by ``screen`` and reported invalid with the file and line; Traitly's 400 would name them too.
 
@@ -37,7 +42,7 @@ import orjson
 from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
-from bulksend.providers.answers import read_json, unexpected
+from bulksend.providers.answers import NOT_JSON, fatal, read_json, unexpected
 from bulksend.providers.base import (
     Classification,
     Limit,
@@ -154,13 +159,57 @@ _DELIVERED = Classification(Verdict.DELIVERED)
 ANSWER = "Traitly's JSON answer"
 
 
-def success(response: HttpResponse) -> Classification:
-    """A 2xx: the doc's ``{"data": [...], "object": ...}`` (JSON) is delivered, unless an item
-    of ``data`` has ``success`` 0 (or false): invalid. Anything else is an unexpected answer."""
+#: the ``object`` of the doc's create answers, by operation
+OBJECTS: Mapping[str, str] = {"customers": "customer", "events": "event"}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What a create answer must name: its ``object`` and, when known, the customer_id sent."""
+
+    object: str
+    customer_id: str | None = None
+
+
+def _text(value: Any) -> str | None:
+    """An id as text: a string, or an integer (the sandbox keeps either as text)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _shape(sent: Sent | None) -> str:
+    if sent is None:
+        return '{"data": [...], "object": ...}'
+    item = "..."
+    if sent.customer_id is not None:
+        item = f'{{"customer_id": {orjson.dumps(sent.customer_id[:40]).decode()}, ...}}'
+    return f'{{"data": [{item}], "object": "{sent.object}"}}'
+
+
+def success(response: HttpResponse, sent: Sent | None = None) -> Classification:
+    """A 2xx: the doc's create answer ``{"data": [the record], "object": "customer"}`` (JSON)
+    is delivered, unless its item has ``success`` 0 (or false): invalid. With ``sent``, the
+    ``object`` must be the operation's and an item of ``data`` must carry the customer_id sent
+    (the doc's create answers hold the created record). Anything else is an unexpected answer
+    (JSON of another shape: the engine cannot tell whether Traitly acted, ``unknown``)."""
     body = read_json(response)
     items = body.get("data") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        return unexpected(response, ANSWER, '{"data": [...]}')
+        return unexpected(response, ANSWER, _shape(sent))
+    if sent is not None:
+        if body.get("object") != sent.object:
+            return unexpected(response, ANSWER, _shape(sent))
+        if sent.customer_id is not None:
+            items = [
+                item
+                for item in items
+                if isinstance(item, dict) and _text(item.get("customer_id")) == sent.customer_id
+            ]
+            if not items:
+                return unexpected(response, ANSWER, _shape(sent))
     for item in items:
         if isinstance(item, dict) and "success" in item and item["success"] in (0, False):
             message = f"{response.status}: Traitly answered success: 0"
@@ -168,11 +217,25 @@ def success(response: HttpResponse) -> Classification:
     return _DELIVERED
 
 
-def classify(response: HttpResponse) -> Classification:
-    """Status -> verdict; the message carries the doc's error type (docs/providers.md)."""
+def sent_of(operation: str, request: HttpRequest | None) -> Sent:
+    """What the answer to ``request`` (a create of ``operation``) must name."""
+    customer_id = None
+    if request is not None and request.body:
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):
+            customer_id = _text(body.get("customer_id"))
+    return Sent(OBJECTS[operation], customer_id)
+
+
+def classify(response: HttpResponse, sent: Sent | None = None) -> Classification:
+    """Status -> verdict; the message carries the doc's error type (docs/providers.md).
+    ``sent``: what a 2xx must name (``success``)."""
     status = response.status
     if 200 <= status < 300:
-        return success(response)
+        return success(response, sent)
     kind, text = error_of(response)
     message = f"{status} {kind}: {text}"
     # 403 is "the requested resource is hidden" (this record), unless it shows a spent quota
@@ -181,7 +244,9 @@ def classify(response: HttpResponse) -> Classification:
         return common
     if status in (400, 422):
         return Classification(Verdict.INVALID, message)
-    return Classification(Verdict.FATAL, message)  # 404, 405, 406: the request can never work
+    # 404, 405, 406, a redirect: the request can never work; the body's own words, if any
+    said = f"{kind}: {text}" if read_json(response) is not NOT_JSON else ""
+    return fatal(response, said)
 
 
 @dataclass(slots=True)
@@ -264,7 +329,16 @@ class Traitly:
         return HttpRequest("POST", self.paths[PATH_OF[self.operation]], self.headers(), body)
 
     def classify(self, response: HttpResponse) -> Classification:
-        return classify(response)
+        """Without the request: the answer's shape and ``object`` (``classify_sent`` also
+        checks that it names the record sent; the engine uses that one)."""
+        return classify(response, Sent(OBJECTS[self.operation]))
+
+    def classify_sent(self, request: HttpRequest, response: HttpResponse) -> Classification:
+        """The verdict on ``response``, the answer to ``request``: a 2xx must hold the record
+        sent (its customer_id) and the operation's ``object``."""
+        if not 200 <= response.status < 300:
+            return classify(response)
+        return classify(response, sent_of(self.operation, request))
 
     def check(self, recipient: Recipient) -> str | None:
         """Why this row cannot be sent (reported invalid before sending), or None."""
