@@ -262,6 +262,11 @@ def check_base_url(value: str, where: str) -> str:
             f"{where}: {said} is not an http(s) URL with a host; "
             "give one such as https://api.example.com"
         )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{where}: {said} carries a user name or password, which bulksend does not send; "
+            "leave them out (credentials come from [auth])"
+        )
     return url
 
 

@@ -212,3 +212,7 @@ def test_a_password_in_a_bad_base_url_is_not_shown(tmp_path: Path) -> None:
     assert result.status == 2
     assert "s3cret" not in result.stderr
     assert "'ftp://host'" in result.stderr
+    result = run_cli("send", str(path), "--base-url", "https://user:s3cret@host", env={})
+    assert result.status == 2
+    assert "s3cret" not in result.stderr
+    assert "'https://host' carries a user name or password" in result.stderr
