@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import orjson
 
-from bulksend.errors import AuthError, ProviderError, UnavailableError
+from bulksend.errors import AuthError, Deferred, NoResponse, ProviderError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
@@ -50,9 +50,9 @@ from bulksend.providers.answers import (
 )
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
+from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.transport import NoResponse, Transport
+from bulksend.transport import Transport
 
 
 class Audience(enum.Enum):

@@ -38,16 +38,23 @@ from typing import Any, Protocol
 from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
-from bulksend.errors import AuthError, BulksendError, ProviderError, UnavailableError
+from bulksend.errors import (
+    AuthError,
+    BulksendError,
+    Deferred,
+    Interrupted,
+    NoResponse,
+    ProviderError,
+    UnavailableError,
+)
 from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
 from bulksend.providers.answers import likely_fix, public_url, stop_line
 from bulksend.providers.base import Batcher, Classification, Provider, Verdict, add_all
 from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Permit, Scheduler
+from bulksend.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.transport import NoResponse
 
 _CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
@@ -76,14 +83,6 @@ def as_chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[Chunk]:
 
 class Sender(Protocol):
     async def send(self, request: Any) -> Any: ...
-
-
-class Interrupted(BulksendError):
-    """The send was interrupted by a signal; what was queued is skipped and resumable."""
-
-    def __init__(self, signal_name: str) -> None:
-        super().__init__(f"interrupted by {signal_name}")
-        self.signal_name = signal_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from bulksend.errors import AuthError, ConfigError, UnavailableError
+from bulksend.errors import AuthError, ConfigError, Deferred, NoResponse, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
@@ -48,8 +48,7 @@ from bulksend.providers.answers import (
 )
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Scheduler
-from bulksend.transport import NoResponse
+from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 
 #: the documented fields of a lead, first in the CSV header; any others follow
 FIELDS = ("email", "timestamp", "campaign")

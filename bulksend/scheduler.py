@@ -53,6 +53,7 @@ from typing import Any
 
 from bulksend.core.backoff import RetryBudget, full_jitter
 from bulksend.core.bucket import BASE_MARGIN, Bucket, FeedbackKind
+from bulksend.errors import Deferred
 from bulksend.logs import get_logger
 from bulksend.providers.base import Limit
 
@@ -87,15 +88,6 @@ class GroupPolicy:
     ceiling: float | None = None
     #: False when the provider sends no rate-limit headers: adapt the rate from 429s
     headers_expected: bool = True
-
-
-class Deferred(Exception):
-    """The provider asked to wait longer than ``max_wait``: defer instead of blocking."""
-
-    def __init__(self, group: str, wait: float) -> None:
-        super().__init__(f"{group}: provider asked to wait {wait:.0f} s")
-        self.group = group
-        self.wait = wait
 
 
 @dataclass(slots=True)

@@ -20,31 +20,9 @@ from types import TracebackType
 import aiohttp
 from yarl import URL
 
-from bulksend.errors import TransientError
+from bulksend.errors import NoResponse
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.proxies import proxy_for, redacted
-
-
-class NoResponse(TransientError):
-    """No response arrived (timeout, reset, refused): the request's outcome is unknown.
-
-    ``cause`` names the class of failure for people (``CAUSES``) and ``host`` the
-    ``host:port`` it concerns; ``reason`` joins them: ``connection refused: 127.0.0.1:9``.
-    """
-
-    def __init__(
-        self, message: str, *, sent: bool, cause: str = "connection lost", host: str = ""
-    ) -> None:
-        super().__init__(message)
-        #: False when the connection failed before the request could have reached the provider
-        self.sent = sent
-        self.cause = cause
-        self.host = host
-
-    @property
-    def reason(self) -> str:
-        return f"{self.cause}: {self.host}" if self.host else self.cause
-
 
 REFUSED = "connection refused"
 DNS = "DNS name not resolved"

@@ -46,6 +46,7 @@ import orjson
 from aiohttp import web
 
 from bulksend.core.http import accepts_json
+from bulksend.errors import PayloadError
 
 __all__ = [
     "OBJECTS",
@@ -74,10 +75,6 @@ ACTION_FIELDS: Mapping[str, tuple[type, ...]] = {
     "message_plaintext": (str,),
     "message_html": (str,),
 }
-
-
-class PayloadError(ValueError):
-    """The payload does not have the documented shape (answered 400 with this message)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,9 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 
 from bulksend.core.headers import throttle_evidence
+from bulksend.errors import Deferred
 from bulksend.sandbox.limiters import Limiter
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, Scheduler
+from bulksend.scheduler import Feedback, FeedbackKind, Scheduler
 
 T = TypeVar("T")
 

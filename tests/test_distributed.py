@@ -32,11 +32,11 @@ from bulksend.distributed.keys import (
     quota_scope,
     redact_url,
 )
-from bulksend.distributed.scheduler import LimiterUnavailable, SharedScheduler
+from bulksend.distributed.scheduler import SharedScheduler
 from bulksend.distributed.testing import RedisServer, free_port, ping
-from bulksend.errors import ConfigError, UnavailableError
+from bulksend.errors import ConfigError, Deferred, LimiterUnavailable, UnavailableError
 from bulksend.providers.base import Limit
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy
+from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy
 from tests.conftest import run_cli, write_campaign, write_recipients
 from tests.peers.measure import most_in_any_span
 

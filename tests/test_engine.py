@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from bulksend.engine import Engine, EngineOptions
+from bulksend.errors import NoResponse
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
 from bulksend.report import ReportWriter
 from bulksend.scheduler import GroupPolicy, Permit, Scheduler
-from bulksend.transport import NoResponse
 
 Handler = Callable[[HttpRequest, int], HttpResponse]
 

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bulksend.errors import ConfigError
+from bulksend.errors import ConfigError, NoResponse
 from bulksend.models import HttpRequest
 from bulksend.proxies import bypassed, is_loopback, proxy_for, redacted
 from bulksend.sandbox import SandboxConfig, running
-from bulksend.transport import NoResponse, Transport
+from bulksend.transport import Transport
 
 API = "https://api.maxtraffic.com"
 

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from bulksend.distributed import lua
 from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url
-from bulksend.errors import ConfigError, UnavailableError
+from bulksend.errors import ConfigError, GateUnavailable, UnavailableError
 
 __all__ = ["Admission", "GateUnavailable", "RedisGate", "Verdict"]
 
@@ -34,10 +34,6 @@ _DOWN: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
-
-
-class GateUnavailable(Exception):
-    """Redis could not be reached (the message names the URL without its password)."""
 
 
 class Verdict(enum.IntEnum):

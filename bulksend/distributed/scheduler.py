@@ -53,10 +53,11 @@ from typing import Any
 
 from bulksend.core.bucket import Bucket
 from bulksend.core.headers import parse_headers
-from bulksend.distributed.gate import Admission, GateUnavailable, RedisGate, Verdict
+from bulksend.distributed.gate import Admission, RedisGate, Verdict
 from bulksend.distributed.keys import MAX_MARGIN, key_ttl_ms
+from bulksend.errors import Deferred, GateUnavailable, LimiterUnavailable
 from bulksend.logs import get_logger
-from bulksend.scheduler import Deferred, Feedback, FeedbackKind, GroupPolicy, Permit, Scheduler
+from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Permit, Scheduler
 
 __all__ = ["LimiterUnavailable", "SharedScheduler", "SharedStats"]
 
@@ -67,15 +68,6 @@ MIN_MARGIN = 0.03
 SLACK = 0.02
 #: how long the first worker to reseed after a Redis restart holds everyone (at most a window)
 RESTART_GRACE = 1.0
-
-
-class LimiterUnavailable(Deferred):
-    """Redis stayed out of reach longer than ``max_outage``: the send is deferred, not sent on
-    an unshared limit."""
-
-    def __init__(self, group: str, url: str, down_for: float) -> None:
-        super().__init__(group, down_for)
-        self.args = (f"{group}: limiter {url} unreachable for {down_for:.0f} s",)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from bulksend.errors import ConfigError, InputError
+from bulksend.errors import ConfigError, InputError, MissingColumn
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers.answers import NOT_JSON, fatal, read_json, unexpected
 from bulksend.providers.base import (
@@ -81,12 +81,6 @@ class Field:
 
 #: a compiled string: literal text and fields, in order
 Text = tuple[str | Field, ...]
-
-
-class MissingColumn(LookupError):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
 
 
 def compile_text(text: str, where: str) -> Text | str:
