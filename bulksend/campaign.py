@@ -26,7 +26,7 @@ from bulksend.errors import ConfigError
 from bulksend.journal import Identity, Journal, file_fingerprint
 from bulksend.logs import redactor
 from bulksend.models import Outcome, Status
-from bulksend.providers.base import Provider
+from bulksend.providers.base import Provider, Screening
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.shard import ALREADY_DEDUPLICATED, Shard
@@ -86,8 +86,7 @@ def build_scheduler(settings: Settings, provider: Provider, **kwargs: Any) -> Sc
 
 def screened(provider: Provider, chunks: Iterable[Chunk]) -> Iterable[Chunk]:
     """Chunks with the rows the provider can refuse up front moved to ``rejected``."""
-    screen = getattr(provider, "screen", None)
-    return screen(chunks) if screen is not None else chunks
+    return provider.screen(chunks) if isinstance(provider, Screening) else chunks
 
 
 def source_spec(settings: Settings) -> SourceSpec:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from bulksend import providers
 from bulksend.errors import ConfigError, MissingSecretError
-from bulksend.providers.base import Limit
+from bulksend.providers.base import Limit, SecretsFor
 
 _UNITS = {
     "s": 1.0,
@@ -474,8 +474,7 @@ def _secret_sources(
     """Secret name -> the environment variable (or ``file:PATH``) it is read from."""
     auth = tables["auth"]
     secret_sources: dict[str, str] = {}
-    secrets_for = getattr(module, "secrets_for", None)  # secrets may depend on [api] (auth mode)
-    needed = secrets_for(tables["api"]) if secrets_for else module.SECRETS
+    needed = module.secrets_for(tables["api"]) if isinstance(module, SecretsFor) else module.SECRETS
     for name, default_var in needed.items():
         if f"{name}_file" in auth:
             secret_sources[name] = "file:" + str(base / str(auth[f"{name}_file"]))

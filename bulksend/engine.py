@@ -33,7 +33,7 @@ import logging
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
@@ -51,7 +51,14 @@ from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
 from bulksend.providers.answers import likely_fix, public_url, stop_line
-from bulksend.providers.base import Batcher, Classification, Provider, Verdict, add_all
+from bulksend.providers.base import (
+    Batcher,
+    Classification,
+    ClassifiesSent,
+    Provider,
+    Verdict,
+    add_all,
+)
 from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
@@ -182,6 +189,7 @@ class Engine:
         source_name: str = "",
     ) -> None:
         self.provider = provider
+        self._knows_request = False  # set by run: the provider has classify_sent
         self.transport = transport
         self.scheduler = scheduler
         self.dedup = dedup
@@ -664,10 +672,8 @@ class Engine:
 
     def _classify(self, part: _Part, response: Any) -> Classification:
         """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
-        sent = getattr(self.provider, "classify_sent", None)
-        if sent is not None:
-            verdict: Classification = sent(part.request, response)
-            return verdict
+        if self._knows_request:
+            return cast(ClassifiesSent, self.provider).classify_sent(part.request, response)
         return self.provider.classify(response)
 
     def _warn(self, warning: str) -> None:
@@ -898,6 +904,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = loop.time()
         opts = self.options
+        self._knows_request = isinstance(self.provider, ClassifiesSent)  # once, not per answer
         self._parking = asyncio.Semaphore(max(1, opts.workers * opts.parked_per_worker))
         workers = [asyncio.create_task(self._worker()) for _ in range(opts.workers)]
         progress = asyncio.create_task(self._progress())

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from bulksend import campaign as campaign_module
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
 from bulksend.errors import AuthError, ProviderError
@@ -136,7 +137,7 @@ async def test_bad_rows_are_invalid_with_a_clear_reason_and_the_rest_lands(
     """Screened (the default), rows the adapter can judge never leave; unscreened, Traitly's
     own answers name the same rows. Rows only the provider can judge are its answers in both."""
     if not screened:
-        monkeypatch.delattr(traitly.Traitly, "screen")
+        monkeypatch.setattr(campaign_module, "screened", lambda provider, chunks: chunks)
     rows = sorted(customers(40), key=lambda row: int(row[0][1:]))
     rows[3] = ("c3", "Customer 3", "c3@example.com", "", 1, "X", "")  # no plan
     rows[5] = ("c5", "Customer 5", "not-an-email", "Pro", 1, "X", "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.recipients import Recipients
@@ -66,10 +66,11 @@ class Classification:
     hint: str | None = None
 
 
+@runtime_checkable
 class Batcher(Protocol):
     """Packs recipients into batches; pure and incremental, so any file size streams through.
 
-    A batcher may also offer ``add_many(recipients) -> list[Batch]`` (the engine prefers it).
+    A batcher may also be a ``BatchAdder`` (the engine prefers ``add_many`` then).
     """
 
     def add(self, recipient: Recipient) -> Batch | None:
@@ -79,12 +80,17 @@ class Batcher(Protocol):
         """Return what is left as final batches (never an empty one)."""
 
 
+@runtime_checkable
+class BatchAdder(Protocol):
+    """An optional hook of a ``Batcher``: many recipients at once (columns, not objects)."""
+
+    def add_many(self, recipients: Sequence[Recipient]) -> list[Batch]: ...
+
+
 def add_all(batcher: Batcher, recipients: Sequence[Recipient]) -> list[Batch]:
     """The batches ``recipients`` fill: through ``add_many`` when the batcher has it."""
-    add_many = getattr(batcher, "add_many", None)
-    if add_many is not None:
-        batches: list[Batch] = add_many(recipients)
-        return batches
+    if isinstance(batcher, BatchAdder):
+        return batcher.add_many(recipients)
     full = (batcher.add(r) for r in recipients)
     return [batch for batch in full if batch is not None]
 
@@ -134,6 +140,7 @@ class CountBatcher:
         return [self._take(rows)]
 
 
+@runtime_checkable
 class Provider(Protocol):
     """The contract between the engine and one provider API."""
 
@@ -151,13 +158,50 @@ class Provider(Protocol):
 
     def classify(self, response: HttpResponse) -> Classification: ...
 
-    # A provider may also offer ``classify_sent(request, response) -> Classification``: the
-    # verdict knowing the request it answers (Traitly checks that its answer names the record
-    # sent); the engine prefers it.
-
     def describe(self) -> Mapping[str, Any]:
         """Facts for the summary and the dry run (operation, group, path); never secrets."""
         ...
+
+
+# Optional hooks of a ``Provider`` (found with ``isinstance``; ``tests/test_provider_contract``
+# checks every provider against them).
+
+
+@runtime_checkable
+class ClassifiesSent(Protocol):
+    """The verdict knowing the request it answers (Traitly checks that its answer names the
+    record sent); the engine prefers it to ``classify``."""
+
+    def classify_sent(self, request: HttpRequest, response: HttpResponse) -> Classification: ...
+
+
+@runtime_checkable
+class Screening(Protocol):
+    """Rows the provider can refuse before any request, moved to ``rejected`` (``screen_with``)."""
+
+    def screen(self, chunks: Iterable[Chunk]) -> Iterable[Chunk]: ...
+
+
+class ProviderModule(Protocol):
+    """What a provider module (``bulksend.providers.NAME``) supplies: the registry's contract."""
+
+    NAME: str
+    DEFAULT_BASE_URL: str
+    DEFAULT_BATCH_SIZE: int
+    #: the operations a campaign may name; the first is the default
+    OPERATIONS: tuple[str, ...]
+    #: secret name -> the environment variable it is read from by default
+    SECRETS: Mapping[str, str]
+
+    def build(self, options: Mapping[str, Any], secrets: Mapping[str, str]) -> Provider: ...
+
+
+@runtime_checkable
+class SecretsFor(Protocol):
+    """An optional hook of a provider module: the secrets a campaign needs depend on its
+    ``[api]`` table (NotifyVisitors' auth mode); else ``SECRETS``."""
+
+    def secrets_for(self, api: Mapping[str, Any]) -> Mapping[str, str]: ...
 
 
 def screen_with(

@@ -60,7 +60,7 @@ SECRETS: Mapping[str, str] = {
     "username": "MAXEMAIL_USERNAME",
     "password": "MAXEMAIL_PASSWORD",
 }
-OPERATIONS = ("call",)
+OPERATIONS: tuple[str, ...] = ("call",)
 MESSAGE_FIELDS = ("service", "method", "args", "params")
 API_FIELDS = ("paths",)
 

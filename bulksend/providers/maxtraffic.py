@@ -155,7 +155,7 @@ def success(response: HttpResponse) -> Classification:
 
 #: secrets this provider needs: name -> default environment variable
 SECRETS: Mapping[str, str] = {"api_key": "MAXTRAFFIC_API_KEY"}
-OPERATIONS = ("notify",)
+OPERATIONS: tuple[str, ...] = ("notify",)
 MESSAGE_FIELDS = ("messages", "icon", "image", "campaign")
 
 

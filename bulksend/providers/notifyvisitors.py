@@ -75,7 +75,7 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
     "campaign": Limit(500, 60.0),
     "reporting": Limit(50, 60.0),
 }
-OPERATIONS = ("users", "events", "campaign")
+OPERATIONS: tuple[str, ...] = ("users", "events", "campaign")
 #: the endpoint group (and path key) of each operation
 GROUP_OF: Mapping[str, str] = {"users": "user", "events": "event", "campaign": "campaign"}
 CHANNELS = ("push", "email", "sms")

@@ -67,7 +67,7 @@ PATHS: Mapping[str, str] = {
 #: not documented: where the scheduler starts (it adapts to 429s; no headers to read)
 DEFAULT_LIMITS: Mapping[str, Limit] = {GROUP: Limit(600, 60.0)}
 SECRETS: Mapping[str, str] = {"token": "TRAITLY_TOKEN"}
-OPERATIONS = ("customers", "events")
+OPERATIONS: tuple[str, ...] = ("customers", "events")
 PATH_OF: Mapping[str, str] = {"customers": "customer", "events": "event"}
 #: the fields each operation reads from columns (the doc's POST parameters besides customer_id)
 FIELDS: Mapping[str, tuple[str, ...]] = {
