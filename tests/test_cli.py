@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import KEY, run_bulksend, run_cli, write_campaign, write_recipients
 
 ROWS = [(f"v{i}", f"u{i}") for i in range(300)]
@@ -23,22 +22,8 @@ def campaign(tmp_path: Path) -> Path:
 @pytest.fixture
 def sandbox_url() -> Iterator[str]:
     """A MaxTraffic sandbox in its own process, as a user would run it."""
-    cmd = [sys.executable, "-m", "bulksend.sandbox.cli", "maxtraffic", "--port", "0"]
-    proc = subprocess.Popen(
-        [*cmd, "--api-key", KEY],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on" in line, line
-        yield line.rsplit(" ", 1)[-1].strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with SandboxProcess("maxtraffic", "--api-key", KEY) as sandbox:
+        yield sandbox.base_url
 
 
 def test_missing_api_key_is_a_usage_error(campaign: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
 from bulksend.sandbox import FaultConfig, SandboxConfig, running
-from bulksend.sandbox.testing import parse_listening_line
+from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import KEY, ROOT, write_campaign, write_recipients
 
 N = 50_000
@@ -46,19 +46,9 @@ def ledger_lines(path: Path) -> int:
 def sandbox(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A MaxTraffic sandbox process with a little latency, so a send takes a few seconds."""
     ledger = tmp_path / "ledger.jsonl"
-    cmd = [sys.executable, "-m", "bulksend.sandbox.cli", "maxtraffic", "--port", "0"]
-    cmd += ["--api-key", KEY, "--ledger", str(ledger), "--latency-ms", "15", "--limit", "100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        url = parse_listening_line(proc.stdout.readline())
-        assert url
-        yield url, ledger
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    args = ["--api-key", KEY, "--ledger", str(ledger), "--latency-ms", "15", "--limit", "100000"]
+    with SandboxProcess("maxtraffic", *args) as process:
+        yield process.base_url, ledger
 
 
 @pytest.fixture
