@@ -44,6 +44,9 @@ class JournalOptions:
     meta: Mapping[str, Any] = field(default_factory=dict)  # what `bulksend retry` needs
     #: told one line when the journal is continued or started over ("resuming: ...")
     announce: Callable[[str], None] | None = None
+    #: called once the send is ready to start, just before the journal is opened (``send
+    #: --fresh`` moves the journals of another shard layout aside then)
+    before_open: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,8 @@ async def send_campaign(
     spec = source_spec(settings)
     book = None
     if journal is not None:
+        if journal.before_open is not None:
+            journal.before_open()
         book = Journal.open(
             journal.path,
             identity(settings, shard),

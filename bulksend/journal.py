@@ -429,6 +429,17 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
 
+    @staticmethod
+    def kept_anything(path: Path) -> bool:
+        """Whether the journal at ``path`` records a batch the provider may have kept (only
+        read; a file that is not a readable journal counts as one that may). Not opened read
+        only: such a connection would leave the WAL files behind."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
+                return _may_have_reached_the_provider(db)
+        except sqlite3.DatabaseError:
+            return True
+
     def opening_note(self) -> str:
         """One line on how this run uses the journal ("" when it is as good as new)."""
         if self.restarted:

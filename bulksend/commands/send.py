@@ -9,7 +9,7 @@ import dataclasses
 import secrets
 import shlex
 import signal
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "campaign file; running the same send again resumes it (one line on stderr says so). "
         "A change of what is sent (recipient file, message, batch size, columns, ...) is "
         "refused, named, unless the earlier run sent nothing the provider kept; a change of how "
-        "(base URL, limits, timeouts, ...) resumes, named (docs/operations.md).",
+        "(base URL, limits, timeouts, ...) resumes, named. A campaign whose default journals "
+        "are of another --shard layout is refused too (docs/operations.md).",
     )
     journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
     journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
@@ -97,7 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="require an existing journal and continue it"
     )
     journal.add_argument(
-        "--fresh", action="store_true", help="discard an existing journal and start over"
+        "--fresh",
+        action="store_true",
+        help="discard this send's journal and start over, sending everything again; default "
+        "journals of another --shard layout are moved to .bulksend/superseded-TIME/",
     )
     journal.add_argument(
         "--unknown",
@@ -119,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="I/N",
         help="send only slice I (0-based) of N of the recipient file: the rows on lines L with "
         "L mod N = I, after deduplicating the whole file as one send would; each shard keeps "
-        "its own journal",
+        "its own journal, and a campaign sent with another N (or none) is refused",
     )
     scale.add_argument(
         "--limiter",
@@ -154,10 +158,34 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             args.unknown,
             meta,
             announce=_announcer(ctx),
+            before_open=None if args.journal else _other_layouts(settings, shard, args.fresh, ctx),
         )
     outputs = send_outputs(args, settings, ctx.env, journal.path if journal else None)
     check(outputs, campaign_inputs(settings))  # before the journal exists and anything is sent
     return await execute(settings, args, ctx, journal, shard=shard)
+
+
+def _other_layouts(
+    settings: Settings, shard: Shard | None, fresh: bool, ctx: Context
+) -> Callable[[], None] | None:
+    """Refuse a send whose campaign was sent in another shard layout (its default journals
+    would not be resumed: what they delivered would go again), unless ``--fresh``: then the
+    move of those journals aside, done just before the send opens its own."""
+    from bulksend import layouts
+
+    found = layouts.other_layouts(settings.campaign_file, shard)
+    if not found:
+        return None
+    if not fresh:
+        raise ConfigError(layouts.refusal(settings.campaign_file, found, shard))
+    announce = _announcer(ctx)
+
+    def move_aside() -> None:
+        line = layouts.move_aside(found)
+        if line:
+            announce(line)
+
+    return move_aside
 
 
 def _announcer(ctx: Context) -> Any:
@@ -618,6 +646,7 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
         announce=_announcer(ctx),
     )
     shard = Shard.parse(args.shard) if args.shard else None
+    _refuse_other_layouts(args.journal, settings, shard)
     outputs = send_outputs(args, settings, ctx.env, args.journal, retry=True)
     check(outputs, campaign_inputs(settings))
     return await execute(settings, args, ctx, journal, shard=shard)
@@ -655,6 +684,19 @@ def _retry_settings(
         if env.get(variables.get((table, key), "")) or f"[{table}].{key}" in edited:
             given_now.add(setting)
     return {k: v for k, v in recorded.items() if k not in given_now}, given_now
+
+
+def _refuse_other_layouts(journal: Path, settings: Settings, shard: Shard | None) -> None:
+    """``bulksend retry`` of a default journal whose campaign was sent in another shard layout
+    since: refused as ``bulksend send`` refuses it (it would send again what that delivered)."""
+    from bulksend import layouts
+    from bulksend.campaign import default_journal_path
+
+    if journal.resolve() != default_journal_path(settings, shard).resolve():
+        return
+    found = layouts.other_layouts(settings.campaign_file, shard)
+    if found:
+        raise ConfigError(layouts.refusal(settings.campaign_file, found, shard, retry=True))
 
 
 def _retry_limiter(
