@@ -22,7 +22,7 @@ import orjson
 from bulksend.audience import AudienceCheck
 from bulksend.config import Settings
 from bulksend.core.dedup import Deduper
-from bulksend.engine import Engine, EngineOptions
+from bulksend.engine import Engine, EngineOptions, public_url
 from bulksend.errors import ConfigError
 from bulksend.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
 from bulksend.logs import redactor
@@ -146,14 +146,15 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
 def how_settings(settings: Settings) -> dict[str, Any]:
     """The settings in effect that change how a send goes, not what it sends, by their
     campaign-file keys (``journal.RESUMABLE_KEYS``; not the report, which often changes from
-    run to run): a resume names the ones that changed. No secret: URLs without their
-    password, ``[auth]`` as the variables or files named."""
+    run to run): a resume names the ones that changed. No secret: the base URL as messages
+    show it (no credentials, no query), the limiter without its password, ``[auth]`` as the
+    variables or files named."""
     limits = {
         key: None if limit is None else f"{limit.requests}/{limit.window:g}s"
         for key, limit in (("rate", settings.rate), ("limit", settings.limit))
     }
     send = {
-        "base_url": masked_url(settings.base_url),
+        "base_url": public_url(settings.base_url),
         **limits,
         "in_flight": settings.in_flight,
         "timeout": settings.timeout,

@@ -176,7 +176,7 @@ def test_the_identity_of_a_campaign_keeps_no_password(tmp_path: Path) -> None:
     assert "s3cret" not in kept
     assert "pw2" not in kept
     assert orjson.loads(details["campaign_keys"])["[send].limiter"] == "redis://u:***@h:6379/0"
-    assert orjson.loads(details["how"])["[send].base_url"] == "https://user:***@x.example"
+    assert orjson.loads(details["how"])["[send].base_url"] == "https://x.example"
 
 
 async def test_a_journal_of_a_send_nothing_reached_does_not_block_a_changed_one(
