@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ import orjson
 from bulksend.audience import AudienceCheck
 from bulksend.config import Settings
 from bulksend.core.dedup import Deduper
-from bulksend.engine import Engine, EngineOptions
+from bulksend.engine import Engine, EngineOptions, public_url
 from bulksend.errors import ConfigError
-from bulksend.journal import Identity, Journal, file_fingerprint
+from bulksend.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
 from bulksend.logs import redactor
 from bulksend.models import Outcome, Status
 from bulksend.providers.base import Provider, Screening
@@ -43,6 +44,9 @@ class JournalOptions:
     meta: Mapping[str, Any] = field(default_factory=dict)  # what `bulksend retry` needs
     #: told one line when the journal is continued or started over ("resuming: ...")
     announce: Callable[[str], None] | None = None
+    #: called once the send is ready to start, just before the journal is opened (``send
+    #: --fresh`` moves the journals of another shard layout aside then)
+    before_open: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     except OSError as exc:
         raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
     campaign = hashlib.sha256(text).hexdigest()
+    try:
+        keys = orjson.dumps(campaign_keys(tomllib.loads(text.decode("utf-8", "replace"))))
+    except tomllib.TOMLDecodeError:  # (load_settings read it: only if it changed meanwhile)
+        keys = b""
     plan = {
         "provider": settings.provider,
         "operation": settings.operation,
@@ -126,11 +134,41 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     }
     digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
     details = {
-        "campaign_text": text.decode("utf-8", "replace"),
+        "campaign_keys": keys.decode(),
         "recipients_path": str(Path(settings.recipients.path).resolve()),
         "settings": orjson.dumps(named_plan(settings, shard)).decode(),
+        "how": orjson.dumps(how_settings(settings), default=str).decode(),
     }
     return Identity(campaign=campaign, recipients=recipients, plan=digest, details=details)
+
+
+def how_settings(settings: Settings) -> dict[str, Any]:
+    """The settings in effect that change how a send goes, not what it sends, by their
+    campaign-file keys (``journal.RESUMABLE_KEYS``; not the report, which often changes from
+    run to run): a resume names the ones that changed. No secret: the base URL as messages
+    show it (no credentials, no query), the limiter without its password, ``[auth]`` as the
+    variables or files named."""
+    limits = {
+        key: None if limit is None else f"{limit.requests}/{limit.window:g}s"
+        for key, limit in (("rate", settings.rate), ("limit", settings.limit))
+    }
+    send = {
+        "base_url": public_url(settings.base_url),
+        **limits,
+        "in_flight": settings.in_flight,
+        "timeout": settings.timeout,
+        "max_attempts": settings.max_attempts,
+        "max_unexpected": settings.max_unexpected,
+        "limiter": masked_url(settings.limiter) if settings.limiter else None,
+    }
+    return {
+        "name": settings.name,
+        "[recipients].path": str(Path(settings.recipients.path).resolve()),
+        **{f"[send].{key}": value for key, value in send.items()},
+        "[api].paths": settings.options.get("paths"),
+        "[api].auth": settings.options.get("auth"),
+        "[auth]": dict(settings.secret_sources),
+    }
 
 
 def named_plan(settings: Settings, shard: Shard | None = None) -> dict[str, Any]:
@@ -243,6 +281,8 @@ async def send_campaign(
     spec = source_spec(settings)
     book = None
     if journal is not None:
+        if journal.before_open is not None:
+            journal.before_open()
         book = Journal.open(
             journal.path,
             identity(settings, shard),

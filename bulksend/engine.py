@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -740,10 +741,12 @@ class Engine:
         )
 
     def _resume_hint(self) -> str:
-        """How to send again what was not delivered (with a journal)."""
+        """How to send again what was not delivered (with a journal), to the right base URL:
+        a base URL given to ``bulksend retry`` wins over the one the journal recorded."""
         if self.journal is None:
             return ""
-        return f"; resume it with: bulksend retry {self.journal.path}"
+        journal = shlex.quote(str(self.journal.path))
+        return f"; resume it at the right URL with: bulksend retry {journal} --base-url URL"
 
     def _never_answered(self) -> None:
         """At the end of a run in which nothing but unexpected answers (or no answer at all)
@@ -854,7 +857,7 @@ class Engine:
                     + (f" ({cause})" if cause else "")
                     + f": {circuit.failures} failures in a row, {circuit.failed_probes} probes "
                     f"after pauses{hint}; the send stopped (what was not sent is skipped and "
-                    "resumable)"
+                    "resumable)" + ("" if answered else self._resume_hint())
                 )
             )
         if state is CircuitState.OPEN:

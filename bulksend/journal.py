@@ -18,9 +18,12 @@ why the provider may already have it (an earlier request got no answer); a batch
 that has a reason starting ``may have arrived twice``, and later runs count it again as a
 possible duplicate, so the summary covers the whole campaign.
 
-Running the same send again continues its journal when the campaign, the recipient file and the
-settings that shape the batches are unchanged (``Journal.open``); a changed one is refused,
-naming what changed, unless the journal records nothing that can have reached the provider.
+Running the same send again continues its journal when what is sent is unchanged: the recipient
+file, the settings that shape the batches and the campaign file's keys that say what is sent
+(``Journal.open``); a changed one is refused, naming what changed, unless the journal records
+nothing that can have reached the provider. Settings that change only how the send goes (the
+base URL, limits, timeouts, ...: ``RESUMABLE_KEYS``) may change between runs; the resume names
+them.
 
 Writes are group-committed: everything queued in one turn of the event loop (``in_flight``
 marks, final states) shares one commit on the next turn, and an ``in_flight`` mark is durable
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -86,6 +90,33 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 FINAL = frozenset({"delivered", "invalid", "failed", "unknown", "skipped", "split"})
+#: campaign-file keys that change how a send goes, not what it sends nor how its recipients are
+#: cut into batches: a resume goes on when only they changed, and says so (docs/operations.md).
+#: Every key of ``[auth]`` too (where the credentials are read from).
+RESUMABLE_KEYS = frozenset(
+    {
+        "name",
+        "[recipients].path",  # the file's contents are checked, wherever it lies
+        "[api].paths",
+        "[api].auth",
+        *(
+            f"[send].{key}"
+            for key in (
+                "base_url",
+                "rate",
+                "limit",
+                "in_flight",
+                "timeout",
+                "max_attempts",
+                "max_unexpected",
+                "report",
+                "limiter",
+            )
+        ),
+    }
+)
+#: the same among the named settings of a plan (``Identity.details["settings"]``)
+RESUMABLE_SETTINGS = frozenset({"campaign name", "[api] paths", "[api] auth"})
 #: columns later versions added to ``batches`` (an older journal gets them when opened)
 _ADDED_COLUMNS = {"run": "INTEGER", "doubt": "TEXT NOT NULL DEFAULT ''"}
 
@@ -140,15 +171,18 @@ class Identity:
     campaign: str  # sha256 of the campaign file
     recipients: str  # file_fingerprint of the recipient file
     plan: str  # digest of provider, operation, columns, batch size, message
-    #: kept beside the identity to say what changed: ``campaign_text`` (the file),
-    #: ``recipients_path``, ``settings`` (JSON: each setting of the plan by its name)
+    #: kept beside the identity to say what changed: ``campaign_keys`` (JSON: the campaign
+    #: file's keys, see ``campaign_keys``; journals before it kept ``campaign_text``),
+    #: ``recipients_path``, ``settings`` (JSON: each setting of the plan by its name) and
+    #: ``how`` (JSON: the settings of ``RESUMABLE_KEYS`` in effect, by key; no secret)
     details: Mapping[str, str] = field(default_factory=dict)
 
     def as_rows(self) -> Mapping[str, str]:
         return {"campaign": self.campaign, "recipients": self.recipients, "plan": self.plan}
 
     def changes(self, stored: Mapping[str, str]) -> list[str]:
-        """What differs from the identity ``stored`` in a journal, for people ([] if nothing)."""
+        """What differs from the identity ``stored`` in a journal and changes what is sent,
+        for people ([] if nothing: a resume may go on)."""
         out = []
         if stored.get("recipients") != self.recipients:
             was, now = stored.get("recipients_path"), self.details.get("recipients_path")
@@ -159,46 +193,104 @@ class Identity:
         if stored.get("plan") != self.plan:
             out += _setting_changes(stored.get("settings"), self.details.get("settings"))
         if stored.get("campaign") != self.campaign:
-            keys = _toml_changes(stored.get("campaign_text"), self.details.get("campaign_text"))
-            if keys is None:
+            keys = changed_keys(stored_campaign_keys(stored), stored_campaign_keys(self.details))
+            blocking = None if keys is None else [k for k in keys if not resumable_key(k)]
+            if blocking is None:
                 out.append("the campaign file changed")
-            elif keys:  # (none: the same settings, only comments or layout changed)
-                out.append(f"the campaign file changed ({', '.join(keys)})")
+            elif blocking:  # (none: only how it is sent, or comments and layout, changed)
+                out.append(f"the campaign file changed ({_at_most(blocking)})")
         return out
+
+    def adjustments(self, stored: Mapping[str, str]) -> list[str]:
+        """The settings that change only how the send goes and differ from the last run's,
+        for people: ``["[send].base_url changed (was http://a, now http://b)"]``."""
+        was, now = stored.get("how"), self.details.get("how")
+        if not was or not now:
+            return []
+        before, after = orjson.loads(was), orjson.loads(now)
+        names = [k for k in dict.fromkeys([*after, *before]) if before.get(k) != after.get(k)]
+        return [_changed(name, before.get(name), after.get(name)) for name in names]
+
+
+def resumable_key(key: str) -> bool:
+    """Whether a change of this campaign-file key (``[send].rate``) lets a resume go on."""
+    return key in RESUMABLE_KEYS or key.startswith("[auth].")
+
+
+def _changed(name: str, old: Any, new: Any) -> str:
+    """``the batch size changed (was 100, now 50)``; without the values when they are long."""
+    shown = [orjson.dumps(v).decode() for v in (old, new)]
+    if all(len(v) <= 40 for v in shown) and not isinstance(new, dict | list):
+        return f"{name} changed (was {_plain(old)}, now {_plain(new)})"
+    return f"{name} changed"
 
 
 def _setting_changes(was: str | None, now: str | None) -> list[str]:
-    """``["the batch size changed (was 100, now 50)"]`` from two ``settings`` rows."""
+    """``["the batch size changed (was 100, now 50)"]`` from two ``settings`` rows (the
+    settings of ``RESUMABLE_SETTINGS`` left out)."""
     if not was or not now:
         return ["the settings that shape the batches (batch size, columns, ...) changed"]
     before, after = orjson.loads(was), orjson.loads(now)
-    out = []
-    for name in dict.fromkeys([*after, *before]):
-        old, new = before.get(name), after.get(name)
-        if old == new:
-            continue
-        shown = [orjson.dumps(v).decode() for v in (old, new)]
-        if all(len(v) <= 40 for v in shown) and not isinstance(new, dict | list):
-            out.append(f"the {name} changed (was {_plain(old)}, now {_plain(new)})")
-        else:
-            out.append(f"the {name} changed")
-    return out or ["the settings that shape the batches changed"]
+    names = [k for k in dict.fromkeys([*after, *before]) if before.get(k) != after.get(k)]
+    if not names:
+        return ["the settings that shape the batches changed"]
+    return [
+        _changed(f"the {name}", before.get(name), after.get(name))
+        for name in names
+        if name not in RESUMABLE_SETTINGS
+    ]
 
 
 def _plain(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _toml_changes(was: str | None, now: str | None, most: int = 5) -> list[str] | None:
-    """The dotted keys (``[send].rate``) whose values differ, or None when unknown."""
-    if was is None or now is None:
+def campaign_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A campaign file's keys, dotted (``[send].rate``), as JSON gives them back, with any
+    password in a URL (``[send].limiter``) replaced by ``***``: what a journal keeps."""
+    flat = {k: masked_url(v) if isinstance(v, str) else v for k, v in _flat(data).items()}
+    return dict(orjson.loads(orjson.dumps(flat, default=str)))
+
+
+def masked_url(text: str) -> str:
+    """``text`` with the password of a URL in it replaced by ``***`` (anything else as is)."""
+    if "://" not in text or "@" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return text
+    if password is None:
+        return text
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def stored_campaign_keys(rows: Mapping[str, str]) -> dict[str, Any] | None:
+    """The campaign file's keys a journal (or an identity's details) keeps, or None."""
+    if rows.get("campaign_keys"):
+        keys = orjson.loads(rows["campaign_keys"])
+        return keys if isinstance(keys, dict) else None
+    text = rows.get("campaign_text")  # (journals before campaign_keys)
+    if text is None:
         return None
     try:
-        before, after = _flat(tomllib.loads(was)), _flat(tomllib.loads(now))
+        return campaign_keys(tomllib.loads(text))
     except tomllib.TOMLDecodeError:
         return None
-    keys = [k for k in dict.fromkeys([*after, *before]) if before.get(k) != after.get(k)]
-    return keys[:most] + ([f"{len(keys) - most} more"] if len(keys) > most else [])
+
+
+def changed_keys(was: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> list[str] | None:
+    """The dotted keys whose values differ, or None when either side is unknown."""
+    if was is None or now is None:
+        return None
+    return [k for k in dict.fromkeys([*now, *was]) if was.get(k) != now.get(k)]
+
+
+def _at_most(keys: Sequence[str], most: int = 5) -> str:
+    shown = list(keys[:most]) + ([f"{len(keys) - most} more"] if len(keys) > most else [])
+    return ", ".join(shown)
 
 
 def _flat(data: Mapping[str, Any], table: str = "") -> dict[str, Any]:
@@ -255,6 +347,8 @@ class Journal:
         self.planned = int(stored.get("planned", 0))
         #: why an earlier journal here was discarded when this one was opened ("" if not)
         self.restarted = ""
+        #: the settings of how the send goes that changed since the last run (for people)
+        self.adjusted: list[str] = []
         self.run_id = int(
             db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),)).lastrowid or 0
         )
@@ -274,11 +368,12 @@ class Journal:
     ) -> Journal:
         """Create the journal at ``path``, or continue the one there.
 
-        An existing journal is continued when its identity matches this campaign. When it does
-        not, the open is refused with a ConfigError naming what changed, unless the journal
-        records nothing the provider can have kept and ``resume`` is False: then it starts over
-        (``restarted`` says why). ``resume`` requires an existing journal; ``fresh`` discards
-        it. ``meta`` (what ``bulksend retry`` needs) is replaced by each run's.
+        An existing journal is continued when its identity matches this campaign in what is
+        sent (``Identity.changes``; ``adjusted`` names the settings of how it is sent that
+        changed). When it does not, the open is refused with a ConfigError naming what changed,
+        unless the journal records nothing the provider can have kept and ``resume`` is False:
+        then it starts over (``restarted`` says why). ``resume`` requires an existing journal;
+        ``fresh`` discards it. ``meta`` (what ``bulksend retry`` needs) is replaced by each run's.
         """
         exists = path.exists() and path.stat().st_size > 0
         if exists and fresh:
@@ -290,6 +385,7 @@ class Journal:
         restarted = ""
         stored = dict(db.execute("SELECT key, value FROM campaign").fetchall())
         changes = identity.changes(stored) if stored else []
+        adjusted = identity.adjustments(stored) if stored and not changes else []
         if changes and (resume or _may_have_reached_the_provider(db)):
             db.close()
             raise ConfigError(
@@ -308,21 +404,41 @@ class Journal:
             "INSERT OR REPLACE INTO campaign (key, value) VALUES (?, ?)",
             [(k, v.decode() if isinstance(v, bytes) else v) for k, v in rows.items()],
         )
+        if "campaign_keys" in rows:  # the file's text, which older journals kept, may hold a
+            db.execute("DELETE FROM campaign WHERE key = 'campaign_text'")  # limiter password
         db.execute("COMMIT")
         journal = cls(path, db, flush_interval=flush_interval)
         journal.restarted = restarted
+        journal.adjusted = adjusted
         return journal
 
     @staticmethod
     def read_meta(path: Path) -> dict[str, Any]:
         """The meta of the journal's last run (campaign file, settings), without opening a run."""
+        row = Journal.read_campaign(path).get("meta")
+        meta = orjson.loads(row) if row else {}
+        return meta if isinstance(meta, dict) else {}
+
+    @staticmethod
+    def read_campaign(path: Path) -> dict[str, str]:
+        """The identity, its details and the meta of the journal's last run, without opening
+        a run."""
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                row = db.execute("SELECT value FROM campaign WHERE key = 'meta'").fetchone()
+                return dict(db.execute("SELECT key, value FROM campaign").fetchall())
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path}: not a bulksend journal ({exc})") from None
-        meta = orjson.loads(row[0]) if row else {}
-        return meta if isinstance(meta, dict) else {}
+
+    @staticmethod
+    def kept_anything(path: Path) -> bool:
+        """Whether the journal at ``path`` records a batch the provider may have kept (only
+        read; a file that is not a readable journal counts as one that may). Not opened read
+        only: such a connection would leave the WAL files behind."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
+                return _may_have_reached_the_provider(db)
+        except sqlite3.DatabaseError:
+            return True
 
     def opening_note(self) -> str:
         """One line on how this run uses the journal ("" when it is as good as new)."""
@@ -333,11 +449,12 @@ class Journal:
             )
         settled = self._settled_batches()
         doubtful = sum(1 for r in self._previous.values() if r.state in ("in_flight", "unknown"))
-        if not settled and not doubtful:
+        if not settled and not doubtful and not (self.adjusted and self._previous):
             return ""
         total = f" of {self.planned:,}" if self.planned else ""
         noun = "batch" if (self.planned or settled) == 1 else "batches"
-        note = f"resuming: {settled:,}{total} {noun} settled by an earlier run"
+        changed = f" with {_at_most(self.adjusted, 4)}" if self.adjusted else ""
+        note = f"resuming{changed}: {settled:,}{total} {noun} settled by an earlier run"
         if doubtful:
             note += f", {doubtful:,} with an unknown outcome"
         return f"{note} ({self.path}; --fresh starts over)"

@@ -110,12 +110,15 @@ async def test_a_changed_campaign_is_refused(tmp_path: Path, changed: Identity, 
         assert "\n" not in str(caught.value)
 
 
-def identity(campaign: str, recipients: str = "r1", **settings: object) -> Identity:
+def identity(
+    campaign: str, recipients: str = "r1", how: dict[str, object] | None = None, **settings: object
+) -> Identity:
     named = {"batch size": 100, "message": {"title": "Hi"}, **settings}
     details = {
-        "campaign_text": campaign,
+        "campaign_text": campaign,  # (as journals before campaign_keys kept it)
         "recipients_path": f"/data/{recipients}.csv",
         "settings": orjson.dumps(named).decode(),
+        **({"how": orjson.dumps(how).decode()} if how is not None else {}),
     }
     plan = orjson.dumps(named).decode()
     return Identity(campaign, recipients, plan, details)
@@ -128,16 +131,52 @@ async def test_the_refusal_names_what_changed(tmp_path: Path) -> None:
     edited = base.replace("100", "50").replace("300/min", "600/min")
     with pytest.raises(ConfigError) as caught:
         Journal.open(path, identity(edited, "r2", **{"batch size": 50}))
-    assert str(caught.value) == (
+    assert str(caught.value) == (  # ([send].rate changed too: how it is sent, not what)
         f"{path}: cannot resume: the recipient file changed (was /data/r1.csv, now "
         "/data/r2.csv), the batch size changed (was 100, now 50) and the campaign file "
-        "changed ([send].batch_size, [send].rate) since this journal was written; restore them, "
+        "changed ([send].batch_size) since this journal was written; restore them, "
         "or add --fresh to start over (sending everything again)"
     )
     with pytest.raises(ConfigError, match=r"the message changed since"):
         Journal.open(path, identity(base, message={"title": "Bye"}))
     # comments and layout are not a change: the journal is continued
     Journal.open(path, identity("# the sale\n" + base.replace(" = ", "=")), resume=True).close()
+
+
+async def test_a_change_of_how_it_is_sent_resumes_and_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    base = 'provider = "maxtraffic"\nname = "A"\n[send]\nbase_url = "http://a"\nrate = "1/s"\n'
+    how = {"[send].base_url": "http://a", "[send].rate": "1/1s", "[api].paths": None}
+    await delivered_one(path, identity(base, how=how))
+    edited = base.replace("http://a", "http://b").replace('"1/s"', '"2/s"') + "[auth]\nx = 1\n"
+    now = {**how, "[send].base_url": "http://b", "[send].rate": "2/1s", "[api].paths": {"a": "/"}}
+    named = {"[api] paths": {"a": "/"}, "campaign name": "B"}  # plan settings of how, too
+    j = Journal.open(path, identity(edited.replace('"A"', '"B"'), how=now, **named), resume=True)
+    assert j.opening_note() == (
+        "resuming with [send].base_url changed (was http://a, now http://b), [send].rate "
+        "changed (was 1/1s, now 2/1s), [api].paths changed: 1 batch settled by an earlier run "
+        f"({path}; --fresh starts over)"
+    )
+    j.close()
+
+
+def test_the_identity_of_a_campaign_keeps_no_password(tmp_path: Path) -> None:
+    from bulksend.campaign import identity as identity_of
+    from bulksend.config import load_settings
+
+    (tmp_path / "r.csv").write_text("id,uid\nv1,u1\n")
+    campaign = tmp_path / "c.toml"
+    campaign.write_text(
+        'provider = "maxtraffic"\n[recipients]\npath = "r.csv"\n[message]\n'
+        'messages = [{title = "t"}]\n[send]\nlimiter = "redis://u:s3cret@h:6379/0"\n'
+        'base_url = "https://user:pw2@x.example"\n'
+    )
+    details = identity_of(load_settings(campaign, env={})).details
+    kept = orjson.dumps(details).decode()
+    assert "s3cret" not in kept
+    assert "pw2" not in kept
+    assert orjson.loads(details["campaign_keys"])["[send].limiter"] == "redis://u:***@h:6379/0"
+    assert orjson.loads(details["how"])["[send].base_url"] == "https://x.example"
 
 
 async def test_a_journal_of_a_send_nothing_reached_does_not_block_a_changed_one(

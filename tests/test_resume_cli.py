@@ -1,10 +1,10 @@
 """Resume, start over, retry and their hints, end to end through the CLI against a sandbox.
 
-Running the same send again resumes it (one line on stderr says so); a changed campaign, file or
-setting is refused, named; ``--fresh`` starts over; a start the provider kept nothing of does not
-block the corrected command; every command the tool prints runs as printed and sends where the
-send did; possible duplicates are marked per row and counted for the whole campaign, checked
-against the sandbox's ledger.
+Running the same send again resumes it (one line on stderr says so); a change of what is sent is
+refused, named, one of how it is sent resumes, named; ``--fresh`` starts over; a start the
+provider kept nothing of does not block the corrected command; every command the tool prints
+runs as printed and sends where the send did; possible duplicates are marked per row and counted
+for the whole campaign, checked against the sandbox's ledger.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def test_the_same_command_again_resumes_and_says_so_on_one_line(
     assert max(ledger_ids(ledger).values()) == 1
 
 
-def test_a_changed_file_campaign_or_setting_is_refused_naming_it(
+def test_a_change_of_what_is_sent_is_refused_naming_it_one_of_how_resumes(
     campaign: Path, flaky: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, ledger = flaky
@@ -141,15 +141,29 @@ def test_a_changed_file_campaign_or_setting_is_refused_naming_it(
         f"bulksend: error: {journal}: cannot resume: the batch size changed (was 10, now 20) "
         f"since this journal was written{tail}"
     )
+    assert sum(ledger_ids(ledger).values()) == arrived  # nothing was sent by the refusals
+
+    # how it is sent may change: the resume goes on and names it; what is sent may not
     text = campaign.read_text()
     campaign.write_text(text.replace("[send]\n", '[send]\nrate = "6000/min"\n'))
+    paced = run_cli(*send, "--summary-json", str(tmp_path / "paced.json"), env=ENV)
+    assert paced.status in (0, 1), paced.stderr
+    assert one_line(paced.stderr, "resuming").startswith(
+        "bulksend: resuming with [send].rate changed (was none, now 6000/60s): "
+        f"{arrived // BATCH} of {N // BATCH} batches settled by an earlier run"
+    )
+    assert summary_of(tmp_path / "paced.json")["requests"] == (N - arrived) // BATCH
+    assert max(ledger_ids(ledger).values()) == 1
+    arrived = sum(ledger_ids(ledger).values())
+    campaign.write_text(campaign.read_text().replace('"World"', '"Moon"'))
     edited = run_cli(*send, env=ENV)
     assert edited.status == 2
     assert edited.stderr.strip() == (
-        f"bulksend: error: {journal}: cannot resume: the campaign file changed ([send].rate) "
-        f"since this journal was written{tail}"
+        f"bulksend: error: {journal}: cannot resume: the message changed and the campaign "
+        "file changed ([message].messages) since this journal was written; restore them, or "
+        "add --fresh to start over (sending everything again)"
     )
-    assert sum(ledger_ids(ledger).values()) == arrived  # nothing was sent by the refusals
+    assert sum(ledger_ids(ledger).values()) == arrived
 
     fresh = run_cli(*send, "--fresh", "--summary-json", str(tmp_path / "s.json"), env=ENV)
     assert fresh.status in (0, 1), fresh.stderr

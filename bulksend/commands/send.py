@@ -9,10 +9,9 @@ import dataclasses
 import secrets
 import shlex
 import signal
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -88,8 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "A journal records every batch so a send that died can be resumed without sending "
         "again what the provider confirmed. Default: .bulksend/CAMPAIGN.journal beside the "
         "campaign file; running the same send again resumes it (one line on stderr says so). "
-        "A changed campaign file, recipient file or batch-shaping setting is refused, named, "
-        "unless the earlier run sent nothing the provider kept.",
+        "A change of what is sent (recipient file, message, batch size, columns, ...) is "
+        "refused, named, unless the earlier run sent nothing the provider kept; a change of how "
+        "(base URL, limits, timeouts, ...) resumes, named. A campaign whose default journals "
+        "are of another --shard layout is refused too (docs/operations.md).",
     )
     journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
     journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
@@ -97,7 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="require an existing journal and continue it"
     )
     journal.add_argument(
-        "--fresh", action="store_true", help="discard an existing journal and start over"
+        "--fresh",
+        action="store_true",
+        help="discard this send's journal and start over, sending everything again; default "
+        "journals of another --shard layout are moved to .bulksend/superseded-TIME/",
     )
     journal.add_argument(
         "--unknown",
@@ -119,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="I/N",
         help="send only slice I (0-based) of N of the recipient file: the rows on lines L with "
         "L mod N = I, after deduplicating the whole file as one send would; each shard keeps "
-        "its own journal",
+        "its own journal, and a campaign sent with another N (or none) is refused",
     )
     scale.add_argument(
         "--limiter",
@@ -148,11 +152,40 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         path = args.journal or default_journal_path(settings, shard)
         meta = recorded_send(args, settings)
         journal = JournalOptions(
-            path, args.resume, args.fresh, args.unknown, meta, announce=_announcer(ctx)
+            path,
+            args.resume,
+            args.fresh,
+            args.unknown,
+            meta,
+            announce=_announcer(ctx),
+            before_open=None if args.journal else _other_layouts(settings, shard, args.fresh, ctx),
         )
     outputs = send_outputs(args, settings, ctx.env, journal.path if journal else None)
     check(outputs, campaign_inputs(settings))  # before the journal exists and anything is sent
     return await execute(settings, args, ctx, journal, shard=shard)
+
+
+def _other_layouts(
+    settings: Settings, shard: Shard | None, fresh: bool, ctx: Context
+) -> Callable[[], None] | None:
+    """Refuse a send whose campaign was sent in another shard layout (its default journals
+    would not be resumed: what they delivered would go again), unless ``--fresh``: then the
+    move of those journals aside, done just before the send opens its own."""
+    from bulksend import layouts
+
+    found = layouts.other_layouts(settings.campaign_file, shard)
+    if not found:
+        return None
+    if not fresh:
+        raise ConfigError(layouts.refusal(settings.campaign_file, found, shard))
+    announce = _announcer(ctx)
+
+    def move_aside() -> None:
+        line = layouts.move_aside(found)
+        if line:
+            announce(line)
+
+    return move_aside
 
 
 def _announcer(ctx: Context) -> Any:
@@ -178,7 +211,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "in_flight": settings.in_flight,
         "timeout": settings.timeout,
         "max_attempts": settings.max_attempts,
-        "report": str(settings.report.resolve()) if settings.report else None,
+        "max_unexpected": settings.max_unexpected,
+        "report": _recorded_report(settings.report),
     }
     limiter, password = _without_password(getattr(args, "limiter", None) or settings.limiter)
     dead_letter = getattr(args, "dead_letter", None)
@@ -194,6 +228,12 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     }
 
 
+def _recorded_report(report: Path | None) -> str | None:
+    if report is None:
+        return None
+    return "-" if str(report) == "-" else str(report.resolve())
+
+
 def _limit_text(limit: Any) -> str | None:
     """A ``Limit`` as ``parse_rate`` reads it back exactly (``"600/60.0s"``)."""
     return None if limit is None else f"{limit.requests}/{float(limit.window)!r}s"
@@ -201,14 +241,12 @@ def _limit_text(limit: Any) -> str | None:
 
 def _without_password(url: str | None) -> tuple[str | None, bool]:
     """``url`` with its password (if any) replaced by ``***``, and whether it had one."""
+    from bulksend.journal import masked_url
+
     if not url:
         return None, False
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url, False
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc)), True
+    masked = masked_url(url)
+    return masked, masked != url
 
 
 async def execute(
@@ -548,7 +586,9 @@ RETRY_DESCRIPTION = (
     "Resume the send recorded in JOURNAL as it ran: the same campaign and recipient file, base "
     "URL (or sandbox), limits, batch size, in-flight, timeout, attempts, file format, shard, "
     "shared limiter and audience check. Recipients delivered (or invalid) are skipped; failed, "
-    "unknown and skipped ones are sent again (the unknown count as possible duplicates)."
+    "unknown and skipped ones are sent again (the unknown count as possible duplicates). A "
+    "value given now wins over the recorded one: a flag, then a BULKSEND_* variable, then a "
+    "campaign-file key changed since the journal's last run (a corrected [send] base_url)."
 )
 
 
@@ -556,11 +596,12 @@ RETRY_EPILOG = """\
 examples:
   bulksend retry .bulksend/campaign.journal        # the journal `bulksend send` kept
   bulksend retry .bulksend/campaign.journal --report out/retry.csv --summary-json out/retry.json
-  bulksend retry .bulksend/campaign.journal --base-url http://127.0.0.1:8765   # to a sandbox
+  bulksend retry .bulksend/campaign.journal --base-url http://127.0.0.1:8765   # elsewhere
 
 The campaign file, recipient file and the settings in effect (flags, BULKSEND_* variables, the
-file) of the last run are read from the journal, so the retry sends where that run sent; the
-provider's secrets come from the environment as for `bulksend send`.
+file) of the last run are read from the journal, so the retry sends where that run sent unless
+a base URL is given now (--base-url, BULKSEND_BASE_URL, or [send] base_url corrected in the
+campaign file); the provider's secrets come from the environment as for `bulksend send`.
 """
 
 
@@ -568,7 +609,11 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "journal", type=Path, metavar="JOURNAL", help="the journal of an earlier `bulksend send`"
     )
-    parser.add_argument("--base-url", metavar="URL", help="provider API base URL")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="send to this provider API base URL, not the one the journal recorded",
+    )
     parser.add_argument(
         "--report",
         metavar="PATH",
@@ -591,11 +636,12 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
 
     if not args.journal.exists():
         raise ConfigError(f"{args.journal}: no such journal")
+    stored = Journal.read_campaign(args.journal)
     meta = Journal.read_meta(args.journal)
     campaign = meta.get("campaign_file")
     if not campaign:
         raise ConfigError(f"{args.journal}: the journal does not name its campaign file")
-    flags = dict(meta.get("settings") or meta.get("overrides") or {})  # (older journals)
+    flags, given_now = _retry_settings(meta, stored, Path(campaign), ctx.env)
     for key in ("base_url", "report"):
         if getattr(args, key):
             flags[key] = getattr(args, key)
@@ -604,7 +650,7 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     args.sandbox = bool(meta.get("sandbox")) and not args.base_url
     args.audience_check = bool(meta.get("audience_check"))
     args.shard = meta.get("shard")
-    args.limiter = _retry_limiter(args, meta, settings)
+    args.limiter = _retry_limiter(args, meta, settings, given_now="limiter" in given_now)
     if args.dead_letter is None and meta.get("dead_letter"):
         args.dead_letter = Path(meta["dead_letter"])
     journal = JournalOptions(
@@ -616,16 +662,67 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
         announce=_announcer(ctx),
     )
     shard = Shard.parse(args.shard) if args.shard else None
+    _refuse_other_layouts(args.journal, settings, shard)
     outputs = send_outputs(args, settings, ctx.env, args.journal, retry=True)
     check(outputs, campaign_inputs(settings))
     return await execute(settings, args, ctx, journal, shard=shard)
 
 
-def _retry_limiter(args: argparse.Namespace, meta: Mapping[str, Any], settings: Settings) -> Any:
+def _campaign_key(setting: str) -> tuple[str, str]:
+    """The campaign-file table and key of a recorded setting (``rate`` -> ``send``, ``rate``)."""
+    if setting == "recipients":
+        return "recipients", "path"
+    if setting in ("format", "delimiter", "encoding"):
+        return "recipients", setting
+    return "send", setting
+
+
+def _retry_settings(
+    meta: Mapping[str, Any], stored: Mapping[str, str], campaign: Path, env: Mapping[str, str]
+) -> tuple[dict[str, Any], set[str]]:
+    """The settings the journal recorded for ``bulksend retry``, less those given anew: set by
+    a ``BULKSEND_*`` variable now, or changed in the campaign file since the journal's last run
+    (a corrected ``[send].base_url``). Those come from the variable or the file, a flag wins
+    over both (docs/operations.md). Also returns the names of the settings given anew."""
+    from bulksend.config import ENV_OVERRIDES, read_campaign
+    from bulksend.journal import campaign_keys, changed_keys, stored_campaign_keys
+
+    recorded = dict(meta.get("settings") or meta.get("overrides") or {})  # (older journals)
+    try:
+        now = campaign_keys(read_campaign(campaign))
+    except ConfigError:
+        now = None  # load_settings says what is wrong with it
+    edited = set(changed_keys(stored_campaign_keys(stored), now) or ())
+    variables = {where: var for var, where in ENV_OVERRIDES.items()}
+    given_now = set()
+    for setting in [*recorded, "limiter"]:
+        table, key = _campaign_key(setting)
+        if env.get(variables.get((table, key), "")) or f"[{table}].{key}" in edited:
+            given_now.add(setting)
+    return {k: v for k, v in recorded.items() if k not in given_now}, given_now
+
+
+def _refuse_other_layouts(journal: Path, settings: Settings, shard: Shard | None) -> None:
+    """``bulksend retry`` of a default journal whose campaign was sent in another shard layout
+    since: refused as ``bulksend send`` refuses it (it would send again what that delivered)."""
+    from bulksend import layouts
+    from bulksend.campaign import default_journal_path
+
+    if journal.resolve() != default_journal_path(settings, shard).resolve():
+        return
+    found = layouts.other_layouts(settings.campaign_file, shard)
+    if found:
+        raise ConfigError(layouts.refusal(settings.campaign_file, found, shard, retry=True))
+
+
+def _retry_limiter(
+    args: argparse.Namespace, meta: Mapping[str, Any], settings: Settings, *, given_now: bool
+) -> Any:
     """The shared limiter of the recorded send (its password from --limiter or the
-    environment, as the journal does not keep it), or the one named now."""
+    environment, as the journal does not keep it), or the one named now (``--limiter``,
+    ``BULKSEND_LIMITER``, a changed ``[send].limiter``)."""
     recorded = meta.get("limiter")
-    if args.limiter or not recorded:
+    if args.limiter or not recorded or given_now:
         return args.limiter or settings.limiter
     if not meta.get("limiter_password"):
         return recorded
