@@ -22,11 +22,12 @@ import orjson
 from bulksend.audience import AudienceCheck
 from bulksend.config import Settings
 from bulksend.core.dedup import Deduper
-from bulksend.engine import Engine, EngineOptions, public_url
+from bulksend.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
 from bulksend.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
 from bulksend.logs import redactor
 from bulksend.models import Outcome, Status
+from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
