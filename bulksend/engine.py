@@ -729,7 +729,8 @@ class Engine:
         stopped``: the URL, the answer (``answers.fatal``'s message) and the likely fix."""
         url = self._base + part.request.path
         fix = verdict.hint or likely_fix(http)
-        return f"{stop_line(url, verdict.message, fix)} the send stopped{self._resume_hint()}"
+        hint = self._resume_hint(to_another_url="--base-url" in fix)
+        return f"{stop_line(url, verdict.message, fix)} the send stopped{hint}"
 
     def _unexpected_stop(self) -> UnavailableError:
         """``URL answered 200 text/html, not MaxTraffic's JSON answer, 5 times in a row: ...``"""
@@ -740,12 +741,15 @@ class Engine:
             + self._resume_hint()
         )
 
-    def _resume_hint(self) -> str:
-        """How to send again what was not delivered (with a journal), to the right base URL:
-        a base URL given to ``bulksend retry`` wins over the one the journal recorded."""
+    def _resume_hint(self, *, to_another_url: bool = True) -> str:
+        """How to send again what was not delivered (with a journal); when the base URL is
+        the likely cause, to the right one (a base URL given to ``bulksend retry`` wins over
+        the one the journal recorded)."""
         if self.journal is None:
             return ""
         journal = shlex.quote(str(self.journal.path))
+        if not to_another_url:
+            return f"; resume it with: bulksend retry {journal}"
         return f"; resume it at the right URL with: bulksend retry {journal} --base-url URL"
 
     def _never_answered(self) -> None:

@@ -81,8 +81,11 @@ def stop_line(result: CliResult) -> str:
     return line
 
 
-def resume_hint(tmp_path: Path) -> str:
-    return f"; resume it with: bulksend retry {tmp_path / 'send.journal'}"
+def resume_hint(tmp_path: Path, *, url: bool = True) -> str:
+    journal = tmp_path / "send.journal"
+    if not url:
+        return f"; resume it with: bulksend retry {journal}"
+    return f"; resume it at the right URL with: bulksend retry {journal} --base-url URL"
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
