@@ -19,6 +19,7 @@ from bulksend.errors import AuthError, NoResponse, TransientError, UnavailableEr
 from bulksend.fetch import Fetcher, FirstRequest, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.providers.base import Limit
+from bulksend.providers.reads import ReadRequest, get
 from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
 
 REQUEST = HttpRequest("GET", "/v1/thing", {"Accept": "application/json"})
@@ -211,3 +212,47 @@ async def test_the_first_request_goes_alone() -> None:
     assert order == ["first", "second"]
     assert first.is_done()
     assert not await first.waited()
+
+
+# ---------------------------------------------------------------------------- provider reads
+
+
+def reader(response: HttpResponse) -> bytes:
+    """Like the providers' readers: raises ``TransientError`` for 429/403-throttled/5xx."""
+    if response.status in (403, 429) or response.status >= 500:
+        raise TransientError(f"read: {response.status}", status=response.status)
+    return response.body
+
+
+def test_a_read_request_puts_its_params_in_the_path() -> None:
+    read = ReadRequest("/api/v1/customer", {"name": "Ann & Bob+1", "plan": "Pro"}, {"A": "b"})
+    assert read.http() == HttpRequest(
+        "GET", "/api/v1/customer?name=Ann+%26+Bob%2B1&plan=Pro", {"A": "b"}
+    )
+    assert ReadRequest("/r?x=1", {"y": "2"}).http().path == "/r?x=1&y=2"
+    assert ReadRequest("/r").http().path == "/r"
+
+
+async def test_a_read_is_one_request_by_default() -> None:
+    transport = Scripted([resp(429), resp(200)])
+    with pytest.raises(TransientError) as exc:
+        await get(transport, ReadRequest("/r"), reader)
+    assert (str(exc.value), exc.value.status) == ("read: 429", 429)
+    assert len(transport.sent) == 1
+
+
+async def test_a_read_with_attempts_retries_through_the_callers_scheduler() -> None:
+    spent = resp(403, x_ratelimit_remaining="0")  # a spent quota, not a refusal
+    transport = Scripted([spent, resp(502), lost(), resp(200, b"[]")])
+    scheduler = Scheduler(
+        {"api": GroupPolicy(Limit(600, 60.0))},
+        clock=itertools.count(0.0, 100.0).__next__,
+        backoff_base=0.0,  # (the backoff sleeps 0 s)
+        backoff_cap=0.0,
+    )
+    got = await get(
+        transport, ReadRequest("/r"), reader, scheduler=scheduler, group="api", max_attempts=4
+    )
+    assert got == b"[]"
+    stats = scheduler.snapshot()["api"]
+    assert (stats.throttled, stats.errors, stats.no_response, stats.ok) == (1, 1, 1, 1)
