@@ -32,12 +32,13 @@ import enum
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 
-from bulksend.errors import AuthError, Deferred, NoResponse, ProviderError, UnavailableError
+from bulksend.errors import AuthError, ProviderError, TransientError, UnavailableError
+from bulksend.fetch import Fetcher, FirstRequest, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
@@ -50,7 +51,7 @@ from bulksend.providers.answers import (
 )
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
+from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
 from bulksend.transport import Transport
 
@@ -172,13 +173,37 @@ def _json_body(body: bytes) -> bool:
     return True
 
 
+_RETRY_KINDS: Mapping[LookupVerdict, FeedbackKind] = {
+    LookupVerdict.THROTTLED: FeedbackKind.THROTTLED,
+    LookupVerdict.RETRY: FeedbackKind.ERROR,
+}
+
+
+def _answer_of(response: HttpResponse, url: str) -> Answer | Retry:
+    """A lookup's answer, a ``Retry``, or the error that ends the check."""
+    result = read_lookup(response, url)
+    match result.verdict:
+        case LookupVerdict.ANSWER:
+            assert result.answer is not None
+            return result.answer
+        case LookupVerdict.AUTH:
+            raise AuthError(
+                f"audience check: the provider rejected the API key "
+                f"({response.status}): {result.message}",
+                status=response.status,
+            )
+        case LookupVerdict.FATAL:
+            raise UnavailableError(result.message, status=response.status)
+    return Retry(_RETRY_KINDS[result.verdict], result.message)
+
+
+def _gave_up(attempts: int, last: TransientError) -> UnavailableError:
+    return UnavailableError(
+        f"audience check: visitor lookup failed after {attempts} attempts: {last}"
+    )
+
+
 # ---------------------------------------------------------------------------- the check
-
-
-class Sender(Protocol):
-    """What the check needs of a transport (``bulksend.transport.Transport`` fits)."""
-
-    async def send(self, request: HttpRequest) -> HttpResponse: ...
 
 
 @dataclass(slots=True)
@@ -218,9 +243,20 @@ class AudienceCheck:
         self._cache: OrderedDict[str, Answer] = OrderedDict()
         self._pending: dict[str, asyncio.Future[Answer]] = {}
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._probed = asyncio.Event()
-        self._probing = False
+        self._first = FirstRequest()
         self._failure: ProviderError | None = None
+        self._fetcher = Fetcher(
+            transport,
+            scheduler,
+            group=group,
+            what="audience check",
+            max_attempts=self.max_attempts,
+            gave_up=_gave_up,
+            on_send=self._count_request,
+        )
+
+    def _count_request(self) -> None:
+        self.stats.looked_up += 1
 
     @classmethod
     def for_provider(
@@ -284,71 +320,20 @@ class AudienceCheck:
                     self._failure = exc
                 raise
             finally:
-                self._probed.set()
+                self._first.done()
 
     async def _wait_for_probe(self) -> None:
         while True:
             failure = self._failure
             if failure is not None:
                 raise type(failure)(str(failure), status=failure.status)
-            if self._probed.is_set():
+            if not await self._first.waited():
                 return
-            if not self._probing:
-                self._probing = True
-                return
-            await self._probed.wait()
 
     async def _ask(self, visitor_id: str) -> Answer:
         request = visitor_request(visitor_id, self.headers, self.path)
         url = getattr(self.transport, "base_url", "") + request.path
-        sched, group = self.scheduler, self.group
-        attempts = 0
-        last = ""
-        while True:
-            try:
-                permit = await sched.acquire(group, retry=attempts > 0)
-            except Deferred as exc:
-                raise UnavailableError(f"audience check: {exc}") from None
-            attempts += 1
-            self.stats.looked_up += 1
-            try:
-                response = await self.transport.send(request)
-            except NoResponse as exc:
-                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
-                last = str(exc)
-                if attempts >= self.max_attempts:
-                    break
-                await asyncio.sleep(sched.backoff(group, attempts))
-                continue
-            except BaseException:
-                sched.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
-                raise
-            result = read_lookup(response, url)
-            kind = {
-                LookupVerdict.THROTTLED: FeedbackKind.THROTTLED,
-                LookupVerdict.RETRY: FeedbackKind.ERROR,
-            }.get(result.verdict, FeedbackKind.OK)
-            sched.complete(permit, Feedback(kind, response.headers, response.status))
-            match result.verdict:
-                case LookupVerdict.ANSWER:
-                    assert result.answer is not None
-                    return result.answer
-                case LookupVerdict.AUTH:
-                    raise AuthError(
-                        f"audience check: the provider rejected the API key "
-                        f"({response.status}): {result.message}",
-                        status=response.status,
-                    )
-                case LookupVerdict.FATAL:
-                    raise UnavailableError(result.message, status=response.status)
-            last = result.message
-            if attempts >= self.max_attempts:
-                break
-            if result.verdict is LookupVerdict.RETRY:
-                await asyncio.sleep(sched.backoff(group, attempts))
-        raise UnavailableError(
-            f"audience check: visitor lookup failed after {attempts} attempts: {last}"
-        )
+        return await self._fetcher.fetch(request, lambda response: _answer_of(response, url))
 
     # -- streams -----------------------------------------------------------------------------
     async def _answer(self, recipient: Recipient) -> AudienceResult:

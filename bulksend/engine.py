@@ -48,6 +48,7 @@ from bulksend.errors import (
     ProviderError,
     UnavailableError,
 )
+from bulksend.fetch import NO_ANSWER, FirstRequest
 from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
@@ -207,8 +208,7 @@ class Engine:
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=options.workers * 2)
         # The first request goes out alone: a 401 then stops the send after one request, and
         # the rate-limit headers are known before the workers open up.
-        self._probed = asyncio.Event()
-        self._probing = False
+        self._first = FirstRequest()
         self._warned: set[str] = set()
         self._circuits: dict[str, Circuit] = {}
         self._answered: set[str] = set()  # groups that gave at least one good answer
@@ -274,7 +274,7 @@ class Engine:
         if self._stop is None:
             self._stop = error
             self.summary.stopped = str(error)
-            self._probed.set()
+            self._first.done()
             self._stopping.set()
             for event in self._circuit_changed.values():
                 event.set()
@@ -547,7 +547,7 @@ class Engine:
         try:
             response = await self.transport.send(part.request)
         except asyncio.CancelledError:
-            self.scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+            self.scheduler.complete(permit, NO_ANSWER)
             raise
         except NoResponse as exc:
             return self._no_response(job, part, permit, exc)
@@ -562,11 +562,8 @@ class Engine:
                 status = Status.UNKNOWN if part.unknown_sent else Status.SKIPPED
                 self._settle(job, status, f"not sent: {self._stop}", None)
                 return None
-            if not self._opened and not self._probed.is_set():
-                if self._probing:
-                    await self._probed.wait()
-                    continue
-                self._probing = True
+            if not self._opened and await self._first.waited():
+                continue
             circuit = self._circuits.get(group)
             # a closed circuit (or none yet: it starts closed) lets the send go as it is
             if (circuit is None or circuit.state is not _CLOSED) and not await self._circuit_ready(
@@ -579,7 +576,7 @@ class Engine:
                 else:
                     permit = await self.scheduler.acquire(group, retry=False)
             except Deferred as exc:
-                self._probed.set()
+                self._first.done()
                 self._settle(job, Status.SKIPPED, f"deferred: {exc}", None)
                 return None
             if permit is not None and self._stop is not None:
@@ -608,8 +605,8 @@ class Engine:
 
     def _no_response(self, job: _Job, part: _Part, permit: Permit, exc: NoResponse) -> float | None:
         group = job.batch.group
-        self._probed.set()
-        self.scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
+        self._first.done()
+        self.scheduler.complete(permit, NO_ANSWER)
         self._last_failure[group] = exc.reason
         self._no_answer = exc
         self._circuit_result(group, failure=True)
@@ -629,7 +626,7 @@ class Engine:
         """Take a response: feedback to the scheduler and the circuit, then the verdict."""
         if not self._opened:
             self._opened = True
-            self._probed.set()
+            self._first.done()
         verdict = self._classify(part, response)
         kind = verdict.verdict
         group = job.batch.group

@@ -21,7 +21,6 @@ the server's message; 429, 5xx and lost connections are retried through the sche
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import os
 import tempfile
@@ -29,12 +28,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
 import orjson
 
-from bulksend.errors import AuthError, ConfigError, Deferred, NoResponse, UnavailableError
+from bulksend.errors import AuthError, ConfigError, TransientError, UnavailableError
+from bulksend.fetch import Fetcher, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
@@ -48,7 +48,7 @@ from bulksend.providers.answers import (
 )
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
+from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
 
 #: the documented fields of a lead, first in the CSV header; any others follow
 FIELDS = ("email", "timestamp", "campaign")
@@ -62,10 +62,6 @@ FORMATS = ("csv", "jsonl")
 _JSONL = {".jsonl", ".ndjson", ".json"}
 
 Lead = dict[str, Any]
-
-
-class Sender(Protocol):
-    async def send(self, request: HttpRequest) -> HttpResponse: ...
 
 
 # ---------------------------------------------------------------------------- pure parts
@@ -224,39 +220,28 @@ async def fetch_leads(
     """Every lead ``query`` selects; retries 429/5xx/lost connections, raises the rest."""
     request = leads_request(query, headers, paths)
     url = getattr(transport, "base_url", "") + request.path
-    attempts = 0
-    last = ""
-    while True:
-        try:
-            permit = await scheduler.acquire(group, retry=attempts > 0)
-        except Deferred as exc:
-            raise UnavailableError(f"leads: {exc}") from None
-        attempts += 1
-        try:
-            response = await transport.send(request)
-        except NoResponse as exc:
-            scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
-            last = str(exc)
-            if attempts >= max_attempts:
-                break
-            await asyncio.sleep(scheduler.backoff(group, attempts))
-            continue
-        except BaseException:
-            scheduler.complete(permit, Feedback(FeedbackKind.NO_RESPONSE))
-            raise
+
+    def read(response: HttpResponse) -> list[Lead] | Retry:
         reading = read_leads(response, query, url)
-        kind = reading.retry or FeedbackKind.OK
-        scheduler.complete(permit, Feedback(kind, response.headers, response.status))
         if reading.leads is not None:
             return reading.leads
         if reading.error is not None:
             raise reading.error
-        last = reading.message
-        if attempts >= max_attempts:
-            break
-        if reading.retry is FeedbackKind.ERROR:
-            await asyncio.sleep(scheduler.backoff(group, attempts))
-    raise UnavailableError(f"leads: no answer after {attempts} attempts: {last}")
+        return Retry(reading.retry or FeedbackKind.ERROR, reading.message)
+
+    fetcher = Fetcher(
+        transport,
+        scheduler,
+        group=group,
+        what="leads",
+        max_attempts=max_attempts,
+        gave_up=_gave_up,
+    )
+    return await fetcher.fetch(request, read)
+
+
+def _gave_up(attempts: int, last: TransientError) -> UnavailableError:
+    return UnavailableError(f"leads: no answer after {attempts} attempts: {last}")
 
 
 def output_format(path: str, fmt: str | None = None) -> str:

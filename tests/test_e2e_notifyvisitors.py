@@ -18,6 +18,7 @@ from bulksend.errors import AuthError, ProviderError
 from bulksend.providers import notifyvisitors
 from bulksend.providers.notifyvisitors_api import campaign_report
 from bulksend.sandbox import FaultConfig, SandboxConfig, running
+from bulksend.transport import Transport
 
 KEY, BRAND = "nv-key-123456", "brand-77"
 SECRETS = {"api_key": KEY, "brand_id": BRAND}
@@ -149,12 +150,12 @@ async def test_campaign_send_then_its_report(tmp_path: Path) -> None:
     auth = notifyvisitors.Auth(api_key=KEY, brand_id=BRAND)
     async with running(config(tmp_path)) as sb:
         result = await send(campaign, sb.base_url)
-        async with aiohttp.ClientSession() as session:
-            report = await campaign_report(session, sb.base_url, auth, "spring-24")
+        async with Transport(sb.base_url) as transport:
+            report = await campaign_report(transport, auth, "spring-24")
             with pytest.raises(ProviderError, match="not found"):
-                await campaign_report(session, sb.base_url, auth, "never-sent")
+                await campaign_report(transport, auth, "never-sent")
             with pytest.raises(AuthError):
-                await campaign_report(session, sb.base_url, notifyvisitors.Auth("x", "y"), "s")
+                await campaign_report(transport, notifyvisitors.Auth("x", "y"), "s")
     assert result.summary.delivered == 250
     entries = [e for e in sb.ledger_entries() if e["kind"] == "campaign"]
     assert Counter(e["value"] for e in entries) == Counter({f"{1000 + i}": 1 for i in range(250)})

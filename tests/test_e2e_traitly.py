@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
@@ -19,6 +18,7 @@ from bulksend.errors import AuthError, ProviderError
 from bulksend.providers import traitly, traitly_api
 from bulksend.providers.reads import ReadRequest, fetch
 from bulksend.sandbox import FaultConfig, SandboxConfig, running
+from bulksend.transport import Transport
 from tests.conftest import ROOT, run_cli
 
 TOKEN = "traitly-token-0123456789"
@@ -108,11 +108,11 @@ async def test_customers_land_exactly_once_and_read_back_with_filters(tmp_path: 
     campaign = write_campaign(tmp_path, recipients, message=message)
     async with running(config(tmp_path)) as sb:
         result = await send(campaign, sb.base_url)
-        async with aiohttp.ClientSession() as session:
-            everyone = await traitly_api.list_customers(session, sb.base_url, TOKEN)
-            pros = await traitly_api.list_customers(session, sb.base_url, TOKEN, plan="Pro")
+        async with Transport(sb.base_url) as transport:
+            everyone = await traitly_api.list_customers(transport, TOKEN)
+            pros = await traitly_api.list_customers(transport, TOKEN, plan="Pro")
             (one,) = await traitly_api.list_customers(
-                session, sb.base_url, TOKEN, customer_id="c7", name="Customer 7"
+                transport, TOKEN, customer_id="c7", name="Customer 7"
             )
     summary = result.summary
     assert result.stopped is None
@@ -187,21 +187,19 @@ async def test_events_many_per_customer_and_the_reads(tmp_path: Path) -> None:
     async with running(config(tmp_path)) as sb:
         await send(customers_toml, sb.base_url)
         result = await send(campaign, sb.base_url)
-        async with aiohttp.ClientSession() as session:
-            logins = await traitly_api.list_events(session, sb.base_url, TOKEN, "c2", "Logged in")
-            actions = await traitly_api.next_actions(
-                session, sb.base_url, TOKEN, "c2", "30-day Conversion"
-            )
+        async with Transport(sb.base_url) as transport:
+            logins = await traitly_api.list_events(transport, TOKEN, "c2", "Logged in")
+            actions = await traitly_api.next_actions(transport, TOKEN, "c2", "30-day Conversion")
             with pytest.raises(ProviderError) as unknown:
-                await traitly_api.next_actions(session, sb.base_url, TOKEN, "nobody")
+                await traitly_api.next_actions(transport, TOKEN, "nobody")
             with pytest.raises(ProviderError) as hidden:
-                await traitly_api.list_events(session, sb.base_url, TOKEN, "hidden-1", "x")
+                await traitly_api.list_events(transport, TOKEN, "hidden-1", "x")
             with pytest.raises(AuthError):
-                await traitly_api.list_customers(session, sb.base_url, "wrong")
+                await traitly_api.list_customers(transport, "wrong")
             html = ReadRequest(
                 "/api/v1/customer", {}, {**traitly.headers(TOKEN), "Accept": "text/html"}
             )
-            not_json = traitly.error_of(await fetch(session, sb.base_url, html))
+            not_json = traitly.error_of(await fetch(transport, html))
     assert result.summary.delivered == 100
     assert result.summary.duplicates == 10
     events = [e for e in sb.ledger_entries() if e["kind"] == "event"]
@@ -256,9 +254,9 @@ async def test_429s_without_headers_are_waited_out(tmp_path: Path) -> None:
     recipients = write_csv(tmp_path / "c.csv", HEADER, customers(12))
     campaign = write_campaign(tmp_path, recipients, send='limit = "40/0.25s"')
     async with running(config(tmp_path, limit=3, window=0.25, retry_after=False)) as sb:
-        async with aiohttp.ClientSession() as session:
+        async with Transport(sb.base_url) as transport:
             for _ in range(3):  # someone else spends the window just before the send
-                await traitly_api.list_customers(session, sb.base_url, TOKEN)
+                await traitly_api.list_customers(transport, TOKEN)
         result = await send(campaign, sb.base_url, max_attempts=20)
     assert result.summary.delivered == 12
     assert sb.stats.rate_limited > 0

@@ -11,9 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from bulksend.errors import ConfigError, NoResponse
 from bulksend.models import HttpRequest
+from bulksend.providers import traitly_api
 from bulksend.proxies import bypassed, is_loopback, proxy_for, redacted
 from bulksend.sandbox import SandboxConfig, running
 from bulksend.transport import Transport
@@ -211,3 +213,20 @@ async def test_an_unreachable_proxy_is_named_without_its_password(
     )
     assert "hunter2secret" not in message
     assert caught.value.sent is False
+
+
+async def test_provider_reads_go_through_the_proxy_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "traitly-token-0123456789"
+    async with (
+        running(SandboxConfig(provider="traitly", token=token)) as sandbox,
+        forward_proxy(sandbox.base_url) as proxy,
+    ):
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with Transport("http://traitly.invalid") as transport:
+            found = await traitly_api.list_customers(transport, token, name="Ann & Bob+1 é")
+    assert found == []
+    (target,) = proxy.targets
+    assert target.startswith("http://traitly.invalid/api/v1/customer?")
+    assert URL(target).query == {"name": "Ann & Bob+1 é"}  # as the server reads it

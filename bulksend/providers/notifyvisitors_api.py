@@ -1,9 +1,10 @@
-"""NotifyVisitors reads on a caller's aiohttp session (the request and answer logic is pure, in
-``bulksend.providers.notifyvisitors``)::
+"""NotifyVisitors reads through a caller's ``Transport`` (the request and answer logic is pure,
+in ``bulksend.providers.notifyvisitors``; the request goes the one request-with-retry path,
+``bulksend.providers.reads.get``)::
 
     auth = notifyvisitors.Auth(api_key=..., brand_id=...)
-    async with aiohttp.ClientSession() as session:
-        report = await campaign_report(session, base_url, auth, "spring-sale")
+    async with Transport(base_url) as transport:
+        report = await campaign_report(transport, auth, "spring-sale")
         report["sent"]
 """
 
@@ -12,21 +13,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
+from bulksend.fetch import Sender
 from bulksend.providers import notifyvisitors
-from bulksend.providers.reads import fetch
+from bulksend.providers.reads import get
+from bulksend.scheduler import Scheduler
+
+GROUP = "reporting"
 
 
 async def campaign_report(
-    session: aiohttp.ClientSession,
-    base_url: str,
+    transport: Sender,
     auth: notifyvisitors.Auth,
     campaign_id: str,
     *,
     paths: Mapping[str, str] = notifyvisitors.PATHS,
+    scheduler: Scheduler | None = None,
+    max_attempts: int = 1,
 ) -> dict[str, Any]:
-    """The campaign's report (``data`` of the envelope); errors as in ``read_report``."""
-    read = notifyvisitors.report_read(auth, campaign_id, paths)
-    response = await fetch(session, base_url, read)
-    return notifyvisitors.read_report(response)
+    """The campaign's report (``data`` of the envelope); errors as in ``read_report``.
+    ``scheduler`` (with a ``reporting`` group) and ``max_attempts`` as in ``reads.get``."""
+    return await get(
+        transport,
+        notifyvisitors.report_read(auth, campaign_id, paths),
+        notifyvisitors.read_report,
+        scheduler=scheduler,
+        group=GROUP,
+        limit=notifyvisitors.DEFAULT_LIMITS[GROUP],
+        max_attempts=max_attempts,
+    )

@@ -1,22 +1,37 @@
 """Read requests (GET with query parameters) shared by the providers' read helpers.
 
-The providers build a ``ReadRequest`` and interpret the ``HttpResponse`` (pure); ``fetch`` is the
-thin I/O step between the two, on a caller's ``aiohttp.ClientSession``::
+The providers build a ``ReadRequest`` and interpret the ``HttpResponse`` (pure); ``get`` sends
+one through a caller's ``Transport`` on the one request-with-retry path (``bulksend.fetch``)::
 
-    async with aiohttp.ClientSession() as session:
-        response = await fetch(session, base_url, traitly.customers_read(token, plan="Starter"))
-        customers = traitly.read_list(response)
+    async with Transport(base_url) as transport:
+        customers = await get(transport, traitly.customers_read(token), traitly.read_list)
+
+By default a read is one request, paced by a scheduler of its own: a reader's
+``TransientError`` (429, 5xx) is raised, and so is ``NoResponse`` (a ``TransientError``) for a
+timeout or a broken connection. With ``max_attempts`` above 1 those are retried through
+``scheduler`` (pass the send's own to share its quota): a 429, or a 403 with rate-limit
+evidence, when the scheduler admits it, the rest after its backoff; the last failure is raised.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-import aiohttp
+from typing import TypeVar
+from urllib.parse import urlencode
 
 from bulksend.errors import TransientError
-from bulksend.models import HttpResponse
+from bulksend.fetch import Fetcher, Retry, Sender
+from bulksend.models import HttpRequest, HttpResponse
+from bulksend.providers.base import Limit
+from bulksend.providers.status import throttled
+from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
+
+T = TypeVar("T")
+
+#: the group (and quota) of a read without a scheduler of the caller's
+READ_GROUP = "read"
+READ_LIMIT = Limit(60, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +42,52 @@ class ReadRequest:
     params: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    def http(self) -> HttpRequest:
+        """The request for the transport: the params percent-encoded into the path."""
+        path = self.path
+        if self.params:
+            path += ("&" if "?" in path else "?") + urlencode(list(self.params.items()))
+        return HttpRequest("GET", path, dict(self.headers))
 
-async def fetch(session: aiohttp.ClientSession, base_url: str, read: ReadRequest) -> HttpResponse:
-    """Send ``read``; the session's timeout or a broken connection raises ``TransientError``."""
-    url = base_url.rstrip("/") + read.path
-    try:
-        async with session.get(
-            url,
-            params=dict(read.params),
-            headers=dict(read.headers),
-        ) as resp:
-            return HttpResponse(resp.status, resp.headers, await resp.read())
-    except TimeoutError:
-        raise TransientError(f"GET {read.path}: timed out") from None
-    except aiohttp.ClientError as exc:
-        raise TransientError(f"GET {read.path}: {type(exc).__name__}") from None
+
+def retrying(reader: Callable[[HttpResponse], T]) -> Callable[[HttpResponse], T | Retry]:
+    """``reader`` for the retry path: the ``TransientError`` it raises becomes a ``Retry``
+    (THROTTLED for a 429 or a 403 with rate-limit evidence, else ERROR)."""
+
+    def read(response: HttpResponse) -> T | Retry:
+        try:
+            return reader(response)
+        except TransientError as exc:
+            spent = throttled(response.status, response.headers, "") is not None
+            return Retry(FeedbackKind.THROTTLED if spent else FeedbackKind.ERROR, str(exc))
+
+    return read
+
+
+async def get(
+    transport: Sender,
+    read: ReadRequest,
+    reader: Callable[[HttpResponse], T],
+    *,
+    scheduler: Scheduler | None = None,
+    group: str = READ_GROUP,
+    limit: Limit = READ_LIMIT,
+    max_attempts: int = 1,
+) -> T:
+    """``reader``'s value for ``read``'s answer; see the module for retries and errors.
+    Without ``scheduler``, one of ``group`` at ``limit`` paces this call alone."""
+    if scheduler is None:
+        scheduler = Scheduler({group: GroupPolicy(limit, in_flight=1)})
+    fetcher = Fetcher(
+        transport, scheduler, group=group, what=f"GET {read.path}", max_attempts=max_attempts
+    )
+    return await fetcher.fetch(read.http(), retrying(reader))
+
+
+async def fetch(transport: Sender, read: ReadRequest) -> HttpResponse:
+    """The answer to ``read``, whatever it is (one request; ``NoResponse`` if none came)."""
+    return await get(transport, read, _as_is)
+
+
+def _as_is(response: HttpResponse) -> HttpResponse:
+    return response

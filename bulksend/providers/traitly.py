@@ -27,7 +27,7 @@ The doc names no rate limit and no rate-limit headers: one group, ``api``, start
 
 The list endpoints and recommended next actions are reads: ``customers_read``, ``events_read``,
 ``next_actions_read`` build them, ``read_list`` / ``read_next_actions`` interpret the answer;
-``bulksend.providers.traitly_api`` runs them on an aiohttp session.
+``bulksend.providers.traitly_api`` sends them through a ``Transport``.
 """
 
 from __future__ import annotations
