@@ -6,11 +6,12 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 
 from bulksend import cli
 from tests import hypothesis_profiles  # noqa: F401 - loads the Hypothesis profile
@@ -90,6 +91,14 @@ def run_bulksend(
 @pytest.fixture
 def key() -> str:
     return KEY
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A CLI run in a test configures structlog for the whole process (``-q`` filters info
+    events out); each test starts from structlog's defaults, so ``capture_logs`` sees them."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)
