@@ -33,24 +33,27 @@ _UNITS = {
 }
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
+#: the keys of ``[send]``: where to send and how (every one but ``limiter`` has a flag; every
+#: one but ``batch_size`` may change between the runs of one send)
+SEND_KEYS = frozenset(
+    {
+        "base_url",
+        "batch_size",
+        "rate",
+        "limit",
+        "in_flight",
+        "timeout",
+        "max_attempts",
+        "max_unexpected",
+        "report",
+        "limiter",
+    }
+)
 #: the top-level tables a campaign file may have, and the keys each may hold
 _TABLES: Mapping[str, frozenset[str]] = {
     "recipients": frozenset({"path", "format", "delimiter", "encoding", "id", "uid"}),
     "auth": frozenset(),  # provider-specific *_env / *_file keys, checked against SECRETS
-    "send": frozenset(
-        {
-            "base_url",
-            "batch_size",
-            "rate",
-            "limit",
-            "in_flight",
-            "timeout",
-            "max_attempts",
-            "max_unexpected",
-            "report",
-            "limiter",
-        }
-    ),
+    "send": SEND_KEYS,
     "message": frozenset(),  # checked by the provider
     "api": frozenset(),  # provider-specific options (paths, ...), checked by the provider
 }
@@ -324,20 +327,7 @@ def _top(data: Mapping[str, Any], origin: str) -> None:
 
 #: [send]/[recipients] keys that flags set, and the flag's name when it is not --KEY
 _FLAGS: Mapping[str, tuple[str, str]] = {
-    **{
-        key: ("send", key)
-        for key in (
-            "base_url",
-            "batch_size",
-            "rate",
-            "limit",
-            "in_flight",
-            "timeout",
-            "max_attempts",
-            "max_unexpected",
-            "report",
-        )
-    },
+    **{key: ("send", key) for key in sorted(SEND_KEYS - {"limiter"})},
     "recipients": ("recipients", "path"),
     **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
 }

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from bulksend.config import SEND_KEYS
 from bulksend.errors import ConfigError
 from bulksend.models import Batch, Recipient
 from bulksend.recipients import Recipients
@@ -99,20 +100,7 @@ RESUMABLE_KEYS = frozenset(
         "[recipients].path",  # the file's contents are checked, wherever it lies
         "[api].paths",
         "[api].auth",
-        *(
-            f"[send].{key}"
-            for key in (
-                "base_url",
-                "rate",
-                "limit",
-                "in_flight",
-                "timeout",
-                "max_attempts",
-                "max_unexpected",
-                "report",
-                "limiter",
-            )
-        ),
+        *(f"[send].{key}" for key in SEND_KEYS - {"batch_size"}),
     }
 )
 #: the same among the named settings of a plan (``Identity.details["settings"]``)

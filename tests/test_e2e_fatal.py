@@ -20,12 +20,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests import loopback
 from tests.conftest import KEY, ROOT, CliResult, run_cli
+from tests.loopback import in_background
 from tests.test_e2e_unexpected import (
     CASES,
     IDS,
     Case,
-    in_background,
     messages,
     report,
     sandbox,
@@ -57,17 +58,8 @@ class Answering:
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[Answering]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.answer)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        try:
+        async with loopback.serving(self.answer) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 @contextmanager

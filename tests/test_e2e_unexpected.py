@@ -9,11 +9,9 @@ the real sandbox then delivers everyone.
 
 from __future__ import annotations
 
-import asyncio
 import csv
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +22,9 @@ from aiohttp import web
 
 from bulksend.sandbox import SandboxConfig, running
 from bulksend.sandbox.server import Sandbox
+from tests import loopback
 from tests.conftest import KEY, ROOT, CliResult, run_cli
+from tests.loopback import in_background
 
 T = TypeVar("T")
 
@@ -100,46 +100,12 @@ class Stub:
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[Stub]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.answer)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        try:
+        async with loopback.serving(self.answer) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 HTML = ("text/html", PAGE)
 JSON = "application/json; charset=utf-8"
-
-
-@contextmanager
-def in_background(make: Callable[[], AbstractAsyncContextManager[T]]) -> Iterator[T]:
-    """Enter an async context manager in an event loop of its own thread (the CLI runs its
-    own loop in the test's thread)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def enter() -> tuple[AbstractAsyncContextManager[T], T]:
-        manager = make()
-        return manager, await manager.__aenter__()
-
-    try:
-        manager, value = asyncio.run_coroutine_threadsafe(enter(), loop).result(timeout=15)
-        try:
-            yield value
-        finally:
-            exit_ = manager.__aexit__(None, None, None)
-            asyncio.run_coroutine_threadsafe(exit_, loop).result(timeout=15)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=15)
-        loop.close()
 
 
 @contextmanager
