@@ -323,13 +323,5 @@ class Flaky:
                     kept = {"Content-Type": answer.headers.get("Content-Type", "")}
                     return web.Response(status=answer.status, body=data, headers=kept)
 
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", relay)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            host, port = runner.addresses[0][:2]
-            try:
-                yield f"http://{host}:{port}"
-            finally:
-                await runner.cleanup()
+            async with loopback.serving(relay) as url:
+                yield url
