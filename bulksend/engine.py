@@ -67,8 +67,16 @@ from bulksend.sources.spec import Chunk
 
 _CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
-#: what one send attempt (or a bisected part of a batch) ended in
-Result = tuple[Sequence[Recipient], Status, str, int | None, int]
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one send attempt (or a bisected part of a batch) ended in."""
+
+    recipients: Sequence[Recipient]
+    status: Status
+    reason: str = ""
+    http_status: int | None = None
+    attempts: int = 0
 
 
 def as_chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[Chunk]:
@@ -254,18 +262,20 @@ class Engine:
 
     def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
         """Report a batch's results and journal its final state (and ``doubt``)."""
-        for recipients, status, reason, http_status, attempts in results:
-            self._finish(batch, recipients, status, reason, http_status, attempts)
+        for res in results:
+            self._finish(
+                batch, res.recipients, res.status, res.reason, res.http_status, res.attempts
+            )
         if self.journal is None:
             return
         if len(results) == 1 and not batch.resumed_split:
-            _, status, reason, http_status, _ = results[0]
-            self.journal.finished(batch, status.value, reason, http_status, doubt=doubt)
+            one = results[0]
+            self.journal.finished(batch, one.status.value, one.reason, one.http_status, doubt=doubt)
         else:
             parts = [
-                (r.line, status.value, reason, http_status)
-                for recipients, status, reason, http_status, _ in results
-                for r in recipients
+                (r.line, res.status.value, res.reason, res.http_status)
+                for res in results
+                for r in res.recipients
             ]
             self.journal.finished(batch, "split", "", None, parts, doubt=doubt)
 
@@ -400,7 +410,7 @@ class Engine:
                 if state == "in_flight"
                 else previous.reason or "outcome unknown (review)"
             )
-            self._record(batch, [(batch.recipients, Status.UNKNOWN, reason, None, 0)], doubt)
+            self._record(batch, [Result(batch.recipients, Status.UNKNOWN, reason)], doubt)
             return True
         batch.possibly_sent, batch.doubt = bool(doubt), doubt
         return False
@@ -467,7 +477,7 @@ class Engine:
     def _skip(self, batch: Batch) -> None:
         status = Status.UNKNOWN if batch.possibly_sent else Status.SKIPPED
         self._record(
-            batch, [(batch.recipients, status, f"not sent: {self._stop}", None, 0)], batch.doubt
+            batch, [Result(batch.recipients, status, f"not sent: {self._stop}")], batch.doubt
         )
 
     def _abandon(self, job: _Job) -> None:
@@ -475,7 +485,7 @@ class Engine:
         rest = [r for part in reversed(job.parts) for r in part.batch.recipients]
         results = list(job.results)
         if rest:
-            results.append((rest, Status.UNKNOWN, "interrupted while in flight", None, 0))
+            results.append(Result(rest, Status.UNKNOWN, "interrupted while in flight"))
         self._record(job.batch, results, job.doubt)
 
     async def _work(self, job: _Job, *, parked: bool) -> None:
@@ -525,7 +535,7 @@ class Engine:
     def _settle(self, job: _Job, status: Status, reason: str, http: int | None) -> None:
         """The job's current part (the last) ends in ``status``."""
         part = job.parts.pop()
-        job.results.append((part.batch.recipients, status, reason, http, part.attempts))
+        job.results.append(Result(part.batch.recipients, status, reason, http, part.attempts))
 
     async def _attempt(self, job: _Job, part: _Part) -> float | None:
         """Send ``part`` once. Returns None when it is settled (or split), else the delay
@@ -777,7 +787,7 @@ class Engine:
                 job.split_budget -= 1
             job.parts.pop()
             job.results.extend(
-                ([r], Status.INVALID, named[i], http, attempts)
+                Result([r], Status.INVALID, named[i], http, attempts)
                 for i, r in enumerate(recipients)
                 if i in named
             )
