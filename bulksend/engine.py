@@ -39,6 +39,7 @@ from typing import Any, Protocol, cast
 from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
+from bulksend.core.decide import Action, Do, Stop, decide
 from bulksend.errors import (
     AuthError,
     BulksendError,
@@ -155,8 +156,8 @@ _FEEDBACK_KINDS: dict[Verdict, FeedbackKind] = {
     Verdict.RETRY: FeedbackKind.ERROR,
 }
 # members looked up once (an enum attribute costs a dictionary walk each time)
-_DELIVERED, _RETRY, _OK = Verdict.DELIVERED, Verdict.RETRY, FeedbackKind.OK
-_UNEXPECTED = Verdict.UNEXPECTED
+_RETRY, _OK = Verdict.RETRY, FeedbackKind.OK
+_UNEXPECTED, _THROTTLED = Verdict.UNEXPECTED, Verdict.THROTTLED
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
 
@@ -626,11 +627,9 @@ class Engine:
             part.doubt = f"resent after a request{run} got no answer ({exc})"
             job.doubt = job.doubt or part.doubt
         self._log.debug("batch_no_response", batch=job.batch.number, error=str(exc))
-        if part.attempts >= self.options.max_attempts:
-            status = Status.UNKNOWN if part.unknown_sent else Status.FAILED
-            self._settle(job, status, str(exc), None)
-            return None
-        return self.scheduler.backoff(group, part.attempts)
+        opts = self.options
+        action = decide(None, part.attempts, opts.max_attempts, unknown_sent=part.unknown_sent)
+        return self._perform(job, part, action, str(exc), None, None)
 
     def _answered_with(self, job: _Job, part: _Part, permit: Permit, response: Any) -> float | None:
         """Take a response: feedback to the scheduler and the circuit, then the verdict."""
@@ -670,13 +669,22 @@ class Engine:
                 verdict=kind.value,
                 attempt=part.attempts,
             )
-        if kind is _DELIVERED:
-            reason = ""
-            if part.unknown_sent:
-                reason = f"{POSSIBLY_TWICE}: {part.doubt or 'resent after a request got no answer'}"
-            self._settle(job, _STATUS_DELIVERED, reason, http)
-            return None
-        return self._verdict(job, part, verdict, http)
+        if kind is _UNEXPECTED:
+            self._unexpected(part, verdict)
+        elif kind is _THROTTLED:
+            self.summary.throttled += 1
+        opts = self.options
+        action = decide(
+            kind,
+            part.attempts,
+            opts.max_attempts,
+            unknown_sent=part.unknown_sent,
+            retry_after=verdict.retry_after,
+            maybe_provider=verdict.maybe_provider,
+            unexpected_streak=self._unexpected_streak,
+            max_unexpected=opts.max_unexpected,
+        )
+        return self._perform(job, part, action, verdict.message, http, verdict)
 
     def _classify(self, part: _Part, response: Any) -> Classification:
         """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
@@ -689,47 +697,68 @@ class Engine:
         self.summary.warnings.append(warning)
         self._log.warning("provider_warning", warning=warning)
 
-    def _verdict(self, job: _Job, part: _Part, verdict: Classification, http: int) -> float | None:
-        """Act on a verdict other than delivered; a delay when the part is to be retried."""
-        match verdict.verdict:
-            case Verdict.INVALID:
+    def _perform(
+        self,
+        job: _Job,
+        part: _Part,
+        action: Action,
+        message: str,
+        http: int | None,
+        verdict: Classification | None,
+    ) -> float | None:
+        """Do what ``decide`` said about ``part`` (``verdict``: the answer, None when there was
+        none; ``message``: what it said). Returns the delay before the next attempt when the
+        part is to be sent again, else None (it is settled, or split)."""
+        match action.do:
+            case Do.DELIVER:
+                reason = ""
+                if action.twice:
+                    doubt = part.doubt or "resent after a request got no answer"
+                    reason = f"{POSSIBLY_TWICE}: {doubt}"
+                self._settle(job, _STATUS_DELIVERED, reason, http)
+            case Do.RETRY:
+                return 0.0  # the scheduler's pause, quota and retry budget pace it
+            case Do.BACKOFF:
+                delay = self.scheduler.backoff(job.batch.group, part.attempts)
+                return delay if action.floor is None else max(delay, action.floor)
+            case Do.ISOLATE:
+                # only answers are invalid
+                assert verdict is not None
+                assert http is not None
                 self._invalid(job, part, verdict, http)
-            case Verdict.AUTH:
-                message = f"provider rejected the credentials ({http}): {verdict.message}"
-                self.stop(AuthError(message, status=http))
-                self._settle(job, Status.FAILED, verdict.message, http)
-            case Verdict.FATAL:
-                self.stop(ProviderError(self._fatal_stop(part, verdict, http), status=http))
-                self._settle(job, Status.FAILED, verdict.message, http)
-            case Verdict.UNEXPECTED:
-                self._unexpected(job, part, verdict, http)
-            case Verdict.THROTTLED | Verdict.RETRY:
-                throttled = verdict.verdict is Verdict.THROTTLED
-                if throttled:
-                    self.summary.throttled += 1
-                if part.attempts >= self.options.max_attempts:
-                    reason = f"{verdict.message} (gave up after {part.attempts} attempts)"
-                    self._settle(job, Status.FAILED, reason, http)
-                elif throttled:
-                    return 0.0  # the scheduler's pause, quota and retry budget pace it
-                else:
-                    delay = self.scheduler.backoff(job.batch.group, part.attempts)
-                    return max(delay, verdict.retry_after or 0.0)
+            case Do.SETTLE | Do.STOP:
+                assert action.status is not None
+                if action.gave_up:
+                    message = f"{message} (gave up after {part.attempts} attempts)"
+                self._settle(job, action.status, message, http)
+                if action.stop is not None:
+                    # only answers stop
+                    assert verdict is not None
+                    assert http is not None
+                    self.stop(self._stop_error(action.stop, part, verdict, http))
         return None
 
-    def _unexpected(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
+    def _stop_error(
+        self, stop: Stop, part: _Part, verdict: Classification, http: int
+    ) -> BulksendError:
+        """The error a STOP action stops the send with."""
+        if stop is Stop.AUTH:
+            message = f"provider rejected the credentials ({http}): {verdict.message}"
+            return AuthError(message, status=http)
+        if stop is Stop.FATAL:
+            return ProviderError(self._fatal_stop(part, verdict, http), status=http)
+        return self._unexpected_stop()
+
+    def _unexpected(self, part: _Part, verdict: Classification) -> None:
         """A 2xx that is not the provider's answer: never delivered, and not retried here (a
         resume or ``bulksend retry`` sends it again). A page or other non-JSON answer is not
         the provider's API: the part ``failed``. JSON of another shape may be the provider's
         answer in a changed form: whether it acted cannot be told, so the part is ``unknown``
-        (and a resend of it a possible duplicate). ``max_unexpected`` in a row stop the send."""
+        (and a resend of it a possible duplicate). ``max_unexpected`` in a row stop the send.
+        Here: count it in the streak and keep it for the stop line (``decide`` does the rest)."""
         self._unexpected_streak += 1
         url = public_url(self._base + part.request.path)
         self._last_unexpected = f"{url} answered {verdict.unexpected or verdict.message}"
-        status = Status.UNKNOWN if verdict.maybe_provider else Status.FAILED
-        self._settle(job, status, verdict.message, http)
-        if self._unexpected_streak >= self.options.max_unexpected:
-            self.stop(self._unexpected_stop())
 
     def _fatal_stop(self, part: _Part, verdict: Classification, http: int) -> str:
         """``URL answered 404 no content type, empty body: is --base-url right? the send
