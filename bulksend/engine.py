@@ -40,6 +40,7 @@ from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
 from bulksend.core.decide import Action, Do, Stop, decide
+from bulksend.core.isolate import How, isolate
 from bulksend.errors import (
     AuthError,
     BulksendError,
@@ -807,32 +808,25 @@ class Engine:
     def _invalid(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
         """A 422 (or the like): report the recipients the provider named and send the rest
         again, or split the part in halves (bisection) while the job's split budget allows
-        extra requests; else the whole part is invalid."""
+        extra requests; else the whole part is invalid (``bulksend.core.isolate`` decides)."""
         batch, recipients, attempts = job.batch, part.batch.recipients, part.attempts
-        named = verdict.rejected or {}
-        bad = sum(1 for i in range(len(recipients)) if i in named)
-        if bad and (bad == len(recipients) or job.split_budget >= 1):
-            if bad < len(recipients):
-                job.split_budget -= 1
-            job.parts.pop()
-            job.results.extend(
-                Result([r], Status.INVALID, named[i], http, attempts)
-                for i, r in enumerate(recipients)
-                if i in named
-            )
-            rest = [r for i, r in enumerate(recipients) if i not in named]
-            if rest:
-                job.parts.append(self._part(batch, rest))
-        elif len(recipients) > 1 and job.split_budget >= 2:
-            job.split_budget -= 2
-            mid = len(recipients) // 2
+        isolation = isolate(len(recipients), verdict.rejected, job.split_budget)
+        if isolation.how is How.ALL:
+            self._settle(job, Status.INVALID, verdict.message, http)
+            return
+        job.split_budget -= isolation.cost
+        if isolation.how is How.BISECT:
             self._log.info(
                 "batch_split", batch=batch.number, size=len(recipients), reason=verdict.message
             )
-            job.parts.pop()
-            job.parts += [self._part(batch, recipients[mid:]), self._part(batch, recipients[:mid])]
-        else:
-            self._settle(job, Status.INVALID, verdict.message, http)
+        job.parts.pop()
+        job.results.extend(
+            Result([recipients[i]], Status.INVALID, reason, http, attempts)
+            for i, reason in isolation.invalid
+        )
+        # the parts are a stack (the next one last): push the first to send last
+        for positions in reversed(isolation.resend):
+            job.parts.append(self._part(batch, [recipients[i] for i in positions]))
 
     @staticmethod
     def _part(batch: Batch, recipients: Sequence[Recipient]) -> _Part:
