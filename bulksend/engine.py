@@ -39,6 +39,8 @@ from typing import Any, Protocol, cast
 from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
+from bulksend.core.decide import Action, Do, Stop, decide
+from bulksend.core.isolate import How, isolate
 from bulksend.errors import (
     AuthError,
     BulksendError,
@@ -67,8 +69,16 @@ from bulksend.sources.spec import Chunk
 
 _CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
-#: what one send attempt (or a bisected part of a batch) ended in
-Result = tuple[Sequence[Recipient], Status, str, int | None, int]
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one send attempt (or a bisected part of a batch) ended in."""
+
+    recipients: Sequence[Recipient]
+    status: Status
+    reason: str = ""
+    http_status: int | None = None
+    attempts: int = 0
 
 
 def as_chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[Chunk]:
@@ -147,8 +157,8 @@ _FEEDBACK_KINDS: dict[Verdict, FeedbackKind] = {
     Verdict.RETRY: FeedbackKind.ERROR,
 }
 # members looked up once (an enum attribute costs a dictionary walk each time)
-_DELIVERED, _RETRY, _OK = Verdict.DELIVERED, Verdict.RETRY, FeedbackKind.OK
-_UNEXPECTED = Verdict.UNEXPECTED
+_RETRY, _OK = Verdict.RETRY, FeedbackKind.OK
+_UNEXPECTED, _THROTTLED = Verdict.UNEXPECTED, Verdict.THROTTLED
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
 
@@ -254,18 +264,20 @@ class Engine:
 
     def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
         """Report a batch's results and journal its final state (and ``doubt``)."""
-        for recipients, status, reason, http_status, attempts in results:
-            self._finish(batch, recipients, status, reason, http_status, attempts)
+        for res in results:
+            self._finish(
+                batch, res.recipients, res.status, res.reason, res.http_status, res.attempts
+            )
         if self.journal is None:
             return
         if len(results) == 1 and not batch.resumed_split:
-            _, status, reason, http_status, _ = results[0]
-            self.journal.finished(batch, status.value, reason, http_status, doubt=doubt)
+            one = results[0]
+            self.journal.finished(batch, one.status.value, one.reason, one.http_status, doubt=doubt)
         else:
             parts = [
-                (r.line, status.value, reason, http_status)
-                for recipients, status, reason, http_status, _ in results
-                for r in recipients
+                (r.line, res.status.value, res.reason, res.http_status)
+                for res in results
+                for r in res.recipients
             ]
             self.journal.finished(batch, "split", "", None, parts, doubt=doubt)
 
@@ -400,7 +412,7 @@ class Engine:
                 if state == "in_flight"
                 else previous.reason or "outcome unknown (review)"
             )
-            self._record(batch, [(batch.recipients, Status.UNKNOWN, reason, None, 0)], doubt)
+            self._record(batch, [Result(batch.recipients, Status.UNKNOWN, reason)], doubt)
             return True
         batch.possibly_sent, batch.doubt = bool(doubt), doubt
         return False
@@ -467,7 +479,7 @@ class Engine:
     def _skip(self, batch: Batch) -> None:
         status = Status.UNKNOWN if batch.possibly_sent else Status.SKIPPED
         self._record(
-            batch, [(batch.recipients, status, f"not sent: {self._stop}", None, 0)], batch.doubt
+            batch, [Result(batch.recipients, status, f"not sent: {self._stop}")], batch.doubt
         )
 
     def _abandon(self, job: _Job) -> None:
@@ -475,7 +487,7 @@ class Engine:
         rest = [r for part in reversed(job.parts) for r in part.batch.recipients]
         results = list(job.results)
         if rest:
-            results.append((rest, Status.UNKNOWN, "interrupted while in flight", None, 0))
+            results.append(Result(rest, Status.UNKNOWN, "interrupted while in flight"))
         self._record(job.batch, results, job.doubt)
 
     async def _work(self, job: _Job, *, parked: bool) -> None:
@@ -525,7 +537,7 @@ class Engine:
     def _settle(self, job: _Job, status: Status, reason: str, http: int | None) -> None:
         """The job's current part (the last) ends in ``status``."""
         part = job.parts.pop()
-        job.results.append((part.batch.recipients, status, reason, http, part.attempts))
+        job.results.append(Result(part.batch.recipients, status, reason, http, part.attempts))
 
     async def _attempt(self, job: _Job, part: _Part) -> float | None:
         """Send ``part`` once. Returns None when it is settled (or split), else the delay
@@ -616,11 +628,9 @@ class Engine:
             part.doubt = f"resent after a request{run} got no answer ({exc})"
             job.doubt = job.doubt or part.doubt
         self._log.debug("batch_no_response", batch=job.batch.number, error=str(exc))
-        if part.attempts >= self.options.max_attempts:
-            status = Status.UNKNOWN if part.unknown_sent else Status.FAILED
-            self._settle(job, status, str(exc), None)
-            return None
-        return self.scheduler.backoff(group, part.attempts)
+        opts = self.options
+        action = decide(None, part.attempts, opts.max_attempts, unknown_sent=part.unknown_sent)
+        return self._perform(job, part, action, str(exc), None, None)
 
     def _answered_with(self, job: _Job, part: _Part, permit: Permit, response: Any) -> float | None:
         """Take a response: feedback to the scheduler and the circuit, then the verdict."""
@@ -660,13 +670,22 @@ class Engine:
                 verdict=kind.value,
                 attempt=part.attempts,
             )
-        if kind is _DELIVERED:
-            reason = ""
-            if part.unknown_sent:
-                reason = f"{POSSIBLY_TWICE}: {part.doubt or 'resent after a request got no answer'}"
-            self._settle(job, _STATUS_DELIVERED, reason, http)
-            return None
-        return self._verdict(job, part, verdict, http)
+        if kind is _UNEXPECTED:
+            self._unexpected(part, verdict)
+        elif kind is _THROTTLED:
+            self.summary.throttled += 1
+        opts = self.options
+        action = decide(
+            kind,
+            part.attempts,
+            opts.max_attempts,
+            unknown_sent=part.unknown_sent,
+            retry_after=verdict.retry_after,
+            maybe_provider=verdict.maybe_provider,
+            unexpected_streak=self._unexpected_streak,
+            max_unexpected=opts.max_unexpected,
+        )
+        return self._perform(job, part, action, verdict.message, http, verdict)
 
     def _classify(self, part: _Part, response: Any) -> Classification:
         """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
@@ -679,47 +698,68 @@ class Engine:
         self.summary.warnings.append(warning)
         self._log.warning("provider_warning", warning=warning)
 
-    def _verdict(self, job: _Job, part: _Part, verdict: Classification, http: int) -> float | None:
-        """Act on a verdict other than delivered; a delay when the part is to be retried."""
-        match verdict.verdict:
-            case Verdict.INVALID:
+    def _perform(
+        self,
+        job: _Job,
+        part: _Part,
+        action: Action,
+        message: str,
+        http: int | None,
+        verdict: Classification | None,
+    ) -> float | None:
+        """Do what ``decide`` said about ``part`` (``verdict``: the answer, None when there was
+        none; ``message``: what it said). Returns the delay before the next attempt when the
+        part is to be sent again, else None (it is settled, or split)."""
+        match action.do:
+            case Do.DELIVER:
+                reason = ""
+                if action.twice:
+                    doubt = part.doubt or "resent after a request got no answer"
+                    reason = f"{POSSIBLY_TWICE}: {doubt}"
+                self._settle(job, _STATUS_DELIVERED, reason, http)
+            case Do.RETRY:
+                return 0.0  # the scheduler's pause, quota and retry budget pace it
+            case Do.BACKOFF:
+                delay = self.scheduler.backoff(job.batch.group, part.attempts)
+                return delay if action.floor is None else max(delay, action.floor)
+            case Do.ISOLATE:
+                # only answers are invalid
+                assert verdict is not None
+                assert http is not None
                 self._invalid(job, part, verdict, http)
-            case Verdict.AUTH:
-                message = f"provider rejected the credentials ({http}): {verdict.message}"
-                self.stop(AuthError(message, status=http))
-                self._settle(job, Status.FAILED, verdict.message, http)
-            case Verdict.FATAL:
-                self.stop(ProviderError(self._fatal_stop(part, verdict, http), status=http))
-                self._settle(job, Status.FAILED, verdict.message, http)
-            case Verdict.UNEXPECTED:
-                self._unexpected(job, part, verdict, http)
-            case Verdict.THROTTLED | Verdict.RETRY:
-                throttled = verdict.verdict is Verdict.THROTTLED
-                if throttled:
-                    self.summary.throttled += 1
-                if part.attempts >= self.options.max_attempts:
-                    reason = f"{verdict.message} (gave up after {part.attempts} attempts)"
-                    self._settle(job, Status.FAILED, reason, http)
-                elif throttled:
-                    return 0.0  # the scheduler's pause, quota and retry budget pace it
-                else:
-                    delay = self.scheduler.backoff(job.batch.group, part.attempts)
-                    return max(delay, verdict.retry_after or 0.0)
+            case Do.SETTLE | Do.STOP:
+                assert action.status is not None
+                if action.gave_up:
+                    message = f"{message} (gave up after {part.attempts} attempts)"
+                self._settle(job, action.status, message, http)
+                if action.stop is not None:
+                    # only answers stop
+                    assert verdict is not None
+                    assert http is not None
+                    self.stop(self._stop_error(action.stop, part, verdict, http))
         return None
 
-    def _unexpected(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
+    def _stop_error(
+        self, stop: Stop, part: _Part, verdict: Classification, http: int
+    ) -> BulksendError:
+        """The error a STOP action stops the send with."""
+        if stop is Stop.AUTH:
+            message = f"provider rejected the credentials ({http}): {verdict.message}"
+            return AuthError(message, status=http)
+        if stop is Stop.FATAL:
+            return ProviderError(self._fatal_stop(part, verdict, http), status=http)
+        return self._unexpected_stop()
+
+    def _unexpected(self, part: _Part, verdict: Classification) -> None:
         """A 2xx that is not the provider's answer: never delivered, and not retried here (a
         resume or ``bulksend retry`` sends it again). A page or other non-JSON answer is not
         the provider's API: the part ``failed``. JSON of another shape may be the provider's
         answer in a changed form: whether it acted cannot be told, so the part is ``unknown``
-        (and a resend of it a possible duplicate). ``max_unexpected`` in a row stop the send."""
+        (and a resend of it a possible duplicate). ``max_unexpected`` in a row stop the send.
+        Here: count it in the streak and keep it for the stop line (``decide`` does the rest)."""
         self._unexpected_streak += 1
         url = public_url(self._base + part.request.path)
         self._last_unexpected = f"{url} answered {verdict.unexpected or verdict.message}"
-        status = Status.UNKNOWN if verdict.maybe_provider else Status.FAILED
-        self._settle(job, status, verdict.message, http)
-        if self._unexpected_streak >= self.options.max_unexpected:
-            self.stop(self._unexpected_stop())
 
     def _fatal_stop(self, part: _Part, verdict: Classification, http: int) -> str:
         """``URL answered 404 no content type, empty body: is --base-url right? the send
@@ -768,32 +808,25 @@ class Engine:
     def _invalid(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
         """A 422 (or the like): report the recipients the provider named and send the rest
         again, or split the part in halves (bisection) while the job's split budget allows
-        extra requests; else the whole part is invalid."""
+        extra requests; else the whole part is invalid (``bulksend.core.isolate`` decides)."""
         batch, recipients, attempts = job.batch, part.batch.recipients, part.attempts
-        named = verdict.rejected or {}
-        bad = sum(1 for i in range(len(recipients)) if i in named)
-        if bad and (bad == len(recipients) or job.split_budget >= 1):
-            if bad < len(recipients):
-                job.split_budget -= 1
-            job.parts.pop()
-            job.results.extend(
-                ([r], Status.INVALID, named[i], http, attempts)
-                for i, r in enumerate(recipients)
-                if i in named
-            )
-            rest = [r for i, r in enumerate(recipients) if i not in named]
-            if rest:
-                job.parts.append(self._part(batch, rest))
-        elif len(recipients) > 1 and job.split_budget >= 2:
-            job.split_budget -= 2
-            mid = len(recipients) // 2
+        isolation = isolate(len(recipients), verdict.rejected, job.split_budget)
+        if isolation.how is How.ALL:
+            self._settle(job, Status.INVALID, verdict.message, http)
+            return
+        job.split_budget -= isolation.cost
+        if isolation.how is How.BISECT:
             self._log.info(
                 "batch_split", batch=batch.number, size=len(recipients), reason=verdict.message
             )
-            job.parts.pop()
-            job.parts += [self._part(batch, recipients[mid:]), self._part(batch, recipients[:mid])]
-        else:
-            self._settle(job, Status.INVALID, verdict.message, http)
+        job.parts.pop()
+        job.results.extend(
+            Result([recipients[i]], Status.INVALID, reason, http, attempts)
+            for i, reason in isolation.invalid
+        )
+        # the parts are a stack (the next one last): push the first to send last
+        for positions in reversed(isolation.resend):
+            job.parts.append(self._part(batch, [recipients[i] for i in positions]))
 
     @staticmethod
     def _part(batch: Batch, recipients: Sequence[Recipient]) -> _Part:
