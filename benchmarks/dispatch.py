@@ -46,11 +46,11 @@ from benchmarks.throughput import post_all
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
+from bulksend.net.transport import Transport
 from bulksend.providers import maxtraffic
 from bulksend.recipients import Recipients
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.transport import Transport
 
 #: what the sandbox is started with (and what the null transport announces): no effective limit
 LIMIT = 1_000_000_000

@@ -19,7 +19,6 @@ from typing import IO, Any, TextIO
 
 import orjson
 
-from bulksend.audience import AudienceCheck
 from bulksend.config import Settings
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
@@ -27,13 +26,14 @@ from bulksend.errors import ConfigError
 from bulksend.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
 from bulksend.logs import redactor
 from bulksend.models import Outcome, Status
+from bulksend.net.transport import Transport
 from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
+from bulksend.providers.maxtraffic_audience import AudienceCheck
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.shard import ALREADY_DEDUPLICATED, Shard
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
-from bulksend.transport import Transport
 
 
 @dataclass(frozen=True, slots=True)

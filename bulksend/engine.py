@@ -50,10 +50,10 @@ from bulksend.errors import (
     ProviderError,
     UnavailableError,
 )
-from bulksend.fetch import NO_ANSWER, FirstRequest
 from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
+from bulksend.net.fetch import NO_ANSWER, FirstRequest
 from bulksend.providers.answers import likely_fix, public_url, stop_line
 from bulksend.providers.base import (
     Batcher,

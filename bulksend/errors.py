@@ -73,7 +73,7 @@ class TransientError(BulksendError):
 class NoResponse(TransientError):
     """No response arrived (timeout, reset, refused): the request's outcome is unknown.
 
-    ``cause`` names the class of failure for people (``bulksend.transport.CAUSES``) and
+    ``cause`` names the class of failure for people (``bulksend.net.transport.CAUSES``) and
     ``host`` the ``host:port`` it concerns; ``reason`` joins them: ``connection refused:
     127.0.0.1:9``.
     """

@@ -208,9 +208,9 @@ def test_a_maxemail_warning_survives_on_an_unexpected_answer() -> None:
 
 
 def test_the_leads_export_and_the_audience_check_refuse_a_page_the_same_way() -> None:
-    from bulksend.audience import LookupVerdict, read_lookup
     from bulksend.errors import UnavailableError
-    from bulksend.leads import LeadsQuery, read_leads
+    from bulksend.providers.maxtraffic_audience import LookupVerdict, read_lookup
+    from bulksend.providers.maxtraffic_leads import LeadsQuery, read_leads
 
     page = HttpResponse(200, HTML, PAGE)
     reading = read_leads(page, LeadsQuery())

@@ -12,7 +12,16 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from bulksend.audience import (
+from bulksend.campaign import build_provider, build_scheduler
+from bulksend.config import load_settings
+from bulksend.core.dedup import Deduper
+from bulksend.engine import Engine, EngineOptions
+from bulksend.errors import AuthError, NoResponse, UnavailableError
+from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.net.transport import Transport
+from bulksend.providers import maxtraffic
+from bulksend.providers.base import Limit
+from bulksend.providers.maxtraffic_audience import (
     Audience,
     AudienceCheck,
     LookupVerdict,
@@ -21,19 +30,10 @@ from bulksend.audience import (
     read_lookup,
     visitor_request,
 )
-from bulksend.campaign import build_provider, build_scheduler
-from bulksend.config import load_settings
-from bulksend.core.dedup import Deduper
-from bulksend.engine import Engine, EngineOptions
-from bulksend.errors import AuthError, NoResponse, UnavailableError
-from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
-from bulksend.providers import maxtraffic
-from bulksend.providers.base import Limit
 from bulksend.report import ReportWriter
 from bulksend.sandbox import Sandbox, SandboxConfig, running
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.transport import Transport
 from tests.conftest import KEY, write_campaign, write_recipients
 
 HEADERS = {"Authorization": f"key={KEY}", "Accept": "application/json"}

@@ -12,11 +12,11 @@ from bulksend.campaign import build_provider, build_scheduler, send_campaign, so
 from bulksend.config import load_settings
 from bulksend.core.dedup import Deduper
 from bulksend.engine import Engine, EngineOptions
+from bulksend.net.transport import Transport
 from bulksend.providers.maxemail import Maxemail
 from bulksend.report import ReportWriter
 from bulksend.sandbox import Sandbox, SandboxConfig, running
 from bulksend.sources import open_source
-from bulksend.transport import Transport
 from tests.conftest import ROOT, run_cli
 
 USER, PASSWORD = "api@example.com", "pw-1234567890"

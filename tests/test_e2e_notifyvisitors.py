@@ -15,10 +15,10 @@ from bulksend import campaign as campaign_module
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
 from bulksend.errors import AuthError, ProviderError
+from bulksend.net.transport import Transport
 from bulksend.providers import notifyvisitors
 from bulksend.providers.notifyvisitors_api import campaign_report
 from bulksend.sandbox import FaultConfig, SandboxConfig, running
-from bulksend.transport import Transport
 
 KEY, BRAND = "nv-key-123456", "brand-77"
 SECRETS = {"api_key": KEY, "brand_id": BRAND}

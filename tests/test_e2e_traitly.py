@@ -15,10 +15,10 @@ from bulksend import campaign as campaign_module
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
 from bulksend.errors import AuthError, ProviderError
+from bulksend.net.transport import Transport
 from bulksend.providers import traitly, traitly_api
 from bulksend.providers.reads import ReadRequest, fetch
 from bulksend.sandbox import FaultConfig, SandboxConfig, running
-from bulksend.transport import Transport
 from tests.conftest import ROOT, run_cli
 
 TOKEN = "traitly-token-0123456789"

@@ -23,7 +23,7 @@ from bulksend import campaign as campaign_module
 from bulksend.engine import EngineOptions
 from bulksend.errors import NoResponse
 from bulksend.models import HttpRequest
-from bulksend.transport import Transport
+from bulksend.net.transport import Transport
 from tests.conftest import KEY, CliResult, run_cli, write_campaign, write_recipients
 
 ROWS = [(f"v{i:03d}", f"u{i:03d}") for i in range(200)]

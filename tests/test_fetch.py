@@ -1,4 +1,4 @@
-"""The one request-with-retry path (``bulksend.fetch``) on a scripted transport.
+"""The one request-with-retry path (``bulksend.net.fetch``) on a scripted transport.
 
 The scheduler reads an injected clock that steps 100 s at every reading, so a pause the
 provider asks for (shorter than that) is over by the next admission, and backoffs go to a
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from bulksend.errors import AuthError, NoResponse, TransientError, UnavailableError
-from bulksend.fetch import Fetcher, FirstRequest, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse
+from bulksend.net.fetch import Fetcher, FirstRequest, Retry, Sender
 from bulksend.providers.base import Limit
 from bulksend.providers.reads import ReadRequest, get
 from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler

@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from bulksend.errors import AuthError, ConfigError, UnavailableError
-from bulksend.leads import (
+from bulksend.models import HttpResponse
+from bulksend.net.transport import Transport
+from bulksend.providers.maxtraffic_leads import (
     LeadsQuery,
     as_leads,
     columns,
@@ -27,11 +29,9 @@ from bulksend.leads import (
     read_leads,
     write_leads,
 )
-from bulksend.models import HttpResponse
 from bulksend.sandbox import Sandbox, SandboxConfig, running
 from bulksend.sandbox.maxtraffic import filter_leads, synthetic_leads
 from bulksend.sandbox.testing import SandboxProcess
-from bulksend.transport import Transport
 from tests.conftest import KEY, ROOT, run_cli
 
 HEADERS = {"Authorization": f"key={KEY}", "Accept": "application/json"}

@@ -15,10 +15,10 @@ from yarl import URL
 
 from bulksend.errors import ConfigError, NoResponse
 from bulksend.models import HttpRequest
+from bulksend.net.proxies import bypassed, is_loopback, proxy_for, redacted
+from bulksend.net.transport import Transport
 from bulksend.providers import traitly_api
-from bulksend.proxies import bypassed, is_loopback, proxy_for, redacted
 from bulksend.sandbox import SandboxConfig, running
-from bulksend.transport import Transport
 
 API = "https://api.maxtraffic.com"
 

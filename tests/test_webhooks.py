@@ -17,8 +17,7 @@ import pytest
 
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
-from bulksend.sandbox import SandboxConfig, running
-from bulksend.webhooks import (
+from bulksend.providers.traitly_webhooks import (
     NEXT_ACTIONS,
     PROPENSITY,
     PayloadError,
@@ -28,6 +27,7 @@ from bulksend.webhooks import (
     parse_payload,
     serving,
 )
+from bulksend.sandbox import SandboxConfig, running
 from tests.conftest import ROOT, run_cli
 
 # the doc's two examples, verbatim

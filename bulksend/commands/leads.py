@@ -19,7 +19,11 @@ from typing import Any
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.config import check_base_url, load_settings, resolve_secrets
 from bulksend.errors import ConfigError, MissingSecretError
-from bulksend.leads import (
+from bulksend.logs import redactor
+from bulksend.net.transport import Transport
+from bulksend.outputs import Output, check
+from bulksend.providers import maxtraffic
+from bulksend.providers.maxtraffic_leads import (
     LeadsQuery,
     default_scheduler,
     dump_leads,
@@ -28,10 +32,6 @@ from bulksend.leads import (
     output_format,
     write_leads,
 )
-from bulksend.logs import redactor
-from bulksend.outputs import Output, check
-from bulksend.providers import maxtraffic
-from bulksend.transport import Transport
 
 HELP = "export MaxTraffic leads to CSV or JSON Lines"
 DESCRIPTION = (

@@ -43,7 +43,7 @@ def _fraction(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bulksend.webhooks import OBJECTS
+    from bulksend.providers.traitly_webhooks import OBJECTS
 
     parser.add_argument(
         "--port", metavar="PORT", type=int, required=True, help="port to listen on (0: any)"
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
-    from bulksend.webhooks import OBJECTS, ReceiverConfig, serving
+    from bulksend.providers.traitly_webhooks import OBJECTS, ReceiverConfig, serving
 
     token = None
     if args.token_env:

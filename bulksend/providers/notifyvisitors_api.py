@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bulksend.fetch import Sender
+from bulksend.net.fetch import Sender
 from bulksend.providers import notifyvisitors
 from bulksend.providers.reads import get
 from bulksend.scheduler import Scheduler

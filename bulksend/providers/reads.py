@@ -1,7 +1,7 @@
 """Read requests (GET with query parameters) shared by the providers' read helpers.
 
 The providers build a ``ReadRequest`` and interpret the ``HttpResponse`` (pure); ``get`` sends
-one through a caller's ``Transport`` on the one request-with-retry path (``bulksend.fetch``)::
+one through a caller's ``Transport`` on the one request-with-retry path (``bulksend.net.fetch``)::
 
     async with Transport(base_url) as transport:
         customers = await get(transport, traitly.customers_read(token), traitly.read_list)
@@ -21,8 +21,8 @@ from typing import TypeVar
 from urllib.parse import urlencode
 
 from bulksend.errors import TransientError
-from bulksend.fetch import Fetcher, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse
+from bulksend.net.fetch import Fetcher, Retry, Sender
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
 from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler

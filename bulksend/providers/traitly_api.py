@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from bulksend.fetch import Sender
 from bulksend.models import HttpResponse
+from bulksend.net.fetch import Sender
 from bulksend.providers import traitly
 from bulksend.providers.reads import ReadRequest, get
 from bulksend.scheduler import Scheduler

@@ -22,7 +22,7 @@ from yarl import URL
 
 from bulksend.errors import NoResponse
 from bulksend.models import HttpRequest, HttpResponse
-from bulksend.proxies import proxy_for, redacted
+from bulksend.net.proxies import proxy_for, redacted
 
 REFUSED = "connection refused"
 DNS = "DNS name not resolved"
@@ -64,7 +64,7 @@ class Transport:
     """One pooled session for a whole send. Use as an async context manager.
 
     ``proxy``: by default the one ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` name for the
-    base URL, unless ``NO_PROXY`` lists its host or the host is loopback (``bulksend.proxies``);
+    base URL, unless ``NO_PROXY`` lists its host or the host is loopback (``bulksend.net.proxies``);
     or a proxy URL; or None for a direct connection.
     """
 

@@ -34,8 +34,8 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from bulksend.errors import AuthError, ConfigError, TransientError, UnavailableError
-from bulksend.fetch import Fetcher, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse
+from bulksend.net.fetch import Fetcher, Retry, Sender
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
     BASE_URL_HINT,

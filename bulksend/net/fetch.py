@@ -42,7 +42,7 @@ _OK, _THROTTLED = FeedbackKind.OK, FeedbackKind.THROTTLED
 
 
 class Sender(Protocol):
-    """What a request needs of a transport (``bulksend.transport.Transport`` fits)."""
+    """What a request needs of a transport (``bulksend.net.transport.Transport`` fits)."""
 
     async def send(self, request: HttpRequest) -> HttpResponse: ...
 

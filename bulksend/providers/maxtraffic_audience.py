@@ -38,8 +38,9 @@ from urllib.parse import quote
 import orjson
 
 from bulksend.errors import AuthError, ProviderError, TransientError, UnavailableError
-from bulksend.fetch import Fetcher, FirstRequest, Retry, Sender
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.net.fetch import Fetcher, FirstRequest, Retry, Sender
+from bulksend.net.transport import Transport
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
     BASE_URL_HINT,
@@ -53,7 +54,6 @@ from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
 from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.transport import Transport
 
 
 class Audience(enum.Enum):
