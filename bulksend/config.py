@@ -331,6 +331,8 @@ _FLAGS: Mapping[str, tuple[str, str]] = {
     "recipients": ("recipients", "path"),
     **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
 }
+#: the keys of the flags that override the campaign file (``--batch-size`` -> ``batch_size``)
+FLAG_KEYS = tuple(_FLAGS)
 
 
 class _Values:

@@ -9,7 +9,9 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import structlog
 
@@ -70,6 +72,19 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     status = cli.run(list(args), env=dict(env or {}), stdout=out, stderr=err)
     return CliResult(int(status), out.getvalue(), err.getvalue())
+
+
+def send_to_sandbox(campaign: Path, tmp_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``bulksend send CAMPAIGN --sandbox`` with a JSON Lines report and a summary (exit 0
+    asserted): the report's rows and the summary."""
+    report, summary = tmp_path / "o.jsonl", tmp_path / "s.json"
+    sent = run_cli(
+        "send", str(campaign), "--sandbox", "--report", str(report),
+        "--summary-json", str(summary), "-q", "--progress", "never",
+    )  # fmt: skip
+    assert sent.status == 0, sent.stderr
+    rows = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    return rows, orjson.loads(summary.read_bytes())
 
 
 def run_bulksend(

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
 from bulksend.models import Recipient, Rejected
 from bulksend.sources import Columns, SourceSpec, open_source
-from tests.conftest import run_cli
+from tests.conftest import run_cli, send_to_sandbox
 
 EMPTY = "empty row: no id and no uid"
 
@@ -142,17 +141,10 @@ def test_send_and_validate_count_and_report_every_row(
     for line in rejected:
         assert f"{recipients}:{line}: {EMPTY}" in checked.stdout
 
-    report, summary = tmp_path / "o.jsonl", tmp_path / "s.json"
-    sent = run_cli(
-        "send", str(campaign), "--sandbox", "--report", str(report),
-        "--summary-json", str(summary), "-q", "--progress", "never",
-    )  # fmt: skip
-    assert sent.status == 0, sent.stderr
-    s = orjson.loads(summary.read_bytes())
+    rows, s = send_to_sandbox(campaign, tmp_path)
     parts = ("delivered", "duplicates", "invalid", "failed", "unknown", "skipped")
     assert s["read"] == sum(s[k] for k in parts) == len(rejected) + delivered
     assert (s["invalid"], s["delivered"]) == (len(rejected), delivered)
-    rows = [orjson.loads(line) for line in report.read_bytes().splitlines()]
     assert len(rows) == s["read"]
     assert Counter(r["status"] for r in rows) == {"invalid": len(rejected), "delivered": delivered}
     assert sorted(r["line"] for r in rows if r["status"] == "invalid") == rejected

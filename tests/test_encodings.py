@@ -7,14 +7,13 @@ import gzip
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
 from bulksend.errors import InputError
 from bulksend.models import Recipient, Rejected
 from bulksend.sources import Columns, SourceSpec, open_source
 from bulksend.sources.stream import choose_encoding
-from tests.conftest import run_cli
+from tests.conftest import run_cli, send_to_sandbox
 
 BOMS = {
     "utf-8": codecs.BOM_UTF8,
@@ -200,15 +199,8 @@ def test_validate_and_a_sandbox_send_read_utf16_and_utf32(
     for line, reason in invalid:
         assert f"{tmp_path / name}:{line}: {reason}" in checked.stdout
 
-    report, summary = tmp_path / "o.jsonl", tmp_path / "s.json"
-    sent = run_cli(
-        "send", str(campaign), "--sandbox", "--report", str(report),
-        "--summary-json", str(summary), "-q", "--progress", "never",
-    )  # fmt: skip
-    assert sent.status == 0, sent.stderr
-    s = orjson.loads(summary.read_bytes())
+    rows, s = send_to_sandbox(campaign, tmp_path)
     assert (s["read"], s["delivered"], s["invalid"]) == (len(expected), len(valid), len(invalid))
-    rows = [orjson.loads(line) for line in report.read_bytes().splitlines()]
     assert Counter(r["status"] for r in rows) == {"delivered": len(valid), "invalid": len(invalid)}
     delivered = sorted((r["line"], r["id"], r["uid"]) for r in rows if r["status"] == "delivered")
     assert delivered == [e[:3] for e in valid]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bulksend.argtypes import fraction
-from bulksend.config import Settings, load_settings
+from bulksend.config import FLAG_KEYS, Settings, load_settings
 from bulksend.outputs import Output
 
 
@@ -59,22 +59,8 @@ class Context:
 
 REPORT_HELP = "per-recipient report (.csv/.jsonl; '-': stdout, as CSV)"
 
-#: flags that override the campaign file, and their Settings keys
-CAMPAIGN_FLAGS = (
-    "recipients",
-    "base_url",
-    "report",
-    "batch_size",
-    "rate",
-    "limit",
-    "in_flight",
-    "timeout",
-    "max_attempts",
-    "max_unexpected",
-    "format",
-    "delimiter",
-    "encoding",
-)
+#: flags that override the campaign file (their Settings keys)
+CAMPAIGN_FLAGS = FLAG_KEYS
 
 
 def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True) -> None:
