@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("BULKSEND_VENV", ROOT / ".venv"))
 #: what the installed environment is built from: a change to any of them reinstalls
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "bulksend/core/_keyset.c")
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "bulksend/dedup/_keyset.c")
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 
@@ -48,7 +48,7 @@ def ensure_venv(extras: str) -> None:
     run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     # an extension built earlier would stay if this build failed (it is optional): remove it,
     # so a failed build shows (tests/test_keyset_c.py fails where a C compiler exists)
-    for built in (ROOT / "bulksend" / "core").glob("_keyset.*.*"):
+    for built in (ROOT / "bulksend" / "dedup").glob("_keyset.*.*"):
         if built.suffix in {".so", ".pyd"}:
             built.unlink()
     target = f".[{extras}]" if extras else "."

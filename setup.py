@@ -1,6 +1,6 @@
 """Builds the optional C extension; the project's metadata is in pyproject.toml.
 
-``bulksend.core._keyset`` makes deduplication several times faster. It is optional: without a
+``bulksend.dedup._keyset`` makes deduplication several times faster. It is optional: without a
 C compiler (or Python's headers) the build prints a warning, the install still succeeds, and
 bulksend uses the numpy key set instead (as it does with ``BULKSEND_NO_EXTENSIONS=1``).
 """
@@ -21,7 +21,7 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("bulksend.core._keyset", ["bulksend/core/_keyset.c"], optional=True),
+        Extension("bulksend.dedup._keyset", ["bulksend/dedup/_keyset.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -43,7 +43,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from benchmarks.common import KEY, cli_logging, machine, median, sandbox_process
 from benchmarks.throughput import post_all
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.deduper import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.net.transport import Transport

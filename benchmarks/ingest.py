@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import median
-from bulksend.ahead import DedupAhead
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.ahead import DedupAhead
+from bulksend.dedup.deduper import Deduper
 from bulksend.providers.maxtraffic import NotificationBatcher
 from bulksend.sources import SourceSpec, open_source, write_synthetic_csv
 

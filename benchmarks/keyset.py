@@ -95,9 +95,9 @@ def identities(
 def child(backend: str, workload: str, keys: int, hint: bool, rate: float) -> dict[str, Any]:
     """One measurement, in this process."""
     if backend == "c":
-        from bulksend.core.keyset_c import KeySet
+        from bulksend.dedup.keyset_c import KeySet
     else:
-        from bulksend.core.keyset_numpy import KeySet  # type: ignore[assignment]
+        from bulksend.dedup.keyset_numpy import KeySet  # type: ignore[assignment]
     pairs = workload == "pairs"
     rows = keys // 2 if pairs else keys
     chunk = 4096 if pairs else 8192
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "c" in args.backends:
         try:
-            from bulksend.core import keyset_c  # noqa: F401
+            from bulksend.dedup import keyset_c  # noqa: F401
         except ImportError:
             print("the C extension is not built: pip install -e . (needs a C compiler)")
             return 1

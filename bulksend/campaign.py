@@ -20,7 +20,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from bulksend.config import Settings
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.deduper import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
 from bulksend.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url

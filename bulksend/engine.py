@@ -36,11 +36,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from bulksend.ahead import Dedup, DedupAhead, Kept
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
 from bulksend.core.decide import Action, Do, Stop, decide
 from bulksend.core.isolate import How, isolate
+from bulksend.dedup.ahead import Dedup, DedupAhead, Kept
 from bulksend.errors import (
     AuthError,
     BulksendError,

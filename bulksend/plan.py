@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulksend.ahead import DedupAhead
 from bulksend.core.bucket import Bucket
+from bulksend.dedup.ahead import DedupAhead
 from bulksend.engine import as_chunks
 from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider, add_all

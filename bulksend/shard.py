@@ -18,7 +18,7 @@ import re
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
-from bulksend.ahead import Dedup, DedupAhead
+from bulksend.dedup.ahead import Dedup, DedupAhead
 from bulksend.errors import ConfigError
 from bulksend.models import DUPLICATE_REASON, Duplicate, Recipient
 from bulksend.recipients import Recipients

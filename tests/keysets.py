@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from bulksend.core import keyset_numpy
+from bulksend.dedup import keyset_numpy
 
 try:
-    from bulksend.core import keyset_c
+    from bulksend.dedup import keyset_c
 except ImportError:
     keyset_c = None  # type: ignore[assignment]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bulksend.ahead import DedupAhead
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.ahead import DedupAhead
+from bulksend.dedup.deduper import Deduper
 from bulksend.models import Recipient
 from bulksend.recipients import Recipients
 from bulksend.sources import SourceSpec, open_source, write_synthetic_csv

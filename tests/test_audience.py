@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from bulksend.campaign import build_provider, build_scheduler
 from bulksend.config import load_settings
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.deduper import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.errors import AuthError, NoResponse, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulksend.core import dedup as dedup_module
-from bulksend.core import keyset_numpy
-from bulksend.core.dedup import Deduper
+from bulksend.dedup import deduper as dedup_module
+from bulksend.dedup import keyset_numpy
+from bulksend.dedup.deduper import Deduper
 from bulksend.models import Recipient
 from bulksend.recipients import Recipients
 from tests.hypothesis_profiles import examples

@@ -10,7 +10,7 @@ import orjson
 
 from bulksend.campaign import build_provider, build_scheduler, send_campaign, source_spec
 from bulksend.config import load_settings
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.deduper import Deduper
 from bulksend.engine import Engine, EngineOptions
 from bulksend.net.transport import Transport
 from bulksend.providers.maxemail import Maxemail

@@ -1,4 +1,4 @@
-"""The C key set (bulksend/core/_keyset.c): built, chosen, exact, robust.
+"""The C key set (bulksend/dedup/_keyset.c): built, chosen, exact, robust.
 
 The tests shared with the numpy key set are in test_dedup.py (they run against both); these
 are the C one's own: its spill read back after the write buffer went out, growth from the
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulksend.core import dedup
-from bulksend.core.dedup import Deduper
+from bulksend.dedup import deduper as dedup
+from bulksend.dedup.deduper import Deduper
 from bulksend.models import Recipient
 from tests.hypothesis_profiles import examples
 from tests.keysets import keyset_c, needs_c
@@ -44,7 +44,7 @@ def ks() -> Iterator[Any]:
 
 
 def backend_in_subprocess(env: dict[str, str], *pre: str) -> str:
-    code = "\n".join([*pre, "from bulksend.core import dedup", "print(dedup.BACKEND)"])
+    code = "\n".join([*pre, "from bulksend.dedup import deduper as dedup", "print(dedup.BACKEND)"])
     full = {k: v for k, v in os.environ.items() if k != "BULKSEND_NO_EXTENSIONS"} | env
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=full
@@ -71,14 +71,14 @@ def test_without_the_extension_numpy_is_used() -> None:
         "import sys",
         "class Block:",
         "    def find_spec(self, name, path=None, target=None):",
-        "        if name == 'bulksend.core._keyset':",
+        "        if name == 'bulksend.dedup._keyset':",
         "            raise ImportError('not built')",
         "sys.meta_path.insert(0, Block())",
     ]
     assert backend_in_subprocess({}, *block) == "numpy"
     dedupe = "from bulksend.models import Recipient as R; d = dedup.Deduper()"
     check = "assert d.filter_many([R(2, 'a'), R(3, 'a')])[1] == [R(3, 'a')]"
-    lines = [*block, "from bulksend.core import dedup", dedupe, check]
+    lines = [*block, "from bulksend.dedup import deduper as dedup", dedupe, check]
     assert backend_in_subprocess({}, *lines) == "numpy"
 
 

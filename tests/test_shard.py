@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.deduper import Deduper
 from bulksend.errors import ConfigError
 from bulksend.models import Duplicate, Recipient, Rejected
 from bulksend.shard import ALREADY_DEDUPLICATED, Shard

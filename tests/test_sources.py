@@ -378,7 +378,7 @@ def test_reading_dedup_and_batching_make_no_recipient_objects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bulksend import recipients as recipients_module
-    from bulksend.core.dedup import Deduper
+    from bulksend.dedup.deduper import Deduper
     from bulksend.providers.maxtraffic import NotificationBatcher, notification_body
 
     def refuse(*args: object) -> None:

@@ -372,7 +372,7 @@ class _Delivered:
     BATCH = 4096
 
     def __init__(self, keys: Sequence[str]) -> None:
-        from bulksend.core.dedup import KeySet  # numpy and the C extension: only when needed
+        from bulksend.dedup.deduper import KeySet  # numpy and the C extension: only when needed
 
         self.keys = tuple(keys)
         self._seen = KeySet()

@@ -26,7 +26,7 @@ from bulksend.commands.common import (
     settings_from,
 )
 from bulksend.config import Settings, resolve_secrets
-from bulksend.core.dedup import Deduper
+from bulksend.dedup.deduper import Deduper
 from bulksend.errors import MissingSecretError
 from bulksend.outputs import Output, check
 from bulksend.plan import Plan, plan

@@ -1,8 +1,8 @@
 """The compiled key set: the same exact, bounded-memory set as the numpy one, 2-4x faster.
 
-:mod:`bulksend.core.dedup` uses this :class:`KeySet` when the C extension
-:mod:`bulksend.core._keyset` was built (``pip install`` builds it when a C compiler is there)
-and ``BULKSEND_NO_EXTENSIONS`` is not set; otherwise :mod:`bulksend.core.keyset_numpy`. Both
+:mod:`bulksend.dedup.deduper` uses this :class:`KeySet` when the C extension
+:mod:`bulksend.dedup._keyset` was built (``pip install`` builds it when a C compiler is there)
+and ``BULKSEND_NO_EXTENSIONS`` is not set; otherwise :mod:`bulksend.dedup.keyset_numpy`. Both
 have the same API and give the same answers. Importing this module raises ImportError when the
 extension is missing.
 
@@ -71,7 +71,7 @@ Speed
     prefetching the home slot 16 keys ahead, so the table's cache misses overlap. Without a
     ``hash_fn`` the hashing, probing and spill I/O run without the GIL (the keys were copied
     into tuples the call owns; the set refuses other callers while busy), so a helper thread
-    can deduplicate while the reader reads on (:mod:`bulksend.ahead`). Measured
+    can deduplicate while the reader reads on (:mod:`bulksend.dedup.ahead`). Measured
     (benchmarks/keyset.py, 5 % repeated rows): an id and uid per row, as ``Deduper`` adds
     them, 56 ns a key at 1 million keys and 63 at 20 million (numpy: 203 and 252); ids alone
     66 and 108 (numpy 189 and 211), where one ``pread`` per repeated key (0.7-1.2 µs on the
@@ -87,8 +87,8 @@ from typing import Final
 
 import numpy as np
 
-from bulksend.core import _keyset
-from bulksend.core.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase
+from bulksend.dedup import _keyset
+from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase
 
 __all__ = ["KeySet"]
 

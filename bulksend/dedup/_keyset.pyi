@@ -1,4 +1,4 @@
-"""Types of the C extension bulksend/core/_keyset.c (see bulksend.core.keyset_c)."""
+"""Types of the C extension bulksend/dedup/_keyset.c (see bulksend.dedup.keyset_c)."""
 
 from collections.abc import Callable, Sequence
 from typing import Final, final

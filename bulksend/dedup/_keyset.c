@@ -1,14 +1,14 @@
 /*
- * bulksend.core._keyset: the compiled table behind bulksend.core.keyset_c.KeySet.
+ * bulksend.dedup._keyset: the compiled table behind bulksend.dedup.keyset_c.KeySet.
  *
  * An exact set of (kind, str) keys: a table of 64-bit slots in RAM, the keys' bytes in an
  * append-only spill file (an unlinked temporary file whose descriptor the caller hands over).
  * The layout, the hash, growth, and the argument that the set is exact are written out in the
- * docstring of bulksend/core/keyset_c.py; comments marked EXACT below are the places that
+ * docstring of bulksend/dedup/keyset_c.py; comments marked EXACT below are the places that
  * argument rests on.
  *
  * Plain C99 and the CPython C API; POSIX pread/pwrite. Without a hash_fn the GIL is let go
- * while a batch is hashed and probed (run_batch): other threads run meanwhile (bulksend.ahead).
+ * while a batch is hashed and probed (run_batch): other threads run meanwhile (bulksend.dedup.ahead).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -20,7 +20,7 @@
 #include <string.h>
 
 #if defined(_WIN32)
-#error "bulksend.core._keyset needs POSIX pread/pwrite; the numpy key set is used instead"
+#error "bulksend.dedup._keyset needs POSIX pread/pwrite; the numpy key set is used instead"
 #endif
 
 #include <fcntl.h>
@@ -1668,11 +1668,11 @@ PyDoc_STRVAR(KeySet_doc,
              "KeySet(fd, seed, expected, hash_fn=None)\n\n"
              "An exact set of (kind, str) keys: a table in RAM, the keys' bytes in the spill\n"
              "file fd (taken over on success: closed by close() or when the object goes).\n"
-             "See bulksend.core.keyset_c.");
+             "See bulksend.dedup.keyset_c.");
 
 static PyTypeObject KeySetType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "bulksend.core._keyset.KeySet",
+    .tp_name = "bulksend.dedup._keyset.KeySet",
     .tp_basicsize = sizeof(KeySetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = KeySet_doc,
@@ -1708,13 +1708,13 @@ static PyModuleDef_Slot module_slots[] = {
 };
 
 PyDoc_STRVAR(module_doc,
-             "The compiled table behind bulksend.core.keyset_c.KeySet (optional: without it\n"
+             "The compiled table behind bulksend.dedup.keyset_c.KeySet (optional: without it\n"
              "bulksend uses the numpy key set). The design and the argument that the set is\n"
              "exact are in that module's docstring.");
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "bulksend.core._keyset",
+    .m_name = "bulksend.dedup._keyset",
     .m_doc = module_doc,
     .m_size = 0,
     .m_slots = module_slots,

@@ -1,6 +1,7 @@
 """The numpy key set: exact, in bounded memory (the fallback when the C extension is missing).
 
-:mod:`bulksend.core.dedup` picks this one or :mod:`bulksend.core.keyset_c`; both answer the same.
+:mod:`bulksend.dedup.deduper` picks this one or :mod:`bulksend.dedup.keyset_c`; both answer
+the same.
 
 Why not a ``set``
     A Python ``set`` of 10 million 32-character strings costs well over 1 GB (about 80 bytes per
@@ -362,7 +363,7 @@ class SpillStore:
 
 
 class KeySetBase(ABC):
-    """What both key sets (this one and :mod:`bulksend.core.keyset_c`'s) build on ``add_kinds``."""
+    """What both key sets (this one and :mod:`bulksend.dedup.keyset_c`'s) build on ``add_kinds``."""
 
     @abstractmethod
     def add_kinds(

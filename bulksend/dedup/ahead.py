@@ -1,7 +1,7 @@
 """Deduplication in a helper thread, one chunk ahead of the reader (both cores at work).
 
 The compiled key set lets go of the GIL while it hashes, probes its table and reads or writes
-its spill file (``bulksend.core._keyset``), which is most of a chunk's deduplication. Run in a
+its spill file (``bulksend.dedup._keyset``), which is most of a chunk's deduplication. Run in a
 helper thread, that work overlaps with reading and checking the next chunk in the caller's
 thread, or with the event loop's network work in a send::
 

@@ -8,10 +8,10 @@ a stored copy, so a hash collision can never drop a recipient.
 
 Two implementations, the same API and the same answers (the tests run against both):
 
-* :mod:`bulksend.core.keyset_c`, on the C extension :mod:`bulksend.core._keyset`, built by
+* :mod:`bulksend.dedup.keyset_c`, on the C extension :mod:`bulksend.dedup._keyset`, built by
   ``pip install`` when a C compiler is there: about 55-65 ns a key for a row's id and uid at
   1-20 million keys (benchmarks/README.md);
-* :mod:`bulksend.core.keyset_numpy`, pure Python and numpy: 150-350 ns a key.
+* :mod:`bulksend.dedup.keyset_numpy`, pure Python and numpy: 150-350 ns a key.
 
 ``BACKEND`` says which one :class:`KeySet` is: ``"c"`` when the extension imports and the
 environment variable ``BULKSEND_NO_EXTENSIONS`` is unset (or empty or ``0``) when this module
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bulksend.core import keyset_numpy
-from bulksend.core.keyset_numpy import DEFAULT_KIND, BoolArray, SpillStore
+from bulksend.dedup import keyset_numpy
+from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, SpillStore
 from bulksend.models import Recipient
 from bulksend.recipients import Recipients
 
 if TYPE_CHECKING:
-    from bulksend.core import keyset_c
+    from bulksend.dedup import keyset_c
 
 __all__ = ["BACKEND", "Deduper", "KeySet", "SpillStore"]
 
@@ -45,7 +45,7 @@ def _choose_backend() -> tuple[str, type[keyset_c.KeySet] | type[keyset_numpy.Ke
     if os.environ.get(NO_EXTENSIONS_VAR, "") not in ("", "0"):
         return "numpy", keyset_numpy.KeySet
     try:
-        from bulksend.core import keyset_c
+        from bulksend.dedup import keyset_c
     except ImportError:  # not built (no C compiler at install time): the numpy one
         return "numpy", keyset_numpy.KeySet
     return "c", keyset_c.KeySet
