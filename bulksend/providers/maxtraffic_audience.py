@@ -28,6 +28,7 @@ shape the engine reads. Order is kept, so batches (and the journal) stay determi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -416,21 +417,13 @@ async def check_audience(
     """
     scheduler = scheduler or default_scheduler(concurrency)
     headers = maxtraffic.MaxTraffic(api_key=api_key, message={}).headers()
-    if transport is not None:
+    async with contextlib.AsyncExitStack() as stack:
+        if transport is None:  # standalone: a transport of its own, closed at the end
+            transport = await stack.enter_async_context(
+                Transport(base_url, connections=concurrency)
+            )
         check = AudienceCheck(
             transport,
-            scheduler,
-            headers=headers,
-            path=path,
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-        )
-        async for result in check.results(recipients):
-            yield result
-        return
-    async with Transport(base_url, connections=concurrency) as own:
-        check = AudienceCheck(
-            own,
             scheduler,
             headers=headers,
             path=path,

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from bulksend.sandbox.common import Clock
 from bulksend.sandbox.config import FaultConfig, SandboxConfig
@@ -40,6 +40,29 @@ def parse_listening_line(line: str) -> str | None:
     """The base URL from the CLI's start line, or None if ``line`` is not that line."""
     match = LISTENING.match(line.strip())
     return match.group("url") if match else None
+
+
+class Started:
+    """A context manager of something with ``start()`` and ``stop()`` (a child process, a
+    server): started on entry, stopped on exit, whatever happened in between."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class FakeClock:
@@ -88,7 +111,7 @@ async def sandbox(
         yield sb
 
 
-class SandboxProcess:
+class SandboxProcess(Started):
     """``python -m bulksend.sandbox.cli PROVIDER --port 0 ARGS...`` in a child process."""
 
     def __init__(
@@ -162,18 +185,6 @@ class SandboxProcess:
             return None
         fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self) -> SandboxProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def stop_process(

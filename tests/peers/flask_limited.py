@@ -37,11 +37,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Any
 
 import orjson
 
+from bulksend.sandbox.testing import Started
 from tests.peers.measure import Answer, read_jsonl_log
 from tests.peers.process import stop
 
@@ -167,7 +168,7 @@ def first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return process.stdout.readline().decode().strip() if ready else ""
 
 
-class FlaskLimited:
+class FlaskLimited(Started):
     """The peer in a child process: ``with FlaskLimited(dir, limit=..., ...) as peer``."""
 
     def __init__(
@@ -215,18 +216,6 @@ class FlaskLimited:
 
     def answers(self) -> list[Answer]:
         return read_jsonl_log(self.log) if self.log.exists() else []
-
-    def __enter__(self) -> FlaskLimited:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

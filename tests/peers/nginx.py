@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from bulksend.distributed.testing import free_port
-from bulksend.sandbox.testing import SandboxProcess
+from bulksend.sandbox.testing import SandboxProcess, Started
 from tests.peers.measure import Answer, read_nginx_log
 from tests.peers.process import stop, wait_for_port
 
@@ -96,7 +95,7 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(Started):
     """nginx in a child process with everything in ``directory``."""
 
     def __init__(self, directory: Path, upstream: str, limit: Limit, binary: str) -> None:
@@ -155,18 +154,6 @@ class Nginx:
 
     def answers(self) -> list[Answer]:
         return read_nginx_log(self.access_log) if self.access_log.exists() else []
-
-    def __enter__(self) -> Nginx:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def upstream_of(url: str) -> str:
