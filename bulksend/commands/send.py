@@ -426,7 +426,7 @@ def _append(path: str, summary: Summary) -> None:
         f.write(summary.markdown())
 
 
-def _write_after(label: str, path: Any, write: Any, ctx: Context) -> None:
+def _write_after(label: str, path: str | Path, write: Callable[[], object], ctx: Context) -> None:
     """Write an output once the send is over; a failure (disk full, a file that changed since
     the check before the send) is one line, and the send's exit status stays what it was."""
     try:
