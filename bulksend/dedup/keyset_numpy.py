@@ -356,11 +356,6 @@ class SpillStore:
         stored: U64Array = np.frombuffer(data, dtype=np.uint64).reshape(len(parts), words)
         return stored
 
-    def same_key(self, o: int, key: str, kind: int = DEFAULT_KIND) -> bool:
-        """Whether the record at ``o`` holds exactly ``key`` of that kind."""
-        record = (chr(kind) + key).encode("utf-8", "surrogatepass")
-        return bool(self.same([o], [record])[0])
-
 
 class KeySetBase(ABC):
     """What both key sets (this one and :mod:`bulksend.dedup.keyset_c`'s) build on ``add_kinds``."""

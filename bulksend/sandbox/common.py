@@ -13,7 +13,7 @@ import enum
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -462,15 +462,6 @@ def parse_json(body: bytes) -> tuple[Any, str | None]:
         return orjson.loads(body), None
     except orjson.JSONDecodeError as exc:
         return None, f"request body is not valid JSON: {exc}"
-
-
-def first_duplicate(values: Iterable[str]) -> str | None:
-    seen: set[str] = set()
-    for v in values:
-        if v in seen:
-            return v
-        seen.add(v)
-    return None
 
 
 def short(value: str, limit: int = 60) -> str:

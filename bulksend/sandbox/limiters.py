@@ -135,10 +135,6 @@ _NO_HEADERS: Mapping[str, str] = {}
 _PASS = Decision(True, 200, _NO_HEADERS)
 
 
-def _allowed(headers: Mapping[str, str]) -> Decision:
-    return Decision(True, 200, headers) if headers else _PASS
-
-
 # ---------------------------------------------------------------------------- fixed, bare429
 
 
