@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from bulksend import logs
+from bulksend.output import logs
 from bulksend.sandbox.testing import SandboxProcess
 
 KEY = "bench-key"

@@ -44,12 +44,12 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from benchmarks.common import KEY, cli_logging, machine, median, sandbox_process
 from benchmarks.throughput import post_all
 from bulksend.dedup.deduper import Deduper
-from bulksend.engine import Engine, EngineOptions
+from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.net.transport import Transport
 from bulksend.providers import maxtraffic
+from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.recipients import Recipients
-from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
 
 #: what the sandbox is started with (and what the null transport announces): no effective limit

@@ -81,7 +81,7 @@ def timed(function: Callable[[], object]) -> tuple[float, object]:
 
 def child(path: Path, keep_attrs: bool, estimate: bool) -> None:
     """Run once in this process after the imports of a send; print counters and peak RSS."""
-    for module in ("aiohttp", "orjson", "structlog", "bulksend.engine", "bulksend.cli"):
+    for module in ("aiohttp", "orjson", "structlog", "bulksend.dispatch.engine", "bulksend.cli"):
         try:
             __import__(module)
         except Exception:  # best effort: the figure then lacks that module

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bulksend.providers.base import Limit
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 
 HEADERS = {"X-RateLimit-Limit": "1000000", "X-RateLimit-Remaining": "999999"}
 

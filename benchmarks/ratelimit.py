@@ -44,14 +44,14 @@ import aiohttp
 from benchmarks.common import KEY, cli_logging, machine
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
-from bulksend.engine import Engine
+from bulksend.dispatch.engine import Engine
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.net.transport import Transport
 from bulksend.providers.base import Limit
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sandbox.config import LONG_LIMIT_FACTOR, SandboxConfig
 from bulksend.sandbox.ledger import read_ledger
 from bulksend.sandbox.testing import SandboxProcess
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 
 CAMPAIGN = """
 provider = "maxtraffic"

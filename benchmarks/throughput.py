@@ -46,7 +46,7 @@ from benchmarks.common import (
 from bulksend.campaign import JournalOptions, build_provider, send_campaign
 from bulksend.config import load_settings
 from bulksend.models import Recipient
-from bulksend.report import Summary
+from bulksend.output.report import Summary
 from bulksend.sandbox.testing import SandboxProcess
 
 CAMPAIGN = """

@@ -42,7 +42,7 @@ _MEMBERS = {
     "Recipient": "bulksend.models",
     "Rejected": "bulksend.models",
     "Status": "bulksend.models",
-    "Summary": "bulksend.report",
+    "Summary": "bulksend.output.report",
 }
 
 __all__ = [
@@ -83,7 +83,7 @@ if TYPE_CHECKING:
         UnavailableError,
     )
     from bulksend.models import Outcome, Recipient, Rejected, Status
-    from bulksend.report import Summary
+    from bulksend.output.report import Summary
 
 
 def __getattr__(name: str) -> Any:

@@ -21,19 +21,19 @@ import orjson
 
 from bulksend.config import Settings
 from bulksend.dedup.deduper import Deduper
-from bulksend.engine import Engine, EngineOptions
+from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
-from bulksend.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
-from bulksend.logs import redactor
 from bulksend.models import Outcome, Status
 from bulksend.net.transport import Transport
+from bulksend.output.logs import redactor
+from bulksend.output.report import ReportWriter, Summary
 from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
 from bulksend.providers.maxtraffic_audience import AudienceCheck
-from bulksend.report import ReportWriter, Summary
-from bulksend.scheduler import GroupPolicy, Scheduler
-from bulksend.shard import ALREADY_DEDUPLICATED, Shard
+from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
+from bulksend.state.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
+from bulksend.state.shard import ALREADY_DEDUPLICATED, Shard
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO, cast
 
-from bulksend import logs
 from bulksend.commands.common import Context, ExitStatus, HelpFormatter
 from bulksend.errors import (
     AuthError,
@@ -27,7 +26,8 @@ from bulksend.errors import (
     InputError,
     UnavailableError,
 )
-from bulksend.streams import SafeStream
+from bulksend.output import logs
+from bulksend.output.streams import SafeStream
 
 __all__ = ["ExitStatus", "build_parser", "main", "run"]
 
@@ -158,7 +158,7 @@ def _log_level(args: argparse.Namespace, err: TextIO) -> int:
     if getattr(args, "quiet", False):
         return logging.WARNING
     if err.isatty():
-        from bulksend.progress import shows_progress
+        from bulksend.output.progress import shows_progress
 
         if shows_progress(getattr(args, "progress", None), err):
             return logging.WARNING
@@ -179,7 +179,7 @@ def run(
     safe_err = SafeStream.wrap(stderr or sys.stderr)
     err = cast(TextIO, safe_err)
     if err.isatty():  # a live progress line may share it: messages and logs scroll above it
-        from bulksend.progress import TerminalLine
+        from bulksend.output.progress import TerminalLine
 
         err = cast(TextIO, TerminalLine(err))
     ctx = Context(os.environ if env is None else env, cast(TextIO, out), err)

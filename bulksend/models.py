@@ -50,7 +50,7 @@ DUPLICATE_REASON = "already in this campaign"
 @dataclass(frozen=True, slots=True)
 class Duplicate(Rejected):
     """A row deduplicated before the engine saw it (a shard deduplicates the whole file, see
-    ``bulksend.shard``): reported ``duplicate`` with its reason, not ``invalid``."""
+    ``bulksend.state.shard``): reported ``duplicate`` with its reason, not ``invalid``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,17 @@ def write_campaign(
     return path
 
 
+def minimal_campaign(tmp_path: Path, recipients: str) -> Path:
+    """The smallest MaxTraffic campaign, ``tmp_path/c.toml``: one message title, ``recipients``
+    (a name relative to the campaign file) read by its ``vid`` column."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'provider = "maxtraffic"\n[message]\nmessages = [{ title = "t" }]\n'
+        f'[recipients]\npath = "{recipients}"\nid = "vid"\n'
+    )
+    return path
+
+
 @dataclass
 class CliResult:
     status: int
@@ -119,6 +130,6 @@ def _logging_as_found() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_redactor() -> None:
     """Each test starts with no registered secrets (the redactor is process-wide)."""
-    from bulksend.logs import redactor
+    from bulksend.output.logs import redactor
 
     redactor.clear()

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, TypeVar
 
-from bulksend.core.headers import throttle_evidence
 from bulksend.errors import Deferred
+from bulksend.ratelimit.headers import throttle_evidence
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Scheduler
 from bulksend.sandbox.limiters import Limiter
-from bulksend.scheduler import Feedback, FeedbackKind, Scheduler
 
 T = TypeVar("T")
 

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from bulksend.logs import redactor
 from bulksend.models import HttpResponse
+from bulksend.output.logs import redactor
 from bulksend.providers import maxemail, maxtraffic, notifyvisitors, traitly
 from bulksend.providers.answers import (
     NOT_JSON,

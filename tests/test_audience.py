@@ -15,10 +15,11 @@ from multidict import CIMultiDict
 from bulksend.campaign import build_provider, build_scheduler
 from bulksend.config import load_settings
 from bulksend.dedup.deduper import Deduper
-from bulksend.engine import Engine, EngineOptions
+from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import AuthError, NoResponse, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.net.transport import Transport
+from bulksend.output.report import ReportWriter
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
 from bulksend.providers.maxtraffic_audience import (
@@ -30,9 +31,8 @@ from bulksend.providers.maxtraffic_audience import (
     read_lookup,
     visitor_request,
 )
-from bulksend.report import ReportWriter
+from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.sandbox import Sandbox, SandboxConfig, running
-from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
 from tests.conftest import KEY, write_campaign, write_recipients
 

@@ -1,4 +1,4 @@
-"""Pure retry timing (bulksend.core.backoff)."""
+"""Pure retry timing (bulksend.ratelimit.backoff)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bulksend.core.backoff import RetryBudget, full_jitter
+from bulksend.ratelimit.backoff import RetryBudget, full_jitter
 
 
 def test_backoff_is_full_jitter_and_capped() -> None:

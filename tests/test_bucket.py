@@ -1,4 +1,4 @@
-"""The pure admission math of one endpoint group (bulksend.core.bucket)."""
+"""The pure admission math of one endpoint group (bulksend.ratelimit.bucket)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bulksend.core.bucket import Bucket, FeedbackKind
+from bulksend.ratelimit.bucket import Bucket, FeedbackKind
 
 # ---- bucket math ------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from bulksend.core.circuit import Circuit, State
+from bulksend.ratelimit.circuit import Circuit, State
 
 
 def test_opens_after_consecutive_failures_only() -> None:
@@ -72,3 +72,43 @@ def test_a_wrong_base_url_opens_it_after_the_threshold() -> None:
     c = Circuit(threshold=5)
     assert [c.on_result(0.0, failure=True) for _ in range(5)][-1] is State.OPEN
     assert c.failure_share() == 1.0
+
+
+def _fail_probes(c: Circuit, probes: int, now: float = 0.0) -> float:
+    """Open ``c`` (threshold 1) and fail ``probes`` half-open probes; returns the time."""
+    c.on_result(now, failure=True)
+    for _ in range(probes):
+        now += c.current_cooldown
+        c.wait_time(now)
+        c.on_send()
+        c.on_result(now, failure=True)
+    return now
+
+
+def test_a_group_that_never_answered_is_given_up_after_three_probes() -> None:
+    c = Circuit(threshold=1, cooldown=1.0)
+    _fail_probes(c, 2)
+    assert not c.exhausted(max_probes=10)
+    _fail_probes(c, 1, now=100.0)
+    assert c.state is State.OPEN
+    assert c.exhausted(max_probes=10)
+    assert Circuit(threshold=1).exhausted(max_probes=10) is False  # closed: never
+
+
+def test_a_group_that_answered_well_gets_every_probe_it_is_allowed() -> None:
+    c = Circuit(threshold=1, cooldown=1.0)
+    c.on_result(0.0, failure=False)
+    assert c.answered
+    _fail_probes(c, 3, now=1.0)
+    assert not c.exhausted(max_probes=5)
+    _fail_probes(c, 2, now=100.0)
+    assert c.exhausted(max_probes=5)
+    assert not c.exhausted(max_probes=6)
+
+
+def test_an_unexpected_answer_is_not_a_good_answer() -> None:
+    c = Circuit(threshold=1)
+    c.on_result(0.0, failure=False, answered=False)
+    assert not c.answered
+    _fail_probes(c, 3, now=1.0)
+    assert c.exhausted(max_probes=10)

@@ -1,4 +1,4 @@
-"""``bulksend.core.decide``: the engine's decision table, checked without any I/O.
+"""``bulksend.dispatch.decide``: the engine's decision table, checked without any I/O.
 
 Every verdict (and no answer) meets every mix of the other inputs; each mix must match exactly
 one row of ``TABLE`` (the module docstring's table, written out), and ``decide`` must return
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import pytest
 
-from bulksend.core.decide import Action, Do, Stop, decide
+from bulksend.dispatch.decide import Action, Do, Stop, decide
 from bulksend.models import Status
 from bulksend.providers.base import Verdict
 

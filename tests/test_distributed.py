@@ -36,7 +36,7 @@ from bulksend.distributed.scheduler import SharedScheduler
 from bulksend.distributed.testing import RedisServer, free_port, ping
 from bulksend.errors import ConfigError, Deferred, LimiterUnavailable, UnavailableError
 from bulksend.providers.base import Limit
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, GroupPolicy
 from tests.conftest import run_cli, write_campaign, write_recipients
 from tests.peers.measure import most_in_any_span
 

@@ -11,10 +11,10 @@ import orjson
 from bulksend.campaign import build_provider, build_scheduler, send_campaign, source_spec
 from bulksend.config import load_settings
 from bulksend.dedup.deduper import Deduper
-from bulksend.engine import Engine, EngineOptions
+from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.net.transport import Transport
+from bulksend.output.report import ReportWriter
 from bulksend.providers.maxemail import Maxemail
-from bulksend.report import ReportWriter
 from bulksend.sandbox import Sandbox, SandboxConfig, running
 from bulksend.sources import open_source
 from tests.conftest import ROOT, run_cli

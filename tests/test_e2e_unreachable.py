@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bulksend import campaign as campaign_module
-from bulksend.engine import EngineOptions
+from bulksend.dispatch.engine import EngineOptions
 from bulksend.errors import NoResponse
 from bulksend.models import HttpRequest
 from bulksend.net.transport import Transport

@@ -14,7 +14,7 @@ import pytest
 
 from bulksend.models import Recipient, Rejected
 from bulksend.sources import Columns, SourceSpec, open_source
-from tests.conftest import run_cli, send_to_sandbox
+from tests.conftest import minimal_campaign, run_cli, send_to_sandbox
 
 EMPTY = "empty row: no id and no uid"
 
@@ -130,11 +130,7 @@ def test_send_and_validate_count_and_report_every_row(
 ) -> None:
     recipients = tmp_path / name
     recipients.write_bytes(data)
-    campaign = tmp_path / "c.toml"
-    campaign.write_text(
-        'provider = "maxtraffic"\n[message]\nmessages = [{ title = "t" }]\n'
-        f'[recipients]\npath = "{name}"\nid = "vid"\n'
-    )
+    campaign = minimal_campaign(tmp_path, name)
     checked = run_cli("validate", str(campaign), "--max-invalid-rate", "1", env={})
     assert checked.status == 0, checked.stderr
     assert f"invalid      {len(rejected)}" in checked.stdout

@@ -13,7 +13,7 @@ from bulksend.errors import InputError
 from bulksend.models import Recipient, Rejected
 from bulksend.sources import Columns, SourceSpec, open_source
 from bulksend.sources.stream import choose_encoding
-from tests.conftest import run_cli, send_to_sandbox
+from tests.conftest import minimal_campaign, run_cli, send_to_sandbox
 
 BOMS = {
     "utf-8": codecs.BOM_UTF8,
@@ -171,15 +171,6 @@ def test_a_file_of_only_a_mark_is_empty(tmp_path: Path) -> None:
         items(path)
 
 
-CAMPAIGN = """provider = "maxtraffic"
-[message]
-messages = [{{ title = "t" }}]
-[recipients]
-path = "{name}"
-id = "vid"
-"""
-
-
 @pytest.mark.parametrize("encoding", WIDE)
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 def test_validate_and_a_sandbox_send_read_utf16_and_utf32(
@@ -188,8 +179,7 @@ def test_validate_and_a_sandbox_send_read_utf16_and_utf32(
     text, expected = (CSV, CSV_EXPECTED) if kind == "csv" else (JSONL, JSONL_EXPECTED)
     name = f"r.{kind}"
     (tmp_path / name).write_bytes(encode(text, encoding))
-    campaign = tmp_path / "c.toml"
-    campaign.write_text(CAMPAIGN.format(name=name))
+    campaign = minimal_campaign(tmp_path, name)
     valid = [e for e in expected if len(e) == 4]
     invalid = [e for e in expected if len(e) == 2]
 
@@ -212,8 +202,7 @@ def test_utf16_or_32_asked_for_a_file_without_a_mark_is_a_one_line_error(
 ) -> None:
     """Python's codec needs the mark to know the byte order: say which encoding to give."""
     (tmp_path / "r.csv").write_bytes("id\n1\n".encode(f"{encoding}-le"))
-    campaign = tmp_path / "c.toml"
-    campaign.write_text(CAMPAIGN.format(name="r.csv"))
+    campaign = minimal_campaign(tmp_path, "r.csv")
     for command in (["validate"], ["send", "--sandbox"]):
         result = run_cli(*command, str(campaign), "--encoding", encoding, env={})
         assert result.status == 2, result.stderr

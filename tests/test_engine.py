@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from bulksend.engine import Engine, EngineOptions
+from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import NoResponse
 from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
+from bulksend.output.report import ReportWriter
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
-from bulksend.report import ReportWriter
-from bulksend.scheduler import GroupPolicy, Permit, Scheduler
+from bulksend.ratelimit.scheduler import GroupPolicy, Permit, Scheduler
 
 Handler = Callable[[HttpRequest, int], HttpResponse]
 

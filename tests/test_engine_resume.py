@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from bulksend.engine import Engine, EngineOptions
-from bulksend.journal import Identity, Journal
+from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.models import Batch, HttpRequest, HttpResponse
-from bulksend.report import Summary
+from bulksend.output.report import Summary
+from bulksend.state.journal import Identity, Journal
 from tests.test_engine import FakeTransport, SetDedup, make_engine, ok, rows
 
 ID = Identity("c", "r", "p")

@@ -20,7 +20,7 @@ from bulksend.models import HttpRequest, HttpResponse
 from bulksend.net.fetch import Fetcher, FirstRequest, Retry, Sender
 from bulksend.providers.base import Limit
 from bulksend.providers.reads import ReadRequest, get
-from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
+from bulksend.ratelimit.scheduler import FeedbackKind, GroupPolicy, Scheduler
 
 REQUEST = HttpRequest("GET", "/v1/thing", {"Accept": "application/json"})
 Script = Sequence[HttpResponse | NoResponse]

@@ -1,4 +1,4 @@
-"""Rate-limit header readings (bulksend.core.headers)."""
+"""Rate-limit header readings (bulksend.ratelimit.headers)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bulksend.core.headers import (
+from bulksend.ratelimit.headers import (
     MAX_DELAY,
     Policy,
     parse_all,

@@ -1,4 +1,4 @@
-"""``bulksend.core.isolate``: which recipients of a refused part are invalid, which are resent."""
+"""``bulksend.dispatch.isolate``: which recipients of a refused part are invalid or resent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from bulksend.core.isolate import How, Isolation, isolate
+from bulksend.dispatch.isolate import How, Isolation, isolate
 
 
 def _positions(isolation: Isolation) -> list[int]:

@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from bulksend.errors import ConfigError
-from bulksend.journal import Identity, Journal, batch_digest, file_fingerprint
 from bulksend.models import Batch, Recipient
+from bulksend.state.journal import Identity, Journal, batch_digest, file_fingerprint
 
 ID = Identity(campaign="c1", recipients="r1", plan="p1")
 

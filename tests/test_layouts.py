@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bulksend.journal import Identity, Journal
-from bulksend.layouts import default_journals, move_aside, other_layouts
 from bulksend.models import Batch, Recipient
-from bulksend.shard import Shard
+from bulksend.state.journal import Identity, Journal
+from bulksend.state.layouts import default_journals, move_aside, other_layouts
+from bulksend.state.shard import Shard
 
 
 def test_only_the_names_bulksend_gives_are_journals_of_the_campaign(tmp_path: Path) -> None:

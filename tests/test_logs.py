@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from bulksend.logs import REDACTED, Redactor
+from bulksend.output.logs import REDACTED, Redactor
 
 
 def test_secret_values_are_scrubbed_everywhere() -> None:

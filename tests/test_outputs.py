@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bulksend.outputs import Output, first_problem, problem
+from bulksend.output.outputs import Output, first_problem, problem
 from tests.conftest import run_cli, write_campaign, write_recipients
 
 ROWS = [(f"v{i}", f"u{i}") for i in range(120)]

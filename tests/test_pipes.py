@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bulksend.streams import SafeStream
+from bulksend.output.streams import SafeStream
 from tests.conftest import ROOT, write_campaign, write_recipients
 
 ROWS = [(f"v{i}", f"u{i}") for i in range(200)]

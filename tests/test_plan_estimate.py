@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bulksend.plan import Plan
+from bulksend.dispatch.plan import Plan
 from bulksend.providers.base import Limit
-from bulksend.scheduler import GroupPolicy
+from bulksend.ratelimit.scheduler import GroupPolicy
 from tests.conftest import run_cli, write_campaign, write_recipients
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import io
 
-from bulksend.progress import TerminalLine, eta_text, fit, limit_text, line_parts, shows_progress
-from bulksend.report import Summary
+from bulksend.output.progress import (
+    TerminalLine,
+    eta_text,
+    fit,
+    limit_text,
+    line_parts,
+    shows_progress,
+)
+from bulksend.output.report import Summary
 
 CLEAR = "\r\x1b[2K"
 

@@ -10,14 +10,14 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bulksend.core.headers import MAX_DELAY
 from bulksend.errors import AuthError, ProviderError, TransientError
 from bulksend.models import HttpResponse
 from bulksend.providers import maxemail, maxtraffic, notifyvisitors, status, traitly
 from bulksend.providers.base import Classification, Verdict
 from bulksend.providers.maxtraffic_audience import LookupVerdict, read_lookup
 from bulksend.providers.maxtraffic_leads import LeadsQuery, read_leads
-from bulksend.scheduler import FeedbackKind
+from bulksend.ratelimit.headers import MAX_DELAY
+from bulksend.ratelimit.scheduler import FeedbackKind
 
 SPENT = {"x-ratelimit-limit": "60", "x-ratelimit-remaining": "0", "retry-after": "2"}
 DATE = {"Retry-After": "Wed, 21 Oct 2037 07:28:00 GMT"}

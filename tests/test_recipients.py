@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulksend.journal import batch_digest
 from bulksend.models import Recipient
 from bulksend.providers.base import CountBatcher
 from bulksend.providers.maxtraffic import notification_body
 from bulksend.recipients import EMPTY, AttrColumns, Recipients
+from bulksend.state.journal import batch_digest
 
 
 def R(line: int, id: str | None, uid: str | None = None, **attrs: str) -> Recipient:

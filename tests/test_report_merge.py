@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bulksend.report import COLUMNS, Summary
+from bulksend.output.report import COLUMNS, Summary
 from tests.conftest import run_cli
 
 

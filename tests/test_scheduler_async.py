@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulksend.core.bucket import BASE_MARGIN, MARGIN_SHARE
 from bulksend.providers.base import Limit
-from bulksend.scheduler import (
+from bulksend.ratelimit.bucket import BASE_MARGIN, MARGIN_SHARE
+from bulksend.ratelimit.scheduler import (
     Deferred,
     Feedback,
     FeedbackKind,

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulksend.providers.base import Limit
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sandbox.limiters import (
     Bare429Limiter,
     GitHubLimiter,
@@ -27,7 +28,6 @@ from bulksend.sandbox.limiters import (
     nginx_rate,
 )
 from bulksend.sandbox.limiters import Policy as IetfPolicy
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Scheduler
 from tests.hypothesis_profiles import examples
 from tests.sim import (
     WALL0,

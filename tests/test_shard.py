@@ -8,8 +8,8 @@ import pytest
 from bulksend.dedup.deduper import Deduper
 from bulksend.errors import ConfigError
 from bulksend.models import Duplicate, Recipient, Rejected
-from bulksend.shard import ALREADY_DEDUPLICATED, Shard
 from bulksend.sources.spec import Chunk
+from bulksend.state.shard import ALREADY_DEDUPLICATED, Shard
 
 
 def rows(seed: int = 3, count: int = 6000) -> list[Recipient | Rejected]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from bulksend.report import COLUMNS
+from bulksend.output.report import COLUMNS
 from bulksend.sandbox.ledger import read_ledger
 from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import run_cli, write_campaign

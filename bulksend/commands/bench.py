@@ -19,10 +19,16 @@ from typing import Any
 
 import orjson
 
-from bulksend.argtypes import fraction, non_negative, non_negative_int, positive, positive_int
+from bulksend.commands.argtypes import (
+    fraction,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+)
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.errors import ConfigError
-from bulksend.outputs import Output, check
+from bulksend.output.outputs import Output, check
 
 HELP = "measure throughput against a sandbox in a separate process"
 DESCRIPTION = (

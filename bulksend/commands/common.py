@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from bulksend.argtypes import fraction
+from bulksend.commands.argtypes import fraction
 from bulksend.config import FLAG_KEYS, Settings, load_settings
-from bulksend.outputs import Output
+from bulksend.output.outputs import Output
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

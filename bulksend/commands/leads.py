@@ -19,9 +19,9 @@ from typing import Any
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.config import check_base_url, load_settings, resolve_secrets
 from bulksend.errors import ConfigError, MissingSecretError
-from bulksend.logs import redactor
 from bulksend.net.transport import Transport
-from bulksend.outputs import Output, check
+from bulksend.output.logs import redactor
+from bulksend.output.outputs import Output, check
 from bulksend.providers import maxtraffic
 from bulksend.providers.maxtraffic_leads import (
     LeadsQuery,

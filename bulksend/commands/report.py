@@ -15,8 +15,8 @@ import orjson
 
 from bulksend.commands.common import Context, ExitStatus, HelpFormatter, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
-from bulksend.outputs import Output, check
-from bulksend.report import COLUMNS, POSSIBLY_TWICE, Summary
+from bulksend.output.outputs import Output, check
+from bulksend.output.report import COLUMNS, POSSIBLY_TWICE, Summary
 
 HELP = "work with reports (merge the shards of a send)"
 DESCRIPTION = "Work with the summaries and per-recipient reports that bulksend send writes."

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bulksend import logs
 from bulksend.commands.common import (
     Context,
     ExitStatus,
@@ -28,13 +27,14 @@ from bulksend.commands.common import (
 )
 from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
-from bulksend.outputs import Output, check
-from bulksend.shard import Shard
+from bulksend.output import logs
+from bulksend.output.outputs import Output, check
+from bulksend.state.shard import Shard
 
 if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
     from bulksend.campaign import JournalOptions, SendResult
-    from bulksend.progress import ProgressView
-    from bulksend.report import Summary
+    from bulksend.output.progress import ProgressView
+    from bulksend.output.report import Summary
 
 HELP = "send a campaign"
 DEAD_LETTER_HELP = "failed/unknown/skipped recipients as JSON Lines (default: beside the journal)"
@@ -171,7 +171,7 @@ def _other_layouts(
     """Refuse a send whose campaign was sent in another shard layout (its default journals
     would not be resumed: what they delivered would go again), unless ``--fresh``: then the
     move of those journals aside, done just before the send opens its own."""
-    from bulksend import layouts
+    from bulksend.state import layouts
 
     found = layouts.other_layouts(settings.campaign_file, shard)
     if not found:
@@ -241,7 +241,7 @@ def _limit_text(limit: Any) -> str | None:
 
 def _without_password(url: str | None) -> tuple[str | None, bool]:
     """``url`` with its password (if any) replaced by ``***``, and whether it had one."""
-    from bulksend.journal import masked_url
+    from bulksend.state.journal import masked_url
 
     if not url:
         return None, False
@@ -270,7 +270,7 @@ async def execute(
     limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
     interrupts = _Interrupts(ctx)
     progress = None
-    from bulksend.progress import shows_progress
+    from bulksend.output.progress import shows_progress
 
     if shows_progress(args.progress, ctx.err):
         progress = _ProgressHook(ctx, settings)
@@ -302,14 +302,14 @@ async def execute(
 
 class _ProgressHook:
     def __init__(self, ctx: Context, settings: Settings) -> None:
-        from bulksend.progress import count_rows
+        from bulksend.output.progress import count_rows
 
         self.ctx = ctx
         self.total = count_rows(settings.recipients.path)
         self.view: ProgressView | None = None
 
     def start(self, engine: Any) -> None:
-        from bulksend.progress import ProgressView
+        from bulksend.output.progress import ProgressView
 
         self.view = ProgressView(self.ctx.err, engine.summary, lambda: engine.scheduler, self.total)
         self.view.start()
@@ -632,7 +632,7 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     from bulksend.campaign import JournalOptions
-    from bulksend.journal import Journal
+    from bulksend.state.journal import Journal
 
     if not args.journal.exists():
         raise ConfigError(f"{args.journal}: no such journal")
@@ -685,7 +685,7 @@ def _retry_settings(
     (a corrected ``[send].base_url``). Those come from the variable or the file, a flag wins
     over both (docs/operations.md). Also returns the names of the settings given anew."""
     from bulksend.config import ENV_OVERRIDES, read_campaign
-    from bulksend.journal import campaign_keys, changed_keys, stored_campaign_keys
+    from bulksend.state.journal import campaign_keys, changed_keys, stored_campaign_keys
 
     recorded = dict(meta.get("settings") or meta.get("overrides") or {})  # (older journals)
     try:
@@ -705,8 +705,8 @@ def _retry_settings(
 def _refuse_other_layouts(journal: Path, settings: Settings, shard: Shard | None) -> None:
     """``bulksend retry`` of a default journal whose campaign was sent in another shard layout
     since: refused as ``bulksend send`` refuses it (it would send again what that delivered)."""
-    from bulksend import layouts
     from bulksend.campaign import default_journal_path
+    from bulksend.state import layouts
 
     if journal.resolve() != default_journal_path(settings, shard).resolve():
         return

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from bulksend.argtypes import fraction
 from bulksend.campaign import build_provider, group_policies, screened, source_spec
+from bulksend.commands.argtypes import fraction
 from bulksend.commands.common import (
     Context,
     ExitStatus,
@@ -27,9 +27,9 @@ from bulksend.commands.common import (
 )
 from bulksend.config import Settings, resolve_secrets
 from bulksend.dedup.deduper import Deduper
+from bulksend.dispatch.plan import Plan, plan
 from bulksend.errors import MissingSecretError
-from bulksend.outputs import Output, check
-from bulksend.plan import Plan, plan
+from bulksend.output.outputs import Output, check
 from bulksend.providers.base import Limit, Provider
 from bulksend.sources import open_source
 

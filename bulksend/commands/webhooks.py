@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bulksend.commands.common import Context, ExitStatus
 from bulksend.errors import ConfigError
-from bulksend.outputs import Output, check
+from bulksend.output.outputs import Output, check
 
 HELP = "receive Traitly prediction webhooks into a recipient file"
 DESCRIPTION = (

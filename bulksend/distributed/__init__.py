@@ -51,7 +51,7 @@ async def shared_scheduler(
     within ``connect_timeout`` seconds; messages name the URL without its password. ``kwargs``
     go to ``SharedScheduler`` (e.g. ``max_outage``, ``min_margin``).
     """
-    from bulksend import logs
+    from bulksend.output import logs
 
     scheme = url.partition("://")[0].lower()
     if "://" not in url or scheme not in SCHEMES:

@@ -25,7 +25,7 @@ from the start of the admitting Redis call to the response) spread more; at most
 1 s). The long-run rate is ``L / (W + m)``: 97 % of a 1 s window's quota, 99.95 % of a minute's.
 
 Windows are not inferred from the answers here: each worker sees counts that include the other
-workers' sends, which the inference (``bulksend.core.window``) would read as its own. Give the
+workers' sends, which the inference (``bulksend.ratelimit.window``) would read as its own. Give the
 workers the limit you know (``--limit``), else the documented one applies until a header
 announces a window.
 
@@ -51,13 +51,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bulksend.core.bucket import Bucket
-from bulksend.core.headers import parse_headers
 from bulksend.distributed.gate import Admission, RedisGate, Verdict
 from bulksend.distributed.keys import MAX_MARGIN, key_ttl_ms
 from bulksend.errors import Deferred, GateUnavailable, LimiterUnavailable
-from bulksend.logs import get_logger
-from bulksend.scheduler import Feedback, FeedbackKind, GroupPolicy, Permit, Scheduler
+from bulksend.output.logs import get_logger
+from bulksend.ratelimit.bucket import Bucket
+from bulksend.ratelimit.headers import parse_headers
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, GroupPolicy, Permit, Scheduler
 
 __all__ = ["LimiterUnavailable", "SharedScheduler", "SharedStats"]
 

@@ -9,16 +9,19 @@ the providers' reads)::
 ``read(response)`` returns the caller's value, raises what ends the request (``AuthError``,
 ``UnavailableError``, ``ConfigError``, ...) or returns ``Retry(kind, message)`` for an answer worth
 another attempt. Each attempt first takes a permit from the scheduler for ``group`` and gives it
-back with what became of the send. A THROTTLED answer (429, a 403 with rate-limit evidence) is
-retried as soon as the scheduler admits it (its pause, quota and retry budget pace it); an ERROR
-answer (5xx, 408) and no answer at all (``NoResponse``) wait ``scheduler.backoff(group,
-attempt)`` first. After ``max_attempts`` attempts, ``gave_up(attempts, last)`` says what to raise
+back with what became of the send. What comes next is the campaign send's own decision table
+(``bulksend.dispatch.decide``), so every request of bulksend retries alike: a THROTTLED answer
+(429, a 403 with rate-limit evidence) is retried as soon as the scheduler admits it (its pause,
+quota and retry budget pace it); an ERROR answer (5xx, 408) and no answer at all
+(``NoResponse``) wait ``scheduler.backoff(group, attempt)`` first. After ``max_attempts``
+attempts, ``gave_up(attempts, last)`` says what to raise
 (by default ``last`` itself: the ``NoResponse``, or a ``TransientError`` with the answer's message
 and status). A wait longer than the scheduler allows (``Deferred``) raises ``UnavailableError``
 ``"<what>: <Deferred's message>"``.
 
-The campaign send (``bulksend.engine``) keeps a loop of its own (it parks batches, splits them and
-opens circuits), and shares ``FirstRequest`` and ``NO_ANSWER`` with this one.
+The campaign send (``bulksend.dispatch.engine``) performs the same table's actions on batches
+(it parks them instead of sleeping, splits refused ones and opens circuits), and shares
+``FirstRequest`` and ``NO_ANSWER`` with this path.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from bulksend.dispatch.decide import Do, decide
 from bulksend.errors import Deferred, NoResponse, TransientError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse
-from bulksend.scheduler import Feedback, FeedbackKind, Permit, Scheduler
+from bulksend.providers.base import Verdict
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 
 __all__ = ["NO_ANSWER", "Fetcher", "FirstRequest", "Retry", "Sender"]
 
@@ -38,7 +43,13 @@ T = TypeVar("T")
 
 #: what a send that got no answer tells the scheduler (one shared, frozen instance)
 NO_ANSWER = Feedback(FeedbackKind.NO_RESPONSE)
-_OK, _THROTTLED = FeedbackKind.OK, FeedbackKind.THROTTLED
+_OK = FeedbackKind.OK
+#: the verdict of an attempt that ended without a value, for the decision table (None: no answer)
+_VERDICTS: dict[FeedbackKind, Verdict | None] = {
+    FeedbackKind.THROTTLED: Verdict.THROTTLED,
+    FeedbackKind.ERROR: Verdict.RETRY,
+    FeedbackKind.NO_RESPONSE: None,
+}
 
 
 class Sender(Protocol):
@@ -109,10 +120,12 @@ class Fetcher:
             outcome = await self._attempt(permit, request, read)
             if not isinstance(outcome, _Failed):
                 return outcome
-            if attempts >= self.max_attempts:
+            action = decide(_VERDICTS[outcome.kind], attempts, self.max_attempts)
+            if action.do is Do.BACKOFF:
+                delay = self.scheduler.backoff(self.group, attempts)
+                await self.sleep(delay if action.floor is None else max(delay, action.floor))
+            elif action.do is not Do.RETRY:  # the attempts ran out
                 raise self.gave_up(attempts, outcome.error)
-            if outcome.kind is not _THROTTLED:
-                await self.sleep(self.scheduler.backoff(self.group, attempts))
 
     async def _permit(self, *, retry: bool) -> Permit:
         try:

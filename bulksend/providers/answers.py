@@ -136,7 +136,7 @@ def _escaped(text: str) -> str:
 
 
 def _scrubbed(text: str) -> str:
-    from bulksend.logs import REDACTED, redactor  # the send's registered secrets
+    from bulksend.output.logs import REDACTED, redactor  # the send's registered secrets
 
     text = _CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}{REDACTED}", text)
     return redactor.scrub(text)

@@ -53,7 +53,7 @@ from bulksend.providers.answers import (
 )
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
+from bulksend.ratelimit.scheduler import FeedbackKind, GroupPolicy, Scheduler
 from bulksend.sources.spec import Chunk
 
 

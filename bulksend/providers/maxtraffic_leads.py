@@ -48,7 +48,7 @@ from bulksend.providers.answers import (
 )
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
+from bulksend.ratelimit.scheduler import FeedbackKind, GroupPolicy, Scheduler
 
 #: the documented fields of a lead, first in the CSV header; any others follow
 FIELDS = ("email", "timestamp", "campaign")

@@ -40,7 +40,6 @@ from typing import Any
 
 import orjson
 
-from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers.answers import fatal, json_typed, unexpected
@@ -55,6 +54,7 @@ from bulksend.providers.base import (
 )
 from bulksend.providers.reads import ReadRequest
 from bulksend.providers.status import common_verdict
+from bulksend.ratelimit.headers import parse_seconds
 from bulksend.sources.spec import Chunk
 
 NAME = "notifyvisitors"

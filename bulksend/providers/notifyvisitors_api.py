@@ -16,7 +16,7 @@ from typing import Any
 from bulksend.net.fetch import Sender
 from bulksend.providers import notifyvisitors
 from bulksend.providers.reads import get
-from bulksend.scheduler import Scheduler
+from bulksend.ratelimit.scheduler import Scheduler
 
 GROUP = "reporting"
 

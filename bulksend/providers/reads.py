@@ -25,7 +25,7 @@ from bulksend.models import HttpRequest, HttpResponse
 from bulksend.net.fetch import Fetcher, Retry, Sender
 from bulksend.providers.base import Limit
 from bulksend.providers.status import throttled
-from bulksend.scheduler import FeedbackKind, GroupPolicy, Scheduler
+from bulksend.ratelimit.scheduler import FeedbackKind, GroupPolicy, Scheduler
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ differently (2xx bodies, 400/404/409/422, and the rest)::
     408, 5xx                             RETRY (retry_after from Retry-After)
     anything else (2xx included)         None: the provider decides
 
-Rate-limit evidence is what ``bulksend.core.headers.throttle_evidence`` finds: a Retry-After
+Rate-limit evidence is what ``bulksend.ratelimit.headers.throttle_evidence`` finds: a Retry-After
 (delay-seconds or an HTTP-date), a remaining of 0 in any rate-limit field, or a header naming a
 rate-limit reason. GitHub-style servers answer a spent quota with ``403`` and
 ``x-ratelimit-remaining: 0``; stopping the send there would turn a pause into a failure.
@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from http import HTTPStatus
 
-from bulksend.core.headers import (
+from bulksend.providers.base import Classification, Verdict
+from bulksend.ratelimit.headers import (
     lower_headers,
     parse_retry_after,
     parse_seconds,
     throttle_evidence,
 )
-from bulksend.providers.base import Classification, Verdict
 
 __all__ = ["common_verdict", "rate_limit_evidence", "retry_after", "throttled"]
 

@@ -39,7 +39,6 @@ from typing import Any
 
 import orjson
 
-from bulksend.core.headers import parse_seconds
 from bulksend.errors import AuthError, ConfigError, ProviderError, TransientError
 from bulksend.models import Batch, HttpRequest, HttpResponse, Recipient
 from bulksend.providers.answers import NOT_JSON, fatal, read_json, unexpected
@@ -53,6 +52,7 @@ from bulksend.providers.base import (
 )
 from bulksend.providers.reads import ReadRequest
 from bulksend.providers.status import common_verdict, throttled
+from bulksend.ratelimit.headers import parse_seconds
 from bulksend.sources.spec import Chunk
 
 NAME = "traitly"

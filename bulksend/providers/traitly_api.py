@@ -21,7 +21,7 @@ from bulksend.models import HttpResponse
 from bulksend.net.fetch import Sender
 from bulksend.providers import traitly
 from bulksend.providers.reads import ReadRequest, get
-from bulksend.scheduler import Scheduler
+from bulksend.ratelimit.scheduler import Scheduler
 
 T = TypeVar("T")
 

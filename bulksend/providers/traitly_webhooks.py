@@ -45,8 +45,8 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
-from bulksend.core.http import accepts_json
 from bulksend.errors import PayloadError
+from bulksend.net.http import accepts_json
 
 __all__ = [
     "OBJECTS",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from bulksend.argtypes import fraction, non_negative
+from bulksend.commands.argtypes import fraction, non_negative
 from bulksend.sandbox.config import (
     LEDGER_FORMATS,
     PROFILES,

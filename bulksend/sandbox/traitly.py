@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bulksend.core.http import accepts_json
+from bulksend.net.http import accepts_json
 from bulksend.sandbox.common import (
     Context,
     Core,

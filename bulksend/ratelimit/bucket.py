@@ -2,7 +2,7 @@
 
 Nothing here reads a clock: every method takes ``now`` (monotonic seconds, the event loop's time in
 production) and, where an HTTP-date or an epoch must be read, ``wall_now`` (Unix time). The asyncio
-wrapper is ``bulksend.scheduler``; a discrete-event simulator drives the same code in
+wrapper is ``bulksend.ratelimit.scheduler``; a discrete-event simulator drives the same code in
 ``tests/sim.py``.
 
 Quotas in force
@@ -14,9 +14,9 @@ more than ``q`` sends within any ``w + margin`` seconds) and even spacing (a GCR
 * **The server's.** Before the first answer: the limit the user stated (``--limit``), else the
   provider's documented default -- a starting guess. With rate-limit headers: the announced limit
   (``X-RateLimit-Limit``, IETF policies: every one of them), its window as announced (IETF ``w``)
-  or inferred from the answers (``bulksend.core.window``; the documented window is only the first
+  or inferred from the answers (``ratelimit.window``; the documented window is only the first
   guess). A response with Remaining but no limit proves ``limit >= remaining + 1``. Without any
-  headers: the rate ``bulksend.core.discovery`` discovers from 429s (and the window it learns from
+  headers: the rate ``ratelimit.discovery`` discovers from 429s (and the window it learns from
   stalls).
 * **The user's.** A stated ``--limit`` is what the user knows about the provider: a hard cap that
   headers may lower but never raise, and discovery never probes above it. ``--rate`` (``ceiling``,
@@ -60,10 +60,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bulksend.core.backoff import RetryBudget
-from bulksend.core.discovery import RateProbe
-from bulksend.core.headers import MAX_LIMIT, RateLimitInfo, parse_all, plain_counts
-from bulksend.core.window import SendTimes, WindowEstimator
+from bulksend.ratelimit.backoff import RetryBudget
+from bulksend.ratelimit.discovery import RateProbe
+from bulksend.ratelimit.headers import MAX_LIMIT, RateLimitInfo, parse_all, plain_counts
+from bulksend.ratelimit.window import SendTimes, WindowEstimator
 
 __all__ = [
     "BASE_MARGIN",

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from bulksend.report import Summary
-from bulksend.scheduler import Scheduler
+from bulksend.output.report import Summary
+from bulksend.ratelimit.scheduler import Scheduler
 
 
 def count_rows(path: str, *, header: bool = True, limit_bytes: int = 2 << 30) -> int | None:

@@ -10,7 +10,7 @@ verdict        condition                          action
 =============  =================================  ==============================================
 DELIVERED      none earlier went unanswered       DELIVER
 DELIVERED      an earlier request got no answer   DELIVER, ``twice`` (may have arrived twice)
-INVALID        (any)                              ISOLATE (see ``bulksend.core.isolate``)
+INVALID        (any)                              ISOLATE (see ``bulksend.dispatch.isolate``)
 AUTH           (any)                              STOP AUTH, the part ``failed``
 FATAL          (any)                              STOP FATAL, the part ``failed``
 UNEXPECTED     fewer than ``max_unexpected`` in   SETTLE ``unknown`` if the answer may be the

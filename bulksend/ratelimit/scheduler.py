@@ -34,8 +34,8 @@ every REST endpoint): from then on each of their sends also passes a bucket of t
 which every one of their answers feeds, so the per-key limit holds beside each group's own.
 
 The pacing rules (quotas, the sliding-window log, header adoption, window inference, rate
-discovery, the retry budget) are documented in ``bulksend.core.bucket``, ``bulksend.core.window``,
-``bulksend.core.discovery`` and ``bulksend.core.backoff``. Each time a group's believed limit or
+discovery, the retry budget) are documented in the modules beside this one
+(``bucket``, ``window``, ``discovery`` and ``backoff``). Each time a group's believed limit or
 window changes, an info event ``rate_limit_changed`` says from what, to what, and on which
 evidence.
 """
@@ -51,11 +51,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bulksend.core.backoff import RetryBudget, full_jitter
-from bulksend.core.bucket import BASE_MARGIN, Bucket, FeedbackKind
 from bulksend.errors import Deferred
-from bulksend.logs import get_logger
+from bulksend.output.logs import get_logger
 from bulksend.providers.base import Limit
+from bulksend.ratelimit.backoff import RetryBudget, full_jitter
+from bulksend.ratelimit.bucket import BASE_MARGIN, Bucket, FeedbackKind
 
 __all__ = [
     "Deferred",
@@ -179,7 +179,7 @@ class Scheduler:
         self._log = get_logger()
         for name, policy in groups.items():
             limit = policy.limit
-            budget = RetryBudget(  # numbers: see bulksend.core.backoff
+            budget = RetryBudget(  # numbers: see bulksend.ratelimit.backoff
                 capacity=max(10.0, 0.1 * limit.requests),
                 floor=retry_floor,
                 earn=retry_ratio,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bulksend.journal import Journal
-from bulksend.shard import Shard
+from bulksend.state.journal import Journal
+from bulksend.state.shard import Shard
 
 #: the files that belong to a journal at PATH: PATH, its SQLite WAL and shared memory, and the
 #: dead-letter file named after it

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulksend.core.bucket import Bucket
 from bulksend.dedup.ahead import DedupAhead
-from bulksend.engine import as_chunks
+from bulksend.dispatch.engine import as_chunks
 from bulksend.models import Batch, HttpRequest
 from bulksend.providers.base import Limit, Provider, add_all
-from bulksend.scheduler import GroupPolicy
+from bulksend.ratelimit.bucket import Bucket
+from bulksend.ratelimit.scheduler import GroupPolicy
 
 #: rejected rows a plan keeps as examples
 EXAMPLES = 10

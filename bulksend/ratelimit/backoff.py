@@ -23,7 +23,7 @@ up for later. Why these numbers:
 * a flaky but working endpoint must not be starved: when a fraction ``p`` of requests fails at
   random, a batch needs ``p / (1 - p)`` retries for each success -- 25 % at ``p = 0.2``, 67 % at
   ``p = 0.4`` -- so earning 1 a success keeps up with random failure rates up to one half, where
-  the circuit breaker (``bulksend.core.circuit``) starts to pause the group. A budget that falls
+  the circuit breaker (``ratelimit.circuit``) starts to pause the group. A budget that falls
   behind is worse than it looks: batches waiting for a token are parked, and when too many are
   the engine's workers wait too, so fewer first attempts succeed, which earns fewer tokens;
 * a storm (nearly every response fails) earns nearly nothing: retries are held to ``floor`` plus

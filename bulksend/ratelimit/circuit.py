@@ -19,6 +19,11 @@ at 200 requests a second with 20 % failing, 5 in a row come every 20 s or so, bu
 last 50 failing as well is 4 standard deviations from the 20 % expected (2 in 10,000 such runs:
 about one pause a day at that pace; at 30 % failing, one every 2 minutes). Counting consecutive
 failures alone paused a group that worked every 20 s, for 2 s each time.
+
+*Giving up*: ``exhausted(max_probes)`` says when an open circuit has failed enough probes that
+the send should stop. An endpoint that never answered well (a wrong base URL, a provider down
+from the start) is given up after at most 3 probes, sooner than one that worked and then went
+away (``max_probes``, the send's ``max_attempts``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Circuit:
     opened: int = 0  # how many times it opened (for the summary and tests)
     failed_probes: int = 0  # consecutive half-open probes that failed
     outcomes: int = 0  # every outcome recorded
+    answered: bool = False  # at least one good answer came back
     _failed: deque[int] = field(default_factory=deque)  # outcome numbers of the recent failures
 
     def wait_time(self, now: float) -> float | None:
@@ -88,9 +94,18 @@ class Circuit:
         """Whether the failures seen now would open a closed circuit."""
         return self.failures >= self.threshold and self.failure_share() >= self.failure_rate
 
-    def on_result(self, now: float, *, failure: bool) -> State | None:
-        """Record an outcome; returns the new state when it changed."""
+    def exhausted(self, max_probes: int) -> bool:
+        """Whether the send should give this group up: open after too many failed probes."""
+        limit = max_probes if self.answered else min(3, max_probes)
+        return self.state is State.OPEN and self.failed_probes >= limit
+
+    def on_result(self, now: float, *, failure: bool, answered: bool = True) -> State | None:
+        """Record an outcome; returns the new state when it changed. ``answered`` False: a
+        success that is not the provider's answer (an unexpected 2xx) does not count as the
+        group having answered well."""
         was = self.state
+        if answered and not failure:
+            self.answered = True
         if failure:
             self._failed.append(self.outcomes)
         self.outcomes += 1

@@ -3,7 +3,7 @@
 Every function takes the headers of one response (any case; plain dicts and aiohttp's
 ``CIMultiDictProxy``) and, where an HTTP-date or an epoch must be turned into a delay, ``wall_now``
 (Unix time). ``parse_headers`` returns a ``RateLimitInfo``: what the response says, not what to do
-about it (that is ``bulksend.core.bucket``'s job).
+about it (that is ``bulksend.ratelimit.bucket``'s job).
 
 Fields read
 -----------
@@ -12,7 +12,7 @@ Fields read
   ``RateLimit-Policy: "burst";q=100;w=1, "day";q=5000;w=86400`` (several named policies, each
   with ``q`` quota, optional ``w`` window in seconds and ``pk`` partition key): the limits. A count
   without a window says nothing about the window (``Policy.window`` is None): the window is
-  inferred from what the answers show (``bulksend.core.window``).
+  inferred from what the answers show (``bulksend.ratelimit.window``).
 * ``X-RateLimit-Remaining``, ``RateLimit-Remaining``, IETF ``RateLimit: "burst";r=12;t=30``
   (several items: the lowest remaining binds), draft-07 ``RateLimit: limit=, remaining=, reset=``,
   and GitHub's ``x-ratelimit-used`` (remaining = limit - used when Remaining is absent).

@@ -36,11 +36,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from bulksend.core.circuit import Circuit
-from bulksend.core.circuit import State as CircuitState
-from bulksend.core.decide import Action, Do, Stop, decide
-from bulksend.core.isolate import How, isolate
 from bulksend.dedup.ahead import Dedup, DedupAhead, Kept
+from bulksend.dispatch.decide import Action, Do, Stop, decide
+from bulksend.dispatch.isolate import How, isolate
 from bulksend.errors import (
     AuthError,
     BulksendError,
@@ -50,10 +48,10 @@ from bulksend.errors import (
     ProviderError,
     UnavailableError,
 )
-from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
-from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
 from bulksend.net.fetch import NO_ANSWER, FirstRequest
+from bulksend.output.logs import get_logger
+from bulksend.output.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.providers.answers import likely_fix, public_url, stop_line
 from bulksend.providers.base import (
     Batcher,
@@ -63,9 +61,11 @@ from bulksend.providers.base import (
     Verdict,
     add_all,
 )
-from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
-from bulksend.scheduler import Feedback, FeedbackKind, Permit, Scheduler
+from bulksend.ratelimit.circuit import Circuit
+from bulksend.ratelimit.circuit import State as CircuitState
+from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
+from bulksend.state.journal import BatchRecord, Journal, PartRecord, batch_digest
 
 _CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
@@ -221,7 +221,6 @@ class Engine:
         self._first = FirstRequest()
         self._warned: set[str] = set()
         self._circuits: dict[str, Circuit] = {}
-        self._answered: set[str] = set()  # groups that gave at least one good answer
         #: unexpected answers in a row, and whether any other answer came in this run
         self._unexpected_streak = 0
         self._recognised = False
@@ -333,7 +332,7 @@ class Engine:
         self.summary.read += len(recipients) + len(rejected)
         for item in rejected:
             rec = Recipient(item.line, item.id, item.uid)
-            if type(item) is Duplicate:  # deduplicated ahead (a shard: see bulksend.shard)
+            if type(item) is Duplicate:  # deduplicated ahead (a shard: see bulksend.state.shard)
                 self._finish(None, [rec], Status.DUPLICATE, item.reason)
             else:
                 self._finish(None, [rec], Status.INVALID, self._where(item))
@@ -647,12 +646,7 @@ class Engine:
             self._recognised = True
         if failure:
             self._last_failure[group] = f"answered {response.status}"
-        if (
-            failure
-            or circuit is None
-            or circuit.state is not _CLOSED
-            or group not in self._answered
-        ):
+        if failure or circuit is None or circuit.state is not _CLOSED or not circuit.answered:
             self._circuit_result(group, failure=failure, answered=kind is not _UNEXPECTED)
         else:  # closed, and stays closed: count the success cheaply
             circuit.succeeded()
@@ -808,7 +802,7 @@ class Engine:
     def _invalid(self, job: _Job, part: _Part, verdict: Classification, http: int) -> None:
         """A 422 (or the like): report the recipients the provider named and send the rest
         again, or split the part in halves (bisection) while the job's split budget allows
-        extra requests; else the whole part is invalid (``bulksend.core.isolate`` decides)."""
+        extra requests; else the whole part is invalid (``bulksend.dispatch.isolate`` decides)."""
         batch, recipients, attempts = job.batch, part.batch.recipients, part.attempts
         isolation = isolate(len(recipients), verdict.rejected, job.split_budget)
         if isolation.how is How.ALL:
@@ -869,16 +863,12 @@ class Engine:
         """Record an outcome; ``answered`` False: a success that is not the provider's answer
         (an unexpected 2xx) does not count as the group having answered well."""
         circuit = self._circuit(group)
-        if not failure and answered:
-            self._answered.add(group)
-        state = circuit.on_result(asyncio.get_running_loop().time(), failure=failure)
+        now = asyncio.get_running_loop().time()
+        state = circuit.on_result(now, failure=failure, answered=answered)
         if state is None:
             return
-        # an endpoint that never answered well (a wrong base URL, a provider down from the
-        # start) is given up sooner than one that worked and then went away
-        answered = group in self._answered
-        give_up = self.options.max_attempts if answered else min(3, self.options.max_attempts)
-        if state is CircuitState.OPEN and circuit.failed_probes >= give_up:
+        answered = circuit.answered
+        if circuit.exhausted(self.options.max_attempts):
             hint = (
                 ""
                 if answered
