@@ -2,7 +2,8 @@
 """One-command set-up and tasks for bulksend, needing only Python 3.11+.
 
     python3 dev.py demo    # create .venv, install bulksend, send the sample campaign to the sandbox
-    python3 dev.py test    # create .venv, install bulksend[dev], run ruff, mypy and the whole suite
+    python3 dev.py test    # create .venv, install bulksend[dev,plot,metrics], run ruff, mypy and
+                           # the whole suite
     python3 dev.py bench   # create .venv, run the benchmarks in benchmarks/
 
 The virtual environment is reused; bulksend is reinstalled when pyproject.toml, setup.py or the
@@ -70,7 +71,7 @@ def demo() -> int:
 
 
 def test(pytest_args: list[str]) -> int:
-    ensure_venv("dev,plot")
+    ensure_venv("dev,plot,metrics")
     run(BIN / "ruff", "check", "bulksend", "tests", "benchmarks", "dev.py", "setup.py")
     run(BIN / "ruff", "format", "--check", "bulksend", "tests", "benchmarks", "dev.py", "setup.py")
     run(BIN / "mypy")
@@ -78,7 +79,7 @@ def test(pytest_args: list[str]) -> int:
 
 
 def bench(args: list[str]) -> int:
-    ensure_venv("dev,plot")
+    ensure_venv("dev,plot,metrics")
     return run(PY, "-m", "benchmarks", *args, check=False)
 
 

@@ -47,6 +47,7 @@ SEND_KEYS = frozenset(
         "max_unexpected",
         "report",
         "limiter",
+        "metrics_port",
     }
 )
 #: the top-level tables a campaign file may have, and the keys each may hold
@@ -72,6 +73,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "BULKSEND_REPORT": ("send", "report"),
     "BULKSEND_RECIPIENTS": ("recipients", "path"),
     "BULKSEND_LIMITER": ("send", "limiter"),
+    "BULKSEND_METRICS_PORT": ("send", "metrics_port"),
 }
 
 
@@ -124,6 +126,8 @@ class Settings:
     report: Path | None = None
     #: a shared limiter (``redis://...``) for several workers; None: in-process
     limiter: str | None = None
+    #: serve Prometheus metrics on this port while sending (0: any free one); None: do not
+    metrics_port: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -203,6 +207,7 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
     ("send", "max_unexpected"): _WHOLE,
     ("send", "report"): _PATH,
     ("send", "limiter"): _URL,
+    ("send", "metrics_port"): Kind("a port number (a whole number)", _is_whole),
 }
 AUTH_KINDS: Mapping[str, Kind] = {
     "_env": Kind("an environment variable name (text)", _is_text),
@@ -248,6 +253,16 @@ def _int(value: Any, where: str, *, minimum: int = 1) -> int:
     if number < minimum:
         raise ConfigError(f"{where} must be at least {minimum}, got {number}")
     return number
+
+
+def _port(value: Any, where: str) -> int | None:
+    """A TCP port (0: any free one), or None when not given."""
+    if value is None or value == "":
+        return None
+    port = _int(value, where, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"{where} must be a port number up to 65535, got {port}")
+    return port
 
 
 def check_base_url(value: str, where: str) -> str:
@@ -384,7 +399,7 @@ def load_settings(
     """Read ``path``, apply ``BULKSEND_*`` from ``env``, then ``overrides`` (flags; None = unset).
 
     ``overrides`` keys: recipients, base_url, report, batch_size, rate, limit, in_flight, timeout,
-    max_attempts, max_unexpected, format, delimiter, encoding.
+    max_attempts, max_unexpected, metrics_port, format, delimiter, encoding.
     """
     env = os.environ if env is None else env
     data = read_campaign(path)
@@ -430,6 +445,7 @@ def load_settings(
         max_unexpected=values.whole("max_unexpected", 5),
         report=Path(str(report)) if report else None,
         limiter=str(send["limiter"]) if send.get("limiter") else None,
+        metrics_port=_port(send.get("metrics_port"), values.where("send", "metrics_port")),
     )
 
 

@@ -33,7 +33,10 @@ KEYS: dict[tuple[str | None, str], set[str]] = {
     (None, "name"): TEXT,
     **{("recipients", k): TEXT for k in ("path", "format", "delimiter", "encoding", "id", "uid")},
     **{("send", k): TEXT for k in ("base_url", "rate", "limit", "report", "limiter")},
-    **{("send", k): WHOLE for k in ("batch_size", "in_flight", "max_attempts", "max_unexpected")},
+    **{
+        ("send", k): WHOLE
+        for k in ("batch_size", "in_flight", "max_attempts", "max_unexpected", "metrics_port")
+    },
     ("send", "timeout"): SECONDS,
     ("auth", "api_key_env"): TEXT,
     ("auth", "api_key_file"): TEXT,

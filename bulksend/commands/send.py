@@ -25,7 +25,7 @@ from bulksend.commands.common import (
     send_outputs,
     settings_from,
 )
-from bulksend.config import Settings, load_settings, resolve_secrets
+from bulksend.config import Settings, check_base_url, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.output import logs
 from bulksend.output.outputs import Output, check
@@ -132,7 +132,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. redis://localhost:6379/0 (pip install 'bulksend[redis]')",
     )
     add_ci_flags(parser)
+    add_metrics_flags(parser)
     add_output_flags(parser)
+
+
+def add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    """--metrics-port, --metrics-host and --metrics-push (send and retry)."""
+    group = parser.add_argument_group(
+        "metrics (Prometheus; pip install 'bulksend[metrics]'; docs/operations.md#metrics)"
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while sending (0: a free "
+        "port, printed); also [send] metrics_port, BULKSEND_METRICS_PORT",
+    )
+    group.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address --metrics-port listens on (127.0.0.1: this machine only)",
+    )
+    group.add_argument(
+        "--metrics-push",
+        metavar="URL",
+        help="push the final metrics once, at the end, to this Prometheus Pushgateway "
+        "(job bulksend, grouped by campaign); a failed push is a warning",
+    )
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -272,30 +299,36 @@ async def execute(
     progress = None
     from bulksend.output.progress import shows_progress
 
+    metrics = _MetricsHook.wanted(settings, args, ctx, shard)  # before anything is sent
     if shows_progress(args.progress, ctx.err):
         progress = _ProgressHook(ctx, settings)
     with interrupts.installed():
 
         def started(engine: Any) -> None:
             interrupts.attach(engine)
+            if metrics is not None:
+                metrics.attach(engine)
             if progress is not None:
                 progress.start(engine)
 
         try:
-            if args.sandbox:
-                result = await _send_to_sandbox(settings, kwargs, started, limiter, ctx)
-            else:
-                secret_values = resolve_secrets(settings, ctx.env)
-                async with _shared(limiter, settings, ctx, secret_values) as shared:
-                    result = await send_campaign(
-                        settings, secret_values, on_start=started, scheduler=shared, **kwargs
-                    )
+            async with metrics.serving() if metrics else contextlib.nullcontext():
+                if args.sandbox:
+                    result = await _send_to_sandbox(settings, kwargs, started, limiter, ctx)
+                else:
+                    secret_values = resolve_secrets(settings, ctx.env)
+                    async with _shared(limiter, settings, ctx, secret_values) as shared:
+                        result = await send_campaign(
+                            settings, secret_values, on_start=started, scheduler=shared, **kwargs
+                        )
         except asyncio.CancelledError:
             print(f"bulksend: stopped at once by a second {interrupts.name}", file=ctx.err)
             return interrupts.status
         finally:
             if progress is not None:
                 await progress.stop()
+    if metrics is not None:
+        await metrics.push()
     status = finish(result, args, ctx, report_to_stdout=report_to_stdout)
     return interrupts.status if interrupts.name else status
 
@@ -317,6 +350,80 @@ class _ProgressHook:
     async def stop(self) -> None:
         if self.view is not None:
             await self.view.stop()
+
+
+class _MetricsHook:
+    """``--metrics-port`` and ``--metrics-push``: the send's Prometheus metrics, served while
+    it runs and pushed once at its end (``bulksend.output.metrics``)."""
+
+    def __init__(
+        self, metrics: Any, args: argparse.Namespace, ctx: Context, port: int | None
+    ) -> None:
+        self.metrics = metrics
+        self.args = args
+        self.ctx = ctx
+        self.port = port
+
+    @classmethod
+    def wanted(
+        cls, settings: Settings, args: argparse.Namespace, ctx: Context, shard: Shard | None
+    ) -> _MetricsHook | None:
+        """The hook when metrics are asked for, else None. Without prometheus_client, or with
+        a push URL that is not one, a ``ConfigError``: before anything is sent."""
+        push = getattr(args, "metrics_push", None)
+        if settings.metrics_port is None and not push:
+            return None
+        if push:
+            args.metrics_push = check_base_url(push, "--metrics-push")
+        try:
+            from bulksend.output.metrics import SendMetrics
+        except ImportError as exc:
+            if not (exc.name or "").startswith("prometheus_client"):
+                raise
+            raise ConfigError(
+                "Prometheus metrics need the prometheus-client library: "
+                "pip install 'bulksend[metrics]'"
+            ) from None
+        metrics = SendMetrics(provider=settings.provider, campaign=settings.name)
+        if shard is not None and shard.count > 1:
+            metrics.grouping["shard"] = f"{shard.index}-of-{shard.count}"
+        return cls(metrics, args, ctx, settings.metrics_port)
+
+    def attach(self, engine: Any) -> None:
+        self.metrics.attach(engine)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Serve the metrics for the block (with a port), announcing where on stderr."""
+        if self.port is None:
+            yield
+            return
+        from bulksend.output.metrics import MetricsServer
+
+        server = MetricsServer(self.metrics.registry, self.args.metrics_host, self.port)
+        url = await server.start()
+        print(f"bulksend: metrics at {url}", file=self.ctx.err)
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    async def push(self) -> None:
+        """Push the final values (``--metrics-push``); a failure is one warning line."""
+        gateway = getattr(self.args, "metrics_push", None)
+        if not gateway:
+            return
+        from bulksend.output.metrics import push
+        from bulksend.providers.answers import public_url
+
+        failed = await push(self.metrics, gateway)
+        if failed:
+            where = public_url(gateway)
+            print(
+                f"bulksend: warning: could not push the metrics to {where}: {failed} "
+                "(the send's outcome stands)",
+                file=self.ctx.err,
+            )
 
 
 class _Interrupts:
@@ -627,6 +734,7 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
         help="the shared limiter (Redis) to use; needed when the journal's had a password",
     )
     add_ci_flags(parser)
+    add_metrics_flags(parser)
     add_output_flags(parser)
 
 
@@ -645,6 +753,8 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     for key in ("base_url", "report"):
         if getattr(args, key):
             flags[key] = getattr(args, key)
+    if args.metrics_port is not None:
+        flags["metrics_port"] = args.metrics_port
     settings = load_settings(Path(campaign), env=ctx.env, overrides=flags)
     args.campaign = campaign
     args.sandbox = bool(meta.get("sandbox")) and not args.base_url

@@ -104,6 +104,15 @@ class Sender(Protocol):
     async def send(self, request: Any) -> Any: ...
 
 
+class RequestMetrics(Protocol):
+    """Times and counts each request (``bulksend.output.metrics.SendMetrics``)."""
+
+    #: exported as the ``bulksend_paused`` gauge: set it while the send takes no new batches
+    paused: bool
+
+    async def timed(self, transport: Sender, group: str, request: Any, retry: bool) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     batch_size: int
@@ -233,6 +242,8 @@ class Engine:
         self._stopping = asyncio.Event()  # set by stop(): ends the waits of parked batches
         self._parked: set[asyncio.Task[None]] = set()
         self._parking = asyncio.Semaphore()  # room for parked batches: sized by run()
+        #: the send's Prometheus metrics (``SendMetrics.attach``), None when not asked for
+        self.metrics: RequestMetrics | None = None
 
     # -- outcomes ---------------------------------------------------------------------------
     def _finish(
@@ -555,8 +566,13 @@ class Engine:
         summary.requests += 1
         if part.attempts > 1:
             summary.retries += 1
+        metrics = self.metrics
         try:
-            response = await self.transport.send(part.request)
+            if metrics is None:
+                response = await self.transport.send(part.request)
+            else:  # timed and counted by group and status (bulksend.output.metrics)
+                retry = part.attempts > 1
+                response = await metrics.timed(self.transport, batch.group, part.request, retry)
         except asyncio.CancelledError:
             self.scheduler.complete(permit, NO_ANSWER)
             raise
@@ -1015,3 +1031,8 @@ class Engine:
     @property
     def stopped_by(self) -> BaseException | None:
         return self._stop
+
+    @property
+    def backlog(self) -> tuple[int, int]:
+        """Batches read and waiting for a worker, and batches waiting to retry (parked)."""
+        return self._queue.qsize(), len(self._parked)

@@ -315,6 +315,17 @@ class Bucket:
             evidence = "discovered from 429s"
         return Belief(limit, window, evidence, self.mode)
 
+    def remaining(self, now: float, limit: int, window: float) -> int:
+        """Requests it believes may still go in the current window of ``limit`` per ``window``
+        seconds (``belief``'s): the server's last Remaining less the sends it had not counted,
+        while that window lasts; else ``limit`` less the sends of the last window (and margin)."""
+        allow = self._rem_allow
+        if allow is not None and now < self._rem_hold:
+            return max(0, allow)
+        log = self._log
+        used = len(log) - bisect_right(log, now - window - self._margin)
+        return max(0, limit - used)
+
     def _probe_binds(self, now: float, quota: Quota) -> bool:
         return self._probe_rate(now) * (quota[1] + self._margin) < quota[0]
 

@@ -18,7 +18,7 @@ group's pause, quota and retry budget pace it); after ERROR / NO_RESPONSE sleep
 
 Additions beyond the interface: ``cancel(permit)``, ``retry_allowed(group)``,
 ``current_rate(group)``, ``GroupStats`` fields ``no_response``, ``rate``, ``margin``, ``mode``,
-``paused_for``, ``waiting``, ``in_flight``.
+``paused_for``, ``waiting``, ``in_flight``, ``remaining``.
 
 How the waiting works: each group keeps two FIFO queues of futures (retries first, then fresh
 sends) and at most one timer. ``complete``, ``cancel``, the timer and ``acquire`` "pump" the group:
@@ -120,6 +120,8 @@ class GroupStats:
     paused_for: float = 0.0  # seconds left of a provider-requested pause
     waiting: int = 0
     in_flight: int = 0
+    #: requests the group believes it may still send in the current window (``Bucket.remaining``)
+    remaining: int = 0
 
 
 _Waiter = asyncio.Future[Permit]
@@ -380,6 +382,7 @@ class Scheduler:
                 paused_for=max(0.0, b.hold_until(now) - now),
                 waiting=sum(not f.done() for f in g.fresh) + sum(not f.done() for f in g.retries),
                 in_flight=b.in_flight,
+                remaining=b.remaining(now, belief.limit, belief.window),
             )
         return out
 
