@@ -3,6 +3,7 @@
     python -m benchmarks.dispatch [--requests 5000] [--batch-size 100] [--workers 32] [--repeat 7]
     python -m benchmarks.dispatch --sandbox [--requests 2000]     # against a sandbox process
     python -m benchmarks.dispatch --profile out/dispatch.prof      # cProfile of one engine run
+    python -m benchmarks.dispatch --variant metrics --repeat 2     # one variant (for valgrind)
 
 Null transport (the default): ``send`` returns at once a 200 with the sandbox's six headers
 (Content-Type, X-RateLimit-Limit, X-RateLimit-Remaining counting down, Content-Length, Date,
@@ -20,11 +21,17 @@ and the medians of the CPU times are compared:
 * ``engine, encoding``: the same with the real ``encode`` (the JSON body of every batch); the
   encoding alone is timed on the same batches and reported beside it;
 * ``engine + dedup``: the same with the real ``Deduper`` too (as ``bulksend send`` runs it);
-  the deduplicator alone is timed on the same chunks.
+  the deduplicator alone is timed on the same chunks;
+* ``engine + metrics``: the engine with the bodies encoded in advance and the Prometheus metrics
+  of ``--metrics-port`` on (``SendMetrics`` attached), side by side with the same run without
+  them: *metrics cost* is the median of their per-round ratio (issue 18: under 5 % of
+  throughput). One scrape of the registry after each such run is timed apart (Prometheus
+  scrapes every 15 s or so, not once per run of a fraction of a second).
 
 With ``--sandbox`` the engine (dispatch only, as above, real ``Transport``) and the raw aiohttp
 loop of ``benchmarks.throughput`` post the same bodies to one sandbox process with no effective
-limit; the ratio of their wall times is issue 7's figure.
+limit; the ratio of their wall times is issue 7's figure. The engine with bodies in advance runs
+there with metrics on too (*metrics cost*: the median per-round ratio of wall times).
 """
 
 from __future__ import annotations
@@ -171,11 +178,26 @@ async def engine_run(
     transport: Any,
     dedup: Any,
     requests: list[HttpRequest] | None = None,
+    *,
+    metrics: bool = False,
+    scrapes: list[float] | None = None,
 ) -> tuple[float, float, int]:
-    """One ``Engine.run``; with ``requests``, the bodies are encoded in advance."""
+    """One ``Engine.run``; with ``requests``, the bodies are encoded in advance; with
+    ``metrics``, the send's Prometheus metrics are on (and with ``scrapes``, the CPU seconds of
+    one scrape after the run are added to it)."""
     p: Any = provider() if requests is None else PreEncoded(provider(), requests)
     engine = Engine(p, transport, scheduler(args.workers), dedup, options(args))
+    send_metrics = None
+    if metrics:
+        from bulksend.output.metrics import SendMetrics
+
+        send_metrics = SendMetrics(provider="maxtraffic", campaign="bench")
+        send_metrics.attach(engine)
     seconds, wall, summary = await acpu(engine.run(chunks))
+    if send_metrics is not None and scrapes is not None:
+        from prometheus_client import generate_latest
+
+        scrapes.append(cpu(lambda: generate_latest(send_metrics.registry)))
     if not summary.complete or summary.delivered != sum(len(c.recipients) for c in chunks):
         raise RuntimeError(f"engine run incomplete\n{summary.render()}")
     return seconds, wall, summary.requests
@@ -216,14 +238,20 @@ async def null_mode(args: argparse.Namespace) -> None:
     rows = make_rows(n)
     chunks = make_chunks(rows)
     requests, _ = encoded(rows, args.batch_size)
-    names = ("bare", "dispatch", "engine", "encode", "engine + dedup", "dedup")
+    names = ("bare", "dispatch", "metrics", "engine", "encode", "engine + dedup", "dedup")
     runs: dict[str, list[float]] = {k: [] for k in names}
     await engine_run(args, chunks, NullTransport(), PassThrough(), requests)  # warm-up
+    await engine_run(args, chunks, NullTransport(), PassThrough(), requests, metrics=True)
     count = 0
+    scrapes: list[float] = []
     for _ in range(args.repeat):
         runs["bare"].append(await bare_run(requests, NullTransport(), args.workers))
         seconds, _, count = await engine_run(args, chunks, NullTransport(), PassThrough(), requests)
         runs["dispatch"].append(seconds)
+        on = await engine_run(
+            args, chunks, NullTransport(), PassThrough(), requests, metrics=True, scrapes=scrapes
+        )
+        runs["metrics"].append(on[0])
         runs["engine"].append((await engine_run(args, chunks, NullTransport(), PassThrough()))[0])
         runs["encode"].append(encoded(rows, args.batch_size)[1])
         if not args.no_dedup:
@@ -243,6 +271,7 @@ async def null_mode(args: argparse.Namespace) -> None:
         (
             "bare send loop",
             "engine, bodies encoded in advance",
+            "  the same + metrics (--metrics-port)",
             "engine, encoding",
             "  encode alone",
             "engine + dedup",
@@ -255,6 +284,32 @@ async def null_mode(args: argparse.Namespace) -> None:
             print(f"{label:40} {fig[name][0]:7.1f} {fig[name][1]:7.1f}")
     own = [d - b for d, b in zip(fig["dispatch"], fig["bare"], strict=True)]
     print(f"{'overhead (encoded in advance - bare)':40} {own[0]:7.1f} {own[1]:7.1f}")
+    print(metrics_cost(runs["dispatch"], runs["metrics"], "CPU"))
+    print(f"one scrape of the metrics: {median(scrapes) * 1000:.2f} ms CPU (median)")
+
+
+def metrics_cost(off: list[float], on: list[float], what: str) -> str:
+    """The metrics' cost: the median of the per-round ratios of ``on`` to ``off`` (the runs
+    alternate: the machine's speed drifts between rounds more than they differ)."""
+    ratio = median([m / o for m, o in zip(on, off, strict=True)])
+    return (
+        f"metrics cost: {100 * (ratio - 1):+.1f} % {what} time per request "
+        f"(throughput x {1 / ratio:.3f}; issue 18: >= 0.95)"
+    )
+
+
+async def variant_mode(args: argparse.Namespace) -> None:
+    """A warm-up run, then ``--repeat`` runs of one variant and nothing else: for counting
+    instructions under valgrind, which no other load on the machine changes. The difference
+    between two counts with different ``--repeat`` is what the runs themselves cost (the
+    start-up, the warm-up and the imports cancel out)."""
+    rows = make_rows(args.requests * args.batch_size)
+    chunks = make_chunks(rows)
+    requests, _ = encoded(rows, args.batch_size)
+    on = args.variant == "metrics"
+    for _ in range(1 + args.repeat):
+        await engine_run(args, chunks, NullTransport(), PassThrough(), requests, metrics=on)
+    print(f"{args.variant}: {args.repeat} runs of {args.requests:,} requests")
 
 
 async def profile_mode(args: argparse.Namespace) -> None:
@@ -311,14 +366,26 @@ async def sandbox_mode(args: argparse.Namespace) -> None:
     bodies = [r.body or b"" for r in requests]
     headers, path = dict(requests[0].headers), requests[0].path
     sandbox_args = ("--limit", str(LIMIT), "--max-batch", str(max(1000, args.batch_size)))
-    runs: dict[str, list[tuple[float, float, float]]] = {"encoding": [], "advance": [], "raw": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {
+        "encoding": [],
+        "advance": [],
+        "metrics": [],
+        "raw": [],
+    }
     count = 0
+    variants = (
+        ("encoding", None, False),
+        ("advance", requests, False),
+        ("metrics", requests, True),
+    )
     with sandbox_process("maxtraffic", *sandbox_args) as url:
         for _ in range(args.repeat):
-            for name, pre in (("encoding", None), ("advance", requests)):
+            for name, pre, on in variants:
                 async with Transport(url, connections=args.workers) as transport:
                     timed = ProbeTimer(transport)
-                    seconds, wall, count = await engine_run(args, chunks, timed, PassThrough(), pre)
+                    seconds, wall, count = await engine_run(
+                        args, chunks, timed, PassThrough(), pre, metrics=on
+                    )
                 runs[name].append((wall, seconds, timed.pause))
             seconds, wall, _ = await acpu(post_all(iter(bodies), headers, url + path, args.workers))
             runs["raw"].append((wall, seconds, 0.0))
@@ -333,6 +400,7 @@ async def sandbox_mode(args: argparse.Namespace) -> None:
         ("raw", "raw aiohttp loop"),
         ("encoding", "engine, dispatch only"),
         ("advance", "engine, bodies encoded in advance"),
+        ("metrics", "  the same + metrics (--metrics-port)"),
     ):
         wall = median([w for w, _, _ in runs[name]])
         cpu_s = median([c for _, c, _ in runs[name]])
@@ -350,6 +418,8 @@ async def sandbox_mode(args: argparse.Namespace) -> None:
         f"engine's pause after its first request ({pause * 1000:.0f} ms: the GCRA slot it "
         "took at the configured 600/min before the headers raised the limit)"
     )
+    walls = {name: [w for w, _, _ in runs[name]] for name in ("advance", "metrics")}
+    print(metrics_cost(walls["advance"], walls["metrics"], "wall"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,6 +432,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", metavar="FILE", help="cProfile one engine run into FILE")
     parser.add_argument("--no-dedup", action="store_true", help="skip the runs with the Deduper")
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--variant",
+        choices=["dispatch", "metrics"],
+        help="run only this variant (after a warm-up), for valgrind's instruction counts",
+    )
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = 2000 if args.sandbox else 5000
@@ -371,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
 
         factory = uvloop.new_event_loop
     mode = profile_mode if args.profile else sandbox_mode if args.sandbox else null_mode
+    if args.variant:
+        mode = variant_mode
     try:
         with cli_logging(), asyncio.Runner(loop_factory=factory) as runner:
             runner.run(mode(args))

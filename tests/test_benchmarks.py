@@ -20,6 +20,12 @@ def test_dispatch_benchmark_runs() -> None:
     out = run_benchmark("dispatch", "--requests", "60", "--repeat", "1", "--no-dedup")
     assert "requests=60 " in out
     assert "overhead (encoded in advance - bare)" in out
+    assert re.search(r"^metrics cost: [+-]\d+\.\d % CPU time per request", out, re.M), out
+
+
+def test_dispatch_benchmark_runs_one_variant_for_valgrind() -> None:
+    out = run_benchmark("dispatch", "--requests", "20", "--repeat", "1", "--variant", "metrics")
+    assert out == "metrics: 1 runs of 20 requests\n"
 
 
 def test_throughput_benchmark_runs_with_latency_and_reports_cpu_per_request() -> None:
