@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bulksend import providers
+from bulksend.control.windows import SendWindows, WindowError, parse_windows, parse_zone
 from bulksend.errors import ConfigError, MissingSecretError
 from bulksend.providers.base import Limit, SecretsFor
 
@@ -33,8 +34,8 @@ _UNITS = {
 }
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
-#: the keys of ``[send]``: where to send and how (every one but ``limiter`` has a flag; every
-#: one but ``batch_size`` may change between the runs of one send)
+#: the keys of ``[send]``: where to send and how (every one but ``limiter``, ``window`` and
+#: ``timezone`` has a flag; every one but ``batch_size`` may change between the runs of one send)
 SEND_KEYS = frozenset(
     {
         "base_url",
@@ -47,6 +48,8 @@ SEND_KEYS = frozenset(
         "max_unexpected",
         "report",
         "limiter",
+        "window",
+        "timezone",
     }
 )
 #: the top-level tables a campaign file may have, and the keys each may hold
@@ -124,6 +127,8 @@ class Settings:
     report: Path | None = None
     #: a shared limiter (``redis://...``) for several workers; None: in-process
     limiter: str | None = None
+    #: when the send may send (``[send] window`` in ``[send] timezone``); None: any time
+    windows: SendWindows | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -173,6 +178,12 @@ def _is_number(value: Any) -> bool:
     return type(value) in (int, float)
 
 
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    )
+
+
 _TEXT = Kind("text", _is_text)
 _PATH = Kind("a file path (text)", _is_text)
 _URL = Kind("a URL (text)", _is_text)
@@ -203,6 +214,10 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
     ("send", "max_unexpected"): _WHOLE,
     ("send", "report"): _PATH,
     ("send", "limiter"): _URL,
+    ("send", "window"): Kind(
+        "a window such as 'Mon-Fri 09:00-20:00' (text), or an array of them", _is_texts
+    ),
+    ("send", "timezone"): Kind("an IANA time zone name such as 'Europe/Berlin' (text)", _is_text),
 }
 AUTH_KINDS: Mapping[str, Kind] = {
     "_env": Kind("an environment variable name (text)", _is_text),
@@ -327,7 +342,7 @@ def _top(data: Mapping[str, Any], origin: str) -> None:
 
 #: [send]/[recipients] keys that flags set, and the flag's name when it is not --KEY
 _FLAGS: Mapping[str, tuple[str, str]] = {
-    **{key: ("send", key) for key in sorted(SEND_KEYS - {"limiter"})},
+    **{key: ("send", key) for key in sorted(SEND_KEYS - {"limiter", "window", "timezone"})},
     "recipients": ("recipients", "path"),
     **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
 }
@@ -430,7 +445,33 @@ def load_settings(
         max_unexpected=values.whole("max_unexpected", 5),
         report=Path(str(report)) if report else None,
         limiter=str(send["limiter"]) if send.get("limiter") else None,
+        windows=_windows(send, origin),
     )
+
+
+def _windows(send: Mapping[str, Any], origin: str) -> SendWindows | None:
+    """``[send] window`` in ``[send] timezone`` (both, or neither)."""
+    window, zone = send.get("window"), send.get("timezone")
+    if window is None and zone is None:
+        return None
+    if window is None:
+        raise ConfigError(
+            f"{_where(origin, 'send', 'timezone')} is set without [send] window; add a window "
+            "such as 'Mon-Fri 09:00-20:00', or remove timezone"
+        )
+    if zone is None:
+        raise ConfigError(
+            f"{_where(origin, 'send', 'window')} needs [send] timezone, the zone its hours are "
+            "in: an IANA name such as 'Europe/Berlin' (or 'UTC')"
+        )
+    try:
+        tz = parse_zone(str(zone))
+    except WindowError as exc:
+        raise ConfigError(f"{_where(origin, 'send', 'timezone')}: {exc}") from None
+    try:
+        return parse_windows(window, tz)
+    except WindowError as exc:
+        raise ConfigError(f"{_where(origin, 'send', 'window')}: {exc}") from None
 
 
 def _recipients(values: _Values, path: Path) -> RecipientSettings:

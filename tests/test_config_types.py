@@ -33,6 +33,8 @@ KEYS: dict[tuple[str | None, str], set[str]] = {
     (None, "name"): TEXT,
     **{("recipients", k): TEXT for k in ("path", "format", "delimiter", "encoding", "id", "uid")},
     **{("send", k): TEXT for k in ("base_url", "rate", "limit", "report", "limiter")},
+    ("send", "window"): TEXT,  # or an array of texts (tests/test_windows.py)
+    ("send", "timezone"): TEXT,
     **{("send", k): WHOLE for k in ("batch_size", "in_flight", "max_attempts", "max_unexpected")},
     ("send", "timeout"): SECONDS,
     ("auth", "api_key_env"): TEXT,

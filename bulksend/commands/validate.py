@@ -1,7 +1,8 @@
 """``bulksend validate CAMPAIGN.toml``: check the campaign and read the whole recipient file.
 
 Prints rows, valid, invalid by reason, duplicates, batches, requests per endpoint and the time
-the send would take under the known limits. Sends nothing; needs no API key (it only says
+the send would take under the known limits (and, with send windows, when it would finish if
+started now, sending only within them). Sends nothing; needs no API key (it only says
 whether the key's variable is set).
 """
 
@@ -26,6 +27,7 @@ from bulksend.commands.common import (
     settings_from,
 )
 from bulksend.config import Settings, resolve_secrets
+from bulksend.control.windows import DAY_NAMES, SendWindows, moment_text
 from bulksend.dedup.deduper import Deduper
 from bulksend.dispatch.plan import Plan, plan
 from bulksend.errors import MissingSecretError
@@ -37,7 +39,8 @@ HELP = "check a campaign and its recipient file without sending"
 DESCRIPTION = (
     "Check the campaign and read the whole recipient file: rows, valid, invalid by reason, "
     "duplicates, batches, requests per endpoint and the time the send would take under the "
-    "known limits. Sends nothing; needs no API key."
+    "known limits (with [send] window: when it would finish, sending only within the windows). "
+    "Sends nothing; needs no API key."
 )
 EPILOG = """\
 examples:
@@ -89,7 +92,13 @@ def limits_for(settings: Settings, provider: Provider) -> dict[str, Limit]:
 
 
 def print_plan(
-    settings: Settings, provider: Provider, p: Plan, ctx: Context, *, title: str
+    settings: Settings,
+    provider: Provider,
+    p: Plan,
+    ctx: Context,
+    *,
+    title: str,
+    now: dt.datetime | None = None,
 ) -> None:
     limits = limits_for(settings, provider)
     policies = group_policies(settings, provider)
@@ -112,6 +121,31 @@ def print_plan(
         print(f"  requests     {n:,} to {group} (limit {data['limits'][group]})", file=out)
     seconds = p.estimate_seconds(policies)
     print(f"  estimated    {duration(seconds)} at the known limits", file=out)
+    windows = settings.windows
+    if windows is not None:
+        now = now or dt.datetime.now(dt.UTC)
+        print(f"  window       {windows.describe()}", file=out)
+        print(f"  finishes     {finish_text(windows, now, seconds)}", file=out)
+
+
+def finish_text(windows: SendWindows, now: dt.datetime, seconds: float) -> str:
+    """``about Tue 2026-03-31 11:20 Europe/Berlin if started now (waits for 09:00 ...)``."""
+    start = windows.next_opening(now)
+    end = windows.finish(now, seconds).astimezone(windows.zone)
+    text = (
+        f"about {DAY_NAMES[end.weekday()]} {end:%Y-%m-%d %H:%M} {windows.zone.key} if started now"
+    )
+    if start > now:
+        text += f" (it waits for the window to open at {moment_text(start, now, windows.zone)})"
+    return text
+
+
+def estimated_finish(settings: Settings, p: Plan, policies: Any, now: dt.datetime) -> str | None:
+    """The finish time across the send windows (ISO 8601, the zone's offset), for --json."""
+    if settings.windows is None:
+        return None
+    end = settings.windows.finish(now, p.estimate_seconds(policies))
+    return end.astimezone(settings.windows.zone).isoformat(timespec="seconds")
 
 
 def duration(seconds: float) -> str:
@@ -131,19 +165,20 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         key_note = f"note: {exc} (needed to send, not to validate)"
     provider = build_provider(settings, {n: "VALIDATE" for n in settings.secret_sources})
     p = walk(settings, provider)
+    now = dt.datetime.now(dt.UTC)
     if not args.quiet:
         title = "valid campaign file" if p.valid else "no valid recipient: nothing would be sent"
-        print_plan(settings, provider, p, ctx, title=title)
+        print_plan(settings, provider, p, ctx, title=title, now=now)
         if key_note:
             print(f"  {key_note}", file=ctx.out)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(
-            orjson.dumps(
-                p.as_dict(limits_for(settings, provider), group_policies(settings, provider)),
-                option=orjson.OPT_INDENT_2,
-            )
-        )
+        policies = group_policies(settings, provider)
+        data = p.as_dict(limits_for(settings, provider), policies)
+        if settings.windows is not None:
+            data["window"] = settings.windows.describe()
+            data["estimated_finish"] = estimated_finish(settings, p, policies, now)
+        args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if not p.valid:
         return ExitStatus.USAGE
     invalid = sum(p.invalid.values())
