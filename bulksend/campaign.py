@@ -20,6 +20,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from bulksend.config import Settings
+from bulksend.control.pause import JournalSwitch, MemorySwitch, PauseControl, PauseSetup
 from bulksend.dedup.deduper import Deduper
 from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
@@ -161,6 +162,7 @@ def how_settings(settings: Settings) -> dict[str, Any]:
         "max_attempts": settings.max_attempts,
         "max_unexpected": settings.max_unexpected,
         "limiter": masked_url(settings.limiter) if settings.limiter else None,
+        "window": settings.windows.describe() if settings.windows else None,
     }
     return {
         "name": settings.name,
@@ -255,13 +257,16 @@ async def send_campaign(
     wrap_transport: Callable[[Transport], Any] | None = None,
     audience_check: bool = False,
     stdout: TextIO | None = None,
+    pause: PauseSetup | None = None,
 ) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing).
 
     ``shard`` sends only this worker's slice of the file; ``scheduler`` replaces the
     in-process one (e.g. a scheduler whose buckets live in Redis, shared by several workers);
     ``wrap_transport`` wraps the transport (``bulksend bench`` times every request with it);
-    ``stdout`` takes a report whose path is ``-`` (default: ``sys.stdout``).
+    ``stdout`` takes a report whose path is ``-`` (default: ``sys.stdout``); ``pause`` adds
+    switches, a clock and a listener to the send's ``PauseControl`` (``engine.pause``: its own
+    switch is the journal, else memory; ``settings.windows`` close it too).
     """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
@@ -299,6 +304,8 @@ async def send_campaign(
     columns = (settings.recipients.id_column, settings.recipients.uid_column)
     letters = DeadLetter(dead_letter, *columns) if dead_letter else None
     sharding = shard if shard is not None and shard.count > 1 else None
+    own = JournalSwitch(journal.path) if journal is not None else MemorySwitch()
+    control = PauseControl.for_send(own, settings.windows, pause)
     outcome = "finished"
     try:
         with (
@@ -321,6 +328,7 @@ async def send_campaign(
                     on_outcomes=letters,
                     hook_statuses=DeadLetter.RESEND,
                     source_name=spec.path,
+                    pause=control,
                 )
                 if on_start is not None:
                     on_start(engine)
@@ -349,6 +357,7 @@ async def send_campaign(
         raise
     finally:
         summary.limits = scheduler.beliefs()
+        await control.aclose()
         if book is not None:
             book.close(outcome)
     return SendResult(

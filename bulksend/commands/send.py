@@ -268,16 +268,21 @@ async def execute(
         "stdout": ctx.out,
     }
     limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
+    kwargs["pause"] = _pause_setup(settings, ctx, limiter)
     interrupts = _Interrupts(ctx)
+    from bulksend.control.pause import PauseSignals
+
+    pause_signals = PauseSignals()
     progress = None
     from bulksend.output.progress import shows_progress
 
     if shows_progress(args.progress, ctx.err):
         progress = _ProgressHook(ctx, settings)
-    with interrupts.installed():
+    with interrupts.installed(), pause_signals.installed():
 
         def started(engine: Any) -> None:
             interrupts.attach(engine)
+            pause_signals.attach(engine.pause)
             if progress is not None:
                 progress.start(engine)
 
@@ -300,6 +305,18 @@ async def execute(
     return interrupts.status if interrupts.name else status
 
 
+def _pause_setup(settings: Settings, ctx: Context, limiter: str | None) -> Any:
+    """The send's pause: each change one line on stderr, and with a shared limiter the
+    campaign's Redis pause too (``bulksend pause redis://... --campaign NAME``)."""
+    from bulksend.control.pause import PauseSetup, RedisSwitch
+
+    def tell(line: str) -> None:
+        print(f"bulksend: {line}", file=ctx.err)
+
+    switches = [RedisSwitch(limiter, settings.name)] if limiter else []
+    return PauseSetup(switches=switches, on_change=tell)
+
+
 class _ProgressHook:
     def __init__(self, ctx: Context, settings: Settings) -> None:
         from bulksend.output.progress import count_rows
@@ -311,7 +328,13 @@ class _ProgressHook:
     def start(self, engine: Any) -> None:
         from bulksend.output.progress import ProgressView
 
-        self.view = ProgressView(self.ctx.err, engine.summary, lambda: engine.scheduler, self.total)
+        self.view = ProgressView(
+            self.ctx.err,
+            engine.summary,
+            lambda: engine.scheduler,
+            self.total,
+            paused=engine.pause.status if engine.pause is not None else None,
+        )
         self.view.start()
 
     async def stop(self) -> None:

@@ -20,6 +20,10 @@ the worker goes on with other batches. At most ``parked_per_worker * workers`` b
 parked; when that many are, a worker with one more waits for room. The requests actually in
 flight stay capped by the scheduler (``GroupPolicy.in_flight``).
 
+A ``PauseControl`` (``pause``; bulksend.control.pause) is asked before a worker takes a new
+batch: while it says ``paused`` (SIGUSR1, ``bulksend pause``, outside the send windows) the
+workers wait; what they hold finishes and the scheduler's state is kept.
+
 ``interrupt()`` stops taking new batches and lets the ones in flight finish (bounded by
 ``drain_timeout``); queued batches are reported ``skipped`` and stay resumable, and so are parked
 ones (woken at once), or ``unknown`` when an earlier attempt may have reached the provider.
@@ -34,7 +38,7 @@ import shlex
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from bulksend.dedup.ahead import Dedup, DedupAhead, Kept
 from bulksend.dispatch.decide import Action, Do, Stop, decide
@@ -66,6 +70,9 @@ from bulksend.ratelimit.circuit import State as CircuitState
 from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
 from bulksend.state.journal import BatchRecord, Journal, PartRecord, batch_digest
+
+if TYPE_CHECKING:
+    from bulksend.control.pause import PauseControl
 
 _CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
@@ -199,8 +206,10 @@ class Engine:
         on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
         hook_statuses: frozenset[Status] = frozenset(Status),
         source_name: str = "",
+        pause: PauseControl | None = None,
     ) -> None:
         self.provider = provider
+        self.pause = pause
         self._knows_request = False  # set by run: the provider has classify_sent
         self.transport = transport
         self.scheduler = scheduler
@@ -458,6 +467,8 @@ class Engine:
         self._debug = _debug_enabled(self._log)
         split_budget = self.options.split_budget
         while True:
+            if self.pause is not None and self.pause.paused:
+                await self.pause.wait_open(self._stopping)
             try:
                 batch = queue.get_nowait()  # what queue.get() does when a batch is waiting
             except asyncio.QueueEmpty:
@@ -922,6 +933,7 @@ class Engine:
                 retries=s.retries,
                 rate=round(s.delivered / elapsed, 1) if elapsed else 0.0,
                 limits=limits,
+                **({"paused": self.pause.status()} if self.pause and self.pause.paused else {}),
             )
 
     async def run(
@@ -933,8 +945,12 @@ class Engine:
         opts = self.options
         self._knows_request = isinstance(self.provider, ClassifiesSent)  # once, not per answer
         self._parking = asyncio.Semaphore(max(1, opts.workers * opts.parked_per_worker))
+        if self.pause is not None:
+            await self.pause.poll()  # closed send windows hold even the first batch
         workers = [asyncio.create_task(self._worker()) for _ in range(opts.workers)]
-        progress = asyncio.create_task(self._progress())
+        watchers = [asyncio.create_task(self._progress())]
+        if self.pause is not None:
+            watchers.append(asyncio.create_task(self.pause.watch()))
         try:
             chunks = items if isinstance(items, AsyncIterable) else as_chunks(items)
             await self._read_while_sending(chunks, workers)
@@ -955,8 +971,9 @@ class Engine:
             self._drain_queue()
             raise
         finally:
-            progress.cancel()
-            await asyncio.gather(progress, return_exceptions=True)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             self.summary.elapsed = loop.time() - started
             if self.journal is not None:
                 self.journal.flush()
