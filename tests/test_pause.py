@@ -489,3 +489,52 @@ async def test_the_redis_switch_reads_what_it_wrote(redis_url: str) -> None:
     finally:
         for s in (switch, again, other):
             await s.aclose()
+
+
+async def test_a_send_started_on_a_paused_journal_waits_until_it_is_resumed(
+    tmp_path: Path,
+) -> None:
+    from bulksend.campaign import JournalOptions
+
+    rows = [(f"v{i:03d}", f"u{i:03d}") for i in range(20)]
+    campaign = write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", rows), batch_size=5)
+    journal = JournalOptions(tmp_path / "c.journal")
+    told: list[str] = []
+    config = SandboxConfig(api_key=KEY, ledger=tmp_path / "ledger.jsonl", limit=100_000)
+    async with running(config) as sb:
+        settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
+        refused = await send_campaign(settings, {"api_key": "wrong-key-123"}, journal=journal)
+        assert refused.summary.delivered == 0  # a 401: the journal exists, nothing was kept
+        JournalSwitch(journal.path).write_now(Pause("bulksend pause", time.time()))
+        setup = PauseSetup(interval=0.02, on_change=told.append)
+        task = asyncio.create_task(
+            send_campaign(settings, {"api_key": KEY}, journal=journal, pause=setup)
+        )
+        await asyncio.sleep(0.3)
+        assert sb.ledger_entries() == []
+        assert not task.done()
+        JournalSwitch(journal.path).write_now(None)  # what `bulksend resume` does
+        result = await asyncio.wait_for(task, 30)
+    assert result.summary.delivered == 20
+    assert told[0] == (
+        "paused by bulksend pause: no new batch starts, the requests in flight finish; to go "
+        f"on: SIGUSR2 or `bulksend resume {journal.path}`"
+    )
+    assert told[1].startswith("resumed after ")
+
+
+def test_a_changed_window_resumes_and_is_named(tmp_path: Path) -> None:
+    rows = [(f"v{i:03d}", f"u{i:03d}") for i in range(10)]
+    recipients = write_recipients(tmp_path / "r.csv", rows)
+    journal = str(tmp_path / "c.journal")
+    always = 'window = "00:00-24:00"\ntimezone = "UTC"'
+    campaign = write_campaign(tmp_path, recipients, extra=always)
+    first = run_cli("send", str(campaign), "--sandbox", "--journal", journal, "-q")
+    assert first.status == 0, first.stderr
+    write_campaign(tmp_path, recipients, extra=always.replace("UTC", "Europe/Berlin"))
+    again = run_cli("send", str(campaign), "--sandbox", "--journal", journal, "-q")
+    assert again.status == 0, again.stderr
+    assert again.stderr.startswith("bulksend: resuming with ")  # (the sandbox's URL changes too)
+    assert (
+        ", [send].window changed (was 00:00-24:00 UTC, now 00:00-24:00 Europe/Berlin): "
+    ) in again.stderr
