@@ -56,12 +56,11 @@ from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipie
 from bulksend.net.fetch import NO_ANSWER, FirstRequest
 from bulksend.providers.answers import likely_fix, public_url, stop_line
 from bulksend.providers.base import (
-    Batcher,
     Classification,
     ClassifiesSent,
     Provider,
     Verdict,
-    add_all,
+    adder,
 )
 from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.scheduler import Feedback, FeedbackKind, Permit, Scheduler
@@ -304,19 +303,20 @@ class Engine:
         (``DedupAhead``): chunk k is deduplicated while chunk k+1 is read and the event loop
         sends; every chunk is settled in order."""
         batcher = self.provider.batcher(self.options.batch_size)
+        add = adder(batcher)  # its kind looked up once, not once a chunk
         pending: Future[Kept] | None = None
         with DedupAhead(self.dedup) as ahead:
             try:
                 if isinstance(chunks, AsyncIterable):  # e.g. behind an audience check
                     async for chunk in chunks:
-                        pending = await self._chunk(chunk, ahead, pending, batcher)
+                        pending = await self._chunk(chunk, ahead, pending, add)
                 else:
                     for chunk in chunks:
-                        pending = await self._chunk(chunk, ahead, pending, batcher)
+                        pending = await self._chunk(chunk, ahead, pending, add)
             except ProviderError as exc:  # a source that talks to the provider (audience)
                 self.stop(exc)
             if pending is not None:
-                await self._take(pending, batcher)
+                await self._take(pending, add)
         for batch in batcher.flush():
             await self._plan(batch)
 
@@ -325,7 +325,7 @@ class Engine:
         chunk: Chunk,
         ahead: DedupAhead,
         pending: Future[Kept] | None,
-        batcher: Batcher,
+        add: Callable[[Sequence[Recipient]], list[Batch]],
     ) -> Future[Kept] | None:
         """Count and report the chunk's rejected rows, start its deduplication, and settle
         the chunk before it; returns this chunk's deduplication, still running."""
@@ -339,7 +339,7 @@ class Engine:
                 self._finish(None, [rec], Status.INVALID, self._where(item))
         future = ahead.submit(recipients) if len(recipients) else None
         if pending is not None:
-            await self._take(pending, batcher)
+            await self._take(pending, add)
         return future
 
     def _where(self, item: Rejected) -> str:
@@ -348,14 +348,16 @@ class Engine:
             return f"{self.source_name}:{item.line}: {item.reason}"
         return item.reason
 
-    async def _take(self, deduplicated: Future[Kept], batcher: Batcher) -> None:
+    async def _take(
+        self, deduplicated: Future[Kept], add: Callable[[Sequence[Recipient]], list[Batch]]
+    ) -> None:
         """Batch what a chunk's deduplication kept (after a stop: account for it, unsent)."""
         kept, duplicates = await asyncio.wrap_future(deduplicated)
         self._finish(None, duplicates, Status.DUPLICATE, DUPLICATE_REASON)
         if self._stop is not None:  # after a stop the rest of the file is accounted for
             self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
             return
-        for batch in add_all(batcher, kept):
+        for batch in add(kept):
             await self._plan(batch)
         await asyncio.sleep(0)  # let the workers run between chunks
 
