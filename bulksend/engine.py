@@ -34,7 +34,7 @@ import shlex
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from bulksend.core.circuit import Circuit
 from bulksend.core.circuit import State as CircuitState
@@ -133,9 +133,9 @@ class _Part:
     batch: Batch  # what is encoded: the batch itself, or a Batch of the part
     #: a request without an answer may have reached the provider (or an earlier run's did)
     unknown_sent: bool = False
+    doubt: str = ""  # why it may have reached the provider already ("resent after ...")
     attempts: int = 0
     request: Any = None  # encoded at the first attempt
-    doubt: str = ""  # why it may have reached the provider already ("resent after ...")
 
 
 @dataclass(slots=True, eq=False)
@@ -147,6 +147,7 @@ class _Job:
     results: list[Result]
     split_budget: int  # extra requests left for isolating invalid recipients
     doubt: str = ""  # why the provider may have some of it already (kept in the journal)
+    recorded: bool = False  # reported and journalled already (delivered whole at once)
 
 
 #: what each verdict tells the scheduler about the quota
@@ -160,6 +161,14 @@ _RETRY, _OK = Verdict.RETRY, FeedbackKind.OK
 _UNEXPECTED, _THROTTLED = Verdict.UNEXPECTED, Verdict.THROTTLED
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
+_DELIVERED = Verdict.DELIVERED
+#: ``decide``'s action on a delivered answer, by ``unknown_sent`` (the only input it depends on
+#: then): looked up, not decided, for the answer nearly every request gets
+_ON_DELIVERED = {sent: decide(_DELIVERED, 1, 1, unknown_sent=sent) for sent in (False, True)}
+_PLAIN = _ON_DELIVERED[False]
+#: the common one, delivered with no doubt: done in ``_answered_with`` itself (``_perform``
+#: does what the table says should it ever say something else)
+_DELIVER = _PLAIN if _PLAIN.do is Do.DELIVER and not _PLAIN.twice else None
 
 
 def _run_name(run: int | None) -> str:
@@ -200,7 +209,8 @@ class Engine:
         source_name: str = "",
     ) -> None:
         self.provider = provider
-        self._knows_request = False  # set by run: the provider has classify_sent
+        #: the provider's ``classify_sent`` when it has one (set by run), else None
+        self._classify_sent: Callable[[Any, Any], Classification] | None = None
         self.transport = transport
         self.scheduler = scheduler
         self.dedup = dedup
@@ -246,7 +256,7 @@ class Engine:
     ) -> None:
         rows = recipients if isinstance(recipients, Sequence) else list(recipients)
         self.summary.count(status, len(rows))
-        if status is _STATUS_DELIVERED and reason.startswith(POSSIBLY_TWICE):
+        if status is _STATUS_DELIVERED and reason and reason.startswith(POSSIBLY_TWICE):
             self.summary.possible_duplicates += len(rows)
         to_report = self.report.active
         to_hook = self._on_outcomes is not None and status in self._hook_statuses
@@ -263,22 +273,38 @@ class Engine:
 
     def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
         """Report a batch's results and journal its final state (and ``doubt``)."""
+        if len(results) == 1 and not batch.resumed_split:
+            one = results[0]
+            self._record_one(
+                batch, one.recipients, one.status, one.reason, one.http_status, one.attempts, doubt
+            )
+            return
         for res in results:
             self._finish(
                 batch, res.recipients, res.status, res.reason, res.http_status, res.attempts
             )
-        if self.journal is None:
-            return
-        if len(results) == 1 and not batch.resumed_split:
-            one = results[0]
-            self.journal.finished(batch, one.status.value, one.reason, one.http_status, doubt=doubt)
-        else:
+        if self.journal is not None:
             parts = [
                 (r.line, res.status.value, res.reason, res.http_status)
                 for res in results
                 for r in res.recipients
             ]
             self.journal.finished(batch, "split", "", None, parts, doubt=doubt)
+
+    def _record_one(
+        self,
+        batch: Batch,
+        rows: Sequence[Recipient],
+        status: Status,
+        reason: str,
+        http_status: int | None,
+        attempts: int,
+        doubt: str,
+    ) -> None:
+        """``_record`` of a batch that ended in one result, not split (no ``Result`` needed)."""
+        self._finish(batch, rows, status, reason, http_status, attempts)
+        if self.journal is not None:
+            self.journal.finished(batch, status.value, reason, http_status, doubt=doubt)
 
     def stop(self, error: BaseException) -> None:
         """Stop taking batches: nothing more is sent once this is called."""
@@ -470,8 +496,9 @@ class Engine:
             if self._stop is not None:
                 self._skip(batch)
                 continue
-            first = _Part(batch, batch.possibly_sent, doubt=batch.doubt)
-            job = _Job(batch, [first], [], split_budget, doubt=batch.doubt)
+            # (positional: keywords to a class cost a dictionary each)
+            first = _Part(batch, batch.possibly_sent, batch.doubt)
+            job = _Job(batch, [first], [], split_budget, batch.doubt)
             try:
                 await self._work(job, parked=False)
             except asyncio.CancelledError:
@@ -508,7 +535,8 @@ class Engine:
                 await self._park(job, delay)
                 return
             await self._pause(delay)
-        self._record(job.batch, job.results, job.doubt)
+        if not job.recorded:
+            self._record(job.batch, job.results, job.doubt)
 
     async def _park(self, job: _Job, delay: float) -> None:
         """Hand a job waiting to retry to a task of its own (waiting while too many are)."""
@@ -639,7 +667,9 @@ class Engine:
         if not self._opened:
             self._opened = True
             self._first.done()
-        verdict = self._classify(part, response)
+        # the provider's verdict, knowing the request when it asks (``classify_sent``)
+        sent = self._classify_sent
+        verdict = self.provider.classify(response) if sent is None else sent(part.request, response)
         kind = verdict.verdict
         group = job.batch.group
         failure = kind is _RETRY
@@ -672,6 +702,26 @@ class Engine:
                 verdict=kind.value,
                 attempt=part.attempts,
             )
+        if kind is not _DELIVERED:
+            return self._decide(job, part, verdict, http)
+        action = _ON_DELIVERED[part.unknown_sent]
+        if action is not _DELIVER:
+            return self._perform(job, part, action, verdict.message, http, verdict)
+        batch = job.batch
+        if part.batch is not batch or batch.resumed_split:  # a part of a split batch
+            self._settle(job, _STATUS_DELIVERED, "", http)
+            return None
+        # the whole batch delivered (nearly every answer): recorded now, as _work would
+        job.parts.pop()
+        job.recorded = True
+        self._record_one(
+            batch, batch.recipients, _STATUS_DELIVERED, "", http, part.attempts, job.doubt
+        )
+        return None
+
+    def _decide(self, job: _Job, part: _Part, verdict: Classification, http: int) -> float | None:
+        """Act on an answer that is not a delivery, as ``decide`` says."""
+        kind = verdict.verdict
         if kind is _UNEXPECTED:
             self._unexpected(part, verdict)
         elif kind is _THROTTLED:
@@ -688,12 +738,6 @@ class Engine:
             max_unexpected=opts.max_unexpected,
         )
         return self._perform(job, part, action, verdict.message, http, verdict)
-
-    def _classify(self, part: _Part, response: Any) -> Classification:
-        """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
-        if self._knows_request:
-            return cast(ClassifiesSent, self.provider).classify_sent(part.request, response)
-        return self.provider.classify(response)
 
     def _warn(self, warning: str) -> None:
         self._warned.add(warning)
@@ -833,7 +877,7 @@ class Engine:
     @staticmethod
     def _part(batch: Batch, recipients: Sequence[Recipient]) -> _Part:
         part = Batch(batch.number, batch.group, list(recipients))
-        return _Part(part, batch.possibly_sent, doubt=batch.doubt)
+        return _Part(part, batch.possibly_sent, batch.doubt)
 
     # -- circuit breaker --------------------------------------------------------------------
     def _circuit(self, group: str) -> Circuit:
@@ -943,7 +987,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = loop.time()
         opts = self.options
-        self._knows_request = isinstance(self.provider, ClassifiesSent)  # once, not per answer
+        provider = self.provider
+        if isinstance(provider, ClassifiesSent):  # looked up once, not once an answer
+            self._classify_sent = provider.classify_sent
         self._parking = asyncio.Semaphore(max(1, opts.workers * opts.parked_per_worker))
         workers = [asyncio.create_task(self._worker()) for _ in range(opts.workers)]
         progress = asyncio.create_task(self._progress())
