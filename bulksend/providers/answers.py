@@ -30,6 +30,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from multidict import istr
 
 from bulksend.models import HttpResponse
 from bulksend.providers.base import Classification, Verdict
@@ -57,6 +58,8 @@ __all__ = [
 BODY_CHARS = 80
 _TYPE_CHARS = 60
 _JSON_TYPES = frozenset({"application/json", "text/json"})
+#: the header's name as aiohttp's headers look it up fastest (a plain dict takes it too)
+_CONTENT_TYPE = istr("Content-Type")
 #: header value -> is it a JSON media type (servers send one or two values: a small cache)
 _typed: dict[str, bool] = {}
 #: credentials a body may echo back (an echo service, a debug page): the value is removed
@@ -92,6 +95,15 @@ def _media_type(value: str) -> str:
 
 def json_typed(headers: Mapping[str, str]) -> bool:
     """Whether the answer says it is JSON (or says nothing: judged by its body then)."""
+    value = headers.get(_CONTENT_TYPE)
+    if value is not None:  # a value seen before is looked up only (nearly every answer)
+        known = _typed.get(value)
+        if known is not None:
+            return known
+    return _json_typed(headers)
+
+
+def _json_typed(headers: Mapping[str, str]) -> bool:
     value = content_type(headers)
     if value is None:
         return True

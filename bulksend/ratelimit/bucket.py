@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from bulksend.ratelimit.backoff import RetryBudget
 from bulksend.ratelimit.discovery import RateProbe
-from bulksend.ratelimit.headers import MAX_LIMIT, RateLimitInfo, parse_all, plain_counts
+from bulksend.ratelimit.headers import MAX_LIMIT, RateLimitInfo, counts, parse_all, plain_counts
 from bulksend.ratelimit.window import SendTimes, WindowEstimator
 
 __all__ = [
@@ -598,7 +598,7 @@ class Bucket:
             limit, remaining = plain
             if limit is None and remaining is None:
                 return None
-            return RateLimitInfo(limit=limit, remaining=remaining)
+            return counts(limit, remaining)
         info = parse_all(headers, wall_now=wall_now, window=self.window)
         if info.has_rate_headers or info.retry_after is not None or info.reset is not None:
             return info
