@@ -159,9 +159,10 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if wanted and not args.no_journal and settings.recipients.path != "-":
         path = args.journal or default_journal_path(settings, shard)
         meta = recorded_send(args, settings)
-        layouts = (
-            None if args.journal or state else _other_layouts(settings, shard, args.fresh, ctx)
-        )
+        if state:
+            layouts = _local_aside(settings, args.fresh, ctx)
+        else:
+            layouts = None if args.journal else _other_layouts(settings, shard, args.fresh, ctx)
         journal = JournalOptions(
             path,
             args.resume,

@@ -467,6 +467,10 @@ async def _unavailable(coro: Any, where: str, what: str = "stopped answering") -
     as a wrong password or an ACL, as one too)."""
     try:
         return await coro
+    except (rex.AuthenticationError, rex.AuthorizationError) as exc:
+        raise UnavailableError(
+            f"state {where} refused the connection ({exc}); check the user name and password"
+        ) from None
     except DOWN as exc:
         reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
         raise UnavailableError(
