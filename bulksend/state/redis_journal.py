@@ -250,7 +250,10 @@ class RedisJournal:
         self._started = time.time()
         self._say = say
         self._log = get_logger()
-        self._pending: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        #: the writes not yet sent: hash key -> field -> value (a later write of a field
+        #: replaces an earlier one not yet sent), then the keys' expiry in seconds
+        self._pending: dict[str, dict[str, bytes | str]] = {}
+        self._expire: int | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._soon = False
         self._writer: asyncio.Task[None] | None = None
@@ -332,7 +335,7 @@ class RedisJournal:
     # -- writing ----------------------------------------------------------------------------
     def set_planned(self, batches: int) -> None:
         self.planned = batches
-        self._queue("hset", self.keys.campaign, "planned", str(batches))
+        self._queue(self.keys.campaign, {"planned": str(batches)})
 
     async def in_flight(self, batch: Batch) -> None:
         recs = batch.recipients
@@ -384,7 +387,7 @@ class RedisJournal:
                 "doubt": doubt or old.get("doubt", ""),
             }
             self._write_row(batch.number, row)
-        written = {}
+        written: dict[str, bytes | str] = {}
         for line, part_state, part_reason, status in parts:
             record = PartRecord(line, part_state, part_reason, status)
             self._parts.setdefault(batch.number, {})[line] = record
@@ -392,15 +395,15 @@ class RedisJournal:
                 {"state": part_state, "reason": part_reason, "http": status}
             )
         if written:
-            self._queue("hset", self.keys.parts, mapping=written)
+            self._queue(self.keys.parts, written)
 
     def _write_row(self, number: int, row: dict[str, Any]) -> None:
         self._rows[number] = row
-        self._queue("hset", self.keys.batches, str(number), orjson.dumps(row))
+        self._queue(self.keys.batches, {str(number): orjson.dumps(row)})
 
-    def _queue(self, command: str, *args: Any, **kwargs: Any) -> None:
-        """Queue a write for the pipeline sent on the loop's next turn."""
-        self._pending.append((command, args, kwargs))
+    def _queue(self, key: str, fields: Mapping[str, bytes | str]) -> None:
+        """Queue fields of the hash ``key`` for the pipeline sent on the loop's next turn."""
+        self._pending.setdefault(key, {}).update(fields)
         if not self._soon:
             self._soon = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -408,20 +411,25 @@ class RedisJournal:
     def flush(self) -> None:
         """Start writing what is queued (one task writes, in order; ``aclose`` waits)."""
         self._soon = False
-        if self._pending and (self._writer is None or self._writer.done()):
+        waiting = self._pending or self._expire is not None
+        if waiting and (self._writer is None or self._writer.done()):
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
-        while self._pending:
-            pending, self._pending = self._pending, []
+        while self._pending or self._expire is not None:
+            pending, self._pending = self._pending, {}
+            expire, self._expire = self._expire, None
             waiters, self._waiters = self._waiters, []
             pipe = self._client.pipeline(transaction=False)
-            for command, args, kwargs in pending:
-                getattr(pipe, command)(*args, **kwargs)
+            for key, fields in pending.items():  # one HSET a hash, whatever was queued
+                pipe.hset(key, items=[x for field in fields.items() for x in field])
+            if expire is not None:
+                for key in [*self.keys.every(), self.keys.current]:
+                    pipe.expire(key, expire)
             try:
                 await pipe.execute()
             except _FAILED as exc:
-                self._pending[:0] = pending  # tried again, in order, with the next write
+                self._requeue(pending, expire)  # tried again with the next write
                 self._failed = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 self._log.warning("state_unavailable", state=self._where, error=self._failed)
                 error = UnavailableError(
@@ -437,22 +445,29 @@ class RedisJournal:
                 if not w.done():
                     w.set_result(None)
 
+    def _requeue(self, pending: dict[str, dict[str, bytes | str]], expire: int | None) -> None:
+        """Put writes that failed back, under what was queued since (which is newer)."""
+        for key, fields in pending.items():
+            newer = self._pending.get(key, {})
+            self._pending[key] = {**fields, **newer}
+        if self._expire is None:
+            self._expire = expire
+
     async def aclose(self, outcome: str = "finished") -> None:
         """Write what is queued and the run's end; with ``outcome == "finished"`` the keys
         expire after ``ttl`` seconds. What cannot be written is said in one line."""
         run = orjson.dumps({"started": self._started, "finished": time.time(), "outcome": outcome})
-        self._queue("hset", self.keys.runs, str(self.run_id), run)
+        self._queue(self.keys.runs, {str(self.run_id): run})
         if outcome == "finished":
-            for key in [*self.keys.every(), self.keys.current]:
-                self._queue("expire", key, max(1, round(self._ttl)))
+            self._expire = max(1, round(self._ttl))
         for _ in range(2):  # what failed mid-send is tried once more here
             self.flush()
             if self._writer is not None:
                 await asyncio.gather(self._writer, return_exceptions=True)
-            if not self._pending:
+            if not self._pending and self._expire is None:
                 break
-        unwritten = sum(1 for command, args, _ in self._pending if args[0] == self.keys.batches)
-        if self._pending and self._say is not None:
+        unwritten = len(self._pending.get(self.keys.batches, {}))
+        if (self._pending or self._expire is not None) and self._say is not None:
             self._say(
                 f"warning: {self.where} could not record the last {unwritten:,} batch "
                 f"state(s) ({self._failed}): the next run resends those batches as possible "
