@@ -553,3 +553,63 @@ async def test_an_in_flight_mark_redis_cannot_take_raises_and_is_written_later(
         again = await RedisJournal.open(server.url, ident, **kw)
         assert [again.previous(n).state for n in (1, 2)] == ["in_flight", "skipped"]  # type: ignore[union-attr]
         await again.aclose()
+
+
+# -- Redis lost mid-send, an API key changed ------------------------------------------------
+
+
+def test_redis_lost_mid_send_stops_the_send_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """Redis (AOF, appendfsync always) is killed mid-send: nothing more is sent, the send stops
+    with one line, exit 4; once it is back the same command finishes, every recipient once but
+    the batches that were in flight, which are marked."""
+    unique = [(f"v{i:05d}", f"u{i:05d}") for i in range(BIG)]
+    campaign = campaign_in(tmp_path / "c", unique, unique_name())
+    ledger = tmp_path / "ledger.jsonl"
+    report, summary = tmp_path / "report.jsonl", tmp_path / "summary.json"
+    sandbox = SandboxProcess(
+        "maxtraffic", "--api-key", KEY, "--ledger", str(ledger), "--limit", "100000",
+        "--latency-ms", "40",
+    )  # fmt: skip
+    with (
+        private_redis("--appendonly", "yes", "--appendfsync", "always") as redis,
+        sandbox as sb,
+    ):
+        send = (str(campaign), "--base-url", sb.base_url, "--state", redis.url)
+        first = start_send(tmp_path, *send)
+        wait_for_arrivals(ledger, BIG // 3, first)
+        redis.kill()
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 4, err
+        stop = lines_with(err, "cannot record the batches")
+        assert len(stop) == 1, err
+        assert stop[0].startswith(f"bulksend: state {redis.url} cannot record the batches (")
+        time.sleep(0.3)
+        stopped_at = sum(ledger_ids(ledger).values())
+        time.sleep(0.3)
+        assert sum(ledger_ids(ledger).values()) == stopped_at  # nothing sent without a record
+        redis.start()
+        second = start_send(
+            tmp_path, *send, "--report", str(report), "--summary-json", str(summary)
+        )
+        _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    ids = ledger_ids(ledger)
+    assert set(ids) == {v for v, _ in unique}
+    out = report_rows(report)
+    marked = {x["id"] for x in out if x["reason"].startswith("may have arrived twice")}
+    assert {i for i, n in ids.items() if n > 1} <= marked
+    assert orjson.loads(summary.read_bytes())["delivered"] == BIG
+
+
+def test_another_api_key_is_refused_when_the_state_kept_sends(
+    tmp_path: Path, redis_url: str
+) -> None:
+    campaign = campaign_in(tmp_path, ROWS, unique_name())
+    with SandboxProcess("maxtraffic", "--api-key", KEY) as sb:
+        send = ("send", str(campaign), "--base-url", sb.base_url, "--state", redis_url, "-q")
+        assert run_cli(*send, env=ENV).status == 0
+        other = run_cli(*send, env={"MAXTRAFFIC_API_KEY": "another-key-0000"})
+    assert other.status == 2, other.stderr
+    (error,) = lines_with(other.stderr, "bulksend: error:")
+    assert "cannot resume: the API key changed since this journal was written" in error
+    assert "another-key" not in other.stderr

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -241,18 +241,20 @@ def campaign_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def masked_url(text: str) -> str:
-    """``text`` with the password of a URL in it replaced by ``***`` (anything else as is)."""
-    if "://" not in text or "@" not in text:
+    """``text`` with the password of a URL in it (``user:password@`` or ``?password=``)
+    replaced by ``***`` (anything else as is)."""
+    if "://" not in text or ("@" not in text and "password=" not in text):
         return text
     try:
         parts = urlsplit(text)
         password = parts.password
     except ValueError:
         return text
-    if password is None:
+    if password is None and "password=" not in parts.query:
         return text
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    from bulksend.distributed.keys import redact_url
+
+    return redact_url(text)
 
 
 def stored_campaign_keys(rows: Mapping[str, str]) -> dict[str, Any] | None:
