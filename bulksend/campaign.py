@@ -33,7 +33,14 @@ from bulksend.providers.base import Provider, Screening
 from bulksend.providers.maxtraffic_audience import AudienceCheck
 from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
-from bulksend.state.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
+from bulksend.state.journal import (
+    BatchJournal,
+    Identity,
+    Journal,
+    campaign_keys,
+    file_fingerprint,
+    masked_url,
+)
 from bulksend.state.shard import ALREADY_DEDUPLICATED, Shard
 
 
@@ -49,6 +56,12 @@ class JournalOptions:
     #: called once the send is ready to start, just before the journal is opened (``send
     #: --fresh`` moves the journals of another shard layout aside then)
     before_open: Callable[[], None] | None = None
+    #: keep the journal in this Redis (``--state redis://...``) instead of at ``path``, which
+    #: then only names the files beside it (the dead letters)
+    state: str | None = None
+    #: the API key's fingerprint that names the state in Redis (default: of the secrets; a
+    #: sandbox send, whose key is new each time, gives a fixed one)
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +70,8 @@ class SendResult:
     stopped: BaseException | None
     journal: Path | None = None
     dead_letter: Path | None = None
+    #: where the journal is when it is not a file (``state redis://host:6379/0``), else None
+    state: str | None = None
 
 
 def default_journal_path(settings: Settings, shard: Shard | None = None) -> Path:
@@ -289,13 +304,7 @@ async def send_campaign(
     if journal is not None:
         if journal.before_open is not None:
             journal.before_open()
-        book = Journal.open(
-            journal.path,
-            identity(settings, shard),
-            resume=journal.resume,
-            fresh=journal.fresh,
-            meta=journal.meta,
-        )
+        book = await open_journal(journal, settings, shard, provider.name, secrets)
         note = book.opening_note()
         if note and journal.announce is not None:
             journal.announce(note)
@@ -359,10 +368,44 @@ async def send_campaign(
         summary.limits = scheduler.beliefs()
         await control.aclose()
         if book is not None:
-            book.close(outcome)
+            await book.aclose(outcome)
     return SendResult(
         summary,
         engine.stopped_by,
-        journal.path if journal else None,
+        book.path if book else None,
         dead_letter if letters and letters.count else None,
+        book.where if book and book.path is None else None,
+    )
+
+
+async def open_journal(
+    options: JournalOptions,
+    settings: Settings,
+    shard: Shard | None,
+    provider: str,
+    secrets: Mapping[str, str],
+) -> BatchJournal:
+    """The send's journal: SQLite at ``options.path``, or in Redis with ``options.state``."""
+    ident = identity(settings, shard)
+    if options.state is None:
+        return Journal.open(
+            options.path, ident, resume=options.resume, fresh=options.fresh, meta=options.meta
+        )
+    try:
+        from bulksend.state.redis_journal import RedisJournal
+    except ImportError:
+        raise ConfigError("--state needs the Redis client: pip install 'bulksend[redis]'") from None
+    from bulksend.distributed.keys import key_fingerprint
+
+    return await RedisJournal.open(
+        options.state,
+        ident,
+        provider=provider,
+        fingerprint=options.fingerprint or key_fingerprint(secrets),
+        name=settings.name,
+        resume=options.resume,
+        fresh=options.fresh,
+        meta=options.meta,
+        ttl=settings.state_ttl,
+        say=options.announce,
     )

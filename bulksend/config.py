@@ -32,10 +32,13 @@ _UNITS = {
     "h": 3600.0,
     "hour": 3600.0,
 }
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+_DURATION_UNITS = {**_UNITS, "": 1.0, "d": 86400.0, "day": 86400.0, "days": 86400.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
-#: the keys of ``[send]``: where to send and how (every one but ``limiter``, ``window`` and
-#: ``timezone`` has a flag; every one but ``batch_size`` may change between the runs of one send)
+#: the keys of ``[send]``: where to send and how (every one but ``limiter``, ``window``,
+#: ``timezone``, ``state`` and ``state_ttl`` has a flag of its own; every one but ``batch_size``
+#: may change between the runs of one send)
 SEND_KEYS = frozenset(
     {
         "base_url",
@@ -50,8 +53,13 @@ SEND_KEYS = frozenset(
         "limiter",
         "window",
         "timezone",
+        "state",
+        "state_ttl",
     }
 )
+#: how long a finished campaign's state stays in Redis (``--state``) unless ``[send] state_ttl``
+#: says otherwise: 30 days
+DEFAULT_STATE_TTL = 30 * 86400.0
 #: the top-level tables a campaign file may have, and the keys each may hold
 _TABLES: Mapping[str, frozenset[str]] = {
     "recipients": frozenset({"path", "format", "delimiter", "encoding", "id", "uid"}),
@@ -75,6 +83,8 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "BULKSEND_REPORT": ("send", "report"),
     "BULKSEND_RECIPIENTS": ("recipients", "path"),
     "BULKSEND_LIMITER": ("send", "limiter"),
+    "BULKSEND_STATE": ("send", "state"),
+    "BULKSEND_STATE_TTL": ("send", "state_ttl"),
 }
 
 
@@ -92,6 +102,25 @@ def parse_rate(text: str, *, what: str = "rate") -> Limit:
     if requests != int(requests):  # "0.5/s" -> 30 per minute
         return Limit(max(1, round(requests * 60)), window * 60)
     return Limit(int(requests), window)
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from a number of seconds or ``"30d"``, ``"12h"``, ``"90m"``, ``"3600s"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a duration such as '30d' or '12h', got {shown(value)}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value).lower())
+        if not m or m.group(2) not in _DURATION_UNITS:
+            raise ConfigError(
+                f"{where}: cannot read {str(value)!r}; write it as a number of seconds or with "
+                "a unit, e.g. '30d', '12h', '90m'"
+            )
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{where} must be positive, got {shown(value)}")
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +158,10 @@ class Settings:
     limiter: str | None = None
     #: when the send may send (``[send] window`` in ``[send] timezone``); None: any time
     windows: SendWindows | None = None
+    #: where the journal is kept: None for SQLite beside the campaign, or ``redis://...``
+    state: str | None = None
+    #: seconds a finished campaign's state stays in Redis
+    state_ttl: float = DEFAULT_STATE_TTL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -191,6 +224,10 @@ _COLUMN = Kind("a column name (text)", _is_text)
 _RATE_TEXT = Kind("a rate such as '300/min' (text)", _is_text)
 _WHOLE = Kind("a whole number", _is_whole)
 _SECONDS = Kind("a number of seconds", _is_number)
+_DURATION_KIND = Kind(
+    "a duration such as '30d', '12h' (text) or a number of seconds",
+    lambda value: _is_number(value) or _is_text(value),
+)
 
 #: the kind of every key of the campaign file bulksend itself reads ([message] and [api] are the
 #: provider's, which checks them; [auth] keys are ``AUTH_KINDS`` by suffix); None: the top level
@@ -218,6 +255,8 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
         "a window such as 'Mon-Fri 09:00-20:00' (text), or an array of them", _is_texts
     ),
     ("send", "timezone"): Kind("an IANA time zone name such as 'Europe/Berlin' (text)", _is_text),
+    ("send", "state"): _URL,
+    ("send", "state_ttl"): _DURATION_KIND,
 }
 AUTH_KINDS: Mapping[str, Kind] = {
     "_env": Kind("an environment variable name (text)", _is_text),
@@ -342,7 +381,10 @@ def _top(data: Mapping[str, Any], origin: str) -> None:
 
 #: [send]/[recipients] keys that flags set, and the flag's name when it is not --KEY
 _FLAGS: Mapping[str, tuple[str, str]] = {
-    **{key: ("send", key) for key in sorted(SEND_KEYS - {"limiter", "window", "timezone"})},
+    **{
+        key: ("send", key)
+        for key in sorted(SEND_KEYS - {"limiter", "window", "timezone", "state", "state_ttl"})
+    },
     "recipients": ("recipients", "path"),
     **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
 }
@@ -446,6 +488,10 @@ def load_settings(
         report=Path(str(report)) if report else None,
         limiter=str(send["limiter"]) if send.get("limiter") else None,
         windows=_windows(send, origin),
+        state=str(send["state"]) if send.get("state") else None,
+        state_ttl=parse_duration(
+            send.get("state_ttl", DEFAULT_STATE_TTL), values.where("send", "state_ttl")
+        ),
     )
 
 

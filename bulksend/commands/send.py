@@ -93,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are of another --shard layout is refused too (docs/operations.md).",
     )
     journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
+    journal.add_argument(
+        "--state",
+        metavar="URL",
+        help="keep the journal in Redis instead of a file, e.g. redis://localhost:6379/0 (or "
+        "BULKSEND_STATE, [send] state): the same send run on any machine resumes it "
+        "(docs/operations.md, 'Resume anywhere'; pip install 'bulksend[redis]')",
+    )
     journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
     journal.add_argument(
         "--resume", action="store_true", help="require an existing journal and continue it"
@@ -147,10 +154,15 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         raise ConfigError("--resume and --fresh contradict each other; choose one")
     journal = None
     shard = Shard.parse(args.shard) if args.shard else None
-    wanted = args.journal or args.resume or not args.sandbox  # a sandbox run keeps none
+    state = _state_url(args, settings, shard)
+    wanted = args.journal or args.resume or state or not args.sandbox  # a sandbox run keeps none
     if wanted and not args.no_journal and settings.recipients.path != "-":
         path = args.journal or default_journal_path(settings, shard)
         meta = recorded_send(args, settings)
+        if state:
+            layouts = _local_aside(settings, args.fresh, ctx)
+        else:
+            layouts = None if args.journal else _other_layouts(settings, shard, args.fresh, ctx)
         journal = JournalOptions(
             path,
             args.resume,
@@ -158,11 +170,62 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             args.unknown,
             meta,
             announce=_announcer(ctx),
-            before_open=None if args.journal else _other_layouts(settings, shard, args.fresh, ctx),
+            before_open=layouts,
+            state=state,
         )
     outputs = send_outputs(args, settings, ctx.env, journal.path if journal else None)
     check(outputs, campaign_inputs(settings))  # before the journal exists and anything is sent
     return await execute(settings, args, ctx, journal, shard=shard)
+
+
+def _state_url(args: argparse.Namespace, settings: Settings, shard: Shard | None) -> str | None:
+    """The Redis URL of ``--state`` (flag, ``BULKSEND_STATE``, ``[send] state``), checked
+    against the flags it cannot go with; None for the journal file."""
+    state: str | None = getattr(args, "state", None) or settings.state
+    if not state:
+        return None
+    from bulksend.campaign import default_journal_path
+    from bulksend.distributed.keys import checked_url
+    from bulksend.state.journal import Journal
+
+    checked_url(state, "--state")
+    for flag, given in (("--journal", args.journal), ("--no-journal", args.no_journal)):
+        if given:
+            raise ConfigError(f"--state and {flag} contradict each other; choose one")
+    if shard is not None and shard.count > 1:
+        raise ConfigError(
+            "--state does not go with --shard yet (a change of the shard count could not be "
+            "detected); send each campaign from one process, or shard with local journals"
+        )
+    local = default_journal_path(settings, shard)
+    if not args.fresh and local.exists() and Journal.kept_anything(local):
+        raise ConfigError(
+            f"{local}: this campaign's journal file records batches the provider may have kept, "
+            "which --state would not see (they would be sent again); finish the send without "
+            "--state, or add --fresh to start over in Redis (sending everything again; the file "
+            "is moved aside)"
+        )
+    return state
+
+
+def _local_aside(settings: Settings, fresh: bool, ctx: Context) -> Callable[[], None] | None:
+    """With ``--state --fresh``: the move of the campaign's journal file aside (it would refuse
+    every later ``--state`` send), done just before the state is opened."""
+    from bulksend.campaign import default_journal_path
+    from bulksend.state import layouts
+    from bulksend.state.journal import Journal
+
+    local = default_journal_path(settings)
+    if not fresh or not local.exists() or not Journal.kept_anything(local):
+        return None
+    announce = _announcer(ctx)
+
+    def move_aside() -> None:
+        line = layouts.move_aside([layouts.Layout(1, (local,))])
+        if line:
+            announce(line)
+
+    return move_aside
 
 
 def _other_layouts(
@@ -428,6 +491,9 @@ async def _send_to_sandbox(
         SandboxConfig(provider=settings.provider),
         **{k: v for k, v in fake.items() if k in fields},
     )
+    journal = kwargs.get("journal")
+    if journal is not None and journal.state:  # the key is new each time: name the state
+        kwargs = {**kwargs, "journal": dataclasses.replace(journal, fingerprint="sandbox")}
     async with running(config) as sandbox:
         local = settings.with_overrides(base_url=sandbox.base_url)
         if limiter and ctx is not None:
@@ -515,7 +581,11 @@ def resend_hint(result: SendResult) -> list[str]:
         return []
     listed = f" (listed in {result.dead_letter})" if result.dead_letter else ""
     lines = [f"  not delivered: {', '.join(what)}{listed}"]
-    if result.journal is not None:
+    if result.state is not None:
+        lines.append(
+            f"  to send them again: run the same send again (its journal is {result.state})"
+        )
+    elif result.journal is not None:
         lines.append(f"  to send them again: bulksend retry {shlex.quote(str(result.journal))}")
     else:
         lines.append(

@@ -68,7 +68,7 @@ from bulksend.ratelimit.circuit import Circuit
 from bulksend.ratelimit.circuit import State as CircuitState
 from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.state.journal import BatchRecord, Journal, PartRecord, batch_digest
+from bulksend.state.journal import BatchJournal, BatchRecord, PartRecord, batch_digest
 
 if TYPE_CHECKING:
     from bulksend.control.pause import PauseControl
@@ -210,7 +210,7 @@ class Engine:
         *,
         report: ReportWriter | None = None,
         summary: Summary | None = None,
-        journal: Journal | None = None,
+        journal: BatchJournal | None = None,
         on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
         hook_statuses: frozenset[Status] = frozenset(Status),
         source_name: str = "",
@@ -406,7 +406,7 @@ class Engine:
         if previous is not None and journal is not None:
             if previous.digest != batch_digest(batch.recipients):
                 raise ProviderError(
-                    f"journal {journal.path}: batch {batch.number} differs from the earlier "
+                    f"journal {journal.where}: batch {batch.number} differs from the earlier "
                     "run's; the recipients or settings changed — start over with --fresh"
                 )
             batch.attempts = previous.attempts
@@ -414,7 +414,7 @@ class Engine:
                 return
         await self._queue.put(batch)
 
-    def _resumed(self, batch: Batch, previous: BatchRecord, journal: Journal) -> bool:
+    def _resumed(self, batch: Batch, previous: BatchRecord, journal: BatchJournal) -> bool:
         """Report what an earlier run settled of ``batch``; True when nothing is left to send.
 
         What is left is marked possibly sent (with why) when an earlier request for it got no
@@ -589,7 +589,14 @@ class Engine:
         if permit is None:
             return None
         if self.journal is not None and part.attempts == 0 and part.batch is batch:
-            await self.journal.in_flight(batch)
+            try:
+                await self.journal.in_flight(batch)
+            except UnavailableError as exc:  # not recorded: not sent, and nothing more is
+                self.scheduler.cancel(permit)
+                self.stop(exc)
+                status = Status.UNKNOWN if part.unknown_sent else Status.SKIPPED
+                self._settle(job, status, f"not sent: {exc}", None)
+                return None
         part.attempts += 1
         batch.attempts += 1
         summary = self.summary
@@ -835,6 +842,9 @@ class Engine:
         the one the journal recorded)."""
         if self.journal is None:
             return ""
+        if self.journal.path is None:  # (a journal in Redis: the same send resumes it)
+            at = " at the right URL (--base-url URL)" if to_another_url else ""
+            return f"; resume it{at} by running the same send again ({self.journal.where})"
         journal = shlex.quote(str(self.journal.path))
         if not to_another_url:
             return f"; resume it with: bulksend retry {journal}"
