@@ -166,8 +166,8 @@ def _log_level(args: argparse.Namespace, err: TextIO) -> int:
         return logging.DEBUG
     if verbose == 1:
         return logging.INFO
-    if getattr(args, "quiet", False):
-        return logging.WARNING
+    if getattr(args, "quiet", False) or not getattr(args, "info_logs", True):
+        return logging.WARNING  # -q, or a command whose table says what the info events would
     if err.isatty():
         from bulksend.output.progress import shows_progress
 
