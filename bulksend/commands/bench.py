@@ -29,6 +29,7 @@ from bulksend.commands.argtypes import (
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.errors import ConfigError
 from bulksend.output.outputs import Output, check
+from bulksend.output.private import open_private, write_private
 
 HELP = "measure throughput against a sandbox in a separate process"
 DESCRIPTION = (
@@ -372,8 +373,8 @@ def plot(figures: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     )
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with open_private(path, "wb") as f:
+        fig.savefig(f, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -385,8 +386,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         plot(figures, args, args.plot)
     figures.pop("_done_at")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        write_private(args.json, orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     if not args.quiet:
         print(render(figures, args), file=ctx.out)
         if args.json:

@@ -16,6 +16,7 @@ import orjson
 from bulksend.commands.common import Context, ExitStatus, HelpFormatter, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
 from bulksend.output.outputs import Output, check
+from bulksend.output.private import open_private, write_private
 from bulksend.output.report import COLUMNS, POSSIBLY_TWICE, Summary
 
 HELP = "work with reports (merge the shards of a send)"
@@ -140,8 +141,7 @@ def _write_json(path: Path, data: bytes, ctx: Context) -> None:
     if str(path) == "-":
         ctx.out.write(data.decode() + "\n")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_private(path, data)
 
 
 # ---- summaries ------------------------------------------------------------------------------
@@ -259,8 +259,7 @@ class _Out:
             self.file = self.stdout or sys.stdout
         else:
             self.jsonl = self.path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = self.path.open("w", encoding="utf-8", newline="")
+            self.file = open_private(self.path, "w", newline="")
         if not self.jsonl:
             self.writer = csv.writer(self.file)
             self.writer.writerow(COLUMNS)

@@ -29,6 +29,7 @@ from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.output import logs
 from bulksend.output.outputs import Output, check
+from bulksend.output.private import open_private, write_private
 from bulksend.state.shard import Shard
 
 if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
@@ -422,7 +423,7 @@ def no_valid_rows(summary: Summary) -> bool:
 
 
 def _append(path: str, summary: Summary) -> None:
-    with open(path, "a", encoding="utf-8") as f:
+    with open_private(path, "a") as f:
         f.write(summary.markdown())
 
 
@@ -430,7 +431,6 @@ def _write_after(label: str, path: str | Path, write: Callable[[], object], ctx:
     """Write an output once the send is over; a failure (disk full, a file that changed since
     the check before the send) is one line, and the send's exit status stays what it was."""
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write()
     except OSError as exc:
         print(f"bulksend: could not write {label} {path}: {exc.strerror or exc}", file=ctx.err)
@@ -446,7 +446,7 @@ def finish(
         people = ctx.err
     elif args.summary_json:
         path = args.summary_json
-        _write_after("--summary-json", path, lambda: path.write_bytes(summary.to_json()), ctx)
+        _write_after("--summary-json", path, lambda: write_private(path, summary.to_json()), ctx)
     if report_to_stdout:
         people = ctx.err
     step_summary = ctx.env.get("GITHUB_STEP_SUMMARY")
@@ -526,8 +526,7 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
     check([requests_out], campaign_inputs(settings))
     out_file = None
     if args.requests_out:
-        args.requests_out.parent.mkdir(parents=True, exist_ok=True)
-        out_file = args.requests_out.open("wb")
+        out_file = open_private(args.requests_out, "wb")
     provider = build_provider(settings, {n: "DRY-RUN" for n in settings.secret_sources})
 
     def on_request(batch: Any, request: Any) -> None:

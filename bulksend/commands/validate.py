@@ -30,6 +30,7 @@ from bulksend.dedup.deduper import Deduper
 from bulksend.dispatch.plan import Plan, plan
 from bulksend.errors import MissingSecretError
 from bulksend.output.outputs import Output, check
+from bulksend.output.private import write_private
 from bulksend.providers.base import Limit, Provider
 from bulksend.sources import open_source
 
@@ -137,12 +138,12 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         if key_note:
             print(f"  {key_note}", file=ctx.out)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(
+        write_private(
+            args.json,
             orjson.dumps(
                 p.as_dict(limits_for(settings, provider), group_policies(settings, provider)),
                 option=orjson.OPT_INDENT_2,
-            )
+            ),
         )
     if not p.valid:
         return ExitStatus.USAGE

@@ -47,6 +47,7 @@ from aiohttp import web
 
 from bulksend.errors import PayloadError
 from bulksend.net.http import accepts_json
+from bulksend.output.private import open_private
 
 __all__ = [
     "OBJECTS",
@@ -230,8 +231,7 @@ class Recorder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = path.open("ab")
+        self._file: IO[bytes] = open_private(path, "ab")
 
     def write(self, row: Mapping[str, Any]) -> None:
         self._file.write(orjson.dumps(row) + b"\n")
