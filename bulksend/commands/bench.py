@@ -29,6 +29,7 @@ from bulksend.commands.argtypes import (
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.errors import ConfigError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
 from bulksend.output.private import open_private, write_private
 
 HELP = "measure throughput against a sandbox in a separate process"
@@ -388,11 +389,12 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.json:
         write_private(args.json, orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     if not args.quiet:
-        print(render(figures, args), file=ctx.out)
+        out = for_people(ctx.out)
+        print(render(figures, args), file=out)
         if args.json:
-            print(f"  figures: {args.json}", file=ctx.out)
+            print(f"  figures: {args.json}", file=out)
         if args.plot:
-            print(f"  chart: {args.plot}", file=ctx.out)
+            print(f"  chart: {args.plot}", file=out)
     return ExitStatus.OK if figures["delivered"] else ExitStatus.FAILURES
 
 

@@ -16,6 +16,7 @@ import orjson
 from bulksend.commands.common import Context, ExitStatus, HelpFormatter, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
 from bulksend.output.private import open_private, write_private
 from bulksend.output.report import COLUMNS, POSSIBLY_TWICE, Summary
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         data = merged.as_dict()
         data["merged_from"] = [str(p) for p in args.inputs]
         _write_json(args.summary_json, orjson.dumps(data, option=orjson.OPT_INDENT_2), ctx)
-    people = ctx.err if any(o.to_stdout for o in outputs) else ctx.out
+    people = ctx.err if any(o.to_stdout for o in outputs) else for_people(ctx.out)
     if not args.quiet:
         what = f"{len(summaries)} summaries" if summaries else f"{len(reports)} reports"
         print(f"merged {what}", file=people)

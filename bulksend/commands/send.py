@@ -29,6 +29,7 @@ from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.output import logs
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
 from bulksend.output.private import open_private, write_private
 from bulksend.state.shard import Shard
 
@@ -440,7 +441,8 @@ def finish(
     result: SendResult, args: argparse.Namespace, ctx: Context, *, report_to_stdout: bool = False
 ) -> int:
     summary, stopped = result.summary, result.stopped
-    people = ctx.out  # the summary table; on stderr when stdout carries the report or JSON
+    # the summary table, escaped (output/printable); on stderr when stdout carries data
+    people = for_people(ctx.out)
     if args.summary_json and str(args.summary_json) == "-":
         ctx.out.write(summary.to_json().decode() + "\n")
         people = ctx.err
@@ -554,10 +556,11 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
         if out_file is not None:
             out_file.close()
     print_plan(settings, provider, result, ctx, title="dry run: nothing was sent")
+    out = for_people(ctx.out)  # for people: request bodies come from the recipient file
     for line in shown:
-        print(_readable_request(orjson.loads(line)), file=ctx.out)
+        print(_readable_request(orjson.loads(line)), file=out)
     if args.requests_out:
-        print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
+        print(f"all {result.batches:,} requests written to {args.requests_out}", file=out)
     return ExitStatus.OK if result.valid else ExitStatus.USAGE  # as validate
 
 

@@ -11,6 +11,7 @@ from bulksend.commands.argtypes import positive_int
 from bulksend.commands.common import Context, ExitStatus
 from bulksend.errors import ConfigError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import printable
 
 HELP = "receive Traitly prediction webhooks into a recipient file"
 DESCRIPTION = (
@@ -147,7 +148,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         async with serving(config, args.host, args.port) as receiver:
             print(
-                f"bulksend traitly-webhooks listening on {receiver.base_url}",
+                printable(f"bulksend traitly-webhooks listening on {receiver.base_url}"),
                 file=ctx.out,
                 flush=True,
             )
