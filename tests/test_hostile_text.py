@@ -101,7 +101,7 @@ def test_json_logs_stay_exact() -> None:
 # ---------------------------------------------------------------------------- a hostile provider
 
 
-def send(url: str, tmp_path: Path, *extra: str) -> CliResult:
+def send(url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> CliResult:
     """A 3-row MaxTraffic send to ``url``, one row per request, each tried once."""
     (tmp_path / "r.csv").write_text("vid\n1\n2\n3\n")
     campaign = minimal_campaign(tmp_path, "r.csv")
@@ -109,7 +109,7 @@ def send(url: str, tmp_path: Path, *extra: str) -> CliResult:
         "send", str(campaign), "--base-url", url, "--batch-size", "1", "--max-attempts", "1",
         "--in-flight", "1", "--journal", str(tmp_path / "c.journal"), "--progress", "never",
         "--log-format", "console", "-v", *extra,
-        env={"MAXTRAFFIC_API_KEY": KEY},
+        env={"MAXTRAFFIC_API_KEY": KEY, **(env or {})},
     )  # fmt: skip
 
 
@@ -151,6 +151,16 @@ def test_a_hostile_body_is_shown_escaped_for_every_status(
     reasons = [orjson.loads(line)["reason"] for line in report.read_bytes().splitlines()]
     if status in (422, 500, 503):  # the report keeps the provider's words exactly
         assert any(EVIL in reason for reason in reasons), reasons
+
+
+def test_the_github_step_summary_is_escaped_too(tmp_path: Path) -> None:
+    step = tmp_path / "step.md"
+    with in_background(answering(401, EVIL.encode())) as url:  # type: ignore[arg-type]
+        sent = send(url, tmp_path, env={"GITHUB_STEP_SUMMARY": str(step)})
+    assert sent.status == 3
+    shown = step.read_text()
+    no_raw_controls(shown)
+    assert "stopped: provider rejected the credentials (401): bad key \\x1b[2J" in shown
 
 
 def test_the_report_on_stdout_is_data_and_stays_exact(tmp_path: Path) -> None:

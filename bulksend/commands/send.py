@@ -29,7 +29,7 @@ from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.output import logs
 from bulksend.output.outputs import Output, check
-from bulksend.output.printable import for_people
+from bulksend.output.printable import for_people, printable
 from bulksend.output.private import open_private, write_private
 from bulksend.state.shard import Shard
 
@@ -425,7 +425,7 @@ def no_valid_rows(summary: Summary) -> bool:
 
 def _append(path: str, summary: Summary) -> None:
     with open_private(path, "a") as f:
-        f.write(summary.markdown())
+        f.write(printable(summary.markdown()))  # rendered for people: no control characters
 
 
 def _write_after(label: str, path: str | Path, write: Callable[[], object], ctx: Context) -> None:
