@@ -27,6 +27,7 @@ from bulksend.errors import ConfigError
 from bulksend.models import Outcome, Status
 from bulksend.net.transport import Transport
 from bulksend.output.logs import redactor
+from bulksend.output.private import open_private
 from bulksend.output.report import ReportWriter, Summary
 from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
@@ -246,8 +247,7 @@ class DeadLetter:
         if not rows:
             return
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("wb")
+            self._file = open_private(self.path, "wb")
         for o in rows:
             r = o.recipient
             row: dict[str, Any] = dict(r.attrs)

@@ -27,6 +27,7 @@ from bulksend.errors import (
     UnavailableError,
 )
 from bulksend.output import logs
+from bulksend.output.printable import for_people
 from bulksend.output.streams import SafeStream
 
 __all__ = ["ExitStatus", "build_parser", "main", "run"]
@@ -193,6 +194,8 @@ def run(
         from bulksend.output.progress import TerminalLine
 
         err = cast(TextIO, TerminalLine(err))
+    # everything on stderr is for people: what came from outside is escaped (output/printable)
+    err = for_people(err)
     ctx = Context(os.environ if env is None else env, cast(TextIO, out), err)
     try:
         return _run(argv, ctx, loop_factory)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shlex
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -570,19 +572,48 @@ def _secret_sources(
     return secret_sources
 
 
+#: set to 1 to use a secret file that group or others can read or write (refused otherwise)
+ALLOW_OPEN_SECRETS = "BULKSEND_ALLOW_OPEN_SECRETS"
+
+
+def open_secret_problem(file: Path, mode: int, env: Mapping[str, str]) -> str | None:
+    """Why a secret file with permission bits ``mode`` is refused (as ssh refuses a private key
+    others can read), or None: group or others may read or write it, and
+    ``BULKSEND_ALLOW_OPEN_SECRETS=1`` is not set."""
+    if not mode & 0o077 or env.get(ALLOW_OPEN_SECRETS) == "1" or os.name != "posix":
+        return None
+    quoted = shlex.quote(str(file))
+    return (
+        f"secret file {file} is open to group or others (mode {mode & 0o777:04o}): "
+        f"run chmod 600 {quoted} (or set {ALLOW_OPEN_SECRETS}=1 to use it as it is)"
+    )
+
+
+def read_secret_file(name: str, file: Path, env: Mapping[str, str]) -> str:
+    """The secret in ``file``, stripped; MissingSecretError when it cannot be used."""
+    try:
+        with file.open("rb") as f:
+            problem = open_secret_problem(file, stat.S_IMODE(os.fstat(f.fileno()).st_mode), env)
+            if problem is not None:
+                raise MissingSecretError(f"{name}: {problem}")
+            value = f.read().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise MissingSecretError(f"{name}: cannot read secret file {file}") from None
+    if not value:
+        raise MissingSecretError(f"{name}: secret file {file} is empty")
+    return value
+
+
 def resolve_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The secret values, from the environment or the named files; MissingSecretError otherwise."""
+    """The secret values, from the environment or the named files; MissingSecretError otherwise.
+
+    A secret file that group or others can read is refused unless ``env`` has
+    ``BULKSEND_ALLOW_OPEN_SECRETS=1``."""
     env = os.environ if env is None else env
     out: dict[str, str] = {}
     for name, source in settings.secret_sources.items():
         if source.startswith("file:"):
-            file = Path(source[5:])
-            try:
-                value = file.read_text().strip()
-            except OSError:
-                raise MissingSecretError(f"{name}: cannot read secret file {file}") from None
-            if not value:
-                raise MissingSecretError(f"{name}: secret file {file} is empty")
+            value = read_secret_file(name, Path(source[5:]), env)
         else:
             value = env.get(source, "").strip()
             if not value:

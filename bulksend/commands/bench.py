@@ -26,6 +26,8 @@ from bulksend.commands.common import Context, ExitStatus, add_output_flags
 from bulksend.config import RecipientSettings
 from bulksend.errors import BulksendError, ConfigError, InputError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
+from bulksend.output.private import write_private
 
 if TYPE_CHECKING:
     from bulksend.commands.bench_stream import SyntheticStream
@@ -622,15 +624,15 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     for private in [k for k in figures if k.startswith("_")]:
         del figures[private]
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        write_private(args.json, orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     if not args.quiet:
         ctx.err.flush()  # a warning logged during the send lands before the table, not in it
-        print(render(figures, args), file=ctx.out)
+        out = for_people(ctx.out)
+        print(render(figures, args), file=out)
         if args.json:
-            print(f"  figures: {args.json}", file=ctx.out)
+            print(f"  figures: {args.json}", file=out)
         if args.plot:
-            print(f"  chart: {args.plot}", file=ctx.out)
+            print(f"  chart: {args.plot}", file=out)
     return ExitStatus.OK if figures["delivered"] else ExitStatus.FAILURES
 
 

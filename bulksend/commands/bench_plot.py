@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bulksend.output.private import open_private
+
 PLOT_EXTRA = "pip install 'bulksend[plot]'"
 ACCEPTED, THROTTLED, FAILED = "accepted", "429", "failed"
 COLOURS = {ACCEPTED: "#3b75af", THROTTLED: "#d62728", FAILED: "#7f7f7f"}
@@ -155,5 +157,6 @@ def draw(chart: Chart, path: Path) -> None:
     shown, labels = zip(*handles, strict=True)
     ax.legend(shown, labels, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with open_private(path, "wb") as f:  # owner-only, as every file bulksend writes
+        fig.savefig(f, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)

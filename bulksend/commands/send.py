@@ -29,6 +29,8 @@ from bulksend.config import Settings, load_settings, resolve_secrets
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.output import logs
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people, printable
+from bulksend.output.private import open_private, write_private
 from bulksend.state.shard import Shard
 
 if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
@@ -511,15 +513,14 @@ def no_valid_rows(summary: Summary) -> bool:
 
 
 def _append(path: str, summary: Summary) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(summary.markdown())
+    with open_private(path, "a") as f:
+        f.write(printable(summary.markdown()))  # rendered for people: no control characters
 
 
 def _write_after(label: str, path: str | Path, write: Callable[[], object], ctx: Context) -> None:
     """Write an output once the send is over; a failure (disk full, a file that changed since
     the check before the send) is one line, and the send's exit status stays what it was."""
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write()
     except OSError as exc:
         print(f"bulksend: could not write {label} {path}: {exc.strerror or exc}", file=ctx.err)
@@ -529,13 +530,14 @@ def finish(
     result: SendResult, args: argparse.Namespace, ctx: Context, *, report_to_stdout: bool = False
 ) -> int:
     summary, stopped = result.summary, result.stopped
-    people = ctx.out  # the summary table; on stderr when stdout carries the report or JSON
+    # the summary table, escaped (output/printable); on stderr when stdout carries data
+    people = for_people(ctx.out)
     if args.summary_json and str(args.summary_json) == "-":
         ctx.out.write(summary.to_json().decode() + "\n")
         people = ctx.err
     elif args.summary_json:
         path = args.summary_json
-        _write_after("--summary-json", path, lambda: path.write_bytes(summary.to_json()), ctx)
+        _write_after("--summary-json", path, lambda: write_private(path, summary.to_json()), ctx)
     if report_to_stdout:
         people = ctx.err
     step_summary = ctx.env.get("GITHUB_STEP_SUMMARY")
@@ -619,8 +621,7 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
     check([requests_out], campaign_inputs(settings))
     out_file = None
     if args.requests_out:
-        args.requests_out.parent.mkdir(parents=True, exist_ok=True)
-        out_file = args.requests_out.open("wb")
+        out_file = open_private(args.requests_out, "wb")
     provider = build_provider(settings, {n: "DRY-RUN" for n in settings.secret_sources})
 
     def on_request(batch: Any, request: Any) -> None:
@@ -648,10 +649,11 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
         if out_file is not None:
             out_file.close()
     print_plan(settings, provider, result, ctx, title="dry run: nothing was sent")
+    out = for_people(ctx.out)  # for people: request bodies come from the recipient file
     for line in shown:
-        print(_readable_request(orjson.loads(line)), file=ctx.out)
+        print(_readable_request(orjson.loads(line)), file=out)
     if args.requests_out:
-        print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
+        print(f"all {result.batches:,} requests written to {args.requests_out}", file=out)
     return ExitStatus.OK if result.valid else ExitStatus.USAGE  # as validate
 
 

@@ -32,6 +32,8 @@ from bulksend.dedup.deduper import Deduper
 from bulksend.dispatch.plan import Plan, plan
 from bulksend.errors import MissingSecretError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people, printable
+from bulksend.output.private import write_private
 from bulksend.providers.base import Limit, Provider
 from bulksend.sources import open_source
 
@@ -103,7 +105,7 @@ def print_plan(
     limits = limits_for(settings, provider)
     policies = group_policies(settings, provider)
     data = p.as_dict(limits, policies)
-    out = ctx.out
+    out = for_people(ctx.out)  # names and reasons come from the files: escaped
     print(f"bulksend: {settings.provider} campaign {settings.name!r} — {title}", file=out)
     print(f"  recipients   {settings.recipients.path}", file=out)
     print(f"  rows         {p.rows:,}", file=out)
@@ -170,15 +172,14 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         title = "valid campaign file" if p.valid else "no valid recipient: nothing would be sent"
         print_plan(settings, provider, p, ctx, title=title, now=now)
         if key_note:
-            print(f"  {key_note}", file=ctx.out)
+            print(f"  {printable(key_note)}", file=ctx.out)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         policies = group_policies(settings, provider)
         data = p.as_dict(limits_for(settings, provider), policies)
         if settings.windows is not None:
             data["window"] = settings.windows.describe()
             data["estimated_finish"] = estimated_finish(settings, p, policies, now)
-        args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        write_private(args.json, orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if not p.valid:
         return ExitStatus.USAGE
     invalid = sum(p.invalid.values())

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from bulksend.output.printable import printable, unwrapped
 from bulksend.output.report import Summary
 from bulksend.ratelimit.scheduler import Scheduler
 
@@ -121,7 +122,7 @@ class TerminalLine(io.TextIOBase):
 
     def show(self, line: str) -> None:
         """Draw ``line`` as the status line (replacing the one shown)."""
-        self.status = line
+        self.status = line = printable(line)
         self.stream.write("\r\x1b[2K" + line)
         self.stream.flush()
         self._shown = True
@@ -171,6 +172,7 @@ class ProgressView:
         interval: float = 0.25,
         paused: Callable[[], str] | None = None,
     ) -> None:
+        stream = unwrapped(stream)  # the line's own control sequences are not escaped
         self.line = stream if isinstance(stream, TerminalLine) else TerminalLine(stream)
         self.summary = summary
         self._scheduler = scheduler

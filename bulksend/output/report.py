@@ -19,6 +19,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from bulksend.models import Outcome, Status
+from bulksend.output.private import open_private
 
 COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "batch")
 #: the reason of a delivered row the provider may have received twice starts so (a request for
@@ -57,8 +58,7 @@ class ReportWriter:
             self._csv = csv.writer(self._file)
             self._csv.writerow(COLUMNS)
         elif self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8", newline="")
+            self._file = open_private(self.path, "w", newline="")
             if not self._json:
                 self._csv = csv.writer(self._file)
                 self._csv.writerow(COLUMNS)

@@ -33,6 +33,7 @@ import orjson
 from multidict import istr
 
 from bulksend.models import HttpResponse
+from bulksend.output.printable import escaped as _escaped
 from bulksend.providers.base import Classification, Verdict
 
 __all__ = [
@@ -126,25 +127,6 @@ def read_json(response: HttpResponse) -> Any:
         return orjson.loads(response.body)
     except orjson.JSONDecodeError:
         return NOT_JSON
-
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def _escaped(text: str) -> str:
-    """Control and other invisible characters as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
 
 
 def _scrubbed(text: str) -> str:

@@ -52,6 +52,7 @@ import orjson
 from bulksend.config import SEND_KEYS
 from bulksend.errors import ConfigError
 from bulksend.models import Batch, Recipient
+from bulksend.output import private
 from bulksend.recipients import Recipients
 
 SCHEMA = """
@@ -669,7 +670,7 @@ def refusal(where: str, changes: Sequence[str]) -> str:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open (or create) the SQLite file with the journal's tables, older journals upgraded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private.create(path)  # owner-only; SQLite gives -wal and -shm the journal's mode
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
