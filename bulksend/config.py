@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bulksend import providers
-from bulksend.control.windows import SendWindows, WindowError, parse_windows, parse_zone
-from bulksend.errors import ConfigError, MissingSecretError
+from bulksend.control.windows import SendWindows, parse_windows, parse_zone
+from bulksend.errors import ConfigError, MissingSecretError, WindowError
 from bulksend.providers.base import Limit, SecretsFor
 
 _UNITS = {

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 from bulksend.control.windows import (
     SendWindows,
-    WindowError,
     moment_text,
     parse_window,
     parse_windows,
     parse_zone,
 )
+from bulksend.errors import WindowError
 from tests.conftest import run_cli
 from tests.hypothesis_profiles import examples
 

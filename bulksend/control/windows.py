@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from itertools import count
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bulksend.errors import WindowError
+
 UTC = dt.UTC
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _DAYS = {name.lower(): i for i, name in enumerate(DAY_NAMES)}
@@ -49,10 +51,6 @@ _EXAMPLE = "write it as [DAYS] HH:MM-HH:MM, e.g. 'Mon-Fri 09:00-20:00' or '22:00
 #: a run of open time longer than this is open for good (the windows repeat every week)
 _ALWAYS = dt.timedelta(days=8)
 _MINUTES_A_DAY = 24 * 60
-
-
-class WindowError(ValueError):
-    """A window or time zone that cannot be read; the message says what to write instead."""
 
 
 @dataclass(frozen=True, slots=True)
