@@ -57,6 +57,7 @@ _STATUS_FIELD = {
     "failed": "failed",
     "unknown": "unknown",
     "skipped": "skipped",
+    "suppressed": "suppressed",
 }
 
 

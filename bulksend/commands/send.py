@@ -213,6 +213,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "max_attempts": settings.max_attempts,
         "max_unexpected": settings.max_unexpected,
         "report": _recorded_report(settings.report),
+        "exclude_id_column": rec.exclude_id_column,
+        "exclude_uid_column": rec.exclude_uid_column,
     }
     limiter, password = _without_password(getattr(args, "limiter", None) or settings.limiter)
     dead_letter = getattr(args, "dead_letter", None)
@@ -225,6 +227,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "limiter": limiter,
         "limiter_password": password,
         "dead_letter": str(Path(dead_letter).resolve()) if dead_letter else None,
+        # added to the campaign file's own lists, which a retry reads from it
+        "exclude": [str(Path(p).resolve()) for p in getattr(args, "exclude", None) or []],
     }
 
 
@@ -417,7 +421,9 @@ async def _send_to_sandbox(
 
 def no_valid_rows(summary: Summary) -> bool:
     """Rows were read, none could be sent, and none was: the file, not the provider, is wrong."""
-    settled_elsewhere = summary.delivered + summary.failed + summary.unknown + summary.skipped
+    settled_elsewhere = (
+        summary.delivered + summary.failed + summary.unknown + summary.skipped + summary.suppressed
+    )
     return bool(summary.read and summary.invalid and not summary.requests and not settled_elsewhere)
 
 
@@ -645,6 +651,8 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     for key in ("base_url", "report"):
         if getattr(args, key):
             flags[key] = getattr(args, key)
+    args.exclude = meta.get("exclude") or None  # (recorded again by this run)
+    flags["exclude"] = args.exclude
     settings = load_settings(Path(campaign), env=ctx.env, overrides=flags)
     args.campaign = campaign
     args.sandbox = bool(meta.get("sandbox")) and not args.base_url
@@ -674,6 +682,8 @@ def _campaign_key(setting: str) -> tuple[str, str]:
         return "recipients", "path"
     if setting in ("format", "delimiter", "encoding"):
         return "recipients", setting
+    if setting in ("exclude_id_column", "exclude_uid_column"):
+        return "recipients", setting.removesuffix("_column")
     return "send", setting
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import orjson
 
-from bulksend.campaign import build_provider, group_policies, screened, source_spec
+from bulksend.campaign import (
+    build_provider,
+    exclusions,
+    group_policies,
+    screened,
+    source_spec,
+    suppressed,
+)
 from bulksend.commands.argtypes import fraction
 from bulksend.commands.common import (
     Context,
@@ -71,11 +78,15 @@ def walk(
     on_request: Callable[[Any, Any], None] | None = None,
 ) -> Plan:
     with (
+        exclusions(settings) as lists,
         open_source(source_spec(settings)) as rows,
         Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
     ):
-        chunks = screened(provider, rows.chunks())
-        return plan(chunks, provider, dedup, settings.batch_size, on_request=on_request)
+        chunks = screened(provider, suppressed(lists, rows.chunks()))
+        p = plan(chunks, provider, dedup, settings.batch_size, on_request=on_request)
+        if lists is not None:
+            p.lists = [(f.name, f.rows, f.keys) for f in lists.files]
+        return p
 
 
 def limits_for(settings: Settings, provider: Provider) -> dict[str, Limit]:
@@ -100,6 +111,12 @@ def print_plan(
     print(f"  rows         {p.rows:,}", file=out)
     print(f"  valid        {p.valid:,}", file=out)
     print(f"  duplicates   {p.duplicates:,}", file=out)
+    if p.lists:
+        keys = sum(keys for _, _, keys in p.lists)
+        count = f"{len(p.lists)} list{'' if len(p.lists) == 1 else 's'}, {keys:,} keys"
+        print(f"  suppressed   {p.suppressed:,} ({count})", file=out)
+        for name, _, _ in p.lists:
+            print(f"    {p.suppressed_by.get(name, 0):>10,}  {name}", file=out)
     print(f"  invalid      {sum(p.invalid.values()):,}", file=out)
     for reason, n in p.invalid.most_common(10):
         print(f"    {n:>10,}  {reason}", file=out)

@@ -98,6 +98,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "name",
         "[recipients].path",  # the file's contents are checked, wherever it lies
+        "[recipients].exclude",  # so are the suppression lists' (in the plan)
         "[api].paths",
         "[api].auth",
         *(f"[send].{key}" for key in SEND_KEYS - {"batch_size"}),
