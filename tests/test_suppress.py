@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -195,4 +196,43 @@ def test_memory_is_bounded_per_key(backend: Any, tmp_path: Path) -> None:
     (tmp_path / "l.txt").write_text("".join(f"{i:032d}\n" for i in range(50_000)))
     with SuppressionList.load(spec(tmp_path / "l.txt")) as lists:
         assert lists.keys == 50_000
-        assert lists.memory_bytes < 50_000 * 40  # table (sized from the file's size) + index
+        assert lists.memory_bytes < 50_000 * 17  # table (sized from the file's lines) + index
+        assert lists._index.lines is None  # one key a line: kept as one run
+        _, out = lists.split(
+            rows(("0" * 32, None), (f"{49_999:032d}", None), (f"{777:032d}", None))
+        )
+    name = tmp_path / "l.txt"
+    assert reasons(out) == {
+        2: f"id listed in {name}:1",
+        3: f"id listed in {name}:50000",
+        4: f"id listed in {name}:778",
+    }
+
+
+def test_the_line_index_keeps_runs_or_lines_and_sorts_when_it_must() -> None:
+    from bulksend.dedup.suppress import _LineIndex, _runs
+
+    lines = np.concatenate([np.arange(2, 1002), np.arange(2000, 3000)]).astype(np.uint32)
+    runs = _runs(lines, block=300)  # runs across blocks: one entry where the shift changes
+    assert runs is not None
+    assert [runs[0].tolist(), runs[1].tolist()] == [[0, 1000], [2, 1000]]
+    assert _runs(np.array([5, 2, 9, 1, 7, 3, 8, 4, 6], dtype=np.uint32)) is None  # no runs
+
+    index = _LineIndex(4)
+    index.start_list()
+    index.add(np.array([10, 20], dtype=np.uint64), np.array([2, 3], dtype=np.uint32))
+    index.start_list()
+    index.add(np.array([30, 40, 1 << 33], dtype=np.uint64), np.array([2, 5, 9], dtype=np.uint32))
+    index.finish()
+    assert len(index) == 5
+    assert index.find(np.array([1 << 33, 10, 40], dtype=np.uint64)) == ([1, 0, 1], [9, 2, 5])
+    with pytest.raises(RuntimeError, match="no line"):
+        index.find(np.array([11], dtype=np.uint64))
+
+    unsorted = _LineIndex(0)  # (keys holding NUL in the numpy key set come out of order)
+    unsorted.start_list()
+    unsorted.add(np.array([50, 60], dtype=np.uint64), np.array([2, 3], dtype=np.uint32))
+    unsorted.start_list()
+    unsorted.add(np.array([5], dtype=np.uint64), np.array([7], dtype=np.uint32))
+    unsorted.finish()
+    assert unsorted.find(np.array([5, 60, 50], dtype=np.uint64)) == ([1, 0, 0], [7, 3, 2])

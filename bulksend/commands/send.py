@@ -44,6 +44,7 @@ examples:
   bulksend send samples/maxtraffic/campaign.toml --sandbox
   MAXTRAFFIC_API_KEY=... bulksend send campaign.toml --recipients list.csv --report out.csv
   bulksend send campaign.toml --dry-run --requests-out bodies.jsonl
+  bulksend send samples/maxtraffic/campaign.toml --sandbox --exclude samples/maxtraffic/bounced.txt
   bulksend send campaign.toml                 # again after a crash or a stop: it resumes
   bulksend send campaign.toml --fresh         # start over, sending everything again
 """

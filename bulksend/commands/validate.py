@@ -1,8 +1,8 @@
 """``bulksend validate CAMPAIGN.toml``: check the campaign and read the whole recipient file.
 
-Prints rows, valid, invalid by reason, duplicates, batches, requests per endpoint and the time
-the send would take under the known limits. Sends nothing; needs no API key (it only says
-whether the key's variable is set).
+Prints rows, valid, invalid by reason, duplicates, suppressed (by list), batches, requests per
+endpoint and the time the send would take under the known limits. Sends nothing; needs no API
+key (it only says whether the key's variable is set).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from bulksend.sources import open_source
 HELP = "check a campaign and its recipient file without sending"
 DESCRIPTION = (
     "Check the campaign and read the whole recipient file: rows, valid, invalid by reason, "
-    "duplicates, batches, requests per endpoint and the time the send would take under the "
-    "known limits. Sends nothing; needs no API key."
+    "duplicates, rows each suppression list (--exclude) suppresses, batches, requests per "
+    "endpoint and the time the send would take under the known limits. Sends nothing; needs "
+    "no API key."
 )
 EPILOG = """\
 examples:

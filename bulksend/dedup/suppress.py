@@ -27,22 +27,25 @@ Reading the lists
 
 Memory (exact, bounded)
     The listed keys go into one :class:`~bulksend.dedup.deduper.KeySet` (ids and uids as two
-    kinds), the deduplicator's exact set: about 12-13 bytes of RAM per key, the key text in an
-    unlinked spill file on disk. Recipients' keys are looked up with ``find_kinds``, which adds
-    nothing, so the set holds only the lists' keys however long the campaign. To name the line,
-    each distinct key also keeps the number ``find_kinds`` names its record by (4 bytes; 8 past
-    4 GiB of key text), its line (4) and its list (1): about 22 bytes a key in all, 10 million
-    listed keys in about 220 MB (benchmarks/README.md has the figures).
+    kinds), the deduplicator's exact set, sized once from the lists' lines: 12 bytes of RAM a
+    key, the key text in an unlinked spill file on disk. Recipients' keys are looked up with
+    ``find_kinds``, which adds nothing, so the set holds only the lists' keys however long the
+    campaign. To name the line, each distinct key also keeps the number ``find_kinds`` names
+    its record by (4 bytes; 8 past 4 GiB of key text) and its line, kept as runs when the
+    lines follow the keys (a list of one key a row: next to nothing), else 4 bytes: 16-20
+    bytes a key in all. 10 million listed keys hold 160 MB (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -71,7 +74,6 @@ _EMPTY = (
 #: lists a send may name (a list's number is kept in one byte per key)
 MAX_LISTS = 255
 _U32 = 1 << 32
-_T = TypeVar("_T", bound=np.generic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +110,133 @@ class ListFile:
     keys: int = 0
 
 
-@dataclass(slots=True)
-class _Index:
-    """Per distinct listed key, sorted by the number naming its record: its line and list."""
+class _Growing:
+    """A numpy array appended to in place. Sized for what is expected (pages never written
+    cost no RAM), grown by half when that was too little; ``uint32`` numbers become
+    ``uint64`` should one not fit."""
 
-    where: list[npt.NDArray[np.uint64]] = field(default_factory=list)
-    lines: list[npt.NDArray[np.uint32]] = field(default_factory=list)
-    lists: list[npt.NDArray[np.uint8]] = field(default_factory=list)
+    def __init__(self, dtype: type[np.unsignedinteger[Any]], expected: int) -> None:
+        self.array: npt.NDArray[Any] = np.empty(max(expected, 1024), dtype=dtype)
+        self.size = 0
+
+    def extend(self, values: npt.NDArray[Any]) -> None:
+        need = self.size + len(values)
+        if values.size and self.array.dtype == np.uint32 and int(values.max()) >= _U32:
+            self.array = self.array.astype(np.uint64)
+        if need > len(self.array):
+            grown = np.empty(max(need, len(self.array) * 3 // 2), dtype=self.array.dtype)
+            grown[: self.size] = self.array[: self.size]
+            self.array = grown
+        self.array[self.size : need] = values
+        self.size = need
+
+    @property
+    def values(self) -> npt.NDArray[Any]:
+        return self.array[: self.size]
+
+
+class _LineIndex:
+    """The list and line that first listed each distinct key, by the number ``find_kinds``
+    names the key's record with (``where``).
+
+    Keys come in the order the key set stored them: ``where`` grows from one call to the
+    next, and ``add`` takes a call's keys sorted by it, so ``where`` is sorted and a key's
+    position in it (found by binary search) is its place in that order. The keys of one list
+    are then consecutive (``_starts``: where each list's begin), and a list whose rows each add
+    one key has ``line - position`` constant over long runs: the lines are kept as those runs
+    when there are few (an eighth of the keys or fewer), else as they are. About 4 bytes a
+    key in all, 8 with lines that do not run.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self._where = _Growing(np.uint32, expected)
+        self._lines = _Growing(np.uint32, expected)
+        self._starts: list[int] = []
+        self._last = -1  # the largest ``where`` so far
+        self._sorted = True
+        self.where: npt.NDArray[Any] = np.zeros(0, dtype=np.uint32)
+        self.lines: npt.NDArray[np.uint32] | None = None  # or as runs:
+        self._run_starts: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        self._run_shift: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._lists: npt.NDArray[np.uint8] | None = None  # (only if not sorted)
+
+    def __len__(self) -> int:
+        return max(self._where.size, len(self.where))
+
+    @property
+    def nbytes(self) -> int:
+        held = [self.where, self._run_starts, self._run_shift, self.lines, self._lists]
+        return sum(a.nbytes for a in held if a is not None)
+
+    def start_list(self) -> None:
+        self._starts.append(self._where.size)
+
+    def add(self, where: npt.NDArray[np.uint64], lines: npt.NDArray[np.uint32]) -> None:
+        """Index a call's new keys (``where`` ascending) with their lines."""
+        if not where.size:
+            return
+        if int(where[0]) <= self._last:  # (never from the readers: see finish)
+            self._sorted = False
+        self._last = max(self._last, int(where[-1]))
+        self._where.extend(where)
+        self._lines.extend(lines)
+
+    def finish(self) -> None:
+        where, lines = self._where.values, self._lines.values
+        self._where = self._lines = _Growing(np.uint32, 0)  # (what is kept is referenced below)
+        if not self._sorted:  # keys holding NUL (the numpy key set keeps them apart): sort
+            counts = np.diff([*self._starts, len(where)])
+            lists = np.repeat(np.arange(len(counts), dtype=np.uint8), counts)
+            order = np.argsort(where, kind="stable")
+            self.where, self.lines, self._lists = where[order], lines[order], lists[order]
+            return
+        self.where = where
+        runs = _runs(lines)
+        if runs is None:
+            self.lines = lines
+        else:
+            self._run_starts, self._run_shift = runs
+
+    def find(self, where: npt.NDArray[np.uint64]) -> tuple[list[int], list[int]]:
+        """The list numbers and lines of the keys named by ``where`` (each indexed)."""
+        wanted = where.astype(self.where.dtype)  # (a search across dtypes copies the index)
+        position = np.searchsorted(self.where, wanted)
+        if not np.array_equal(self.where[np.minimum(position, len(self.where) - 1)], wanted):
+            raise RuntimeError("a listed key has no line in the suppression index")
+        if self._lists is not None:
+            lists: list[int] = self._lists[position].tolist()
+        else:
+            starts = np.asarray(self._starts, dtype=np.intp)
+            lists = (np.searchsorted(starts, position, side="right") - 1).tolist()
+        if self.lines is not None:
+            return lists, self.lines[position].tolist()
+        run = np.searchsorted(self._run_starts, position, side="right") - 1
+        return lists, (position + self._run_shift[run]).tolist()
+
+
+def _runs(
+    lines: npt.NDArray[np.uint32], block: int = 1 << 20
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]] | None:
+    """Where ``lines[i] - i`` changes and its values from there; None when that is more than
+    an eighth of the lines (a block at a time: no int64 copy of the whole)."""
+    starts: list[npt.NDArray[np.intp]] = []
+    shifts: list[npt.NDArray[np.int64]] = []
+    count, previous = 0, None
+    for begin in range(0, len(lines), block):
+        end = min(len(lines), begin + block)
+        shift = lines[begin:end].astype(np.int64) - np.arange(begin, end, dtype=np.int64)
+        change = np.flatnonzero(shift[1:] != shift[:-1]) + 1
+        if previous is None or int(shift[0]) != previous:
+            change = np.concatenate([[0], change])
+        starts.append(change + begin)
+        shifts.append(shift[change])
+        count += len(change)
+        previous = int(shift[-1])
+        if count > len(lines) // 8:
+            return None
+    if not starts:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    return np.concatenate(starts).astype(np.intp), np.concatenate(shifts)
 
 
 class SuppressionList:
@@ -128,9 +250,7 @@ class SuppressionList:
         self._kinds: set[int] = set()  # the kinds some list holds (the others are not looked up)
         self._set: keyset_c.KeySet | keyset_numpy.KeySet | None = None
         self._spill_dir = spill_dir
-        self._where: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] = np.zeros(0, np.uint32)
-        self._lines: npt.NDArray[np.uint32] = np.zeros(0, np.uint32)
-        self._lists: npt.NDArray[np.uint8] = np.zeros(0, np.uint8)
+        self._index = _LineIndex(0)
 
     @classmethod
     def load(
@@ -164,13 +284,13 @@ class SuppressionList:
     @property
     def keys(self) -> int:
         """Distinct keys listed (an id and a uid with the same text are two)."""
-        return len(self._lines)
+        return len(self._index)
 
     @property
     def memory_bytes(self) -> int:
         """RAM held: the key set's table and the per-key line index."""
         table = self._set.table_bytes if self._set is not None else 0
-        return table + sum(a.nbytes for a in (self._where, self._lines, self._lists))
+        return table + self._index.nbytes
 
     def describe(self) -> str:
         """``2 lists, 1,234 keys`` (for people)."""
@@ -181,21 +301,18 @@ class SuppressionList:
     def _load(self) -> None:
         with contextlib.ExitStack() as stack:
             opened = [self._open(stack, f.name) for f in self.files]
-            expected = sum(_expected_keys(rows, self.spec) for rows in opened if rows is not None)
+            expected = sum(
+                _expected_keys(rows, self.spec, f.name)
+                for rows, f in zip(opened, self.files, strict=True)
+                if rows is not None
+            )
             self._set = KeySet(expected=expected, spill_dir=self._spill_dir)
-            index = _Index()
+            self._index = _LineIndex(expected)
             for number, rows in enumerate(opened):
+                self._index.start_list()
                 if rows is not None:
-                    self._read(number, rows, index)
-        self._where = _joined(index.where, np.uint64)
-        self._lines = _joined(index.lines, np.uint32)
-        self._lists = _joined(index.lists, np.uint8)
-        if self._where.size and not bool(np.all(self._where[1:] > self._where[:-1])):
-            order = np.argsort(self._where, kind="stable")  # (only keys holding NUL do this)
-            self._where, self._lines = self._where[order], self._lines[order]
-            self._lists = self._lists[order]
-        if self._where.size and int(self._where[-1]) < _U32:
-            self._where = self._where.astype(np.uint32)
+                    self._read(number, rows)
+        self._index.finish()
 
     def _open(self, stack: contextlib.ExitStack, path: str) -> Rows | None:
         """The list's rows, or None when it holds none."""
@@ -208,21 +325,21 @@ class SuppressionList:
                 return None
             raise InputError(f"suppression list {exc}") from None
 
-    def _read(self, number: int, rows: Rows, index: _Index) -> None:
+    def _read(self, number: int, rows: Rows) -> None:
         assert self._set is not None
         listed = self.files[number]
         try:
             for recipients, rejected in rows.chunks():
                 _check(listed.name, rejected, self.spec)
                 listed.rows += len(recipients)
-                added = self._add(Recipients.of(recipients), number, index)
+                added = self._add(Recipients.of(recipients), number)
                 listed.keys += added
         except InputError as exc:  # damage further on (truncated gzip data, ...)
             text = str(exc)
             prefixed = text if text.startswith("suppression list") else f"suppression list {text}"
             raise InputError(prefixed) from None
 
-    def _add(self, rows: Recipients, number: int, index: _Index) -> int:
+    def _add(self, rows: Recipients, number: int) -> int:
         """Add a chunk's keys; index the new ones. Returns how many were new."""
         assert self._set is not None
         if not len(rows):
@@ -245,9 +362,7 @@ class SuppressionList:
         where = np.concatenate([w for _, w in found])
         assert all(f.all() for f, _ in found), "a key just added was not found"
         order = np.argsort(where, kind="stable")  # a later chunk's records all come later
-        index.where.append(where[order])
-        index.lines.append(np.concatenate(fresh_lines)[order])
-        index.lists.append(np.full(len(where), number, dtype=np.uint8))
+        self._index.add(where[order], np.concatenate(fresh_lines)[order])
         return len(where)
 
     # -- looking up -------------------------------------------------------------------------
@@ -291,22 +406,49 @@ class SuppressionList:
         kinds: npt.NDArray[np.uint8],
         where: npt.NDArray[np.uint64],
     ) -> list[Rejected]:
-        position = np.searchsorted(self._where, where)
-        if not np.array_equal(self._where[np.minimum(position, len(self._where) - 1)], where):
-            raise RuntimeError("a listed key has no line in the suppression index")
-        lines, lists = self._lines[position].tolist(), self._lists[position].tolist()
+        """A ``Suppressed`` for each row at ``at``, whose key of ``kinds`` (the first listed)
+        is the list's key named by ``where``; built a column at a time."""
+        lists, lines = self._index.find(where)
         names = [f.name for f in self.files]
-        ids, uids = rows.column("id"), rows.column("uid")
-        out: list[Rejected] = []
-        for i, kind, line, number in zip(at.tolist(), kinds.tolist(), lines, lists, strict=True):
-            name = names[number]
-            reason = f"{_KEYS[kind]} listed in {name}:{line}"
-            out.append(Suppressed(rows.lines[i], reason, ids[i], uids[i], name))
-        return out
+        prefix = {(k, n): f"{_KEYS[k]} listed in {names[n]}:" for k in _KEYS for n in set(lists)}
+        heads = list(map(prefix.__getitem__, zip(kinds.tolist(), lists, strict=True)))
+        reasons = list(map(str.__add__, heads, map(str, lines)))
+        mask = np.zeros(len(rows), dtype=np.bool_)
+        mask[at] = True
+        picked = rows.select(mask)
+        return _make_suppressed(
+            picked.lines,
+            reasons,
+            picked.column("id"),
+            picked.column("uid"),
+            [names[n] for n in lists],
+        )
 
 
-def _expected_keys(rows: Rows, spec: ListSpec) -> int:
-    """Keys a list will add, from its estimated rows: one per row for a plain list, one per
+def _suppressed_constructor() -> Callable[..., list[Rejected]]:
+    """``Suppressed`` objects made a field at a time in C, without the frozen dataclass's
+    ``__init__`` (a few µs a row); the plain constructor should its fields change."""
+    names = ["line", "reason", "id", "uid", "source"]
+    if [f.name for f in dataclasses.fields(Suppressed)] != names:
+        return lambda *columns: list(map(Suppressed, *columns))
+    setters = [getattr(Suppressed, name).__set__ for name in names]
+    new = object.__new__
+
+    def many(*columns: Sequence[Any]) -> list[Rejected]:
+        made: list[Rejected] = list(map(new, repeat(Suppressed, len(columns[0]))))
+        for setter, values in zip(setters, columns, strict=True):
+            any(map(setter, made, values))  # each setter returns None: runs to the end
+        return made
+
+    return many
+
+
+_make_suppressed = _suppressed_constructor()
+
+
+def _expected_keys(rows: Rows, spec: ListSpec, path: str) -> int:
+    """Keys a list will add, to size the key set once: its rows (its lines, counted, unless it
+    is compressed; else the reader's estimate) times one per row for a plain list, one per
     column found for CSV/TSV, each column read for JSON Lines."""
     if rows.format == "lines":
         per_row = 1
@@ -315,7 +457,23 @@ def _expected_keys(rows: Rows, spec: ListSpec) -> int:
         per_row = sum(1 for c in (spec.id_column, spec.uid_column) if c and c.lower() in header)
     else:
         per_row = sum(1 for c in (spec.id_column, spec.uid_column) if c)
-    return rows.estimated_rows * max(1, per_row)
+    return max(rows.estimated_rows, _lines_in(path)) * max(1, per_row)
+
+
+def _lines_in(path: str, limit: int = 4 << 30) -> int:
+    """Newlines in a file that is not compressed (0 for one that is, or is too big to count:
+    the reader's estimate sizes those). About 0.1 s for 100 MB: far less than reading it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+            if head[:2] == b"\x1f\x8b" or os.fstat(f.fileno()).st_size > limit:
+                return 0
+            count = head.count(b"\n")
+            while block := f.read(1 << 20):
+                count += block.count(b"\n")
+    except OSError:
+        return 0
+    return count
 
 
 def _check(name: str, rejected: Sequence[Rejected], spec: ListSpec) -> None:
@@ -333,12 +491,3 @@ def _check(name: str, rejected: Sequence[Rejected], spec: ListSpec) -> None:
 def _columns(spec: ListSpec) -> str:
     named = [f"{key} {c!r}" for key, c in (("id", spec.id_column), ("uid", spec.uid_column)) if c]
     return ", ".join(named) or "none"
-
-
-def _joined(parts: list[npt.NDArray[_T]], dtype: type[_T]) -> npt.NDArray[_T]:
-    """The parts in one array; the list is emptied (each byte is held at most twice)."""
-    if not parts:
-        return np.zeros(0, dtype=dtype)
-    out: npt.NDArray[_T] = np.concatenate(parts)
-    parts.clear()
-    return out
