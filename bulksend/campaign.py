@@ -266,11 +266,8 @@ def _named_exclusions(settings: Settings, prints: Mapping[str, str]) -> dict[str
         return {}
     spec = exclusion_spec(settings)
     lists = sorted(f"{Path(p).name} ({print_[:19]})" for p, print_ in prints.items())
-    return {
-        "suppression lists": lists,
-        "suppression lists' id column": spec.id_column,
-        "suppression lists' uid column": spec.uid_column,
-    }
+    columns = f"columns: id {spec.id_column}, uid {spec.uid_column}"
+    return {"suppression lists": [*lists, columns]}
 
 
 class DeadLetter:

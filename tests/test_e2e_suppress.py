@@ -235,6 +235,9 @@ def test_a_resume_suppresses_again_and_a_changed_list_refuses_it(
         "again)"
     )
     plain.write_bytes(original)
+    forgotten = run_cli(*send[:4], "--max-attempts", "1", env=ENV)  # the same, without --exclude
+    assert forgotten.status == 2
+    assert "cannot resume: the suppression lists changed since" in forgotten.stderr
     arrived = ledger(ledger_path)
 
     retried = run_cli("retry", str(journal), "--summary-json", str(tmp_path / "s2.json"), env=ENV)
@@ -332,3 +335,26 @@ def test_an_empty_list_suppresses_nothing(
     checked = run_cli("validate", str(campaign), "--exclude", str(tmp_path / "empty.txt"), env={})
     assert checked.status == 0, checked.stderr
     assert "  suppressed   0 (2 lists, 0 keys)\n" in checked.stdout
+
+
+def test_a_campaign_whose_every_row_is_suppressed_sends_nothing_and_succeeds(
+    campaign: Path, steady: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, ledger_path = steady
+    everyone = tmp_path / "everyone.txt"
+    everyone.write_text("".join(f"{v}\n" for v, _ in ROWS))
+    summary = tmp_path / "s.json"
+    sent = run_cli(
+        "send", str(campaign), "--base-url", url, "--exclude", str(everyone), "--summary-json",
+        str(summary), "-q", "--progress", "never", env=ENV,
+    )  # fmt: skip
+    assert sent.status == 0, sent.stderr
+    s = orjson.loads(summary.read_bytes())
+    assert (s["suppressed"], s["delivered"], s["requests"], s["read"]) == (N + 2, 0, 0, N + 2)
+    assert ledger(ledger_path) == {"id": Counter(), "uid": Counter()}
+    for command in (["validate"], ["send", "--dry-run"]):
+        done = run_cli(*command[:1], str(campaign), *command[1:], "--exclude", str(everyone))
+        assert done.status == 0, done.stderr  # (not one valid row would exit 2)
+        assert f"  suppressed   {N + 2} (2 lists, {N + 3} keys)\n" in done.stdout
+    checked = run_cli("validate", str(campaign), "--exclude", str(everyone))
+    assert "every valid recipient is suppressed: nothing would be sent" in checked.stdout

@@ -566,7 +566,7 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
         print(_readable_request(orjson.loads(line)), file=ctx.out)
     if args.requests_out:
         print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
-    return ExitStatus.OK if result.valid else ExitStatus.USAGE  # as validate
+    return ExitStatus.OK if result.valid or result.suppressed else ExitStatus.USAGE  # as validate
 
 
 def _readable_request(request: dict[str, Any], keep: int = 3) -> str:

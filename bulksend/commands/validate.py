@@ -151,6 +151,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     p = walk(settings, provider)
     if not args.quiet:
         title = "valid campaign file" if p.valid else "no valid recipient: nothing would be sent"
+        if p.suppressed and not p.valid:
+            title = "every valid recipient is suppressed: nothing would be sent"
         print_plan(settings, provider, p, ctx, title=title)
         if key_note:
             print(f"  {key_note}", file=ctx.out)
@@ -162,7 +164,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                 option=orjson.OPT_INDENT_2,
             )
         )
-    if not p.valid:
+    if not p.valid and not p.suppressed:  # (all suppressed: the lists did their job)
         return ExitStatus.USAGE
     invalid = sum(p.invalid.values())
     if invalid_rate(p) > args.max_invalid_rate:
