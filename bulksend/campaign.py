@@ -2,8 +2,9 @@
 
     result = await send_campaign(settings, secrets, journal=JournalOptions(path))
 
-It builds the provider, the scheduler, the transport, the source, the deduper and the journal,
-runs the engine and returns a ``SendResult``: the ``Summary`` and what stopped the send early.
+It builds the provider, the scheduler, the transport, the source, the suppression lists, the
+deduper and the journal, runs the engine and returns a ``SendResult``: the ``Summary`` and what
+stopped the send early.
 """
 
 from __future__ import annotations
@@ -134,10 +135,8 @@ def open_exclusions(settings: Settings) -> SuppressionList | None:
 def exclusions(settings: Settings) -> Iterator[SuppressionList | None]:
     """The campaign's suppression lists, read in full (InputError, one line, for a bad one),
     or None when it has none; closed on exit."""
-    if not settings.recipients.exclude:
-        yield None
-        return
-    with SuppressionList.load(exclusion_spec(settings)) as lists:
+    lists = open_exclusions(settings)
+    with lists or contextlib.nullcontext():
         yield lists
 
 

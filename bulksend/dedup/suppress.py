@@ -359,8 +359,9 @@ class SuppressionList:
         if not fresh:
             return 0
         found = self._set.find_kinds(fresh)
+        if not all(f.all() for f, _ in found):
+            raise RuntimeError("a key just added to a suppression list's key set is not in it")
         where = np.concatenate([w for _, w in found])
-        assert all(f.all() for f, _ in found), "a key just added was not found"
         order = np.argsort(where, kind="stable")  # a later chunk's records all come later
         self._index.add(where[order], np.concatenate(fresh_lines)[order])
         return len(where)
@@ -397,25 +398,18 @@ class SuppressionList:
         for (_, kind), (found, numbers) in reversed(list(zip(parts, results, strict=True))):
             mine = found[at]
             kinds[mine], where[mine] = kind, numbers[at][mine]
-        return rows.select(~hit), self._suppressed(rows, at, kinds, where)
+        return rows.select(~hit), self._suppressed(rows.select(hit), kinds, where)
 
     def _suppressed(
-        self,
-        rows: Recipients,
-        at: npt.NDArray[np.intp],
-        kinds: npt.NDArray[np.uint8],
-        where: npt.NDArray[np.uint64],
+        self, picked: Recipients, kinds: npt.NDArray[np.uint8], where: npt.NDArray[np.uint64]
     ) -> list[Rejected]:
-        """A ``Suppressed`` for each row at ``at``, whose key of ``kinds`` (the first listed)
-        is the list's key named by ``where``; built a column at a time."""
+        """A ``Suppressed`` for each row of ``picked``, whose key of ``kinds`` (the first
+        listed) is the lists' key named by ``where``; built a column at a time."""
         lists, lines = self._index.find(where)
         names = [f.name for f in self.files]
         prefix = {(k, n): f"{_KEYS[k]} listed in {names[n]}:" for k in _KEYS for n in set(lists)}
         heads = list(map(prefix.__getitem__, zip(kinds.tolist(), lists, strict=True)))
         reasons = list(map(str.__add__, heads, map(str, lines)))
-        mask = np.zeros(len(rows), dtype=np.bool_)
-        mask[at] = True
-        picked = rows.select(mask)
         return _make_suppressed(
             picked.lines,
             reasons,
