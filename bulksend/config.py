@@ -62,9 +62,13 @@ SEND_KEYS = frozenset(
 #: how long a finished campaign's state stays in Redis (``--state``) unless ``[send] state_ttl``
 #: says otherwise: 30 days
 DEFAULT_STATE_TTL = 30 * 86400.0
+#: the keys of ``[recipients]`` that name suppression lists and their columns
+EXCLUDE_KEYS = frozenset({"exclude", "exclude_id", "exclude_uid"})
 #: the top-level tables a campaign file may have, and the keys each may hold
 _TABLES: Mapping[str, frozenset[str]] = {
-    "recipients": frozenset({"path", "format", "delimiter", "encoding", "id", "uid"}),
+    "recipients": frozenset(
+        {"path", "format", "delimiter", "encoding", "id", "uid", *EXCLUDE_KEYS}
+    ),
     "auth": frozenset(),  # provider-specific *_env / *_file keys, checked against SECRETS
     "send": SEND_KEYS,
     "message": frozenset(),  # checked by the provider
@@ -133,6 +137,11 @@ class RecipientSettings:
     encoding: str = "utf-8"
     id_column: str | None = "id"
     uid_column: str | None = "uid"
+    #: suppression lists (``--exclude``, ``[recipients] exclude``): paths as they are opened
+    exclude: tuple[str, ...] = ()
+    #: the lists' id and uid columns: None for the campaign's own, "" for none
+    exclude_id_column: str | None = None
+    exclude_uid_column: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +232,10 @@ _TEXT = Kind("text", _is_text)
 _PATH = Kind("a file path (text)", _is_text)
 _URL = Kind("a URL (text)", _is_text)
 _COLUMN = Kind("a column name (text)", _is_text)
+_PATHS = Kind(
+    "a list of file paths (text)",
+    lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+)
 _RATE_TEXT = Kind("a rate such as '300/min' (text)", _is_text)
 _WHOLE = Kind("a whole number", _is_whole)
 _SECONDS = Kind("a number of seconds", _is_number)
@@ -243,6 +256,9 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
     ("recipients", "encoding"): Kind("an encoding name (text)", _is_text),
     ("recipients", "id"): _COLUMN,
     ("recipients", "uid"): _COLUMN,
+    ("recipients", "exclude"): _PATHS,
+    ("recipients", "exclude_id"): _COLUMN,
+    ("recipients", "exclude_uid"): _COLUMN,
     ("send", "base_url"): _URL,
     ("send", "batch_size"): _WHOLE,
     ("send", "rate"): _RATE_TEXT,
@@ -389,9 +405,12 @@ _FLAGS: Mapping[str, tuple[str, str]] = {
     },
     "recipients": ("recipients", "path"),
     **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
+    "exclude_id_column": ("recipients", "exclude_id"),
+    "exclude_uid_column": ("recipients", "exclude_uid"),
 }
-#: the keys of the flags that override the campaign file (``--batch-size`` -> ``batch_size``)
-FLAG_KEYS = tuple(_FLAGS)
+#: the keys of the flags that override the campaign file (``--batch-size`` -> ``batch_size``),
+#: and ``exclude`` (``--exclude``), whose lists are added to the file's
+FLAG_KEYS = (*_FLAGS, "exclude")
 
 
 class _Values:
@@ -443,7 +462,8 @@ def load_settings(
     """Read ``path``, apply ``BULKSEND_*`` from ``env``, then ``overrides`` (flags; None = unset).
 
     ``overrides`` keys: recipients, base_url, report, batch_size, rate, limit, in_flight, timeout,
-    max_attempts, max_unexpected, format, delimiter, encoding.
+    max_attempts, max_unexpected, format, delimiter, encoding, exclude_id_column,
+    exclude_uid_column, and exclude (a list of paths, added to ``[recipients] exclude``).
     """
     env = os.environ if env is None else env
     data = read_campaign(path)
@@ -453,7 +473,7 @@ def load_settings(
     tables = {name: _table(data, name, origin) for name in _TABLES}
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     values = _Values(tables, origin, env, flags)
-    recipients = _recipients(values, path)
+    recipients = _recipients(values, path, flags.get("exclude") or ())
     secret_sources = _secret_sources(module, tables, path.parent, origin)
     send = tables["send"]
     report = send.get("report")
@@ -522,7 +542,7 @@ def _windows(send: Mapping[str, Any], origin: str) -> SendWindows | None:
         raise ConfigError(f"{_where(origin, 'send', 'window')}: {exc}") from None
 
 
-def _recipients(values: _Values, path: Path) -> RecipientSettings:
+def _recipients(values: _Values, path: Path, flagged: Any) -> RecipientSettings:
     rec = values.tables["recipients"]
     rec_path = rec.get("path")
     if not rec_path:
@@ -546,7 +566,33 @@ def _recipients(values: _Values, path: Path) -> RecipientSettings:
         encoding=str(rec.get("encoding", "utf-8")),
         id_column=rec.get("id", "id") or None,
         uid_column=rec.get("uid", "uid") or None,
+        exclude=_exclusions(values, path, flagged),
+        exclude_id_column=_text_or_none(rec.get("exclude_id")),
+        exclude_uid_column=_text_or_none(rec.get("exclude_uid")),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _exclusions(values: _Values, path: Path, flagged: Any) -> tuple[str, ...]:
+    """The suppression lists: ``[recipients] exclude`` (relative to the campaign file), then
+    ``--exclude`` (relative to the working directory), each once."""
+    listed = values.tables["recipients"].get("exclude", [])
+    listed = [listed] if isinstance(listed, str) else list(listed)
+    where = values.where("recipients", "exclude")
+    named = [(str(p), where, path.parent / str(p)) for p in listed]
+    named += [(str(p), "--exclude", Path(str(p))) for p in flagged]
+    out: dict[Path, str] = {}
+    for given, origin, resolved in named:
+        if not given or given == "-":
+            raise ConfigError(
+                f"{origin}: {shown(given)} is not a suppression list; give a file (stdin is "
+                "the recipients' alone)"
+            )
+        out.setdefault(resolved.absolute(), str(path.parent / given) if origin == where else given)
+    return tuple(out.values())
 
 
 def _secret_sources(

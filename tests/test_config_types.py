@@ -33,6 +33,8 @@ KEYS: dict[tuple[str | None, str], set[str]] = {
     (None, "operation"): TEXT,
     (None, "name"): TEXT,
     **{("recipients", k): TEXT for k in ("path", "format", "delimiter", "encoding", "id", "uid")},
+    **{("recipients", k): TEXT for k in ("exclude_id", "exclude_uid")},
+    ("recipients", "exclude"): TEXT,  # or an array of text ([1, 2] is refused)
     **{("send", k): TEXT for k in ("base_url", "rate", "limit", "report", "limiter", "state")},
     ("send", "window"): TEXT,  # or an array of texts (tests/test_windows.py)
     ("send", "timezone"): TEXT,

@@ -59,6 +59,7 @@ _STATUS_FIELD = {
     "failed": "failed",
     "unknown": "unknown",
     "skipped": "skipped",
+    "suppressed": "suppressed",
 }
 
 

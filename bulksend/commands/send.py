@@ -46,6 +46,7 @@ examples:
   bulksend send samples/maxtraffic/campaign.toml --sandbox
   MAXTRAFFIC_API_KEY=... bulksend send campaign.toml --recipients list.csv --report out.csv
   bulksend send campaign.toml --dry-run --requests-out bodies.jsonl
+  bulksend send samples/maxtraffic/campaign.toml --sandbox --exclude samples/maxtraffic/bounced.txt
   bulksend send campaign.toml                 # again after a crash or a stop: it resumes
   bulksend send campaign.toml --fresh         # start over, sending everything again
 """
@@ -278,6 +279,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "max_attempts": settings.max_attempts,
         "max_unexpected": settings.max_unexpected,
         "report": _recorded_report(settings.report),
+        "exclude_id_column": rec.exclude_id_column,
+        "exclude_uid_column": rec.exclude_uid_column,
     }
     limiter, password = _without_password(getattr(args, "limiter", None) or settings.limiter)
     dead_letter = getattr(args, "dead_letter", None)
@@ -290,6 +293,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "limiter": limiter,
         "limiter_password": password,
         "dead_letter": str(Path(dead_letter).resolve()) if dead_letter else None,
+        # added to the campaign file's own lists, which a retry reads from it
+        "exclude": [str(Path(p).resolve()) for p in getattr(args, "exclude", None) or []],
     }
 
 
@@ -508,7 +513,9 @@ async def _send_to_sandbox(
 
 def no_valid_rows(summary: Summary) -> bool:
     """Rows were read, none could be sent, and none was: the file, not the provider, is wrong."""
-    settled_elsewhere = summary.delivered + summary.failed + summary.unknown + summary.skipped
+    settled_elsewhere = (
+        summary.delivered + summary.failed + summary.unknown + summary.skipped + summary.suppressed
+    )
     return bool(summary.read and summary.invalid and not summary.requests and not settled_elsewhere)
 
 
@@ -654,7 +661,7 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
         print(_readable_request(orjson.loads(line)), file=out)
     if args.requests_out:
         print(f"all {result.batches:,} requests written to {args.requests_out}", file=out)
-    return ExitStatus.OK if result.valid else ExitStatus.USAGE  # as validate
+    return ExitStatus.OK if result.valid or result.suppressed else ExitStatus.USAGE  # as validate
 
 
 def _readable_request(request: dict[str, Any], keep: int = 3) -> str:
@@ -740,6 +747,8 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     for key in ("base_url", "report"):
         if getattr(args, key):
             flags[key] = getattr(args, key)
+    args.exclude = meta.get("exclude") or None  # (recorded again by this run)
+    flags["exclude"] = args.exclude
     settings = load_settings(Path(campaign), env=ctx.env, overrides=flags)
     args.campaign = campaign
     args.sandbox = bool(meta.get("sandbox")) and not args.base_url
@@ -769,6 +778,8 @@ def _campaign_key(setting: str) -> tuple[str, str]:
         return "recipients", "path"
     if setting in ("format", "delimiter", "encoding"):
         return "recipients", setting
+    if setting in ("exclude_id_column", "exclude_uid_column"):
+        return "recipients", setting.removesuffix("_column")
     return "send", setting
 
 

@@ -1,9 +1,9 @@
 """``bulksend validate CAMPAIGN.toml``: check the campaign and read the whole recipient file.
 
-Prints rows, valid, invalid by reason, duplicates, batches, requests per endpoint and the time
-the send would take under the known limits (and, with send windows, when it would finish if
-started now, sending only within them). Sends nothing; needs no API key (it only says
-whether the key's variable is set).
+Prints rows, valid, invalid by reason, duplicates, suppressed (by list), batches, requests per
+endpoint and the time the send would take under the known limits (and, with send windows, when
+it would finish if started now, sending only within them). Sends nothing; needs no API key (it
+only says whether the key's variable is set).
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from typing import Any
 
 import orjson
 
-from bulksend.campaign import build_provider, group_policies, screened, source_spec
+from bulksend.campaign import (
+    build_provider,
+    exclusions,
+    group_policies,
+    screened,
+    source_spec,
+    suppressed,
+)
 from bulksend.commands.argtypes import fraction
 from bulksend.commands.common import (
     Context,
@@ -40,9 +47,9 @@ from bulksend.sources import open_source
 HELP = "check a campaign and its recipient file without sending"
 DESCRIPTION = (
     "Check the campaign and read the whole recipient file: rows, valid, invalid by reason, "
-    "duplicates, batches, requests per endpoint and the time the send would take under the "
-    "known limits (with [send] window: when it would finish, sending only within the windows). "
-    "Sends nothing; needs no API key."
+    "duplicates, rows each suppression list (--exclude) suppresses, batches, requests per "
+    "endpoint and the time the send would take under the known limits (with [send] window: "
+    "when it would finish, sending only within the windows). Sends nothing; needs no API key."
 )
 EPILOG = """\
 examples:
@@ -76,11 +83,15 @@ def walk(
     on_request: Callable[[Any, Any], None] | None = None,
 ) -> Plan:
     with (
+        exclusions(settings) as lists,
         open_source(source_spec(settings)) as rows,
         Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
     ):
-        chunks = screened(provider, rows.chunks())
-        return plan(chunks, provider, dedup, settings.batch_size, on_request=on_request)
+        chunks = screened(provider, suppressed(lists, rows.chunks()))
+        p = plan(chunks, provider, dedup, settings.batch_size, on_request=on_request)
+        if lists is not None:
+            p.lists = [(f.name, f.rows, f.keys) for f in lists.files]
+        return p
 
 
 def limits_for(settings: Settings, provider: Provider) -> dict[str, Limit]:
@@ -111,6 +122,12 @@ def print_plan(
     print(f"  rows         {p.rows:,}", file=out)
     print(f"  valid        {p.valid:,}", file=out)
     print(f"  duplicates   {p.duplicates:,}", file=out)
+    if p.lists:
+        keys = sum(keys for _, _, keys in p.lists)
+        count = f"{len(p.lists)} list{'' if len(p.lists) == 1 else 's'}, {keys:,} keys"
+        print(f"  suppressed   {p.suppressed:,} ({count})", file=out)
+        for name, _, _ in p.lists:
+            print(f"    {p.suppressed_by.get(name, 0):>10,}  {name}", file=out)
     print(f"  invalid      {sum(p.invalid.values()):,}", file=out)
     for reason, n in p.invalid.most_common(10):
         print(f"    {n:>10,}  {reason}", file=out)
@@ -170,6 +187,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     now = dt.datetime.now(dt.UTC)
     if not args.quiet:
         title = "valid campaign file" if p.valid else "no valid recipient: nothing would be sent"
+        if p.suppressed and not p.valid:
+            title = "every valid recipient is suppressed: nothing would be sent"
         print_plan(settings, provider, p, ctx, title=title, now=now)
         if key_note:
             print(f"  {printable(key_note)}", file=ctx.out)
@@ -180,7 +199,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             data["window"] = settings.windows.describe()
             data["estimated_finish"] = estimated_finish(settings, p, policies, now)
         write_private(args.json, orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    if not p.valid:
+    if not p.valid and not p.suppressed:  # (all suppressed: the lists did their job)
         return ExitStatus.USAGE
     invalid = sum(p.invalid.values())
     if invalid_rate(p) > args.max_invalid_rate:

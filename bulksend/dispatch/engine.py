@@ -52,7 +52,16 @@ from bulksend.errors import (
     ProviderError,
     UnavailableError,
 )
-from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
+from bulksend.models import (
+    DUPLICATE_REASON,
+    Batch,
+    Duplicate,
+    Outcome,
+    Recipient,
+    Rejected,
+    Status,
+    Suppressed,
+)
 from bulksend.net.fetch import NO_ANSWER, FirstRequest
 from bulksend.output.logs import get_logger
 from bulksend.output.report import POSSIBLY_TWICE, ReportWriter, Summary
@@ -369,6 +378,8 @@ class Engine:
             rec = Recipient(item.line, item.id, item.uid)
             if type(item) is Duplicate:  # deduplicated ahead (a shard: see bulksend.state.shard)
                 self._finish(None, [rec], Status.DUPLICATE, item.reason)
+            elif type(item) is Suppressed:  # a suppression list holds it (--exclude)
+                self._finish(None, [rec], Status.SUPPRESSED, item.reason)
             else:
                 self._finish(None, [rec], Status.INVALID, self._where(item))
         future = ahead.submit(recipients) if len(recipients) else None

@@ -13,6 +13,8 @@ Batch states::
         (a batch still ``in_flight`` when a run starts was in flight when the last run died:
          its outcome is unknown)
 
+Rows settled before batching (duplicates, rows a suppression list holds, rows the reader
+rejected) are not journaled: a resume reads the same file and lists and settles them again.
 ``split`` batches (422 bisection) keep per-part outcomes in ``parts``. A batch's ``doubt`` says
 why the provider may already have it (an earlier request got no answer); a batch delivered after
 that has a reason starting ``may have arrived twice``, and later runs count it again as a
@@ -99,6 +101,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "name",
         "[recipients].path",  # the file's contents are checked, wherever it lies
+        "[recipients].exclude",  # so are the suppression lists' (in the plan)
         "[api].paths",
         "[api].auth",
         *(f"[send].{key}" for key in SEND_KEYS - {"batch_size"}),
