@@ -700,11 +700,14 @@ class Bucket:
         throttled = kind is _THROTTLED
         basis = self._count_limit()
         changed = False if throttled else self._note_peak(remaining)
+        # a 429 that says quota remains was refused by another limit (a secondary or burst
+        # limit, a provider-wide storm): it says nothing of how long this quota's window is
+        other_limit = throttled and remaining > 0
         if throttled:
             remaining = 0  # a 429 says this window is spent, whatever else it claims
         quota, inferred = self._remaining_quota(info)
         estimator = self.estimator
-        if quota is not None and inferred and self.infer_window:
+        if quota is not None and inferred and self.infer_window and not other_limit:
             before = estimator.window
             count = quota[0] + 1 if throttled else quota[0] - remaining
             estimator.observe(
