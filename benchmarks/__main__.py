@@ -5,7 +5,16 @@ Each prints its figures with the machine; benchmarks/README.md keeps the latest 
 
 from __future__ import annotations
 
-from benchmarks import dispatch, ingest, keyset, limiter_cost, ratelimit, startup, throughput
+from benchmarks import (
+    dispatch,
+    ingest,
+    keyset,
+    limiter_cost,
+    ratelimit,
+    startup,
+    state_cost,
+    throughput,
+)
 
 
 def main() -> None:
@@ -15,6 +24,7 @@ def main() -> None:
         ("dispatch overhead", lambda: dispatch.main([])),
         ("dispatch vs raw aiohttp", lambda: dispatch.main(["--sandbox"])),
         ("limiter cost", lambda: limiter_cost.main([])),
+        ("journal cost: none, SQLite, Redis", lambda: state_cost.main([])),
         ("rate limits, 1 s windows", lambda: ratelimit.main(["--seconds", "20"])),
         ("rate-limit profiles", lambda: ratelimit.main(["--seconds", "20", "--profiles", "all"])),
         ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),

@@ -2,6 +2,7 @@
 
     python -m benchmarks.ingest --rows 1000000
     python -m benchmarks.ingest --rows 10000000 --repeat 1
+    python -m benchmarks.ingest --rows 10000000 --repeat 1 --exclude-keys 10000000
 
 Writes a synthetic recipient file into a temporary directory (removed afterwards), then, in
 this one run and on the same file:
@@ -14,11 +15,18 @@ this one run and on the same file:
 and prints rows/s of each (best of ``--repeat``), their ratio (issue 6 asks for >= 0.50), and
 the peak RSS of a separate process that runs the ingest once after importing what a send
 imports (so the figure is that of a whole send process minus its network buffers).
+
+``--exclude-keys K`` adds a suppression list (issue 18) of K uids, as ``--exclude`` reads it:
+the uids of every other identity (0, 2, 4, ...), so it suppresses about half the recipients
+when K is at least half of ``--rows`` and lists K - rows/2 uids no recipient has. The ingest
+then reads the list and looks every row up in it before deduplicating, as a send does; the
+list's time is counted in the ingest, and the peak RSS covers both.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -33,6 +41,7 @@ from pathlib import Path
 from benchmarks.common import median
 from bulksend.dedup.ahead import DedupAhead
 from bulksend.dedup.deduper import Deduper
+from bulksend.dedup.suppress import ListSpec, SuppressionList
 from bulksend.providers.maxtraffic import NotificationBatcher
 from bulksend.sources import SourceSpec, open_source, write_synthetic_csv
 
@@ -47,19 +56,24 @@ def bare(path: Path) -> int:
     return count
 
 
-def ingest(path: Path, *, keep_attrs: bool, estimate: bool = True) -> dict[str, int]:
-    """The library's part of a send: read, validate, dedup, batch. Returns counters.
+def ingest(
+    path: Path, *, keep_attrs: bool, estimate: bool = True, exclude: Path | None = None
+) -> dict[str, int]:
+    """The library's part of a send: read, validate, (suppress,) dedup, batch. Returns counters.
 
     ``estimate=False`` sizes the deduplicator from nothing (as for gzip or stdin), so its
-    table grows on the way.
+    table grows on the way. ``exclude``: a suppression list, read first as a send reads it.
     """
-    batches = kept_total = 0
+    batches = kept_total = suppressed = 0
     spec = SourceSpec(path=str(path), keep_attrs=keep_attrs)
-    with open_source(spec) as rows:
+    lists = SuppressionList.load(ListSpec((str(exclude),))) if exclude else None
+    with lists or contextlib.nullcontext(), open_source(spec) as rows:
         expected = rows.estimated_rows if estimate else 0
+        chunks = lists.screen(rows.chunks()) if lists else rows.chunks()
         with Deduper(("id", "uid"), expected=expected) as dedup, DedupAhead(dedup) as ahead:
             batcher = NotificationBatcher(BATCH)
-            for _chunk, (kept, _duplicates) in ahead.chunks(rows.chunks()):
+            for chunk, (kept, _duplicates) in ahead.chunks(chunks):
+                suppressed += len(chunk.rejected)
                 kept_total += len(kept)
                 batches += len(batcher.add_many(kept))
             batches += len(list(batcher.flush()))
@@ -68,9 +82,23 @@ def ingest(path: Path, *, keep_attrs: bool, estimate: bool = True) -> dict[str, 
                 "kept": kept_total,
                 "duplicates": dedup.duplicates,
                 "partial": dedup.partial,
+                "suppressed": suppressed,
                 "batches": batches,
                 "table_mb": dedup.memory_bytes // 1_000_000,
+                "list_keys": lists.keys if lists else 0,
+                "list_mb": lists.memory_bytes // 1_000_000 if lists else 0,
             }
+
+
+def write_exclusions(path: Path, keys: int) -> Path:
+    """A suppression list of ``keys`` uids: those of identities 0, 2, 4, ... (see the module
+    docstring); the uids are written as ``write_synthetic_csv`` writes them."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write("uid\n")
+        step = 65536
+        for start in range(0, keys, step):
+            out.writelines(f"u{2 * j:011d}\n" for j in range(start, min(keys, start + step)))
+    return path
 
 
 def timed(function: Callable[[], object]) -> tuple[float, object]:
@@ -79,7 +107,7 @@ def timed(function: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def child(path: Path, keep_attrs: bool, estimate: bool) -> None:
+def child(path: Path, keep_attrs: bool, estimate: bool, exclude: Path | None = None) -> None:
     """Run once in this process after the imports of a send; print counters and peak RSS."""
     for module in ("aiohttp", "orjson", "structlog", "bulksend.dispatch.engine", "bulksend.cli"):
         try:
@@ -87,7 +115,7 @@ def child(path: Path, keep_attrs: bool, estimate: bool) -> None:
         except Exception:  # best effort: the figure then lacks that module
             continue
     start = time.perf_counter()
-    result = ingest(path, keep_attrs=keep_attrs, estimate=estimate)
+    result = ingest(path, keep_attrs=keep_attrs, estimate=estimate, exclude=exclude)
     elapsed = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({**result, "seconds": elapsed, "peak_rss_mb": peak_kb / 1024}))
@@ -105,10 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not size the dedup tables from the file size (as with gzip or stdin)",
     )
+    parser.add_argument(
+        "--exclude-keys",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also read a suppression list of K uids and look every row up in it (issue 18)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-exclude", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.keep_attrs, not args.no_estimate)
+        child(args.child, args.keep_attrs, not args.no_estimate, args.child_exclude)
         return 0
     extra = [c for c in args.extra_columns.split(",") if c]
     with tempfile.TemporaryDirectory(prefix="bulksend-ingest-") as tmp:
@@ -123,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{size_mb:,.0f} MB, duplicate rate {args.duplicate_rate:.0%} "
             f"(written in {time.perf_counter() - start:.1f} s)"
         )
+        exclude = None
+        if args.exclude_keys:
+            start = time.perf_counter()
+            exclude = write_exclusions(Path(tmp) / "unsubscribed.csv", args.exclude_keys)
+            print(
+                f"suppression list: {args.exclude_keys:,} uids, "
+                f"{exclude.stat().st_size / 1e6:,.0f} MB "
+                f"(written in {time.perf_counter() - start:.1f} s)"
+            )
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         estimate = not args.no_estimate
         # rounds alternate bare and ingest, and the ratio is taken within each round: this
@@ -132,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             t_bare, _ = timed(lambda: bare(path))
             t_ingest, result = timed(
-                lambda: ingest(path, keep_attrs=args.keep_attrs, estimate=estimate)
+                lambda: ingest(path, keep_attrs=args.keep_attrs, estimate=estimate, exclude=exclude)
             )
             rounds.append((t_bare, t_ingest))
         rows = args.rows
@@ -152,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             command.append("--keep-attrs")
         if args.no_estimate:
             command.append("--no-estimate")
+        if exclude is not None:
+            command += ["--child-exclude", str(exclude)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         measured = json.loads(out.strip().splitlines()[-1])
         children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -160,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(getrusage children: {children_kb / 1024:.0f} MB; "
             f"dedup table {measured['table_mb']} MB; run took {measured['seconds']:.1f} s)"
         )
+        if exclude is not None:
+            print(
+                f"suppression list: {measured['list_keys']:,} keys, {measured['list_mb']} MB "
+                f"held (key set table and line index); {measured['suppressed']:,} rows "
+                "suppressed"
+            )
     return 0
 
 

@@ -2,8 +2,9 @@
 
     result = await send_campaign(settings, secrets, journal=JournalOptions(path))
 
-It builds the provider, the scheduler, the transport, the source, the deduper and the journal,
-runs the engine and returns a ``SendResult``: the ``Summary`` and what stopped the send early.
+It builds the provider, the scheduler, the transport, the source, the suppression lists, the
+deduper and the journal, runs the engine and returns a ``SendResult``: the ``Summary`` and what
+stopped the send early.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -20,19 +21,29 @@ from typing import IO, Any, TextIO
 import orjson
 
 from bulksend.config import Settings
+from bulksend.control.pause import JournalSwitch, MemorySwitch, PauseControl, PauseSetup
 from bulksend.dedup.deduper import Deduper
+from bulksend.dedup.suppress import ListSpec, SuppressionList
 from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
 from bulksend.models import Outcome, Status
 from bulksend.net.transport import Transport
 from bulksend.output.logs import redactor
+from bulksend.output.private import open_private
 from bulksend.output.report import ReportWriter, Summary
 from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
 from bulksend.providers.maxtraffic_audience import AudienceCheck
 from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
-from bulksend.state.journal import Identity, Journal, campaign_keys, file_fingerprint, masked_url
+from bulksend.state.journal import (
+    BatchJournal,
+    Identity,
+    Journal,
+    campaign_keys,
+    file_fingerprint,
+    masked_url,
+)
 from bulksend.state.shard import ALREADY_DEDUPLICATED, Shard
 
 
@@ -48,6 +59,12 @@ class JournalOptions:
     #: called once the send is ready to start, just before the journal is opened (``send
     #: --fresh`` moves the journals of another shard layout aside then)
     before_open: Callable[[], None] | None = None
+    #: keep the journal in this Redis (``--state redis://...``) instead of at ``path``, which
+    #: then only names the files beside it (the dead letters)
+    state: str | None = None
+    #: the API key's fingerprint that names the state in Redis (default: of the secrets; a
+    #: sandbox send, whose key is new each time, gives a fixed one)
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,8 @@ class SendResult:
     stopped: BaseException | None
     journal: Path | None = None
     dead_letter: Path | None = None
+    #: where the journal is when it is not a file (``state redis://host:6379/0``), else None
+    state: str | None = None
 
 
 def default_journal_path(settings: Settings, shard: Shard | None = None) -> Path:
@@ -105,6 +124,54 @@ def source_spec(settings: Settings) -> SourceSpec:
     )
 
 
+def exclusion_spec(settings: Settings) -> ListSpec:
+    """How the campaign's suppression lists are read: its own id and uid columns unless
+    ``exclude_id``/``exclude_uid`` name others ("" for none), in its encoding."""
+    rec = settings.recipients
+    given = {"id": rec.exclude_id_column, "uid": rec.exclude_uid_column}
+    own = {"id": rec.id_column, "uid": rec.uid_column}
+    columns = {key: own[key] if name is None else name or None for key, name in given.items()}
+    return ListSpec(
+        paths=rec.exclude,
+        id_column=columns["id"],
+        uid_column=columns["uid"],
+        required=frozenset(key for key, name in given.items() if name),
+        encoding=rec.encoding,
+    )
+
+
+def open_exclusions(settings: Settings) -> SuppressionList | None:
+    """The campaign's suppression lists, read in full (InputError, one line, for a bad one),
+    or None when it has none."""
+    if not settings.recipients.exclude:
+        return None
+    return SuppressionList.load(exclusion_spec(settings))
+
+
+@contextlib.contextmanager
+def exclusions(settings: Settings) -> Iterator[SuppressionList | None]:
+    """The campaign's suppression lists, read in full (InputError, one line, for a bad one),
+    or None when it has none; closed on exit."""
+    lists = open_exclusions(settings)
+    with lists or contextlib.nullcontext():
+        yield lists
+
+
+def suppressed(lists: SuppressionList | None, chunks: Iterable[Chunk]) -> Iterable[Chunk]:
+    """Chunks with the rows the suppression lists hold moved to ``rejected``."""
+    return chunks if lists is None else lists.screen(chunks)
+
+
+def _exclusion_plan(settings: Settings, prints: Mapping[str, str]) -> dict[str, Any]:
+    """What of the suppression lists shapes the batches: their contents (``prints``: each
+    list's ``file_fingerprint``) and columns; nothing when there are none, so that the plans
+    of sends without any stay what older journals hold."""
+    if not prints:
+        return {}
+    spec = exclusion_spec(settings)
+    return {"exclude": [sorted(prints.values()), spec.id_column, spec.uid_column]}
+
+
 def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     """The campaign's identity for the journal; a changed file or plan refuses a resume."""
     if settings.recipients.path == "-":
@@ -112,6 +179,7 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     try:
         text = settings.campaign_file.read_bytes()
         recipients = file_fingerprint(Path(settings.recipients.path))
+        prints = {p: file_fingerprint(Path(p)) for p in settings.recipients.exclude}
     except OSError as exc:
         raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
     campaign = hashlib.sha256(text).hexdigest()
@@ -132,12 +200,13 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
         ],
         "batch_size": settings.batch_size,
         "shard": str(shard) if shard else None,
+        **_exclusion_plan(settings, prints),
     }
     digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
     details = {
         "campaign_keys": keys.decode(),
         "recipients_path": str(Path(settings.recipients.path).resolve()),
-        "settings": orjson.dumps(named_plan(settings, shard)).decode(),
+        "settings": orjson.dumps(named_plan(settings, shard, prints)).decode(),
         "how": orjson.dumps(how_settings(settings), default=str).decode(),
     }
     return Identity(campaign=campaign, recipients=recipients, plan=digest, details=details)
@@ -161,10 +230,12 @@ def how_settings(settings: Settings) -> dict[str, Any]:
         "max_attempts": settings.max_attempts,
         "max_unexpected": settings.max_unexpected,
         "limiter": masked_url(settings.limiter) if settings.limiter else None,
+        "window": settings.windows.describe() if settings.windows else None,
     }
     return {
         "name": settings.name,
         "[recipients].path": str(Path(settings.recipients.path).resolve()),
+        **_exclusion_paths(settings),
         **{f"[send].{key}": value for key, value in send.items()},
         "[api].paths": settings.options.get("paths"),
         "[api].auth": settings.options.get("auth"),
@@ -172,8 +243,17 @@ def how_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def named_plan(settings: Settings, shard: Shard | None = None) -> dict[str, Any]:
-    """The settings that shape the batches, by the names an error message gives them."""
+def _exclusion_paths(settings: Settings) -> dict[str, Any]:
+    """Where the suppression lists lie (their contents are in the plan), when there are any."""
+    paths = [str(Path(p).resolve()) for p in settings.recipients.exclude]
+    return {"[recipients].exclude": paths} if paths else {}
+
+
+def named_plan(
+    settings: Settings, shard: Shard | None = None, prints: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The settings that shape the batches, by the names an error message gives them
+    (``prints``: the suppression lists' ``file_fingerprint``, by path)."""
     rec = settings.recipients
     api = {
         f"[api] {k}": v
@@ -193,7 +273,18 @@ def named_plan(settings: Settings, shard: Shard | None = None) -> dict[str, Any]
         "uid column": rec.uid_column,
         "batch size": settings.batch_size,
         "shard": str(shard) if shard else None,
+        **_named_exclusions(settings, prints or {}),
     }
+
+
+def _named_exclusions(settings: Settings, prints: Mapping[str, str]) -> dict[str, Any]:
+    """The suppression lists by name and contents, and their columns (when there are any)."""
+    if not prints:
+        return {}
+    spec = exclusion_spec(settings)
+    lists = sorted(f"{Path(p).name} ({print_[:19]})" for p, print_ in prints.items())
+    columns = f"columns: id {spec.id_column}, uid {spec.uid_column}"
+    return {"suppression lists": [*lists, columns]}
 
 
 class DeadLetter:
@@ -229,8 +320,7 @@ class DeadLetter:
         if not rows:
             return
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("wb")
+            self._file = open_private(self.path, "wb")
         for o in rows:
             r = o.recipient
             row: dict[str, Any] = dict(r.attrs)
@@ -255,13 +345,16 @@ async def send_campaign(
     wrap_transport: Callable[[Transport], Any] | None = None,
     audience_check: bool = False,
     stdout: TextIO | None = None,
+    pause: PauseSetup | None = None,
 ) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing).
 
     ``shard`` sends only this worker's slice of the file; ``scheduler`` replaces the
     in-process one (e.g. a scheduler whose buckets live in Redis, shared by several workers);
     ``wrap_transport`` wraps the transport (``bulksend bench`` times every request with it);
-    ``stdout`` takes a report whose path is ``-`` (default: ``sys.stdout``).
+    ``stdout`` takes a report whose path is ``-`` (default: ``sys.stdout``); ``pause`` adds
+    switches, a clock and a listener to the send's ``PauseControl`` (``engine.pause``: its own
+    switch is the journal, else memory; ``settings.windows`` close it too).
     """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
@@ -281,27 +374,30 @@ async def send_campaign(
     )
     spec = source_spec(settings)
     book = None
-    if journal is not None:
-        if journal.before_open is not None:
-            journal.before_open()
-        book = Journal.open(
-            journal.path,
-            identity(settings, shard),
-            resume=journal.resume,
-            fresh=journal.fresh,
-            meta=journal.meta,
-        )
-        note = book.opening_note()
-        if note and journal.announce is not None:
-            journal.announce(note)
+    lists = open_exclusions(settings)  # read in full first: a bad list stops the send here
+    try:
+        if journal is not None:
+            if journal.before_open is not None:
+                journal.before_open()
+            book = await open_journal(journal, settings, shard, provider.name, secrets)
+            note = book.opening_note()
+            if note and journal.announce is not None:
+                journal.announce(note)
+    except BaseException:
+        if lists is not None:
+            lists.close()
+        raise
     if dead_letter is None and journal is not None:
         dead_letter = journal.path.with_suffix(".dead-letter.jsonl")
     columns = (settings.recipients.id_column, settings.recipients.uid_column)
     letters = DeadLetter(dead_letter, *columns) if dead_letter else None
     sharding = shard if shard is not None and shard.count > 1 else None
+    own = JournalSwitch(journal.path) if journal is not None else MemorySwitch()
+    control = PauseControl.for_send(own, settings.windows, pause)
     outcome = "finished"
     try:
         with (
+            lists or contextlib.nullcontext(),
             open_source(spec) as rows,
             ReportWriter(settings.report, stdout) as report,
             Deduper(keys=provider.dedup_keys, expected=rows.estimated_rows) as dedup,
@@ -321,11 +417,12 @@ async def send_campaign(
                     on_outcomes=letters,
                     hook_statuses=DeadLetter.RESEND,
                     source_name=spec.path,
+                    pause=control,
                 )
                 if on_start is not None:
                     on_start(engine)
                 with letters or contextlib.nullcontext(), contextlib.ExitStack() as stack:
-                    chunks = screened(provider, rows.chunks())
+                    chunks = screened(provider, suppressed(lists, rows.chunks()))
                     if sharding:  # closed before the deduper, even on a crash
                         chunks = stack.enter_context(
                             contextlib.closing(sharding.select(chunks, dedup))
@@ -349,11 +446,46 @@ async def send_campaign(
         raise
     finally:
         summary.limits = scheduler.beliefs()
+        await control.aclose()
         if book is not None:
-            book.close(outcome)
+            await book.aclose(outcome)
     return SendResult(
         summary,
         engine.stopped_by,
-        journal.path if journal else None,
+        book.path if book else None,
         dead_letter if letters and letters.count else None,
+        book.where if book and book.path is None else None,
+    )
+
+
+async def open_journal(
+    options: JournalOptions,
+    settings: Settings,
+    shard: Shard | None,
+    provider: str,
+    secrets: Mapping[str, str],
+) -> BatchJournal:
+    """The send's journal: SQLite at ``options.path``, or in Redis with ``options.state``."""
+    ident = identity(settings, shard)
+    if options.state is None:
+        return Journal.open(
+            options.path, ident, resume=options.resume, fresh=options.fresh, meta=options.meta
+        )
+    try:
+        from bulksend.state.redis_journal import RedisJournal
+    except ImportError:
+        raise ConfigError("--state needs the Redis client: pip install 'bulksend[redis]'") from None
+    from bulksend.distributed.keys import key_fingerprint
+
+    return await RedisJournal.open(
+        options.state,
+        ident,
+        provider=provider,
+        fingerprint=options.fingerprint or key_fingerprint(secrets),
+        name=settings.name,
+        resume=options.resume,
+        fresh=options.fresh,
+        meta=options.meta,
+        ttl=settings.state_ttl,
+        say=options.announce,
     )

@@ -27,6 +27,7 @@ from bulksend.errors import (
     UnavailableError,
 )
 from bulksend.output import logs
+from bulksend.output.printable import for_people
 from bulksend.output.streams import SafeStream
 
 __all__ = ["ExitStatus", "build_parser", "main", "run"]
@@ -62,6 +63,15 @@ COMMANDS: Mapping[str, Command] = {
         "RETRY_HELP",
         "RETRY_DESCRIPTION",
         "RETRY_EPILOG",
+    ),
+    "pause": _command("bulksend.commands.pause"),
+    "resume": (
+        "bulksend.commands.pause",
+        "add_arguments",
+        "run_resume",
+        "RESUME_HELP",
+        "RESUME_DESCRIPTION",
+        "RESUME_EPILOG",
     ),
     "sandbox": _command("bulksend.commands.sandbox"),
     "leads": _command("bulksend.commands.leads"),
@@ -130,6 +140,8 @@ _SHORT_HELP = {
     "send": "send a campaign",
     "validate": "check a campaign and its recipient file without sending",
     "retry": "send again what a journaled send did not deliver",
+    "pause": "pause a running send (no new batch starts; it goes on with `bulksend resume`)",
+    "resume": "let a paused send go on",
     "sandbox": "run a local server that behaves like a provider",
     "leads": "export MaxTraffic leads to CSV or JSON Lines",
     "traitly-webhooks": "receive Traitly prediction webhooks into a recipient file",
@@ -155,8 +167,8 @@ def _log_level(args: argparse.Namespace, err: TextIO) -> int:
         return logging.DEBUG
     if verbose == 1:
         return logging.INFO
-    if getattr(args, "quiet", False):
-        return logging.WARNING
+    if getattr(args, "quiet", False) or not getattr(args, "info_logs", True):
+        return logging.WARNING  # -q, or a command whose table says what the info events would
     if err.isatty():
         from bulksend.output.progress import shows_progress
 
@@ -182,6 +194,8 @@ def run(
         from bulksend.output.progress import TerminalLine
 
         err = cast(TextIO, TerminalLine(err))
+    # everything on stderr is for people: what came from outside is escaped (output/printable)
+    err = for_people(err)
     ctx = Context(os.environ if env is None else env, cast(TextIO, out), err)
     try:
         return _run(argv, ctx, loop_factory)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shlex
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bulksend import providers
-from bulksend.errors import ConfigError, MissingSecretError
+from bulksend.control.windows import SendWindows, parse_windows, parse_zone
+from bulksend.errors import ConfigError, MissingSecretError, WindowError
 from bulksend.providers.base import Limit, SecretsFor
 
 _UNITS = {
@@ -31,10 +34,13 @@ _UNITS = {
     "h": 3600.0,
     "hour": 3600.0,
 }
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+_DURATION_UNITS = {**_UNITS, "": 1.0, "d": 86400.0, "day": 86400.0, "days": 86400.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
-#: the keys of ``[send]``: where to send and how (every one but ``limiter`` has a flag; every
-#: one but ``batch_size`` may change between the runs of one send)
+#: the keys of ``[send]``: where to send and how (every one but ``limiter``, ``window``,
+#: ``timezone``, ``state`` and ``state_ttl`` has a flag of its own; every one but ``batch_size``
+#: may change between the runs of one send)
 SEND_KEYS = frozenset(
     {
         "base_url",
@@ -48,11 +54,22 @@ SEND_KEYS = frozenset(
         "report",
         "limiter",
         "metrics_port",
+        "window",
+        "timezone",
+        "state",
+        "state_ttl",
     }
 )
+#: how long a finished campaign's state stays in Redis (``--state``) unless ``[send] state_ttl``
+#: says otherwise: 30 days
+DEFAULT_STATE_TTL = 30 * 86400.0
+#: the keys of ``[recipients]`` that name suppression lists and their columns
+EXCLUDE_KEYS = frozenset({"exclude", "exclude_id", "exclude_uid"})
 #: the top-level tables a campaign file may have, and the keys each may hold
 _TABLES: Mapping[str, frozenset[str]] = {
-    "recipients": frozenset({"path", "format", "delimiter", "encoding", "id", "uid"}),
+    "recipients": frozenset(
+        {"path", "format", "delimiter", "encoding", "id", "uid", *EXCLUDE_KEYS}
+    ),
     "auth": frozenset(),  # provider-specific *_env / *_file keys, checked against SECRETS
     "send": SEND_KEYS,
     "message": frozenset(),  # checked by the provider
@@ -74,6 +91,8 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "BULKSEND_RECIPIENTS": ("recipients", "path"),
     "BULKSEND_LIMITER": ("send", "limiter"),
     "BULKSEND_METRICS_PORT": ("send", "metrics_port"),
+    "BULKSEND_STATE": ("send", "state"),
+    "BULKSEND_STATE_TTL": ("send", "state_ttl"),
 }
 
 
@@ -93,6 +112,25 @@ def parse_rate(text: str, *, what: str = "rate") -> Limit:
     return Limit(int(requests), window)
 
 
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from a number of seconds or ``"30d"``, ``"12h"``, ``"90m"``, ``"3600s"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a duration such as '30d' or '12h', got {shown(value)}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value).lower())
+        if not m or m.group(2) not in _DURATION_UNITS:
+            raise ConfigError(
+                f"{where}: cannot read {str(value)!r}; write it as a number of seconds or with "
+                "a unit, e.g. '30d', '12h', '90m'"
+            )
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{where} must be positive, got {shown(value)}")
+    return seconds
+
+
 @dataclass(frozen=True, slots=True)
 class RecipientSettings:
     path: str
@@ -101,6 +139,11 @@ class RecipientSettings:
     encoding: str = "utf-8"
     id_column: str | None = "id"
     uid_column: str | None = "uid"
+    #: suppression lists (``--exclude``, ``[recipients] exclude``): paths as they are opened
+    exclude: tuple[str, ...] = ()
+    #: the lists' id and uid columns: None for the campaign's own, "" for none
+    exclude_id_column: str | None = None
+    exclude_uid_column: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +171,12 @@ class Settings:
     limiter: str | None = None
     #: serve Prometheus metrics on this port while sending (0: any free one); None: do not
     metrics_port: int | None = None
+    #: when the send may send (``[send] window`` in ``[send] timezone``); None: any time
+    windows: SendWindows | None = None
+    #: where the journal is kept: None for SQLite beside the campaign, or ``redis://...``
+    state: str | None = None
+    #: seconds a finished campaign's state stays in Redis
+    state_ttl: float = DEFAULT_STATE_TTL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -177,13 +226,27 @@ def _is_number(value: Any) -> bool:
     return type(value) in (int, float)
 
 
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    )
+
+
 _TEXT = Kind("text", _is_text)
 _PATH = Kind("a file path (text)", _is_text)
 _URL = Kind("a URL (text)", _is_text)
 _COLUMN = Kind("a column name (text)", _is_text)
+_PATHS = Kind(
+    "a list of file paths (text)",
+    lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+)
 _RATE_TEXT = Kind("a rate such as '300/min' (text)", _is_text)
 _WHOLE = Kind("a whole number", _is_whole)
 _SECONDS = Kind("a number of seconds", _is_number)
+_DURATION_KIND = Kind(
+    "a duration such as '30d', '12h' (text) or a number of seconds",
+    lambda value: _is_number(value) or _is_text(value),
+)
 
 #: the kind of every key of the campaign file bulksend itself reads ([message] and [api] are the
 #: provider's, which checks them; [auth] keys are ``AUTH_KINDS`` by suffix); None: the top level
@@ -197,6 +260,9 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
     ("recipients", "encoding"): Kind("an encoding name (text)", _is_text),
     ("recipients", "id"): _COLUMN,
     ("recipients", "uid"): _COLUMN,
+    ("recipients", "exclude"): _PATHS,
+    ("recipients", "exclude_id"): _COLUMN,
+    ("recipients", "exclude_uid"): _COLUMN,
     ("send", "base_url"): _URL,
     ("send", "batch_size"): _WHOLE,
     ("send", "rate"): _RATE_TEXT,
@@ -208,6 +274,12 @@ KINDS: Mapping[tuple[str | None, str], Kind] = {
     ("send", "report"): _PATH,
     ("send", "limiter"): _URL,
     ("send", "metrics_port"): Kind("a port number (a whole number)", _is_whole),
+    ("send", "window"): Kind(
+        "a window such as 'Mon-Fri 09:00-20:00' (text), or an array of them", _is_texts
+    ),
+    ("send", "timezone"): Kind("an IANA time zone name such as 'Europe/Berlin' (text)", _is_text),
+    ("send", "state"): _URL,
+    ("send", "state_ttl"): _DURATION_KIND,
 }
 AUTH_KINDS: Mapping[str, Kind] = {
     "_env": Kind("an environment variable name (text)", _is_text),
@@ -342,12 +414,18 @@ def _top(data: Mapping[str, Any], origin: str) -> None:
 
 #: [send]/[recipients] keys that flags set, and the flag's name when it is not --KEY
 _FLAGS: Mapping[str, tuple[str, str]] = {
-    **{key: ("send", key) for key in sorted(SEND_KEYS - {"limiter"})},
+    **{
+        key: ("send", key)
+        for key in sorted(SEND_KEYS - {"limiter", "window", "timezone", "state", "state_ttl"})
+    },
     "recipients": ("recipients", "path"),
     **{key: ("recipients", key) for key in ("format", "delimiter", "encoding")},
+    "exclude_id_column": ("recipients", "exclude_id"),
+    "exclude_uid_column": ("recipients", "exclude_uid"),
 }
-#: the keys of the flags that override the campaign file (``--batch-size`` -> ``batch_size``)
-FLAG_KEYS = tuple(_FLAGS)
+#: the keys of the flags that override the campaign file (``--batch-size`` -> ``batch_size``),
+#: and ``exclude`` (``--exclude``), whose lists are added to the file's
+FLAG_KEYS = (*_FLAGS, "exclude")
 
 
 class _Values:
@@ -399,7 +477,8 @@ def load_settings(
     """Read ``path``, apply ``BULKSEND_*`` from ``env``, then ``overrides`` (flags; None = unset).
 
     ``overrides`` keys: recipients, base_url, report, batch_size, rate, limit, in_flight, timeout,
-    max_attempts, max_unexpected, metrics_port, format, delimiter, encoding.
+    max_attempts, max_unexpected, metrics_port, format, delimiter, encoding, exclude_id_column,
+    exclude_uid_column, and exclude (a list of paths, added to ``[recipients] exclude``).
     """
     env = os.environ if env is None else env
     data = read_campaign(path)
@@ -409,7 +488,7 @@ def load_settings(
     tables = {name: _table(data, name, origin) for name in _TABLES}
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     values = _Values(tables, origin, env, flags)
-    recipients = _recipients(values, path)
+    recipients = _recipients(values, path, flags.get("exclude") or ())
     secret_sources = _secret_sources(module, tables, path.parent, origin)
     send = tables["send"]
     report = send.get("report")
@@ -446,10 +525,40 @@ def load_settings(
         report=Path(str(report)) if report else None,
         limiter=str(send["limiter"]) if send.get("limiter") else None,
         metrics_port=_port(send.get("metrics_port"), values.where("send", "metrics_port")),
+        windows=_windows(send, origin),
+        state=str(send["state"]) if send.get("state") else None,
+        state_ttl=parse_duration(
+            send.get("state_ttl", DEFAULT_STATE_TTL), values.where("send", "state_ttl")
+        ),
     )
 
 
-def _recipients(values: _Values, path: Path) -> RecipientSettings:
+def _windows(send: Mapping[str, Any], origin: str) -> SendWindows | None:
+    """``[send] window`` in ``[send] timezone`` (both, or neither)."""
+    window, zone = send.get("window"), send.get("timezone")
+    if window is None and zone is None:
+        return None
+    if window is None:
+        raise ConfigError(
+            f"{_where(origin, 'send', 'timezone')} is set without [send] window; add a window "
+            "such as 'Mon-Fri 09:00-20:00', or remove timezone"
+        )
+    if zone is None:
+        raise ConfigError(
+            f"{_where(origin, 'send', 'window')} needs [send] timezone, the zone its hours are "
+            "in: an IANA name such as 'Europe/Berlin' (or 'UTC')"
+        )
+    try:
+        tz = parse_zone(str(zone))
+    except WindowError as exc:
+        raise ConfigError(f"{_where(origin, 'send', 'timezone')}: {exc}") from None
+    try:
+        return parse_windows(window, tz)
+    except WindowError as exc:
+        raise ConfigError(f"{_where(origin, 'send', 'window')}: {exc}") from None
+
+
+def _recipients(values: _Values, path: Path, flagged: Any) -> RecipientSettings:
     rec = values.tables["recipients"]
     rec_path = rec.get("path")
     if not rec_path:
@@ -473,7 +582,33 @@ def _recipients(values: _Values, path: Path) -> RecipientSettings:
         encoding=str(rec.get("encoding", "utf-8")),
         id_column=rec.get("id", "id") or None,
         uid_column=rec.get("uid", "uid") or None,
+        exclude=_exclusions(values, path, flagged),
+        exclude_id_column=_text_or_none(rec.get("exclude_id")),
+        exclude_uid_column=_text_or_none(rec.get("exclude_uid")),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _exclusions(values: _Values, path: Path, flagged: Any) -> tuple[str, ...]:
+    """The suppression lists: ``[recipients] exclude`` (relative to the campaign file), then
+    ``--exclude`` (relative to the working directory), each once."""
+    listed = values.tables["recipients"].get("exclude", [])
+    listed = [listed] if isinstance(listed, str) else list(listed)
+    where = values.where("recipients", "exclude")
+    named = [(str(p), where, path.parent / str(p)) for p in listed]
+    named += [(str(p), "--exclude", Path(str(p))) for p in flagged]
+    out: dict[Path, str] = {}
+    for given, origin, resolved in named:
+        if not given or given == "-":
+            raise ConfigError(
+                f"{origin}: {shown(given)} is not a suppression list; give a file (stdin is "
+                "the recipients' alone)"
+            )
+        out.setdefault(resolved.absolute(), str(path.parent / given) if origin == where else given)
+    return tuple(out.values())
 
 
 def _secret_sources(
@@ -499,19 +634,48 @@ def _secret_sources(
     return secret_sources
 
 
+#: set to 1 to use a secret file that group or others can read or write (refused otherwise)
+ALLOW_OPEN_SECRETS = "BULKSEND_ALLOW_OPEN_SECRETS"
+
+
+def open_secret_problem(file: Path, mode: int, env: Mapping[str, str]) -> str | None:
+    """Why a secret file with permission bits ``mode`` is refused (as ssh refuses a private key
+    others can read), or None: group or others may read or write it, and
+    ``BULKSEND_ALLOW_OPEN_SECRETS=1`` is not set."""
+    if not mode & 0o077 or env.get(ALLOW_OPEN_SECRETS) == "1" or os.name != "posix":
+        return None
+    quoted = shlex.quote(str(file))
+    return (
+        f"secret file {file} is open to group or others (mode {mode & 0o777:04o}): "
+        f"run chmod 600 {quoted} (or set {ALLOW_OPEN_SECRETS}=1 to use it as it is)"
+    )
+
+
+def read_secret_file(name: str, file: Path, env: Mapping[str, str]) -> str:
+    """The secret in ``file``, stripped; MissingSecretError when it cannot be used."""
+    try:
+        with file.open("rb") as f:
+            problem = open_secret_problem(file, stat.S_IMODE(os.fstat(f.fileno()).st_mode), env)
+            if problem is not None:
+                raise MissingSecretError(f"{name}: {problem}")
+            value = f.read().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise MissingSecretError(f"{name}: cannot read secret file {file}") from None
+    if not value:
+        raise MissingSecretError(f"{name}: secret file {file} is empty")
+    return value
+
+
 def resolve_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The secret values, from the environment or the named files; MissingSecretError otherwise."""
+    """The secret values, from the environment or the named files; MissingSecretError otherwise.
+
+    A secret file that group or others can read is refused unless ``env`` has
+    ``BULKSEND_ALLOW_OPEN_SECRETS=1``."""
     env = os.environ if env is None else env
     out: dict[str, str] = {}
     for name, source in settings.secret_sources.items():
         if source.startswith("file:"):
-            file = Path(source[5:])
-            try:
-                value = file.read_text().strip()
-            except OSError:
-                raise MissingSecretError(f"{name}: cannot read secret file {file}") from None
-            if not value:
-                raise MissingSecretError(f"{name}: secret file {file} is empty")
+            value = read_secret_file(name, Path(source[5:]), env)
         else:
             value = env.get(source, "").strip()
             if not value:

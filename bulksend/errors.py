@@ -4,7 +4,8 @@
 
     BulksendError
     ├── ConfigError              bad campaign file, flag or environment (exit 2)
-    │   └── MissingSecretError   the API key variable is unset or empty (exit 2)
+    │   ├── MissingSecretError   the API key variable is unset or empty (exit 2)
+    │   └── WindowError          a send window or time zone that cannot be read
     ├── InputError               unreadable or unusable recipient file (exit 2)
     │   └── MissingColumn        a row lacks a column a message template names (that row invalid)
     ├── PayloadError             a webhook body of the wrong shape (answered 400, never raised on)
@@ -40,6 +41,10 @@ class ConfigError(BulksendError):
 
 class MissingSecretError(ConfigError):
     """The environment variable that should hold the API key is unset or empty."""
+
+
+class WindowError(ConfigError, ValueError):
+    """A ``[send] window`` or ``timezone`` that cannot be read (the caller adds file and key)."""
 
 
 class InputError(BulksendError):

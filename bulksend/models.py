@@ -16,6 +16,8 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     UNKNOWN = "unknown"
     SKIPPED = "skipped"
+    #: listed in a suppression list (``--exclude``): dropped before anything was sent
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,15 @@ DUPLICATE_REASON = "already in this campaign"
 class Duplicate(Rejected):
     """A row deduplicated before the engine saw it (a shard deduplicates the whole file, see
     ``bulksend.state.shard``): reported ``duplicate`` with its reason, not ``invalid``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed(Rejected):
+    """A row whose id or uid a suppression list holds (``bulksend.dedup.suppress``), dropped
+    before deduplication: reported ``suppressed`` with its reason (``uid listed in FILE:LINE``);
+    ``source`` is the list's name, for counts by list."""
+
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,9 @@ class Storm:
     end: float
     status: int = 429
     retry_after: float | None = None  # seconds, sent as delay-seconds
+    #: the answers carry the window's rate headers (quota remaining): another limit refused,
+    #: as GitHub's secondary limits or a provider-wide storm do
+    headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,8 @@ class FixedWindowServer:
         for storm in self.storms:
             if storm.start <= t < storm.end:
                 hdrs = {}
+                if storm.headers:
+                    hdrs = self._rate_headers(max(0, self.limit - self.counts[k]), t, end)
                 if storm.retry_after is not None:
                     hdrs["Retry-After"] = str(math.ceil(storm.retry_after))
                 self.arrivals.append(Arrival(t, storm.status, k))

@@ -45,3 +45,19 @@ def test_ratelimit_profiles_run_without_a_stated_limit() -> None:
     lines = re.findall(r"^ +(\S+): utilisation (\d\.\d+) +refusals (\d+)", out, re.MULTILINE)
     assert [name for name, _, _ in lines] == ["ietf", "bare429"], out
     assert all(float(u) > 0 for _, u, _ in lines), out
+
+
+def test_state_cost_benchmark_runs_none_sqlite_and_redis() -> None:
+    from bulksend.distributed.testing import RedisServer
+
+    if not RedisServer.available():
+        import pytest
+
+        pytest.skip("REDIS UNAVAILABLE: the journal-cost benchmark did NOT run")
+    out = run_benchmark(
+        "state_cost", "--recipients", "2000", "--batch-size", "100", "--repeat", "1"
+    )
+    assert "batch_size=100 requests=20" in out
+    ratios = re.findall(r"SQLite (\d+\.\d\d), Redis (\d+\.\d\d); Redis / SQLite (\d+\.\d\d)", out)
+    assert len(ratios) == 1, out
+    assert all(float(r) > 0 for r in ratios[0]), out

@@ -216,10 +216,10 @@ def test_every_flag_and_argument_of_every_command_says_what_it_is_for() -> None:
         (["retry", "j", "--max-failure-rate", "x"], "--max-failure-rate", "between 0 and 1"),
         (["report", "merge", "a.json", "--max-failure-rate", "-1"], "--max-failure-rate", "0 and"),
         (["bench", "--fail-rate", "2"], "--fail-rate", "between 0 and 1"),
-        (["bench", "--window", "0"], "--window", "a number > 0"),
+        (["bench", "--seconds", "0"], "--seconds", "a number > 0"),
         (["bench", "--latency-ms", "-3"], "--latency-ms", "a number >= 0"),
         (["bench", "--recipients", "0"], "--recipients", "a whole number >= 1"),
-        (["bench", "--limit", "1.5"], "--limit", "a whole number >= 0"),
+        (["bench", "--limit", "1.5"], "--limit", "N/UNIT such as '50/s'"),
         (["sandbox", "maxtraffic", "--fail-rate", "nan"], "--fail-rate", "between 0 and 1"),
     ],
 )

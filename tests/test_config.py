@@ -103,11 +103,32 @@ def test_secrets_from_env_or_file(tmp_path: Path) -> None:
         resolve_secrets(s, {})
     assert resolve_secrets(s, {"MAXTRAFFIC_API_KEY": " k1 "}) == {"api_key": "k1"}
     (tmp_path / "key.txt").write_text("k2\n")
+    (tmp_path / "key.txt").chmod(0o600)
     s = load_settings(write(tmp_path, CAMPAIGN + "[auth]\napi_key_file = 'key.txt'\n"), env={})
     assert resolve_secrets(s, {}) == {"api_key": "k2"}
     s = load_settings(write(tmp_path, CAMPAIGN + "[auth]\napi_key_env = 'MY_KEY'\n"), env={})
     with pytest.raises(MissingSecretError, match="MY_KEY"):
         resolve_secrets(s, {"MAXTRAFFIC_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660])
+def test_a_secret_file_others_can_open_is_refused_as_ssh_does(tmp_path: Path, mode: int) -> None:
+    key = tmp_path / "my key.txt"
+    key.write_text("k2\n")
+    key.chmod(mode)
+    s = load_settings(write(tmp_path, CAMPAIGN + "[auth]\napi_key_file = 'my key.txt'\n"), env={})
+    with pytest.raises(MissingSecretError) as exc:
+        resolve_secrets(s, {})
+    assert str(exc.value) == (
+        f"api_key: secret file {key} is open to group or others (mode {mode:04o}): "
+        f"run chmod 600 '{key}' (or set BULKSEND_ALLOW_OPEN_SECRETS=1 to use it as it is)"
+    )
+    assert "k2" not in str(exc.value)
+    assert resolve_secrets(s, {"BULKSEND_ALLOW_OPEN_SECRETS": "1"}) == {"api_key": "k2"}
+    with pytest.raises(MissingSecretError):
+        resolve_secrets(s, {"BULKSEND_ALLOW_OPEN_SECRETS": "yes"})  # only 1 says so
+    key.chmod(0o400)
+    assert resolve_secrets(s, {}) == {"api_key": "k2"}
 
 
 def test_secrets_can_depend_on_the_api_table(tmp_path: Path) -> None:
@@ -124,3 +145,19 @@ auth = "bearer"
     assert resolve_secrets(s, {"NOTIFYVISITORS_TOKEN": "t"}) == {"token": "t"}
     s = load_settings(write(tmp_path, text.replace('"bearer"', '"key"')), env={})
     assert set(s.secret_sources) == {"api_key", "brand_id"}
+
+
+def test_send_refuses_an_open_secret_file_in_one_line(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "r.csv").write_text("vid\n1\n")
+    key = tmp_path / "key.txt"
+    key.write_text("k-123456789\n")
+    key.chmod(0o644)
+    campaign = write(tmp_path, CAMPAIGN + "[auth]\napi_key_file = 'key.txt'\n")
+    sent = run_cli("send", str(campaign), "--base-url", "http://127.0.0.1:9", "--no-journal")
+    assert sent.status == 2
+    assert sent.stderr == (
+        f"bulksend: error: api_key: secret file {key} is open to group or others (mode 0644): "
+        f"run chmod 600 {key} (or set BULKSEND_ALLOW_OPEN_SECRETS=1 to use it as it is)\n"
+    )

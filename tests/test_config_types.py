@@ -25,6 +25,7 @@ VALUES = {
     "date": ("1979-05-27", "a date"),
 }
 TEXT, WHOLE, SECONDS = {"string"}, {"integer"}, {"integer", "float"}
+DURATION = {"integer", "float", "string"}
 
 #: (table or None for the top level, key) -> the value types it accepts
 KEYS: dict[tuple[str | None, str], set[str]] = {
@@ -32,12 +33,17 @@ KEYS: dict[tuple[str | None, str], set[str]] = {
     (None, "operation"): TEXT,
     (None, "name"): TEXT,
     **{("recipients", k): TEXT for k in ("path", "format", "delimiter", "encoding", "id", "uid")},
-    **{("send", k): TEXT for k in ("base_url", "rate", "limit", "report", "limiter")},
+    **{("recipients", k): TEXT for k in ("exclude_id", "exclude_uid")},
+    ("recipients", "exclude"): TEXT,  # or an array of text ([1, 2] is refused)
+    **{("send", k): TEXT for k in ("base_url", "rate", "limit", "report", "limiter", "state")},
+    ("send", "window"): TEXT,  # or an array of texts (tests/test_windows.py)
+    ("send", "timezone"): TEXT,
     **{
         ("send", k): WHOLE
         for k in ("batch_size", "in_flight", "max_attempts", "max_unexpected", "metrics_port")
     },
     ("send", "timeout"): SECONDS,
+    ("send", "state_ttl"): DURATION,
     ("auth", "api_key_env"): TEXT,
     ("auth", "api_key_file"): TEXT,
 }

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import pytest
 
+from bulksend.dispatch import engine
 from bulksend.dispatch.decide import Action, Do, Stop, decide
 from bulksend.models import Status
 from bulksend.providers.base import Verdict
@@ -161,3 +162,12 @@ def test_actions_are_frozen_values() -> None:
     assert action == Action(Do.DELIVER, Status.DELIVERED)
     with pytest.raises(FrozenInstanceError):
         action.twice = True  # type: ignore[misc]
+
+
+def test_the_engine_looks_up_what_decide_says_of_a_delivered_answer() -> None:
+    """The engine does not call ``decide`` for a delivered answer: it looks the action up by
+    ``unknown_sent`` (computed from ``decide`` at import), and settles the plain one itself."""
+    for case in CASES:
+        if case.verdict is Verdict.DELIVERED:
+            assert engine._ON_DELIVERED[case.unknown_sent] == _decide(case), case
+    assert Action(Do.DELIVER, Status.DELIVERED) == engine._DELIVER

@@ -43,8 +43,9 @@ EXPECTED: list[tuple[str, int]] = [
 ]
 #: long-running servers: started, checked to answer, then stopped with SIGTERM
 SERVERS = ("bulksend sandbox ", "bulksend traitly-webhooks ")
-#: bench runs are cut to this many recipients (the examples measure minutes-long sends)
+#: bench runs are cut to this many recipients or seconds (the examples measure longer sends)
 BENCH_RECIPIENTS = 2_000
+BENCH_SECONDS = 1.0
 KEYS = {  # provider -> (variables, the value the sandbox flag accepts)
     "maxtraffic": {"MAXTRAFFIC_API_KEY": "--api-key"},
     "traitly": {"TRAITLY_TOKEN": "--token"},
@@ -202,11 +203,24 @@ def adapt(command: str, ws: Workspace) -> str | None:
             return None
         command = re.sub(r"redis://[^\s]+", ws.redis_url, command)
     if command.startswith("bulksend bench"):
-        command = re.sub(
-            r"--recipients (\d+)",
-            lambda g: f"--recipients {min(int(g.group(1)), BENCH_RECIPIENTS)}",
-            command,
-        )
+        command = _shorter_bench(command)
+    return command
+
+
+def _shorter_bench(command: str) -> str:
+    """A bench as documented, cut to ``BENCH_RECIPIENTS`` recipients or ``BENCH_SECONDS``."""
+    command = re.sub(
+        r"--recipients (\d+)",
+        lambda g: f"--recipients {min(int(g.group(1)), BENCH_RECIPIENTS)}",
+        command,
+    )
+    command = re.sub(
+        r"--seconds ([\d.]+)",
+        lambda g: f"--seconds {min(float(g.group(1)), BENCH_SECONDS):g}",
+        command,
+    )
+    if not re.search(r"--(recipients|seconds|file|campaign) ", command):  # 5 s by default
+        command = command.replace("bulksend bench", f"bulksend bench --seconds {BENCH_SECONDS:g}")
     return command
 
 

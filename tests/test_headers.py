@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from email.utils import formatdate
 
 import pytest
@@ -12,6 +13,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from bulksend.ratelimit.headers import (
     MAX_DELAY,
     Policy,
+    RateLimitInfo,
+    counts,
     parse_all,
     parse_headers,
     parse_reset,
@@ -211,9 +214,9 @@ def test_the_plain_shortcut_reads_exactly_what_the_full_parser_reads(
     for headers in (proxy, plain):
         full = parse_all(headers, wall_now=WALL, window=60.0)
         assert parse_headers(headers, wall_now=WALL, window=60.0) == full
-        counts = plain_counts(headers)
-        if counts is not None:
-            assert counts == (full.limit, full.remaining)
+        found = plain_counts(headers)
+        if found is not None:
+            assert found == (full.limit, full.remaining)
             assert (full.window, full.reset, full.retry_after) == (None, None, None)
             assert all(p.window is None for p in full.policies)
 
@@ -333,3 +336,16 @@ def test_throttle_evidence(headers: dict[str, str], evidence: str) -> None:
 )
 def test_no_throttle_evidence(headers: dict[str, str] | None) -> None:
     assert throttle_evidence(headers, wall_now=WALL) is None
+
+
+@pytest.mark.parametrize(("limit", "remaining"), [(600, 599), (None, 0), (5, None), (None, None)])
+def test_counts_is_the_info_the_constructor_makes(limit: int | None, remaining: int | None) -> None:
+    made = RateLimitInfo(limit=limit, remaining=remaining)
+    info = counts(limit, remaining)
+    assert info == made
+    assert hash(info) == hash(made)
+    assert repr(info) == repr(made)
+    assert info.has_rate_headers is made.has_rate_headers
+    assert counts(1, 2) is not counts(1, 2)  # a new one each time, frozen as the others
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.remaining = 1  # type: ignore[misc]

@@ -42,6 +42,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 STATES = {
     "delivered": "delivered",
     "duplicate": "duplicates",
+    "suppressed": "suppressed",
     "invalid": "invalid",
     "failed": "failed",
     "unknown": "unknown",
@@ -173,6 +174,14 @@ async def scrape(url: str, accept: str = "") -> tuple[str, str]:
         return resp.headers["Content-Type"], await resp.text()
 
 
+async def bulksend(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bulksend ARGS`` in a child process, without blocking the event loop."""
+    command = [sys.executable, "-m", "bulksend", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, cwd=ROOT, check=False
+    )
+
+
 async def scrape_until(url: str, enough: Callable[[Samples], bool]) -> Samples:
     """Scrape until ``enough`` says what was scraped is (the caller bounds the wait)."""
     while True:
@@ -193,12 +202,12 @@ async def test_scraped_during_a_send_and_pushed_at_its_end_as_the_summary_counts
     tmp_path: Path,
 ) -> None:
     campaign = write_campaign(tmp_path, recipients(tmp_path, 40), batch_size=2, in_flight=2)
-    summary_path = tmp_path / "summary.json"
+    summary_path, journal = tmp_path / "summary.json", tmp_path / "c.journal"
     gate = Gate(passes=4, refuse=2)  # the first request goes alone, the second gets a 429
     faults = FaultConfig(fail_rate=0.25, retry_after_503=False)  # 5xx: retries, a 5xx class
     async with gated_sandbox(gate, faults=faults, seed=3) as base, pushgateway() as (gw, pushes):
         send = Running(
-            "send", str(campaign), "--base-url", base, "--no-journal",
+            "send", str(campaign), "--base-url", base, "--journal", str(journal),
             "--metrics-port", "0", "--metrics-push", gw,
             "--summary-json", str(summary_path), "-q", "--progress", "never",
         )  # fmt: skip
@@ -219,6 +228,11 @@ async def test_scraped_during_a_send_and_pushed_at_its_end_as_the_summary_counts
         content_type, text = await scrape(url, accept="application/openmetrics-text")
         assert content_type.startswith("application/openmetrics-text")
         assert text.endswith("# EOF\n")
+        async with asyncio.timeout(30):  # `bulksend pause`: the send looks every 0.5 s
+            assert (await bulksend("pause", str(journal))).returncode == 0
+            await scrape_until(url, lambda f: total(f, "bulksend_paused") == 1)
+            assert (await bulksend("resume", str(journal))).returncode == 0
+            await scrape_until(url, lambda f: total(f, "bulksend_paused") == 0)
         gate.opened.set()
         result = await send.result()
     assert result.status in (0, 1), result.stderr  # 1: a batch that failed 6 times in a row
@@ -251,7 +265,9 @@ async def test_scraped_during_a_send_and_pushed_at_its_end_as_the_summary_counts
         for d in durations
         if d["http_response_status_code"] >= "400"
     )
-    assert result.stderr.count("\n") == 1  # the metrics line; nothing about the push
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"bulksend: metrics at {url}"
+    assert not [line for line in lines if "push" in line]
 
 
 async def test_push_names_the_campaign_and_a_shard(tmp_path: Path) -> None:

@@ -12,14 +12,19 @@ import pytest
 from bulksend import providers
 from bulksend.campaign import build_provider
 from bulksend.config import load_settings
+from bulksend.models import Recipient
 from bulksend.providers.base import (
     BatchAdder,
     Batcher,
     ClassifiesSent,
+    CountBatcher,
     Provider,
     Screening,
     SecretsFor,
+    add_all,
+    adder,
 )
+from bulksend.providers.maxemail import SingleBatcher
 from tests.conftest import ROOT
 
 SAMPLES = sorted((ROOT / "samples").glob("*/*.toml"))
@@ -60,3 +65,17 @@ def test_what_each_sample_builds_is_a_provider_with_declared_hooks(path: Path) -
     assert hasattr(batcher, "add_many") == isinstance(batcher, BatchAdder)
     facts = provider.describe()
     assert "k" not in {str(v) for v in facts.values()}  # never a secret
+
+
+def test_adder_uses_add_many_when_the_batcher_has_it_else_adds_one_by_one() -> None:
+    rows = [Recipient(i + 2, f"id-{i}") for i in range(5)]
+    counted = CountBatcher(2, "g")
+    assert adder(counted) == counted.add_many  # looked up once, for every chunk after
+    assert [b.recipients for b in add_all(counted, rows)] == [rows[0:2], rows[2:4]]
+    single = SingleBatcher()
+    add = adder(single)
+    assert [(b.number, list(b.recipients)) for b in add(rows[:2])] == [
+        (1, rows[:1]),
+        (2, rows[1:2]),
+    ]
+    assert [b.number for b in add(rows[2:])] == [3, 4, 5]

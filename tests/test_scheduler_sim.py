@@ -273,6 +273,21 @@ def test_five_minute_storm_never_becomes_a_retry_storm(
     assert server.accepted(7 * MINUTE, 8 * MINUTE) >= 0.9 * 600
 
 
+def test_storms_of_another_limit_never_lengthen_the_inferred_window() -> None:
+    """429s that say quota remains (a secondary limit, a provider-wide storm) say nothing of the
+    quota's window: read as "the window is full" they lengthened it by a storm each time, and
+    the send crawled (50/1s -> 50/60s in a minute of storms every 3 s)."""
+    storms = tuple(Storm(t + 1.5, t + 2.5, 429, 1.0, headers=True) for t in range(0, 60, 3))
+    # and blips of 503s asking for a second's pause, as a provider under load sends
+    storms += tuple(Storm(t + 0.7, t + 0.72, 503, 1.0, headers=True) for t in range(0, 60, 3))
+    server = FixedWindowServer(50, 1.0, phase=0.3, storms=storms)
+    policy = GroupPolicy(Limit(50, 1.0))  # documented right: only the storms could mislead
+    _, sched = _run_with_scheduler(server, policy, 60.0, latency=uniform_latency(*FAST))
+    assert sched.snapshot()["g"].window <= 1.5
+    free = 20 * (0.7 + 0.5)  # each 3 s: before the 503s' pause, and after the 429 storm
+    assert server.accepted(0.0, 60.0) >= 0.9 * 50 * free
+
+
 # ---- the rate limiters people run (bulksend.sandbox.limiters) ---------------------------------
 #
 # Each family is driven from three starting guesses: the documented default (600 per minute),

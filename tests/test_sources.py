@@ -455,3 +455,11 @@ def test_a_closed_quote_at_the_end_of_the_file_is_fine(tmp_path: Path, end: str)
     assert got[0] == R(2, "v1", "u1")
     assert [r.line for r in got] == [2, 3]
     assert len(got) == 2
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_json_lines_end_lines_as_csv_does(tmp_path: Path, ending: str) -> None:
+    """A lone \\r ends a line too (found by tests/test_fuzz.py: the whole file was one row)."""
+    path = tmp_path / "cr.jsonl"
+    path.write_bytes(ending.join(['{"id": "a"}', "", '{"id": "b"}', " ", ""]).encode())
+    assert read(path) == [R(1, "a"), R(3, "b"), X(4, "empty row: no id and no uid")]

@@ -4,6 +4,10 @@ that names the flag, before anything starts."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bulksend.providers.base import Limit
 
 
 def fraction(text: str) -> float:
@@ -58,3 +62,17 @@ def _number(text: str, what: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):  # nan, inf
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def rate(text: str) -> Limit:
+    """A limit written as ``send --limit`` takes it: ``N/UNIT`` (``50/s``, ``600/min``,
+    ``100/15s``), read by the same parser as the campaign file's ``limit``."""
+    from bulksend.config import parse_rate
+    from bulksend.errors import ConfigError
+
+    try:
+        return parse_rate(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected N/UNIT such as '50/s', '600/min' or '100/15s', got {text!r}"
+        ) from None

@@ -1,13 +1,15 @@
 """``bulksend bench``: measure a send end to end against a sandbox in a separate process.
 
-The sandbox runs with a profile (latency, limit and window, faults); bulksend sends N synthetic
-recipients (or a given file) to it and reports recipients/s, requests/s, latency percentiles,
-quota utilisation, 429s, retries, the client's and the sandbox's CPU time and peak RSS.
+The sandbox runs with a profile (latency, limit, faults, 429 storms); bulksend sends synthetic
+recipients (for about ``--seconds``, or exactly ``--recipients``) or a recipient file to it and
+reports requests/s, recipients/s, the share of the limit used and the CPU time per request of
+the client and of the sandbox, then latency percentiles, 429s, retries and peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import tempfile
@@ -15,64 +17,69 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bulksend.commands.argtypes import (
-    fraction,
-    non_negative,
-    non_negative_int,
-    positive,
-    positive_int,
-)
+from bulksend.commands.argtypes import fraction, non_negative, positive, positive_int, rate
 from bulksend.commands.common import Context, ExitStatus, add_output_flags
-from bulksend.errors import ConfigError
+from bulksend.config import RecipientSettings
+from bulksend.errors import BulksendError, ConfigError, InputError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
+from bulksend.output.private import write_private
+
+if TYPE_CHECKING:
+    from bulksend.commands.bench_stream import SyntheticStream
 
 HELP = "measure throughput against a sandbox in a separate process"
 DESCRIPTION = (
-    "Measure a send end to end against a sandbox in a separate process: recipients/s, "
-    "requests/s, latency percentiles, quota use, 429s, retries, CPU time and peak RSS."
+    "Measure a send end to end against a sandbox in a separate process: requests/s, "
+    "recipients/s, the share of the limit used, CPU time per request of bulksend and of the "
+    "sandbox, latency percentiles, 429s, retries and peak RSS. Without --recipients or --file "
+    "it sends synthetic recipients for about --seconds (5)."
 )
 EPILOG = """\
 examples:
-  bulksend bench --recipients 200000 --batch-size 100
-  bulksend bench --recipients 20000 --batch-size 10 --limit 50 --window 1 --plot bench.png
-  bulksend bench --recipients 50000 --fail-rate 0.05 --latency-ms 20 --json bench.json
+  bulksend bench                                   # as fast as it goes, for about 5 s
+  bulksend bench --recipients 20000 --batch-size 10 --limit 50/s --plot bench.png
+  bulksend bench --seconds 3 --fail-rate 0.05 --latency-ms 20 --json bench.json
+  bulksend bench --file my-visitors.csv --id-column visitor_id --uid-column user_id
+  bulksend bench --campaign campaign.toml          # its recipient file, as it reads it
 """
 
-CAMPAIGN = """
+#: seconds of synthetic recipients when neither --recipients nor --file is given
+DEFAULT_SECONDS = 5.0
+#: where no named pipe can stream them (Windows): this many synthetic recipients
+FALLBACK_ROWS = 1_000_000
+
+CAMPAIGN = """\
 provider = "maxtraffic"
 name = "bench"
 [message]
 campaign = "bench"
 messages = [{{ title = "Benchmark", body = "hello" }}]
 [recipients]
-path = "{path}"
-id = "{id}"
-uid = "{uid}"
+{recipients}
 [send]
 batch_size = {batch_size}
 in_flight = {in_flight}
 max_attempts = {max_attempts}
-limit = "{limit}/{window:g}s"
+limit = "{limit}"
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    load = parser.add_argument_group("load")
+    load = parser.add_argument_group("what is sent (default: synthetic recipients for 5 s)")
     load.add_argument(
-        "--recipients",
-        type=positive_int,
-        default=100_000,
-        metavar="N",
-        help="synthetic recipients to send (100,000)",
+        "--seconds",
+        type=positive,
+        metavar="S",
+        help="send synthetic recipients for about S seconds (5); with --limit, as many as the "
+        "limit lets through in S seconds",
     )
-    load.add_argument("--file", metavar="PATH", type=Path, help="send this recipient file instead")
-    load.add_argument("--id", default="id", metavar="COLUMN", help="with --file: id column (id)")
     load.add_argument(
-        "--uid", default="uid", metavar="COLUMN", help="with --file: uid column (uid)"
+        "--recipients", type=positive_int, metavar="N", help="send exactly N synthetic recipients"
     )
     load.add_argument(
         "--duplicate-rate",
@@ -82,7 +89,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of synthetic rows that repeat an earlier one (0)",
     )
     load.add_argument(
-        "--batch-size", type=positive_int, default=1000, metavar="N", help="recipients per request"
+        "--file",
+        metavar="PATH",
+        type=Path,
+        help="send this recipient file instead (relative to the current directory)",
+    )
+    load.add_argument(
+        "--campaign",
+        metavar="CAMPAIGN.toml",
+        type=Path,
+        help="read the recipient file as this campaign does: its [recipients] path, format, "
+        "delimiter, encoding and columns (--file and the column flags override them)",
+    )
+    for name, default in (("id", "id"), ("uid", "uid")):
+        load.add_argument(
+            f"--{name}-column",
+            dest=f"{name}_column",
+            metavar="COLUMN",
+            help=f"the file's {name} column, as [recipients] {name} in a campaign "
+            f"({default}; '' for none)",
+        )
+        load.add_argument(  # the earlier name, kept for scripts
+            f"--{name}", dest=f"{name}_column", metavar="COLUMN", help=argparse.SUPPRESS
+        )
+    load.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="recipients per request (1000)",
     )
     load.add_argument(
         "--in-flight", type=positive_int, default=32, metavar="N", help="concurrent requests (32)"
@@ -90,7 +125,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--max-attempts", type=positive_int, default=6, metavar="N", help="per batch (6)"
     )
-    profile = parser.add_argument_group("sandbox profile")
+    _add_profile(parser.add_argument_group("sandbox profile"))
+    out = parser.add_argument_group("results")
+    out.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
+    out.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="chart requests/s over time against the limit (needs matplotlib: "
+        "pip install 'bulksend[plot]')",
+    )
+    out.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="live progress line on stderr (auto: when stderr is a terminal)",
+    )
+    add_output_flags(parser)
+    parser.set_defaults(info_logs=False)  # the table says what they would; -v shows them
+
+
+def _add_profile(profile: argparse._ArgumentGroup) -> None:
     profile.add_argument(
         "--latency-ms",
         metavar="MS",
@@ -100,38 +155,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     profile.add_argument(
         "--limit",
-        metavar="N",
-        type=non_negative_int,
-        default=0,
-        help="requests per window (0: none)",
-    )
-    profile.add_argument(
-        "--window", metavar="SECONDS", type=positive, default=60.0, help="window seconds (60)"
+        metavar="N/UNIT",
+        type=rate,
+        help="the sandbox's limit, and the one bulksend is told, as send --limit takes it: "
+        "50/s, 600/min, 100/15s (none)",
     )
     profile.add_argument(
         "--no-ratelimit-headers", action="store_true", help="the sandbox sends no X-RateLimit-*"
     )
-    profile.add_argument(
-        "--fail-rate",
-        metavar="FRACTION",
-        type=fraction,
-        default=0.0,
-        help="fraction answered 500/503 (half each)",
-    )
-    profile.add_argument(
-        "--reset-rate",
-        metavar="FRACTION",
-        type=fraction,
-        default=0.0,
-        help="fraction closed without an answer",
-    )
-    profile.add_argument(
-        "--drop-after-accept-rate",
-        metavar="FRACTION",
-        type=fraction,
-        default=0.0,
-        help="fraction accepted, then closed without an answer",
-    )
+    for flag, help_text in (
+        ("--fail-rate", "fraction answered 500/503 (half each)"),
+        ("--reset-rate", "fraction closed without an answer"),
+        ("--drop-after-accept-rate", "fraction accepted, then closed without an answer"),
+    ):
+        profile.add_argument(
+            flag, metavar="FRACTION", type=fraction, default=0.0, help=help_text + " (0)"
+        )
     profile.add_argument(
         "--storm-every",
         metavar="SECONDS",
@@ -147,20 +186,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a 429 storm lasts",
     )
     profile.add_argument("--seed", metavar="N", type=int, default=0, help="seed for the faults (0)")
-    out = parser.add_argument_group("results")
-    out.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
-    out.add_argument("--plot", type=Path, metavar="PNG", help="throughput and limit over time")
-    add_output_flags(parser)
 
 
 @dataclass
 class Timings:
-    """Per-request latency and completion times, recorded by a transport wrapper."""
+    """Per-request send times, latencies and statuses, recorded by a transport wrapper."""
 
     start: float = field(default_factory=time.perf_counter)
     latencies: list[float] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
     done_at: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)  # 0: no answer (reset, timeout)
 
 
 class TimedTransport:
@@ -170,13 +206,17 @@ class TimedTransport:
 
     async def send(self, request: Any) -> Any:
         t0 = time.perf_counter()
-        self.timings.sent_at.append(t0 - self.timings.start)
+        status = 0
         try:
-            return await self.inner.send(request)
-        finally:
-            t1 = time.perf_counter()
-            self.timings.latencies.append(t1 - t0)
-            self.timings.done_at.append(t1 - self.timings.start)
+            response = await self.inner.send(request)
+            status = response.status
+            return response
+        finally:  # all four together: the n-th of each is the same request's
+            t1, timings = time.perf_counter(), self.timings
+            timings.sent_at.append(t0 - timings.start)
+            timings.latencies.append(t1 - t0)
+            timings.done_at.append(t1 - timings.start)
+            timings.statuses.append(status)
 
 
 def utilisation(sent_at: Sequence[float], allowed_per_second: float) -> float | None:
@@ -197,8 +237,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def sandbox_args(args: argparse.Namespace, key: str) -> list[str]:
-    limit = args.limit or 1_000_000_000
-    out = ["--api-key", key, "--limit", str(limit), "--window", str(args.window)]
+    requests, window = (args.limit.requests, args.limit.window) if args.limit else (10**9, 60.0)
+    out = ["--api-key", key, "--limit", str(requests), "--window", str(window)]
     out += ["--max-batch", str(max(1000, args.batch_size)), "--seed", str(args.seed)]
     out += ["--latency-ms", str(args.latency_ms)]
     if args.no_ratelimit_headers:
@@ -210,67 +250,240 @@ def sandbox_args(args: argparse.Namespace, key: str) -> list[str]:
     return out
 
 
-async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from bulksend.campaign import send_campaign
-    from bulksend.config import load_settings
-    from bulksend.sandbox.testing import SandboxProcess
-    from bulksend.sources import write_synthetic_csv
+# -- what is sent ------------------------------------------------------------------------------
 
-    key = "bench-key"
-    if args.file:
-        path, id_col, uid_col = args.file.resolve(), args.id, args.uid
-    else:
-        path = tmp / "recipients.csv"
-        write_synthetic_csv(path, args.recipients, duplicate_rate=args.duplicate_rate, seed=1)
-        id_col, uid_col = "id", "uid"
-    campaign = tmp / "bench.toml"
-    limit = args.limit or 1_000_000_000
-    campaign.write_text(
-        CAMPAIGN.format(
-            path=path,
-            id=id_col,
-            uid=uid_col,
-            batch_size=args.batch_size,
-            in_flight=args.in_flight,
-            max_attempts=args.max_attempts,
-            limit=limit,
-            window=args.window,
+
+@dataclass
+class Load:
+    """The recipients a bench sends: a file as a campaign reads it, or synthetic rows written
+    into a named pipe (``stream``) while the send reads them."""
+
+    recipients: RecipientSettings
+    total: int | None  # rows, when known before the send (for the progress line)
+    stream: SyntheticStream | None = None
+    seconds: float | None = None  # synthetic rows for this long
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that contradict each other: one line, exit 2, before anything starts."""
+    synthetic = [
+        f for f, v in (("--recipients", args.recipients), ("--seconds", args.seconds)) if v
+    ]
+    if len(synthetic) == 2:
+        raise ConfigError("--recipients and --seconds: give one (a count, or a time)")
+    from_file = [f for f, v in (("--file", args.file), ("--campaign", args.campaign)) if v]
+    if from_file and (synthetic or args.duplicate_rate):
+        other = synthetic[0] if synthetic else "--duplicate-rate"
+        raise ConfigError(
+            f"{other} sets synthetic recipients and {from_file[0]} a file: give one or the other"
         )
+    if args.file is not None and str(args.file) != "-" and not args.file.is_file():
+        raise InputError(f"{args.file}: no such file (--file is relative to the current directory)")
+
+
+def _column(flag: str | None, campaign: str | None) -> str | None:
+    return (flag or None) if flag is not None else campaign
+
+
+def file_recipients(args: argparse.Namespace, env: Mapping[str, str]) -> RecipientSettings:
+    """``--file`` and the column flags over ``--campaign``'s ``[recipients]`` (its path is
+    relative to the campaign file; ``--file`` to the current directory)."""
+    from bulksend.config import load_settings
+
+    base = RecipientSettings(path="")
+    if args.campaign is not None:
+        base = load_settings(args.campaign, env=env).recipients
+    path = str(args.file) if args.file is not None else base.path
+    if path != "-":  # the bench's own campaign file lives elsewhere: no path relative to here
+        path = str(Path(path).resolve())
+    return RecipientSettings(
+        path=path,
+        format=base.format,
+        delimiter=base.delimiter,
+        encoding=base.encoding,
+        id_column=_column(args.id_column, base.id_column),
+        uid_column=_column(args.uid_column, base.uid_column),
     )
+
+
+def synthetic_size(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """(rows, None) for a counted run, (None, seconds) for a timed one. Under a limit a timed
+    run is counted: the rows the limit lets through in that time (a pipe read ahead of a paced
+    send would overrun the time by whatever was read ahead)."""
+    from bulksend.commands.bench_stream import can_stream
+
+    if args.recipients:
+        return args.recipients, None
+    seconds = args.seconds or DEFAULT_SECONDS
+    if args.limit:
+        requests = max(1, math.ceil(args.limit.per_second * seconds))
+        return math.ceil(requests * args.batch_size / (1 - min(args.duplicate_rate, 0.99))), None
+    if not can_stream():  # pragma: no cover - Windows
+        return FALLBACK_ROWS, None
+    return None, seconds
+
+
+def plan_load(args: argparse.Namespace, env: Mapping[str, str], tmp: Path) -> Load:
+    from bulksend.commands.bench_stream import SyntheticStream, can_stream, write_rows
+
+    if args.file is not None or args.campaign is not None:
+        from bulksend.output.progress import count_rows
+
+        recipients = file_recipients(args, env)
+        return Load(recipients, count_rows(recipients.path))
+    rows, seconds = synthetic_size(args)
+    path = tmp / "recipients.csv"
+    recipients = RecipientSettings(path=str(path), format="csv")
+    if not can_stream():  # pragma: no cover - Windows
+        with path.open("wb") as out:
+            write_rows(out, rows or FALLBACK_ROWS, duplicate_rate=args.duplicate_rate)
+        return Load(recipients, rows)
+    stream = SyntheticStream(path, count=rows, seconds=seconds, duplicate_rate=args.duplicate_rate)
+    return Load(recipients, rows, stream, seconds)
+
+
+def _toml(value: str) -> str:
+    """A TOML basic string (a path may hold quotes, backslashes, control characters)."""
+    escaped = "".join(
+        ch if ch not in '"\\' and 0x1F < ord(ch) != 0x7F else f"\\u{ord(ch):04x}" for ch in value
+    )
+    return f'"{escaped}"'
+
+
+def campaign_text(load: Load, args: argparse.Namespace) -> str:
+    rec = load.recipients
+    lines = [
+        f"path = {_toml(rec.path)}",
+        f"format = {_toml(rec.format)}",
+        f"encoding = {_toml(rec.encoding)}",
+        f"id = {_toml(rec.id_column or '')}",
+        f"uid = {_toml(rec.uid_column or '')}",
+    ]
+    if rec.delimiter is not None:
+        lines.append(f"delimiter = {_toml(rec.delimiter)}")
+    limit = args.limit
+    return CAMPAIGN.format(
+        recipients="\n".join(lines),
+        batch_size=args.batch_size,
+        in_flight=args.in_flight,
+        max_attempts=args.max_attempts,
+        limit=f"{limit.requests}/{limit.window:g}s" if limit else "1000000000/60s",
+    )
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+class _Watch:
+    """What follows the engine once it starts: the live line of ``send`` on stderr
+    (``--progress``), and the synthetic stream's view of the pace of the send."""
+
+    def __init__(self, ctx: Context, args: argparse.Namespace, load: Load) -> None:
+        from bulksend.output.progress import shows_progress
+
+        self.ctx, self.load = ctx, load
+        self.shows = shows_progress(args.progress, ctx.err)
+        self.view: Any = None
+
+    def start(self, engine: Any) -> None:
+        from bulksend.output.progress import ProgressView
+
+        if self.load.stream is not None:
+            self.load.stream.sent = lambda: engine.summary.accounted
+        if self.shows:
+            total = self.load.total
+            self.view = ProgressView(self.ctx.err, engine.summary, lambda: engine.scheduler, total)
+            self.view.start()
+
+    async def stop(self) -> None:
+        if self.view is not None:
+            await self.view.stop()
+
+
+@dataclass
+class Usage:
+    """CPU seconds of this process and of the sandbox, taken before and after the send."""
+
+    client: float
+    sandbox: float | None
+
+    @classmethod
+    def now(cls, sandbox: Any) -> Usage:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(ru.ru_utime + ru.ru_stime, sandbox.cpu_seconds())
+
+
+def start_sandbox(args: argparse.Namespace, key: str) -> tuple[Any, str]:
+    from bulksend.sandbox.testing import SandboxProcess
+
     sandbox = SandboxProcess("maxtraffic", *sandbox_args(args, key))
     try:
-        url = sandbox.start()
+        return sandbox, sandbox.start()
     except RuntimeError as exc:  # its own stderr says why
         raise ConfigError(f"bench: {exc}") from None
-    timings = Timings()
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    sandbox_cpu0 = sandbox.cpu_seconds()
+
+
+async def measure(args: argparse.Namespace, load: Load, tmp: Path, ctx: Context) -> dict[str, Any]:
+    from bulksend.campaign import send_campaign
+    from bulksend.config import load_settings
+
+    key = "bench-key"
+    campaign = tmp / "bench.toml"
+    campaign.write_text(campaign_text(load, args))
+    sandbox, url = start_sandbox(args, key)
+    ready = time.perf_counter()  # the sandbox's clock (its storms) started just before
+    timings, watch = Timings(), _Watch(ctx, args, load)
+    before = Usage.now(sandbox)
     try:
         settings = load_settings(campaign, env={}, overrides={"base_url": url})
+        if load.stream is not None:
+            load.stream.start()
         result = await send_campaign(
             settings,
             {"api_key": key},
             progress_every=3600,
+            on_start=watch.start,
             wrap_transport=lambda t: TimedTransport(t, timings),
         )
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        sandbox_cpu1 = sandbox.cpu_seconds()
+        after = Usage.now(sandbox)
     finally:
+        await watch.stop()
+        if load.stream is not None:
+            load.stream.close()
         sandbox.stop()
+    if load.stream is not None and load.stream.error is not None:  # the send saw an early end
+        raise BulksendError(f"bench: writing the synthetic recipients failed: {load.stream.error}")
+    writer_cpu = load.stream.cpu_seconds if load.stream is not None else 0.0
+    client_cpu = after.client - before.client - writer_cpu  # the send's alone
     sandbox_cpu = (
-        None if sandbox_cpu0 is None or sandbox_cpu1 is None else sandbox_cpu1 - sandbox_cpu0
+        None if before.sandbox is None or after.sandbox is None else after.sandbox - before.sandbox
     )
-    s = result.summary
-    allowed = (args.limit / args.window) if args.limit else 0.0
-    req_rate = s.requests / s.elapsed if s.elapsed else 0.0
-    used = utilisation(timings.sent_at, allowed)
+    figures = summarise(result.summary, timings, args, client_cpu, sandbox_cpu)
+    figures["seconds"] = load.seconds
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    figures["_sandbox_ahead"] = timings.start - ready
+    return figures
+
+
+def _per_request_ms(cpu: float | None, requests: int) -> float | None:
+    return None if cpu is None or not requests else round(cpu / requests * 1000, 3)
+
+
+def summarise(
+    s: Any, timings: Timings, args: argparse.Namespace, client_cpu: float, sandbox_cpu: float | None
+) -> dict[str, Any]:
+    """The figures of a run (``--json`` writes them; ``_``-keys are for the plot only)."""
+    from bulksend.output.progress import limit_text
+
+    limit = args.limit
+    used = utilisation(timings.sent_at, limit.per_second if limit else 0.0)
     return {
         "recipients": s.read,
         "delivered": s.delivered,
         "elapsed_s": round(s.elapsed, 3),
         "recipients_per_s": round(s.delivered / s.elapsed, 1) if s.elapsed else 0.0,
         "requests": s.requests,
-        "requests_per_s": round(req_rate, 1),
+        "requests_per_s": round(s.requests / s.elapsed, 1) if s.elapsed else 0.0,
         "latency_ms": {
             q: round(percentile(timings.latencies, p) * 1000, 2)
             for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
@@ -279,21 +492,23 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "throttled_429": s.throttled,
         "retries": s.retries,
         "failed": s.failed,
-        "client_cpu_s": round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 3),
+        "client_cpu_s": round(client_cpu, 3),
         "sandbox_cpu_s": None if sandbox_cpu is None else round(sandbox_cpu, 3),
-        "peak_rss_mb": round(cpu1.ru_maxrss / 1024, 1),
-        "limit": f"{args.limit}/{args.window:g}s" if args.limit else None,
+        "client_cpu_ms_per_request": _per_request_ms(client_cpu, s.requests),
+        "sandbox_cpu_ms_per_request": _per_request_ms(sandbox_cpu, s.requests),
+        "limit": limit_text(limit.requests, limit.window) if limit else None,
         "batch_size": args.batch_size,
         "in_flight": args.in_flight,
-        "_done_at": timings.done_at,
+        "_sent_at": timings.sent_at,
+        "_statuses": timings.statuses,
+        "_end": max(timings.done_at, default=0.0),
     }
 
 
-def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
-    """The figures as a table for people (``--json`` keeps the raw values)."""
-    latency = figures["latency_ms"]
-    used, limit = figures["utilisation"], figures["limit"]
-    sandbox_cpu = figures["sandbox_cpu_s"]
+# -- the results -------------------------------------------------------------------------------
+
+
+def _profile(args: argparse.Namespace) -> str:
     faults = [
         f"{flag.replace('_', ' ')} {getattr(args, flag):g}"
         for flag in ("fail_rate", "reset_rate", "drop_after_accept_rate")
@@ -304,32 +519,51 @@ def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
     profile = [f"latency {args.latency_ms:g} ms", *faults]
     if args.no_ratelimit_headers:
         profile.append("no rate-limit headers")
+    return "MaxTraffic in a separate process: " + ", ".join(profile)
+
+
+def _quota(figures: Mapping[str, Any]) -> str:
+    used, limit = figures["utilisation"], figures["limit"]
+    if limit is None:
+        return "no limit (give --limit N/UNIT to measure how much of one is used)"
+    return f"{used:.1%} of {limit}" if used is not None else f"{limit} (too few requests to say)"
+
+
+def _cpu_per_request(figures: Mapping[str, Any]) -> str:
+    client, sandbox = figures["client_cpu_ms_per_request"], figures["sandbox_cpu_ms_per_request"]
+    if client is None:
+        return "no request sent"
+    return f"client {client:.3f} ms" + ("" if sandbox is None else f", sandbox {sandbox:.3f} ms")
+
+
+def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
+    """The figures as a table for people, the headline first (``--json`` keeps the raw values)."""
+    latency = figures["latency_ms"]
+    sandbox_cpu = figures["sandbox_cpu_s"]
     rows = [
-        ("sandbox", "MaxTraffic in a separate process: " + ", ".join(profile)),
+        (
+            "throughput",
+            f"{figures['requests_per_s']:,.0f} requests/s, "
+            f"{figures['recipients_per_s']:,.0f} recipients/s",
+        ),
+        ("quota used", _quota(figures)),
+        ("CPU/request", _cpu_per_request(figures)),
+        ("sandbox", _profile(args)),
         (
             "delivered",
             f"{figures['delivered']:,} of {figures['recipients']:,} recipients "
             f"(failed {figures['failed']:,})",
-        ),
-        ("elapsed", f"{figures['elapsed_s']:.3f} s"),
-        (
-            "throughput",
-            f"{figures['recipients_per_s']:,.0f} recipients/s, "
-            f"{figures['requests_per_s']:,.0f} requests/s",
         ),
         (
             "requests",
             f"{figures['requests']:,}, up to {figures['batch_size']:,} recipients each, "
             f"{figures['in_flight']} in flight",
         ),
+        ("elapsed", f"{figures['elapsed_s']:.3f} s"),
         (
             "latency",
             f"p50 {latency['p50']:.2f} ms, p95 {latency['p95']:.2f} ms, "
             f"p99 {latency['p99']:.2f} ms",
-        ),
-        (
-            "quota",
-            "no limit" if limit is None else limit + ("" if used is None else f", {used:.1%} used"),
         ),
         ("429s, retries", f"{figures['throttled_429']:,}, {figures['retries']:,}"),
         (
@@ -343,56 +577,62 @@ def render(figures: Mapping[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
 
 
-def plot(figures: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'bulksend[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(figures: Mapping[str, Any], args: argparse.Namespace, path: Path) -> None:
+    from bulksend.commands import bench_plot
 
-    done = figures["_done_at"]
-    width = max(0.1, args.window / 10 if args.limit else max(done or [1]) / 50)
-    bins: dict[int, int] = {}
-    for t in done:
-        bins[int(t / width)] = bins.get(int(t / width), 0) + 1
-    xs = sorted(bins)
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.step(
-        [x * width for x in xs], [bins[x] / width for x in xs], where="post", label="requests/s"
+    end = max(figures["_end"], 1e-3)
+    limit = args.limit
+    title = (
+        f"bulksend bench: {figures['requests_per_s']:,.0f} requests/s, "
+        f"{figures['recipients_per_s']:,.0f} recipients/s, "
+        f"{figures['throttled_429']:,} 429s, {figures['retries']:,} retries"
     )
-    if args.limit:
-        ax.axhline(args.limit / args.window, linestyle="--", label="limit")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("requests/s")
-    ax.set_ylim(bottom=0)
-    ax.set_title(
-        f"bulksend bench: {figures['recipients_per_s']:,.0f} recipients/s, "
-        f"{figures['requests_per_s']:,.0f} requests/s, 429s {figures['throttled_429']}"
+    chart = bench_plot.Chart(
+        title=title,
+        bins=bench_plot.bins(figures["_sent_at"], figures["_statuses"], end),
+        limit_per_s=limit.per_second if limit else None,
+        limit_label=figures["limit"] or "",
+        throttled_at=[
+            t for t, s in zip(figures["_sent_at"], figures["_statuses"], strict=True) if s == 429
+        ],
+        storms=bench_plot.storm_spans(
+            end, args.storm_every, args.storm_for, figures["_sandbox_ahead"]
+        ),
     )
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    bench_plot.draw(chart, path)
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
-    outputs = [Output("--json", args.json, "bench.json"), Output("--plot", args.plot, "bench.png")]
-    check(outputs, {"the recipient file": args.file})
+    check_flags(args)
+    if args.plot:
+        from bulksend.commands.bench_plot import check_matplotlib
+
+        missing = check_matplotlib()
+        if missing:
+            raise ConfigError(missing)
     with tempfile.TemporaryDirectory() as tmp:
-        figures = await measure(args, Path(tmp))
+        load = plan_load(args, ctx.env, Path(tmp))
+        outputs = [
+            Output("--json", args.json, "bench.json"),
+            Output("--plot", args.plot, "bench.png"),
+        ]
+        recipients = load.recipients.path if args.file or args.campaign else None
+        check(outputs, {"the recipient file": recipients, "the campaign file": args.campaign})
+        figures = await measure(args, load, Path(tmp), ctx)
     if args.plot:
         plot(figures, args, args.plot)
-    figures.pop("_done_at")
+    for private in [k for k in figures if k.startswith("_")]:
+        del figures[private]
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        write_private(args.json, orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     if not args.quiet:
-        print(render(figures, args), file=ctx.out)
+        ctx.err.flush()  # a warning logged during the send lands before the table, not in it
+        out = for_people(ctx.out)
+        print(render(figures, args), file=out)
         if args.json:
-            print(f"  figures: {args.json}", file=ctx.out)
+            print(f"  figures: {args.json}", file=out)
         if args.plot:
-            print(f"  chart: {args.plot}", file=ctx.out)
+            print(f"  chart: {args.plot}", file=out)
     return ExitStatus.OK if figures["delivered"] else ExitStatus.FAILURES
 
 

@@ -81,6 +81,23 @@ def add_campaign_flags(parser: argparse.ArgumentParser, *, sending: bool = True)
         help="recipient file encoding (default utf-8, or UTF-16/UTF-32 when the file starts "
         "with their byte-order mark)",
     )
+    group.add_argument(
+        "--exclude",
+        action="append",
+        metavar="FILE",
+        help="a suppression list (CSV/TSV/JSONL/plain, gzip ok): recipients whose id or uid it "
+        "holds are not sent, but reported suppressed; repeatable, added to [recipients] exclude",
+    )
+    group.add_argument(
+        "--exclude-id-column",
+        metavar="NAME",
+        help="the suppression lists' id column (default: the campaign's; '' for none)",
+    )
+    group.add_argument(
+        "--exclude-uid-column",
+        metavar="NAME",
+        help="the suppression lists' uid column (default: the campaign's; '' for none)",
+    )
     group.add_argument("--batch-size", type=int, metavar="N", help="recipients per request")
     group.add_argument(
         "--limit",
@@ -196,4 +213,5 @@ def campaign_inputs(settings: Settings) -> dict[str, str | Path | None]:
     return {
         "the recipient file": settings.recipients.path,
         "the campaign file": settings.campaign_file,
+        **{f"the suppression list {p}": p for p in settings.recipients.exclude},
     }

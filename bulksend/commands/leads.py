@@ -22,6 +22,7 @@ from bulksend.errors import ConfigError, MissingSecretError
 from bulksend.net.transport import Transport
 from bulksend.output.logs import redactor
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
 from bulksend.providers import maxtraffic
 from bulksend.providers.maxtraffic_leads import (
     LeadsQuery,
@@ -135,7 +136,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         report = ctx.err
     else:
         write_leads(leads, Path(args.out), fmt)
-        report = ctx.out
+        report = for_people(ctx.out)
     if not args.quiet:
         where = "stdout" if to_stdout else args.out
         print(f"bulksend: wrote {len(leads):,} leads ({query.describe()}) to {where}", file=report)

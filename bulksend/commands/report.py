@@ -16,6 +16,8 @@ import orjson
 from bulksend.commands.common import Context, ExitStatus, HelpFormatter, add_max_failure_rate
 from bulksend.errors import ConfigError, InputError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people
+from bulksend.output.private import open_private, write_private
 from bulksend.output.report import COLUMNS, POSSIBLY_TWICE, Summary
 
 HELP = "work with reports (merge the shards of a send)"
@@ -57,6 +59,7 @@ _STATUS_FIELD = {
     "failed": "failed",
     "unknown": "unknown",
     "skipped": "skipped",
+    "suppressed": "suppressed",
 }
 
 
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         data = merged.as_dict()
         data["merged_from"] = [str(p) for p in args.inputs]
         _write_json(args.summary_json, orjson.dumps(data, option=orjson.OPT_INDENT_2), ctx)
-    people = ctx.err if any(o.to_stdout for o in outputs) else ctx.out
+    people = ctx.err if any(o.to_stdout for o in outputs) else for_people(ctx.out)
     if not args.quiet:
         what = f"{len(summaries)} summaries" if summaries else f"{len(reports)} reports"
         print(f"merged {what}", file=people)
@@ -140,8 +143,7 @@ def _write_json(path: Path, data: bytes, ctx: Context) -> None:
     if str(path) == "-":
         ctx.out.write(data.decode() + "\n")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_private(path, data)
 
 
 # ---- summaries ------------------------------------------------------------------------------
@@ -259,8 +261,7 @@ class _Out:
             self.file = self.stdout or sys.stdout
         else:
             self.jsonl = self.path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = self.path.open("w", encoding="utf-8", newline="")
+            self.file = open_private(self.path, "w", newline="")
         if not self.jsonl:
             self.writer = csv.writer(self.file)
             self.writer.writerow(COLUMNS)

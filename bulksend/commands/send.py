@@ -29,6 +29,8 @@ from bulksend.config import Settings, check_base_url, load_settings, resolve_sec
 from bulksend.errors import AuthError, ConfigError, InputError, ProviderError
 from bulksend.output import logs
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import for_people, printable
+from bulksend.output.private import open_private, write_private
 from bulksend.state.shard import Shard
 
 if TYPE_CHECKING:  # the send machinery (aiohttp, numpy, ...) is imported when a send runs
@@ -44,6 +46,7 @@ examples:
   bulksend send samples/maxtraffic/campaign.toml --sandbox
   MAXTRAFFIC_API_KEY=... bulksend send campaign.toml --recipients list.csv --report out.csv
   bulksend send campaign.toml --dry-run --requests-out bodies.jsonl
+  bulksend send samples/maxtraffic/campaign.toml --sandbox --exclude samples/maxtraffic/bounced.txt
   bulksend send campaign.toml                 # again after a crash or a stop: it resumes
   bulksend send campaign.toml --fresh         # start over, sending everything again
 """
@@ -93,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are of another --shard layout is refused too (docs/operations.md).",
     )
     journal.add_argument("--journal", type=Path, metavar="PATH", help="journal file")
+    journal.add_argument(
+        "--state",
+        metavar="URL",
+        help="keep the journal in Redis instead of a file, e.g. redis://localhost:6379/0 (or "
+        "BULKSEND_STATE, [send] state): the same send run on any machine resumes it "
+        "(docs/operations.md, 'Resume anywhere'; pip install 'bulksend[redis]')",
+    )
     journal.add_argument("--no-journal", action="store_true", help="do not keep a journal")
     journal.add_argument(
         "--resume", action="store_true", help="require an existing journal and continue it"
@@ -174,10 +184,15 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         raise ConfigError("--resume and --fresh contradict each other; choose one")
     journal = None
     shard = Shard.parse(args.shard) if args.shard else None
-    wanted = args.journal or args.resume or not args.sandbox  # a sandbox run keeps none
+    state = _state_url(args, settings, shard)
+    wanted = args.journal or args.resume or state or not args.sandbox  # a sandbox run keeps none
     if wanted and not args.no_journal and settings.recipients.path != "-":
         path = args.journal or default_journal_path(settings, shard)
         meta = recorded_send(args, settings)
+        if state:
+            layouts = _local_aside(settings, args.fresh, ctx)
+        else:
+            layouts = None if args.journal else _other_layouts(settings, shard, args.fresh, ctx)
         journal = JournalOptions(
             path,
             args.resume,
@@ -185,11 +200,62 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             args.unknown,
             meta,
             announce=_announcer(ctx),
-            before_open=None if args.journal else _other_layouts(settings, shard, args.fresh, ctx),
+            before_open=layouts,
+            state=state,
         )
     outputs = send_outputs(args, settings, ctx.env, journal.path if journal else None)
     check(outputs, campaign_inputs(settings))  # before the journal exists and anything is sent
     return await execute(settings, args, ctx, journal, shard=shard)
+
+
+def _state_url(args: argparse.Namespace, settings: Settings, shard: Shard | None) -> str | None:
+    """The Redis URL of ``--state`` (flag, ``BULKSEND_STATE``, ``[send] state``), checked
+    against the flags it cannot go with; None for the journal file."""
+    state: str | None = getattr(args, "state", None) or settings.state
+    if not state:
+        return None
+    from bulksend.campaign import default_journal_path
+    from bulksend.distributed.keys import checked_url
+    from bulksend.state.journal import Journal
+
+    checked_url(state, "--state")
+    for flag, given in (("--journal", args.journal), ("--no-journal", args.no_journal)):
+        if given:
+            raise ConfigError(f"--state and {flag} contradict each other; choose one")
+    if shard is not None and shard.count > 1:
+        raise ConfigError(
+            "--state does not go with --shard yet (a change of the shard count could not be "
+            "detected); send each campaign from one process, or shard with local journals"
+        )
+    local = default_journal_path(settings, shard)
+    if not args.fresh and local.exists() and Journal.kept_anything(local):
+        raise ConfigError(
+            f"{local}: this campaign's journal file records batches the provider may have kept, "
+            "which --state would not see (they would be sent again); finish the send without "
+            "--state, or add --fresh to start over in Redis (sending everything again; the file "
+            "is moved aside)"
+        )
+    return state
+
+
+def _local_aside(settings: Settings, fresh: bool, ctx: Context) -> Callable[[], None] | None:
+    """With ``--state --fresh``: the move of the campaign's journal file aside (it would refuse
+    every later ``--state`` send), done just before the state is opened."""
+    from bulksend.campaign import default_journal_path
+    from bulksend.state import layouts
+    from bulksend.state.journal import Journal
+
+    local = default_journal_path(settings)
+    if not fresh or not local.exists() or not Journal.kept_anything(local):
+        return None
+    announce = _announcer(ctx)
+
+    def move_aside() -> None:
+        line = layouts.move_aside([layouts.Layout(1, (local,))])
+        if line:
+            announce(line)
+
+    return move_aside
 
 
 def _other_layouts(
@@ -240,6 +306,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "max_attempts": settings.max_attempts,
         "max_unexpected": settings.max_unexpected,
         "report": _recorded_report(settings.report),
+        "exclude_id_column": rec.exclude_id_column,
+        "exclude_uid_column": rec.exclude_uid_column,
     }
     limiter, password = _without_password(getattr(args, "limiter", None) or settings.limiter)
     dead_letter = getattr(args, "dead_letter", None)
@@ -252,6 +320,8 @@ def recorded_send(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         "limiter": limiter,
         "limiter_password": password,
         "dead_letter": str(Path(dead_letter).resolve()) if dead_letter else None,
+        # added to the campaign file's own lists, which a retry reads from it
+        "exclude": [str(Path(p).resolve()) for p in getattr(args, "exclude", None) or []],
     }
 
 
@@ -295,19 +365,24 @@ async def execute(
         "stdout": ctx.out,
     }
     limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
+    kwargs["pause"] = _pause_setup(settings, ctx, limiter)
     interrupts = _Interrupts(ctx)
+    from bulksend.control.pause import PauseSignals
+
+    pause_signals = PauseSignals()
     progress = None
     from bulksend.output.progress import shows_progress
 
     metrics = _MetricsHook.wanted(settings, args, ctx, shard)  # before anything is sent
     if shows_progress(args.progress, ctx.err):
         progress = _ProgressHook(ctx, settings)
-    with interrupts.installed():
+    with interrupts.installed(), pause_signals.installed():
 
         def started(engine: Any) -> None:
             interrupts.attach(engine)
             if metrics is not None:
                 metrics.attach(engine)
+            pause_signals.attach(engine.pause)
             if progress is not None:
                 progress.start(engine)
 
@@ -333,6 +408,18 @@ async def execute(
     return interrupts.status if interrupts.name else status
 
 
+def _pause_setup(settings: Settings, ctx: Context, limiter: str | None) -> Any:
+    """The send's pause: each change one line on stderr, and with a shared limiter the
+    campaign's Redis pause too (``bulksend pause redis://... --campaign NAME``)."""
+    from bulksend.control.pause import PauseSetup, RedisSwitch
+
+    def tell(line: str) -> None:
+        print(f"bulksend: {line}", file=ctx.err)
+
+    switches = [RedisSwitch(limiter, settings.name)] if limiter else []
+    return PauseSetup(switches=switches, on_change=tell)
+
+
 class _ProgressHook:
     def __init__(self, ctx: Context, settings: Settings) -> None:
         from bulksend.output.progress import count_rows
@@ -344,7 +431,13 @@ class _ProgressHook:
     def start(self, engine: Any) -> None:
         from bulksend.output.progress import ProgressView
 
-        self.view = ProgressView(self.ctx.err, engine.summary, lambda: engine.scheduler, self.total)
+        self.view = ProgressView(
+            self.ctx.err,
+            engine.summary,
+            lambda: engine.scheduler,
+            self.total,
+            paused=engine.pause.status if engine.pause is not None else None,
+        )
         self.view.start()
 
     async def stop(self) -> None:
@@ -512,6 +605,9 @@ async def _send_to_sandbox(
         SandboxConfig(provider=settings.provider),
         **{k: v for k, v in fake.items() if k in fields},
     )
+    journal = kwargs.get("journal")
+    if journal is not None and journal.state:  # the key is new each time: name the state
+        kwargs = {**kwargs, "journal": dataclasses.replace(journal, fingerprint="sandbox")}
     async with running(config) as sandbox:
         local = settings.with_overrides(base_url=sandbox.base_url)
         if limiter and ctx is not None:
@@ -524,20 +620,21 @@ async def _send_to_sandbox(
 
 def no_valid_rows(summary: Summary) -> bool:
     """Rows were read, none could be sent, and none was: the file, not the provider, is wrong."""
-    settled_elsewhere = summary.delivered + summary.failed + summary.unknown + summary.skipped
+    settled_elsewhere = (
+        summary.delivered + summary.failed + summary.unknown + summary.skipped + summary.suppressed
+    )
     return bool(summary.read and summary.invalid and not summary.requests and not settled_elsewhere)
 
 
 def _append(path: str, summary: Summary) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(summary.markdown())
+    with open_private(path, "a") as f:
+        f.write(printable(summary.markdown()))  # rendered for people: no control characters
 
 
 def _write_after(label: str, path: str | Path, write: Callable[[], object], ctx: Context) -> None:
     """Write an output once the send is over; a failure (disk full, a file that changed since
     the check before the send) is one line, and the send's exit status stays what it was."""
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write()
     except OSError as exc:
         print(f"bulksend: could not write {label} {path}: {exc.strerror or exc}", file=ctx.err)
@@ -547,13 +644,14 @@ def finish(
     result: SendResult, args: argparse.Namespace, ctx: Context, *, report_to_stdout: bool = False
 ) -> int:
     summary, stopped = result.summary, result.stopped
-    people = ctx.out  # the summary table; on stderr when stdout carries the report or JSON
+    # the summary table, escaped (output/printable); on stderr when stdout carries data
+    people = for_people(ctx.out)
     if args.summary_json and str(args.summary_json) == "-":
         ctx.out.write(summary.to_json().decode() + "\n")
         people = ctx.err
     elif args.summary_json:
         path = args.summary_json
-        _write_after("--summary-json", path, lambda: path.write_bytes(summary.to_json()), ctx)
+        _write_after("--summary-json", path, lambda: write_private(path, summary.to_json()), ctx)
     if report_to_stdout:
         people = ctx.err
     step_summary = ctx.env.get("GITHUB_STEP_SUMMARY")
@@ -599,7 +697,11 @@ def resend_hint(result: SendResult) -> list[str]:
         return []
     listed = f" (listed in {result.dead_letter})" if result.dead_letter else ""
     lines = [f"  not delivered: {', '.join(what)}{listed}"]
-    if result.journal is not None:
+    if result.state is not None:
+        lines.append(
+            f"  to send them again: run the same send again (its journal is {result.state})"
+        )
+    elif result.journal is not None:
         lines.append(f"  to send them again: bulksend retry {shlex.quote(str(result.journal))}")
     else:
         lines.append(
@@ -633,8 +735,7 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
     check([requests_out], campaign_inputs(settings))
     out_file = None
     if args.requests_out:
-        args.requests_out.parent.mkdir(parents=True, exist_ok=True)
-        out_file = args.requests_out.open("wb")
+        out_file = open_private(args.requests_out, "wb")
     provider = build_provider(settings, {n: "DRY-RUN" for n in settings.secret_sources})
 
     def on_request(batch: Any, request: Any) -> None:
@@ -662,11 +763,12 @@ def dry_run(settings: Settings, args: argparse.Namespace, ctx: Context) -> int:
         if out_file is not None:
             out_file.close()
     print_plan(settings, provider, result, ctx, title="dry run: nothing was sent")
+    out = for_people(ctx.out)  # for people: request bodies come from the recipient file
     for line in shown:
-        print(_readable_request(orjson.loads(line)), file=ctx.out)
+        print(_readable_request(orjson.loads(line)), file=out)
     if args.requests_out:
-        print(f"all {result.batches:,} requests written to {args.requests_out}", file=ctx.out)
-    return ExitStatus.OK if result.valid else ExitStatus.USAGE  # as validate
+        print(f"all {result.batches:,} requests written to {args.requests_out}", file=out)
+    return ExitStatus.OK if result.valid or result.suppressed else ExitStatus.USAGE  # as validate
 
 
 def _readable_request(request: dict[str, Any], keep: int = 3) -> str:
@@ -755,6 +857,8 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
             flags[key] = getattr(args, key)
     if args.metrics_port is not None:
         flags["metrics_port"] = args.metrics_port
+    args.exclude = meta.get("exclude") or None  # (recorded again by this run)
+    flags["exclude"] = args.exclude
     settings = load_settings(Path(campaign), env=ctx.env, overrides=flags)
     args.campaign = campaign
     args.sandbox = bool(meta.get("sandbox")) and not args.base_url
@@ -784,6 +888,8 @@ def _campaign_key(setting: str) -> tuple[str, str]:
         return "recipients", "path"
     if setting in ("format", "delimiter", "encoding"):
         return "recipients", setting
+    if setting in ("exclude_id_column", "exclude_uid_column"):
+        return "recipients", setting.removesuffix("_column")
     return "send", setting
 
 

@@ -7,9 +7,11 @@ import asyncio
 import signal
 from pathlib import Path
 
+from bulksend.commands.argtypes import positive_int
 from bulksend.commands.common import Context, ExitStatus
 from bulksend.errors import ConfigError
 from bulksend.output.outputs import Output, check
+from bulksend.output.printable import printable
 
 HELP = "receive Traitly prediction webhooks into a recipient file"
 DESCRIPTION = (
@@ -18,7 +20,9 @@ DESCRIPTION = (
     "recipient file that `bulksend send` reads (id = the customer id). With --min-likelihood "
     "only customers at or above it are recorded, so the file is the audience of a follow-up "
     "campaign. Prints 'bulksend traitly-webhooks listening on http://HOST:PORT' once ready; "
-    "SIGINT or SIGTERM stops it cleanly."
+    "SIGINT or SIGTERM stops it cleanly. Without a token it listens only on a loopback "
+    "address (anyone who can reach it could add people to the audience): give --token-env to "
+    "listen elsewhere, or --insecure-no-token."
 )
 EPILOG = """\
 examples:
@@ -28,7 +32,7 @@ examples:
   bulksend send follow-up.toml --recipients audience.jsonl
 
 answers: 200 recorded or filtered, 400 wrong shape (with the reason), 401 missing token,
-406 Accept without JSON, 415 body not application/json
+406 Accept without JSON, 413 body over --max-body, 415 body not application/json
 """
 
 
@@ -43,7 +47,7 @@ def _fraction(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bulksend.providers.traitly_webhooks import OBJECTS
+    from bulksend.providers.traitly_webhooks import MAX_BODY, OBJECTS
 
     parser.add_argument(
         "--port", metavar="PORT", type=int, required=True, help="port to listen on (0: any)"
@@ -72,15 +76,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--path", metavar="/PATH", default="/", help="URL path that takes the POSTs (/)"
     )
     parser.add_argument(
+        "--max-body",
+        type=positive_int,
+        default=MAX_BODY,
+        metavar="BYTES",
+        help=f"answer 413 to a payload larger than this (default {MAX_BODY}: 256 KiB)",
+    )
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument(
         "--token-env",
         metavar="VAR",
         help="require the shared token held by environment variable VAR "
-        "(Authorization: Token <t> or Bearer <t>, or ?token=<t> in the URL)",
+        "(Authorization: Token <t> or Bearer <t>, or ?token=<t> in the URL); needed to listen "
+        "on an address other than loopback",
+    )
+    auth.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="listen on a --host others can reach without a token (anyone who reaches it can "
+        "add people to the audience)",
     )
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
-    from bulksend.providers.traitly_webhooks import OBJECTS, ReceiverConfig, serving
+    from bulksend.providers.traitly_webhooks import OBJECTS, ReceiverConfig, is_loopback, serving
 
     token = None
     if args.token_env:
@@ -91,11 +110,25 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
     check([Output("--out", args.out, "audience.jsonl")])
     objects = frozenset(OBJECTS if args.object == "all" else [args.object])
-    config = ReceiverConfig(args.out, args.min_likelihood, token, objects, args.path)
+    config = ReceiverConfig(
+        args.out,
+        args.min_likelihood,
+        token,
+        objects,
+        args.path,
+        max_body=args.max_body,
+        insecure_no_token=args.insecure_no_token,
+    )
     try:
-        config.validate()
+        config.validate(args.host)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if token is None and not is_loopback(args.host):
+        print(
+            f"bulksend traitly-webhooks: warning: no token on {args.host}: anyone who can reach "
+            "it can add people to the audience (--insecure-no-token)",
+            file=ctx.err,
+        )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -115,7 +148,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         async with serving(config, args.host, args.port) as receiver:
             print(
-                f"bulksend traitly-webhooks listening on {receiver.base_url}",
+                printable(f"bulksend traitly-webhooks listening on {receiver.base_url}"),
                 file=ctx.out,
                 flush=True,
             )

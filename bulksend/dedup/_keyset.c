@@ -92,7 +92,9 @@ typedef struct {
     uint64_t h;
     uint64_t home;
     size_t arena; /* offset of the bytes in the arena, or (size_t)-1 */
-    unsigned char *out; /* where the answer goes: 1 new, 0 seen */
+    unsigned char *out; /* where the answer goes: 1 new, 0 seen (find_kinds: 1 found) */
+    uint64_t *where;    /* find_kinds: where the stored record's offset goes (NULL: add) */
+    uint64_t at;        /* the offset of the record found equal to the key */
     unsigned char kind;
     unsigned char state;
 } Item;
@@ -112,6 +114,7 @@ typedef struct {
     int mapped;     /* slots came from mmap (else calloc) */
     int broken;     /* a failed rebuild left the table incomplete */
     int busy;       /* adding keys (a hash_fn might call back in) */
+    int lookup;     /* the call only looks keys up (find_kinds): nothing is stored */
     uint64_t count;
     uint64_t kinds[256];
     int fd;            /* -1 once closed */
@@ -490,6 +493,7 @@ settle_candidates(KeySetObject *s, Item *items)
             }
             if (is) {
                 items[c[i].item].state = ST_FOUND;
+                items[c[i].item].at = start;
             }
             i++;
             continue;
@@ -523,6 +527,7 @@ settle_candidates(KeySetObject *s, Item *items)
             if (it->state == ST_DEFERRED &&
                 bytes_hold(s->scratch + at, (size_t)(end - start) - at, it)) {
                 it->state = ST_FOUND;
+                it->at = c[k].off;
             }
         }
         i = j;
@@ -867,9 +872,9 @@ process(KeySetObject *s, Item *items, size_t n)
 {
     size_t i;
     uint64_t base, *slots;
-    int deferred = 0;
+    int deferred = 0, lookup = s->lookup;
 
-    if (ensure_room(s, n) < 0) {
+    if (!lookup && ensure_room(s, n) < 0) {
         return -1;
     }
     slots = s->slots;
@@ -899,6 +904,7 @@ process(KeySetObject *s, Item *items, size_t n)
                     if (bytes_hold(s->buf + (off - s->file_end),
                                    s->buf_len - (size_t)(off - s->file_end), it)) {
                         it->state = ST_SEEN;
+                        it->at = off;
                         goto next;
                     }
                 }
@@ -928,6 +934,10 @@ process(KeySetObject *s, Item *items, size_t n)
             deferred = 1;
             continue;
         }
+        if (lookup) { /* EXACT: an empty slot ends the scan, so the key is not stored */
+            it->state = ST_NEW;
+            continue;
+        }
         /* EXACT: an empty slot ends the scan, so the key is not stored: store it here */
         if (append_record(s, it, &off) < 0) {
             return -1;
@@ -952,6 +962,10 @@ process(KeySetObject *s, Item *items, size_t n)
             if (it->state != ST_DEFERRED) {
                 continue;
             }
+            if (lookup) { /* no stored record is this key (a lookup adds none) */
+                it->state = ST_NEW;
+                continue;
+            }
             /* no older record is this key; one added by this batch (an earlier deferred item
              * with the same key) may be */
             pos = it->home;
@@ -966,6 +980,7 @@ process(KeySetObject *s, Item *items, size_t n)
                     if (bytes_hold(s->buf + (off - s->file_end),
                                    s->buf_len - (size_t)(off - s->file_end), it)) {
                         it->state = ST_SEEN;
+                        it->at = off;
                         break;
                     }
                 }
@@ -984,6 +999,14 @@ process(KeySetObject *s, Item *items, size_t n)
             s->kinds[it->kind]++;
             it->state = ST_NEW;
         }
+    }
+    if (lookup) {
+        for (i = 0; i < n; i++) {
+            int found = items[i].state == ST_SEEN;
+            *items[i].out = (unsigned char)found;
+            *items[i].where = found ? items[i].at : 0;
+        }
+        return 0;
     }
     for (i = 0; i < n; i++) {
         *items[i].out = items[i].state == ST_NEW;
@@ -1031,6 +1054,7 @@ fill_item(KeySetObject *s, Item *it, PyObject *key, unsigned kind, unsigned char
     Py_ssize_t len = PyUnicode_GET_LENGTH(key);
     it->kind = (unsigned char)kind;
     it->out = out;
+    it->where = NULL;
     it->state = ST_PENDING;
     if (PyUnicode_IS_ASCII(key)) { /* the str's own bytes are its UTF-8 */
         it->p = (const char *)PyUnicode_DATA(key);
@@ -1147,7 +1171,8 @@ typedef struct {
     PyObject *seq;   /* a list or tuple of the keys (owned) */
     Py_buffer new_;  /* where the answers go */
     Py_buffer present;
-    int have_new, have_present;
+    Py_buffer where; /* find_kinds: the offsets of the records found */
+    int have_new, have_present, have_where;
     unsigned kind;
     Py_ssize_t n;
     Py_ssize_t missing;
@@ -1165,17 +1190,20 @@ release_parts(Part *parts, Py_ssize_t count)
         if (parts[i].have_present) {
             PyBuffer_Release(&parts[i].present);
         }
+        if (parts[i].have_where) {
+            PyBuffer_Release(&parts[i].where);
+        }
     }
     PyMem_Free(parts);
 }
 
 static int
-get_output(PyObject *obj, Py_buffer *view, Py_ssize_t n)
+get_output(PyObject *obj, Py_buffer *view, Py_ssize_t n, Py_ssize_t itemsize)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE) < 0) {
         return -1;
     }
-    if (view->len != n) {
+    if (view->len != n * itemsize) {
         PyBuffer_Release(view);
         PyErr_SetString(PyExc_ValueError, "an answer buffer does not match its keys' length");
         return -1;
@@ -1193,6 +1221,9 @@ take_key(KeySetObject *s, Part *part, Py_ssize_t row, size_t *n, int check)
     if (key == Py_None) {
         *present = 0;
         *out = 0;
+        if (part->have_where) {
+            ((uint64_t *)part->where.buf)[row] = 0;
+        }
         part->missing++;
         return 0;
     }
@@ -1202,6 +1233,9 @@ take_key(KeySetObject *s, Part *part, Py_ssize_t row, size_t *n, int check)
     *present = 1;
     if (fill_item(s, &s->items[*n], key, part->kind, out) < 0) {
         return -1;
+    }
+    if (part->have_where) {
+        s->items[*n].where = (uint64_t *)part->where.buf + row;
     }
     if (++*n == BATCH) {
         *n = 0;
@@ -1217,17 +1251,26 @@ PyDoc_STRVAR(add_kinds_doc,
              "keys[j] is seen for the first time, present[j] 0 when keys[j] is None.\n"
              "Returns the number of None keys of each part.");
 
+PyDoc_STRVAR(find_kinds_doc,
+             "find_kinds(parts, founds, presents, wheres, /) -> list[int]\n\n"
+             "Looks keys up without adding any. parts, presents and the result as for\n"
+             "add_kinds; founds[i][j] is 1 when keys[j] is in the set; wheres[i] (a writable\n"
+             "buffer of len(keys) uint64) gets the byte offset of its record (0 when not found):\n"
+             "one number per stored key, never that of another key.");
+
+/* add_kinds (lookup 0: three arguments) and find_kinds (lookup 1: four, the last the offsets) */
 static PyObject *
-add_kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
+kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs, int lookup)
 {
-    PyObject *parts_in, *news, *presents, *result = NULL;
+    PyObject *parts_in, *news, *presents, *wheres = NULL, *result = NULL;
     Part *parts = NULL;
     Py_ssize_t count = 0, i, row, rows = 0, total = 0;
     size_t n = 0;
     int by_row = 1, check;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "add_kinds() takes 3 arguments");
+    if (nargs != 3 + lookup) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %d arguments",
+                     lookup ? "find_kinds" : "add_kinds", 3 + lookup);
         return NULL;
     }
     parts_in = PySequence_Fast(args[0], "parts must be a sequence of (keys, kind)");
@@ -1236,8 +1279,12 @@ add_kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
     }
     news = args[1];
     presents = args[2];
+    if (lookup) {
+        wheres = args[3];
+    }
     count = PySequence_Fast_GET_SIZE(parts_in);
-    if (PySequence_Size(news) != count || PySequence_Size(presents) != count) {
+    if (PySequence_Size(news) != count || PySequence_Size(presents) != count ||
+        (wheres && PySequence_Size(wheres) != count)) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_ValueError, "one answer buffer per part is needed");
         }
@@ -1287,7 +1334,7 @@ add_kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
         if (!obj) {
             goto done;
         }
-        part->have_new = get_output(obj, &part->new_, part->n) == 0;
+        part->have_new = get_output(obj, &part->new_, part->n, 1) == 0;
         Py_DECREF(obj);
         if (!part->have_new) {
             goto done;
@@ -1296,10 +1343,21 @@ add_kinds_impl(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
         if (!obj) {
             goto done;
         }
-        part->have_present = get_output(obj, &part->present, part->n) == 0;
+        part->have_present = get_output(obj, &part->present, part->n, 1) == 0;
         Py_DECREF(obj);
         if (!part->have_present) {
             goto done;
+        }
+        if (wheres) {
+            obj = PySequence_GetItem(wheres, i);
+            if (!obj) {
+                goto done;
+            }
+            part->have_where = get_output(obj, &part->where, part->n, 8) == 0;
+            Py_DECREF(obj);
+            if (!part->have_where) {
+                goto done;
+            }
         }
         if (part->n > rows) {
             rows = part->n;
@@ -1387,7 +1445,22 @@ KeySet_add_kinds(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     s->busy = 1;
-    result = add_kinds_impl(s, args, nargs);
+    result = kinds_impl(s, args, nargs, 0);
+    s->busy = 0;
+    return result;
+}
+
+static PyObject *
+KeySet_find_kinds(KeySetObject *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *result;
+    if (!usable(s) || ensure_items(s) < 0) {
+        return NULL;
+    }
+    s->busy = 1;
+    s->lookup = 1;
+    result = kinds_impl(s, args, nargs, 1);
+    s->lookup = 0;
     s->busy = 0;
     return result;
 }
@@ -1642,6 +1715,8 @@ get_closed(KeySetObject *s, void *closure)
 static PyMethodDef KeySet_methods[] = {
     {"add", (PyCFunction)(void (*)(void))KeySet_add, METH_FASTCALL, add_doc},
     {"add_kinds", (PyCFunction)(void (*)(void))KeySet_add_kinds, METH_FASTCALL, add_kinds_doc},
+    {"find_kinds", (PyCFunction)(void (*)(void))KeySet_find_kinds, METH_FASTCALL,
+     find_kinds_doc},
     {"unique", (PyCFunction)KeySet_unique, METH_O, unique_doc},
     {"close", (PyCFunction)KeySet_close, METH_NOARGS, close_doc},
     {"flush", (PyCFunction)KeySet_flush, METH_NOARGS, flush_doc},

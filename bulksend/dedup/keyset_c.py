@@ -54,6 +54,12 @@ Reading records back
     are written side by side and looked up one after the other, so a repeated row costs one
     read, not two.
 
+Looking keys up
+    ``find_kinds`` probes exactly as ``add_kinds`` does but stores nothing: a key is *found*
+    only when a stored record was compared equal (the same argument), and its ``where`` is
+    that record's offset, which no other key has. A suppression list (``bulksend.suppress``)
+    is a key set that recipients' ids and uids are looked up in.
+
 Memory
     8 bytes per slot: at most 3/4 used, so 10.7-21 bytes per key (13.4 at 20 million keys).
     With ``expected`` the table is sized once for that many keys plus an eighth (12 bytes a
@@ -88,9 +94,12 @@ from typing import Final
 import numpy as np
 
 from bulksend.dedup import _keyset
-from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase
+from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase, U64Array
 
 __all__ = ["KeySet"]
+
+if not hasattr(_keyset.KeySet, "find_kinds"):  # built from an older _keyset.c
+    raise ImportError("bulksend.dedup._keyset is out of date: rebuild it (pip install -e .)")
 
 _MASK64: Final = (1 << 64) - 1
 
@@ -172,3 +181,14 @@ class KeySet(KeySetBase):
             (new, present if none else None)
             for new, present, none in zip(news, presents, missing, strict=True)
         ]
+
+    def find_kinds(
+        self, parts: Sequence[tuple[Sequence[str | None], int]]
+    ) -> list[tuple[BoolArray, U64Array]]:
+        """Look keys up without adding any (see ``KeySetBase.find_kinds``); ``where`` is the
+        byte offset of the key's record in the spill. Checked as ``add_kinds`` checks."""
+        founds = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
+        presents = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
+        wheres = [np.empty(len(keys), dtype=np.uint64) for keys, _ in parts]
+        self._table.find_kinds(parts, founds, presents, wheres)
+        return list(zip(founds, wheres, strict=True))

@@ -42,6 +42,11 @@ Why this is exact (a hash collision can never drop a recipient)
     each fingerprint match. About ``8 * 0.6 * nb / 2**32`` of the lookups (0.2 % at 10 million
     keys) read a record that turns out to be different. Every true duplicate costs one read.
 
+Looking keys up
+    ``find_kinds`` runs the same lookup and the same comparisons and inserts nothing; a key is
+    found only when its record was read back and is equal, and its ``where`` is that record's
+    ``o`` (a key containing NUL, kept in memory, gets a number of its own above every ``o``).
+
 Reading records back
     The records for a whole chunk's fingerprint matches are read and compared by numpy at once.
     While the spill file is small (up to ``_MAP_BUDGET``, 64 MB: about a million rows of ids
@@ -92,7 +97,7 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_KIND", "BoolArray", "KeySet", "SpillStore"]
+__all__ = ["DEFAULT_KIND", "BoolArray", "KeySet", "SpillStore", "U64Array"]
 
 _SLOTS: Final = 8
 _MAX_LOAD: Final = 0.75
@@ -109,6 +114,8 @@ _MASK64: Final = (1 << 64) - 1
 _U32_MAX: Final = (1 << 32) - 1
 #: the kind byte of keys added without one
 DEFAULT_KIND: Final = 1
+#: ``find_kinds`` names a key containing NUL (kept in memory, not in the spill) from here up
+_ODD: Final = 1 << 40
 
 BoolArray = npt.NDArray[np.bool_]
 U8Array = npt.NDArray[np.uint8]
@@ -375,6 +382,18 @@ class KeySetBase(ABC):
         new, _ = self.add_kinds([(keys, kind)])[0]
         return new
 
+    @abstractmethod
+    def find_kinds(
+        self, parts: Sequence[tuple[Sequence[str | None], int]]
+    ) -> list[tuple[BoolArray, U64Array]]:
+        """Look keys up without adding any: for each part ``(found, where)``.
+
+        ``found[i]`` is True when ``keys[i]`` (of the part's kind) is in the set, False when
+        it is not or is None. ``where[i]`` is then a number that names its stored key: the
+        same for every lookup of that key and different for different keys (0 when not
+        found). Exact as ``add_kinds`` is.
+        """
+
 
 class KeySet(KeySetBase):
     """The set of keys seen so far; see the module docstring.
@@ -395,7 +414,9 @@ class KeySet(KeySetBase):
         self._hash_fn = hash_fn
         self._hasher = _Hasher(seed)
         self._store = SpillStore(spill_dir)
-        self._odd: set[tuple[int, str]] = set()  # keys containing NUL: kept exactly, in memory
+        #: keys containing NUL, kept exactly in memory, and the number ``find_kinds`` names
+        #: each by (``_ODD`` and up: above every ``o``)
+        self._odd: dict[tuple[int, str], int] = {}
         self._count = 0
         self._kinds: dict[int, int] = {}  # keys per kind
         self._allocate(_buckets_for(expected + expected // 8))  # estimates run a little low
@@ -473,7 +494,7 @@ class KeySet(KeySetBase):
                     continue
                 if "\0" in key:
                     if (kind, key) not in self._odd:
-                        self._odd.add((kind, key))
+                        self._odd[(kind, key)] = _ODD + len(self._odd)
                         odd_new[i] = True
                 else:
                     plain.append(i)
@@ -497,6 +518,79 @@ class KeySet(KeySetBase):
             self._kinds[plan.kind] = seen + int(np.count_nonzero(out))
             results.append((out, plan.present))
         return results
+
+    def find_kinds(
+        self, parts: Sequence[tuple[Sequence[str | None], int]]
+    ) -> list[tuple[BoolArray, U64Array]]:
+        """Look keys up without adding any (see ``KeySetBase.find_kinds``); ``where`` is the
+        record's ``o``."""
+        flat: list[str] = []
+        groups: list[_Group] = []
+        bounds: list[tuple[int, int]] = []
+        plans: list[tuple[int, int, list[int] | None, BoolArray, U64Array]] = []
+        for keys, kind in parts:
+            if not 1 <= kind <= 255:
+                raise ValueError(f"key kind must be 1-255, not {kind}")
+            bounds.append((len(flat), kind))
+            plans.append(self._find_plan(keys, kind, flat, groups))
+        found_flat, where_flat = self._find_flat(flat, groups, bounds)
+        results: list[tuple[BoolArray, U64Array]] = []
+        for start, used, plain, found, where in plans:
+            part = slice(start, start + used)
+            if plain is None:
+                results.append((found_flat[part], where_flat[part]))
+                continue
+            if plain:
+                at = np.array(plain, dtype=np.intp)
+                found[at], where[at] = found_flat[part], where_flat[part]
+            results.append((found, where))
+        return results
+
+    def _find_plan(
+        self, keys: Sequence[str | None], kind: int, flat: list[str], groups: list[_Group]
+    ) -> tuple[int, int, list[int] | None, BoolArray, U64Array]:
+        """Pack one part's keys for ``_find_flat`` (appended to ``flat`` and ``groups``): its
+        first key's position there, how many went, which they are (None: all, in order), and
+        its answers so far (keys with NUL are answered here, from memory)."""
+        count, start = len(keys), len(flat)
+        found = np.zeros(count, dtype=np.bool_)
+        where = np.zeros(count, dtype=np.uint64)
+        group = _pack_fixed(keys, chr(kind), start) if count else None
+        if group is not None or not count:
+            if group is not None:
+                groups.append(group)
+            flat.extend(keys)  # type: ignore[arg-type]
+            return start, count, None, found, where
+        plain: list[int] = []
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            if "\0" not in key:
+                plain.append(i)
+            elif (kind, key) in self._odd:
+                found[i], where[i] = True, self._odd[(kind, key)]
+        picked = [keys[i] for i in plain]
+        if picked:
+            groups.extend(_pack_general(picked, chr(kind), start))  # type: ignore[arg-type]
+            flat.extend(picked)  # type: ignore[arg-type]
+        return start, len(picked), plain, found, where
+
+    def _find_flat(
+        self, keys: list[str], groups: list[_Group], bounds: list[tuple[int, int]]
+    ) -> tuple[BoolArray, U64Array]:
+        count = len(keys)
+        found = np.zeros(count, dtype=np.bool_)
+        where = np.zeros(count, dtype=np.uint64)
+        if count == 0:
+            return found, where
+        h = self._hashes(keys, groups)
+        fp = (h >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
+        hit_at, hit_o, _, _ = self._lookup(fp)
+        if hit_at.size:  # EXACT: found only where the stored record was read back and is equal
+            same = self._same(hit_o, keys, groups, bounds, hit_at)
+            found[hit_at[same]] = True
+            where[hit_at[same]] = hit_o[same]
+        return found, where
 
     def _add_flat(
         self, keys: list[str], groups: list[_Group], bounds: list[tuple[int, int]]

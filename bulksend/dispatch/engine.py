@@ -20,6 +20,10 @@ the worker goes on with other batches. At most ``parked_per_worker * workers`` b
 parked; when that many are, a worker with one more waits for room. The requests actually in
 flight stay capped by the scheduler (``GroupPolicy.in_flight``).
 
+A ``PauseControl`` (``pause``; bulksend.control.pause) is asked before a worker takes a new
+batch: while it says ``paused`` (SIGUSR1, ``bulksend pause``, outside the send windows) the
+workers wait; what they hold finishes and the scheduler's state is kept.
+
 ``interrupt()`` stops taking new batches and lets the ones in flight finish (bounded by
 ``drain_timeout``); queued batches are reported ``skipped`` and stay resumable, and so are parked
 ones (woken at once), or ``unknown`` when an earlier attempt may have reached the provider.
@@ -34,7 +38,7 @@ import shlex
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bulksend.dedup.ahead import Dedup, DedupAhead, Kept
 from bulksend.dispatch.decide import Action, Do, Stop, decide
@@ -48,24 +52,35 @@ from bulksend.errors import (
     ProviderError,
     UnavailableError,
 )
-from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
+from bulksend.models import (
+    DUPLICATE_REASON,
+    Batch,
+    Duplicate,
+    Outcome,
+    Recipient,
+    Rejected,
+    Status,
+    Suppressed,
+)
 from bulksend.net.fetch import NO_ANSWER, FirstRequest
 from bulksend.output.logs import get_logger
 from bulksend.output.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.providers.answers import likely_fix, public_url, stop_line
 from bulksend.providers.base import (
-    Batcher,
     Classification,
     ClassifiesSent,
     Provider,
     Verdict,
-    add_all,
+    adder,
 )
 from bulksend.ratelimit.circuit import Circuit
 from bulksend.ratelimit.circuit import State as CircuitState
 from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
-from bulksend.state.journal import BatchRecord, Journal, PartRecord, batch_digest
+from bulksend.state.journal import BatchJournal, BatchRecord, PartRecord, batch_digest
+
+if TYPE_CHECKING:
+    from bulksend.control.pause import PauseControl
 
 _CHUNK = 4096  # rows deduplicated together (the deduper works a chunk at a time)
 
@@ -107,9 +122,6 @@ class Sender(Protocol):
 class RequestMetrics(Protocol):
     """Times and counts each request (``bulksend.output.metrics.SendMetrics``)."""
 
-    #: exported as the ``bulksend_paused`` gauge: set it while the send takes no new batches
-    paused: bool
-
     async def timed(self, transport: Sender, group: str, request: Any, retry: bool) -> Any: ...
 
 
@@ -143,9 +155,9 @@ class _Part:
     batch: Batch  # what is encoded: the batch itself, or a Batch of the part
     #: a request without an answer may have reached the provider (or an earlier run's did)
     unknown_sent: bool = False
+    doubt: str = ""  # why it may have reached the provider already ("resent after ...")
     attempts: int = 0
     request: Any = None  # encoded at the first attempt
-    doubt: str = ""  # why it may have reached the provider already ("resent after ...")
 
 
 @dataclass(slots=True, eq=False)
@@ -157,6 +169,7 @@ class _Job:
     results: list[Result]
     split_budget: int  # extra requests left for isolating invalid recipients
     doubt: str = ""  # why the provider may have some of it already (kept in the journal)
+    recorded: bool = False  # reported and journalled already (delivered whole at once)
 
 
 #: what each verdict tells the scheduler about the quota
@@ -170,6 +183,14 @@ _RETRY, _OK = Verdict.RETRY, FeedbackKind.OK
 _UNEXPECTED, _THROTTLED = Verdict.UNEXPECTED, Verdict.THROTTLED
 _STATUS_DELIVERED = Status.DELIVERED
 _CLOSED = CircuitState.CLOSED
+_DELIVERED = Verdict.DELIVERED
+#: ``decide``'s action on a delivered answer, by ``unknown_sent`` (the only input it depends on
+#: then): looked up, not decided, for the answer nearly every request gets
+_ON_DELIVERED = {sent: decide(_DELIVERED, 1, 1, unknown_sent=sent) for sent in (False, True)}
+_PLAIN = _ON_DELIVERED[False]
+#: the common one, delivered with no doubt: done in ``_answered_with`` itself (``_perform``
+#: does what the table says should it ever say something else)
+_DELIVER = _PLAIN if _PLAIN.do is Do.DELIVER and not _PLAIN.twice else None
 
 
 def _run_name(run: int | None) -> str:
@@ -204,13 +225,16 @@ class Engine:
         *,
         report: ReportWriter | None = None,
         summary: Summary | None = None,
-        journal: Journal | None = None,
+        journal: BatchJournal | None = None,
         on_outcomes: Callable[[Sequence[Outcome]], None] | None = None,
         hook_statuses: frozenset[Status] = frozenset(Status),
         source_name: str = "",
+        pause: PauseControl | None = None,
     ) -> None:
         self.provider = provider
-        self._knows_request = False  # set by run: the provider has classify_sent
+        self.pause = pause
+        #: the provider's ``classify_sent`` when it has one (set by run), else None
+        self._classify_sent: Callable[[Any, Any], Classification] | None = None
         self.transport = transport
         self.scheduler = scheduler
         self.dedup = dedup
@@ -257,7 +281,7 @@ class Engine:
     ) -> None:
         rows = recipients if isinstance(recipients, Sequence) else list(recipients)
         self.summary.count(status, len(rows))
-        if status is _STATUS_DELIVERED and reason.startswith(POSSIBLY_TWICE):
+        if status is _STATUS_DELIVERED and reason and reason.startswith(POSSIBLY_TWICE):
             self.summary.possible_duplicates += len(rows)
         to_report = self.report.active
         to_hook = self._on_outcomes is not None and status in self._hook_statuses
@@ -274,22 +298,38 @@ class Engine:
 
     def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
         """Report a batch's results and journal its final state (and ``doubt``)."""
+        if len(results) == 1 and not batch.resumed_split:
+            one = results[0]
+            self._record_one(
+                batch, one.recipients, one.status, one.reason, one.http_status, one.attempts, doubt
+            )
+            return
         for res in results:
             self._finish(
                 batch, res.recipients, res.status, res.reason, res.http_status, res.attempts
             )
-        if self.journal is None:
-            return
-        if len(results) == 1 and not batch.resumed_split:
-            one = results[0]
-            self.journal.finished(batch, one.status.value, one.reason, one.http_status, doubt=doubt)
-        else:
+        if self.journal is not None:
             parts = [
                 (r.line, res.status.value, res.reason, res.http_status)
                 for res in results
                 for r in res.recipients
             ]
             self.journal.finished(batch, "split", "", None, parts, doubt=doubt)
+
+    def _record_one(
+        self,
+        batch: Batch,
+        rows: Sequence[Recipient],
+        status: Status,
+        reason: str,
+        http_status: int | None,
+        attempts: int,
+        doubt: str,
+    ) -> None:
+        """``_record`` of a batch that ended in one result, not split (no ``Result`` needed)."""
+        self._finish(batch, rows, status, reason, http_status, attempts)
+        if self.journal is not None:
+            self.journal.finished(batch, status.value, reason, http_status, doubt=doubt)
 
     def stop(self, error: BaseException) -> None:
         """Stop taking batches: nothing more is sent once this is called."""
@@ -314,19 +354,20 @@ class Engine:
         (``DedupAhead``): chunk k is deduplicated while chunk k+1 is read and the event loop
         sends; every chunk is settled in order."""
         batcher = self.provider.batcher(self.options.batch_size)
+        add = adder(batcher)  # its kind looked up once, not once a chunk
         pending: Future[Kept] | None = None
         with DedupAhead(self.dedup) as ahead:
             try:
                 if isinstance(chunks, AsyncIterable):  # e.g. behind an audience check
                     async for chunk in chunks:
-                        pending = await self._chunk(chunk, ahead, pending, batcher)
+                        pending = await self._chunk(chunk, ahead, pending, add)
                 else:
                     for chunk in chunks:
-                        pending = await self._chunk(chunk, ahead, pending, batcher)
+                        pending = await self._chunk(chunk, ahead, pending, add)
             except ProviderError as exc:  # a source that talks to the provider (audience)
                 self.stop(exc)
             if pending is not None:
-                await self._take(pending, batcher)
+                await self._take(pending, add)
         for batch in batcher.flush():
             await self._plan(batch)
 
@@ -335,7 +376,7 @@ class Engine:
         chunk: Chunk,
         ahead: DedupAhead,
         pending: Future[Kept] | None,
-        batcher: Batcher,
+        add: Callable[[Sequence[Recipient]], list[Batch]],
     ) -> Future[Kept] | None:
         """Count and report the chunk's rejected rows, start its deduplication, and settle
         the chunk before it; returns this chunk's deduplication, still running."""
@@ -345,11 +386,13 @@ class Engine:
             rec = Recipient(item.line, item.id, item.uid)
             if type(item) is Duplicate:  # deduplicated ahead (a shard: see bulksend.state.shard)
                 self._finish(None, [rec], Status.DUPLICATE, item.reason)
+            elif type(item) is Suppressed:  # a suppression list holds it (--exclude)
+                self._finish(None, [rec], Status.SUPPRESSED, item.reason)
             else:
                 self._finish(None, [rec], Status.INVALID, self._where(item))
         future = ahead.submit(recipients) if len(recipients) else None
         if pending is not None:
-            await self._take(pending, batcher)
+            await self._take(pending, add)
         return future
 
     def _where(self, item: Rejected) -> str:
@@ -358,14 +401,16 @@ class Engine:
             return f"{self.source_name}:{item.line}: {item.reason}"
         return item.reason
 
-    async def _take(self, deduplicated: Future[Kept], batcher: Batcher) -> None:
+    async def _take(
+        self, deduplicated: Future[Kept], add: Callable[[Sequence[Recipient]], list[Batch]]
+    ) -> None:
         """Batch what a chunk's deduplication kept (after a stop: account for it, unsent)."""
         kept, duplicates = await asyncio.wrap_future(deduplicated)
         self._finish(None, duplicates, Status.DUPLICATE, DUPLICATE_REASON)
         if self._stop is not None:  # after a stop the rest of the file is accounted for
             self._finish(None, kept, Status.SKIPPED, f"not sent: {self._stop}")
             return
-        for batch in add_all(batcher, kept):
+        for batch in add(kept):
             await self._plan(batch)
         await asyncio.sleep(0)  # let the workers run between chunks
 
@@ -380,7 +425,7 @@ class Engine:
         if previous is not None and journal is not None:
             if previous.digest != batch_digest(batch.recipients):
                 raise ProviderError(
-                    f"journal {journal.path}: batch {batch.number} differs from the earlier "
+                    f"journal {journal.where}: batch {batch.number} differs from the earlier "
                     "run's; the recipients or settings changed — start over with --fresh"
                 )
             batch.attempts = previous.attempts
@@ -388,7 +433,7 @@ class Engine:
                 return
         await self._queue.put(batch)
 
-    def _resumed(self, batch: Batch, previous: BatchRecord, journal: Journal) -> bool:
+    def _resumed(self, batch: Batch, previous: BatchRecord, journal: BatchJournal) -> bool:
         """Report what an earlier run settled of ``batch``; True when nothing is left to send.
 
         What is left is marked possibly sent (with why) when an earlier request for it got no
@@ -469,6 +514,8 @@ class Engine:
         self._debug = _debug_enabled(self._log)
         split_budget = self.options.split_budget
         while True:
+            if self.pause is not None and self.pause.paused:
+                await self.pause.wait_open(self._stopping)
             try:
                 batch = queue.get_nowait()  # what queue.get() does when a batch is waiting
             except asyncio.QueueEmpty:
@@ -478,8 +525,9 @@ class Engine:
             if self._stop is not None:
                 self._skip(batch)
                 continue
-            first = _Part(batch, batch.possibly_sent, doubt=batch.doubt)
-            job = _Job(batch, [first], [], split_budget, doubt=batch.doubt)
+            # (positional: keywords to a class cost a dictionary each)
+            first = _Part(batch, batch.possibly_sent, batch.doubt)
+            job = _Job(batch, [first], [], split_budget, batch.doubt)
             try:
                 await self._work(job, parked=False)
             except asyncio.CancelledError:
@@ -516,7 +564,8 @@ class Engine:
                 await self._park(job, delay)
                 return
             await self._pause(delay)
-        self._record(job.batch, job.results, job.doubt)
+        if not job.recorded:
+            self._record(job.batch, job.results, job.doubt)
 
     async def _park(self, job: _Job, delay: float) -> None:
         """Hand a job waiting to retry to a task of its own (waiting while too many are)."""
@@ -559,7 +608,14 @@ class Engine:
         if permit is None:
             return None
         if self.journal is not None and part.attempts == 0 and part.batch is batch:
-            await self.journal.in_flight(batch)
+            try:
+                await self.journal.in_flight(batch)
+            except UnavailableError as exc:  # not recorded: not sent, and nothing more is
+                self.scheduler.cancel(permit)
+                self.stop(exc)
+                status = Status.UNKNOWN if part.unknown_sent else Status.SKIPPED
+                self._settle(job, status, f"not sent: {exc}", None)
+                return None
         part.attempts += 1
         batch.attempts += 1
         summary = self.summary
@@ -652,7 +708,9 @@ class Engine:
         if not self._opened:
             self._opened = True
             self._first.done()
-        verdict = self._classify(part, response)
+        # the provider's verdict, knowing the request when it asks (``classify_sent``)
+        sent = self._classify_sent
+        verdict = self.provider.classify(response) if sent is None else sent(part.request, response)
         kind = verdict.verdict
         group = job.batch.group
         failure = kind is _RETRY
@@ -680,6 +738,26 @@ class Engine:
                 verdict=kind.value,
                 attempt=part.attempts,
             )
+        if kind is not _DELIVERED:
+            return self._decide(job, part, verdict, http)
+        action = _ON_DELIVERED[part.unknown_sent]
+        if action is not _DELIVER:
+            return self._perform(job, part, action, verdict.message, http, verdict)
+        batch = job.batch
+        if part.batch is not batch or batch.resumed_split:  # a part of a split batch
+            self._settle(job, _STATUS_DELIVERED, "", http)
+            return None
+        # the whole batch delivered (nearly every answer): recorded now, as _work would
+        job.parts.pop()
+        job.recorded = True
+        self._record_one(
+            batch, batch.recipients, _STATUS_DELIVERED, "", http, part.attempts, job.doubt
+        )
+        return None
+
+    def _decide(self, job: _Job, part: _Part, verdict: Classification, http: int) -> float | None:
+        """Act on an answer that is not a delivery, as ``decide`` says."""
+        kind = verdict.verdict
         if kind is _UNEXPECTED:
             self._unexpected(part, verdict)
         elif kind is _THROTTLED:
@@ -696,12 +774,6 @@ class Engine:
             max_unexpected=opts.max_unexpected,
         )
         return self._perform(job, part, action, verdict.message, http, verdict)
-
-    def _classify(self, part: _Part, response: Any) -> Classification:
-        """The provider's verdict, knowing the request when it asks (``classify_sent``)."""
-        if self._knows_request:
-            return cast(ClassifiesSent, self.provider).classify_sent(part.request, response)
-        return self.provider.classify(response)
 
     def _warn(self, warning: str) -> None:
         self._warned.add(warning)
@@ -794,6 +866,9 @@ class Engine:
         the one the journal recorded)."""
         if self.journal is None:
             return ""
+        if self.journal.path is None:  # (a journal in Redis: the same send resumes it)
+            at = " at the right URL (--base-url URL)" if to_another_url else ""
+            return f"; resume it{at} by running the same send again ({self.journal.where})"
         journal = shlex.quote(str(self.journal.path))
         if not to_another_url:
             return f"; resume it with: bulksend retry {journal}"
@@ -841,7 +916,7 @@ class Engine:
     @staticmethod
     def _part(batch: Batch, recipients: Sequence[Recipient]) -> _Part:
         part = Batch(batch.number, batch.group, list(recipients))
-        return _Part(part, batch.possibly_sent, doubt=batch.doubt)
+        return _Part(part, batch.possibly_sent, batch.doubt)
 
     # -- circuit breaker --------------------------------------------------------------------
     def _circuit(self, group: str) -> Circuit:
@@ -938,6 +1013,7 @@ class Engine:
                 retries=s.retries,
                 rate=round(s.delivered / elapsed, 1) if elapsed else 0.0,
                 limits=limits,
+                **({"paused": self.pause.status()} if self.pause and self.pause.paused else {}),
             )
 
     async def run(
@@ -947,10 +1023,16 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = loop.time()
         opts = self.options
-        self._knows_request = isinstance(self.provider, ClassifiesSent)  # once, not per answer
+        provider = self.provider
+        if isinstance(provider, ClassifiesSent):  # looked up once, not once an answer
+            self._classify_sent = provider.classify_sent
         self._parking = asyncio.Semaphore(max(1, opts.workers * opts.parked_per_worker))
+        if self.pause is not None:
+            await self.pause.poll()  # closed send windows hold even the first batch
         workers = [asyncio.create_task(self._worker()) for _ in range(opts.workers)]
-        progress = asyncio.create_task(self._progress())
+        watchers = [asyncio.create_task(self._progress())]
+        if self.pause is not None:
+            watchers.append(asyncio.create_task(self.pause.watch()))
         try:
             chunks = items if isinstance(items, AsyncIterable) else as_chunks(items)
             await self._read_while_sending(chunks, workers)
@@ -971,8 +1053,9 @@ class Engine:
             self._drain_queue()
             raise
         finally:
-            progress.cancel()
-            await asyncio.gather(progress, return_exceptions=True)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             self.summary.elapsed = loop.time() - started
             if self.journal is not None:
                 self.journal.flush()

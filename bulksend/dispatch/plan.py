@@ -13,7 +13,7 @@ from typing import Any
 
 from bulksend.dedup.ahead import DedupAhead
 from bulksend.dispatch.engine import as_chunks
-from bulksend.models import Batch, HttpRequest
+from bulksend.models import Batch, HttpRequest, Rejected, Suppressed
 from bulksend.providers.base import Limit, Provider, add_all
 from bulksend.ratelimit.bucket import Bucket
 from bulksend.ratelimit.scheduler import GroupPolicy
@@ -27,6 +27,11 @@ class Plan:
     rows: int = 0
     valid: int = 0
     duplicates: int = 0
+    #: rows a suppression list holds, and how many each list (by its name) suppressed
+    suppressed: int = 0
+    suppressed_by: Counter[str] = field(default_factory=Counter)
+    #: the suppression lists read: (name, rows, distinct keys it added)
+    lists: list[tuple[str, int, int]] = field(default_factory=list)
     invalid: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     requests: Counter[str] = field(default_factory=Counter)  # per endpoint group
@@ -66,6 +71,11 @@ class Plan:
             "rows": self.rows,
             "valid": self.valid,
             "duplicates": self.duplicates,
+            "suppressed": self.suppressed,
+            "suppressed_by_list": dict(self.suppressed_by.most_common()),
+            "suppression_lists": [
+                {"path": name, "rows": rows, "keys": keys} for name, rows, keys in self.lists
+            ],
             "invalid": sum(self.invalid.values()),
             "invalid_by_reason": dict(self.invalid.most_common()),
             "invalid_examples": [{"line": n, "reason": r} for n, r in self.examples],
@@ -98,6 +108,7 @@ def plan(
     with DedupAhead(dedup) as ahead:
         for (recipients, rejected), (kept, duplicates) in ahead.chunks(as_chunks(items)):
             p.rows += len(recipients) + len(rejected)
+            rejected = _count_suppressed(p, rejected)
             for item in rejected:
                 p.invalid[item.reason] += 1
             room = EXAMPLES - len(p.examples)
@@ -110,3 +121,13 @@ def plan(
     for batch in batcher.flush():
         take(batch)
     return p
+
+
+def _count_suppressed(p: Plan, rejected: list[Rejected]) -> list[Rejected]:
+    """Count the suppressed rows among ``rejected``; the others (the invalid) are returned."""
+    suppressed = [item for item in rejected if type(item) is Suppressed]
+    if not suppressed:
+        return rejected
+    p.suppressed += len(suppressed)
+    p.suppressed_by.update(item.source for item in suppressed)
+    return [item for item in rejected if type(item) is not Suppressed]

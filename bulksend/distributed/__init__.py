@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bulksend.distributed.keys import SCHEMES, quota_scope, redact_url, url_password
+from bulksend.distributed.keys import checked_url, quota_scope, redact_url, url_password
 from bulksend.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -53,12 +53,7 @@ async def shared_scheduler(
     """
     from bulksend.output import logs
 
-    scheme = url.partition("://")[0].lower()
-    if "://" not in url or scheme not in SCHEMES:
-        raise ConfigError(
-            f"--limiter: expected redis://HOST:PORT/DB (or rediss://, unix://), "
-            f"got {redact_url(url)!r}"
-        )
+    checked_url(url, "--limiter")
     password = url_password(url)
     if password:
         logs.redactor.register([password])

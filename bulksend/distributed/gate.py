@@ -23,10 +23,10 @@ from bulksend.distributed import lua
 from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url
 from bulksend.errors import ConfigError, GateUnavailable, UnavailableError
 
-__all__ = ["Admission", "GateUnavailable", "RedisGate", "Verdict"]
+__all__ = ["DOWN", "Admission", "GateUnavailable", "RedisGate", "Verdict", "client_from_url"]
 
 #: errors that mean "Redis is not there right now" (not a bug in a script)
-_DOWN: tuple[type[BaseException], ...] = (
+DOWN: tuple[type[BaseException], ...] = (
     rex.ConnectionError,  # includes BusyLoadingError (a restarted Redis loading its data)
     rex.TimeoutError,
     rex.ReadOnlyError,  # a replica after a failover
@@ -55,6 +55,25 @@ class Admission:
         return self.verdict is Verdict.ADMITTED
 
 
+def client_from_url(
+    url: str, *, timeout: float = 3.0, flag: str = "--limiter", retry: Retry | None = None
+) -> aioredis.Redis:
+    """A Redis client on ``url`` (not yet connected; ``rediss://`` and ``user:password@`` as
+    redis-py reads them). Timeouts bound every command, so a Redis that hangs counts as one that
+    is gone; without ``retry`` the client never retries on its own. A URL redis-py cannot read
+    is a one-line ``ConfigError`` naming ``flag``, without the password."""
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=retry or Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: cannot use {redact_url(url)}: {exc}") from None
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -76,17 +95,7 @@ class RedisGate:
     def from_url(cls, url: str, scope: str, *, timeout: float = 3.0) -> RedisGate:
         """A gate on ``url`` (not yet connected). Timeouts bound every command, so a Redis that
         hangs counts as one that is gone; the client never retries on its own."""
-        try:
-            client = aioredis.Redis.from_url(
-                url,
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=0,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"--limiter: cannot use {redact_url(url)}: {exc}") from None
-        return cls(client, url, scope)
+        return cls(client_from_url(url, timeout=timeout), url, scope)
 
     @classmethod
     async def connect(cls, url: str, scope: str, *, connect_timeout: float = 3.0) -> RedisGate:
@@ -114,7 +123,7 @@ class RedisGate:
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
-        except _DOWN as exc:
+        except DOWN as exc:
             raise GateUnavailable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
     async def ping(self) -> None:
@@ -199,7 +208,7 @@ class RedisGate:
         return True
 
     async def aclose(self) -> None:
-        with contextlib.suppress(*_DOWN):  # closing a connection to a Redis that is gone
+        with contextlib.suppress(*DOWN):  # closing a connection to a Redis that is gone
             await self.client.aclose()
 
 

@@ -19,9 +19,12 @@ import math
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from bulksend.errors import ConfigError
+
 __all__ = [
     "MAX_MARGIN",
     "SCHEMES",
+    "checked_url",
     "key_fingerprint",
     "key_names",
     "key_ttl_ms",
@@ -69,6 +72,18 @@ def url_password(url: str) -> str | None:
         if name == "password" and value:
             return value
     return None
+
+
+def checked_url(url: str, flag: str) -> str:
+    """``url`` when it is a Redis URL (``redis://``, ``rediss://``, ``unix://``), else a one-line
+    ``ConfigError`` naming ``flag`` and the URL without its password."""
+    scheme = url.partition("://")[0].lower()
+    if "://" not in url or scheme not in SCHEMES:
+        raise ConfigError(
+            f"{flag}: expected redis://HOST:PORT/DB (or rediss://, unix://), "
+            f"got {redact_url(url)!r}"
+        )
+    return url
 
 
 def redact_url(url: str) -> str:

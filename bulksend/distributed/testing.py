@@ -5,8 +5,9 @@
         server.kill()                      # SIGKILL: the data is gone, as in a crash
         server.start()                     # again on the same port
 
-``RedisServer.available()`` says whether a ``redis-server`` binary is on the PATH. Nothing here
-needs the ``redis`` Python package (readiness is checked with a raw ``PING``).
+``RedisServer(extra=["--appendonly", "yes"])`` adds ``redis-server`` arguments (persistence, ACL
+users, ...). ``RedisServer.available()`` says whether a ``redis-server`` binary is on the PATH.
+Nothing here needs the ``redis`` Python package (readiness is checked with a raw ``PING``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -33,11 +35,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when a Redis answers ``PING`` at host:port."""
+    """True when a Redis answers ``PING`` at host:port (or asks to authenticate first)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # (up, with users)
     except OSError:
         return False
 
@@ -46,9 +48,16 @@ class RedisServer:
     """``redis-server`` in a child process, bound to loopback, without persistence."""
 
     def __init__(
-        self, port: int | None = None, *, host: str = "127.0.0.1", binary: str | None = None
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.host = host
+        #: more ``redis-server`` arguments, after the defaults (``--appendonly yes`` wins)
+        self.extra = list(extra)
         self.port = port or free_port(host)
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.process: subprocess.Popen[bytes] | None = None
@@ -83,6 +92,7 @@ class RedisServer:
             "--logfile",
             str(Path(self._dir.name) / "redis.log"),
         ]
+        argv += self.extra
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

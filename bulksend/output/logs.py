@@ -2,6 +2,9 @@
 
 Every event passes through ``Redactor``, which replaces any registered secret value (and the
 value of any key that looks like a credential) with ``"[redacted]"`` — wherever it appears.
+Console lines are for people: a text value with a control character is shown as Python writes
+it (``'\\x1b[2J'``), the event on one line, escaped (``bulksend.output.printable``); JSON
+lines stay exact (JSON escapes control characters itself).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+
+from bulksend.output.printable import escaped, unwrapped
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = ("authorization", "api_key", "apikey", "password", "token", "secret")
@@ -66,6 +71,30 @@ class Redactor:
 redactor = Redactor()
 
 
+class _Quoted:
+    """A text value the console shows quoted and escaped, as Python's ``repr`` writes it (the
+    console renderer shows a plain word bare, and would show its control characters raw)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+def escape_for_console(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: nothing from outside drives the terminal of a console line."""
+    for key, value in event.items():
+        if not isinstance(value, str) or value.isprintable():
+            continue
+        event[key] = escaped(value) if key == "event" else _Quoted(value)
+    return event
+
+
 def _dumps_text(obj: Any, **kwargs: Any) -> str:
     return orjson.dumps(obj, **kwargs).decode()
 
@@ -81,7 +110,7 @@ def configure(
 
     ``colors``: ANSI colours in console output (default: when ``stream`` is a terminal).
     """
-    stream = stream or sys.stderr
+    stream = unwrapped(stream or sys.stderr)  # escaped below for the console; JSON is exact
     if colors is None:
         colors = stream.isatty()
     if fmt == "auto":
@@ -101,6 +130,7 @@ def configure(
         processors.append(structlog.processors.JSONRenderer(serializer=_dumps_text))
         factory = structlog.PrintLoggerFactory(stream)
     else:
+        processors.append(escape_for_console)
         processors.append(structlog.dev.ConsoleRenderer(colors=colors))
         factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(

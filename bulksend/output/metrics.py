@@ -78,8 +78,6 @@ class SendMetrics:
         self.campaign = campaign
         #: the Pushgateway's grouping key besides ``job``: the campaign (and a shard's slice)
         self.grouping = {"campaign": campaign}
-        #: exported as ``bulksend_paused``: whoever pauses the send sets it
-        self.paused = False
         self.engine: Any = None
         self.server = ("", "")  # the provider's host and port (from the transport's base URL)
         self.durations: dict[_Key, _Durations] = {}
@@ -147,10 +145,12 @@ class _SendCollector(Collector):
         info = InfoMetricFamily("bulksend_send", "The send these metrics are of")
         info.add_metric([], {"provider": m.provider, "campaign": m.campaign})
         yield info
-        yield GaugeMetricFamily(
-            "bulksend_paused", "1 while the send is paused (takes no new batches)", int(m.paused)
-        )
         engine = m.engine
+        pause = getattr(engine, "pause", None)  # (bulksend.control.pause.PauseControl)
+        paused = pause is not None and pause.paused
+        yield GaugeMetricFamily(
+            "bulksend_paused", "1 while the send is paused (takes no new batches)", int(paused)
+        )
         if engine is None:  # not started yet
             return
         yield from _summary_metrics(engine.summary)

@@ -6,8 +6,9 @@ not a traceback after the whole campaign was sent. The rules, the same for every
 - ``-`` is standard output where the flag says so (``--report``, ``--summary-json``,
   ``leads --out``); at most one output of a command can be standard output.
 - an output is a file: a directory (or a path ending in ``/``) is refused.
-- missing parent directories are created when the file is written (as ``mkdir -p``); the
-  nearest one that exists must be a directory bulksend can create files in.
+- missing parent directories are created when the file is written (as ``mkdir -p``, each
+  ``0700``; a new file is ``0600``: ``bulksend.output.private``); the nearest one that exists
+  must be a directory bulksend can create files in.
 - an existing file must be writable; it is replaced (appended to: ``$GITHUB_STEP_SUMMARY``,
   ``traitly-webhooks --out``; continued: a journal).
 - an output is never one of the command's inputs, nor another output.

@@ -2,6 +2,7 @@
 structured ``progress`` log events serve machines there).
 
     12,345/50,000 24.7%  delivered 12,300  1,234/s  ETA 31s  limit 600/min  429s 0  retries 2
+    12,345/50,000 24.7%  paused until 09:00 Europe/Berlin  delivered 12,300  ...
 
 The first figure counts every row settled (delivered, duplicate, invalid, failed, ...), so it
 reaches the file's row count; *delivered* and the rate count deliveries. The line is cut to
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from bulksend.output.printable import printable, unwrapped
 from bulksend.output.report import Summary
 from bulksend.ratelimit.scheduler import Scheduler
 
@@ -44,8 +46,11 @@ def count_rows(path: str, *, header: bool = True, limit_bytes: int = 2 << 30) ->
     return max(0, n - header)
 
 
-def line_parts(summary: Summary, total: int | None, elapsed: float, limits: str) -> list[str]:
-    """The progress line's parts, most important first (``fit`` drops from the end)."""
+def line_parts(
+    summary: Summary, total: int | None, elapsed: float, limits: str, paused: str = ""
+) -> list[str]:
+    """The progress line's parts, most important first (``fit`` drops from the end);
+    ``paused``: why the send is paused (no ETA then)."""
     done = summary.accounted
     delivered_now = summary.delivered - summary.delivered_earlier  # not a resumed run's replay
     rate = delivered_now / elapsed if elapsed > 0 else 0.0
@@ -53,11 +58,13 @@ def line_parts(summary: Summary, total: int | None, elapsed: float, limits: str)
         parts = [f"{done:,}/{total:,} {min(100.0, 100.0 * done / total):.1f}%"]
     else:
         parts = [f"{done:,} rows"]
+    if paused:
+        parts.append(paused)
     parts.append(f"delivered {summary.delivered:,}")
     if summary.failed:
         parts.append(f"failed {summary.failed:,}")
     parts.append(f"{rate:,.0f}/s")
-    if total and done and done < total and elapsed > 0:
+    if total and done and done < total and elapsed > 0 and not paused:
         parts.append(f"ETA {eta_text((total - done) / (done / elapsed))}")
     if limits:
         parts.append(f"limit {limits}")
@@ -115,7 +122,7 @@ class TerminalLine(io.TextIOBase):
 
     def show(self, line: str) -> None:
         """Draw ``line`` as the status line (replacing the one shown)."""
-        self.status = line
+        self.status = line = printable(line)
         self.stream.write("\r\x1b[2K" + line)
         self.stream.flush()
         self._shown = True
@@ -163,12 +170,15 @@ class ProgressView:
         total: int | None,
         *,
         interval: float = 0.25,
+        paused: Callable[[], str] | None = None,
     ) -> None:
+        stream = unwrapped(stream)  # the line's own control sequences are not escaped
         self.line = stream if isinstance(stream, TerminalLine) else TerminalLine(stream)
         self.summary = summary
         self._scheduler = scheduler
         self.total = total
         self.interval = interval
+        self._paused = paused
         self._task: asyncio.Task[None] | None = None
 
     def _limits(self) -> str:
@@ -178,7 +188,8 @@ class ProgressView:
         return ", ".join(limit_text(g.limit, g.window) for g in sched.snapshot().values())
 
     def draw(self, elapsed: float) -> None:
-        parts = line_parts(self.summary, self.total, elapsed, self._limits())
+        paused = self._paused() if self._paused is not None else ""
+        parts = line_parts(self.summary, self.total, elapsed, self._limits(), paused)
         self.line.show(fit(parts, self.line.columns()))
 
     async def _run(self) -> None:

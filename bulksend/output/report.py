@@ -19,6 +19,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from bulksend.models import Outcome, Status
+from bulksend.output.private import open_private
 
 COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "batch")
 #: the reason of a delivered row the provider may have received twice starts so (a request for
@@ -26,7 +27,7 @@ COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "
 POSSIBLY_TWICE = "may have arrived twice"
 # looked up once: Summary.count runs for every batch
 _DELIVERED, _DUPLICATE, _INVALID = Status.DELIVERED, Status.DUPLICATE, Status.INVALID
-_FAILED, _UNKNOWN = Status.FAILED, Status.UNKNOWN
+_FAILED, _UNKNOWN, _SUPPRESSED = Status.FAILED, Status.UNKNOWN, Status.SUPPRESSED
 
 
 class ReportWriter:
@@ -57,8 +58,7 @@ class ReportWriter:
             self._csv = csv.writer(self._file)
             self._csv.writerow(COLUMNS)
         elif self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8", newline="")
+            self._file = open_private(self.path, "w", newline="")
             if not self._json:
                 self._csv = csv.writer(self._file)
                 self._csv.writerow(COLUMNS)
@@ -141,6 +141,8 @@ class Summary:
     failed: int = 0
     unknown: int = 0
     skipped: int = 0
+    #: rows a suppression list (``--exclude``) holds: never sent
+    suppressed: int = 0
     requests: int = 0
     throttled: int = 0
     retries: int = 0
@@ -173,6 +175,8 @@ class Summary:
             self.failed += n
         elif status is _UNKNOWN:
             self.unknown += n
+        elif status is _SUPPRESSED:
+            self.suppressed += n
         else:
             self.skipped += n
 
@@ -186,6 +190,7 @@ class Summary:
             + self.failed
             + self.unknown
             + self.skipped
+            + self.suppressed
         )
 
     @property
@@ -232,7 +237,7 @@ class Summary:
 
     @property
     def valid(self) -> int:
-        """Rows that should have been delivered (not duplicates, not invalid)."""
+        """Rows that should have been delivered (not duplicates, not invalid, not suppressed)."""
         return self.delivered + self.failed + self.unknown + self.skipped
 
     @property
@@ -251,6 +256,7 @@ class Summary:
             ("delivered", self._delivered_text()),
             ("duplicates", f"{self.duplicates:,}"),
             ("invalid", f"{self.invalid:,}"),
+            ("suppressed", f"{self.suppressed:,}"),
             ("failed", f"{self.failed:,}"),
             ("unknown", f"{self.unknown:,}"),
             ("skipped", f"{self.skipped:,}"),
@@ -277,6 +283,10 @@ class Summary:
             ("read", self.read),
             ("duplicates", self.duplicates),
             ("invalid", self.invalid),
+        ]
+        if self.suppressed:
+            rows.append(("suppressed", self.suppressed))
+        rows += [
             ("delivered", self._delivered_text()),
             ("failed", self.failed),
         ]

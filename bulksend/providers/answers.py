@@ -30,8 +30,10 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from multidict import istr
 
 from bulksend.models import HttpResponse
+from bulksend.output.printable import escaped as _escaped
 from bulksend.providers.base import Classification, Verdict
 
 __all__ = [
@@ -57,6 +59,8 @@ __all__ = [
 BODY_CHARS = 80
 _TYPE_CHARS = 60
 _JSON_TYPES = frozenset({"application/json", "text/json"})
+#: the header's name as aiohttp's headers look it up fastest (a plain dict takes it too)
+_CONTENT_TYPE = istr("Content-Type")
 #: header value -> is it a JSON media type (servers send one or two values: a small cache)
 _typed: dict[str, bool] = {}
 #: credentials a body may echo back (an echo service, a debug page): the value is removed
@@ -92,6 +96,15 @@ def _media_type(value: str) -> str:
 
 def json_typed(headers: Mapping[str, str]) -> bool:
     """Whether the answer says it is JSON (or says nothing: judged by its body then)."""
+    value = headers.get(_CONTENT_TYPE)
+    if value is not None:  # a value seen before is looked up only (nearly every answer)
+        known = _typed.get(value)
+        if known is not None:
+            return known
+    return _json_typed(headers)
+
+
+def _json_typed(headers: Mapping[str, str]) -> bool:
     value = content_type(headers)
     if value is None:
         return True
@@ -114,25 +127,6 @@ def read_json(response: HttpResponse) -> Any:
         return orjson.loads(response.body)
     except orjson.JSONDecodeError:
         return NOT_JSON
-
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def _escaped(text: str) -> str:
-    """Control and other invisible characters as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
 
 
 def _scrubbed(text: str) -> str:

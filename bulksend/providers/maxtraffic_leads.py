@@ -22,8 +22,6 @@ the server's message; 429, 5xx and lost connections are retried through the sche
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +34,7 @@ import orjson
 from bulksend.errors import AuthError, ConfigError, TransientError, UnavailableError
 from bulksend.models import HttpRequest, HttpResponse
 from bulksend.net.fetch import Fetcher, Retry, Sender
+from bulksend.output import private
 from bulksend.providers import maxtraffic
 from bulksend.providers.answers import (
     BASE_URL_HINT,
@@ -293,13 +292,6 @@ def dump_leads(leads: Sequence[Lead], out: TextIO, fmt: str) -> None:
 def write_leads(leads: Sequence[Lead], path: Path, fmt: str | None = None) -> int:
     """Write ``leads`` to ``path`` atomically (a temporary file renamed into place)."""
     kind = output_format(str(path), fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            dump_leads(leads, f, kind)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with private.replacing(path, newline="") as f:
+        dump_leads(leads, f, kind)
     return len(leads)

@@ -23,8 +23,15 @@ i.e. next actions, is kept), so the file is directly the audience of a follow-up
 Answers: 200 ``{"status": "recorded"}`` or ``{"status": "filtered", "reason"}``; 400 with a
 message for a payload of the wrong shape; 401 without the shared token (when one is set:
 ``Authorization: Token <t>`` or ``Bearer <t>``, or ``?token=<t>`` in the registered URL); 406
-when ``Accept`` admits no JSON; 415 when the body is not ``application/json``. The doc defines
-no authentication for webhooks; the token is this receiver's own.
+when ``Accept`` admits no JSON; 413 when the body is larger than ``max_body`` bytes
+(``MAX_BODY``, 256 KiB, by default); 415 when the body is not ``application/json``. The doc
+defines no authentication for webhooks; the token is this receiver's own.
+
+Exposure: whoever can POST to the receiver adds people to an audience. Without a token it
+listens only on a loopback address (``127.0.0.1``, ``::1``, ``localhost``): anywhere else
+``serving`` refuses unless ``insecure_no_token`` says the user wants it so. Tokens are
+compared in constant time (``hmac.compare_digest`` on their SHA-256 digests, so not even the
+length shows) and never logged, printed or echoed in an answer.
 
 The pure parts (``parse_payload``, ``flatten``, ``keep``) take data in and hand rows out; the
 aiohttp glue (``build_app``, ``serving``) is thin.
@@ -32,7 +39,9 @@ aiohttp glue (``build_app``, ``serving``) is thin.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -47,6 +56,7 @@ from aiohttp import web
 
 from bulksend.errors import PayloadError
 from bulksend.net.http import accepts_json
+from bulksend.output.private import open_private
 
 __all__ = [
     "OBJECTS",
@@ -57,11 +67,14 @@ __all__ = [
     "Recorder",
     "build_app",
     "flatten",
+    "is_loopback",
     "keep",
     "parse_payload",
     "serving",
 ]
 
+#: the default cap on a payload's size, in bytes (Traitly's payloads are a few KiB)
+MAX_BODY = 256 * 1024
 NEXT_ACTIONS = "recommended-next-actions"
 PROPENSITY = "goal-propensity-change"
 OBJECTS = (NEXT_ACTIONS, PROPENSITY)
@@ -207,8 +220,21 @@ class ReceiverConfig:
     token: str | None = field(default=None, repr=False)
     objects: frozenset[str] = frozenset(OBJECTS)
     path: str = "/"
+    max_body: int = MAX_BODY
+    #: listen without a token on an address others can reach (refused otherwise)
+    insecure_no_token: bool = False
 
-    def validate(self) -> None:
+    def validate(self, host: str | None = None) -> None:
+        """ValueError naming what is wrong; with ``host``, also whether it may listen there."""
+        if host is not None and not (self.token or self.insecure_no_token or is_loopback(host)):
+            shown = host or "every address"
+            raise ValueError(
+                f"will not listen on {shown} without a token: anyone who can reach it could add "
+                "people to the audience; give a token (--token-env VAR), listen on 127.0.0.1, "
+                "or say --insecure-no-token"
+            )
+        if self.max_body < 1:
+            raise ValueError("max_body must be at least 1 byte")
         if not 0.0 <= self.min_likelihood <= 1.0:
             raise ValueError("min_likelihood must be between 0 and 1")
         if not self.objects or not self.objects <= set(OBJECTS):
@@ -230,8 +256,7 @@ class Recorder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = path.open("ab")
+        self._file: IO[bytes] = open_private(path, "ab")
 
     def write(self, row: Mapping[str, Any]) -> None:
         self._file.write(orjson.dumps(row) + b"\n")
@@ -239,6 +264,23 @@ class Recorder:
 
     def close(self) -> None:
         self._file.close()
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``)? A host name
+    other than localhost is not: it may resolve to anything."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_token(given: str, token: bytes) -> bool:
+    """In constant time, whatever either's length (digests of equal length are compared)."""
+    mine = hashlib.sha256(token).digest()
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), mine)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -249,9 +291,9 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() in ("token", "bearer") and given.strip():
-        return hmac.compare_digest(given.strip().encode(), token)
+        return _same_token(given.strip(), token)
     query = request.query.get("token")
-    return query is not None and hmac.compare_digest(query.encode(), token)
+    return query is not None and _same_token(query, token)
 
 
 def build_app(
@@ -264,12 +306,18 @@ def build_app(
     """The aiohttp app: ``POST config.path`` takes payloads; everything else is a JSON error."""
     token = config.token.encode() if config.token else None
 
+    def _too_large() -> web.Response:
+        return _error(413, f"the payload must be at most {config.max_body} bytes")
+
     @web.middleware
     async def json_errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
             return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            counts.rejected += 1
+            return _too_large()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -284,6 +332,9 @@ def build_app(
         if token is not None and not _authorized(request, token):
             counts.rejected += 1
             return _error(401, "a valid token is required")
+        if (request.content_length or 0) > config.max_body:  # said at once: not read at all
+            counts.rejected += 1
+            return _too_large()
         if not accepts_json(request.headers.get("Accept")):
             counts.rejected += 1
             return _error(406, "the answer is application/json")
@@ -308,7 +359,8 @@ def build_app(
         counts.recorded += 1
         return web.json_response({"status": "recorded"})
 
-    app = web.Application(middlewares=[json_errors])
+    # a body that turns out longer than it said (chunked) stops being read at max_body
+    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body)
     app.router.add_post(config.path, receive)
     return app
 
@@ -335,8 +387,11 @@ async def serving(
     *,
     wall: Callable[[], float] = time.time,
 ) -> AsyncIterator[Receiver]:
-    """Serve the receiver in the running loop until the block ends (port 0: a free one)."""
-    config.validate()
+    """Serve the receiver in the running loop until the block ends (port 0: a free one).
+
+    ValueError when ``config`` is wrong or may not listen on ``host`` (no token, not loopback,
+    not ``insecure_no_token``)."""
+    config.validate(host)
     counts = Counts()
     recorder = Recorder(config.out)
     runner = web.AppRunner(

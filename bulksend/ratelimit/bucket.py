@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from bulksend.ratelimit.backoff import RetryBudget
 from bulksend.ratelimit.discovery import RateProbe
-from bulksend.ratelimit.headers import MAX_LIMIT, RateLimitInfo, parse_all, plain_counts
+from bulksend.ratelimit.headers import MAX_LIMIT, RateLimitInfo, counts, parse_all, plain_counts
 from bulksend.ratelimit.window import SendTimes, WindowEstimator
 
 __all__ = [
@@ -609,7 +609,7 @@ class Bucket:
             limit, remaining = plain
             if limit is None and remaining is None:
                 return None
-            return RateLimitInfo(limit=limit, remaining=remaining)
+            return counts(limit, remaining)
         info = parse_all(headers, wall_now=wall_now, window=self.window)
         if info.has_rate_headers or info.retry_after is not None or info.reset is not None:
             return info
@@ -711,11 +711,14 @@ class Bucket:
         throttled = kind is _THROTTLED
         basis = self._count_limit()
         changed = False if throttled else self._note_peak(remaining)
+        # a 429 that says quota remains was refused by another limit (a secondary or burst
+        # limit, a provider-wide storm): it says nothing of how long this quota's window is
+        other_limit = throttled and remaining > 0
         if throttled:
             remaining = 0  # a 429 says this window is spent, whatever else it claims
         quota, inferred = self._remaining_quota(info)
         estimator = self.estimator
-        if quota is not None and inferred and self.infer_window:
+        if quota is not None and inferred and self.infer_window and not other_limit:
             before = estimator.window
             count = quota[0] + 1 if throttled else quota[0] - remaining
             estimator.observe(

@@ -48,8 +48,9 @@ class Ledger:
         self._inflight: asyncio.Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # what it received is a list of people: owner-only, as bulksend's own files
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     @property
     def enabled(self) -> bool:

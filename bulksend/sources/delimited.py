@@ -89,8 +89,8 @@ def layout_for(spec: SourceSpec, header: Sequence[str]) -> Layout:
         else:
             absent.append((key, wanted))
     for key, wanted in absent:
-        if keys and wanted == DEFAULT_NAMES[key]:
-            continue  # a default column that this file simply does not have
+        if keys and (wanted == DEFAULT_NAMES[key] or key in spec.optional):
+            continue  # a default (or optional) column that this file simply does not have
         shown = ", ".join(repr(label) for label in labels[:20])
         more = f", … ({len(labels)} in all)" if len(labels) > 20 else ""
         raise InputError(

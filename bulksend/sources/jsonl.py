@@ -17,7 +17,7 @@ from bulksend.recipients import EMPTY, Recipients, attrs_or_none, present_or_non
 from bulksend.sources import spec as specs
 from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE
 from bulksend.sources.spec import Chunk, SourceSpec
-from bulksend.sources.stream import TextSource
+from bulksend.sources.stream import TextSource, lines_of
 
 _KINDS = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
@@ -50,16 +50,14 @@ class JsonLinesReader:
             block = self._source.block()
             if not block:
                 return
-            lines = block.split("\n")
-            if block.endswith("\n"):
-                lines.pop()
+            lines = lines_of(block)  # a lone \r ends a line too (files from old Macs)
             numbers: list[int] = []
             ids: list[str | None] = []
             uids: list[str | None] = []
             attrs: list[Mapping[str, str]] = []
             rejected: list[Rejected] = []
             for number, text in enumerate(lines, self._line):
-                if not text or text == "\r":
+                if not text:
                     continue
                 item = self._row(number, text) if text.strip() else Rejected(number, self._empty)
                 if type(item) is Rejected:

@@ -46,6 +46,9 @@ class SourceSpec:
     keep_attrs: bool = True
     max_value_len: int = 1024
     strict: bool = False
+    #: keys (``id``, ``uid``) whose column may be missing from a header, whatever its name,
+    #: when another mapped column is there (a suppression list may hold either identifier)
+    optional: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:

@@ -260,6 +260,17 @@ def split_lines(block: str) -> list[str]:
     return io.StringIO(block, newline="").readlines()
 
 
+def lines_of(block: str) -> list[str]:
+    """The physical lines of a block of whole lines, without their endings: \\n, \\r\\n and a
+    lone \\r, as ``split_lines`` (a block without a lone \\r is split in C)."""
+    if "\r" in block:
+        joined = block.replace("\r\n", "\n")
+        if "\r" in joined:
+            return [line.rstrip("\r\n") for line in split_lines(block)]
+        block = joined
+    return (block[:-1] if block.endswith("\n") else block).split("\n")
+
+
 #: characters of earlier blocks a ``Feed`` keeps: twice csv's default field size limit
 HISTORY_CHARS = 2 * 131_072
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bulksend.models import Recipient
+from bulksend.output.private import open_private
 from bulksend.recipients import EMPTY, make_recipient
 
 _MULT = 0x9E3779B97F4A7C15F39CC0605CEDC835
@@ -56,7 +57,7 @@ def write_synthetic_csv(
     Extra columns hold short plain values (``<column> <identity>``).
     """
     target = Path(path)
-    with target.open("w", encoding="utf-8", newline="") as out:
+    with open_private(target, "w", newline="") as out:
         out.write(",".join(["id", "uid", *extra_columns]) + "\n")
         batch: list[str] = []
         extra = "".join(f",{name} %d" for name in extra_columns)

@@ -13,6 +13,8 @@ Batch states::
         (a batch still ``in_flight`` when a run starts was in flight when the last run died:
          its outcome is unknown)
 
+Rows settled before batching (duplicates, rows a suppression list holds, rows the reader
+rejected) are not journaled: a resume reads the same file and lists and settles them again.
 ``split`` batches (422 bisection) keep per-part outcomes in ``parts``. A batch's ``doubt`` says
 why the provider may already have it (an earlier request got no answer); a batch delivered after
 that has a reason starting ``may have arrived twice``, and later runs count it again as a
@@ -44,14 +46,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
 from bulksend.config import SEND_KEYS
 from bulksend.errors import ConfigError
 from bulksend.models import Batch, Recipient
+from bulksend.output import private
 from bulksend.recipients import Recipients
 
 SCHEMA = """
@@ -98,6 +101,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "name",
         "[recipients].path",  # the file's contents are checked, wherever it lies
+        "[recipients].exclude",  # so are the suppression lists' (in the plan)
         "[api].paths",
         "[api].auth",
         *(f"[send].{key}" for key in SEND_KEYS - {"batch_size"}),
@@ -241,18 +245,20 @@ def campaign_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def masked_url(text: str) -> str:
-    """``text`` with the password of a URL in it replaced by ``***`` (anything else as is)."""
-    if "://" not in text or "@" not in text:
+    """``text`` with the password of a URL in it (``user:password@`` or ``?password=``)
+    replaced by ``***`` (anything else as is)."""
+    if "://" not in text or ("@" not in text and "password=" not in text):
         return text
     try:
         parts = urlsplit(text)
         password = parts.password
     except ValueError:
         return text
-    if password is None:
+    if password is None and "password=" not in parts.query:
         return text
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    from bulksend.distributed.keys import redact_url
+
+    return redact_url(text)
 
 
 def stored_campaign_keys(rows: Mapping[str, str]) -> dict[str, Any] | None:
@@ -376,11 +382,7 @@ class Journal:
         adjusted = identity.adjustments(stored) if stored and not changes else []
         if changes and (resume or _may_have_reached_the_provider(db)):
             db.close()
-            raise ConfigError(
-                f"{path}: cannot resume: {_joined(changes)} since this journal was written; "
-                f"restore {'it' if len(changes) == 1 else 'them'}, or add --fresh to start "
-                "over (sending everything again)"
-            )
+            raise ConfigError(refusal(str(path), changes))
         if changes:  # nothing in it can have reached the provider: start over
             db.close()
             _discard(path)
@@ -428,38 +430,21 @@ class Journal:
         except sqlite3.DatabaseError:
             return True
 
+    @property
+    def where(self) -> str:
+        """Where the journal is, for messages: its path."""
+        return str(self.path)
+
     def opening_note(self) -> str:
         """One line on how this run uses the journal ("" when it is as good as new)."""
-        if self.restarted:
-            return (
-                f"starting over: {self.restarted}, and the provider kept nothing the earlier "
-                f"run sent ({self.path})"
-            )
-        settled = self._settled_batches()
-        doubtful = sum(1 for r in self._previous.values() if r.state in ("in_flight", "unknown"))
-        if not settled and not doubtful and not (self.adjusted and self._previous):
-            return ""
-        total = f" of {self.planned:,}" if self.planned else ""
-        noun = "batch" if (self.planned or settled) == 1 else "batches"
-        changed = f" with {_at_most(self.adjusted, 4)}" if self.adjusted else ""
-        note = f"resuming{changed}: {settled:,}{total} {noun} settled by an earlier run"
-        if doubtful:
-            note += f", {doubtful:,} with an unknown outcome"
-        return f"{note} ({self.path}; --fresh starts over)"
-
-    def _settled_batches(self) -> int:
-        """Batches an earlier run delivered or had rejected, each of their parts included."""
         unsettled = {
             row[0]
             for row in self._db.execute(
                 "SELECT DISTINCT batch FROM parts WHERE state NOT IN ('delivered', 'invalid')"
             )
         }
-        return sum(
-            1
-            for r in self._previous.values()
-            if r.state in ("delivered", "invalid")
-            or (r.state == "split" and r.number not in unsettled)
+        return opening_note(
+            self._previous, unsettled, self.planned, self.adjusted, self.restarted, self.where
         )
 
     # -- what the last run left -----------------------------------------------------------------
@@ -574,6 +559,9 @@ class Journal:
             if not w.done():
                 w.set_result(None)
 
+    async def aclose(self, outcome: str = "finished") -> None:
+        self.close(outcome)
+
     def close(self, outcome: str = "finished") -> None:
         self.flush()
         self._db.execute(
@@ -588,9 +576,104 @@ class Journal:
         return {state: int(total) for state, total in rows}
 
 
+class BatchJournal(Protocol):
+    """What the engine and ``send_campaign`` use of a journal: ``Journal`` (SQLite, beside the
+    campaign) or ``bulksend.state.redis_journal.RedisJournal`` (``--state redis://...``). Both
+    keep the same batch records with the same guarantees (the module docstring above)."""
+
+    run_id: int
+    planned: int
+
+    @property
+    def path(self) -> Path | None:
+        """The journal file (None when the journal is not a file: Redis)."""
+
+    @property
+    def where(self) -> str:
+        """Where the journal is, for messages (a path, or a URL without its password)."""
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an earlier run recorded any batch."""
+
+    def opening_note(self) -> str: ...
+
+    def previous(self, number: int) -> BatchRecord | None: ...
+
+    def parts(self, number: int) -> list[PartRecord]: ...
+
+    def set_planned(self, batches: int) -> None: ...
+
+    async def in_flight(self, batch: Batch) -> None:
+        """Record that ``batch`` is about to be sent; returns once that is durable (raises
+        ``UnavailableError`` when it cannot be recorded: the batch must not be sent)."""
+
+    def finished(
+        self,
+        batch: Batch,
+        state: str,
+        reason: str = "",
+        http_status: int | None = None,
+        parts: Iterable[tuple[int, str, str, int | None]] = (),
+        doubt: str = "",
+    ) -> None: ...
+
+    def flush(self) -> None:
+        """Write what is queued now (Redis: start writing it; ``aclose`` waits for it)."""
+
+    async def aclose(self, outcome: str = "finished") -> None: ...
+
+
+#: batch and part states the provider cannot have kept anything of
+KEPT_NOTHING = frozenset({"failed", "skipped", "invalid"})
+
+
+def opening_note(
+    previous: Mapping[int, BatchRecord],
+    unsettled_splits: set[int],
+    planned: int,
+    adjusted: Sequence[str],
+    restarted: str,
+    where: str,
+) -> str:
+    """One line on how a run uses its journal ("" when it is as good as new): ``previous``
+    holds the batches an earlier run recorded, ``unsettled_splits`` the split batches with a
+    part not delivered nor invalid."""
+    if restarted:
+        return (
+            f"starting over: {restarted}, and the provider kept nothing the earlier "
+            f"run sent ({where})"
+        )
+    settled = sum(
+        1
+        for r in previous.values()
+        if r.state in ("delivered", "invalid")
+        or (r.state == "split" and r.number not in unsettled_splits)
+    )
+    doubtful = sum(1 for r in previous.values() if r.state in ("in_flight", "unknown"))
+    if not settled and not doubtful and not (adjusted and previous):
+        return ""
+    total = f" of {planned:,}" if planned else ""
+    noun = "batch" if (planned or settled) == 1 else "batches"
+    changed = f" with {_at_most(adjusted, 4)}" if adjusted else ""
+    note = f"resuming{changed}: {settled:,}{total} {noun} settled by an earlier run"
+    if doubtful:
+        note += f", {doubtful:,} with an unknown outcome"
+    return f"{note} ({where}; --fresh starts over)"
+
+
+def refusal(where: str, changes: Sequence[str]) -> str:
+    """The one line that refuses to continue a journal whose send changed what it sends."""
+    return (
+        f"{where}: cannot resume: {_joined(changes)} since this journal was written; "
+        f"restore {'it' if len(changes) == 1 else 'them'}, or add --fresh to start "
+        "over (sending everything again)"
+    )
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """Open (or create) the SQLite file with the journal's tables, older journals upgraded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private.create(path)  # owner-only; SQLite gives -wal and -shm the journal's mode
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")

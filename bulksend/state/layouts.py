@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bulksend.output.private import make_dirs
 from bulksend.state.journal import Journal
 from bulksend.state.shard import Shard
 
@@ -117,7 +118,7 @@ def move_aside(layouts: Sequence[Layout], clock: Callable[[], float] = time.time
             for path in files:
                 if not path.exists():
                     continue
-                target.mkdir(parents=True, exist_ok=True)
+                make_dirs(target)
                 try:
                     path.rename(target / path.name)
                 except FileNotFoundError:  # moved by another shard meanwhile
