@@ -170,6 +170,16 @@ def test_planner_and_four_workers(redis_server: RedisServer, tmp_path: Path) -> 
     for i in range(4):
         run.worker(redis_server.url, f"w{i}")
     run.plan(redis_server.url)
+    wait_until(lambda: run.delivered() > 500, timeout=20, interval=0.2)
+    shown = subprocess.run(
+        [sys.executable, "-m", "bulksend", "status", redis_server.url, "E2E"],
+        env=run.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "settled" in shown.stdout and "worker w" in shown.stdout
     status, err, _ = run.finish()
     assert status == 0, err[-3000:]
     summary = run.check()
@@ -209,9 +219,7 @@ def test_the_planner_killed_and_started_again_resumes(
     assert summary["delivered_earlier"] > 0
 
 
-def test_a_worker_added_half_way_takes_its_share(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+def test_a_worker_added_half_way_takes_its_share(redis_server: RedisServer, tmp_path: Path) -> None:
     run = Campaign(tmp_path, n_unique=3_000, limit=100)
     run.plan(redis_server.url)
     run.worker(redis_server.url, "first")

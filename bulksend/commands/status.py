@@ -45,7 +45,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         data = orjson.loads(entry)
         keys = state_keys_of(Found(args.campaign, data["provider"], data["state"]))
         status = await read_status(client, keys)
-    except (*DOWN, rex.RedisError) as exc:
+    except (*DOWN, rex.RedisError) as exc:  # type: ignore[misc]
         raise UnavailableError(f"{redact_url(args.url)}: {type(exc).__name__}: {exc}") from None
     finally:
         await client.aclose()

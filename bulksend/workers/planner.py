@@ -49,6 +49,7 @@ class Planner(Engine):
 
     async def _read(self, chunks: Any) -> None:
         await super()._read(chunks)
+        await self._queue.join()  # every batch read is in the stream (or skipped) now
         if self._stop is None:
             s = self.summary
             await self.work.all_enqueued(s.batches, s.read - s.invalid - s.duplicates)
@@ -62,9 +63,11 @@ class Planner(Engine):
                 self.stop(stop_error(self.work.stop))
             if self._stop is not None and batch.number not in self._awaited:
                 self._skip(batch)
+                self._queue.task_done()
                 continue
             if batch.number not in self._awaited:
                 await self.work.add(batch)
+            self._queue.task_done()
             record = await self.work.settled(batch)
             if self.work.stop is not None and self._stop is None:
                 self.stop(stop_error(self.work.stop))

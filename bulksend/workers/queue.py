@@ -144,7 +144,7 @@ class WorkQueue:
 
     async def worker_counts(self) -> dict[str, dict[str, Any]]:
         got = await self.client.hgetall(self.keys.workers)
-        return {k.decode(): orjson.loads(v) for k, v in got.items()}
+        return {_text(k): orjson.loads(v) for k, v in got.items()}
 
     async def finish(self, name: str, ttl: float | None) -> None:
         """The campaign is over: workers are told (its registry entry goes); with ``ttl``
@@ -158,6 +158,10 @@ class WorkQueue:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def batch_lines(batch: Batch) -> list[int]:

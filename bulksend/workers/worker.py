@@ -52,7 +52,7 @@ from bulksend.state.journal import (
 from bulksend.state.redis_journal import RedisJournal, StateKeys
 from bulksend.state.redis_journal import _record as record_of
 from bulksend.workers.logic import decode_batch, may_finish
-from bulksend.workers.queue import GROUP, REGISTRY, stop_error, stop_kind, stop_record
+from bulksend.workers.queue import GROUP, REGISTRY, _text, stop_error, stop_kind, stop_record
 
 #: seconds a batch may sit with a worker that does not refresh it before another takes it
 IDLE = 30.0
@@ -267,7 +267,8 @@ class Feed:
             count=count,
             block=None if own else max(1, round(self.block * 1000)),
         )
-        return [(e, f) for _, entries in got or [] for e, f in entries if f]
+        found: Any = got or []
+        return [(e, f) for _, entries in found for e, f in entries if f]
 
     async def _claim(self, engine: WorkerEngine) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Batches idle longer than ``idle`` (their worker died): this worker's now."""
@@ -285,7 +286,7 @@ class Feed:
         pipe = self.client.pipeline(transaction=False)
         if self.held:
             ids = [entry for entry, _ in self.held.values()]
-            pipe.xclaim(self.keys.stream, GROUP, self.name, 0, ids, justid=True)
+            pipe.xclaim(self.keys.stream, GROUP, self.name, 0, list[Any](ids), justid=True)
         pipe.hset(self.keys.workers, self.name, orjson.dumps(self.counts(engine)))
         pipe.hget(self.keys.work, "stop")
         replies = await pipe.execute()
@@ -316,7 +317,7 @@ class Feed:
         batches = []
         for entry, fields in entries:
             try:
-                batch = decode_batch(fields)
+                batch = decode_batch(dict[Any, Any](fields))
             except ValueError:  # not ours: acknowledge it away
                 await self.client.xack(self.keys.stream, GROUP, entry)
                 continue
@@ -384,7 +385,7 @@ async def find_campaign(
     told = False
     while True:
         got = await client.hgetall(REGISTRY)
-        registry = {k.decode(): orjson.loads(v) for k, v in got.items()}
+        registry = {_text(k): orjson.loads(v) for k, v in got.items()}
         found = choose(registry, wanted)
         if found is not None or time.monotonic() >= deadline:
             return found
