@@ -179,7 +179,8 @@ def test_planner_and_four_workers(redis_server: RedisServer, tmp_path: Path) -> 
         timeout=30,
     )
     assert shown.returncode == 0, shown.stderr
-    assert "settled" in shown.stdout and "worker w" in shown.stdout
+    assert "settled" in shown.stdout
+    assert "worker w" in shown.stdout
     status, err, _ = run.finish()
     assert status == 0, err[-3000:]
     summary = run.check()
@@ -247,3 +248,30 @@ def test_redis_restarted_with_aof_loses_nothing(tmp_path: Path) -> None:
         status, err, _ = run.finish()
         assert status == 0, err[-3000:]
         run.check()
+
+
+def test_the_shell_recipe_runs(redis_server: RedisServer, tmp_path: Path) -> None:
+    """samples/workers/workers.sh, as docs/scaling.md shows it: a planner and 3 workers."""
+    run = Campaign(tmp_path, n_unique=500, limit=None)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **run.env,
+        "REDIS_URL": redis_server.url,
+        "BULKSEND_BASE_URL": run.base_url,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+    }
+    try:
+        done = subprocess.run(
+            ["sh", str(ROOT / "samples/workers/workers.sh"), str(run.campaign), "3"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        run.sandbox.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("report.csv", "summary.json"):
+        (tmp_path / "out" / name).rename(tmp_path / name)
+    run.check()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from bulksend.commands.common import Context, ExitStatus
-from bulksend.errors import ConfigError, UnavailableError
+from bulksend.errors import UnavailableError
 
 HELP = "show the progress of a campaign sent by workers"
 DESCRIPTION = (
     "Show the progress of a campaign planned with `bulksend send CAMPAIGN --workers URL`: "
-    "rows settled, batches in flight and waiting, each worker's counts, the rate and an ETA."
+    "rows settled, batches in flight and waiting, each worker's counts, the rate and an ETA. "
+    "A campaign that is not being sent (finished, or never planned) is said in one line, exit 0."
 )
 EPILOG = """\
 examples:
@@ -38,10 +39,12 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         entry = await client.hget(REGISTRY, args.campaign)
         if entry is None:
-            raise ConfigError(
-                f"{redact_url(args.url)}: no campaign {args.campaign!r} is being sent there "
-                "(finished, or not planned with --workers)"
+            print(
+                f"no campaign {args.campaign!r} is being sent through {redact_url(args.url)} "
+                "(finished, or not planned with --workers)",
+                file=ctx.out,
             )
+            return ExitStatus.OK
         data = orjson.loads(entry)
         keys = state_keys_of(Found(args.campaign, data["provider"], data["state"]))
         status = await read_status(client, keys)

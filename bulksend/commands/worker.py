@@ -19,9 +19,11 @@ DESCRIPTION = (
 )
 EPILOG = """\
 examples:
-  MAXTRAFFIC_API_KEY=... bulksend worker redis://localhost:6379/0
-  bulksend worker rediss://worker:PASSWORD@redis.example:6380/0 --campaign "Summer sale"
+  MAXTRAFFIC_API_KEY=... bulksend worker redis://localhost:6379/0 --wait 1
+  MAXTRAFFIC_API_KEY=... bulksend worker redis://localhost:6379/0 --campaign "Summer sale" --wait 1
   bulksend status redis://localhost:6379/0 "Summer sale"     # progress, from anywhere
+
+rediss:// (TLS) and redis://USER:PASSWORD@HOST/DB (ACL users) work; no password is shown.
 
 exit statuses: 0 the campaign is complete (or there was none to serve), 3 credentials
 rejected, 4 provider unavailable, 130/143 interrupted (what was not started goes back to
