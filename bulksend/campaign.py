@@ -346,6 +346,7 @@ async def send_campaign(
     audience_check: bool = False,
     stdout: TextIO | None = None,
     pause: PauseSetup | None = None,
+    make_engine: Callable[..., Engine] = Engine,
 ) -> SendResult:
     """Send the campaign; returns the summary and what stopped it early (None if nothing).
 
@@ -354,7 +355,8 @@ async def send_campaign(
     ``wrap_transport`` wraps the transport (``bulksend bench`` times every request with it);
     ``stdout`` takes a report whose path is ``-`` (default: ``sys.stdout``); ``pause`` adds
     switches, a clock and a listener to the send's ``PauseControl`` (``engine.pause``: its own
-    switch is the journal, else memory; ``settings.windows`` close it too).
+    switch is the journal, else memory; ``settings.windows`` close it too); ``make_engine``
+    builds the engine (``bulksend.workers.planner``: one that queues batches for workers).
     """
     redactor.register(secrets.values())
     provider = build_provider(settings, secrets)
@@ -395,6 +397,7 @@ async def send_campaign(
     own = JournalSwitch(journal.path) if journal is not None else MemorySwitch()
     control = PauseControl.for_send(own, settings.windows, pause)
     outcome = "finished"
+    made: Engine | None = None
     try:
         with (
             lists or contextlib.nullcontext(),
@@ -405,7 +408,7 @@ async def send_campaign(
             async with Transport(
                 settings.base_url, connections=settings.in_flight, timeout=settings.timeout
             ) as transport:
-                engine = Engine(
+                engine = make_engine(
                     provider,
                     wrap_transport(transport) if wrap_transport else transport,
                     scheduler,
@@ -419,6 +422,7 @@ async def send_campaign(
                     source_name=spec.path,
                     pause=control,
                 )
+                made = engine
                 if on_start is not None:
                     on_start(engine)
                 with letters or contextlib.nullcontext(), contextlib.ExitStack() as stack:
@@ -447,6 +451,9 @@ async def send_campaign(
     finally:
         summary.limits = scheduler.beliefs()
         await control.aclose()
+        wrap_up = getattr(made, "wrap_up", None)
+        if wrap_up is not None:  # a planner (bulksend.workers)
+            await wrap_up(outcome, settings.state_ttl)
         if book is not None:
             await book.aclose(outcome)
     return SendResult(

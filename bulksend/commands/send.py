@@ -136,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its own journal, and a campaign sent with another N (or none) is refused",
     )
     scale.add_argument(
+        "--workers",
+        metavar="URL",
+        help="plan the send for `bulksend worker URL` processes: read, check and deduplicate "
+        "the file once, queue its batches in the Redis at URL (its journal too, as --state "
+        "URL), wait for workers to send them, then report as a send does (docs/scaling.md)",
+    )
+    scale.add_argument(
         "--limiter",
         metavar="URL",
         help="share the provider's quota with other workers through Redis, "
@@ -184,11 +191,15 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         raise ConfigError("--resume and --fresh contradict each other; choose one")
     journal = None
     shard = Shard.parse(args.shard) if args.shard else None
+    if getattr(args, "workers", None):
+        _check_planner(args, settings)
     state = _state_url(args, settings, shard)
     wanted = args.journal or args.resume or state or not args.sandbox  # a sandbox run keeps none
     if wanted and not args.no_journal and settings.recipients.path != "-":
         path = args.journal or default_journal_path(settings, shard)
         meta = recorded_send(args, settings)
+        if getattr(args, "workers", None):  # what a worker builds the campaign from
+            meta["campaign_text"] = settings.campaign_file.read_text(encoding="utf-8")
         if state:
             layouts = _local_aside(settings, args.fresh, ctx)
         else:
@@ -206,6 +217,29 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     outputs = send_outputs(args, settings, ctx.env, journal.path if journal else None)
     check(outputs, campaign_inputs(settings))  # before the journal exists and anything is sent
     return await execute(settings, args, ctx, journal, shard=shard)
+
+
+def _check_planner(args: argparse.Namespace, settings: Settings) -> None:
+    """``--workers URL`` keeps the journal in that Redis (``--state URL``): refuse what
+    cannot go with it."""
+    from bulksend.distributed.keys import checked_url
+
+    url: str = checked_url(args.workers, "--workers")
+    state = getattr(args, "state", None) or settings.state
+    if state and state != url:
+        raise ConfigError("--workers keeps the journal in its own Redis: drop --state")
+    for flag, given in (
+        ("--sandbox", args.sandbox),
+        ("--shard", args.shard),
+        ("--journal", args.journal),
+        ("--no-journal", args.no_journal),
+        ("--audience-check", args.audience_check),
+    ):
+        if given:
+            raise ConfigError(f"--workers and {flag} do not go together; drop {flag}")
+    if settings.recipients.path == "-":
+        raise ConfigError("--workers needs a recipient file, not stdin (-)")
+    args.state = url
 
 
 def _state_url(args: argparse.Namespace, settings: Settings, shard: Shard | None) -> str | None:
@@ -365,6 +399,11 @@ async def execute(
         "stdout": ctx.out,
     }
     limiter = getattr(args, "limiter", None) or settings.limiter  # flag, BULKSEND_LIMITER, file
+    if getattr(args, "workers", None):  # the planner: worker processes send
+        from bulksend.workers.planner import planner_factory
+
+        kwargs["make_engine"] = planner_factory(args.workers)
+        limiter = None
     kwargs["pause"] = _pause_setup(settings, ctx, limiter)
     interrupts = _Interrupts(ctx)
     from bulksend.control.pause import PauseSignals

@@ -138,9 +138,33 @@ class StateKeys:
     def run(self) -> str:
         return f"{self.base}:run"
 
+    @property
+    def stream(self) -> str:
+        """The batches a planner queued for workers (``bulksend.workers``)."""
+        return f"{self.base}:stream"
+
+    @property
+    def work(self) -> str:
+        """The planner's progress and a stop the workers share (``bulksend.workers``)."""
+        return f"{self.base}:work"
+
+    @property
+    def workers(self) -> str:
+        """Each worker's counts, by its name (``bulksend.workers``)."""
+        return f"{self.base}:workers"
+
     def every(self) -> list[str]:
         """The state's keys (not ``current``)."""
-        return [self.campaign, self.batches, self.parts, self.runs, self.run]
+        return [
+            self.campaign,
+            self.batches,
+            self.parts,
+            self.runs,
+            self.run,
+            self.stream,
+            self.work,
+            self.workers,
+        ]
 
     def other(self, state_id: str) -> StateKeys:
         """The keys of another state of the same campaign (what ``current`` named)."""
@@ -222,6 +246,8 @@ class RedisJournal:
     loop; ``aclose`` at the end."""
 
     path: Path | None = None
+    #: whether a write is one MULTI/EXEC (a reader sees a batch's record and its parts at once)
+    atomic = False
 
     def __init__(
         self,
@@ -310,6 +336,11 @@ class RedisJournal:
     @property
     def where(self) -> str:
         return f"state {self._where}"
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection (a planner queues its batches on it: ``bulksend.workers``)."""
+        return self._client
 
     def opening_note(self) -> str:
         unsettled = {
@@ -420,9 +451,10 @@ class RedisJournal:
             pending, self._pending = self._pending, {}
             expire, self._expire = self._expire, None
             waiters, self._waiters = self._waiters, []
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._client.pipeline(transaction=self.atomic)
             for key, fields in pending.items():  # one HSET a hash, whatever was queued
                 pipe.hset(key, items=[x for field in fields.items() for x in field])
+            extra = self._more(pipe)
             if expire is not None:
                 for key in [*self.keys.every(), self.keys.current]:
                     pipe.expire(key, expire)
@@ -430,6 +462,7 @@ class RedisJournal:
                 await pipe.execute()
             except _FAILED as exc:
                 self._requeue(pending, expire)  # tried again with the next write
+                self._less(extra)
                 self._failed = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 self._log.warning("state_unavailable", state=self._where, error=self._failed)
                 error = UnavailableError(
@@ -444,6 +477,14 @@ class RedisJournal:
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
+
+    def _more(self, pipe: Any) -> Any:
+        """Add commands to a write after its records (a subclass: a worker's XACKs); returns
+        what ``_less`` puts back when the write fails."""
+        return None
+
+    def _less(self, extra: Any) -> None:
+        """Put back what ``_more`` added to a write that failed."""
 
     def _requeue(self, pending: dict[str, dict[str, bytes | str]], expire: int | None) -> None:
         """Put writes that failed back, under what was queued since (which is newer)."""

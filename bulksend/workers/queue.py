@@ -1,0 +1,199 @@
+"""The Redis side of a planner: the bounded stream, the records, the registry (thin I/O).
+
+Keys (in the campaign state's hash tag, ``bulksend.state.redis_journal.StateKeys``)::
+
+    ...:stream    STREAM  one entry a batch to send (``logic.encode_batch``); group "workers"
+    ...:work      HASH    started, all_enqueued (0/1), enqueued, batches, rows, stop (JSON)
+    ...:workers   HASH    worker name -> JSON (pid, host, started, seen, counts)
+
+and ``bulksend:work:campaigns`` HASH campaign name -> JSON (provider, state id): how a worker
+finds the campaign it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from bulksend.models import Batch
+from bulksend.state.journal import batch_digest, first_and_last_line
+from bulksend.state.redis_journal import StateKeys
+from bulksend.workers.logic import UNSETTLED, encode_batch
+
+GROUP = "workers"
+REGISTRY = "bulksend:work:campaigns"
+#: batches the stream holds at most (unsettled ones); the planner waits while it is full
+STREAM_BATCHES = 64
+POLL = 0.05  # seconds between looks at the records of batches a planner waits for
+
+
+async def ensure_group(client: aioredis.Redis, keys: StateKeys) -> None:
+    """The stream and its consumer group (made once; an existing group is kept)."""
+    with contextlib.suppress(rex.ResponseError):  # BUSYGROUP: made by an earlier planner
+        await client.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+
+
+@dataclass(eq=False)
+class WorkQueue:
+    """A planner's stream: ``add`` a batch (waiting for room), ``settled`` waits for its
+    record to be final. One poller task reads the records of every batch waited for."""
+
+    client: aioredis.Redis
+    keys: StateKeys
+    capacity: int = STREAM_BATCHES
+    poll: float = POLL
+    _waiting: dict[int, tuple[asyncio.Future[dict[str, Any]], list[int]]] = field(
+        default_factory=dict
+    )
+    _poller: asyncio.Task[None] | None = None
+    stop: dict[str, Any] | None = None  # what a worker stopped the campaign with
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _adding: asyncio.Lock = field(default_factory=asyncio.Lock)  # one add at a time, in order
+
+    async def start(self, name: str, provider: str) -> None:
+        """Register the campaign for workers and (re)open the plan: not all enqueued yet."""
+        await ensure_group(self.client, self.keys)
+        entry = orjson.dumps({"provider": provider, "state": self.keys.state_id})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(REGISTRY, name, entry)
+        pipe.hset(self.keys.work, mapping={"all_enqueued": 0, "started": time.time()})
+        pipe.hdel(self.keys.work, "stop")
+        await pipe.execute()
+
+    async def add(self, batch: Batch) -> None:
+        """Add ``batch`` to the stream once it has room, with its record ``queued`` (one
+        MULTI: a planner that dies after it finds the record and does not add it again)."""
+        async with self._adding:
+            await self._add(batch)
+
+    async def _add(self, batch: Batch) -> None:
+        while await self.client.xlen(self.keys.stream) >= self.capacity:
+            if self.stop is not None:
+                return
+            await asyncio.sleep(self.poll)
+        recs = batch.recipients
+        first, last = first_and_last_line(recs)
+        record = {
+            "group": batch.group,
+            "first": first,
+            "last": last,
+            "size": len(recs),
+            "digest": batch_digest(recs),
+            "state": "queued",
+            "reason": "",
+            "http": None,
+            "attempts": batch.attempts,
+            "runs": 0,
+            "updated": time.time(),
+            "run": None,
+            "doubt": batch.doubt,
+        }
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.keys.stream, encode_batch(batch))  # type: ignore[arg-type]
+        pipe.hset(self.keys.batches, str(batch.number), orjson.dumps(record))
+        pipe.hincrby(self.keys.work, "enqueued", 1)
+        await pipe.execute()
+
+    async def all_enqueued(self, batches: int, rows: int) -> None:
+        await self.client.hset(
+            self.keys.work, mapping={"all_enqueued": 1, "batches": batches, "rows": rows}
+        )
+
+    async def settled(self, batch: Batch) -> dict[str, Any]:
+        """The record of ``batch`` once a worker settled it, with ``parts`` (line -> part
+        record) for a split one; after a stop, the record as it is then."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._waiting[batch.number] = (future, list(batch_lines(batch)))
+        if self._poller is None or self._poller.done():
+            self._poller = loop.create_task(self._poll())
+        return await future
+
+    async def _poll(self) -> None:
+        while self._waiting:
+            numbers = list(self._waiting)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(self.keys.batches, [str(n) for n in numbers])
+            pipe.hget(self.keys.work, "stop")
+            got, stop = await pipe.execute()
+            if stop and self.stop is None:
+                self.stop = orjson.loads(stop)
+                self._stopped.set()
+            for number, raw in zip(numbers, got, strict=True):
+                record = orjson.loads(raw) if raw else {"state": "queued"}
+                if record.get("state") in UNSETTLED and self.stop is None:
+                    continue
+                future, lines = self._waiting.pop(number)
+                if record.get("state") == "split":
+                    record["parts"] = await self._parts(number, lines)
+                if not future.done():
+                    future.set_result(record)
+            await asyncio.sleep(self.poll)
+
+    async def _parts(self, number: int, lines: list[int]) -> dict[int, dict[str, Any]]:
+        got = await self.client.hmget(self.keys.parts, [f"{number}:{line}" for line in lines])
+        return {line: orjson.loads(v) for line, v in zip(lines, got, strict=True) if v}
+
+    async def worker_counts(self) -> dict[str, dict[str, Any]]:
+        got = await self.client.hgetall(self.keys.workers)
+        return {_text(k): orjson.loads(v) for k, v in got.items()}
+
+    async def finish(self, name: str, ttl: float | None) -> None:
+        """The campaign is over: workers are told (its registry entry goes); with ``ttl``
+        (finished, not stopped) the stream and counts expire with the state."""
+        pipe = self.client.pipeline(transaction=False)
+        if ttl is not None:
+            pipe.hdel(REGISTRY, name)
+            for key in (self.keys.stream, self.keys.work, self.keys.workers):
+                pipe.expire(key, max(1, round(ttl)))
+        await pipe.execute()
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def batch_lines(batch: Batch) -> list[int]:
+    recs = batch.recipients
+    lines = getattr(recs, "lines", None)
+    return list(lines) if lines is not None else [r.line for r in recs]
+
+
+def stop_record(kind: str, message: str, worker: str) -> bytes:
+    return orjson.dumps({"kind": kind, "message": message, "worker": worker})
+
+
+def stop_kind(error: BaseException) -> str:
+    from bulksend.errors import AuthError, Interrupted, ProviderError
+
+    if isinstance(error, AuthError):
+        return "auth"
+    if isinstance(error, ProviderError):
+        return "provider"
+    if isinstance(error, Interrupted):
+        return "interrupted"
+    return "unavailable"
+
+
+def stop_error(stop: Mapping[str, Any]) -> BaseException:
+    """The error a planner stops with when a worker stopped the campaign."""
+    from bulksend.errors import AuthError, ProviderError, UnavailableError
+
+    message = f"worker {stop.get('worker', '?')}: {stop.get('message', 'stopped')}"
+    kind = stop.get("kind")
+    if kind == "auth":
+        return AuthError(message, status=401)
+    if kind == "provider":
+        return ProviderError(message)
+    return UnavailableError(message)

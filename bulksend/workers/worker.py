@@ -1,0 +1,565 @@
+"""A worker: ``bulksend worker redis://... [--campaign NAME]``.
+
+It builds the campaign from what the planner stored (the campaign file's text and the settings
+in effect; the provider's secrets from its own environment: the key must be the planner's) and
+runs the single-process send's ``Engine``, fed from the campaign's stream instead of the file:
+
+* batches are taken with ``XREADGROUP`` (group ``workers``, this worker's name as consumer),
+  as many as its engine has room for; the quota is taken through the shared Redis gate
+  (``bulksend.distributed``), the pause through the campaign's Redis switch;
+* each batch is recorded ``in_flight`` before it is sent and settled after, in the campaign's
+  records (``RedisJournal``), and acknowledged (``XACK`` + ``XDEL``) in the same MULTI as its
+  final record: a batch is never acknowledged unsettled, nor settled and left in the stream;
+* the worker refreshes what it holds (``XCLAIM ... JUSTID``) every ``idle / 3`` seconds, and
+  takes over (``XAUTOCLAIM``) batches idle longer than ``idle`` seconds: those of a worker that
+  died. A batch taken over is found ``in_flight`` and resent as a possible duplicate, exactly
+  as a resumed send resends it;
+* a worker interrupted (SIGINT/SIGTERM) finishes the requests in flight and gives back what it
+  has not started (added again to the stream); a stop that ends the campaign (credentials
+  rejected, the provider failing) is shared: every worker and the planner stop;
+* it exits once the campaign is complete (the planner queued every batch and the stream is
+  empty), stopped, or gone (finished and expired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from bulksend.config import Settings, load_settings
+from bulksend.dispatch.engine import Engine, Result
+from bulksend.distributed.gate import DOWN
+from bulksend.errors import ConfigError, Interrupted, UnavailableError
+from bulksend.models import Batch, Status
+from bulksend.state.journal import (
+    BatchJournal,
+    BatchRecord,
+    PartRecord,
+    batch_digest,
+    first_and_last_line,
+)
+from bulksend.state.redis_journal import RedisJournal, StateKeys
+from bulksend.state.redis_journal import _record as record_of
+from bulksend.workers.logic import decode_batch, may_finish
+from bulksend.workers.queue import GROUP, REGISTRY, _text, stop_error, stop_kind, stop_record
+
+#: seconds a batch may sit with a worker that does not refresh it before another takes it
+IDLE = 30.0
+#: the recorded settings a worker applies (not the recipient file nor the outputs: the
+#: planner's)
+_APPLIED = (
+    "base_url",
+    "batch_size",
+    "rate",
+    "limit",
+    "in_flight",
+    "timeout",
+    "max_attempts",
+    "max_unexpected",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The campaign a worker serves: its name, provider and state."""
+
+    name: str
+    provider: str
+    state_id: str
+
+
+def choose(registry: Mapping[str, Mapping[str, Any]], wanted: str | None) -> Found | None:
+    """The campaign to serve among those ``registry`` names (pure): ``wanted``, else the only
+    one; None when it is not there (yet). Several and none wanted: a ``ConfigError``."""
+    if wanted is not None:
+        entry = registry.get(wanted)
+        return Found(wanted, entry["provider"], entry["state"]) if entry else None
+    if len(registry) > 1:
+        names = ", ".join(sorted(registry))
+        raise ConfigError(f"several campaigns are being sent ({names}): name one with --campaign")
+    for name, entry in registry.items():
+        return Found(name, entry["provider"], entry["state"])
+    return None
+
+
+def settings_of(meta: Mapping[str, Any], directory: Path, env: Mapping[str, str]) -> Settings:
+    """The campaign's ``Settings`` as the planner had them, from its stored ``meta``; the
+    campaign file is written to ``directory`` (relative ``[auth]`` files do not resolve)."""
+    text = meta.get("campaign_text")
+    if not text:
+        raise ConfigError(
+            "the campaign's state holds no campaign file: was it planned with --workers?"
+        )
+    stem = Path(str(meta.get("campaign_file") or "campaign.toml")).stem
+    path = directory / f"{stem}.toml"
+    path.write_text(str(text), encoding="utf-8")
+    recorded = meta.get("settings") or {}
+    overrides = {k: recorded[k] for k in _APPLIED if recorded.get(k) is not None}
+    return load_settings(path, env=env, overrides=overrides)
+
+
+class StreamJournal(RedisJournal):
+    """A worker's view of the campaign's records: each batch's record read when the batch is
+    taken; a final record written with the batch's acknowledgement, in one MULTI."""
+
+    atomic = True
+
+    def __init__(self, *args: Any, held: dict[int, tuple[str, dict[bytes, bytes]]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._held = held  # batch number -> (stream entry id, fields)
+        self._acks: list[int] = []
+        #: the worker's name and its counts, written with each acknowledgement
+        self.counts: tuple[str, Callable[[], dict[str, Any]]] | None = None
+
+    def take(
+        self, batch: Batch, record: dict[str, Any] | None, parts: dict[int, PartRecord]
+    ) -> None:
+        """What the records say of a batch just taken (``previous`` answers from it)."""
+        if record is None:  # (lost: a Redis that lost writes) as queued, never sent
+            first, last = first_and_last_line(batch.recipients)
+            record = {
+                "group": batch.group,
+                "first": first,
+                "last": last,
+                "size": len(batch.recipients),
+                "digest": batch_digest(batch.recipients),
+                "state": "queued",
+                "runs": 0,
+            }
+        self._rows[batch.number] = record
+        self._parts[batch.number] = parts
+        self._previous[batch.number] = record_of(batch.number, record)
+
+    def previous(self, number: int) -> BatchRecord | None:
+        return self._previous.get(number)
+
+    def finished(self, batch: Batch, state: str, *args: Any, **kwargs: Any) -> None:
+        super().finished(batch, state, *args, **kwargs)
+        self.ack(batch.number)
+
+    def ack(self, number: int) -> None:
+        """Acknowledge the batch with the next write (its record, written again if nothing
+        else is queued: the write carries the acknowledgement)."""
+        if number in self._held and number not in self._acks:
+            self._acks.append(number)
+            row = self._rows.get(number)
+            if row is not None:
+                self._write_row(number, row)
+
+    def _more(self, pipe: Any) -> Any:
+        acks, self._acks = self._acks, []
+        taken = [(number, self._held.pop(number)) for number in acks if number in self._held]
+        for _, (entry, _fields) in taken:
+            pipe.xack(self.keys.stream, GROUP, entry)
+            pipe.xdel(self.keys.stream, entry)
+        if taken and self.counts is not None:  # the worker's counts, as of these batches
+            pipe.hset(self.keys.workers, self.counts[0], orjson.dumps(self.counts[1]()))
+        return taken
+
+    def _less(self, extra: Any) -> None:
+        for number, held in extra:
+            self._held[number] = held
+        self._acks = [number for number, _ in extra] + self._acks
+
+
+class WorkerEngine(Engine):
+    """The ``Engine`` fed from the campaign's stream (``Feed``), not from a file."""
+
+    def __init__(self, *args: Any, feed: Feed, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.feed = feed
+
+    async def _read(self, chunks: Any) -> None:
+        await self.feed.serve(self)
+
+    def _resumed(self, batch: Batch, previous: BatchRecord, journal: BatchJournal) -> bool:
+        done = super()._resumed(batch, previous, journal)
+        if done:  # settled before this worker took it (its holder died before the ack)
+            self.feed.journal.ack(batch.number)
+        return done
+
+    def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
+        if self._stop is not None and all(r.reason.startswith("not sent:") for r in results):
+            self.feed.give_back(batch.number)  # not started: another worker sends it
+            return
+        super()._record(batch, results, doubt)
+
+    def _skip(self, batch: Batch) -> None:
+        self.feed.give_back(batch.number)
+
+
+@dataclass(eq=False)
+class Feed:
+    """Takes batches from the stream for one worker, takes over those of dead workers,
+    refreshes what it holds, and tells when the campaign is over."""
+
+    client: aioredis.Redis
+    keys: StateKeys
+    name: str
+    journal: StreamJournal
+    held: dict[int, tuple[str, dict[bytes, bytes]]]
+    idle: float = IDLE
+    block: float = 0.2
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default_factory=time.time)
+    taken: int = 0
+    claimed: int = 0
+    outage: float = 60.0
+    _given_back: list[int] = field(default_factory=list)
+    _next_refresh: float = 0.0
+
+    async def serve(self, engine: WorkerEngine) -> None:
+        """Hand batches to ``engine`` until the campaign is over or the engine stopped. Redis
+        out of reach for less than ``outage`` seconds (a restart) is waited out."""
+        self._next_refresh = 0.0
+        own = True  # first, what this name held before (a worker restarted under its name)
+        down_since: float | None = None
+        while engine.stopped_by is None:
+            try:
+                if await self._turn(engine, own):
+                    break
+                own, down_since = False, None
+            except DOWN as exc:
+                now = self.clock()
+                down_since = now if down_since is None else down_since
+                if now - down_since > self.outage:
+                    engine.stop(
+                        UnavailableError(f"Redis unreachable for {self.outage:g} s ({exc})")
+                    )
+                    break
+                await asyncio.sleep(min(1.0, self.block))
+
+    async def _turn(self, engine: WorkerEngine, own: bool) -> bool:
+        """One look at the stream; True when the campaign is over for this worker."""
+        entries = []
+        now = self.clock()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.idle / 3
+            await self._refresh(engine)
+            if engine.stopped_by is not None:
+                return True
+            entries = await self._claim(engine)
+        room = max(1, engine._queue.maxsize - engine._queue.qsize())
+        entries += await self._read(room, own)
+        if entries:
+            await self._hand(engine, entries)
+        elif not self.held and await self._over():
+            return True
+        await self.give_back_now()
+        return False
+
+    async def _read(self, count: int, own: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        got = await self.client.xreadgroup(
+            GROUP,
+            self.name,
+            {self.keys.stream: "0" if own else ">"},
+            count=count,
+            block=None if own else max(1, round(self.block * 1000)),
+        )
+        found: Any = got or []
+        return [(e, f) for _, entries in found for e, f in entries if f]
+
+    async def _claim(self, engine: WorkerEngine) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Batches idle longer than ``idle`` (their worker died): this worker's now."""
+        room = max(1, engine._queue.maxsize - engine._queue.qsize())
+        reply = await self.client.xautoclaim(
+            self.keys.stream, GROUP, self.name, round(self.idle * 1000), "0-0", count=room
+        )
+        entries = [(e, f) for e, f in reply[1] if f]
+        self.claimed += len(entries)
+        return entries
+
+    async def _refresh(self, engine: WorkerEngine) -> None:
+        """Keep what this worker holds from being taken over; publish its counts; honour a
+        stop another worker shared."""
+        pipe = self.client.pipeline(transaction=False)
+        if self.held:
+            ids = [entry for entry, _ in self.held.values()]
+            pipe.xclaim(self.keys.stream, GROUP, self.name, 0, list[Any](ids), justid=True)
+        pipe.hset(self.keys.workers, self.name, orjson.dumps(self.counts(engine)))
+        pipe.hget(self.keys.work, "stop")
+        replies = await pipe.execute()
+        stop = replies[-1]
+        if stop and engine.stopped_by is None:
+            engine.stop(stop_error(orjson.loads(stop)))
+
+    def counts(self, engine: Engine) -> dict[str, Any]:
+        s = engine.summary
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": self.started,
+            "seen": time.time(),
+            "taken": self.taken,
+            "claimed": self.claimed,
+            "held": len(self.held),
+            "delivered": s.delivered,
+            "failed": s.failed + s.invalid + s.unknown,
+            "requests": s.requests,
+            "throttled": s.throttled,
+            "retries": s.retries,
+        }
+
+    async def _hand(
+        self, engine: WorkerEngine, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> None:
+        batches = []
+        for entry, fields in entries:
+            try:
+                batch = decode_batch(dict[Any, Any](fields))
+            except ValueError:  # not ours: acknowledge it away
+                await self.client.xack(self.keys.stream, GROUP, entry)
+                continue
+            self.held[batch.number] = (entry.decode(), fields)
+            batches.append(batch)
+        if not batches:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.keys.batches, [str(b.number) for b in batches])
+        for b in batches:
+            pipe.hmget(self.keys.parts, [f"{b.number}:{r.line}" for r in b.recipients])
+        records, *parts = await pipe.execute()
+        for batch, raw, got in zip(batches, records, parts, strict=True):
+            lines = [r.line for r in batch.recipients]
+            found = {
+                line: _part(line, orjson.loads(v)) for line, v in zip(lines, got, strict=True) if v
+            }
+            self.journal.take(batch, orjson.loads(raw) if raw else None, found)
+            self.taken += 1
+            if engine.stopped_by is not None:
+                self.give_back(batch.number)
+            else:
+                await engine._plan(batch)
+
+    async def _over(self) -> bool:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.keys.work, ["all_enqueued", "stop"])
+        pipe.xlen(self.keys.stream)
+        pipe.exists(self.keys.campaign)
+        (all_enqueued, stop), length, exists = await pipe.execute()
+        return may_finish(
+            all_enqueued=all_enqueued == b"1",
+            queued=int(length),
+            stopped=bool(stop),
+            gone=not exists,
+        )
+
+    def give_back(self, number: int) -> None:
+        if number in self.held and number not in self._given_back:
+            self._given_back.append(number)
+
+    async def give_back_now(self) -> None:
+        """Add the batches given back to the stream again (and drop the entries held)."""
+        if not self._given_back:
+            return
+        numbers, self._given_back = self._given_back, []
+        pipe = self.client.pipeline(transaction=True)
+        for number in numbers:
+            entry, fields = self.held.pop(number)
+            pipe.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
+            pipe.xack(self.keys.stream, GROUP, entry)
+            pipe.xdel(self.keys.stream, entry)
+        await pipe.execute()
+
+
+def _part(line: int, row: Mapping[str, Any]) -> PartRecord:
+    return PartRecord(line, str(row["state"]), str(row.get("reason", "")), row.get("http"))
+
+
+async def find_campaign(
+    client: aioredis.Redis, wanted: str | None, wait: float, say: Callable[[str], None]
+) -> Found | None:
+    """The campaign to serve, waiting up to ``wait`` seconds for a planner to register it."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        got = await client.hgetall(REGISTRY)
+        registry = {_text(k): orjson.loads(v) for k, v in got.items()}
+        found = choose(registry, wanted)
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        if not told:
+            what = f"campaign {wanted!r}" if wanted else "a campaign"
+            say(f"waiting up to {wait:g} s for {what} to be planned (bulksend send ... --workers)")
+            told = True
+        await asyncio.sleep(0.2)
+
+
+def state_keys_of(found: Found) -> StateKeys:
+    from urllib.parse import quote
+
+    return StateKeys(found.provider, quote(found.name, safe=""), found.state_id)
+
+
+@contextlib.contextmanager
+def campaign_dir() -> Any:
+    with tempfile.TemporaryDirectory(prefix="bulksend-worker-") as d:
+        yield Path(d)
+
+
+def shared_stop(engine: Engine, name: str) -> bytes | None:
+    """The stop record a worker shares (None: nothing to share, e.g. an interrupt)."""
+    error = engine.stopped_by
+    if error is None or isinstance(error, Interrupted) or str(error).startswith("worker "):
+        return None
+    return stop_record(stop_kind(error), str(error), name)
+
+
+def exit_counts(engine: Engine) -> str:
+    s = engine.summary
+    parts = [f"{s.delivered:,} delivered"]
+    for n, what in ((s.failed, "failed"), (s.invalid, "invalid"), (s.unknown, "unknown")):
+        if n:
+            parts.append(f"{n:,} {what}")
+    return ", ".join(parts) + f" in {s.requests:,} requests"
+
+
+async def run_worker(
+    url: str,
+    *,
+    campaign: str | None,
+    name: str,
+    env: Mapping[str, str],
+    idle: float = IDLE,
+    wait: float = 60.0,
+    say: Callable[[str], None],
+    on_start: Callable[[Engine], None] | None = None,
+) -> Engine | None:
+    """Serve one campaign until it is over; the engine (its summary, what stopped it), or
+    None when no campaign was there to serve."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    from bulksend.distributed.gate import client_from_url
+    from bulksend.distributed.keys import checked_url, redact_url, url_password
+    from bulksend.output.logs import redactor
+
+    checked_url(url, "bulksend worker")
+    password = url_password(url)
+    if password:
+        redactor.register([password])
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 5)
+    client = client_from_url(url, flag="bulksend worker", retry=retry)
+    try:
+        found = await find_campaign(client, campaign, wait, say)
+        stored = await client.hget(state_keys_of(found).campaign, "meta") if found else None
+    except BaseException:
+        await client.aclose()
+        raise
+    if found is None or stored is None:
+        await client.aclose()
+        return None
+    keys = state_keys_of(found)
+    say(f"worker {name} serves campaign {found.name!r} ({redact_url(url)})")
+    return await _serve(client, keys, orjson.loads(stored), url, name, env, idle, say, on_start)
+
+
+async def _serve(
+    client: aioredis.Redis,
+    keys: StateKeys,
+    meta: Mapping[str, Any],
+    url: str,
+    name: str,
+    env: Mapping[str, str],
+    idle: float,
+    say: Callable[[str], None],
+    on_start: Callable[[Engine], None] | None,
+) -> Engine:
+    from bulksend.campaign import build_provider
+    from bulksend.config import resolve_secrets
+    from bulksend.control.pause import MemorySwitch, PauseControl, PauseSetup, RedisSwitch
+    from bulksend.dispatch.engine import EngineOptions
+    from bulksend.distributed import shared_scheduler
+    from bulksend.distributed.keys import key_fingerprint, redact_url
+    from bulksend.net.transport import Transport
+    from bulksend.output.logs import redactor
+    from bulksend.output.report import Summary
+    from bulksend.state.shard import ALREADY_DEDUPLICATED
+
+    with campaign_dir() as directory:
+        settings = settings_of(meta, directory, env)
+        secrets = resolve_secrets(settings, env)
+    redactor.register(secrets.values())
+    if key_fingerprint(secrets) != keys.fingerprint:
+        raise ConfigError(
+            f"campaign {settings.name!r} is sent with another API key than this worker's: "
+            "give the worker the planner's key"
+        )
+    provider = build_provider(settings, secrets)
+    scheduler = await shared_scheduler(url, settings, env, secrets=secrets)
+    run_id = int(await client.incr(keys.run))
+    held: dict[int, tuple[str, dict[bytes, bytes]]] = {}
+    journal = StreamJournal(
+        client, keys, redact_url(url), ttl=settings.state_ttl, rows={}, parts={}, stored={},
+        run_id=run_id, say=say, held=held,
+    )  # fmt: skip
+    feed = Feed(client, keys, name, journal, held, idle=idle)
+    setup = PauseSetup(switches=[RedisSwitch(url, settings.name)], on_change=say)
+    control = PauseControl.for_send(MemorySwitch(), settings.windows, setup)
+    options = EngineOptions(
+        batch_size=settings.batch_size,
+        workers=settings.in_flight,
+        max_attempts=settings.max_attempts,
+        max_unexpected=settings.max_unexpected,
+    )
+    summary = Summary(provider=provider.name, campaign=settings.name)
+    try:
+        async with Transport(
+            settings.base_url, connections=settings.in_flight, timeout=settings.timeout
+        ) as transport:
+            engine = WorkerEngine(
+                provider, transport, scheduler, ALREADY_DEDUPLICATED, options,
+                summary=summary, journal=journal, pause=control, feed=feed,
+            )  # fmt: skip
+            journal.counts = (name, lambda: feed.counts(engine))
+            if on_start is not None:
+                on_start(engine)
+            await engine.run([])
+            await _sign_off(feed, engine, name)
+    finally:
+        await control.aclose()
+        await scheduler.aclose()
+        await journal.aclose("worker finished")
+    return engine
+
+
+async def _sign_off(feed: Feed, engine: Engine, name: str) -> None:
+    """Give back what was not started, share a stop that ends the campaign, publish the
+    counts (Redis out of reach: the batches wait for their idle time, then go to another)."""
+    with contextlib.suppress(*DOWN):
+        await feed.give_back_now()
+        pipe = feed.client.pipeline(transaction=False)
+        stop = shared_stop(engine, name)
+        if stop is not None:
+            pipe.hsetnx(feed.keys.work, "stop", stop)
+        pipe.hset(feed.keys.workers, name, orjson.dumps({**feed.counts(engine), "held": 0}))
+        await pipe.execute()
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+__all__ = [
+    "IDLE",
+    "Feed",
+    "Found",
+    "Status",
+    "StreamJournal",
+    "WorkerEngine",
+    "choose",
+    "default_name",
+    "run_worker",
+    "settings_of",
+]
