@@ -332,6 +332,32 @@ class DeadLetter:
         self.count += len(rows)
 
 
+async def _open_lists_and_journal(
+    settings: Settings,
+    journal: JournalOptions | None,
+    shard: Shard | None,
+    provider: str,
+    secrets: Mapping[str, str],
+) -> tuple[SuppressionList | None, BatchJournal | None]:
+    """The suppression lists (read in full first: a bad list stops the send before anything
+    else) and the journal, announcing what it says of earlier runs."""
+    lists = open_exclusions(settings)
+    try:
+        if journal is None:
+            return lists, None
+        if journal.before_open is not None:
+            journal.before_open()
+        book = await open_journal(journal, settings, shard, provider, secrets)
+        note = book.opening_note()
+        if note and journal.announce is not None:
+            journal.announce(note)
+    except BaseException:
+        if lists is not None:
+            lists.close()
+        raise
+    return lists, book
+
+
 async def send_campaign(
     settings: Settings,
     secrets: Mapping[str, str],
@@ -375,20 +401,7 @@ async def send_campaign(
         unknown_policy=journal.unknown_policy if journal else "resend",
     )
     spec = source_spec(settings)
-    book = None
-    lists = open_exclusions(settings)  # read in full first: a bad list stops the send here
-    try:
-        if journal is not None:
-            if journal.before_open is not None:
-                journal.before_open()
-            book = await open_journal(journal, settings, shard, provider.name, secrets)
-            note = book.opening_note()
-            if note and journal.announce is not None:
-                journal.announce(note)
-    except BaseException:
-        if lists is not None:
-            lists.close()
-        raise
+    lists, book = await _open_lists_and_journal(settings, journal, shard, provider.name, secrets)
     if dead_letter is None and journal is not None:
         dead_letter = journal.path.with_suffix(".dead-letter.jsonl")
     columns = (settings.recipients.id_column, settings.recipients.uid_column)
