@@ -61,3 +61,18 @@ def test_state_cost_benchmark_runs_none_sqlite_and_redis() -> None:
     ratios = re.findall(r"SQLite (\d+\.\d\d), Redis (\d+\.\d\d); Redis / SQLite (\d+\.\d\d)", out)
     assert len(ratios) == 1, out
     assert all(float(r) > 0 for r in ratios[0]), out
+
+
+def test_workers_benchmark_runs_unthrottled_and_with_a_quota() -> None:
+    from bulksend.distributed.testing import RedisServer
+
+    if not RedisServer.available():
+        import pytest
+
+        pytest.skip("REDIS UNAVAILABLE: the workers benchmark did NOT run")
+    out = run_benchmark(
+        "workers", "--recipients", "1000", "--workers", "1", "--quota", "100",
+        "--quota-seconds", "1",
+    )  # fmt: skip
+    assert re.search(r"planner \+ 1 worker\(s\): +[\d,]+ recipients/s", out), out
+    assert re.search(r"utilisation \d\.\d{3} \(100 requests in .*; 429s 0;", out), out

@@ -275,3 +275,23 @@ def test_the_shell_recipe_runs(redis_server: RedisServer, tmp_path: Path) -> Non
     for name in ("report.csv", "summary.json"):
         (tmp_path / "out" / name).rename(tmp_path / name)
     run.check()
+
+
+def test_four_workers_never_exceed_a_shared_quota(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A planner and 4 workers share a 200 requests/s quota through the Redis gate for ~4 s:
+    the sandbox (limited to 200/s, its own limiter) refuses nothing. The utilisation is
+    printed, not asserted (timing on a loaded machine): benchmarks.workers records it."""
+    from benchmarks.common import write_rows
+    from benchmarks.workers import run_once
+
+    rows = write_rows(tmp_path / "rows.csv", 8_000)
+    m = run_once(
+        tmp_path, rows, 8_000, 4, batch_size=10, in_flight=8, quota=LIMIT,
+        redis_url=redis_server.url,
+    )  # fmt: skip
+    assert m.rejected == 0
+    assert m.requests == 800
+    assert m.recipients == 8_000
+    print(f"utilisation {m.utilisation(LIMIT):.3f} over {m.span:.2f} s")

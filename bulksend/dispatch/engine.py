@@ -610,11 +610,9 @@ class Engine:
         if self.journal is not None and part.attempts == 0 and part.batch is batch:
             try:
                 await self.journal.in_flight(batch)
-            except UnavailableError as exc:  # not recorded: not sent, and nothing more is
+            except UnavailableError as exc:  # not recorded: not sent
                 self.scheduler.cancel(permit)
-                self.stop(exc)
-                status = Status.UNKNOWN if part.unknown_sent else Status.SKIPPED
-                self._settle(job, status, f"not sent: {exc}", None)
+                self._unrecorded(job, part, exc)
                 return None
         part.attempts += 1
         batch.attempts += 1
@@ -635,6 +633,13 @@ class Engine:
         except NoResponse as exc:
             return self._no_response(job, part, permit, exc)
         return self._answered_with(job, part, permit, response)
+
+    def _unrecorded(self, job: _Job, part: _Part, exc: UnavailableError) -> None:
+        """The journal could not record ``part`` in flight: it is not sent, nor is anything
+        more (a worker's batch taken over by another worker: only it is not sent)."""
+        self.stop(exc)
+        status = Status.UNKNOWN if part.unknown_sent else Status.SKIPPED
+        self._settle(job, status, f"not sent: {exc}", None)
 
     async def _admit(self, job: _Job, part: _Part) -> Permit | None:
         """Wait for the probe, the circuit and the scheduler; None when the part was settled

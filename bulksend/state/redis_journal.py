@@ -16,6 +16,8 @@ the recipient file's digest, all in one Redis Cluster hash tag::
     ...:parts     HASH  "batch:line" -> JSON (state, reason, http status): a 422 bisection's parts
     ...:runs      HASH  run id -> JSON (started, finished, outcome)
     ...:run       STRING the last run id (INCR)
+    ...:late      HASH  batch number -> JSON: the outcome of a worker that lost the batch to
+                        another (``bulksend.workers.owning``), kept apart, never the record
 
 and ``bulksend:state:{maxtraffic:welcome}:current`` names the state the campaign uses now (its key
 fingerprint and file digest). A send whose ``current`` names another state (the recipient file or
@@ -149,6 +151,11 @@ class StateKeys:
         return f"{self.base}:work"
 
     @property
+    def late(self) -> str:
+        """Outcomes of batches a worker settled after another took them over (by number)."""
+        return f"{self.base}:late"
+
+    @property
     def workers(self) -> str:
         """Each worker's counts, by its name (``bulksend.workers``)."""
         return f"{self.base}:workers"
@@ -164,6 +171,7 @@ class StateKeys:
             self.stream,
             self.work,
             self.workers,
+            self.late,
         ]
 
     def other(self, state_id: str) -> StateKeys:
@@ -435,6 +443,10 @@ class RedisJournal:
     def _queue(self, key: str, fields: Mapping[str, bytes | str]) -> None:
         """Queue fields of the hash ``key`` for the pipeline sent on the loop's next turn."""
         self._pending.setdefault(key, {}).update(fields)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Write what is queued on the loop's next turn."""
         if not self._soon:
             self._soon = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -442,12 +454,12 @@ class RedisJournal:
     def flush(self) -> None:
         """Start writing what is queued (one task writes, in order; ``aclose`` waits)."""
         self._soon = False
-        waiting = self._pending or self._expire is not None
+        waiting = self._pending or self._expire is not None or self._owed()
         if waiting and (self._writer is None or self._writer.done()):
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
-        while self._pending or self._expire is not None:
+        while self._pending or self._expire is not None or self._owed():
             pending, self._pending = self._pending, {}
             expire, self._expire = self._expire, None
             waiters, self._waiters = self._waiters, []
@@ -459,7 +471,7 @@ class RedisJournal:
                 for key in [*self.keys.every(), self.keys.current]:
                     pipe.expire(key, expire)
             try:
-                await pipe.execute()
+                replies = await pipe.execute()
             except _FAILED as exc:
                 self._requeue(pending, expire)  # tried again with the next write
                 self._less(extra)
@@ -474,6 +486,7 @@ class RedisJournal:
                         w.set_exception(error)
                 return
             self._failed = ""
+            self._done(extra, replies)
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
@@ -485,6 +498,13 @@ class RedisJournal:
 
     def _less(self, extra: Any) -> None:
         """Put back what ``_more`` added to a write that failed."""
+
+    def _done(self, extra: Any, replies: list[Any]) -> None:
+        """What ``_more`` added to a write went through (``replies``: the write's)."""
+
+    def _owed(self) -> bool:
+        """Whether a subclass has writes of its own waiting (for ``_more``)."""
+        return False
 
     def _requeue(self, pending: dict[str, dict[str, bytes | str]], expire: int | None) -> None:
         """Put writes that failed back, under what was queued since (which is newer)."""

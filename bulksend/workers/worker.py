@@ -13,7 +13,9 @@ runs the single-process send's ``Engine``, fed from the campaign's stream instea
 * the worker refreshes what it holds (``XCLAIM ... JUSTID``) every ``idle / 3`` seconds, and
   takes over (``XAUTOCLAIM``) batches idle longer than ``idle`` seconds: those of a worker that
   died. A batch taken over is found ``in_flight`` and resent as a possible duplicate, exactly
-  as a resumed send resends it;
+  as a resumed send resends it. Every write of a batch (record, refresh, give-back) is made
+  only while the worker still holds it (``owning``): a worker stalled past ``idle`` that lost
+  a batch does not send it, nor overwrite the record of the worker that took it over;
 * a worker interrupted (SIGINT/SIGTERM) finishes the requests in flight and gives back what it
   has not started (added again to the stream); a stop that ends the campaign (credentials
   rejected, the provider failing) is shared: every worker and the planner stop;
@@ -29,7 +31,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ from bulksend.state.journal import (
 from bulksend.state.redis_journal import RedisJournal, StateKeys
 from bulksend.state.redis_journal import _record as record_of
 from bulksend.workers.logic import decode_batch, may_finish
+from bulksend.workers.owning import GIVE_BACK, REFRESH, WRITE, Owed, write_args
 from bulksend.workers.queue import GROUP, REGISTRY, _text, stop_error, stop_kind, stop_record
 
 #: seconds a batch may sit with a worker that does not refresh it before another takes it
@@ -109,16 +112,30 @@ def settings_of(meta: Mapping[str, Any], directory: Path, env: Mapping[str, str]
     return load_settings(path, env=env, overrides=overrides)
 
 
+class TakenOver(UnavailableError):
+    """The batch's in-flight record was refused: another worker took the batch over."""
+
+
 class StreamJournal(RedisJournal):
     """A worker's view of the campaign's records: each batch's record read when the batch is
-    taken; a final record written with the batch's acknowledgement, in one MULTI."""
+    taken; its writes (record, parts, acknowledgement) made only while this worker still holds
+    the batch, checked and written in one step (``owning.WRITE``)."""
 
     atomic = True
 
-    def __init__(self, *args: Any, held: dict[int, tuple[str, dict[bytes, bytes]]], **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        held: dict[int, tuple[str, dict[bytes, bytes]]],
+        consumer: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._held = held  # batch number -> (stream entry id, fields)
-        self._acks: list[int] = []
+        self.consumer = consumer
+        self._owing: dict[int, Owed] = {}
+        #: batches another worker took over from this one (not written, not sent again)
+        self.lost: set[int] = set()
         #: the worker's name and its counts, written with each acknowledgement
         self.counts: tuple[str, Callable[[], dict[str, Any]]] | None = None
 
@@ -137,6 +154,8 @@ class StreamJournal(RedisJournal):
                 "state": "queued",
                 "runs": 0,
             }
+        self.lost.discard(batch.number)
+        self._owing.pop(batch.number, None)
         self._rows[batch.number] = record
         self._parts[batch.number] = parts
         self._previous[batch.number] = record_of(batch.number, record)
@@ -144,33 +163,118 @@ class StreamJournal(RedisJournal):
     def previous(self, number: int) -> BatchRecord | None:
         return self._previous.get(number)
 
-    def finished(self, batch: Batch, state: str, *args: Any, **kwargs: Any) -> None:
-        super().finished(batch, state, *args, **kwargs)
+    async def in_flight(self, batch: Batch) -> None:
+        await super().in_flight(batch)
+        if batch.number in self.lost:
+            raise TakenOver(
+                f"batch {batch.number} was taken over by another worker while this one held it"
+            )
+
+    def finished(
+        self,
+        batch: Batch,
+        state: str,
+        reason: str = "",
+        http_status: int | None = None,
+        parts: Iterable[tuple[int, str, str, int | None]] = (),
+        doubt: str = "",
+    ) -> None:
+        if batch.number not in self._held:
+            super().finished(batch, state, reason, http_status, parts, doubt)
+            return
+        super().finished(batch, state, reason, http_status, (), doubt)  # the row: _write_row
+        item = self._owing.setdefault(batch.number, Owed())
+        for line, part_state, part_reason, status in parts:
+            self._parts.setdefault(batch.number, {})[line] = PartRecord(
+                line, part_state, part_reason, status
+            )
+            item.parts[f"{batch.number}:{line}"] = orjson.dumps(
+                {"state": part_state, "reason": part_reason, "http": status}
+            )
         self.ack(batch.number)
 
+    def _write_row(self, number: int, row: dict[str, Any]) -> None:
+        if number not in self._held:
+            super()._write_row(number, row)
+            return
+        self._rows[number] = row
+        self._owing.setdefault(number, Owed()).row = orjson.dumps(row)
+        self._kick()
+
     def ack(self, number: int) -> None:
-        """Acknowledge the batch with the next write (its record, written again if nothing
-        else is queued: the write carries the acknowledgement)."""
-        if number in self._held and number not in self._acks:
-            self._acks.append(number)
-            row = self._rows.get(number)
-            if row is not None:
-                self._write_row(number, row)
+        """Acknowledge the batch with the next write (with its record, if one is owed)."""
+        if number in self._held:
+            self._owing.setdefault(number, Owed()).ack = True
+            self._kick()
+
+    def forget(self, number: int) -> None:
+        """Drop a batch lost to another worker without writing anything of it."""
+        self._held.pop(number, None)
+        self._owing.pop(number, None)
+
+    def _owed_now(self) -> dict[int, tuple[str, Owed, bytes]]:
+        owed, self._owing = self._owing, {}
+        out = {}
+        for number, item in owed.items():
+            if number not in self._held:
+                continue
+            late = b""
+            if item.ack:
+                late = orjson.dumps(
+                    {
+                        "worker": self.consumer,
+                        "record": self._rows.get(number),
+                        "parts": {k: orjson.loads(v) for k, v in item.parts.items()},
+                    }
+                )
+            out[number] = (self._held[number][0], item, late)
+        return out
+
+    def _owed(self) -> bool:
+        return bool(self._owing)
 
     def _more(self, pipe: Any) -> Any:
-        acks, self._acks = self._acks, []
-        taken = [(number, self._held.pop(number)) for number in acks if number in self._held]
-        for _, (entry, _fields) in taken:
-            pipe.xack(self.keys.stream, GROUP, entry)
-            pipe.xdel(self.keys.stream, entry)
-        if taken and self.counts is not None:  # the worker's counts, as of these batches
-            pipe.hset(self.keys.workers, self.counts[0], orjson.dumps(self.counts[1]()))
-        return taken
+        owed = self._owed_now()
+        if not owed:
+            return None
+        keys = self.keys
+        args = write_args(GROUP, self.consumer, owed)
+        index = len(pipe.command_stack)
+        pipe.eval(WRITE, 4, keys.stream, keys.batches, keys.parts, keys.late, *args)
+        acked = [n for n, (_, item, _) in owed.items() if item.ack]
+        if acked and self.counts is not None:  # the worker's counts, as of these batches
+            pipe.hset(keys.workers, self.counts[0], orjson.dumps(self.counts[1]()))
+        return index, owed
 
     def _less(self, extra: Any) -> None:
-        for number, held in extra:
-            self._held[number] = held
-        self._acks = [number for number, _ in extra] + self._acks
+        if extra is None:
+            return
+        _, owed = extra
+        for number, (_, item, _) in owed.items():
+            newer = self._owing.get(number)
+            self._owing[number] = item if newer is None else item.merged(newer)
+
+    def _done(self, extra: Any, replies: list[Any]) -> None:
+        if extra is None:
+            return
+        index, owed = extra
+        lost = {int(n) for n in replies[index]}
+        for number, (_, item, _) in owed.items():
+            if number in lost:
+                self._lose(number, "its outcome is kept apart (late)" if item.ack else "")
+            if item.ack:
+                self._held.pop(number, None)
+
+    def _lose(self, number: int, what: str) -> None:
+        if number in self.lost:
+            return
+        self.lost.add(number)
+        if self._say is not None:
+            more = f"; {what}" if what else ": this worker does not send it"
+            self._say(
+                f"warning: batch {number} was taken over by another worker (this one held it "
+                f"longer than --idle){more}; the other resends it as a possible duplicate"
+            )
 
 
 class WorkerEngine(Engine):
@@ -190,10 +294,34 @@ class WorkerEngine(Engine):
         return done
 
     def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
-        if self._stop is not None and all(r.reason.startswith("not sent:") for r in results):
+        not_sent = all(r.reason.startswith("not sent:") for r in results)
+        if not_sent and batch.number in self.feed.journal.lost:
+            self.feed.journal.forget(batch.number)  # another worker's now: nothing to record
+            return
+        if self._stop is not None and not_sent:
             self.feed.give_back(batch.number)  # not started: another worker sends it
             return
         super()._record(batch, results, doubt)
+
+    def _unrecorded(self, job: Any, part: Any, exc: UnavailableError) -> None:
+        if isinstance(exc, TakenOver):  # only this batch is not sent (by this worker)
+            self._settle(job, Status.SKIPPED, f"not sent: {exc}", None)
+            return
+        super()._unrecorded(job, part, exc)
+
+    async def _admit(self, job: Any, part: Any) -> Any:
+        """As the engine's, but a batch another worker took over meanwhile is not sent (again)
+        by this one: the refresh (every ``idle / 3`` s) or a refused write told it."""
+        permit = await super()._admit(job, part)
+        if permit is None or job.batch.number not in self.feed.journal.lost:
+            return permit
+        self.scheduler.cancel(permit)
+        if part.attempts or part.unknown_sent or job.results:
+            why = "not sent again: another worker took the batch over (outcome unknown)"
+            self._settle(job, Status.UNKNOWN, why, None)
+        else:
+            self._settle(job, Status.SKIPPED, "not sent: another worker took it over", None)
+        return None
 
     def _skip(self, batch: Batch) -> None:
         self.feed.give_back(batch.number)
@@ -284,12 +412,15 @@ class Feed:
         """Keep what this worker holds from being taken over; publish its counts; honour a
         stop another worker shared."""
         pipe = self.client.pipeline(transaction=False)
-        if self.held:
-            ids = [entry for entry, _ in self.held.values()]
-            pipe.xclaim(self.keys.stream, GROUP, self.name, 0, list[Any](ids), justid=True)
+        ids = {entry: number for number, (entry, _) in self.held.items()}
+        if ids:  # (only those still held: never taking back one another worker took)
+            pipe.eval(REFRESH, 1, self.keys.stream, GROUP, self.name, *ids)
         pipe.hset(self.keys.workers, self.name, orjson.dumps(self.counts(engine)))
         pipe.hget(self.keys.work, "stop")
         replies = await pipe.execute()
+        if ids:
+            for entry in replies[0]:
+                self.journal._lose(ids[_text(entry)], "")
         stop = replies[-1]
         if stop and engine.stopped_by is None:
             engine.stop(stop_error(orjson.loads(stop)))
@@ -364,12 +495,11 @@ class Feed:
         if not self._given_back:
             return
         numbers, self._given_back = self._given_back, []
-        pipe = self.client.pipeline(transaction=True)
-        for number in numbers:
+        pipe = self.client.pipeline(transaction=False)
+        for number in numbers:  # (one another worker took over is its: not added again)
             entry, fields = self.held.pop(number)
-            pipe.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
-            pipe.xack(self.keys.stream, GROUP, entry)
-            pipe.xdel(self.keys.stream, entry)
+            flat = [x for item in fields.items() for x in item]
+            pipe.eval(GIVE_BACK, 1, self.keys.stream, GROUP, self.name, entry, *flat)
         await pipe.execute()
 
 
@@ -502,7 +632,7 @@ async def _serve(
     held: dict[int, tuple[str, dict[bytes, bytes]]] = {}
     journal = StreamJournal(
         client, keys, redact_url(url), ttl=settings.state_ttl, rows={}, parts={}, stored={},
-        run_id=run_id, say=say, held=held,
+        run_id=run_id, say=say, held=held, consumer=name,
     )  # fmt: skip
     feed = Feed(client, keys, name, journal, held, idle=idle)
     setup = PauseSetup(switches=[RedisSwitch(url, settings.name)], on_change=say)
