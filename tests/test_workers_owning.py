@@ -27,7 +27,7 @@ from bulksend.state.redis_journal import StateKeys
 from bulksend.workers.owning import GIVE_BACK, REFRESH
 from bulksend.workers.queue import GROUP, WorkQueue
 from bulksend.workers.worker import StreamJournal, TakenOver
-from tests.test_workers_redis import NO_REDIS, Campaign
+from tests.test_workers_redis import NO_REDIS, Campaign, _no_process_left  # noqa: F401
 
 KEYS = StateKeys("maxtraffic", "own", "f00d:beef")
 

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -46,6 +47,13 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    yield
+    while Campaign.started:
+        Campaign.started.pop().stop()
+
+
 def dataset(n_unique: int, seed: int = 17) -> list[tuple[str, str]]:
     """Unique rows plus 5 % exact copies and two bad rows."""
     rows = [(f"v{i:06d}", f"u{i:06d}") for i in range(n_unique)]
@@ -57,7 +65,12 @@ def dataset(n_unique: int, seed: int = 17) -> list[tuple[str, str]]:
 class Campaign:
     """One campaign, one sandbox process, a planner and workers (real processes)."""
 
+    #: every campaign started, so that a test that fails half-way leaves no process behind
+    #: (``_no_process_left``): a leaked ``Popen`` fails the next test with a ResourceWarning
+    started: ClassVar[list[Campaign]] = []
+
     def __init__(self, tmp: Path, n_unique: int, *, limit: int | None = LIMIT) -> None:
+        Campaign.started.append(self)
         self.tmp = tmp
         self.rows = dataset(n_unique)
         self.n_unique = n_unique
@@ -136,12 +149,16 @@ class Campaign:
                 assert killed or p.returncode == 0, werr[-2000:]
                 codes[name] = p.returncode
         finally:
-            for p in [self.planner, *self.workers.values()]:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            self.sandbox.stop()
+            self.stop()
         return self.planner.returncode, err, codes
+
+    def stop(self) -> None:
+        """Kill what still runs and close every pipe (idempotent)."""
+        for p in [*([self.planner] if self.planner else []), *self.workers.values()]:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+        self.sandbox.stop()
 
     def check(self) -> dict[str, int]:
         """Exactly once (but for possible duplicates), every row reported, no 429."""
@@ -166,7 +183,8 @@ class Campaign:
 
 
 def test_planner_and_four_workers(redis_server: RedisServer, tmp_path: Path) -> None:
-    run = Campaign(tmp_path, n_unique=3_000)
+    # 50 requests a second: the send lasts 6 s, so `status` (a new process) sees it running
+    run = Campaign(tmp_path, n_unique=3_000, limit=50)
     for i in range(4):
         run.worker(redis_server.url, f"w{i}")
     run.plan(redis_server.url)

@@ -19,10 +19,11 @@ DESCRIPTION = (
 )
 EPILOG = """\
 examples:
-  MAXTRAFFIC_API_KEY=... bulksend worker redis://localhost:6379/0 --wait 1
-  MAXTRAFFIC_API_KEY=... bulksend worker redis://localhost:6379/0 --campaign "Summer sale" --wait 1
+  bulksend worker redis://localhost:6379/0 --wait 1
+  bulksend worker redis://localhost:6379/0 --campaign "Summer sale" --wait 1
   bulksend status redis://localhost:6379/0 "Summer sale"     # progress, from anywhere
 
+The provider's key comes from the environment (MAXTRAFFIC_API_KEY=..., as for send).
 rediss:// (TLS) and redis://USER:PASSWORD@HOST/DB (ACL users) work; no password is shown.
 
 exit statuses: 0 the campaign is complete (or there was none to serve), 3 credentials
