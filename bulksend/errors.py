@@ -12,6 +12,7 @@
     ├── ProviderError            the provider answered something final for the whole send
     │   ├── AuthError            401/403: stop at once, nothing more is sent (exit 3)
     │   └── UnavailableError     the provider stayed down past every retry (exit 4)
+    │       └── TakenOver        a worker's batch was taken over by another (that batch only)
     ├── TransientError           retryable: 5xx, 429, timeouts, connection errors
     │   └── NoResponse           no answer at all: whether the request arrived is unknown
     ├── Deferred                 a wait longer than allowed: the batch is skipped, resumable
@@ -65,6 +66,11 @@ class AuthError(ProviderError):
 
 class UnavailableError(ProviderError):
     """The provider stayed unavailable past every retry."""
+
+
+class TakenOver(UnavailableError):
+    """A worker's in-flight record of a batch was refused: another worker took the batch over
+    (``bulksend.workers``); only that batch is not sent by this worker."""
 
 
 class TransientError(BulksendError):

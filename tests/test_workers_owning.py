@@ -20,13 +20,14 @@ pytest.importorskip("redis", reason="REDIS CLIENT MISSING: pip install 'bulksend
 import redis.asyncio as aioredis
 
 from bulksend.distributed.testing import RedisServer
+from bulksend.errors import TakenOver
 from bulksend.models import Batch, Recipient
 from bulksend.recipients import Recipients
 from bulksend.sandbox.testing import wait_until
 from bulksend.state.redis_journal import StateKeys
 from bulksend.workers.owning import GIVE_BACK, REFRESH
 from bulksend.workers.queue import GROUP, WorkQueue
-from bulksend.workers.worker import StreamJournal, TakenOver
+from bulksend.workers.worker import StreamJournal
 from tests.test_workers_redis import NO_REDIS, Campaign, _no_process_left  # noqa: F401
 
 KEYS = StateKeys("maxtraffic", "own", "f00d:beef")

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from bulksend.config import Settings, load_settings
 from bulksend.dispatch.engine import Engine, Result
 from bulksend.distributed.gate import DOWN
-from bulksend.errors import ConfigError, Interrupted, UnavailableError
+from bulksend.errors import ConfigError, Interrupted, TakenOver, UnavailableError
 from bulksend.models import Batch, Status
 from bulksend.state.journal import (
     BatchJournal,
@@ -110,10 +110,6 @@ def settings_of(meta: Mapping[str, Any], directory: Path, env: Mapping[str, str]
     recorded = meta.get("settings") or {}
     overrides = {k: recorded[k] for k in _APPLIED if recorded.get(k) is not None}
     return load_settings(path, env=env, overrides=overrides)
-
-
-class TakenOver(UnavailableError):
-    """The batch's in-flight record was refused: another worker took the batch over."""
 
 
 class StreamJournal(RedisJournal):
