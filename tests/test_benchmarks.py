@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -39,3 +40,20 @@ def test_ratelimit_profiles_run_without_a_stated_limit() -> None:
     lines = re.findall(r"^ +(\S+): utilisation (\d\.\d+) +refusals (\d+)", out, re.MULTILINE)
     assert [name for name, _, _ in lines] == ["ietf", "bare429"], out
     assert all(float(u) > 0 for _, u, _ in lines), out
+
+
+def test_versus_script_benchmark_runs_both_and_reports_ratios(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "versus_script",
+        *("--rows", "3000", "--rounds", "1", "--formats", "quoted,jsonl"),
+        *("--variants", "journal,no-journal", "--startup-runs", "1", "--read-rounds", "1"),
+        *("--dir", str(tmp_path)),
+    )
+    lines = re.findall(r"^(quoted|jsonl) .*\| (\d+) / (\d+) / (\d+)$", out, re.MULTILINE)
+    assert [name for name, *_ in lines] == ["quoted", "jsonl"], out
+    assert all(int(rss) > 0 for _, *rss in lines for rss in rss), out
+    ratios = re.findall(r" (\d+\.\d\d) \((\d+\.\d\d)\)", out)
+    assert len(ratios) == 4, out  # two files, two variants, one round each
+    assert "start-up on quoted.csv (1 alternating runs each)" in out, out
+    assert re.search(r"a whole bulksend send +: +\d+ ms", out), out
+    assert re.search(r"jsonl +[\d,]+ +\d\.\d\d of lf|quoted +[\d,]+$", out, re.MULTILINE), out
