@@ -274,16 +274,19 @@ def read(path):
             rows += len(chunk.recipients)
     return rows
 read(sys.argv[2])  # whatever the first chunk imports is imported
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 rows = read(sys.argv[1])
-print(time.perf_counter() - start, rows)
+print(time.perf_counter() - start, time.process_time() - cpu, rows)
 """
 
 
 def read_speed(runner: Contenders, files: dict[str, Path], rounds: int, warm: Path) -> None:
-    """Rows/s of ``open_source`` alone over each file (a child each time), alternating, with
-    each file's ratio to the LF file within the round."""
-    times: dict[str, list[float]] = {fmt: [] for fmt in files}
+    """Rows/s of ``open_source`` alone over each file (a child each time, one thread),
+    alternating, with each file's ratio to the LF file within the round (CPU time: less
+    disturbed than wall time by whatever else the machine runs)."""
+    wall: dict[str, list[float]] = {fmt: [] for fmt in files}
+    cpu: dict[str, list[float]] = {fmt: [] for fmt in files}
+    rows = 0
     for i in range(rounds):
         for fmt in reversed(files) if i % 2 else files:
             out = subprocess.run(
@@ -293,15 +296,17 @@ def read_speed(runner: Contenders, files: dict[str, Path], rounds: int, warm: Pa
                 check=True,
                 env=runner.env,
             ).stdout.split()
-            times[fmt].append(float(out[0]))
-    print("reading alone (open_source, every chunk; rows/s, median; ratio to lf per round):")
-    for fmt, values in times.items():
-        rows_s = int(out[1]) / median(values)
-        ratio = ""
-        if "lf" in times and fmt != "lf":
-            each = [lf / t for lf, t in zip(times["lf"], values, strict=True)]
-            ratio = f"  {median(each):.2f} of lf (" + ", ".join(f"{r:.2f}" for r in each) + ")"
-        print(f"  {fmt:<8} {rows_s:>12,.0f}{ratio}")
+            wall[fmt].append(float(out[0]))
+            cpu[fmt].append(float(out[1]))
+            rows = int(out[2])
+    print("reading alone (open_source, every chunk), median rows/s by wall and CPU time;")
+    print("ratio to lf by CPU time, per round:")
+    for fmt in files:
+        line = f"  {fmt:<8} {rows / median(wall[fmt]):>12,.0f} {rows / median(cpu[fmt]):>12,.0f}"
+        if "lf" in files and fmt != "lf":
+            each = [lf / t for lf, t in zip(cpu["lf"], cpu[fmt], strict=True)]
+            line += f"  {median(each):.2f} of lf (" + ", ".join(f"{r:.2f}" for r in each) + ")"
+        print(line)
 
 
 # -- start-up -----------------------------------------------------------------------------------
