@@ -63,6 +63,7 @@ from bulksend.providers.base import (
     Verdict,
     add_all,
 )
+from bulksend.recipients import Recipients
 from bulksend.report import POSSIBLY_TWICE, ReportWriter, Summary
 from bulksend.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.sources.spec import Chunk
@@ -256,6 +257,11 @@ class Engine:
         if attempts is None:
             attempts = batch.attempts if batch else 0
         number = batch.number if batch else None
+        if to_report and isinstance(rows, Recipients):  # columns: no object per row
+            self.report.write_rows(rows, status, reason, http_status, attempts, number)
+            if not to_hook:
+                return
+            to_report = False
         outcomes = [Outcome(r, status, reason, http_status, attempts, number) for r in rows]
         if to_report:
             self.report.write(outcomes)

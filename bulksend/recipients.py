@@ -234,11 +234,10 @@ class Recipients(Sequence[Recipient]):
         made = self._made
         if made is None:
             count = len(self.lines)
-            none = repeat(None, count)
             made = self._made = make_recipients(
                 self.lines,
-                none if self.ids is None else self.ids,
-                none if self.uids is None else self.uids,
+                repeat(None, count) if self.ids is None else self.ids,
+                repeat(None, count) if self.uids is None else self.uids,
                 repeat(EMPTY, count) if self.attrs is None else self.attrs,
                 count,
             )
