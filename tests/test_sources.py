@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -417,6 +418,85 @@ def test_crlf_and_all_quoted_files_take_the_fast_path(
     got = read(path)
     assert got == [R(i + 2, id, uid, name=name) for i, (id, uid, name) in enumerate(rows)]
     assert slow == [2]  # only the rest of the header's block went through csv.reader
+
+
+JSON_VALUE = st.one_of(
+    st.none(),
+    st.integers(-5, 5),
+    st.booleans(),
+    st.lists(st.integers(0, 2), max_size=2),
+    st.text(alphabet=st.sampled_from(list('ab1 ,"\\\t\n\x01\x7f\x85é\u2028{}')), max_size=5),
+    st.sampled_from(["0123456789abcdef0123456789abcdef", "u00000000001", "x" * 5]),
+)
+JSON_KEY = st.sampled_from(["id", "uid", "ID", "Uid", "name", "city"])
+PLAIN_JSON = st.one_of(st.none(), st.text(alphabet=st.sampled_from(list("ab1 é")), max_size=5))
+JSON_LINE = st.one_of(
+    st.fixed_dictionaries({"id": PLAIN_JSON, "uid": PLAIN_JSON}).map(json.dumps),
+    st.fixed_dictionaries({"id": PLAIN_JSON, "uid": PLAIN_JSON}).map(json.dumps),
+    st.dictionaries(JSON_KEY, JSON_VALUE, max_size=4).map(lambda d: orjson.dumps(d).decode()),
+    st.fixed_dictionaries({"id": JSON_VALUE, "uid": JSON_VALUE}).map(
+        lambda d: orjson.dumps(d).decode()
+    ),
+    st.sampled_from(["", "\r", "  ", "[1]", '"x"', "{", '{"id": "a"} x', '{"id":"a"},{"id":"b"}']),
+)
+
+
+@settings(
+    max_examples=examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    lines=st.lists(JSON_LINE, min_size=1, max_size=30),
+    crlf=st.booleans(),
+    keep_attrs=st.booleans(),
+    block=st.sampled_from([64, 4096]),
+)
+def test_json_lines_read_in_bulk_as_line_by_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[str],
+    crlf: bool,
+    keep_attrs: bool,
+    block: int,
+) -> None:
+    from bulksend.sources.jsonl import JsonLinesReader
+
+    monkeypatch.setattr(stream_module, "BLOCK", block)
+    path = tmp_path / "h.jsonl"
+    path.write_text("".join(x + ("\r\n" if crlf else "\n") for x in lines), encoding="utf-8")
+    options = {"format": "jsonl", "keep_attrs": keep_attrs, "max_value_len": 4}
+
+    def outcome() -> list[Recipient | Rejected] | str:
+        try:
+            return read(path, **options)
+        except InputError as error:
+            return str(error)
+
+    fast = outcome()
+    with monkeypatch.context() as patched:  # (the fixture outlives each example)
+        patched.setattr(JsonLinesReader, "_fast", lambda self, lines: None)
+        assert fast == outcome()
+
+
+def test_plain_json_lines_take_the_bulk_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulksend.sources.jsonl import JsonLinesReader
+
+    monkeypatch.setattr(stream_module, "BLOCK", 4096)
+    path = tmp_path / "p.jsonl"
+    rows = [{"id": f"{i:032x}", "uid": f"u{i:011d}"} for i in range(3000)]
+    rows[7] = {"id": None, "uid": " u7 "}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def refuse(self: JsonLinesReader, lines: list[str]) -> Chunk:
+        raise AssertionError("a block went record by record")
+
+    monkeypatch.setattr(JsonLinesReader, "_slow", refuse)
+    got = read(path, format="jsonl")
+    assert got[7] == R(8, None, "u7")  # no header: row i is on line i + 1
+    assert got == [R(i + 1, r["id"], (r["uid"] or "").strip() or None) for i, r in enumerate(rows)]
 
 
 # -- synthetic data ----------------------------------------------------------------------------
