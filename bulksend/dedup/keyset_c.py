@@ -83,12 +83,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Final
-
-import numpy as np
+from typing import TYPE_CHECKING, Final
 
 from bulksend.dedup import _keyset
-from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase
+from bulksend.dedup.keyset_base import DEFAULT_KIND, KeySetBase, Masks
+
+if TYPE_CHECKING:
+    from bulksend.dedup.keyset_base import BoolArray
 
 __all__ = ["KeySet"]
 
@@ -165,8 +166,20 @@ class KeySet(KeySetBase):
         is None when no key was None. Keys must be ``str`` (TypeError) and kinds 1-255
         (ValueError); both are checked before any key is added.
         """
+        import numpy as np  # here: the engine asks for bytes (add_kinds_masks), without numpy
+
         news = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
         presents = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
+        missing = self._table.add_kinds(parts, news, presents)
+        return [
+            (new, present if none else None)
+            for new, present, none in zip(news, presents, missing, strict=True)
+        ]
+
+    def add_kinds_masks(self, parts: Sequence[tuple[Sequence[str | None], int]]) -> Masks:
+        """``add_kinds`` with the answers in bytearrays (1: true), numpy not needed."""
+        news = [bytearray(len(keys)) for keys, _ in parts]
+        presents = [bytearray(len(keys)) for keys, _ in parts]
         missing = self._table.add_kinds(parts, news, presents)
         return [
             (new, present if none else None)

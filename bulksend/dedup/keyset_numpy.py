@@ -83,7 +83,6 @@ import mmap
 import os
 import tempfile
 import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import is_not
@@ -91,6 +90,8 @@ from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from bulksend.dedup.keyset_base import DEFAULT_KIND, KeySetBase
 
 __all__ = ["DEFAULT_KIND", "BoolArray", "KeySet", "SpillStore"]
 
@@ -107,8 +108,6 @@ _MAP_BUDGET: Final = 64 << 20
 _GROW_FILE: Final = 16 << 20
 _MASK64: Final = (1 << 64) - 1
 _U32_MAX: Final = (1 << 32) - 1
-#: the kind byte of keys added without one
-DEFAULT_KIND: Final = 1
 
 BoolArray = npt.NDArray[np.bool_]
 U8Array = npt.NDArray[np.uint8]
@@ -355,25 +354,6 @@ class SpillStore:
             data = b"".join(part.ljust(size, b"\0") for part in parts)
         stored: U64Array = np.frombuffer(data, dtype=np.uint64).reshape(len(parts), words)
         return stored
-
-
-class KeySetBase(ABC):
-    """What both key sets (this one and :mod:`bulksend.dedup.keyset_c`'s) build on ``add_kinds``."""
-
-    @abstractmethod
-    def add_kinds(
-        self, parts: Sequence[tuple[Sequence[str | None], int]]
-    ) -> list[tuple[BoolArray, BoolArray | None]]:
-        """``add_many`` for several kinds at once (one pass through the table), in order."""
-
-    def add_many(self, keys: Sequence[str], kind: int = DEFAULT_KIND) -> BoolArray:
-        """Record ``keys`` in order; ``out[i]`` is True when ``keys[i]`` is seen for the first time.
-
-        A key repeated within ``keys`` is new only at its first position, exactly as if the keys
-        were added one by one.
-        """
-        new, _ = self.add_kinds([(keys, kind)])[0]
-        return new
 
 
 class KeySet(KeySetBase):
