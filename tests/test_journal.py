@@ -7,7 +7,13 @@ import orjson
 import pytest
 
 from bulksend.errors import ConfigError
-from bulksend.journal import Identity, Journal, batch_digest, file_fingerprint
+from bulksend.journal import (
+    Identity,
+    Journal,
+    batch_digest,
+    file_fingerprint,
+    prefetch_fingerprint,
+)
 from bulksend.models import Batch, Recipient
 
 ID = Identity(campaign="c1", recipients="r1", plan="p1")
@@ -266,6 +272,19 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     a = file_fingerprint(f)
     f.write_text("id\n2\n")
     assert file_fingerprint(f) != a
+
+
+def test_a_prefetched_fingerprint_is_the_fingerprint_unless_the_file_changed(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "r.csv"
+    f.write_text("id\n1\n")
+    expected = file_fingerprint(f)
+    prefetch_fingerprint(f)
+    assert file_fingerprint(f) == expected
+    prefetch_fingerprint(f)
+    f.write_text("id\n22\n")  # changed after the hash started: hashed again
+    assert file_fingerprint(f) == file_fingerprint(f) != expected
 
 
 def test_batch_digest_is_what_earlier_journals_stored() -> None:
