@@ -50,7 +50,7 @@ from bulksend.errors import (
     ProviderError,
     UnavailableError,
 )
-from bulksend.journal import BatchRecord, Journal, PartRecord, batch_digest
+from bulksend.journal import BatchRecord, Journal, PartRecord, same_batch
 from bulksend.logs import get_logger
 from bulksend.models import DUPLICATE_REASON, Batch, Duplicate, Outcome, Recipient, Rejected, Status
 from bulksend.net.fetch import NO_ANSWER, FirstRequest
@@ -374,7 +374,7 @@ class Engine:
         journal = self.journal
         previous = journal.previous(batch.number) if journal else None
         if previous is not None and journal is not None:
-            if previous.digest != batch_digest(batch.recipients):
+            if not same_batch(previous.digest, batch.recipients):
                 raise ProviderError(
                     f"journal {journal.path}: batch {batch.number} differs from the earlier "
                     "run's; the recipients or settings changed — start over with --fresh"
