@@ -29,7 +29,6 @@ from bulksend.models import Outcome, Status
 from bulksend.net.transport import Transport
 from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
-from bulksend.providers.maxtraffic_audience import AudienceCheck
 from bulksend.report import ReportWriter, Summary
 from bulksend.scheduler import GroupPolicy, Scheduler
 from bulksend.shard import ALREADY_DEDUPLICATED, Shard
@@ -331,6 +330,8 @@ async def send_campaign(
                             contextlib.closing(sharding.select(chunks, dedup))
                         )
                     if audience_check:
+                        from bulksend.providers.maxtraffic_audience import AudienceCheck
+
                         check = AudienceCheck.for_provider(
                             provider,  # type: ignore[arg-type]  # MaxTraffic, checked above
                             transport,

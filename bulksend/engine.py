@@ -346,6 +346,9 @@ class Engine:
         future = ahead.submit(recipients) if len(recipients) else None
         if pending is not None:
             await self._take(pending, batcher)
+        elif future is not None and not self.summary.batches:
+            await self._take(future, batcher)  # the first request need not wait for a block
+            return None
         return future
 
     def _where(self, item: Rejected) -> str:

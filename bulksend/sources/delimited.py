@@ -155,7 +155,13 @@ class DelimitedReader:
                 return record
 
     def chunks(self) -> Iterator[Chunk]:
-        yield from self._slow()  # the rest of the block that held the header
+        rest = self._feed.take_rest()  # of the block that held the header
+        chunk = self._fast(rest) if rest else None
+        if chunk is not None:
+            yield chunk
+        elif rest:
+            self._feed.load(rest)
+            yield from self._slow()
         while True:
             self._source.line = self._line
             block = self._source.block()

@@ -317,6 +317,13 @@ class Feed:
             out = lines[max(0, len(lines) - (count - len(out))) :] + out
         return out
 
+    def take_rest(self) -> str:
+        """The lines of the loaded block not handed out yet, as one text; they are then gone
+        from the feed, and so are the ones before them (``load`` the text to read it here)."""
+        rest = "".join(self._lines[self._next :])
+        self._lines, self._next, self._chars = [], 0, 0
+        return rest
+
     def put_back(self, lines: list[str]) -> None:
         """Hand ``lines`` out again before the rest (after the end of the source, too)."""
         self._lines = lines + self._lines[self._next :]
