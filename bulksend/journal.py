@@ -189,14 +189,23 @@ def fast_digest(recipients: Sequence[Recipient]) -> str:
     compare with it (``same_batch``)."""
     count = len(recipients)
     if isinstance(recipients, Recipients):
-        ids: Iterable[str] = _blanked(recipients.ids, count)
-        uids: Iterable[str] = _blanked(recipients.uids, count)
+        ids, uids = _joined_column(recipients.ids, count), _joined_column(recipients.uids, count)
     else:
-        ids = [r.id or "" for r in recipients]
-        uids = [r.uid or "" for r in recipients]
+        ids = "\x1f".join([r.id or "" for r in recipients])
+        uids = "\x1f".join([r.uid or "" for r in recipients])
     first, last = first_and_last_line(recipients) if count else (0, 0)
-    text = f"{count}\x1f{first}\x1f{last}\x1e" + "\x1f".join(ids) + "\x1e" + "\x1f".join(uids)
+    text = f"{count}\x1f{first}\x1f{last}\x1e{ids}\x1e{uids}"
     return FAST_DIGEST + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _joined_column(values: list[str | None] | None, count: int) -> str:
+    """The column joined by US, "" for None."""
+    if values is None:
+        return "\x1f" * (count - 1) if count else ""
+    try:
+        return "\x1f".join(values)  # type: ignore[arg-type]  # (join checks for None itself)
+    except TypeError:
+        return "\x1f".join([v or "" for v in values])
 
 
 def same_batch(stored: str, recipients: Sequence[Recipient]) -> bool:
