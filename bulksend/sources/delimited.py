@@ -183,14 +183,9 @@ class DelimitedReader:
         else:
             body = block
         count = body.count("\n") + 1
-        end = "\n"
-        if "\r" in body:
-            if body.count("\r") == count - 1:
-                end = "\r\n"  # CRLF throughout, or a bare CR: the splits below tell
-            else:  # LF and CRLF mixed, or bare CRs
-                body = body.replace("\r\n", "\n")
-                if "\r" in body:
-                    return None  # a bare CR: csv.reader's business
+        # CRLF throughout, or else (a bare CR, LF and CRLF mixed) csv.reader's business: the
+        # splits below tell, by the length after replacing the line ends and a CR left over
+        end = "\r\n" if "\r" in body else "\n"
         quoted = QUOTE in body
         split = self._split_quoted if quoted else self._split_plain
         flat = split(body, count, end)
@@ -213,12 +208,14 @@ class DelimitedReader:
     def _split_plain(self, body: str, count: int, end: str) -> list[str] | None:
         """Every field of ``count`` lines without quotes, each line's followed by a "\\n" field
         (the last line's not), or None when some line has not ``width`` fields. Every line but
-        the last ends with ``end`` (LF or CRLF; no other CR in ``body``), or None."""
+        the last ends with ``end`` (LF, or CRLF and no other CR in ``body``), or None."""
         delimiter = self.delimiter
         as_field = delimiter + "\n" + delimiter
         spread = body.replace(end, as_field)
         if len(spread) - len(body) != (count - 1) * (len(as_field) - len(end)):
-            return None  # a line end that is not ``end``: a bare LF among CRLFs, or a bare CR
+            return None  # a line end that is not ``end``: a bare LF among CRLFs
+        if end != "\n" and "\r" in spread:
+            return None  # a bare CR
         # each line end is now a field of its own, "\n", which must come every width + 1
         flat = spread.split(delimiter)
         width = self.layout.width
@@ -247,6 +244,8 @@ class DelimitedReader:
         spread = inner.replace(line_end, as_field)
         if len(spread) - len(inner) != (count - 1) * (len(as_field) - len(line_end)):
             return None
+        if end != "\n" and "\r" in spread:
+            return None  # a bare CR
         flat = spread.split(separator)
         width = self.layout.width
         step = width + 1
