@@ -5,7 +5,16 @@ Each prints its figures with the machine; benchmarks/README.md keeps the latest 
 
 from __future__ import annotations
 
-from benchmarks import dispatch, ingest, keyset, limiter_cost, ratelimit, startup, throughput
+from benchmarks import (
+    dispatch,
+    ingest,
+    keyset,
+    limiter_cost,
+    ratelimit,
+    startup,
+    throughput,
+    versus_script,
+)
 
 
 def main() -> None:
@@ -19,6 +28,10 @@ def main() -> None:
         ("rate-limit profiles", lambda: ratelimit.main(["--seconds", "20", "--profiles", "all"])),
         ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),
         ("key sets, 1M keys", lambda: keyset.main(["--keys", "1000000"])),
+        (
+            "bulksend send vs the plain script, 400,000 rows",
+            lambda: versus_script.main(["--rows", "400000", "--rounds", "1"]),
+        ),
     ):
         print(f"\n== {name} ==", flush=True)
         run()
