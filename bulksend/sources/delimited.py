@@ -211,11 +211,15 @@ class DelimitedReader:
         the last ends with ``end`` (LF, or CRLF and no other CR in ``body``), or None."""
         delimiter = self.delimiter
         as_field = delimiter + "\n" + delimiter
-        spread = body.replace(end, as_field)
-        if len(spread) - len(body) != (count - 1) * (len(as_field) - len(end)):
-            return None  # a line end that is not ``end``: a bare LF among CRLFs
-        if end != "\n" and "\r" in spread:
-            return None  # a bare CR
+        if end == "\n":
+            spread = body.replace("\n", as_field)
+        else:  # (a split and a join cost less than a replace of two characters)
+            lines = body.split(end)
+            if len(lines) != count:
+                return None  # a line end that is not CRLF: a bare LF among them
+            spread = as_field.join(lines)
+            if "\r" in spread:
+                return None  # a bare CR
         # each line end is now a field of its own, "\n", which must come every width + 1
         flat = spread.split(delimiter)
         width = self.layout.width
@@ -228,9 +232,10 @@ class DelimitedReader:
         """As ``_split_plain`` for lines whose every field is quoted (``QUOTE_ALL``), or None.
 
         Each line must be exactly ``"f1","f2",...,"fn"`` (``,`` being the delimiter). Every
-        ``"<end>"`` becomes ``","\\n","`` (so every line end was between two quotes: the
-        length tells), then the text is split on ``","``: a "\\n" field must come every width
-        + 1 fields, and no field may hold a quote (every quote is in a ``","`` the split took).
+        ``"<end>"`` becomes ``","\\n","`` (every line end must be between two quotes: the
+        number of lines tells), then the text is split on ``","``: a "\\n" field must come
+        every width + 1 fields, and no field may hold a quote (the quotes must be as many as
+        the separators and line ends hold).
         ``csv.reader`` reads such a line as exactly those fields (a delimiter inside one
         included), so a block that passes gives what the reader gives; anything else goes to
         the reader.
@@ -240,10 +245,10 @@ class DelimitedReader:
         separator = QUOTE + self.delimiter + QUOTE
         line_end = QUOTE + end + QUOTE
         as_field = separator + "\n" + separator
-        inner = body[1:-1]
-        spread = inner.replace(line_end, as_field)
-        if len(spread) - len(inner) != (count - 1) * (len(as_field) - len(line_end)):
-            return None
+        lines = body[1:-1].split(line_end)
+        if len(lines) != count:
+            return None  # a line end not between two quotes
+        spread = as_field.join(lines)
         if end != "\n" and "\r" in spread:
             return None  # a bare CR
         flat = spread.split(separator)
@@ -251,8 +256,8 @@ class DelimitedReader:
         step = width + 1
         if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
             return None
-        if spread.count(QUOTE) != 2 * (len(flat) - 1):
-            return None  # a quote inside a field
+        if body.count(QUOTE) != 2 * width * count:
+            return None  # a quote inside a field: not all are the separators' and line ends'
         return flat
 
     def _slow(self) -> Iterator[Chunk]:

@@ -187,7 +187,10 @@ def open_text(
             raise _binary(name, head)
         buffered = io.BufferedReader(_Replay(head[skip:], stream, owned=False), buffer_size=BLOCK)
         errors = LONE_SURROGATES if wide(encoding) else "surrogateescape"
-        text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline="")
+        # newline="\n": read() gives the text as it is, as with newline="" (the readers split
+        # lines themselves), without the newline decoder that "" adds: it walks every
+        # character of a text with CRs to note the kinds of line ends it saw
+        text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline="\n")
         yield text, size, encoding
     finally:
         if text is not None:
