@@ -184,7 +184,7 @@ class DelimitedReader:
             body = block
         count = body.count("\n") + 1
         # CRLF throughout, or else (a bare CR, LF and CRLF mixed) csv.reader's business: the
-        # splits below tell, by the length after replacing the line ends and a CR left over
+        # splits below tell, by the number of lines between CRLFs and a CR left over
         end = "\r\n" if "\r" in body else "\n"
         quoted = QUOTE in body
         split = self._split_quoted if quoted else self._split_plain
