@@ -430,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
                 rounds = [
                     one_round(runner, files, variants, i % 2 == 1) for i in range(args.rounds)
                 ]
-                report_size(n, files, variants, rounds)
+                if rounds:
+                    report_size(n, files, variants, rounds)
                 if args.read_rounds:
                     warm = make_file(args.dir / "warm-up", "crlf", 10_000, args.duplicates)
                     read_speed(runner, files, args.read_rounds, warm)
