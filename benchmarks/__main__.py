@@ -14,6 +14,7 @@ from benchmarks import (
     startup,
     state_cost,
     throughput,
+    versus_script,
 )
 
 
@@ -29,6 +30,10 @@ def main() -> None:
         ("rate-limit profiles", lambda: ratelimit.main(["--seconds", "20", "--profiles", "all"])),
         ("ingest, 1M rows", lambda: ingest.main(["--rows", "1000000"])),
         ("key sets, 1M keys", lambda: keyset.main(["--keys", "1000000"])),
+        (
+            "bulksend send vs the plain script, 400,000 rows",
+            lambda: versus_script.main(["--rows", "400000", "--rounds", "1"]),
+        ),
     ):
         print(f"\n== {name} ==", flush=True)
         run()

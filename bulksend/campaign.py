@@ -33,7 +33,6 @@ from bulksend.output.private import open_private
 from bulksend.output.report import ReportWriter, Summary
 from bulksend.providers.answers import public_url
 from bulksend.providers.base import Provider, Screening
-from bulksend.providers.maxtraffic_audience import AudienceCheck
 from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
 from bulksend.state.journal import (
@@ -445,6 +444,8 @@ async def send_campaign(
                             contextlib.closing(sharding.select(chunks, dedup))
                         )
                     if audience_check:
+                        from bulksend.providers.maxtraffic_audience import AudienceCheck
+
                         check = AudienceCheck.for_provider(
                             provider,  # type: ignore[arg-type]  # MaxTraffic, checked above
                             transport,

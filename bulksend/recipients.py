@@ -128,7 +128,7 @@ class AttrColumns(Sequence[Mapping[str, str]]):
     def __iter__(self) -> Iterator[Mapping[str, str]]:
         return map(dict, map(zip, repeat(self.names), zip(*self.columns, strict=True)))
 
-    def select(self, keep: Sequence[bool]) -> AttrColumns:
+    def select(self, keep: Sequence[int]) -> AttrColumns:
         return AttrColumns(self.names, [list(compress(c, keep)) for c in self.columns])
 
 
@@ -234,20 +234,20 @@ class Recipients(Sequence[Recipient]):
         made = self._made
         if made is None:
             count = len(self.lines)
-            none = repeat(None, count)
             made = self._made = make_recipients(
                 self.lines,
-                none if self.ids is None else self.ids,
-                none if self.uids is None else self.uids,
+                repeat(None, count) if self.ids is None else self.ids,
+                repeat(None, count) if self.uids is None else self.uids,
                 repeat(EMPTY, count) if self.attrs is None else self.attrs,
                 count,
             )
         return made
 
-    def select(self, keep: Sequence[bool] | BoolArray) -> Recipients:
-        """The rows where ``keep`` (a sequence of bools, or a numpy bool array) is true."""
+    def select(self, keep: Sequence[int] | BoolArray) -> Recipients:
+        """The rows where ``keep`` (a sequence of bools or ints, such as ``bytes`` of 0 and 1,
+        or a numpy bool array) is true."""
         lines = self.lines
-        mask: Sequence[bool] = keep if isinstance(keep, Sequence) else keep.tolist()
+        mask: Sequence[int] = keep if isinstance(keep, Sequence) else keep.tolist()
         if type(lines) is range and not isinstance(keep, Sequence):
             import numpy as np  # loaded by whoever made the array (kept out of start-up)
 
@@ -321,7 +321,7 @@ def _join_attrs(
 
 
 def _select_attrs(
-    attrs: Sequence[Mapping[str, str]], keep: Sequence[bool]
+    attrs: Sequence[Mapping[str, str]], keep: Sequence[int]
 ) -> Sequence[Mapping[str, str]]:
     if isinstance(attrs, AttrColumns):
         return attrs.select(keep)

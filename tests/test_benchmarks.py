@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -76,3 +77,21 @@ def test_workers_benchmark_runs_unthrottled_and_with_a_quota() -> None:
     )  # fmt: skip
     assert re.search(r"planner \+ 1 worker\(s\): +[\d,]+ recipients/s", out), out
     assert re.search(r"utilisation \d\.\d{3} \(100 requests in .*; 429s 0;", out), out
+
+
+def test_versus_script_benchmark_runs_both_and_reports_ratios(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "versus_script",
+        *("--rows", "3000", "--rounds", "1", "--formats", "quoted,jsonl"),
+        *("--variants", "journal,no-journal", "--startup-runs", "1", "--read-rounds", "1"),
+        *("--dir", str(tmp_path)),
+    )
+    lines = re.findall(r"^(quoted|jsonl) .*\| (\d+) / (\d+) / (\d+)$", out, re.MULTILINE)
+    assert [name for name, *_ in lines] == ["quoted", "jsonl"], out
+    assert all(int(rss) > 0 for _, *rss in lines for rss in rss), out
+    ratios = re.findall(r" (\d+\.\d\d) \((\d+\.\d\d)\)", out)
+    assert len(ratios) == 4, out  # two files, two variants, one round each
+    assert "start-up on quoted.csv (1 alternating runs each)" in out, out
+    assert re.search(r"a whole bulksend send +: +\d+ ms", out), out
+    reading = re.findall(r"^  (quoted|jsonl) +[\d,]+ +[\d,]+$", out, re.MULTILINE)
+    assert reading == ["quoted", "jsonl"], out

@@ -218,3 +218,29 @@ async def test_a_doubt_outlives_a_failed_resend(tmp_path: Path) -> None:
     assert {x["reason"] for x in twice(lines)} == {
         "may have arrived twice: resent after run 1 was interrupted with the request in flight"
     }
+
+
+async def test_a_journal_of_before_issue_16_resumes_by_its_own_digests(tmp_path: Path) -> None:
+    """Journals written before issue 16 keep ``batch_digest``; a resume still knows them."""
+    import sqlite3
+
+    from bulksend.models import Recipient
+    from bulksend.state.journal import batch_digest
+
+    path = tmp_path / "j"
+    first = await crashed_run(path, crash_at=5)
+    with sqlite3.connect(path) as db:
+        spans = db.execute("SELECT number, first_line, last_line FROM batches").fetchall()
+        assert spans
+        for number, low, high in spans:
+            old = [Recipient(n, f"id{n - 2}", f"uid{n - 2}") for n in range(low, high + 1)]
+            db.execute("UPDATE batches SET digest=? WHERE number=?", (batch_digest(old), number))
+    engine, second = make_engine(ok)
+    with_journal(engine, path, resume=True)
+    engine.dedup = SetDedup()
+    summary = await engine.run(rows(100))
+    assert engine.journal is not None
+    engine.journal.close()
+    assert set(ids(first)) | set(ids(second)) == {f"id{i}" for i in range(100)}
+    assert len(set(ids(first)) & set(ids(second))) <= 4 * 10  # only what was in flight
+    assert summary.delivered == 100

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -8,7 +9,16 @@ import pytest
 
 from bulksend.errors import ConfigError
 from bulksend.models import Batch, Recipient
-from bulksend.state.journal import Identity, Journal, batch_digest, file_fingerprint
+from bulksend.recipients import Recipients
+from bulksend.state.journal import (
+    Identity,
+    Journal,
+    batch_digest,
+    fast_digest,
+    file_fingerprint,
+    prefetch_fingerprint,
+    same_batch,
+)
 
 ID = Identity(campaign="c1", recipients="r1", plan="p1")
 
@@ -45,7 +55,7 @@ async def test_resume_sees_the_previous_run(tmp_path: Path) -> None:
     prev = {n: j.previous(n) for n in (1, 2, 3, 4)}
     assert prev[1] is not None
     assert prev[1].state == "delivered"
-    assert prev[1].digest == batch_digest(batch(1).recipients)
+    assert prev[1].digest == fast_digest(batch(1).recipients)
     assert prev[2] is not None
     assert prev[2].state == "split"
     assert [(p.line, p.state) for p in j.parts(2)] == [(20, "delivered"), (21, "invalid")]
@@ -266,6 +276,34 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     a = file_fingerprint(f)
     f.write_text("id\n2\n")
     assert file_fingerprint(f) != a
+
+
+def test_a_prefetched_fingerprint_is_the_fingerprint_unless_the_file_changed(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "r.csv"
+    f.write_text("id\n1\n")
+    expected = file_fingerprint(f)
+    prefetch_fingerprint(f)
+    assert file_fingerprint(f) == expected
+    prefetch_fingerprint(f)
+    f.write_text("id\n22\n")  # changed after the hash started: hashed again
+    assert file_fingerprint(f) == file_fingerprint(f) != expected
+
+
+def test_fast_digest_is_what_journals_store_and_both_kinds_are_recognised() -> None:
+    """Resume compares digests with the ones a journal keeps: the value must never change."""
+    rows = [Recipient(2, "a1", "u1"), Recipient(3, None, "u2"), Recipient(5, "a3", None)]
+    rows.append(Recipient(9, "é", ""))
+    text = "4\x1f2\x1f9\x1ea1\x1f\x1fa3\x1fé\x1eu1\x1fu2\x1f\x1f"  # count, first, last; ids; uids
+    assert hashlib.sha256(text.encode()).hexdigest()[:24] == "d7d01ca100052f8b78c5a534"
+    assert fast_digest(rows) == "2:d7d01ca100052f8b78c5a534"
+    assert fast_digest([]) == "2:fba9582a35ae9b697e4edceb"
+    assert fast_digest(Recipients.of(rows)) == fast_digest(rows)
+    for stored in (fast_digest(rows), batch_digest(rows)):  # now, and before issue 16
+        assert same_batch(stored, rows)
+        assert not same_batch(stored, rows[:3])
+        assert not same_batch(stored, [*rows[:3], Recipient(9, "e", "")])
 
 
 def test_batch_digest_is_what_earlier_journals_stored() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -28,6 +30,7 @@ from bulksend.sources import (
 )
 from bulksend.sources import stream as stream_module
 from bulksend.sources.delimited import layout_for
+from bulksend.sources.spec import Chunk
 from tests.hypothesis_profiles import examples
 
 DATA = Path(__file__).parent / "data"
@@ -284,6 +287,7 @@ def _reference(path: Path, spec: SourceSpec) -> list[Recipient | Rejected]:
     rows=st.lists(st.lists(FIELD, min_size=3, max_size=5), min_size=1, max_size=60),
     block=st.sampled_from([16, 64, 4096]),
     quote_all=st.booleans(),
+    line_end=st.sampled_from(["\r\n", "\n"]),
 )
 def test_fast_path_matches_csv_reader_and_row_rules(
     tmp_path: Path,
@@ -291,11 +295,13 @@ def test_fast_path_matches_csv_reader_and_row_rules(
     rows: list[list[str]],
     block: int,
     quote_all: bool,
+    line_end: str,
 ) -> None:
     monkeypatch.setattr(stream_module, "BLOCK", block)
     path = tmp_path / "h.csv"
     with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.writer(f, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+        quoting = csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL
+        writer = csv.writer(f, quoting=quoting, lineterminator=line_end)
         writer.writerow(["id", "uid", "a", "b"])
         writer.writerows(rows)
     spec = SourceSpec(path=str(path), format="csv", delimiter=",", max_value_len=4)
@@ -305,6 +311,192 @@ def test_fast_path_matches_csv_reader_and_row_rules(
             read(path, format="csv", delimiter=",", max_value_len=4)
     else:
         assert read(path, format="csv", delimiter=",", max_value_len=4) == expected
+
+
+#: pieces of CSV text, quoted and not, that a block of lines is made of: what a writer puts
+#: around and between quoted fields, and what breaks that (stray quotes, bare CRs, blanks)
+PIECE = st.sampled_from(
+    ['"', '""', ",", '","', '"\r\n"', '"\n"', "\r\n", "\n", "\r", "a", "b1", " ", "\t", "é", "\x01"]
+)
+
+
+def _quoted_lines(rows: list[list[str]], line_end: str) -> str:
+    return "".join(",".join(f'"{field}"' for field in row) + line_end for row in rows)
+
+
+PLAIN = st.text(alphabet=st.sampled_from(list("aab  \t\x01é,")), max_size=5)
+
+
+def _lines(rows: list[list[str]], quoted: bool) -> str:
+    ends = ["\r\n", "\n"]
+    if quoted:
+        return "".join(",".join(f'"{f}"' for f in row) + ends[i % 2] for i, row in enumerate(rows))
+    return "".join(",".join(row) + ends[i % 2] for i, row in enumerate(rows))
+
+
+def _quoted_with(rows: list[list[str]], piece: str, at: int) -> str:
+    text = _quoted_lines(rows, "\r\n")
+    at %= len(text) + 1
+    return text[:at] + piece + text[at:]
+
+
+@settings(max_examples=examples(400), deadline=None)
+@given(
+    text=st.one_of(
+        st.lists(PIECE, max_size=40).map("".join),
+        st.builds(
+            _quoted_lines,
+            st.lists(st.lists(FIELD, min_size=3, max_size=3), min_size=1, max_size=8),
+            st.sampled_from(["\r\n", "\n"]),
+        ),
+        st.builds(  # fields without quotes or line ends, quoted or not, mixed line ends
+            _lines,
+            st.lists(st.lists(PLAIN, min_size=3, max_size=3), min_size=1, max_size=8),
+            st.booleans(),
+        ),
+        st.builds(  # a quoted block with one piece put in somewhere
+            _quoted_with,
+            st.lists(st.lists(st.sampled_from(["a", "", "b,c", " x "]), min_size=3, max_size=3)),
+            PIECE,
+            st.integers(0, 200),
+        ),
+    ),
+    delimiter=st.sampled_from([",", ";"]),
+)
+def test_a_block_split_fast_reads_as_csv_reader_reads_it(text: str, delimiter: str) -> None:
+    """Whatever the text of a block, the fast path either declines it or gives exactly the
+    rows ``csv.reader`` gives (with the per-row rules), line numbers included."""
+    from bulksend.sources.delimited import DelimitedReader, make_dialect
+    from bulksend.sources.stream import TextSource
+
+    text = text.replace(",", delimiter)
+    if not text.endswith("\n"):
+        text += "\n"  # a block is whole lines
+    header = delimiter.join(["id", "uid", "a"]) + "\n"
+    spec = SourceSpec(path="h.csv", format="csv", max_value_len=4)
+    reader = DelimitedReader(spec, TextSource(io.StringIO(header), "h.csv"), delimiter)
+    list(reader.chunks())  # the header's block
+    chunk = reader._fast(text)
+    if chunk is None:
+        return
+    records = list(csv.reader(io.StringIO(text, newline=""), make_dialect(delimiter)))
+    expected = reader.layout.rows(range(2, 2 + len(records)), records)
+    assert list(chunk.recipients) == list(expected.recipients)
+    assert chunk.rejected == expected.rejected
+
+
+@pytest.mark.parametrize(
+    ("quoting", "line_end"),
+    [
+        (csv.QUOTE_MINIMAL, "\n"),
+        (csv.QUOTE_MINIMAL, "\r\n"),  # Python's csv module writes this by default
+        (csv.QUOTE_ALL, "\r\n"),  # as many exports do
+        (csv.QUOTE_ALL, "\n"),
+    ],
+)
+def test_crlf_and_all_quoted_files_take_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quoting: int, line_end: str
+) -> None:
+    from bulksend.sources.delimited import DelimitedReader
+
+    monkeypatch.setattr(stream_module, "BLOCK", 4096)
+    path = tmp_path / "q.csv"
+    comma = "," if quoting == csv.QUOTE_ALL else ""  # a delimiter inside quotes is fine
+    rows = [(f"{i:032x}", f"u{i:011d}", f"name{comma} {i}") for i in range(5000)]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=quoting, lineterminator=line_end)
+        writer.writerow(["id", "uid", "name"])
+        writer.writerows(rows)
+    slow = []
+    original = DelimitedReader._slow
+
+    def counted(self: DelimitedReader) -> Iterator[Chunk]:
+        slow.append(self._line)
+        return original(self)
+
+    monkeypatch.setattr(DelimitedReader, "_slow", counted)
+    got = read(path)
+    assert got == [R(i + 2, id, uid, name=name) for i, (id, uid, name) in enumerate(rows)]
+    assert slow == []  # none went through csv.reader, not even the rest of the header's block
+
+
+JSON_VALUE = st.one_of(
+    st.none(),
+    st.integers(-5, 5),
+    st.booleans(),
+    st.lists(st.integers(0, 2), max_size=2),
+    st.text(alphabet=st.sampled_from(list('ab1 ,"\\\t\n\x01\x7f\x85é\u2028{}')), max_size=5),
+    st.sampled_from(["0123456789abcdef0123456789abcdef", "u00000000001", "x" * 5]),
+)
+JSON_KEY = st.sampled_from(["id", "uid", "ID", "Uid", "name", "city"])
+PLAIN_JSON = st.one_of(st.none(), st.text(alphabet=st.sampled_from(list("ab1 é")), max_size=5))
+JSON_LINE = st.one_of(
+    st.fixed_dictionaries({"id": PLAIN_JSON, "uid": PLAIN_JSON}).map(json.dumps),
+    st.fixed_dictionaries({"id": PLAIN_JSON, "uid": PLAIN_JSON}).map(json.dumps),
+    st.dictionaries(JSON_KEY, JSON_VALUE, max_size=4).map(lambda d: orjson.dumps(d).decode()),
+    st.fixed_dictionaries({"id": JSON_VALUE, "uid": JSON_VALUE}).map(
+        lambda d: orjson.dumps(d).decode()
+    ),
+    st.sampled_from(["", "\r", "  ", "[1]", '"x"', "{", '{"id": "a"} x', '{"id":"a"},{"id":"b"}']),
+)
+
+
+@settings(
+    max_examples=examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    lines=st.lists(JSON_LINE, min_size=1, max_size=30),
+    crlf=st.booleans(),
+    keep_attrs=st.booleans(),
+    block=st.sampled_from([64, 4096]),
+)
+def test_json_lines_read_in_bulk_as_line_by_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[str],
+    crlf: bool,
+    keep_attrs: bool,
+    block: int,
+) -> None:
+    from bulksend.sources.jsonl import JsonLinesReader
+
+    monkeypatch.setattr(stream_module, "BLOCK", block)
+    path = tmp_path / "h.jsonl"
+    path.write_text("".join(x + ("\r\n" if crlf else "\n") for x in lines), encoding="utf-8")
+    options = {"format": "jsonl", "keep_attrs": keep_attrs, "max_value_len": 4}
+
+    def outcome() -> list[Recipient | Rejected] | str:
+        try:
+            return read(path, **options)
+        except InputError as error:
+            return str(error)
+
+    fast = outcome()
+    with monkeypatch.context() as patched:  # (the fixture outlives each example)
+        patched.setattr(JsonLinesReader, "_fast", lambda self, lines: None)
+        assert fast == outcome()
+
+
+def test_plain_json_lines_take_the_bulk_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulksend.sources.jsonl import JsonLinesReader
+
+    monkeypatch.setattr(stream_module, "BLOCK", 4096)
+    path = tmp_path / "p.jsonl"
+    rows = [{"id": f"{i:032x}", "uid": f"u{i:011d}"} for i in range(3000)]
+    rows[7] = {"id": None, "uid": " u7 "}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def refuse(self: JsonLinesReader, lines: list[str]) -> Chunk:
+        raise AssertionError("a block went record by record")
+
+    monkeypatch.setattr(JsonLinesReader, "_slow", refuse)
+    got = read(path, format="jsonl")
+    assert got[7] == R(8, None, "u7")  # no header: row i is on line i + 1
+    assert got == [R(i + 1, r["id"], (r["uid"] or "").strip() or None) for i, r in enumerate(rows)]
 
 
 # -- synthetic data ----------------------------------------------------------------------------

@@ -180,9 +180,13 @@ def add_metrics_flags(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
+    settings = settings_from(args, ctx)
+    if not (args.dry_run or args.no_journal) and settings.recipients.path != "-":
+        from bulksend.state.journal import prefetch_fingerprint
+
+        prefetch_fingerprint(Path(settings.recipients.path))  # while the rest loads
     from bulksend.campaign import JournalOptions, default_journal_path
 
-    settings = settings_from(args, ctx)
     if args.strict:
         _strict_check(settings, ctx)
     if args.dry_run:

@@ -20,8 +20,8 @@ class KeySet:
     def add_kinds(
         self,
         parts: Sequence[tuple[Sequence[str | None], int]],
-        news: Sequence[npt.NDArray[np.bool_]],
-        presents: Sequence[npt.NDArray[np.bool_]],
+        news: Sequence[npt.NDArray[np.bool_] | bytearray],
+        presents: Sequence[npt.NDArray[np.bool_] | bytearray],
         /,
     ) -> list[int]: ...
     def find_kinds(

@@ -23,32 +23,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from itertools import compress
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from bulksend.dedup import keyset_numpy
-from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, SpillStore
+from bulksend.dedup.keyset_base import DEFAULT_KIND
 from bulksend.models import Recipient
 from bulksend.recipients import Recipients
 
 if TYPE_CHECKING:
-    from bulksend.dedup import keyset_c
+    from bulksend.dedup import keyset_c, keyset_numpy
 
-__all__ = ["BACKEND", "Deduper", "KeySet", "SpillStore"]
+__all__ = ["BACKEND", "Deduper", "KeySet"]  # (and SpillStore, on demand: __getattr__)
 
 #: set (not empty, not "0") to use the numpy key set even when the C extension is there
 NO_EXTENSIONS_VAR = "BULKSEND_NO_EXTENSIONS"
 
 
 def _choose_backend() -> tuple[str, type[keyset_c.KeySet] | type[keyset_numpy.KeySet]]:
-    if os.environ.get(NO_EXTENSIONS_VAR, "") not in ("", "0"):
-        return "numpy", keyset_numpy.KeySet
-    try:
-        from bulksend.dedup import keyset_c
-    except ImportError:  # not built (no C compiler at install time): the numpy one
-        return "numpy", keyset_numpy.KeySet
-    return "c", keyset_c.KeySet
+    if os.environ.get(NO_EXTENSIONS_VAR, "") in ("", "0"):
+        try:
+            from bulksend.dedup import keyset_c
+        except ImportError:  # not built (no C compiler at install time): the numpy one
+            pass
+        else:
+            return "c", keyset_c.KeySet  # numpy is not imported (see keyset_base)
+    from bulksend.dedup import keyset_numpy
+
+    return "numpy", keyset_numpy.KeySet
 
 
 BACKEND: str
@@ -121,43 +122,53 @@ class Deduper:
         read = [(key, kind, values) for key, kind, values in self._columns(rows) if values]
         if not count or not read:
             return rows, Recipients(range(0))
-        results = self._set.add_kinds([(values, kind) for _, kind, values in read])
-        drop: BoolArray | None = None  # a present key that was seen before
-        keep: BoolArray | None = None  # a present key that is new
-        seen_masks: dict[str, BoolArray] = {}
+        results = self._set.add_kinds_masks([(values, kind) for _, kind, values in read])
+        # masks as ints, a byte (0 or 1) per row: bitwise operations over a whole chunk in C
+        ones = int.from_bytes(b"\x01" * count, "little")
+        drop = 0  # a present key that was seen before
+        keep = 0  # a present key that is new
+        seen_masks: dict[str, int] = {}
         for (key, _, _), (new, present) in zip(read, results, strict=True):
-            seen = ~new if present is None else present & ~new
+            fresh = int.from_bytes(new, "little")
+            seen = (ones if present is None else int.from_bytes(present, "little")) & ~fresh
             seen_masks[key] = seen
-            drop = seen if drop is None else drop | seen
-            keep = new if keep is None else keep | new
-        assert drop is not None
-        assert keep is not None
-        if not drop.any():
+            drop |= seen
+            keep |= fresh
+        if not drop:
             return rows, Recipients(range(0))
         duplicate = drop & ~keep  # every present key seen before
         partial = drop & keep
-        dups = rows.select(duplicate)
+        dups = rows.select(duplicate.to_bytes(count, "little"))
         self.duplicates += len(dups)
-        if partial.any():
-            self.partial += int(np.count_nonzero(partial))
+        if partial:
+            self.partial += partial.bit_count()
             rows = _cleared(rows, {key: seen & partial for key, seen in seen_masks.items()})
-        return rows.select(~duplicate), dups
+        return rows.select((ones ^ duplicate).to_bytes(count, "little")), dups
 
     def _columns(self, rows: Recipients) -> Iterator[tuple[str, int, list[str | None] | None]]:
         for key in self.keys:
             yield key, self._kind[key], rows.ids if key == "id" else rows.uids
 
 
-def _cleared(rows: Recipients, masks: dict[str, BoolArray]) -> Recipients:
-    """``rows`` with the ``id``/``uid`` values where ``masks[key]`` is true set to None."""
+def _cleared(rows: Recipients, masks: dict[str, int]) -> Recipients:
+    """``rows`` with the ``id``/``uid`` values where ``masks[key]`` (a byte per row, as
+    ``filter_many`` makes them) is set replaced by None."""
+    count = len(rows)
     columns: dict[str, list[str | None] | None] = {"id": rows.ids, "uid": rows.uids}
     for key, mask in masks.items():
         values = columns[key]
-        where = np.flatnonzero(mask).tolist()
-        if values is None or not where:
+        if values is None or not mask:
             continue
         values = list(values)
-        for i in where:
+        for i in compress(range(count), mask.to_bytes(count, "little")):
             values[i] = None
         columns[key] = values
     return Recipients(rows.lines, columns["id"], columns["uid"], rows.attrs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SpillStore":  # (the numpy key set's, imported only when asked for)
+        from bulksend.dedup.keyset_numpy import SpillStore
+
+        return SpillStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

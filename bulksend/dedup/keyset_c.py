@@ -89,12 +89,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Final
-
-import numpy as np
+from typing import TYPE_CHECKING, Final
 
 from bulksend.dedup import _keyset
-from bulksend.dedup.keyset_numpy import DEFAULT_KIND, BoolArray, KeySetBase, U64Array
+from bulksend.dedup.keyset_base import DEFAULT_KIND, KeySetBase, Masks
+
+if TYPE_CHECKING:
+    from bulksend.dedup.keyset_base import BoolArray, U64Array
 
 __all__ = ["KeySet"]
 
@@ -174,6 +175,8 @@ class KeySet(KeySetBase):
         is None when no key was None. Keys must be ``str`` (TypeError) and kinds 1-255
         (ValueError); both are checked before any key is added.
         """
+        import numpy as np  # here: the engine asks for bytes (add_kinds_masks), without numpy
+
         news = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
         presents = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
         missing = self._table.add_kinds(parts, news, presents)
@@ -187,8 +190,20 @@ class KeySet(KeySetBase):
     ) -> list[tuple[BoolArray, U64Array]]:
         """Look keys up without adding any (see ``KeySetBase.find_kinds``); ``where`` is the
         byte offset of the key's record in the spill. Checked as ``add_kinds`` checks."""
+        import numpy as np  # (suppression lists only)
+
         founds = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
         presents = [np.empty(len(keys), dtype=np.bool_) for keys, _ in parts]
         wheres = [np.empty(len(keys), dtype=np.uint64) for keys, _ in parts]
         self._table.find_kinds(parts, founds, presents, wheres)
         return list(zip(founds, wheres, strict=True))
+
+    def add_kinds_masks(self, parts: Sequence[tuple[Sequence[str | None], int]]) -> Masks:
+        """``add_kinds`` with the answers in bytearrays (1: true), numpy not needed."""
+        news = [bytearray(len(keys)) for keys, _ in parts]
+        presents = [bytearray(len(keys)) for keys, _ in parts]
+        missing = self._table.add_kinds(parts, news, presents)
+        return [
+            (new, present if none else None)
+            for new, present, none in zip(news, presents, missing, strict=True)
+        ]

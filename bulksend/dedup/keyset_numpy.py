@@ -88,7 +88,6 @@ import mmap
 import os
 import tempfile
 import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import is_not
@@ -96,6 +95,8 @@ from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from bulksend.dedup.keyset_base import DEFAULT_KIND, KeySetBase
 
 __all__ = ["DEFAULT_KIND", "BoolArray", "KeySet", "SpillStore", "U64Array"]
 
@@ -112,8 +113,6 @@ _MAP_BUDGET: Final = 64 << 20
 _GROW_FILE: Final = 16 << 20
 _MASK64: Final = (1 << 64) - 1
 _U32_MAX: Final = (1 << 32) - 1
-#: the kind byte of keys added without one
-DEFAULT_KIND: Final = 1
 #: ``find_kinds`` names a key containing NUL (kept in memory, not in the spill) from here up
 _ODD: Final = 1 << 40
 
@@ -362,37 +361,6 @@ class SpillStore:
             data = b"".join(part.ljust(size, b"\0") for part in parts)
         stored: U64Array = np.frombuffer(data, dtype=np.uint64).reshape(len(parts), words)
         return stored
-
-
-class KeySetBase(ABC):
-    """What both key sets (this one and :mod:`bulksend.dedup.keyset_c`'s) build on ``add_kinds``."""
-
-    @abstractmethod
-    def add_kinds(
-        self, parts: Sequence[tuple[Sequence[str | None], int]]
-    ) -> list[tuple[BoolArray, BoolArray | None]]:
-        """``add_many`` for several kinds at once (one pass through the table), in order."""
-
-    def add_many(self, keys: Sequence[str], kind: int = DEFAULT_KIND) -> BoolArray:
-        """Record ``keys`` in order; ``out[i]`` is True when ``keys[i]`` is seen for the first time.
-
-        A key repeated within ``keys`` is new only at its first position, exactly as if the keys
-        were added one by one.
-        """
-        new, _ = self.add_kinds([(keys, kind)])[0]
-        return new
-
-    @abstractmethod
-    def find_kinds(
-        self, parts: Sequence[tuple[Sequence[str | None], int]]
-    ) -> list[tuple[BoolArray, U64Array]]:
-        """Look keys up without adding any: for each part ``(found, where)``.
-
-        ``found[i]`` is True when ``keys[i]`` (of the part's kind) is in the set, False when
-        it is not or is None. ``where[i]`` is then a number that names its stored key: the
-        same for every lookup of that key and different for different keys (0 when not
-        found). Exact as ``add_kinds`` is.
-        """
 
 
 class KeySet(KeySetBase):

@@ -76,8 +76,9 @@ from bulksend.providers.base import (
 from bulksend.ratelimit.circuit import Circuit
 from bulksend.ratelimit.circuit import State as CircuitState
 from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
+from bulksend.recipients import Recipients
 from bulksend.sources.spec import Chunk
-from bulksend.state.journal import BatchJournal, BatchRecord, PartRecord, batch_digest
+from bulksend.state.journal import BatchJournal, BatchRecord, PartRecord, same_batch
 
 if TYPE_CHECKING:
     from bulksend.control.pause import PauseControl
@@ -290,6 +291,11 @@ class Engine:
         if attempts is None:
             attempts = batch.attempts if batch else 0
         number = batch.number if batch else None
+        if to_report and isinstance(rows, Recipients):  # columns: no object per row
+            self.report.write_rows(rows, status, reason, http_status, attempts, number)
+            if not to_hook:
+                return
+            to_report = False
         outcomes = [Outcome(r, status, reason, http_status, attempts, number) for r in rows]
         if to_report:
             self.report.write(outcomes)
@@ -393,6 +399,9 @@ class Engine:
         future = ahead.submit(recipients) if len(recipients) else None
         if pending is not None:
             await self._take(pending, add)
+        elif future is not None and not self.summary.batches:
+            await self._take(future, add)  # the first request need not wait for a block
+            return None
         return future
 
     def _where(self, item: Rejected) -> str:
@@ -423,7 +432,7 @@ class Engine:
         journal = self.journal
         previous = journal.previous(batch.number) if journal else None
         if previous is not None and journal is not None:
-            if previous.digest != batch_digest(batch.recipients):
+            if not same_batch(previous.digest, batch.recipients):
                 raise ProviderError(
                     f"journal {journal.where}: batch {batch.number} differs from the earlier "
                     "run's; the recipients or settings changed — start over with --fresh"

@@ -20,6 +20,7 @@ import orjson
 
 from bulksend.models import Outcome, Status
 from bulksend.output.private import open_private
+from bulksend.recipients import Recipients
 
 COLUMNS = ("line", "id", "uid", "status", "reason", "http_status", "attempts", "batch")
 #: the reason of a delivered row the provider may have received twice starts so (a request for
@@ -93,6 +94,30 @@ class ReportWriter:
         with self._named():
             self._write(outcomes)
 
+    def write_rows(
+        self,
+        rows: Recipients,
+        status: Status,
+        reason: str,
+        http_status: int | None,
+        attempts: int,
+        batch: int | None,
+    ) -> None:
+        """``write`` for rows that share one outcome, from their columns: the same text,
+        without an object per row (a report of millions of rows cost more than the send)."""
+        if self._file is None:
+            return
+        tail = (status.value, reason, http_status, attempts, batch)
+        with self._named():
+            text = _json_rows(rows, tail) if self._json else _csv_rows(rows, tail)
+            if text is None:  # a value that needs quoting or escaping: row by row
+                made = rows.made()
+                self._write(
+                    [Outcome(r, status, reason, http_status, attempts, batch) for r in made]
+                )
+            else:
+                self._file.write(text)
+
     def _write(self, outcomes: Iterable[Outcome]) -> None:
         assert self._file is not None
         if self._json:
@@ -126,6 +151,81 @@ class ReportWriter:
                 )
                 for o in outcomes
             )
+
+
+Tail = tuple[str, str, int | None, int, int | None]  # status, reason, http_status, attempts, batch
+
+
+def _plain_column(values: list[str | None] | None, count: int, unsafe: str) -> list[str] | None:
+    """A column of the report as text ("" for no value), or None when a value holds a
+    character of ``unsafe`` (or is not printable)."""
+    if values is None:
+        return [""] * count
+    if None in values:
+        values = [v or "" for v in values]
+    joined = "".join(values)  # type: ignore[arg-type]  # no None left
+    if any(c in joined for c in unsafe) or not joined.isprintable():
+        return None
+    return values  # type: ignore[return-value]
+
+
+def _csv_rows(rows: Recipients, tail: Tail) -> str | None:
+    """The CSV lines ``csv.writer`` writes for these rows, or None when an id or uid needs
+    quoting."""
+    count = len(rows)
+    ids = _plain_column(rows.ids, count, _CSV_UNSAFE)
+    uids = _plain_column(rows.uids, count, _CSV_UNSAFE)
+    if ids is None or uids is None or not count:
+        return None if count else ""
+    status, reason, http_status, attempts, batch = tail
+    buf = io.StringIO()
+    csv.writer(buf).writerow(
+        (
+            "",
+            status,
+            reason,
+            "" if http_status is None else http_status,
+            attempts,
+            "" if batch is None else batch,
+        )
+    )
+    between = buf.getvalue()  # ",delivered,,200,1,17\r\n": after a row's uid
+    return between.join(map(",".join, zip(map(str, rows.lines), ids, uids, strict=True))) + between
+
+
+def _json_rows(rows: Recipients, tail: Tail) -> str | None:
+    """The JSON Lines ``orjson`` writes for these rows, or None when an id or uid needs
+    escaping or is missing in some rows only."""
+    count = len(rows)
+    if not count:
+        return ""
+    template = '{{"line":{}'
+    columns = []
+    for key, values in (("id", rows.ids), ("uid", rows.uids)):
+        if values is None:  # the column is missing everywhere
+            template += f',"{key}":null'
+            continue
+        plain = None if None in values else _plain_column(values, count, _JSON_UNSAFE)
+        if plain is None:
+            return None
+        template += f',"{key}":"{{}}"'
+        columns.append(plain)
+    status, reason, http_status, attempts, batch = tail
+    rest = orjson.dumps(
+        {
+            "status": status,
+            "reason": reason,
+            "http_status": http_status,
+            "attempts": attempts,
+            "batch": batch,
+        }
+    ).decode()
+    template += "," + rest[1:].replace("{", "{{").replace("}", "}}") + "\n"
+    return "".join(map(template.format, rows.lines, *columns))
+
+
+_CSV_UNSAFE = ',"\r\n'
+_JSON_UNSAFE = '"\\'
 
 
 @dataclass(slots=True)

@@ -1,8 +1,11 @@
 """CSV and TSV: dialect sniffing, the header, and rows in chunks.
 
-Most blocks of a real file hold no quote character and no bare carriage return. Those are split
-with ``str.split`` column by column, which gives exactly what ``csv.reader`` gives for them and
-is several times faster. Any block with a quote (or a bare CR, or a dialect with
+Most blocks of a real file are either plain (no quote character) or quoted everywhere, as
+exports with ``QUOTE_ALL`` write them; with LF or CRLF line ends (no bare carriage return).
+Those are split with ``str.split`` column by column, which gives exactly what ``csv.reader``
+gives for them and is several times faster: a plain block on the delimiter, a quoted block on
+``","`` once each line is checked to be ``"f1","f2",...`` with no quote or line end inside a
+field (a delimiter may be). Any other block (or any block of a dialect with
 ``skipinitialspace``) goes through ``csv.reader`` until it ends on a record boundary, so quoted
 fields with delimiters, quotes and newlines inside, even across blocks, are read correctly.
 """
@@ -152,7 +155,13 @@ class DelimitedReader:
                 return record
 
     def chunks(self) -> Iterator[Chunk]:
-        yield from self._slow()  # the rest of the block that held the header
+        rest = self._feed.take_rest()  # of the block that held the header
+        chunk = self._fast(rest) if rest else None
+        if chunk is not None:
+            yield chunk
+        elif rest:
+            self._feed.load(rest)
+            yield from self._slow()
         while True:
             self._source.line = self._line
             block = self._source.block()
@@ -166,37 +175,90 @@ class DelimitedReader:
                 yield from self._slow()
 
     def _fast(self, block: str) -> Chunk | None:
-        """A block without quotes: split on the delimiter, column by column (see the module)."""
-        if not self._fast_ok or QUOTE in block:
+        """A block of plain or all-quoted records: split on the delimiter (see the module)."""
+        if not self._fast_ok:
             return None
-        body = block[:-1] if block.endswith("\n") else block
-        if "\r" in body:
-            body = body.replace("\r\n", "\n")
-            if "\r" in body:
-                return None
+        if block.endswith("\n"):
+            body = block[:-2] if block.endswith("\r\n") else block[:-1]
+        else:
+            body = block
         count = body.count("\n") + 1
-        width = self.layout.width
-        delimiter = self.delimiter
+        # CRLF throughout, or else (a bare CR, LF and CRLF mixed) csv.reader's business: the
+        # splits below tell, by the number of lines between CRLFs and a CR left over
+        end = "\r\n" if "\r" in body else "\n"
+        quoted = QUOTE in body
+        split = self._split_quoted if quoted else self._split_plain
+        flat = split(body, count, end)
+        if flat is None:
+            return None
         first = self._line
         numbers = range(first, first + count)
-        if width == 1:
-            if delimiter in body:
-                return None
-            columns = [body.split("\n")]
-        else:
-            # each line end becomes a field of its own, "\n", which must come every width + 1
-            flat = body.replace("\n", delimiter + "\n" + delimiter).split(delimiter)
-            step = width + 1
-            if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
-                return None
-            columns = [flat[i::step] if i in self._needed else [] for i in range(width)]
+        width = self.layout.width
+        step = width + 1
+        columns = [flat[i::step] if i in self._needed else [] for i in range(width)]
         chunk = self.layout.columns(numbers, columns, count)
         if chunk is None:
-            # an empty line is no row ([], as csv.reader gives it); "" would be an empty row
-            rows = [line.split(delimiter) if line else [] for line in body.split("\n")]
+            rows = [flat[i : i + width] for i in range(0, len(flat), step)]
+            if not quoted:  # an empty line is no row ([], as csv.reader gives it), not [""]
+                rows = [row if row != [""] else [] for row in rows]
             chunk = self.layout.rows(numbers, rows)
         self._line = first + count
         return chunk
+
+    def _split_plain(self, body: str, count: int, end: str) -> list[str] | None:
+        """Every field of ``count`` lines without quotes, each line's followed by a "\\n" field
+        (the last line's not), or None when some line has not ``width`` fields. Every line but
+        the last ends with ``end`` (LF, or CRLF and no other CR in ``body``), or None."""
+        delimiter = self.delimiter
+        as_field = delimiter + "\n" + delimiter
+        if end == "\n":
+            spread = body.replace("\n", as_field)
+        else:  # (a split and a join cost less than a replace of two characters)
+            lines = body.split(end)
+            if len(lines) != count:
+                return None  # a line end that is not CRLF: a bare LF among them
+            spread = as_field.join(lines)
+            if "\r" in spread:
+                return None  # a bare CR
+        # each line end is now a field of its own, "\n", which must come every width + 1
+        flat = spread.split(delimiter)
+        width = self.layout.width
+        step = width + 1
+        if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
+            return None
+        return flat
+
+    def _split_quoted(self, body: str, count: int, end: str) -> list[str] | None:
+        """As ``_split_plain`` for lines whose every field is quoted (``QUOTE_ALL``), or None.
+
+        Each line must be exactly ``"f1","f2",...,"fn"`` (``,`` being the delimiter). Every
+        ``"<end>"`` becomes ``","\\n","`` (every line end must be between two quotes: the
+        number of lines tells), then the text is split on ``","``: a "\\n" field must come
+        every width + 1 fields, and no field may hold a quote (the quotes must be as many as
+        the separators and line ends hold).
+        ``csv.reader`` reads such a line as exactly those fields (a delimiter inside one
+        included), so a block that passes gives what the reader gives; anything else goes to
+        the reader.
+        """
+        if len(body) < 2 or body[0] != QUOTE or body[-1] != QUOTE:
+            return None
+        separator = QUOTE + self.delimiter + QUOTE
+        line_end = QUOTE + end + QUOTE
+        as_field = separator + "\n" + separator
+        lines = body[1:-1].split(line_end)
+        if len(lines) != count:
+            return None  # a line end not between two quotes
+        spread = as_field.join(lines)
+        if end != "\n" and "\r" in spread:
+            return None  # a bare CR
+        flat = spread.split(separator)
+        width = self.layout.width
+        step = width + 1
+        if len(flat) != step * count - 1 or flat[width::step].count("\n") != count - 1:
+            return None
+        if body.count(QUOTE) != 2 * width * count:
+            return None  # a quote inside a field: not all are the separators' and line ends'
+        return flat
 
     def _slow(self) -> Iterator[Chunk]:
         """Rows through ``csv.reader`` until the loaded lines are used up on a record boundary.

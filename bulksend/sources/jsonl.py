@@ -8,6 +8,7 @@ and an object without a value (``{}``, or only nulls and blank strings), is a ro
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -15,10 +16,11 @@ import orjson
 from bulksend.models import Rejected
 from bulksend.recipients import EMPTY, Recipients, attrs_or_none, present_or_none
 from bulksend.sources import spec as specs
-from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE
+from bulksend.sources.rows import _ATTR_BAD, _KEY_BAD, _SURROGATE, Layout
 from bulksend.sources.spec import Chunk, SourceSpec
 from bulksend.sources.stream import TextSource, lines_of
 
+_STR_OR_NONE = frozenset({str, type(None)})
 _KINDS = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
@@ -43,6 +45,14 @@ class JsonLinesReader:
         self._missing = specs.missing([key for key, _ in spec.columns.mapped()])
         self._empty = specs.empty([key for key, _ in spec.columns.mapped()])
         self._line = 1
+        # the fast path's column checks, as for a CSV file with just these columns
+        mapped = spec.columns.mapped()
+        self._exact_order = [name for _, name in mapped]
+        self._exact = frozenset(self._exact_order)
+        keys = [(key, index, name) for index, (key, name) in enumerate(mapped)]
+        self._layout = Layout(
+            width=len(mapped), keys=keys, attrs=[], max_len=self._limit, encoding=spec.encoding
+        )
 
     def chunks(self) -> Iterator[Chunk]:
         while True:
@@ -51,32 +61,67 @@ class JsonLinesReader:
             if not block:
                 return
             lines = lines_of(block)  # a lone \r ends a line too (files from old Macs)
-            numbers: list[int] = []
-            ids: list[str | None] = []
-            uids: list[str | None] = []
-            attrs: list[Mapping[str, str]] = []
-            rejected: list[Rejected] = []
-            for number, text in enumerate(lines, self._line):
-                if not text:
-                    continue
-                item = self._row(number, text) if text.strip() else Rejected(number, self._empty)
-                if type(item) is Rejected:
-                    rejected.append(item)
-                else:
-                    numbers.append(number)
-                    ids.append(item[0])  # type: ignore[index]
-                    uids.append(item[1])  # type: ignore[index]
-                    attrs.append(item[2])  # type: ignore[index]
+            yield self._fast(lines) or self._slow(lines)
             self._line += len(lines)
-            yield Chunk(
-                Recipients(
-                    numbers,
-                    present_or_none(ids),
-                    present_or_none(uids),
-                    attrs_or_none(attrs),
-                ),
-                rejected,
-            )
+
+    def _fast(self, lines: list[str]) -> Chunk | None:
+        """The chunk of a block of plain records, column by column, or None (then ``_slow``).
+
+        Plain: every line one JSON object, no blank line; no key but the mapped ones in their
+        exact spelling (any other is ignored only without ``keep_attrs`` and when it does not
+        map case-insensitively); every id and uid a string or null, each passing the checks
+        of ``Layout.columns`` as a CSV column does. Those rows come out as ``_row`` makes
+        them: ``_row``'s rules for anything else.
+        """
+        count = len(lines)
+        if not count or "" in lines or "\r" in lines:
+            return None
+        try:
+            records = list(map(orjson.loads, lines))
+        except orjson.JSONDecodeError:
+            return None
+        if set(map(type, records)) != {dict}:
+            return None
+        other = set().union(*records) - self._exact
+        if other and (self._keep or any(k.lower() in self._wanted for k in other)):
+            return None
+        columns: list[list[str]] = []
+        for name in self._exact_order:
+            values: list[Any] = list(map(dict.get, records, repeat(name)))
+            kinds = set(map(type, values))
+            if not kinds <= _STR_OR_NONE:
+                return None
+            columns.append([v or "" for v in values] if type(None) in kinds else values)
+        numbers = range(self._line, self._line + count)
+        return self._layout.columns(numbers, columns, count)
+
+    def _slow(self, lines: list[str]) -> Chunk:
+        """The chunk of a block, record by record (``_row``)."""
+        numbers: list[int] = []
+        ids: list[str | None] = []
+        uids: list[str | None] = []
+        attrs: list[Mapping[str, str]] = []
+        rejected: list[Rejected] = []
+        for number, text in enumerate(lines, self._line):
+            if not text or text == "\r":
+                continue
+            item = self._row(number, text) if text.strip() else Rejected(number, self._empty)
+            if type(item) is Rejected:
+                rejected.append(item)
+            else:
+                numbers.append(number)
+                ids.append(item[0])  # type: ignore[index]
+                uids.append(item[1])  # type: ignore[index]
+                attrs.append(item[2])  # type: ignore[index]
+        return Chunk(
+            Recipients(
+                numbers,
+                present_or_none(ids),
+                present_or_none(uids),
+                attrs_or_none(attrs),
+            ),
+            rejected,
+        )
 
     def _row(
         self, line: int, text: str

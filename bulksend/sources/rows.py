@@ -28,6 +28,8 @@ from bulksend.sources import spec
 _KEY_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ATTR_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: the ASCII control characters, for ``bytes.translate`` to count
+_CONTROL = bytes(range(32)) + b"\x7f"
 
 
 def _none_if_empty(value: str) -> str | None:
@@ -108,10 +110,8 @@ class Layout:
         """No control character or undecodable byte, none too long: fine for any column."""
         joined = "".join(values)
         if joined.isascii():
-            import numpy as np  # here, not at import: ``bulksend --help`` needs no numpy
-
-            codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-            if (codes - np.uint8(32) >= np.uint8(95)).any():  # below 32, or 127
+            encoded = joined.encode("ascii")
+            if len(encoded.translate(None, _CONTROL)) != len(encoded):  # below 32, or 127
                 return False
         elif not joined.isprintable():
             return False
@@ -184,30 +184,19 @@ class Layout:
         empty = False
         if joined.isascii():
             encoded = joined.encode("ascii")
-            if b"\x7f" in encoded:
-                return None
-            import numpy as np  # here, not at import: ``bulksend --help`` needs no numpy
-
-            codes = np.frombuffer(encoded, dtype=np.uint8)
-            control = codes < 32
-            # the separators must be the only control characters
-            if np.count_nonzero(control) != count - 1:
+            # the separators must be the only control characters (below 32, or 127)
+            if len(encoded) - len(encoded.translate(None, _CONTROL)) != count - 1:
                 return None
             size = len(values[0])
             if count > 1 and size and len(encoded) == count * (size + 1) - 1:
                 # all as long as the first exactly when the separators fall every size + 1
-                fixed = bool(control[size :: size + 1].all())
+                fixed = encoded[size :: size + 1].count(0) == count - 1
             else:
                 fixed = count == 1
             if fixed:
                 longest, empty = size, not size
             else:
-                ends = np.empty(count + 1, dtype=np.intp)
-                ends[0] = -1
-                ends[1:-1] = np.flatnonzero(control)
-                ends[-1] = len(encoded)
-                gaps = np.diff(ends)  # each value's length + 1
-                longest, empty = int(gaps.max()) - 1, bool(gaps.min() == 1)
+                longest, empty = max(map(len, values)), "" in values
             if longest > self.max_len:
                 return None
         elif not "".join(values).isprintable() or max(map(len, values)) > self.max_len:

@@ -187,7 +187,10 @@ def open_text(
             raise _binary(name, head)
         buffered = io.BufferedReader(_Replay(head[skip:], stream, owned=False), buffer_size=BLOCK)
         errors = LONE_SURROGATES if wide(encoding) else "surrogateescape"
-        text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline="")
+        # newline="\n": read() gives the text as it is, as with newline="" (the readers split
+        # lines themselves), without the newline decoder that "" adds: it walks every
+        # character of a text with CRs to note the kinds of line ends it saw
+        text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline="\n")
         yield text, size, encoding
     finally:
         if text is not None:
@@ -327,6 +330,13 @@ class Feed:
                 break
             out = lines[max(0, len(lines) - (count - len(out))) :] + out
         return out
+
+    def take_rest(self) -> str:
+        """The lines of the loaded block not handed out yet, as one text; they are then gone
+        from the feed, and so are the ones before them (``load`` the text to read it here)."""
+        rest = "".join(self._lines[self._next :])
+        self._lines, self._next, self._chars = [], 0, 0
+        return rest
 
     def put_back(self, lines: list[str]) -> None:
         """Hand ``lines`` out again before the rest (after the end of the source, too)."""
