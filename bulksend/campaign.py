@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import orjson
 
 from bulksend.config import Settings
 from bulksend.control.pause import JournalSwitch, MemorySwitch, PauseControl, PauseSetup
 from bulksend.dedup.deduper import Deduper
-from bulksend.dedup.suppress import ListSpec, SuppressionList
 from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
 from bulksend.models import Outcome, Status
@@ -44,6 +43,9 @@ from bulksend.state.journal import (
     masked_url,
 )
 from bulksend.state.shard import ALREADY_DEDUPLICATED, Shard
+
+if TYPE_CHECKING:
+    from bulksend.dedup.suppress import ListSpec, SuppressionList
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,8 @@ def source_spec(settings: Settings) -> SourceSpec:
 def exclusion_spec(settings: Settings) -> ListSpec:
     """How the campaign's suppression lists are read: its own id and uid columns unless
     ``exclude_id``/``exclude_uid`` name others ("" for none), in its encoding."""
+    from bulksend.dedup.suppress import ListSpec  # (numpy: only a send with lists needs it)
+
     rec = settings.recipients
     given = {"id": rec.exclude_id_column, "uid": rec.exclude_uid_column}
     own = {"id": rec.id_column, "uid": rec.uid_column}
@@ -144,6 +148,8 @@ def open_exclusions(settings: Settings) -> SuppressionList | None:
     or None when it has none."""
     if not settings.recipients.exclude:
         return None
+    from bulksend.dedup.suppress import SuppressionList  # (numpy: only with lists)
+
     return SuppressionList.load(exclusion_spec(settings))
 
 

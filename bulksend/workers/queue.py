@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from bulksend.models import Batch
-from bulksend.state.journal import batch_digest, first_and_last_line
+from bulksend.state.journal import fast_digest, first_and_last_line
 from bulksend.state.redis_journal import StateKeys
 from bulksend.workers.logic import UNSETTLED, encode_batch
 
@@ -86,7 +86,7 @@ class WorkQueue:
             "first": first,
             "last": last,
             "size": len(recs),
-            "digest": batch_digest(recs),
+            "digest": fast_digest(recs),
             "state": "queued",
             "reason": "",
             "http": None,

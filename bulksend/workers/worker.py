@@ -48,7 +48,7 @@ from bulksend.state.journal import (
     BatchJournal,
     BatchRecord,
     PartRecord,
-    batch_digest,
+    fast_digest,
     first_and_last_line,
 )
 from bulksend.state.redis_journal import RedisJournal, StateKeys
@@ -146,7 +146,7 @@ class StreamJournal(RedisJournal):
                 "first": first,
                 "last": last,
                 "size": len(batch.recipients),
-                "digest": batch_digest(batch.recipients),
+                "digest": fast_digest(batch.recipients),
                 "state": "queued",
                 "runs": 0,
             }
