@@ -133,3 +133,18 @@ def _fresh_redactor() -> None:
     from bulksend.output.logs import redactor
 
     redactor.clear()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A private redis-server for one test (``bulksend.distributed.testing.RedisServer``);
+    skipped loudly where none is installed (.ci/run installs it)."""
+    from bulksend.distributed.testing import RedisServer
+
+    if not RedisServer.available():
+        pytest.skip(
+            "REDIS UNAVAILABLE -- this test did NOT run: install redis-server "
+            "(apt-get install redis-server; .ci/run does it)"
+        )
+    with RedisServer() as server:
+        yield server

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -30,18 +29,6 @@ from tests.conftest import ROOT, run_cli, write_campaign, write_recipients
 from tests.peers.measure import most_in_any_span
 
 LIMIT, WINDOW = 100, 1.0
-NO_REDIS = (
-    "REDIS UNAVAILABLE -- the multi-worker tests did NOT run: install redis-server "
-    "(apt-get install redis-server; .ci/run does it)"
-)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.skip(NO_REDIS)
-    with RedisServer() as server:
-        yield server
 
 
 def dataset(n_unique: int, seed: int = 8) -> list[tuple[str, str]]:

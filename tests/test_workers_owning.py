@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -28,17 +28,9 @@ from bulksend.state.redis_journal import StateKeys
 from bulksend.workers.owning import GIVE_BACK, REFRESH
 from bulksend.workers.queue import GROUP, WorkQueue
 from bulksend.workers.worker import StreamJournal
-from tests.test_workers_redis import NO_REDIS, Campaign, _no_process_left  # noqa: F401
+from tests.test_workers_redis import Campaign, _no_process_left  # noqa: F401
 
 KEYS = StateKeys("maxtraffic", "own", "f00d:beef")
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.skip(NO_REDIS)
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -39,14 +39,6 @@ NO_REDIS = (
 )
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.skip(NO_REDIS)
-    with RedisServer() as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def _no_process_left() -> Iterator[None]:
     yield
