@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bulksend.sandbox.ledger import ledger_counts
 from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import KEY, run_cli, write_campaign, write_recipients
 
@@ -55,12 +56,7 @@ SUPPRESSED_ROWS = {1, 2, 3, 5, 10, 11, 12, 20, 21}
 
 
 def ledger(path: Path) -> dict[str, Counter[str]]:
-    out: dict[str, Counter[str]] = {"id": Counter(), "uid": Counter()}
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            entry = orjson.loads(line)
-            out[entry["kind"]][entry["value"]] += 1
-    return out
+    return {kind: ledger_counts(path, kind) for kind in ("id", "uid")}
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bulksend.sandbox.ledger import ledger_counts
 from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import KEY, ROOT, run_bulksend, run_cli, write_campaign, write_recipients
 
@@ -35,13 +36,7 @@ NO_INTERNET = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.
 
 
 def ledger_ids(path: Path) -> Counter[str]:
-    out: Counter[str] = Counter()
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            entry = orjson.loads(line)
-            if entry["kind"] == "id":
-                out[entry["value"]] += 1
-    return out
+    return ledger_counts(path, "id")
 
 
 def sandbox(ledger: Path, *args: str) -> SandboxProcess:

@@ -14,7 +14,7 @@ import pytest
 from bulksend.sandbox import PROVIDERS
 from bulksend.sandbox.cli import add_arguments, config_from_args
 from bulksend.sandbox.config import SandboxConfigError
-from bulksend.sandbox.ledger import read_ledger
+from bulksend.sandbox.ledger import ledger_counts, read_ledger
 from bulksend.sandbox.testing import SandboxProcess
 
 BASIC = "Basic " + base64.b64encode(b"sandbox@example.com:sandbox-key").decode()
@@ -124,6 +124,18 @@ def test_requests_ledger_format_reads_back_per_recipient(tmp_path: Path) -> None
         (1, "id", "b"),
         (2, "uid", "u"),
     ]
+
+
+def test_a_line_still_being_written_is_left_for_the_next_read(tmp_path: Path) -> None:
+    """A reader of a live ledger may see part of a write: the half line is not parsed."""
+    path = tmp_path / "l.jsonl"
+    whole = b'{"ts":1.0,"request":1,"campaign":"c","kind":"id","value":"a"}\n'
+    path.write_bytes(whole + b'{"ts":1.0,"request":2,"camp')
+    assert [e["value"] for e in read_ledger(path)] == ["a"]
+    assert ledger_counts(path) == {"a": 1}
+    path.write_bytes(whole * 2)
+    assert ledger_counts(path) == {"a": 2}
+    assert ledger_counts(tmp_path / "absent.jsonl") == {}
 
 
 def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from bulksend.distributed.testing import RedisServer
 from bulksend.errors import ConfigError, UnavailableError
 from bulksend.models import Batch, Recipient
+from bulksend.sandbox.ledger import ledger_counts
 from bulksend.sandbox.testing import SandboxProcess
 from bulksend.state.journal import BatchJournal, Identity, Journal, file_fingerprint
 from bulksend.state.redis_journal import RedisJournal, persistence_problem, state_keys
@@ -88,13 +89,7 @@ def unique_name() -> str:
 
 
 def ledger_ids(path: Path) -> Counter[str]:
-    out: Counter[str] = Counter()
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            entry = orjson.loads(line)
-            if entry["kind"] == "id":
-                out[entry["value"]] += 1
-    return out
+    return ledger_counts(path, "id")
 
 
 def lines_with(text: str, marker: str) -> list[str]:

@@ -17,6 +17,7 @@ import pytest
 from bulksend.campaign import send_campaign
 from bulksend.config import load_settings
 from bulksend.sandbox import FaultConfig, SandboxConfig, running
+from bulksend.sandbox.ledger import ledger_counts
 from bulksend.sandbox.testing import SandboxProcess
 from tests.conftest import KEY, ROOT, write_campaign, write_recipients
 
@@ -26,12 +27,7 @@ IN_FLIGHT = 4
 
 
 def ledger_ids(path: Path) -> Counter[str]:
-    out: Counter[str] = Counter()
-    with path.open("rb") as f:
-        for line in f:
-            if b'"kind":"id"' in line:
-                out[orjson.loads(line)["value"]] += 1
-    return out
+    return ledger_counts(path, "id")
 
 
 def ledger_lines(path: Path) -> int:

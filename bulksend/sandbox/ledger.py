@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,15 @@ class Ledger:
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """A ledger file as one dict per recipient, in either format (a ``values`` line expands)."""
+    """A ledger file as one dict per recipient, in either format (a ``values`` line expands).
+
+    A last line without its newline is a write still in progress (the kernel may show a reader
+    part of a ``writev``): it is left for the next read, not parsed half-written.
+    """
     out: list[dict[str, Any]] = []
     with path.open("rb") as f:
         for line in f:
-            if not line.strip():
+            if not line.endswith(b"\n") or not line.strip():
                 continue
             entry = orjson.loads(line)
             values = entry.pop("values", None)
@@ -135,3 +140,10 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
             else:
                 out.extend({**entry, "value": v} for v in values)
     return out
+
+
+def ledger_counts(path: Path, kind: str = "id") -> Counter[str]:
+    """How many times each value of ``kind`` arrived; an absent file is an empty ledger."""
+    if not path.exists():
+        return Counter()
+    return Counter(e["value"] for e in read_ledger(path) if e["kind"] == kind)
