@@ -203,7 +203,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         path = args.journal or default_journal_path(settings, shard)
         meta = recorded_send(args, settings)
         if getattr(args, "workers", None):  # what a worker builds the campaign from
-            meta["campaign_text"] = settings.campaign_file.read_text(encoding="utf-8")
+            from bulksend.workers.shipped import shipped_text
+
+            meta["campaign_text"] = shipped_text(settings.campaign_file.read_text("utf-8"))
         if state:
             layouts = _local_aside(settings, args.fresh, ctx)
         else:

@@ -14,8 +14,11 @@ DESCRIPTION = (
     "Redis at URL and send them, sharing the provider's quota and pause with every other "
     "worker; exit once the campaign is complete. Any number of workers, on any machine, can "
     "be started and stopped at any time; what a worker that dies held is taken over by the "
-    "others after --idle seconds and resent as possible duplicates. The provider's secrets "
-    "come from the environment, as for `bulksend send` (the planner's key). docs/scaling.md."
+    "others after --idle seconds and resent as possible duplicates. The provider's key must "
+    "be the planner's: from the environment, as for `bulksend send`, or from the file the "
+    "campaign names ([auth] api_key_file; a relative path is looked for beside the planner's "
+    "campaign file, then in the current directory, else MAXTRAFFIC_API_KEY is used). "
+    "docs/scaling.md."
 )
 EPILOG = """\
 examples:
@@ -23,12 +26,13 @@ examples:
   bulksend worker redis://localhost:6379/0 --campaign "Summer sale" --wait 1
   bulksend status redis://localhost:6379/0 "Summer sale"     # progress, from anywhere
 
-The provider's key comes from the environment (MAXTRAFFIC_API_KEY=..., as for send).
+The provider's key comes from the environment (MAXTRAFFIC_API_KEY=..., as for send) or
+the file the campaign names ([auth] api_key_file), which must then be on this machine.
 rediss:// (TLS) and redis://USER:PASSWORD@HOST/DB (ACL users) work; no password is shown.
 
-exit statuses: 0 the campaign is complete (or there was none to serve), 3 credentials
-rejected, 4 provider unavailable, 130/143 interrupted (what was not started goes back to
-the other workers)
+exit statuses: 0 the campaign is complete (or there was none to serve), 2 no key on this
+machine (nothing sent), 3 credentials rejected, 4 provider unavailable, 130/143 interrupted
+(what was not started goes back to the other workers)
 """
 
 

@@ -1,8 +1,9 @@
 """A worker: ``bulksend worker redis://... [--campaign NAME]``.
 
 It builds the campaign from what the planner stored (the campaign file's text and the settings
-in effect; the provider's secrets from its own environment: the key must be the planner's) and
-runs the single-process send's ``Engine``, fed from the campaign's stream instead of the file:
+in effect; the provider's secrets read on this machine, ``shipped.locate_secrets``: the key
+must be the planner's) and runs the single-process send's ``Engine``, fed from the campaign's
+stream instead of the file:
 
 * batches are taken with ``XREADGROUP`` (group ``workers``, this worker's name as consumer),
   as many as its engine has room for; the quota is taken through the shared Redis gate
@@ -96,20 +97,27 @@ def choose(registry: Mapping[str, Mapping[str, Any]], wanted: str | None) -> Fou
     return None
 
 
-def settings_of(meta: Mapping[str, Any], directory: Path, env: Mapping[str, str]) -> Settings:
-    """The campaign's ``Settings`` as the planner had them, from its stored ``meta``; the
-    campaign file is written to ``directory`` (relative ``[auth]`` files do not resolve)."""
+def settings_of(
+    meta: Mapping[str, Any], directory: Path, env: Mapping[str, str], cwd: Path | None = None
+) -> Settings:
+    """The campaign's ``Settings`` as the planner had them, from its stored ``meta``: the
+    campaign file is written to ``directory``; a secret file it names (``[auth]
+    api_key_file``) is looked for beside the planner's campaign file, then in ``cwd`` (the
+    current directory), else the provider's variable in ``env`` is used (``shipped``)."""
+    from bulksend.workers.shipped import locate_secrets
+
     text = meta.get("campaign_text")
     if not text:
         raise ConfigError(
             "the campaign's state holds no campaign file: was it planned with --workers?"
         )
-    stem = Path(str(meta.get("campaign_file") or "campaign.toml")).stem
-    path = directory / f"{stem}.toml"
+    planner_file = Path(str(meta.get("campaign_file") or "campaign.toml"))
+    path = directory / f"{planner_file.stem}.toml"
     path.write_text(str(text), encoding="utf-8")
     recorded = meta.get("settings") or {}
     overrides = {k: recorded[k] for k in _APPLIED if recorded.get(k) is not None}
-    return load_settings(path, env=env, overrides=overrides)
+    settings = load_settings(path, env=env, overrides=overrides)
+    return locate_secrets(settings, directory, planner_file, cwd or Path.cwd(), env)
 
 
 class StreamJournal(RedisJournal):
@@ -568,7 +576,7 @@ async def run_worker(
     from redis.backoff import ExponentialBackoff
 
     from bulksend.distributed.gate import client_from_url
-    from bulksend.distributed.keys import checked_url, redact_url, url_password
+    from bulksend.distributed.keys import checked_url, url_password
     from bulksend.output.logs import redactor
 
     checked_url(url, "bulksend worker")
@@ -587,8 +595,12 @@ async def run_worker(
         await client.aclose()
         return None
     keys = state_keys_of(found)
-    say(f"worker {name} serves campaign {found.name!r} ({redact_url(url)})")
-    return await _serve(client, keys, orjson.loads(stored), url, name, env, idle, say, on_start)
+    try:
+        return await _serve(client, keys, orjson.loads(stored), url, name, env, idle, say, on_start)
+    except BaseException:  # (e.g. no key here: nothing taken, nothing to give back)
+        with contextlib.suppress(*DOWN):
+            await client.aclose()
+        raise
 
 
 async def _serve(
@@ -622,6 +634,7 @@ async def _serve(
             f"campaign {settings.name!r} is sent with another API key than this worker's: "
             "give the worker the planner's key"
         )
+    say(f"worker {name} serves campaign {settings.name!r} ({redact_url(url)})")
     provider = build_provider(settings, secrets)
     scheduler = await shared_scheduler(url, settings, env, secrets=secrets)
     run_id = int(await client.incr(keys.run))
