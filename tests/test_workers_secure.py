@@ -1,12 +1,16 @@
 """Planner and workers with secrets (issue 17): a relative ``[auth] api_key_file`` in a worker
-started elsewhere. Real ``redis-server``, sandbox and bulksend processes.
+started elsewhere; an ACL user with only what bulksend needs; ``rediss://`` with a CA of the
+test's own. Real ``redis-server``, sandbox and bulksend processes.
 
-In every case no secret is in Redis, in any output of any process (stdout, stderr) or in any
-file the send wrote (report, summary, dead letters).
+In every case no secret -- the provider's key, the Redis password -- is in Redis, in any
+output of any process (stdout, stderr) or in any file the send wrote (report, summary, dead
+letters).
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,12 +24,17 @@ pytest.importorskip("redis", reason="REDIS CLIENT MISSING: pip install 'bulksend
 import redis
 
 from bulksend.config import load_settings
-from bulksend.distributed.testing import RedisServer
+from bulksend.distributed.keys import redact_url, remedy
+from bulksend.distributed.testing import Certificates, RedisServer, make_certificates
 from bulksend.errors import ConfigError
 from bulksend.sandbox.testing import wait_until
 from bulksend.workers.shipped import candidates, missing_file, shipped_text
 from bulksend.workers.worker import settings_of
-from tests.test_workers_redis import Campaign, _no_process_left  # noqa: F401
+from tests.conftest import ROOT, minimal_campaign, write_recipients
+from tests.test_workers_redis import NO_REDIS, Campaign, _no_process_left  # noqa: F401
+
+PASSWORD = "s3cret-Pa55word"
+ADMIN = "admin-Pa55word"
 
 # -- pure: what the planner ships, where a worker looks ------------------------------------------
 
@@ -33,13 +42,13 @@ from tests.test_workers_redis import Campaign, _no_process_left  # noqa: F401
 def test_the_shipped_campaign_text_holds_no_redis_password() -> None:
     text = (
         '[send]\nstate = "redis://sender:hunter2@redis:6379/0"\n'
-        "limiter = 'rediss://:hunter2@redis:6380/1'\n"
+        "limiter = 'rediss://:hunter2@redis:6380/1?ssl_ca_certs=/etc/ca.pem'\n"
         'base_url = "http://127.0.0.1:8080"\n# plain: redis://redis:6379/0\n'
     )
     shipped = shipped_text(text)
     assert "hunter2" not in shipped
     assert 'state = "redis://sender:***@redis:6379/0"' in shipped
-    assert "limiter = 'rediss://:***@redis:6380/1'" in shipped
+    assert "limiter = 'rediss://:***@redis:6380/1?ssl_ca_certs=/etc/ca.pem'" in shipped
     assert shipped.endswith('base_url = "http://127.0.0.1:8080"\n# plain: redis://redis:6379/0\n')
     assert shipped_text("no url at all") == "no url at all"
 
@@ -64,6 +73,14 @@ def test_a_missing_secret_file_is_one_line_naming_the_setting_the_paths_and_what
         "for /srv/c/secrets/key and /work/secrets/key): mount the file there or set "
         "MAXTRAFFIC_API_KEY in the worker's environment; nothing was sent"
     )
+
+
+def test_a_ca_path_is_shown_as_given_and_an_untrusted_certificate_says_what_to_do() -> None:
+    url = "rediss://bulksend:hunter2@redis:6380/0?ssl_ca_certs=/etc/redis/ca.pem"
+    assert redact_url(url) == "rediss://bulksend:***@redis:6380/0?ssl_ca_certs=/etc/redis/ca.pem"
+    failed = "Error 1 connecting to redis:6380. [SSL: CERTIFICATE_VERIFY_FAILED] certificate..."
+    assert "?ssl_ca_certs=/path/to/ca.pem" in remedy(failed, "start Redis")
+    assert remedy("Connection refused.", "start Redis") == "start Redis"
 
 
 # -- the worker's settings from what the planner stored (files, no Redis) --------------------
@@ -286,3 +303,170 @@ def test_a_worker_on_another_machine_uses_a_mounted_file_or_the_variable_else_on
     assert run.key.encode() not in everything_in(client)
     client.close()
     assert not [name for name, text in printed.items() if run.key in text]
+
+
+# -- an ACL user with only what bulksend needs ---------------------------------------------------
+
+
+def documented_acl(password: str) -> list[str]:
+    """The ``ACL SETUSER`` line docs/scaling.md shows, as arguments, with ``password``."""
+    text = (ROOT / "docs/scaling.md").read_text()
+    (line,) = re.findall(r"^\s*(ACL SETUSER bulksend .*)$", text, re.M)
+    args = shlex.split(line)
+    assert ">PASSWORD" in args, line
+    return [f">{password}" if a == ">PASSWORD" else a for a in args]
+
+
+def acl_server(tls: Certificates | None = None) -> RedisServer:
+    """A redis-server whose default user is off and whose admin can set users up."""
+    if not RedisServer.available():
+        pytest.skip(NO_REDIS)
+    admin = ("--user", "default", "off", "--user", "admin", "on", f">{ADMIN}", "~*", "&*", "+@all")
+    return RedisServer(extra=admin, tls=tls)
+
+
+def admin_client(server: RedisServer, ssl_ca_certs: str | None = None) -> redis.Redis:
+    return redis.Redis(
+        host=server.host, port=server.port, username="admin", password=ADMIN,
+        ssl=ssl_ca_certs is not None, ssl_ca_certs=ssl_ca_certs,
+    )  # fmt: skip
+
+
+def other_commands(
+    folder: Path, url: str, env: Mapping[str, str]
+) -> list[subprocess.CompletedProcess[str]]:
+    """What else bulksend does with a Redis URL: a send keeping its journal there and sharing
+    its quota through it, then the same send again (it resumes), a pause and a resume."""
+    folder.mkdir()
+    campaign = minimal_campaign(folder, "r.csv")
+    write_recipients(folder / "r.csv", [(f"v{i}", f"u{i}") for i in range(30)])
+    send = ["send", str(campaign), "--sandbox", "--state", url, "--limiter", url, "-q"]
+    send += ["--progress", "never", "--summary-json", str(folder / "s.json")]
+    done = [once(send, folder, env), once(send, folder, env)]
+    done += [once([verb, url, "--campaign", "c"], folder, env) for verb in ("pause", "resume")]
+    return done
+
+
+def test_an_acl_user_with_the_documented_rights_plans_sends_and_shows_status(
+    tmp_path: Path,
+) -> None:
+    """The documented least-privilege user: planner, 2 workers and status work, and so do a
+    send with ``--state`` and ``--limiter`` (twice: it resumes), ``pause`` and ``resume``;
+    Redis denied nothing but ``CONFIG GET`` (said in one note); the password is in no output,
+    no file and not in Redis."""
+    with acl_server() as server:
+        admin = admin_client(server)
+        admin.execute_command(*documented_acl(PASSWORD))
+        url = f"redis://bulksend:{PASSWORD}@127.0.0.1:{server.port}/0"
+        run = Campaign(tmp_path, n_unique=1_500, limit=50)
+        with run.campaign.open("a") as f:  # a password in the campaign file is not shipped
+            f.write(f'state = "{url}"\n')
+        for i in range(2):
+            run.worker(url, f"w{i}")
+        run.plan(url)
+        wait_until(lambda: run.delivered() > 300, timeout=20, interval=0.1)
+        shown = once(["status", url, "E2E"], tmp_path, run.env)
+        during = everything_in(admin)
+        wrong = once(["worker", url.replace(PASSWORD, "wrong"), "--wait", "1"], tmp_path, run.env)
+        status, codes, printed = finish(run)
+        others = other_commands(tmp_path / "single", url, run.env)
+        denied = [(e["reason"], e["object"]) for e in admin.acl_log() if e["reason"] != "auth"]
+        after = everything_in(admin)
+        admin.close()
+    err = printed["planner"]
+    assert status == 0, err[-3000:]
+    assert codes == {"w0": 0, "w1": 0}, printed
+    run.check()
+    assert shown.returncode == 0, shown.stderr
+    assert "worker w0" in shown.stdout
+    assert "settled" in shown.stdout
+    assert denied == [("command", "config|get")], denied
+    note = [x for x in err.splitlines() if "CONFIG GET" in x]
+    assert len(note) == 1, err
+    assert note[0].startswith(
+        "bulksend: note: cannot check whether state redis://bulksend:***@127.0.0.1:"
+    )
+    assert wrong.returncode == 4, wrong.stderr
+    assert one_line(wrong.stderr) == (
+        f"bulksend: redis://bulksend:***@127.0.0.1:{server.port}/0 refused the connection "
+        "(invalid username-password pair or user is disabled.); check the user name and password"
+    )
+    assert [r.returncode for r in others] == [0, 0, 0, 0], [r.stderr for r in others]
+    outputs = [*printed.values(), shown.stdout, shown.stderr, wrong.stdout, wrong.stderr]
+    outputs += [r.stdout + r.stderr for r in others]
+    assert not [o for o in outputs if PASSWORD in o]
+    assert PASSWORD not in written_files(tmp_path)
+    assert PASSWORD.encode() not in during + after
+    assert b"redis://bulksend:***@127.0.0.1" in during  # the campaign text, masked
+
+
+# -- rediss:// with a CA of the test's own ---------------------------------------------------------
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    if shutil.which("openssl") is None:
+        pytest.skip("OPENSSL UNAVAILABLE -- the rediss:// test did NOT run: install openssl")
+    return make_certificates(tmp_path / "certs")
+
+
+def tls_server(certificates: Certificates) -> RedisServer:
+    server = acl_server(tls=certificates)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.close()
+        pytest.skip(f"REDIS TLS UNAVAILABLE -- the rediss:// test did NOT run: {exc}")
+    return server
+
+
+def test_rediss_with_the_ca_in_the_url_plans_sends_and_shows_status(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    """TLS only (no plain port), an ACL user, the CA named in each process's URL
+    (``?ssl_ca_certs=``) or as ``SSL_CERT_FILE``; without it, one line saying so (exit 4); a
+    CA path that is not there, one line (exit 2). The password is in no output."""
+    with tls_server(certificates) as server:
+        admin = admin_client(server, ssl_ca_certs=str(certificates.ca))
+        admin.execute_command(*documented_acl(PASSWORD))
+        bare = f"rediss://bulksend:{PASSWORD}@127.0.0.1:{server.port}/0"
+        ca = str(certificates.ca)
+        url = f"{bare}?ssl_ca_certs={ca}"
+        run = Campaign(tmp_path, n_unique=1_000, limit=50)
+        run.worker(url, "w0")
+        run.plan(url)
+        wait_until(lambda: run.delivered() > 200, timeout=20, interval=0.1)
+        shown = once(["status", url, "E2E"], tmp_path, run.env)
+        by_env = once(["status", bare, "E2E"], tmp_path, {**run.env, "SSL_CERT_FILE": ca})
+        during = everything_in(admin)
+        admin.close()
+        untrusted = once(["worker", bare, "--wait", "1"], tmp_path, run.env)
+        no_ca = once(["status", f"{bare}?ssl_ca_certs=/nowhere/ca.pem", "E2E"], tmp_path, run.env)
+        status, codes, printed = finish(run)
+    assert status == 0, printed["planner"][-3000:]
+    assert codes == {"w0": 0}, printed
+    run.check()
+    assert shown.returncode == 0, shown.stderr
+    assert "worker w0" in shown.stdout
+    assert by_env.returncode == 0, by_env.stderr  # the CA as SSL_CERT_FILE instead
+    assert "worker w0" in by_env.stdout
+    shown_url = f"rediss://bulksend:***@127.0.0.1:{server.port}/0"
+    assert untrusted.returncode == 4, untrusted.stderr
+    line = one_line(untrusted.stderr)
+    assert line.startswith(f"bulksend: {shown_url} is unreachable (")
+    assert "CERTIFICATE_VERIFY_FAILED" in line
+    assert line.endswith("name the CA that signed it at the end of the URL, "
+                         "?ssl_ca_certs=/path/to/ca.pem (docs/scaling.md)")  # fmt: skip
+    assert no_ca.returncode == 2, no_ca.stderr
+    assert one_line(no_ca.stderr) == (
+        f"bulksend: error: bulksend status: {shown_url}?ssl_ca_certs=/nowhere/ca.pem: "
+        "ssl_ca_certs=/nowhere/ca.pem does not exist on this machine; give the path of the "
+        "file (for ssl_ca_certs, the PEM certificate of the CA that signed the Redis server's "
+        "certificate)"
+    )
+    outputs = [*printed.values(), shown.stdout, shown.stderr, untrusted.stderr, no_ca.stderr]
+    outputs += [by_env.stdout, by_env.stderr]
+    assert not [o for o in outputs if PASSWORD in o]
+    assert PASSWORD not in written_files(tmp_path)
+    assert b"campaign_text" in during
+    assert PASSWORD.encode() not in during

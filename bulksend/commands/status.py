@@ -29,7 +29,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     import redis.exceptions as rex
 
     from bulksend.distributed.gate import DOWN, client_from_url
-    from bulksend.distributed.keys import checked_url, redact_url
+    from bulksend.distributed.keys import checked_url, redact_url, remedy
     from bulksend.workers.queue import REGISTRY
     from bulksend.workers.status import read_status, render
     from bulksend.workers.worker import Found, state_keys_of
@@ -49,7 +49,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         keys = state_keys_of(Found(args.campaign, data["provider"], data["state"]))
         status = await read_status(client, keys)
     except (*DOWN, rex.RedisError) as exc:  # type: ignore[misc]
-        raise UnavailableError(f"{redact_url(args.url)}: {type(exc).__name__}: {exc}") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        then = remedy(reason, "check the URL (host, user, password) and that Redis runs")
+        raise UnavailableError(f"{redact_url(args.url)}: {reason}; {then}") from None
     finally:
         await client.aclose()
     print(render(args.campaign, status), file=ctx.out)

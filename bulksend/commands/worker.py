@@ -28,11 +28,12 @@ examples:
 
 The provider's key comes from the environment (MAXTRAFFIC_API_KEY=..., as for send) or
 the file the campaign names ([auth] api_key_file), which must then be on this machine.
-rediss:// (TLS) and redis://USER:PASSWORD@HOST/DB (ACL users) work; no password is shown.
+rediss:// (TLS; a CA of your own: rediss://HOST:PORT/0?ssl_ca_certs=/path/ca.pem) and
+redis://USER:PASSWORD@HOST/DB (ACL users) work; no password is shown.
 
-exit statuses: 0 the campaign is complete (or there was none to serve), 2 no key on this
-machine (nothing sent), 3 credentials rejected, 4 provider unavailable, 130/143 interrupted
-(what was not started goes back to the other workers)
+exit statuses: 0 the campaign is complete (or there was none to serve), 2 a bad URL, or no
+key on this machine (nothing sent), 3 credentials rejected, 4 provider or Redis unavailable,
+130/143 interrupted (what was not started goes back to the other workers)
 """
 
 

@@ -12,7 +12,9 @@ import contextlib
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -20,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from bulksend.distributed import lua
-from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url
+from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url, remedy
 from bulksend.errors import ConfigError, GateUnavailable, UnavailableError
 
 __all__ = ["DOWN", "Admission", "GateUnavailable", "RedisGate", "Verdict", "client_from_url"]
@@ -61,7 +63,9 @@ def client_from_url(
     """A Redis client on ``url`` (not yet connected; ``rediss://`` and ``user:password@`` as
     redis-py reads them). Timeouts bound every command, so a Redis that hangs counts as one that
     is gone; without ``retry`` the client never retries on its own. A URL redis-py cannot read
-    is a one-line ``ConfigError`` naming ``flag``, without the password."""
+    is a one-line ``ConfigError`` naming ``flag``, without the password, and so is a TLS file
+    it names (``?ssl_ca_certs=PATH``) that is not there."""
+    _check_tls_files(url, flag)
     try:
         return aioredis.Redis.from_url(
             url,
@@ -72,6 +76,22 @@ def client_from_url(
         )
     except ValueError as exc:
         raise ConfigError(f"{flag}: cannot use {redact_url(url)}: {exc}") from None
+
+
+#: the query parameters of a Redis URL that name files (redis-py's ``ssl_*`` arguments)
+TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
+def _check_tls_files(url: str, flag: str) -> None:
+    """A one-line ``ConfigError`` when ``url`` names a TLS file that is not on this machine
+    (redis-py would only say "No such file or directory" when it connects)."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name in TLS_FILES and not Path(value).exists():
+            raise ConfigError(
+                f"{flag}: {redact_url(url)}: {name}={value} does not exist on this machine; "
+                "give the path of the file (for ssl_ca_certs, the PEM certificate of the CA "
+                "that signed the Redis server's certificate)"
+            )
 
 
 def _text(value: Any) -> str:
@@ -106,9 +126,8 @@ class RedisGate:
             await gate.client.script_load(lua.ADMIT)
         except GateUnavailable as exc:
             await gate.aclose()
-            raise UnavailableError(
-                f"limiter {gate.url} is unreachable ({exc}); start Redis or drop --limiter"
-            ) from None
+            then = remedy(str(exc), "start Redis or drop --limiter")
+            raise UnavailableError(f"limiter {gate.url} is unreachable ({exc}); {then}") from None
         except rex.RedisError as exc:
             await gate.aclose()
             raise UnavailableError(f"limiter {gate.url} refused the limiter: {exc}") from None

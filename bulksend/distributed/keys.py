@@ -30,6 +30,7 @@ __all__ = [
     "key_ttl_ms",
     "quota_scope",
     "redact_url",
+    "remedy",
     "url_password",
 ]
 
@@ -96,9 +97,9 @@ def redact_url(url: str) -> str:
             host = netloc.rpartition("@")[2]
             netloc = f"{user}:***@{host}"
         query = parts.query
-        if query:
-            pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query)]
-            query = urlencode(pairs, safe="*")
+        pairs = parse_qsl(query)
+        if any(k == "password" for k, _ in pairs):  # (else as given: ?ssl_ca_certs=/a/ca.pem)
+            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
         text = f"{parts.scheme}://{netloc}{parts.path}"
         if query:
             text += "?" + query
@@ -107,3 +108,19 @@ def redact_url(url: str) -> str:
         return text
     except ValueError:
         return "<unparsable limiter URL>"
+
+
+#: what to do when a ``rediss://`` connection fails because the server's certificate is not
+#: trusted (signed by a CA of the user's own)
+_UNTRUSTED = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "the server's TLS certificate is not trusted here: name the CA that signed it at the end of "
+    "the URL, ?ssl_ca_certs=/path/to/ca.pem (docs/scaling.md)",
+)
+
+
+def remedy(reason: str, otherwise: str) -> str:
+    """What to do when reaching Redis failed with ``reason`` (an exception's text): an
+    untrusted TLS certificate said apart, ``otherwise`` for the rest."""
+    marker, what = _UNTRUSTED
+    return what if marker in reason else otherwise

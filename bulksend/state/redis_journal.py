@@ -73,7 +73,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from bulksend.distributed.gate import DOWN, client_from_url
-from bulksend.distributed.keys import checked_url, redact_url, url_password
+from bulksend.distributed.keys import checked_url, redact_url, remedy, url_password
 from bulksend.errors import ConfigError, UnavailableError
 from bulksend.models import Batch
 from bulksend.output.logs import get_logger, redactor
@@ -549,9 +549,8 @@ async def _unavailable(coro: Any, where: str, what: str = "stopped answering") -
         ) from None
     except DOWN as exc:
         reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        raise UnavailableError(
-            f"state {where} {what} ({reason}); start Redis or drop --state"
-        ) from None
+        then = remedy(reason, "start Redis or drop --state")
+        raise UnavailableError(f"state {where} {what} ({reason}); {then}") from None
     except rex.RedisError as exc:
         raise UnavailableError(f"state {where} refused the state: {exc}") from None
 
