@@ -21,7 +21,14 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 import orjson
 
 from bulksend.config import Settings
-from bulksend.control.pause import JournalSwitch, MemorySwitch, PauseControl, PauseSetup
+from bulksend.control.pause import (
+    JournalSwitch,
+    MemorySwitch,
+    PauseControl,
+    PauseSetup,
+    RedisSwitch,
+    Switch,
+)
 from bulksend.dedup.deduper import Deduper
 from bulksend.dispatch.engine import Engine, EngineOptions
 from bulksend.errors import ConfigError
@@ -337,6 +344,17 @@ class DeadLetter:
         self.count += len(rows)
 
 
+def _own_switch(journal: JournalOptions | None, settings: Settings) -> Switch:
+    """Where the send's own pause is kept: its journal (SQLite row, or the campaign's Redis
+    key with ``--state``, which ``bulksend pause redis://... --campaign NAME`` writes), or
+    only in memory without one."""
+    if journal is None:
+        return MemorySwitch()
+    if journal.state is not None:
+        return RedisSwitch(journal.state, settings.name)
+    return JournalSwitch(journal.path)
+
+
 async def _open_lists_and_journal(
     settings: Settings,
     journal: JournalOptions | None,
@@ -412,8 +430,7 @@ async def send_campaign(
     columns = (settings.recipients.id_column, settings.recipients.uid_column)
     letters = DeadLetter(dead_letter, *columns) if dead_letter else None
     sharding = shard if shard is not None and shard.count > 1 else None
-    own = JournalSwitch(journal.path) if journal is not None else MemorySwitch()
-    control = PauseControl.for_send(own, settings.windows, pause)
+    control = PauseControl.for_send(_own_switch(journal, settings), settings.windows, pause)
     outcome = "finished"
     made: Engine | None = None
     try:

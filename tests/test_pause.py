@@ -477,6 +477,43 @@ def test_a_campaign_paused_in_redis_waits_from_its_start_until_resumed(
         send.wait()
 
 
+async def read_redis_pause(url: str, campaign: str) -> Pause | None:
+    switch = RedisSwitch(url, campaign)
+    try:
+        return await switch.read()
+    finally:
+        await switch.aclose()
+
+
+def test_a_send_with_its_state_in_redis_is_paused_through_the_campaigns_key(
+    tmp_path: Path, sandbox: SandboxProcess, redis_url: str
+) -> None:
+    """With ``--state redis://`` the send's own pause is the campaign's key in that Redis (no
+    journal file to hold it): ``bulksend pause URL --campaign NAME`` pauses it, SIGUSR1 writes
+    the same key, and no warning about a journal file that does not exist."""
+    ledger = tmp_path / "ledger.jsonl"
+    send = Send(tmp_path, paced_campaign(tmp_path), "--base-url", sandbox.base_url,
+                "--state", redis_url)  # fmt: skip
+    try:
+        assert wait_until(lambda: ledger_requests(ledger) >= 20, timeout=20), send.stderr()
+        paused = run_cli("pause", redis_url, "--campaign", "E2E")
+        assert paused.status == 0, paused.stderr
+        assert_nothing_arrives_while_paused(ledger, send)
+        resumed = run_cli("resume", redis_url, "--campaign", "E2E")
+        assert resumed.status == 0, resumed.stderr
+        assert wait_until(lambda: "bulksend: resumed after" in send.stderr(), timeout=10)
+        send.process.send_signal(signal.SIGUSR1)
+        assert wait_until(lambda: "paused by SIGUSR1" in send.stderr(), timeout=10)
+        assert asyncio.run(read_redis_pause(redis_url, "E2E")) is not None
+        resumed = run_cli("resume", redis_url, "--campaign", "E2E")
+        assert resumed.status == 0, resumed.stderr
+        assert_every_recipient_arrived_once(tmp_path, send)
+    finally:
+        send.wait()
+    assert "pause_unreadable" not in send.stderr()
+    assert "journal" not in send.stderr()
+
+
 async def test_the_redis_switch_reads_what_it_wrote(redis_url: str) -> None:
     switch, again, other = (RedisSwitch(redis_url, name) for name in ("Sale", "Sale", "Other"))
     try:

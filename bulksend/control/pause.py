@@ -282,8 +282,9 @@ class PauseControl:
         cls, own: Switch, windows: SendWindows | None, setup: PauseSetup | None
     ) -> PauseControl:
         setup = setup or PauseSetup()
+        others = [s for s in setup.switches if s.name != own.name]  # (--limiter = --state)
         return cls(
-            [own, *setup.switches],
+            [own, *others],
             windows,
             clock=setup.clock,
             interval=setup.interval,
