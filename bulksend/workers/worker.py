@@ -442,7 +442,11 @@ class Feed:
         self, engine: WorkerEngine, entries: list[tuple[bytes, dict[bytes, bytes]]]
     ) -> None:
         batches = []
+        held = {e for e, _ in self.held.values()}
         for entry, fields in entries:
+            if entry.decode() in held:  # (one just taken over is among its own entries too)
+                continue
+            held.add(entry.decode())
             try:
                 batch = decode_batch(dict[Any, Any](fields))
             except ValueError:  # not ours: acknowledge it away
