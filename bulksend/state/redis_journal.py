@@ -17,7 +17,9 @@ the recipient file's digest, all in one Redis Cluster hash tag::
     ...:runs      HASH  run id -> JSON (started, finished, outcome)
     ...:run       STRING the last run id (INCR)
     ...:late      HASH  batch number -> JSON: the outcome of a worker that lost the batch to
-                        another (``bulksend.workers.owning``), kept apart, never the record
+                        another (``bulksend.workers.owning``), kept apart, never the record;
+                        ``open`` joins it to the record (``bulksend.workers.late.reconcile``:
+                        rows it delivered and the takeover did not are delivered)
 
 and ``bulksend:state:{maxtraffic:welcome}:current`` names the state the campaign uses now (its key
 fingerprint and file digest). A send whose ``current`` names another state (the recipient file or
@@ -600,6 +602,7 @@ async def _opened(
     )
     batches = await _batches(client, keys, where)
     parts = await _part_records(client, keys, where)
+    _apply_late(batches, parts, await _hash(client, keys.late, where))
     journal = RedisJournal(
         client,
         keys,
@@ -676,6 +679,33 @@ async def _part_records(
         record = PartRecord(int(line), row["state"], row.get("reason", ""), row.get("http"))
         out.setdefault(int(batch), {})[int(line)] = record
     return out
+
+
+def _apply_late(
+    rows: dict[int, dict[str, Any]],
+    parts: dict[int, dict[int, PartRecord]],
+    late: Mapping[str, str],
+) -> None:
+    """Make the records say what batches really ended in where a worker that lost one got its
+    answer (``bulksend.workers.late.reconcile``): a resume reports those rows as settled
+    earlier and never sends them again."""
+    from bulksend.workers.late import reconcile
+
+    for field, value in late.items():
+        number = int(field)
+        record = rows.get(number)
+        if record is None:
+            continue
+        mine = {
+            p.line: {"state": p.state, "reason": p.reason, "http": p.http_status}
+            for p in parts.get(number, {}).values()
+        }
+        rows[number], merged = reconcile(record, mine, orjson.loads(value))
+        if rows[number].get("state") == "split":
+            parts[number] = {
+                line: PartRecord(line, str(p["state"]), str(p.get("reason") or ""), p.get("http"))
+                for line, p in merged.items()
+            }
 
 
 async def _kept(client: aioredis.Redis, keys: StateKeys, where: str) -> bool:

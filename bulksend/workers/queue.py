@@ -26,6 +26,7 @@ import redis.exceptions as rex
 from bulksend.models import Batch
 from bulksend.state.journal import fast_digest, first_and_last_line
 from bulksend.state.redis_journal import StateKeys
+from bulksend.workers.late import reconcile
 from bulksend.workers.logic import UNSETTLED, encode_batch
 
 GROUP = "workers"
@@ -123,17 +124,23 @@ class WorkQueue:
             pipe = self.client.pipeline(transaction=False)
             pipe.hmget(self.keys.batches, [str(n) for n in numbers])
             pipe.hget(self.keys.work, "stop")
-            got, stop = await pipe.execute()
+            pipe.hmget(self.keys.late, [str(n) for n in numbers])
+            got, stop, lates = await pipe.execute()
             if stop and self.stop is None:
                 self.stop = orjson.loads(stop)
                 self._stopped.set()
-            for number, raw in zip(numbers, got, strict=True):
+            for number, raw, late in zip(numbers, got, lates, strict=True):
                 record = orjson.loads(raw) if raw else {"state": "queued"}
                 if record.get("state") in UNSETTLED and self.stop is None:
                     continue
                 future, lines = self._waiting.pop(number)
+                parts = {}
                 if record.get("state") == "split":
-                    record["parts"] = await self._parts(number, lines)
+                    parts = await self._parts(number, lines)
+                if late:  # (a worker that lost the batch got its answer: late.reconcile)
+                    record, parts = reconcile(record, parts, orjson.loads(late))
+                if record.get("state") == "split":
+                    record["parts"] = parts
                 if not future.done():
                     future.set_result(record)
             await asyncio.sleep(self.poll)
