@@ -458,6 +458,9 @@ async def send_campaign(
                     pause=control,
                 )
                 made = engine
+                lost = getattr(book, "on_lost", None)
+                if lost is not None:  # (state in Redis: a lost lease stops the send)
+                    lost(engine.stop)
                 if on_start is not None:
                     on_start(engine)
                 with letters or contextlib.nullcontext(), contextlib.ExitStack() as stack:

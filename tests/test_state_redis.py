@@ -608,3 +608,49 @@ def test_another_api_key_is_refused_when_the_state_kept_sends(
     (error,) = lines_with(other.stderr, "bulksend: error:")
     assert "cannot resume: the API key changed since this journal was written" in error
     assert "another-key" not in other.stderr
+
+
+# -- sending again what a --state send did not deliver ------------------------------------------
+
+
+def test_what_a_state_send_did_not_deliver_is_sent_by_the_same_send_with_resume(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """docs/operations.md: ``bulksend send CAMPAIGN --state URL --resume`` sends again what was
+    not delivered (here: everything, the provider failing); with a URL that holds no state of
+    the campaign it refuses and sends nothing; ``bulksend retry URL`` points to it."""
+    campaign = campaign_in(tmp_path, ROWS, unique_name(), extra="max_attempts = 1\n")
+    ledger = tmp_path / "ledger.jsonl"
+    failing = SandboxProcess("maxtraffic", "--api-key", KEY, "--fail-rate", "1")
+    with failing as sb:
+        first = run_cli(
+            "send", str(campaign), "--base-url", sb.base_url, "--state", redis_url, "-q",
+            "--progress", "never", env=ENV,
+        )  # fmt: skip
+    assert first.status == 4, first.stderr
+    with (
+        SandboxProcess("maxtraffic", "--api-key", KEY, "--ledger", str(ledger)) as sb,
+        private_redis() as other,  # (a wrong URL: a Redis that never saw the campaign)
+    ):
+        again = (str(campaign), "--base-url", sb.base_url, "--resume", "-q", "--progress", "never")
+        empty = run_cli("send", *again, "--state", other.url, env=ENV)
+        resumed = run_cli(
+            "send", *again, "--state", redis_url, "--summary-json", str(tmp_path / "s.json"),
+            env=ENV,
+        )  # fmt: skip
+    assert empty.status == 2, empty.stderr
+    assert lines_with(empty.stderr, "bulksend:")[-1].endswith(
+        "no state of this campaign to resume (run without --resume)"
+    )
+    assert resumed.status == 0, resumed.stderr
+    assert len(lines_with(resumed.stderr, "resuming")) == 1, resumed.stderr
+    assert ledger_ids(ledger) == Counter({v: 1 for v, _ in ROWS})
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["delivered"] == len(ROWS)
+    retry = run_cli("retry", redis_url, env=ENV)
+    assert retry.status == 2
+    assert retry.stderr.splitlines() == [
+        "bulksend: error: bulksend retry takes a journal file, and a send kept in Redis "
+        "(--state) has none: run the same send again with --resume, bulksend send "
+        "CAMPAIGN_FILE --state URL --resume (it sends again what was not delivered or invalid, "
+        "and refuses when Redis holds no state of the campaign, so a wrong URL sends nothing)"
+    ]

@@ -174,3 +174,31 @@ def test_a_worker_paused_past_idle_sends_nothing_twice_unreported(
     assert status == 0, err[-3000:]
     assert codes == {"w0": 0, "w1": 0, "w2": 0}
     run.check()
+
+
+async def test_a_batch_taken_over_on_a_worker_s_first_look_is_handed_once(
+    client: aioredis.Redis,
+) -> None:
+    """A worker's first look reads its own pending entries (those it held before a restart)
+    after taking over idle ones: an entry just taken over is among them and must not be
+    handed to the engine twice (it was sent twice)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from bulksend.output.report import Summary
+    from bulksend.workers.worker import Feed
+
+    batch = (await _queued(client, 4))[4]
+    await Holder(client, "a").read(batch)  # a holds it ... and dies
+    planned: list[int] = []
+
+    async def plan(b: Batch) -> None:
+        planned.append(b.number)
+
+    engine = SimpleNamespace(
+        _queue=asyncio.Queue(maxsize=8), stopped_by=None, summary=Summary(), _plan=plan
+    )
+    b = Holder(client, "b")
+    feed = Feed(client, KEYS, "b", b.journal, b.held, idle=0.0)
+    await feed._turn(engine, own=True)  # type: ignore[arg-type]
+    assert planned == [4]

@@ -61,13 +61,22 @@ class Campaign:
     #: (``_no_process_left``): a leaked ``Popen`` fails the next test with a ResourceWarning
     started: ClassVar[list[Campaign]] = []
 
-    def __init__(self, tmp: Path, n_unique: int, *, limit: int | None = LIMIT) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        n_unique: int,
+        *,
+        limit: int | None = LIMIT,
+        faults: tuple[str, ...] = (),
+        extra: str = "",
+    ) -> None:
+        """``faults``: more options of the sandbox; ``extra``: more lines under ``[send]``."""
         Campaign.started.append(self)
         self.tmp = tmp
         self.rows = dataset(n_unique)
         self.n_unique = n_unique
         recipients = write_recipients(tmp / "recipients.csv", self.rows)
-        self.campaign = write_campaign(tmp, recipients, batch_size=10, in_flight=4)
+        self.campaign = write_campaign(tmp, recipients, batch_size=10, in_flight=4, extra=extra)
         self.key = "mt-" + secrets.token_hex(12)
         self.ledger = tmp / "ledger.jsonl"
         self.stats_path = tmp / "sandbox-stats.json"
@@ -82,6 +91,7 @@ class Campaign:
             str(self.ledger),
             "--stats",
             str(self.stats_path),
+            *faults,
         )
         self.base_url = self.sandbox.start()
         self.env = {**os.environ, "MAXTRAFFIC_API_KEY": self.key, "PYTHONPATH": str(ROOT)}

@@ -856,7 +856,18 @@ The campaign file, recipient file and the settings in effect (flags, BULKSEND_* 
 file) of the last run are read from the journal, so the retry sends where that run sent unless
 a base URL is given now (--base-url, BULKSEND_BASE_URL, or [send] base_url corrected in the
 campaign file); the provider's secrets come from the environment as for `bulksend send`.
+A send kept in Redis (--state URL) has no journal file: run the same send again, with
+--resume (`bulksend send CAMPAIGN_FILE --state URL --resume`).
 """
+
+
+#: ``bulksend retry redis://...``: what sends again what a --state send did not deliver
+STATE_RETRY = (
+    "bulksend retry takes a journal file, and a send kept in Redis (--state) has none: run the "
+    "same send again with --resume, bulksend send CAMPAIGN_FILE --state URL --resume (it sends "
+    "again what was not delivered or invalid, and refuses when Redis holds no state of the "
+    "campaign, so a wrong URL sends nothing)"
+)
 
 
 def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -890,6 +901,8 @@ async def run_retry(args: argparse.Namespace, ctx: Context) -> int:
     from bulksend.state.journal import Journal
 
     if not args.journal.exists():
+        if str(args.journal).startswith(("redis:/", "rediss:/", "unix:/")):  # (Path ate a /)
+            raise ConfigError(STATE_RETRY)
         raise ConfigError(f"{args.journal}: no such journal")
     stored = Journal.read_campaign(args.journal)
     meta = Journal.read_meta(args.journal)

@@ -17,11 +17,18 @@ the recipient file's digest, all in one Redis Cluster hash tag::
     ...:runs      HASH  run id -> JSON (started, finished, outcome)
     ...:run       STRING the last run id (INCR)
     ...:late      HASH  batch number -> JSON: the outcome of a worker that lost the batch to
-                        another (``bulksend.workers.owning``), kept apart, never the record
+                        another (``bulksend.workers.owning``), kept apart, never the record;
+                        ``open`` joins it to the record (``bulksend.workers.late.reconcile``:
+                        rows it delivered and the takeover did not are delivered)
+
+    ...:owner     STRING the lease value of the send that opened the state last: every write
+                        of the records is checked against it in the same step
 
 and ``bulksend:state:{maxtraffic:welcome}:current`` names the state the campaign uses now (its key
-fingerprint and file digest). A send whose ``current`` names another state (the recipient file or
-the API key changed) is refused, naming what changed, when that state records a batch the provider
+fingerprint and file digest); ``...{maxtraffic:welcome}:lease`` is the campaign's lease, taken
+by ``open`` before anything else: one send of a campaign at a time (``bulksend.state.lease``).
+A send whose ``current`` names another state (the recipient file or the API key changed) is
+refused, naming what changed, when that state records a batch the provider
 may have kept; ``--fresh`` deletes it and starts over; otherwise it is deleted and the send starts
 over, saying why -- as the SQLite journal does for a changed file. Within one state the identity
 is compared as the SQLite journal's (``Identity.changes``: a changed message or batch size is
@@ -88,6 +95,7 @@ from bulksend.state.journal import (
     opening_note,
     refusal,
 )
+from bulksend.state.lease import HSET_HELD, Lease, held_args
 
 __all__ = ["PREFIX", "RedisJournal", "StateKeys", "persistence_warning", "state_keys"]
 
@@ -160,6 +168,17 @@ class StateKeys:
         """Each worker's counts, by its name (``bulksend.workers``)."""
         return f"{self.base}:workers"
 
+    @property
+    def owner(self) -> str:
+        """The lease value of the send that opened this state last (``bulksend.state.lease``):
+        a write of the records is made only while it is the writer's."""
+        return f"{self.base}:owner"
+
+    @property
+    def lease(self) -> str:
+        """The campaign's lease: one send of it at a time (``bulksend.state.lease``)."""
+        return f"{self.prefix}:{{{self.provider}:{self.name}}}:lease"
+
     def every(self) -> list[str]:
         """The state's keys (not ``current``)."""
         return [
@@ -172,6 +191,7 @@ class StateKeys:
             self.work,
             self.workers,
             self.late,
+            self.owner,
         ]
 
     def other(self, state_id: str) -> StateKeys:
@@ -292,6 +312,8 @@ class RedisJournal:
         self._soon = False
         self._writer: asyncio.Task[None] | None = None
         self._failed = ""  # why the last write failed ("" when it went through)
+        #: the campaign's lease (``open``): the records are written only while it is held
+        self.lease: Lease | None = None
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -328,18 +350,39 @@ class RedisJournal:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES)
         client = client_from_url(url, timeout=connect_timeout, flag="--state", retry=retry)
         keys = state_keys(provider, fingerprint, name, identity.recipients)
+        lease = Lease(client, keys.lease, keys.owner, f"state {where}", name)
         try:
             await _unavailable(client.ping(), where, "is unreachable")
             warning = await _unavailable(persistence_warning(client, where), where)
             if warning and say is not None:
                 say(warning)
-            journal = await _opened(client, keys, where, identity, resume, fresh, meta, ttl)
+            await _unavailable(lease.take(say), where)
+            journal = await _opened(
+                client, keys, where, identity, resume, fresh, meta, ttl, lease.value
+            )
         except BaseException:
             with contextlib.suppress(*DOWN):
+                await lease.release()
                 await client.aclose()
             raise
         journal._say = say
+        journal.lease = lease
+        lease.keep(journal._lost)
         return journal
+
+    def on_lost(self, callback: Callable[[UnavailableError], object]) -> None:
+        """Tell ``callback`` when this send loses the campaign's lease (it must stop)."""
+        if self.lease is not None:
+            self.lease.on_lost(callback)
+
+    def _lost(self, error: UnavailableError) -> None:
+        """The lease is lost: nothing more is written; whoever waits for a write is told."""
+        self._pending.clear()
+        self._expire = None
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_exception(error)
 
     @property
     def where(self) -> str:
@@ -463,9 +506,17 @@ class RedisJournal:
             pending, self._pending = self._pending, {}
             expire, self._expire = self._expire, None
             waiters, self._waiters = self._waiters, []
+            lease = self.lease
+            if lease is not None and lease.lost:  # (another send's now: write nothing)
+                self._lost(UnavailableError(lease.lost))
+                return
             pipe = self._client.pipeline(transaction=self.atomic)
-            for key, fields in pending.items():  # one HSET a hash, whatever was queued
-                pipe.hset(key, items=[x for field in fields.items() for x in field])
+            fenced = lease is not None and bool(pending)
+            if lease is not None and pending:  # only while the state is still this send's
+                pipe.eval(HSET_HELD, *held_args(self.keys.owner, lease.value, pending))
+            else:
+                for key, fields in pending.items():  # one HSET a hash, whatever was queued
+                    pipe.hset(key, items=[x for field in fields.items() for x in field])
             extra = self._more(pipe)
             if expire is not None:
                 for key in [*self.keys.every(), self.keys.current]:
@@ -486,6 +537,13 @@ class RedisJournal:
                         w.set_exception(error)
                 return
             self._failed = ""
+            if fenced and lease is not None and replies[0] == 0:
+                lease.refused()
+                self._lost(UnavailableError(lease.lost))
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(UnavailableError(lease.lost))
+                return
             self._done(extra, replies)
             for w in waiters:
                 if not w.done():
@@ -517,6 +575,11 @@ class RedisJournal:
     async def aclose(self, outcome: str = "finished") -> None:
         """Write what is queued and the run's end; with ``outcome == "finished"`` the keys
         expire after ``ttl`` seconds. What cannot be written is said in one line."""
+        if self.lease is not None and self.lease.lost:  # (the state is another send's now)
+            await self.lease.release()
+            with contextlib.suppress(*DOWN):
+                await self._client.aclose()
+            return
         run = orjson.dumps({"started": self._started, "finished": time.time(), "outcome": outcome})
         self._queue(self.keys.runs, {str(self.run_id): run})
         if outcome == "finished":
@@ -534,6 +597,8 @@ class RedisJournal:
                 f"state(s) ({self._failed}): the next run resends those batches as possible "
                 "duplicates"
             )
+        if self.lease is not None:
+            await self.lease.release()
         with contextlib.suppress(*DOWN):
             await self._client.aclose()
 
@@ -564,8 +629,10 @@ async def _opened(
     fresh: bool,
     meta: Mapping[str, Any] | None,
     ttl: float,
+    owner: bytes,
 ) -> RedisJournal:
-    """The checks and writes of ``RedisJournal.open`` (Redis errors as ``UnavailableError``)."""
+    """The checks and writes of ``RedisJournal.open`` (Redis errors as ``UnavailableError``);
+    ``owner``: the lease's value, which fences every later write of the records."""
     shown = f"state {where}"
     restarted = await _other_state(client, keys, shown, identity, resume=resume, fresh=fresh)
     if fresh:
@@ -587,6 +654,7 @@ async def _opened(
         "meta": orjson.dumps(dict(meta or {})),
     }
     pipe = client.pipeline(transaction=True)
+    pipe.set(keys.owner, owner)  # (before the records are read: a stalled send's writes stop)
     pipe.set(keys.current, keys.state_id)
     pipe.hset(keys.campaign, items=[x for row in rows.items() for x in row])
     for key in [*keys.every(), keys.current]:
@@ -599,6 +667,7 @@ async def _opened(
     )
     batches = await _batches(client, keys, where)
     parts = await _part_records(client, keys, where)
+    _apply_late(batches, parts, await _hash(client, keys.late, where))
     journal = RedisJournal(
         client,
         keys,
@@ -675,6 +744,33 @@ async def _part_records(
         record = PartRecord(int(line), row["state"], row.get("reason", ""), row.get("http"))
         out.setdefault(int(batch), {})[int(line)] = record
     return out
+
+
+def _apply_late(
+    rows: dict[int, dict[str, Any]],
+    parts: dict[int, dict[int, PartRecord]],
+    late: Mapping[str, str],
+) -> None:
+    """Make the records say what batches really ended in where a worker that lost one got its
+    answer (``bulksend.workers.late.reconcile``): a resume reports those rows as settled
+    earlier and never sends them again."""
+    from bulksend.workers.late import reconcile
+
+    for field, value in late.items():
+        number = int(field)
+        record = rows.get(number)
+        if record is None:
+            continue
+        mine = {
+            p.line: {"state": p.state, "reason": p.reason, "http": p.http_status}
+            for p in parts.get(number, {}).values()
+        }
+        rows[number], merged = reconcile(record, mine, orjson.loads(value))
+        if rows[number].get("state") == "split":
+            parts[number] = {
+                line: PartRecord(line, str(p["state"]), str(p.get("reason") or ""), p.get("http"))
+                for line, p in merged.items()
+            }
 
 
 async def _kept(client: aioredis.Redis, keys: StateKeys, where: str) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from bulksend.dispatch.engine import Engine, Result
+from bulksend.errors import UnavailableError
 from bulksend.models import Batch, Status
 from bulksend.state.journal import BatchJournal, BatchRecord
 from bulksend.workers.logic import Plan, planned, settled_results
@@ -65,8 +66,13 @@ class Planner(Engine):
                 self._skip(batch)
                 self._queue.task_done()
                 continue
-            if batch.number not in self._awaited:
-                await self.work.add(batch)
+            if batch.number not in self._awaited and not await self.work.add(batch):
+                if self.work.lease is not None and self.work.lease.lost and self._stop is None:
+                    self.stop(UnavailableError(self.work.lease.lost))
+                if self._stop is not None:  # (not queued: the send stopped meanwhile)
+                    self._skip(batch)
+                    self._queue.task_done()
+                    continue
             self._queue.task_done()
             record = await self.work.settled(batch)
             if self.work.stop is not None and self._stop is None:
@@ -114,7 +120,7 @@ def planner_factory(url: str) -> Any:
 
     def make(*args: Any, **kwargs: Any) -> Planner:
         journal = kwargs["journal"]
-        work = WorkQueue(journal.client, journal.keys)
+        work = WorkQueue(journal.client, journal.keys, lease=journal.lease)
         options = replace(args[4], workers=WAITING)
         return Planner(
             *args[:4],

@@ -25,8 +25,20 @@ import redis.exceptions as rex
 
 from bulksend.models import Batch
 from bulksend.state.journal import fast_digest, first_and_last_line
+from bulksend.state.lease import Lease
 from bulksend.state.redis_journal import StateKeys
+from bulksend.workers.late import reconcile
 from bulksend.workers.logic import UNSETTLED, encode_batch
+
+#: KEYS: owner, stream, batches, work. ARGV: the lease's value, batch number, its record, the
+#: stream entry's fields. Queues the batch (0: not, the state is another planner's now).
+ADD_HELD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[4], 'enqueued', 1)
+return 1
+"""
 
 GROUP = "workers"
 REGISTRY = "bulksend:work:campaigns"
@@ -57,6 +69,8 @@ class WorkQueue:
     stop: dict[str, Any] | None = None  # what a worker stopped the campaign with
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _adding: asyncio.Lock = field(default_factory=asyncio.Lock)  # one add at a time, in order
+    #: the campaign's lease (the planner's): a batch is queued only while it is held
+    lease: Lease | None = None
 
     async def start(self, name: str, provider: str) -> None:
         """Register the campaign for workers and (re)open the plan: not all enqueued yet."""
@@ -68,16 +82,17 @@ class WorkQueue:
         pipe.hdel(self.keys.work, "stop")
         await pipe.execute()
 
-    async def add(self, batch: Batch) -> None:
+    async def add(self, batch: Batch) -> bool:
         """Add ``batch`` to the stream once it has room, with its record ``queued`` (one
-        MULTI: a planner that dies after it finds the record and does not add it again)."""
+        step: a planner that dies after it finds the record and does not add it again).
+        False when it was not added: the campaign stopped, or the planner lost its lease."""
         async with self._adding:
-            await self._add(batch)
+            return await self._add(batch)
 
-    async def _add(self, batch: Batch) -> None:
+    async def _add(self, batch: Batch) -> bool:
         while await self.client.xlen(self.keys.stream) >= self.capacity:
             if self.stop is not None:
-                return
+                return False
             await asyncio.sleep(self.poll)
         recs = batch.recipients
         first, last = first_and_last_line(recs)
@@ -96,11 +111,22 @@ class WorkQueue:
             "run": None,
             "doubt": batch.doubt,
         }
+        if self.lease is not None:  # (only while the state is still this planner's)
+            if self.lease.lost:
+                return False
+            keys = (self.keys.owner, self.keys.stream, self.keys.batches, self.keys.work)
+            fields = [x for item in encode_batch(batch).items() for x in item]
+            args = [self.lease.value, batch.number, orjson.dumps(record), *fields]
+            if await self.client.eval(ADD_HELD, len(keys), *keys, *args) == 1:
+                return True
+            self.lease.refused()
+            return False
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.keys.stream, encode_batch(batch))  # type: ignore[arg-type]
         pipe.hset(self.keys.batches, str(batch.number), orjson.dumps(record))
         pipe.hincrby(self.keys.work, "enqueued", 1)
         await pipe.execute()
+        return True
 
     async def all_enqueued(self, batches: int, rows: int) -> None:
         await self.client.hset(
@@ -123,17 +149,24 @@ class WorkQueue:
             pipe = self.client.pipeline(transaction=False)
             pipe.hmget(self.keys.batches, [str(n) for n in numbers])
             pipe.hget(self.keys.work, "stop")
-            got, stop = await pipe.execute()
+            pipe.hmget(self.keys.late, [str(n) for n in numbers])
+            got, stop, lates = await pipe.execute()
             if stop and self.stop is None:
                 self.stop = orjson.loads(stop)
                 self._stopped.set()
-            for number, raw in zip(numbers, got, strict=True):
+            lost = self.lease is not None and bool(self.lease.lost)  # (it stops the planner)
+            for number, raw, late in zip(numbers, got, lates, strict=True):
                 record = orjson.loads(raw) if raw else {"state": "queued"}
-                if record.get("state") in UNSETTLED and self.stop is None:
+                if record.get("state") in UNSETTLED and self.stop is None and not lost:
                     continue
                 future, lines = self._waiting.pop(number)
+                parts = {}
                 if record.get("state") == "split":
-                    record["parts"] = await self._parts(number, lines)
+                    parts = await self._parts(number, lines)
+                if late:  # (a worker that lost the batch got its answer: late.reconcile)
+                    record, parts = reconcile(record, parts, orjson.loads(late))
+                if record.get("state") == "split":
+                    record["parts"] = parts
                 if not future.done():
                     future.set_result(record)
             await asyncio.sleep(self.poll)

@@ -11,6 +11,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from bulksend.state.redis_journal import StateKeys
+from bulksend.workers.late import reconcile
 from bulksend.workers.logic import Progress, eta_text
 from bulksend.workers.queue import GROUP
 
@@ -24,10 +25,17 @@ async def read_status(client: aioredis.Redis, keys: StateKeys) -> dict[str, Any]
     work, length, workers = await pipe.execute()
     states: Counter[str] = Counter()
     rows: Counter[str] = Counter()
-    async for _, value in client.hscan_iter(keys.batches, count=5000):
+    late = await client.hgetall(keys.late)  # (rare: batches a stalled worker still answered)
+    async for field, value in client.hscan_iter(keys.batches, count=5000):
         record = orjson.loads(value)
+        parts: dict[int, Any] = {}
+        if field in late:
+            record, parts = await _reconciled(client, keys, field, record, late[field])
         states[record.get("state", "?")] += 1
-        rows[record.get("state", "?")] += int(record.get("size", 0))
+        if parts:
+            rows.update(str(p.get("state")) for p in parts.values())
+        else:
+            rows[record.get("state", "?")] += int(record.get("size", 0))
     pending = 0
     if length:
         try:
@@ -42,6 +50,17 @@ async def read_status(client: aioredis.Redis, keys: StateKeys) -> dict[str, Any]
         "rows": dict(rows),
         "workers": {k.decode(): orjson.loads(v) for k, v in workers.items()},
     }
+
+
+async def _reconciled(
+    client: aioredis.Redis, keys: StateKeys, field: Any, record: Any, late: bytes | str
+) -> tuple[dict[str, Any], dict[int, Any]]:
+    """A batch's record joined with the late outcome of a worker that lost it (``late``)."""
+    parts = {}
+    if record.get("state") == "split":
+        async for name, value in client.hscan_iter(keys.parts, match=f"{field.decode()}:*"):
+            parts[int(name.rpartition(b":")[2])] = orjson.loads(value)
+    return reconcile(record, parts, orjson.loads(late))
 
 
 def progress(status: Mapping[str, Any], now: float) -> Progress:

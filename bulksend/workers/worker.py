@@ -54,6 +54,7 @@ from bulksend.state.journal import (
 )
 from bulksend.state.redis_journal import RedisJournal, StateKeys
 from bulksend.state.redis_journal import _record as record_of
+from bulksend.workers.late import delivered_late
 from bulksend.workers.logic import decode_batch, may_finish
 from bulksend.workers.owning import GIVE_BACK, REFRESH, WRITE, Owed, write_args
 from bulksend.workers.queue import GROUP, REGISTRY, _text, stop_error, stop_kind, stop_record
@@ -287,6 +288,7 @@ class WorkerEngine(Engine):
     def __init__(self, *args: Any, feed: Feed, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.feed = feed
+        self._unanswered: set[int] = set()  # batches a request of this worker got no answer
 
     async def _read(self, chunks: Any) -> None:
         await self.feed.serve(self)
@@ -317,6 +319,16 @@ class WorkerEngine(Engine):
         """As the engine's, but a batch another worker took over meanwhile is not sent (again)
         by this one: the refresh (every ``idle / 3`` s) or a refused write told it."""
         permit = await super()._admit(job, part)
+        if permit is not None and job.batch.possibly_sent:  # (a resend: was it answered late?)
+            lines = [r.line for r in part.batch.recipients]
+            unanswered = job.batch.number in self._unanswered
+            reason = delivered_late(
+                await self.feed.late(job.batch.number), lines, unanswered=unanswered
+            )
+            if reason:
+                self.scheduler.cancel(permit)
+                self._settle(job, Status.DELIVERED, reason, None)
+                return None
         if permit is None or job.batch.number not in self.feed.journal.lost:
             return permit
         self.scheduler.cancel(permit)
@@ -329,6 +341,10 @@ class WorkerEngine(Engine):
 
     def _skip(self, batch: Batch) -> None:
         self.feed.give_back(batch.number)
+
+    def _no_response(self, job: Any, part: Any, permit: Any, exc: Any) -> float | None:
+        self._unanswered.add(job.batch.number)  # (its resend may have arrived: delivered_late)
+        return super()._no_response(job, part, permit, exc)
 
 
 @dataclass(eq=False)
@@ -450,7 +466,11 @@ class Feed:
         self, engine: WorkerEngine, entries: list[tuple[bytes, dict[bytes, bytes]]]
     ) -> None:
         batches = []
+        held = {e for e, _ in self.held.values()}
         for entry, fields in entries:
+            if entry.decode() in held:  # (one just taken over is among its own entries too)
+                continue
+            held.add(entry.decode())
             try:
                 batch = decode_batch(dict[Any, Any](fields))
             except ValueError:  # not ours: acknowledge it away
@@ -489,6 +509,14 @@ class Feed:
             stopped=bool(stop),
             gone=not exists,
         )
+
+    async def late(self, number: int) -> dict[str, Any] | None:
+        """The outcome the worker that lost batch ``number`` got afterwards (``late``), if
+        any (None too when Redis does not answer: the batch is sent as it would be)."""
+        with contextlib.suppress(*DOWN):
+            raw = await self.client.hget(self.keys.late, str(number))
+            return orjson.loads(raw) if raw else None
+        return None
 
     def give_back(self, number: int) -> None:
         if number in self.held and number not in self._given_back:
