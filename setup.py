@@ -22,6 +22,7 @@ class BuildExt(build_ext):
 setup(
     ext_modules=[
         Extension("bulksend.dedup._keyset", ["bulksend/dedup/_keyset.c"], optional=True),
+        Extension("bulksend.sources._split", ["bulksend/sources/_split.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )
