@@ -22,7 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("BULKSEND_VENV", ROOT / ".venv"))
 #: what the installed environment is built from: a change to any of them reinstalls
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "bulksend/dedup/_keyset.c")
+BUILD_INPUTS = (
+    "pyproject.toml",
+    "setup.py",
+    "bulksend/dedup/_keyset.c",
+    "bulksend/sources/_split.c",
+)
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 
@@ -48,10 +53,12 @@ def ensure_venv(extras: str) -> None:
         venv.create(VENV, with_pip=True)
     run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     # an extension built earlier would stay if this build failed (it is optional): remove it,
-    # so a failed build shows (tests/test_keyset_c.py fails where a C compiler exists)
-    for built in (ROOT / "bulksend" / "dedup").glob("_keyset.*.*"):
-        if built.suffix in {".so", ".pyd"}:
-            built.unlink()
+    # so a failed build shows (tests/test_dedup.py and tests/test_split.py fail where a C
+    # compiler exists)
+    for folder, name in (("dedup", "_keyset"), ("sources", "_split")):
+        for built in (ROOT / "bulksend" / folder).glob(f"{name}.*.*"):
+            if built.suffix in {".so", ".pyd"}:
+                built.unlink()
     target = f".[{extras}]" if extras else "."
     run(PY, "-m", "pip", "install", "--quiet", "-e", target)
     stamp.write_text(stamp_text)

@@ -1,8 +1,10 @@
-"""Builds the optional C extension; the project's metadata is in pyproject.toml.
+"""Builds the optional C extensions; the project's metadata is in pyproject.toml.
 
-``bulksend.dedup._keyset`` makes deduplication several times faster. It is optional: without a
-C compiler (or Python's headers) the build prints a warning, the install still succeeds, and
-bulksend uses the numpy key set instead (as it does with ``BULKSEND_NO_EXTENSIONS=1``).
+``bulksend.dedup._keyset`` makes deduplication several times faster, ``bulksend.sources._split``
+reads CSV blocks about twice as fast. They are optional: without a C compiler (or Python's
+headers) the build prints a warning, the install still succeeds, and bulksend uses the numpy key
+set and splits CSV with ``str`` methods and ``csv.reader`` instead (as it does with
+``BULKSEND_NO_EXTENSIONS=1``).
 """
 
 from setuptools import Extension, setup
@@ -22,6 +24,7 @@ class BuildExt(build_ext):
 setup(
     ext_modules=[
         Extension("bulksend.dedup._keyset", ["bulksend/dedup/_keyset.c"], optional=True),
+        Extension("bulksend.sources._split", ["bulksend/sources/_split.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

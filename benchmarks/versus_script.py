@@ -295,6 +295,7 @@ def read_speed(runner: Contenders, files: dict[str, Path], rounds: int, warm: Pa
                 text=True,
                 check=True,
                 env=runner.env,
+                cwd=runner.work,  # (-c puts the current directory first: not a checkout's)
             ).stdout.split()
             wall[fmt].append(float(out[0]))
             cpu[fmt].append(float(out[1]))
@@ -360,6 +361,7 @@ def startup(work: Path, path: Path, runs: int, args: argparse.Namespace) -> None
             text=True,
             check=True,
             env=runner.env,
+            cwd=runner.work,
         ).stderr
         total, _ = importtime(err)
         print(f"  {label:<22}: {total * 1000:6.0f} ms")

@@ -32,8 +32,15 @@ from bulksend.sources import stream as stream_module
 from bulksend.sources.delimited import layout_for
 from bulksend.sources.spec import Chunk
 from tests.hypothesis_profiles import examples
+from tests.splitters import SPLITTERS, Splits, use_splitter
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(params=SPLITTERS)
+def splitter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """CSV blocks split in C (the list: whether it read each block it was given), or not."""
+    return use_splitter(monkeypatch, request.param)
 
 
 def read(path: str | Path, **options: object) -> list[Recipient | Rejected]:
@@ -52,16 +59,18 @@ def X(line: int, reason: str, id: str | None = None, uid: str | None = None) -> 
 # -- the corpus: every format -----------------------------------------------------------------
 
 
-def test_comma_crlf_bom_quoted_fields() -> None:
+def test_comma_crlf_bom_quoted_fields(splitter: Splits) -> None:
     assert read(DATA / "comma_crlf_bom.csv") == [
         R(2, "v1", "u1", Name="Ann"),
         R(3, "v2,with comma", "u2", Name='She said "hi"'),
         R(4, "v3", None, Name="two\r\nlines"),  # the record starts on line 4, spans 4-5
         R(6, "v4", "u4", Name="Dan"),  # id and uid stripped, attrs kept as they are
     ]
+    assert all(splitter)  # a CRLF inside quotes: in C too
+    assert bool(splitter) == splitter.c
 
 
-def test_semicolon_dialect_is_sniffed() -> None:
+def test_semicolon_dialect_is_sniffed(splitter: Splits) -> None:
     with open_source(SourceSpec(path=str(DATA / "semicolon.csv"))) as rows:
         assert (rows.format, rows.delimiter, rows.header) == ("csv", ";", ["id", "uid", "city"])
         assert list(rows) == [
@@ -71,11 +80,11 @@ def test_semicolon_dialect_is_sniffed() -> None:
         ]
 
 
-def test_pipe_dialect_in_an_unknown_extension_is_sniffed() -> None:
+def test_pipe_dialect_in_an_unknown_extension_is_sniffed(splitter: Splits) -> None:
     assert read(DATA / "pipe.txt") == [R(2, "1", "a"), R(3, "2", "b")]
 
 
-def test_tsv_with_columns_in_any_order() -> None:
+def test_tsv_with_columns_in_any_order(splitter: Splits) -> None:
     assert read(DATA / "tabs.tsv") == [
         R(2, "1", "u1", email="a@example.com"),
         R(3, "2", "u2", email=""),
@@ -106,7 +115,7 @@ def test_plain_list_of_uids() -> None:
     assert items == [R(1, None, "abc"), R(3, None, "def"), R(4, None, "ghi")]
 
 
-def test_single_column_csv_with_only_the_id_column() -> None:
+def test_single_column_csv_with_only_the_id_column(splitter: Splits) -> None:
     assert read(DATA / "only_id.csv") == [R(2, "A"), R(3, "B")]
 
 
@@ -123,7 +132,7 @@ def test_stdin_plain_and_gzipped() -> None:
             assert list(rows) == [R(2, "1", "a")]
 
 
-def test_latin1_needs_encoding_and_a_bad_row_is_reported_not_fatal() -> None:
+def test_latin1_needs_encoding_and_a_bad_row_is_reported_not_fatal(splitter: Splits) -> None:
     assert read(DATA / "latin1.csv") == [
         X(2, "undecodable bytes (not utf-8; try --encoding)", id="1"),
         R(3, "2", name="Zoe"),
@@ -134,7 +143,9 @@ def test_latin1_needs_encoding_and_a_bad_row_is_reported_not_fatal() -> None:
     ]
 
 
-def test_bad_rows_are_rejected_with_line_and_reason_and_reading_goes_on() -> None:
+def test_bad_rows_are_rejected_with_line_and_reason_and_reading_goes_on(
+    splitter: Splits,
+) -> None:
     assert read(DATA / "bad_rows.csv") == [
         R(2, "1", "u1", name="ok"),
         X(3, "wrong number of fields (expected 3, got 4)"),
@@ -145,6 +156,7 @@ def test_bad_rows_are_rejected_with_line_and_reason_and_reading_goes_on() -> Non
         X(8, "empty row: no id and no uid"),
         R(9, "5", "u5", name="last"),
     ]
+    assert splitter == ([False] if splitter.c else [])  # the C splitter declines: an empty line
 
 
 def test_describe_gives_file_and_line() -> None:
@@ -211,7 +223,7 @@ def test_truncated_gzip_far_into_the_file_fails_while_reading(tmp_path: Path) ->
 # -- options -----------------------------------------------------------------------------------
 
 
-def test_custom_columns_without_attrs_and_a_shorter_limit(tmp_path: Path) -> None:
+def test_custom_columns_without_attrs_and_a_shorter_limit(tmp_path: Path, splitter: Splits) -> None:
     path = tmp_path / "x.csv"
     path.write_text("Visitor,User,plan\nv1,u1,gold\nv2,uuuuuuuuuuu,silver\n")
     items = read(
@@ -220,7 +232,7 @@ def test_custom_columns_without_attrs_and_a_shorter_limit(tmp_path: Path) -> Non
     assert items == [R(2, "v1", "u1"), X(3, "value too long in column 'User' (11 > 10 chars)")]
 
 
-def test_explicit_format_and_delimiter(tmp_path: Path) -> None:
+def test_explicit_format_and_delimiter(tmp_path: Path, splitter: Splits) -> None:
     path = tmp_path / "x.data"
     path.write_text("id:uid\n1:a\n")
     assert read(path, delimiter=":") == [R(2, "1", "a")]
@@ -296,6 +308,7 @@ def test_fast_path_matches_csv_reader_and_row_rules(
     block: int,
     quote_all: bool,
     line_end: str,
+    splitter: Splits,
 ) -> None:
     monkeypatch.setattr(stream_module, "BLOCK", block)
     path = tmp_path / "h.csv"
@@ -340,7 +353,11 @@ def _quoted_with(rows: list[list[str]], piece: str, at: int) -> str:
     return text[:at] + piece + text[at:]
 
 
-@settings(max_examples=examples(400), deadline=None)
+@settings(
+    max_examples=examples(400),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     text=st.one_of(
         st.lists(PIECE, max_size=40).map("".join),
@@ -363,7 +380,9 @@ def _quoted_with(rows: list[list[str]], piece: str, at: int) -> str:
     ),
     delimiter=st.sampled_from([",", ";"]),
 )
-def test_a_block_split_fast_reads_as_csv_reader_reads_it(text: str, delimiter: str) -> None:
+def test_a_block_split_fast_reads_as_csv_reader_reads_it(
+    text: str, delimiter: str, splitter: Splits
+) -> None:
     """Whatever the text of a block, the fast path either declines it or gives exactly the
     rows ``csv.reader`` gives (with the per-row rules), line numbers included."""
     from bulksend.sources.delimited import DelimitedReader, make_dialect
@@ -379,8 +398,17 @@ def test_a_block_split_fast_reads_as_csv_reader_reads_it(text: str, delimiter: s
     chunk = reader._fast(text)
     if chunk is None:
         return
-    records = list(csv.reader(io.StringIO(text, newline=""), make_dialect(delimiter)))
-    expected = reader.layout.rows(range(2, 2 + len(records)), records)
+    lines = csv.reader(io.StringIO(text, newline=""), make_dialect(delimiter))
+    numbers, records = [], []
+    while True:  # a record of several lines has the number of its first
+        before = lines.line_num
+        record = next(lines, None)
+        if record is None:
+            break
+        numbers.append(2 + before)
+        records.append(record)
+    expected = reader.layout.rows(numbers, records)
+    assert reader._line == 2 + lines.line_num  # the next block's first line
     assert list(chunk.recipients) == list(expected.recipients)
     assert chunk.rejected == expected.rejected
 
@@ -395,7 +423,11 @@ def test_a_block_split_fast_reads_as_csv_reader_reads_it(text: str, delimiter: s
     ],
 )
 def test_crlf_and_all_quoted_files_take_the_fast_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quoting: int, line_end: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    quoting: int,
+    line_end: str,
+    splitter: Splits,
 ) -> None:
     from bulksend.sources.delimited import DelimitedReader
 
@@ -418,6 +450,8 @@ def test_crlf_and_all_quoted_files_take_the_fast_path(
     got = read(path)
     assert got == [R(i + 2, id, uid, name=name) for i, (id, uid, name) in enumerate(rows)]
     assert slow == []  # none went through csv.reader, not even the rest of the header's block
+    assert all(splitter)  # each block in C, when it is there
+    assert bool(splitter) == splitter.c
 
 
 JSON_VALUE = st.one_of(
@@ -606,7 +640,7 @@ HINT = 'close the quote, or write a quote inside a quoted field as ""'
     ],
 )
 def test_a_quote_that_never_closes_rejects_its_row_and_reading_goes_on(
-    tmp_path: Path, at: int, stray: str
+    tmp_path: Path, at: int, stray: str, splitter: Splits
 ) -> None:
     """csv.reader (not strict) would read the rest of the file as one field of one row."""
     path = tmp_path / "r.csv"
@@ -619,11 +653,14 @@ def test_a_quote_that_never_closes_rejects_its_row_and_reading_goes_on(
     assert got[at + 1] == R(at + 3, f"v{at + 1}", f"u{at + 1}")
     assert [type(r) for r in got].count(Rejected) == 1
     assert got[-1] == R(50_001, "v49999", "u49999")
+    if splitter.c:  # blocks of good rows in C; the one with the stray quote declined
+        assert True in splitter
+        assert False in splitter
 
 
 @pytest.mark.parametrize("block", [16, 64, 1 << 18])  # the record across blocks, or not
 def test_lines_inside_a_quote_that_closes_too_late_are_each_rejected(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, splitter: Splits
 ) -> None:
     """Two stray quotes pair up: which lines were rows is a guess, so none is sent or lost."""
     monkeypatch.setattr(stream_module, "BLOCK", block)
@@ -637,10 +674,13 @@ def test_lines_inside_a_quote_that_closes_too_late_are_each_rejected(
         X(5, f"inside the quoted field that starts on line 3: {fit}"),
         R(6, "v5", "u5"),
     ]
+    assert (False in splitter) == splitter.c  # the C splitter declines the stray quote's block
 
 
 @pytest.mark.parametrize("end", ["\n", "", "\r\n"])
-def test_a_closed_quote_at_the_end_of_the_file_is_fine(tmp_path: Path, end: str) -> None:
+def test_a_closed_quote_at_the_end_of_the_file_is_fine(
+    tmp_path: Path, end: str, splitter: Splits
+) -> None:
     path = tmp_path / "r.csv"
     path.write_text(f'id,uid\nv1,"u1"\nv2,"u\n2"{end}', newline="")
     got = read(path)

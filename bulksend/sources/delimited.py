@@ -8,12 +8,21 @@ gives for them and is several times faster: a plain block on the delimiter, a qu
 field (a delimiter may be). Any other block (or any block of a dialect with
 ``skipinitialspace``) goes through ``csv.reader`` until it ends on a record boundary, so quoted
 fields with delimiters, quotes and newlines inside, even across blocks, are read correctly.
+
+Before those, the optional C extension :mod:`bulksend.sources._split` (built by ``pip install``
+where a C compiler is there) reads a block in one pass, straight into the columns wanted: any
+block of whole records as ``csv.reader`` reads them (plain fields, quoted ones with doubled
+quotes, delimiters and line ends inside, LF, CRLF or CR line ends), and declines the rest (a
+stray quote, a quote not closed in the block, a line of the wrong width, an empty line), which
+then goes the ways above. ``SPLIT`` is its ``split``, or None when it was not built or the
+environment variable ``BULKSEND_NO_EXTENSIONS`` is set (not empty, not ``0``) on import.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 
 from bulksend.errors import InputError
 from bulksend.models import Rejected
@@ -28,6 +37,29 @@ SLOW_CHUNK = 8192
 QUOTE = '"'
 UNCLOSED_HINT = 'close the quote, or write a quote inside a quoted field as ""'
 _SPANNING = "spanning"  # DelimitedReader._stray: a multi-line record that is not one
+#: set (not empty, not "0") to read without the C extensions (bulksend.dedup.deduper too)
+NO_EXTENSIONS_VAR = "BULKSEND_NO_EXTENSIONS"
+
+
+#: ``_split.split(block, delimiter, width, wanted, limit)``: (columns, records, lines, starts)
+Splitter = Callable[
+    [str, str, int, Sequence[int], int],
+    tuple[list[list[str]], int, int, list[int] | None] | None,
+]
+
+
+def _load_split() -> Splitter | None:
+    if os.environ.get(NO_EXTENSIONS_VAR, "") not in ("", "0"):
+        return None
+    try:
+        from bulksend.sources import _split
+    except ImportError:  # not built (no C compiler at install time)
+        return None
+    return _split.split
+
+
+#: the C block splitter, or None (see the module)
+SPLIT = _load_split()
 
 
 class Dialect(csv.Dialect):
@@ -139,6 +171,7 @@ class DelimitedReader:
         self._needed = sorted(
             {i for _, i, _ in self.layout.keys} | {i for i, _ in self.layout.attrs}
         )
+        self._split = SPLIT
 
     def _header(self) -> list[str]:
         reader = csv.reader(self._feed, self._dialect)
@@ -175,9 +208,14 @@ class DelimitedReader:
                 yield from self._slow()
 
     def _fast(self, block: str) -> Chunk | None:
-        """A block of plain or all-quoted records: split on the delimiter (see the module)."""
+        """A block of whole records, in C, or else plain or all-quoted ones split on the
+        delimiter (see the module); None for ``csv.reader``."""
         if not self._fast_ok:
             return None
+        if self._split is not None:
+            chunk = self._compiled(self._split, block)
+            if chunk is not None:
+                return chunk
         if block.endswith("\n"):
             body = block[:-2] if block.endswith("\r\n") else block[:-1]
         else:
@@ -203,6 +241,27 @@ class DelimitedReader:
                 rows = [row if row != [""] else [] for row in rows]
             chunk = self.layout.rows(numbers, rows)
         self._line = first + count
+        return chunk
+
+    def _compiled(self, split: Splitter, block: str) -> Chunk | None:
+        """The block through the C splitter (``SPLIT``), or None when it declines."""
+        width = self.layout.width
+        limit = csv.field_size_limit()
+        got = split(block, self.delimiter, width, self._needed, limit)
+        if got is None:
+            return None
+        values, count, lines, starts = got
+        first = self._line
+        numbers = range(first, first + count) if starts is None else [first + s for s in starts]
+        columns: list[list[str]] = [[] for _ in range(width)]
+        for index, column in zip(self._needed, values, strict=True):
+            columns[index] = column
+        chunk = self.layout.columns(numbers, columns, count)
+        if chunk is None:  # some row needs the per-row rules, which look at every field
+            every = split(block, self.delimiter, width, range(width), limit)
+            assert every is not None  # the same block
+            chunk = self.layout.rows(numbers, list(zip(*every[0], strict=True)))
+        self._line = first + lines
         return chunk
 
     def _split_plain(self, body: str, count: int, end: str) -> list[str] | None:
