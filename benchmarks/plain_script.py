@@ -15,6 +15,7 @@ import csv
 import gzip
 import json
 import sys
+from collections.abc import Iterator
 
 import aiohttp
 import orjson
@@ -25,7 +26,7 @@ MESSAGE = {
 }
 
 
-def rows(path):
+def rows(path: str) -> Iterator[tuple[str | None, str | None]]:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
         if ".jsonl" in path:
@@ -42,9 +43,12 @@ def rows(path):
                     yield row[id_col], row[uid_col]
 
 
-def bodies(path, batch_size, counts):
-    seen_ids, seen_uids = set(), set()
-    ids, uids, n = [], [], 0
+def bodies(path: str, batch_size: int, counts: list[int]) -> Iterator[bytes]:
+    seen_ids: set[str | None] = set()
+    seen_uids: set[str | None] = set()
+    ids: list[str | None] = []
+    uids: list[str | None] = []
+    n = 0
     for id_, uid in rows(path):
         new_id = bool(id_) and id_ not in seen_ids
         new_uid = bool(uid) and uid not in seen_uids
@@ -66,7 +70,7 @@ def bodies(path, batch_size, counts):
         yield orjson.dumps({**MESSAGE, "to_ids": ids, "to_uids": uids})
 
 
-async def main(path, base_url, api_key, batch_size, in_flight):
+async def main(path: str, base_url: str, api_key: str, batch_size: int, in_flight: int) -> None:
     url = base_url.rstrip("/") + "/v1/notifications"
     headers = {
         "Authorization": f"key={api_key}",
@@ -78,7 +82,7 @@ async def main(path, base_url, api_key, batch_size, in_flight):
     connector = aiohttp.TCPConnector(limit=in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker():
+        async def worker() -> None:
             for body in todo:
                 async with session.post(url, data=body, headers=headers) as resp:
                     await resp.read()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -54,7 +55,7 @@ async def one_size(
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNS}
     for _ in range(args.repeat):
         for name, journal in contenders.items():
-            runs[name].append(await timed(lambda j=journal: engine_run(campaign, url, j)))
+            runs[name].append(await timed(functools.partial(engine_run, campaign, url, journal)))
     return runs
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import gzip
 import json
 import os
@@ -44,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Literal
 
 import orjson
 
@@ -94,12 +94,20 @@ def identities(n: int, duplicates: float, seed: int = 16) -> Iterator[tuple[str,
 
 
 def _write_csv(
-    path: Path, rows: Iterator[tuple[str, str]], opener: Callable[..., object], **kw: object
+    path: Path,
+    rows: Iterator[tuple[str, str]],
+    opener: Callable[..., IO[str]],
+    lineterminator: str = "\r\n",
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL,
 ) -> None:
-    with opener(path, "wt", newline="", encoding="utf-8") as f:  # type: ignore[operator]
-        writer = csv.writer(f, **kw)
+    with opener(path, "wt", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator=lineterminator, quoting=quoting)
         writer.writerow(("id", "uid"))
         writer.writerows(rows)
+
+
+def _gzip_text(path: Path, mode: Literal["wt"], *, newline: str, encoding: str) -> IO[str]:
+    return gzip.open(path, mode, compresslevel=6, newline=newline, encoding=encoding)
 
 
 def _write_jsonl(path: Path, rows: Iterator[tuple[str, str]]) -> None:
@@ -122,7 +130,7 @@ def make_file(folder: Path, fmt: str, n: int, duplicates: float) -> Path:
     elif fmt == "quoted":
         _write_csv(partial, rows, open, quoting=csv.QUOTE_ALL)
     elif fmt == "gzip":
-        _write_csv(partial, rows, functools.partial(gzip.open, compresslevel=6))
+        _write_csv(partial, rows, _gzip_text)
     else:
         _write_jsonl(partial, rows)
     partial.rename(path)
