@@ -90,7 +90,7 @@ class SafeStream(io.TextIOBase):
         self._buffer = _SafeBuffer(raw, self._state) if raw is not None else None
 
     @classmethod
-    def wrap(cls, stream: TextIO) -> SafeStream:
+    def wrap(cls, stream: TextIO | SafeStream) -> SafeStream:
         return stream if isinstance(stream, SafeStream) else cls(stream)
 
     @property

@@ -66,7 +66,7 @@ def encode_batch(batch: Batch) -> dict[str, bytes]:
     }
 
 
-def decode_batch(fields: Mapping[bytes | str, bytes | str]) -> Batch:
+def decode_batch(fields: Mapping[bytes, bytes | str] | Mapping[str, bytes | str]) -> Batch:
     """The batch ``encode_batch`` wrote (``ValueError`` for an entry that is not one)."""
     got = {_text(k): v for k, v in fields.items()}
     try:
