@@ -14,7 +14,7 @@ import pytest
 from bulksend.dedup import keyset_numpy
 
 try:
-    from bulksend.dedup import keyset_c
+    from bulksend.dedup import keyset_c as keyset_c  # re-exported to the tests
 except ImportError:
     keyset_c = None  # type: ignore[assignment]
 
@@ -42,7 +42,7 @@ C_MISSING = (
 needs_c = pytest.mark.skipif(keyset_c is None, reason=C_MISSING)
 
 #: parameters for a fixture that runs a test against each key set
-BACKENDS = ["numpy", pytest.param("c", marks=needs_c)]
+BACKENDS: list[str | pytest.ParameterSet] = ["numpy", pytest.param("c", marks=needs_c)]
 
 
 def backend_class(name: str) -> Any:

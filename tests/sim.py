@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bulksend.errors import Deferred
 from bulksend.ratelimit.headers import throttle_evidence
@@ -127,6 +127,13 @@ class Arrival:
     window: int
 
 
+class _Ledger(Protocol):
+    """What the ledger queries read: both servers' ``arrivals`` and ``window``."""
+
+    arrivals: list[Arrival]
+    window: float
+
+
 @dataclass(slots=True)
 class FixedWindowServer:
     """A provider counting requests in fixed windows ``[phase + k*window, phase + (k+1)*window)``.
@@ -208,17 +215,17 @@ class FixedWindowServer:
 
     # ---- ledger queries ------------------------------------------------------------------------
 
-    def accepted(self, start: float = -math.inf, end: float = math.inf) -> int:
+    def accepted(self: _Ledger, start: float = -math.inf, end: float = math.inf) -> int:
         return sum(1 for a in self.arrivals if a.status == 200 and start <= a.time < end)
 
-    def rejected(self, start: float = -math.inf, end: float = math.inf) -> int:
+    def rejected(self: _Ledger, start: float = -math.inf, end: float = math.inf) -> int:
         return sum(1 for a in self.arrivals if a.status != 200 and start <= a.time < end)
 
-    def arrivals_per_window(self) -> Counter[int]:
+    def arrivals_per_window(self: _Ledger) -> Counter[int]:
         """Requests that reached each of the server's windows (accepted or not)."""
         return Counter(a.window for a in self.arrivals)
 
-    def max_arrivals_in_any_window(self, start: float = -math.inf) -> int:
+    def max_arrivals_in_any_window(self: _Ledger, start: float = -math.inf) -> int:
         """Most arrivals in any ``window``-long interval: the worst case over every phase."""
         times = [a.time for a in self.arrivals if a.time >= start]
         best, lo = 0, 0

@@ -73,7 +73,9 @@ def assert_one_line_error(path: Path, message: str) -> None:
 
 
 def test_the_list_here_is_every_key_bulksend_reads() -> None:
-    known = {(None, key) for key in config._TOP if key not in config._TABLES}
+    known: set[tuple[str | None, str]] = {
+        (None, key) for key in config._TOP if key not in config._TABLES
+    }
     known |= {(table, key) for table, keys in config._TABLES.items() for key in keys}
     known |= {("auth", "api_key_env"), ("auth", "api_key_file")}  # by suffix, per secret
     assert set(KEYS) == known

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -214,15 +214,17 @@ async def test_redis_never_holds_the_key(redis_url: str) -> None:
             )
             epoch = adm.epoch
         await gate.pause("api", seconds=0.1, limit=50, ttl_ms=9000)
-        client = gate.client
-        names = [k.decode() for k in await client.keys(f"bulksend:{{{shared}:*")]
+        client = gate.client  # (it does not decode: replies are bytes, as the casts say)
+        keys = cast("list[bytes]", await client.keys(f"bulksend:{{{shared}:*"))
+        names = [k.decode() for k in keys]
         assert sorted(names) == sorted(key_names(shared, "api"))
         dump = b"".join(names[i].encode() for i in range(len(names)))
         for name in names:
             if name.endswith(":log"):
-                dump += b"".join(await client.zrange(name, 0, -1))
+                dump += b"".join(cast("list[bytes]", await client.zrange(name, 0, -1)))
             else:
-                dump += b"".join(k + v for k, v in (await client.hgetall(name)).items())
+                fields = cast("dict[bytes, bytes]", await client.hgetall(name))
+                dump += b"".join(k + v for k, v in fields.items())
             ttl = await client.pttl(name)
             assert 0 < ttl <= 9000 + 100  # everything expires (the state after the pause)
         assert key.encode() not in dump

@@ -14,6 +14,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.server
 import os
 import re
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class Workspace:
 
 def _logical_lines(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
     """Join backslash continuations; strip comments and a ``$`` prompt."""
+    parts: list[str]
     start, parts = 0, []
     for number, raw in lines:
         line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
@@ -175,10 +177,10 @@ def workflow_examples(path: Path) -> list[Example]:
     return found
 
 
-TEXTS = {
+TEXTS: dict[str, Callable[[], list[Example]]] = {
     "README.md": lambda: markdown_examples(ROOT / "README.md"),
     **{
-        f"docs/{p.name}": (lambda p=p: markdown_examples(p))
+        f"docs/{p.name}": functools.partial(markdown_examples, p)
         for p in sorted((ROOT / "docs").glob("*.md"))
     },
     "--help": help_examples,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class SetDedup:
             self.seen.add(("uid", uid))
         return Recipient(r.line, id_, uid, r.attrs)
 
-    def filter_many(self, rs: list[Recipient]) -> tuple[list[Recipient], list[Recipient]]:
+    def filter_many(self, rs: Sequence[Recipient]) -> tuple[list[Recipient], list[Recipient]]:
         kept, dups = [], []
         for r in rs:
             k = self.filter(r)
@@ -246,7 +246,7 @@ async def test_rejected_positions_are_reported_and_the_rest_resent_at_once() -> 
     summary = await engine.run(rows(10))
     assert (summary.delivered, summary.invalid) == (9, 1)
     assert summary.requests == 2
-    second = orjson.loads(engine.transport.requests[1].body or b"")  # type: ignore[attr-defined]
+    second = orjson.loads(engine.transport.requests[1].body or b"")
     assert "id3" not in second["to_ids"]
     assert len(second["to_ids"]) == 9
 

@@ -71,7 +71,7 @@ async def test_resume_resends_only_what_was_not_confirmed(tmp_path: Path) -> Non
     with_journal(engine, path, resume=True)
     engine.dedup = SetDedup()
     summary = await engine.run(rows(100))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     confirmed = set(ids(first)) - set(ids(second))
     assert set(ids(first)) | set(ids(second)) == {f"id{i}" for i in range(100)}
@@ -96,7 +96,7 @@ async def test_unknown_skip_policy_marks_in_flight_batches_for_review(tmp_path: 
     engine, second = make_engine(ok)
     with_journal(engine, path, resume=True, policy="skip")
     summary = await engine.run(rows(100))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     assert not set(ids(first)) & set(ids(second))
     assert summary.unknown > 0
@@ -118,7 +118,7 @@ async def test_a_batch_split_when_the_run_died_resends_only_its_unsettled_rows(
     engine, transport = make_engine(ok)
     with_journal(engine, path, resume=True)
     summary = await engine.run(rows(10))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     assert ids(transport) == [f"id{i}" for i in range(5, 10)]  # only the unsettled rows
     assert (summary.delivered, summary.invalid) == (9, 1)
@@ -140,7 +140,7 @@ async def resumed_run(
     with_journal(engine, path, resume=True)
     with engine.report:
         summary = await engine.run(rows(100))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     return summary, [orjson.loads(x) for x in report.read_bytes().splitlines()]
 
@@ -182,7 +182,7 @@ async def test_batches_left_unknown_are_resent_as_possible_duplicates(
     with_journal(engine, path, resume=True, policy=policy)
     with engine.report:
         summary = await engine.run(rows(100))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     lines = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
     if policy == "skip":  # for review: not sent
@@ -208,7 +208,7 @@ async def test_a_doubt_outlives_a_failed_resend(tmp_path: Path) -> None:
     engine, _ = make_engine(down, max_attempts=1)
     with_journal(engine, path, resume=True)
     failing = await engine.run(rows(100))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     assert failing.possible_duplicates == 0
     assert failing.failed > 0
@@ -239,7 +239,7 @@ async def test_a_journal_of_before_issue_16_resumes_by_its_own_digests(tmp_path:
     with_journal(engine, path, resume=True)
     engine.dedup = SetDedup()
     summary = await engine.run(rows(100))
-    assert engine.journal is not None
+    assert isinstance(engine.journal, Journal)
     engine.journal.close()
     assert set(ids(first)) | set(ids(second)) == {f"id{i}" for i in range(100)}
     assert len(set(ids(first)) & set(ids(second))) <= 4 * 10  # only what was in flight

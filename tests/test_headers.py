@@ -303,7 +303,8 @@ def test_fractional_and_millisecond_resets_are_fine_grained() -> None:
     )
     ms = str(int((WALL + 1.5) * 1000))
     info = parse_headers({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": ms}, wall_now=WALL)
-    assert (info.reset, info.reset_quantum, info.reset_epoch) == (pytest.approx(1.5), 0.001, True)
+    assert info.reset == pytest.approx(1.5)
+    assert (info.reset_quantum, info.reset_epoch) == (0.001, True)
 
 
 def test_ietf_partition_key_is_kept() -> None:

@@ -13,9 +13,10 @@ import asyncio
 import csv
 import io
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TextIO, cast
 
 import orjson
 import pytest
@@ -79,7 +80,9 @@ def test_a_printable_stream_escapes_what_is_written() -> None:
 @pytest.mark.parametrize("colors", [False, True])
 def test_console_logs_escape_values_and_the_event(colors: bool) -> None:
     out = io.StringIO()
-    logs.configure(level=logging.INFO, fmt="console", stream=PrintableStream(out), colors=colors)
+    logs.configure(
+        level=logging.INFO, fmt="console", stream=cast(TextIO, PrintableStream(out)), colors=colors
+    )
     structlog.get_logger("t").info("evt\x1b[2J", bare="\x1b]0;t\x07", spaced=EVIL, n=1)
     text = out.getvalue()
     assert "\x1b]0" not in text
@@ -93,7 +96,7 @@ def test_console_logs_escape_values_and_the_event(colors: bool) -> None:
 
 def test_json_logs_stay_exact() -> None:
     out = io.StringIO()
-    logs.configure(level=logging.INFO, fmt="json", stream=PrintableStream(out))
+    logs.configure(level=logging.INFO, fmt="json", stream=cast(TextIO, PrintableStream(out)))
     structlog.get_logger("t").info("evt", reason=EVIL)
     assert orjson.loads(out.getvalue())["reason"] == EVIL
 
@@ -113,7 +116,9 @@ def send(url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = Non
     )  # fmt: skip
 
 
-def answering(status: int, body: bytes, content_type: str = "application/json") -> object:
+def answering(
+    status: int, body: bytes, content_type: str = "application/json"
+) -> Callable[[], AbstractAsyncContextManager[str]]:
     async def answer(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
@@ -137,7 +142,7 @@ def test_a_hostile_body_is_shown_escaped_for_every_status(
 ) -> None:
     body = EVIL.encode()
     report = tmp_path / "report.jsonl"
-    with in_background(answering(status, body, content_type)) as url:  # type: ignore[arg-type]
+    with in_background(answering(status, body, content_type)) as url:
         sent = send(url, tmp_path, "--report", str(report), "--max-unexpected", "1")
     assert sent.status == exit_status, sent.stderr
     no_raw_controls(sent.stdout, sent.stderr)
@@ -155,7 +160,7 @@ def test_a_hostile_body_is_shown_escaped_for_every_status(
 
 def test_the_github_step_summary_is_escaped_too(tmp_path: Path) -> None:
     step = tmp_path / "step.md"
-    with in_background(answering(401, EVIL.encode())) as url:  # type: ignore[arg-type]
+    with in_background(answering(401, EVIL.encode())) as url:
         sent = send(url, tmp_path, env={"GITHUB_STEP_SUMMARY": str(step)})
     assert sent.status == 3
     shown = step.read_text()
@@ -164,7 +169,7 @@ def test_the_github_step_summary_is_escaped_too(tmp_path: Path) -> None:
 
 
 def test_the_report_on_stdout_is_data_and_stays_exact(tmp_path: Path) -> None:
-    with in_background(answering(422, EVIL.encode())) as url:  # type: ignore[arg-type]
+    with in_background(answering(422, EVIL.encode())) as url:
         sent = send(url, tmp_path, "--report", "-")
     assert sent.status == 0, sent.stderr
     rows = list(csv.DictReader(io.StringIO(sent.stdout, newline="")))
@@ -252,7 +257,7 @@ def test_a_hostile_header_is_shown_escaped(
 
 
 def test_the_progress_line_adds_only_its_own_sequences(tmp_path: Path) -> None:
-    with in_background(answering(401, EVIL.encode())) as url:  # type: ignore[arg-type]
+    with in_background(answering(401, EVIL.encode())) as url:
         sent = send(url, tmp_path, "--progress", "always")
     assert sent.status == 3
     assert "\r\x1b[2K" in sent.stderr  # the line was drawn

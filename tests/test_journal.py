@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -121,7 +122,11 @@ async def test_a_changed_campaign_is_refused(tmp_path: Path, changed: Identity, 
 
 
 def identity(
-    campaign: str, recipients: str = "r1", how: dict[str, object] | None = None, **settings: object
+    campaign: str,
+    recipients: str = "r1",
+    /,
+    how: Mapping[str, object] | None = None,
+    **settings: object,
 ) -> Identity:
     named = {"batch size": 100, "message": {"title": "Hi"}, **settings}
     details = {
@@ -140,7 +145,7 @@ async def test_the_refusal_names_what_changed(tmp_path: Path) -> None:
     await delivered_one(path, identity(base))
     edited = base.replace("100", "50").replace("300/min", "600/min")
     with pytest.raises(ConfigError) as caught:
-        Journal.open(path, identity(edited, "r2", **{"batch size": 50}))
+        Journal.open(path, identity(edited, "r2", how=None, **{"batch size": 50}))
     assert str(caught.value) == (  # ([send].rate changed too: how it is sent, not what)
         f"{path}: cannot resume: the recipient file changed (was /data/r1.csv, now "
         "/data/r2.csv), the batch size changed (was 100, now 50) and the campaign file "

@@ -253,25 +253,25 @@ def test_str_subclasses_and_tuples_are_accepted(ks: Any) -> None:
 @pytest.mark.parametrize("bad", [b"bytes", 1, 1.5, ("a",), object()])
 def test_a_key_that_is_not_a_str_raises_and_adds_nothing(ks: Any, bad: object) -> None:
     with pytest.raises(TypeError, match="keys must be str"):
-        ks.add_many(["a", "b", bad, "c"])  # type: ignore[list-item]
+        ks.add_many(["a", "b", bad, "c"])
     with pytest.raises(TypeError, match="keys must be str"):
         ks.add_kinds([(["d"], 1), (["e", bad], 2)])
     with pytest.raises(TypeError, match="keys must be str"):
-        ks.add(bad)  # type: ignore[arg-type]
+        ks.add(bad)
     assert len(ks) == 0
     # also when the call is larger than one batch
     many = [f"k{i}" for i in range(3 * _keyset.BATCH)]
     with pytest.raises(TypeError):
-        ks.add_many([*many, bad])  # type: ignore[list-item]
+        ks.add_many([*many, bad])
     assert len(ks) == 0
     assert ks.add_many(["a", "b", "c", "d", "e"]).all()
 
 
 def test_keys_must_be_a_sequence(ks: Any) -> None:
     with pytest.raises(TypeError):
-        ks.add_many(iter(["a"]))  # type: ignore[arg-type]
+        ks.add_many(iter(["a"]))
     with pytest.raises(TypeError):
-        ks.add_many(None)  # type: ignore[arg-type]
+        ks.add_many(None)
 
 
 def test_a_list_changed_while_its_call_is_set_up_does_not_change_what_is_added(ks: Any) -> None:
@@ -483,7 +483,7 @@ def test_no_memory_leaks_over_many_calls() -> None:
                 ks.add_kinds([(chunk, 1), (uids, 2)])  # repeats: records read back
                 ks.add_many([f"{r}-{i}" for i in range(8)])
                 with pytest.raises(TypeError):
-                    ks.add_many([*chunk[:3], 1])  # type: ignore[list-item]
+                    ks.add_many([*chunk[:3], 1])
                 if r % 50 == 0:
                     ks._table.flush()
 

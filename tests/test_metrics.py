@@ -275,8 +275,8 @@ async def test_push_names_the_campaign_and_a_shard(tmp_path: Path) -> None:
     campaign = write_campaign(tmp_path, tmp_path / "r.csv", batch_size=2)
     campaign.write_text(campaign.read_text().replace('name = "E2E"', 'name = "Spring sale"'))
     async with pushgateway() as (gw, pushes):
-        for shard in ([], ["--shard", "1/2"]):
-            args = ["send", str(campaign), "--sandbox", "--metrics-push", gw, *shard, "-q"]
+        for sharding in ([], ["--shard", "1/2"]):
+            args = ["send", str(campaign), "--sandbox", "--metrics-push", gw, *sharding, "-q"]
             result = await asyncio.to_thread(run_cli, *args, "--progress", "never")
             assert (result.status, result.stderr) == (0, "")
     # (a value with a space or a slash goes base64-encoded, as the Pushgateway reads it)

@@ -95,7 +95,7 @@ def test_a_real_directory_nobody_may_create_files_in() -> None:
 def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path) -> None:
     rec = tmp_path / "r.csv"
     rec.write_text("vid\nv1\n")
-    inputs = {"the recipient file": rec, "stdin": "-"}
+    inputs: dict[str, Path | str] = {"the recipient file": rec, "stdin": "-"}
     same = tmp_path / "." / "r.csv"
     assert first_problem([Output("--report", same, stdout=True)], inputs) == (
         f"--report {same}: is also the recipient file; give it a path of its own"

@@ -59,8 +59,10 @@ class WallClock:
         return self.now.astimezone(dt.UTC)
 
 
-def berlin(*fields: int) -> dt.datetime:
-    return dt.datetime(*fields, tzinfo=BERLIN)  # type: ignore[misc]
+def berlin(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=BERLIN)
 
 
 # -- the gate --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -86,9 +87,13 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def popen(
-    started: list[subprocess.Popen[bytes]], args: list[str], **kw: object
+    started: list[subprocess.Popen[bytes]],
+    args: list[str],
+    *,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, **kw)  # type: ignore[call-overload]
+    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=stdout, stderr=stderr)
     started.append(proc)
     return proc
 

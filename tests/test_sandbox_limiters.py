@@ -247,8 +247,11 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def test_limits_models_answer_as_the_real_flask_limiter(
     fake_time: list[float], strategy: str, limit: int, window: int
 ) -> None:
-    flask = pytest.importorskip("flask")
-    flask_limiter = pytest.importorskip("flask_limiter")
+    pytest.importorskip("flask")
+    pytest.importorskip("flask_limiter")
+    import flask  # (importorskip returns Any: imported again for the types)
+    import flask_limiter
+
     app = flask.Flask(__name__)
     real = flask_limiter.Limiter(
         key_func=lambda: "k",

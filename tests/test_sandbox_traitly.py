@@ -10,9 +10,10 @@ import aiohttp
 import orjson
 import pytest
 
+from bulksend.net.http import accepts_json
 from bulksend.sandbox import Sandbox
 from bulksend.sandbox.testing import FakeClock, sandbox
-from bulksend.sandbox.traitly import accepts_json, recommendations
+from bulksend.sandbox.traitly import recommendations
 
 AUTH = {"Authorization": "Token sandbox-key"}
 CUSTOMER = {

@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import pytest
@@ -313,7 +314,7 @@ def test_fast_path_matches_csv_reader_and_row_rules(
     monkeypatch.setattr(stream_module, "BLOCK", block)
     path = tmp_path / "h.csv"
     with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        quoting = csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL
+        quoting: Literal[0, 1] = csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL
         writer = csv.writer(f, quoting=quoting, lineterminator=line_end)
         writer.writerow(["id", "uid", "a", "b"])
         writer.writerows(rows)
@@ -425,7 +426,7 @@ def test_a_block_split_fast_reads_as_csv_reader_reads_it(
 def test_crlf_and_all_quoted_files_take_the_fast_path(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    quoting: int,
+    quoting: Literal[0, 1],  # csv.QUOTE_MINIMAL or QUOTE_ALL
     line_end: str,
     splitter: Splits,
 ) -> None:
@@ -520,7 +521,9 @@ def test_plain_json_lines_take_the_bulk_path(
 
     monkeypatch.setattr(stream_module, "BLOCK", 4096)
     path = tmp_path / "p.jsonl"
-    rows = [{"id": f"{i:032x}", "uid": f"u{i:011d}"} for i in range(3000)]
+    rows: list[dict[str, str | None]] = [
+        {"id": f"{i:032x}", "uid": f"u{i:011d}"} for i in range(3000)
+    ]
     rows[7] = {"id": None, "uid": " u7 "}
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

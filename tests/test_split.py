@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -96,6 +97,8 @@ def reference(text: str, delimiter: str, limit: int) -> tuple[list[list[str]], l
     """``csv.reader``'s records of a block, read from its lines as the readers feed them, and
     the line (from 0) each starts on; None when it raises."""
     reader = csv.reader(split_lines(text), make_dialect(delimiter))
+    records: list[list[str]]
+    starts: list[int]
     records, starts = [], []
     with field_size_limit(limit):
         while True:
@@ -168,7 +171,7 @@ def test_any_text_is_declined_or_read_as_csv_reader_reads_it(
 @needs_split
 def test_whatever_a_csv_writer_writes_is_read(
     rows: list[list[str]],
-    quoting: int,
+    quoting: Literal[0, 1, 2],  # csv.QUOTE_MINIMAL, QUOTE_ALL or QUOTE_NONNUMERIC
     line_end: str,
     delimiter: str,
     last_line_end: bool,

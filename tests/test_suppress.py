@@ -83,6 +83,7 @@ def test_every_format_of_the_readers(backend: Any, tmp_path: Path) -> None:
         7: f"id listed in {d}:1",
         8: f"id listed in {d}:3",
     }
+    assert isinstance(kept, Recipients)
     assert list(kept.lines) == [9]  # matching is exact: "a" is not "A"
 
 
@@ -130,7 +131,8 @@ def test_screen_moves_suppressed_rows_to_rejected(backend: Any, tmp_path: Path) 
     with SuppressionList.load(spec(tmp_path / "l.txt")) as lists:
         chunk = Chunk(rows(("a", None), ("b", None), ("c", None)), [])
         [(kept, rejected)] = list(lists.screen([chunk]))
-        assert list(kept.lines) == [2, 4]  # type: ignore[attr-defined]
+        assert isinstance(kept, Recipients)
+        assert list(kept.lines) == [2, 4]
         assert [(r.line, r.id) for r in rejected] == [(3, "b")]
         plain = [Recipient(9, "b"), Recipient(10, "z")]  # any sequence of recipients
         kept2, out = lists.split(plain)
@@ -177,8 +179,8 @@ def test_matches_a_model_made_of_python_sets(
             "id,uid\n" + "".join(f"{v},\n" if k == "id" else f",{v}\n" for k, v in entries)
         )
         paths.append(path)
-        for line, key in enumerate(entries, 2):
-            first.setdefault(key, f"{path}:{line}")
+        for line, entry in enumerate(entries, 2):
+            first.setdefault(entry, f"{path}:{line}")
     people = [p for p in people if p != (None, None)]
     with SuppressionList.load(spec(*paths)) as lists:
         kept, out = lists.split(rows(*people))
@@ -189,7 +191,8 @@ def test_matches_a_model_made_of_python_sets(
                 want[line] = f"{key[0]} listed in {first[key]}"
                 break
     assert reasons(out) == want
-    assert list(kept.lines) == [n for n in range(2, 2 + len(people)) if n not in want]  # type: ignore[attr-defined]
+    assert isinstance(kept, Recipients)
+    assert list(kept.lines) == [n for n in range(2, 2 + len(people)) if n not in want]
 
 
 def test_memory_is_bounded_per_key(backend: Any, tmp_path: Path) -> None:

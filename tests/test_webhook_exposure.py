@@ -151,7 +151,7 @@ async def test_tokens_are_compared_in_constant_time(
         compared.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(traitly_webhooks.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     config = ReceiverConfig(tmp_path / "a.jsonl", token=TOKEN)
     async with serving(config) as receiver:
         url = receiver.base_url + "/"

@@ -254,7 +254,12 @@ id = "customer_id"
 """
     )
     keys = {"api_key": "k-1", "brand_id": "b-1"}
-    sandbox = SandboxConfig(provider="notifyvisitors", ledger=tmp_path / "l.jsonl", **keys)
+    sandbox = SandboxConfig(
+        provider="notifyvisitors",
+        ledger=tmp_path / "l.jsonl",
+        api_key=keys["api_key"],
+        brand_id=keys["brand_id"],
+    )
     async with running(sandbox) as sb:
         settings = load_settings(campaign, env={}, overrides={"base_url": sb.base_url})
         result = await send_campaign(settings, keys)

@@ -30,12 +30,21 @@ NEW_YORK = parse_zone("America/New_York")
 UTC = dt.UTC
 
 
-def at(zone: dt.tzinfo, *fields: int, fold: int = 0) -> dt.datetime:
-    return dt.datetime(*fields, tzinfo=zone, fold=fold)  # type: ignore[misc]
+def at(
+    zone: dt.tzinfo,
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    *,
+    fold: int = 0,
+) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=zone, fold=fold)
 
 
-def utc(*fields: int) -> dt.datetime:
-    return dt.datetime(*fields, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def windows(*texts: str, zone: dt.tzinfo = BERLIN) -> SendWindows:

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -31,6 +32,10 @@ from bulksend.workers.worker import StreamJournal
 from tests.test_workers_redis import Campaign, _no_process_left  # noqa: F401
 
 KEYS = StateKeys("maxtraffic", "own", "f00d:beef")
+#: stream entries, and an XREADGROUP reply, as a client that does not decode reads them (bytes:
+#: redis-py's own types say only ``bytes | str``)
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+StreamRead = list[tuple[bytes, Entries]]
 
 
 @pytest.fixture
@@ -70,16 +75,19 @@ class Holder:
         entry, fields = entries[0]
         self.held[batch.number] = (entry.decode(), fields)
         raw = await self.client.hget(KEYS.batches, str(batch.number))
+        assert raw is not None
         self.journal.take(batch, orjson.loads(raw), {})
 
     async def read(self, batch: Batch) -> None:
-        got = await self.client.xreadgroup(GROUP, self.name, {KEYS.stream: ">"}, count=1)
+        got = cast(
+            StreamRead, await self.client.xreadgroup(GROUP, self.name, {KEYS.stream: ">"}, count=1)
+        )
         await self.take(batch, got[0][1])
 
     async def claim(self, batch: Batch) -> None:
         """Take over what is idle (min idle 0: as XAUTOCLAIM does after --idle)."""
         _, entries, *_ = await self.client.xautoclaim(KEYS.stream, GROUP, self.name, 0, "0-0")
-        await self.take(batch, entries)
+        await self.take(batch, cast(Entries, entries))
 
     async def written(self) -> None:
         self.journal.flush()
@@ -88,7 +96,9 @@ class Holder:
 
 
 async def _record(client: aioredis.Redis, number: int) -> dict[str, object]:
-    result: dict[str, object] = orjson.loads(await client.hget(KEYS.batches, str(number)))
+    raw = await client.hget(KEYS.batches, str(number))
+    assert raw is not None
+    result: dict[str, object] = orjson.loads(raw)
     return result
 
 
@@ -108,7 +118,9 @@ async def test_a_stalled_worker_s_late_outcome_does_not_overwrite_the_takeover(
     assert 1 in a.journal.lost
     assert not a.held
     assert (await _record(client, 1))["state"] == "in_flight"
-    late = orjson.loads(await client.hget(KEYS.late, "1"))
+    late_raw = await client.hget(KEYS.late, "1")
+    assert late_raw is not None
+    late = orjson.loads(late_raw)
     assert late["worker"] == "a"
     assert late["record"]["state"] == "delivered"
     assert any("taken over by another worker" in s for s in a.said)
@@ -140,7 +152,7 @@ async def test_a_refresh_and_a_give_back_leave_another_worker_s_batch_alone(
     client: aioredis.Redis,
 ) -> None:
     await _queued(client, 3)
-    got = await client.xreadgroup(GROUP, "a", {KEYS.stream: ">"}, count=1)
+    got = cast(StreamRead, await client.xreadgroup(GROUP, "a", {KEYS.stream: ">"}, count=1))
     entry = got[0][1][0][0]
     fields = [x for item in got[0][1][0][1].items() for x in item]
     assert await client.eval(REFRESH, 1, KEYS.stream, GROUP, "a", entry) == []

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -162,9 +162,9 @@ class Campaign:
             p.communicate()
         self.sandbox.stop()
 
-    def check(self) -> dict[str, int]:
+    def check(self) -> dict[str, Any]:
         """Exactly once (but for possible duplicates), every row reported, no 429."""
-        summary = orjson.loads((self.tmp / "summary.json").read_bytes())
+        summary: dict[str, Any] = orjson.loads((self.tmp / "summary.json").read_bytes())
         with (self.tmp / "report.csv").open(newline="") as f:
             report = list(csv.DictReader(f))
         assert len(report) == len(self.rows) + 0 == summary["read"]

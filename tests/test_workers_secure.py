@@ -14,8 +14,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -189,9 +190,14 @@ def finish(run: Campaign, timeout: float = 60.0) -> tuple[int, dict[str, int], d
     return run.planner.returncode, codes, printed
 
 
+# (the casts below: these clients do not decode, so every reply is bytes, which redis-py's
+# types cannot tell from str)
+
+
 def worker_names(client: redis.Redis) -> set[bytes]:
     """The workers that ever showed up in a campaign's counts."""
-    return {n for key in client.scan_iter(match="*:workers") for n in client.hkeys(key)}
+    keys = client.scan_iter(match="*:workers")
+    return {n for key in keys for n in cast("list[bytes]", client.hkeys(key))}
 
 
 def without_key(env: Mapping[str, str]) -> dict[str, str]:
@@ -201,18 +207,20 @@ def without_key(env: Mapping[str, str]) -> dict[str, str]:
 def everything_in(client: redis.Redis) -> bytes:
     """Every key and value in the Redis ``client`` talks to, as one blob."""
     out: list[bytes] = []
-    for key in client.scan_iter(count=1000):
+    for key in cast("Iterator[bytes]", client.scan_iter(count=1000)):
         out.append(key)
         kind = client.type(key)
         if kind == b"string":
-            out.append(client.get(key) or b"")
+            out.append(cast("bytes | None", client.get(key)) or b"")
         elif kind == b"hash":
-            out += [x for pair in client.hgetall(key).items() for x in pair]
+            out += [
+                x for pair in cast("dict[bytes, bytes]", client.hgetall(key)).items() for x in pair
+            ]
         elif kind == b"stream":
-            for _, fields in client.xrange(key):
+            for _, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange(key)):
                 out += [x for pair in fields.items() for x in pair]
         elif kind == b"zset":
-            out += client.zrange(key, 0, -1)
+            out += cast("list[bytes]", client.zrange(key, 0, -1))
         else:
             raise AssertionError(f"{key!r}: a {kind!r} bulksend does not write")
     return b"\n".join(out)
