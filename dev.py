@@ -2,8 +2,8 @@
 """One-command set-up and tasks for bulksend, needing only Python 3.11+.
 
     python3 dev.py demo    # create .venv, install bulksend, send the sample campaign to the sandbox
-    python3 dev.py test    # create .venv, install bulksend[dev,plot,metrics], run ruff, mypy and
-                           # the whole suite
+    python3 dev.py test    # create .venv, install bulksend[dev,plot,metrics], run ruff and mypy
+                           # (strict) over all the code, then the whole suite
     python3 dev.py bench   # create .venv, run the benchmarks in benchmarks/
 
 The virtual environment is reused; bulksend is reinstalled when pyproject.toml, setup.py or the
