@@ -1,0 +1,43 @@
+"""What an operator ran into using ``--state`` / ``--workers`` for real (issue 17), each as
+real processes against a real ``redis-server`` and a sandbox process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("redis", reason="REDIS CLIENT MISSING: pip install 'bulksend[redis]'")
+
+from bulksend.distributed.testing import RedisServer
+from tests.conftest import KEY, run_bulksend, write_campaign, write_recipients
+
+NO_REDIS = (
+    "REDIS UNAVAILABLE -- these tests did NOT run: install redis-server "
+    "(apt-get install redis-server; .ci/run does it)"
+)
+
+
+def private_redis(*extra: str) -> RedisServer:
+    if not RedisServer.available():
+        pytest.skip(NO_REDIS)
+    return RedisServer(extra=list(extra))
+
+
+@pytest.mark.parametrize("flag", ["--state", "--workers"])
+def test_a_database_redis_refuses_is_one_line_not_a_traceback(tmp_path: Path, flag: str) -> None:
+    recipients = write_recipients(tmp_path / "r.csv", [("v1", "u1"), ("v2", "u2")])
+    campaign = write_campaign(tmp_path, recipients)
+    with private_redis() as server:
+        url = f"redis://127.0.0.1:{server.port}/99"  # (16 databases: 0-15)
+        sent = run_bulksend(
+            "send", str(campaign), flag, url, "--base-url", "http://127.0.0.1:9",
+            "--progress", "never", "-q",
+            env={"MAXTRAFFIC_API_KEY": KEY},
+        )  # fmt: skip
+    assert "Traceback" not in sent.stderr, sent.stderr
+    assert sent.returncode == 4, sent.stderr
+    assert sent.stderr.splitlines() == [
+        f"bulksend: state {url} refused the state (DB index is out of range); check the URL "
+        "(its database number) and the user's rights"
+    ]
