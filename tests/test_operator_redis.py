@@ -41,3 +41,22 @@ def test_a_database_redis_refuses_is_one_line_not_a_traceback(tmp_path: Path, fl
         f"bulksend: state {url} refused the state (DB index is out of range); check the URL "
         "(its database number) and the user's rights"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--idle", "0", "a number > 0"),  # (every worker would take every batch over at once)
+        ("--idle", "-1", "a number > 0"),
+        ("--idle", "nan", "a number > 0"),
+        ("--wait", "-1", "a number >= 0"),
+    ],
+)
+def test_worker_refuses_an_idle_or_wait_that_cannot_work(
+    flag: str, value: str, expected: str
+) -> None:
+    ran = run_bulksend("worker", "redis://127.0.0.1:9/0", flag, value)
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.splitlines()[-1] == (
+        f"bulksend worker: error: argument {flag}: expected {expected}, got '{value}'"
+    )
