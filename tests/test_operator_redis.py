@@ -3,6 +3,7 @@ real processes against a real ``redis-server`` and a sandbox process."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import pytest
 pytest.importorskip("redis", reason="REDIS CLIENT MISSING: pip install 'bulksend[redis]'")
 
 from bulksend.distributed.testing import RedisServer
+from bulksend.sandbox.testing import wait_until
 from tests.conftest import KEY, run_bulksend, write_campaign, write_recipients
+from tests.test_workers_redis import Campaign, _no_process_left  # noqa: F401 (its fixture)
 
 NO_REDIS = (
     "REDIS UNAVAILABLE -- these tests did NOT run: install redis-server "
@@ -60,3 +63,37 @@ def test_worker_refuses_an_idle_or_wait_that_cannot_work(
     assert ran.stderr.splitlines()[-1] == (
         f"bulksend worker: error: argument {flag}: expected {expected}, got '{value}'"
     )
+
+
+def test_a_pause_longer_than_idle_takes_no_batch_over(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A paused worker keeps refreshing what it holds: a pause longer than ``--idle`` (the
+    normal case: minutes against 30 s) makes no worker take another's batches over after
+    ``bulksend resume`` (before, each worker's feed stood still while its engine queue was
+    full, and the others took its batches over, saying so in warnings and resending what was
+    in flight)."""
+    run = Campaign(tmp_path, n_unique=3_000, limit=100)
+    run.plan(redis_server.url)
+    for i in range(2):
+        run.worker(redis_server.url, f"w{i}", "--idle", "1")
+    wait_until(lambda: run.delivered() > 300, timeout=20, interval=0.1)
+    paused = run_bulksend("pause", redis_server.url, "--campaign", "E2E")
+    assert paused.returncode == 0, paused.stderr
+    time.sleep(4)  # four times --idle
+    during = run_bulksend("status", redis_server.url, "E2E")
+    resumed = run_bulksend("resume", redis_server.url, "--campaign", "E2E")
+    assert resumed.returncode == 0, resumed.stderr
+    assert run.planner is not None
+    try:
+        _, err = run.planner.communicate(timeout=60)
+        workers = {name: p.communicate(timeout=60)[1] for name, p in run.workers.items()}
+    finally:
+        run.stop()
+    assert run.planner.returncode == 0, err[-3000:]
+    for name, werr in workers.items():
+        assert "taken over" not in werr, werr[-3000:]
+        assert run.workers[name].returncode == 0, werr[-3000:]
+    assert "seen 0 s ago" in during.stdout or "seen 1 s ago" in during.stdout, during.stdout
+    summary = run.check()
+    assert summary["possible_duplicates"] == 0
