@@ -97,3 +97,55 @@ def test_a_pause_longer_than_idle_takes_no_batch_over(
     assert "seen 0 s ago" in during.stdout or "seen 1 s ago" in during.stdout, during.stdout
     summary = run.check()
     assert summary["possible_duplicates"] == 0
+
+
+def test_a_batch_both_workers_delivered_is_reported_as_arrived_twice() -> None:
+    """The batch changed hands twice (w0, w1, w0 again: seen with two workers and a tiny
+    --idle): w0's record says delivered, w1's resend -- delivered too -- was kept apart as
+    the late outcome. Both requests were answered, so the rows arrived twice: reported so
+    (before, w0's record stood and the duplicate went unreported)."""
+    from bulksend.workers.late import reconcile
+
+    mine = {"state": "delivered", "reason": "", "http": 200, "size": 3}
+    late = {
+        "worker": "w1",
+        "record": {
+            "state": "delivered",
+            "reason": "may have arrived twice: resent after run 2 was interrupted",
+            "http": 200,
+        },
+        "parts": {},
+    }
+    record, parts = reconcile(mine, {}, late)
+    assert record["state"] == "delivered"
+    assert record["reason"] == (
+        "may have arrived twice: delivered by two workers' requests (worker w1's too: the "
+        "batch was taken over while it was in flight)"
+    )
+    assert (record["size"], parts) == (3, {})
+    # split: the row both delivered is marked, the others stand
+    split = {"state": "split", "reason": "", "http": None}
+    parts_in = {
+        1: {"state": "delivered", "reason": "", "http": 200},
+        2: {"state": "invalid", "reason": "bad id", "http": 422},
+    }
+    their_parts = {"9:1": {"state": "delivered", "reason": "", "http": 200}}
+    record, parts = reconcile(split, parts_in, {**late, "record": split, "parts": their_parts})
+    assert parts[1]["reason"].startswith("may have arrived twice: delivered by two workers'")
+    assert parts[2] == parts_in[2]
+
+
+def test_a_delivery_reported_from_the_late_outcome_is_not_counted_twice() -> None:
+    """A takeover that did not send the rows (the late outcome said they were delivered) and
+    the late outcome itself: one request, so not a duplicate."""
+    from bulksend.workers.late import reconcile
+
+    told = {
+        "state": "delivered",
+        "reason": "delivered by worker w0's request (in flight when this batch was taken over "
+        "from it); not sent again",
+        "http": None,
+    }
+    late = {"worker": "w0", "record": {"state": "delivered", "reason": "", "http": 200}}
+    record, _ = reconcile(told, {}, late)
+    assert record["reason"] == told["reason"]
