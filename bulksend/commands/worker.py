@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from bulksend.commands.argtypes import non_negative, positive
 from bulksend.commands.common import Context, ExitStatus
 from bulksend.errors import AuthError, ProviderError
 
@@ -52,14 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--idle",
-        type=float,
+        type=positive,
         default=30.0,
         metavar="SECONDS",
         help="take over batches another worker held this long without a sign of life (30)",
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=non_negative,
         default=60.0,
         metavar="SECONDS",
         help="wait this long for a campaign to be planned before exiting (60)",

@@ -361,8 +361,9 @@ class RedisJournal:
                 client, keys, where, identity, resume, fresh, meta, ttl, lease.value
             )
         except BaseException:
-            with contextlib.suppress(*DOWN):
+            with contextlib.suppress(*DOWN, rex.RedisError):  # (the error said is the first)
                 await lease.release()
+            with contextlib.suppress(*DOWN, rex.RedisError):
                 await client.aclose()
             raise
         journal._say = say
@@ -617,7 +618,10 @@ async def _unavailable(coro: Any, where: str, what: str = "stopped answering") -
         then = remedy(reason, "start Redis or drop --state")
         raise UnavailableError(f"state {where} {what} ({reason}); {then}") from None
     except rex.RedisError as exc:
-        raise UnavailableError(f"state {where} refused the state: {exc}") from None
+        raise UnavailableError(
+            f"state {where} refused the state ({exc}); check the URL (its database number) "
+            "and the user's rights"
+        ) from None
 
 
 async def _opened(

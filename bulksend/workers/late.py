@@ -8,7 +8,10 @@ resent the batch as a possible duplicate; its own attempt may end delivered, or 
 
 ``reconcile`` joins the two into what is true, row by row:
 
-* the takeover delivered it: its record stands (it already says the rows may have arrived twice);
+* the takeover delivered it: its record stands (it already says the rows may have arrived
+  twice) -- unless it does not, because the batch changed hands twice (A, B, then A again: the
+  record is A's, the late outcome B's) and both requests were answered: then the rows arrived
+  twice and the record says so;
 * the late outcome says delivered and the takeover's says anything else (failed, invalid, unknown,
   skipped): the rows are ``delivered``, with a reason naming the worker whose request delivered
   them and how the resend ended. They are counted as possible duplicates (the reason starts
@@ -71,6 +74,27 @@ def _delivered_by(worker: str, late: Row, resend: Row) -> dict[str, Any]:
     }
 
 
+def _sent(row: Row) -> bool:
+    """Whether ``row`` says its own worker's request delivered it (not: reported delivered
+    from another worker's outcome, ``delivered_late`` / ``_delivered_by``)."""
+    reason = str(row.get("reason") or "").removeprefix(f"{POSSIBLY_TWICE}: ")
+    return row.get("state") == "delivered" and not reason.startswith("delivered by worker ")
+
+
+def _both(worker: str, late: Row, mine: Row) -> dict[str, Any]:
+    """``mine`` (delivered) once the ``late`` outcome of ``worker`` says it delivered the rows
+    too: when both requests really went out and were answered, they arrived twice -- the batch
+    changed hands twice (A, B, then A again), so the record's writer resent nothing it knew of
+    as a possible duplicate."""
+    reason = str(mine.get("reason") or "")
+    if reason.startswith(POSSIBLY_TWICE) or not (_sent(late) and _sent(mine)):
+        return {"reason": reason}
+    return {
+        "reason": f"{POSSIBLY_TWICE}: delivered by two workers' requests (worker {worker}'s "
+        "too: the batch was taken over while it was in flight)"
+    }
+
+
 def reconcile(
     record: Row, parts: Mapping[int, Row], late: Row | None
 ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
@@ -87,7 +111,7 @@ def reconcile(
     worker = str(late.get("worker") or "?")
     if state != "split" and theirs.get("state") == "delivered":
         if state == "delivered":
-            return same
+            return {**record, **_both(worker, theirs, record)}, {}
         return {**record, **_delivered_by(worker, theirs, record)}, {}
     lines = sorted(set(parts) | set(their_parts))
     merged: dict[int, dict[str, Any]] = {}
@@ -98,6 +122,17 @@ def reconcile(
         if other is not None and other.get("state") == "delivered" and theirs_only:
             merged[line] = _delivered_by(worker, other, mine or {"state": "unknown"})
             changed = True
+            continue
+        both_sent = other is not None and other.get("state") == "delivered"
+        if both_sent and mine is not None and state == "split":  # (whole: lines unknown here)
+            assert other is not None
+            both = _both(worker, other, mine)
+            changed = changed or both["reason"] != mine.get("reason")
+            merged[line] = {
+                "state": "delivered",
+                "reason": both["reason"],
+                "http": mine.get("http"),
+            }
             continue
         if mine is not None:
             merged[line] = {k: mine.get(k) for k in ("state", "reason", "http")}

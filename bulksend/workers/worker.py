@@ -392,14 +392,20 @@ class Feed:
         """One look at the stream; True when the campaign is over for this worker."""
         entries = []
         now = self.clock()
+        # only what the engine's queue has room for: handing more would wait for room, and a
+        # worker paused (or held back longer than --idle) would stop refreshing what it holds
+        room = engine._queue.maxsize - engine._queue.qsize()
         if now >= self._next_refresh:
             self._next_refresh = now + self.idle / 3
             await self._refresh(engine)
             if engine.stopped_by is not None:
                 return True
-            entries = await self._claim(engine)
-        room = max(1, engine._queue.maxsize - engine._queue.qsize())
-        entries += await self._read(room, own)
+            if room > 0:
+                entries = await self._claim(room)
+        if room > len(entries):
+            entries += await self._read(room - len(entries), own)
+        elif not entries:
+            await asyncio.sleep(self.block)  # (full: look again, refreshing when due)
         if entries:
             await self._hand(engine, entries)
         elif not self.held and await self._over():
@@ -418,9 +424,9 @@ class Feed:
         found: Any = got or []
         return [(e, f) for _, entries in found for e, f in entries if f]
 
-    async def _claim(self, engine: WorkerEngine) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Batches idle longer than ``idle`` (their worker died): this worker's now."""
-        room = max(1, engine._queue.maxsize - engine._queue.qsize())
+    async def _claim(self, room: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """At most ``room`` batches idle longer than ``idle`` (their worker died): this
+        worker's now."""
         reply = await self.client.xautoclaim(
             self.keys.stream, GROUP, self.name, round(self.idle * 1000), "0-0", count=room
         )
