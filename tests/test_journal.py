@@ -18,6 +18,7 @@ from bulksend.state.journal import (
     Identity,
     Journal,
     batch_digest,
+    digest_in_background,
     fast_digest,
     file_fingerprint,
     prefetch_fingerprint,
@@ -336,6 +337,24 @@ async def test_a_new_journal_keeps_the_files_stat_until_its_hash_is_known(
     await j.in_flight(batch(2))  # the next commit writes it
     assert kept(path)["recipients"] == file_fingerprint(f)
     j.close()
+
+
+async def test_the_hash_starts_after_the_first_commit_unless_prefetched(
+    tmp_path: Path,
+) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    digest = digest_in_background(f)
+    assert not digest.started  # nothing prefetched it
+    j = Journal.open(path, later(f, digest), digest=digest)
+    assert not digest.started
+    await j.in_flight(batch(1))  # the first request goes without it
+    assert digest.started
+    j.close()
+    assert kept(path)["recipients"] == file_fingerprint(f)
+    prefetch_fingerprint(f)
+    early = digest_in_background(f)
+    assert early.started
+    assert digest_in_background(f) is not early  # (taken once)
 
 
 def test_closing_waits_for_the_hash(tmp_path: Path) -> None:

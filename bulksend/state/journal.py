@@ -27,8 +27,8 @@ file, the settings that shape the batches and the campaign file's keys that say 
 nothing that can have reached the provider. Settings that change only how the send goes (the
 base URL, limits, timeouts, ...: ``RESUMABLE_KEYS``) may change between runs; the resume names
 them. The recipient file is known by its sha256 (``file_fingerprint``), computed in a thread
-while the send starts: until it is written, the journal holds the file's size, times and inode
-(``provisional_fingerprint``), which a resume after a crash in that time compares instead.
+once the send has started: until it is written, the journal holds the file's size, times and
+inode (``provisional_fingerprint``), which a resume after a crash in that time compares instead.
 
 Writes are group-committed: everything queued in one turn of the event loop (``in_flight``
 marks, final states) shares one commit on the next turn, and an ``in_flight`` mark is durable
@@ -158,14 +158,28 @@ def provisional_fingerprint(stat: FileStat) -> str:
 
 class FileDigest:
     """``file_fingerprint`` of a file, computed in a thread (sha256 and reads let go of the
-    GIL), and the file's ``provisional_fingerprint`` when it started."""
+    GIL) once started, and the file's ``provisional_fingerprint`` when it was made."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, start: bool = True) -> None:
         self.path = path
         self.stat = _stat_of(path)
         self._done = threading.Event()
         self._value: str | None = None
-        threading.Thread(target=self._run, daemon=True, name="bulksend-fingerprint").start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the hash (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, daemon=True, name="bulksend-fingerprint"
+            )
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -185,8 +199,9 @@ class FileDigest:
         return self._done.is_set()
 
     def result(self) -> str | None:
-        """The fingerprint (waits for it), or None when it failed or the file changed since
-        it started."""
+        """The fingerprint (starts the hash and waits for it), or None when it failed or the
+        file changed since the digest was made."""
+        self.start()
         self._done.wait()
         return self._value if _stat_of(self.path) == self.stat else None
 
@@ -203,21 +218,21 @@ _prefetched: dict[str, FileDigest] = {}
 
 
 def prefetch_fingerprint(path: Path) -> None:
-    """Start ``file_fingerprint(path)`` in a thread now: the hash of the recipient file (0.2 s
-    for a 200 MB file here) then overlaps with loading the rest of the program; a journal
-    file takes it later still (``digest_in_background``)."""
+    """Start ``file_fingerprint(path)`` in a thread now, for a send that needs it before its
+    first request: the hash of the recipient file (0.2 s for a 200 MB file here) then overlaps
+    with loading the rest of the program."""
     _prefetched[os.path.abspath(path)] = FileDigest(path)
 
 
 def digest_in_background(path: Path) -> FileDigest:
-    """``file_fingerprint(path)`` on its way in a thread: the one ``prefetch_fingerprint``
-    started when the file is unchanged since, else a new one. Raises OSError when the file
-    cannot be read."""
+    """A ``FileDigest`` of ``path``: the one ``prefetch_fingerprint`` started when the file is
+    unchanged since, else a new one, not started yet (``start``; ``result`` starts it).
+    Raises OSError when the file cannot be read."""
     path.open("rb").close()
     early = _prefetched.pop(os.path.abspath(path), None)
     if early is not None and early.stat is not None and early.stat == _stat_of(path):
         return early
-    return FileDigest(path)
+    return FileDigest(path, start=False)
 
 
 #: the prefix of a ``fast_digest`` value (a ``batch_digest`` value is 24 hex digits, no colon)
@@ -530,11 +545,12 @@ class Journal:
         then it starts over (``restarted`` says why). ``resume`` requires an existing journal;
         ``fresh`` discards it. ``meta`` (what ``bulksend retry`` needs) is replaced by each run's.
 
-        An identity without its ``recipients`` fingerprint comes with the ``digest`` computing
-        it: the open waits for it only to compare it with a journal that holds one; else the
-        journal keeps the file's ``provisional_fingerprint`` and writes the fingerprint with
-        the first commit after it is known (``close`` waits for it), so that the first request
-        need not wait for the hash of the whole file.
+        An identity without its ``recipients`` fingerprint comes with the ``digest`` that
+        computes it: the open waits for it only to compare it with a journal that holds one;
+        else the journal keeps the file's ``provisional_fingerprint``, starts the digest after
+        its first commit (unless it runs already) and writes the fingerprint with the first
+        commit after it is known (``close`` waits for it): the first request waits neither for
+        the hash of the whole file nor behind it for a CPU.
         """
         exists = path.exists() and path.stat().st_size > 0
         if exists and fresh:
@@ -737,6 +753,8 @@ class Journal:
             for sql, params in pending:
                 db.execute(sql, params)
             db.execute("COMMIT")
+        if self._digest is not None:  # after the first commit: the first request goes first
+            self._digest.start()
         for w in waiters:
             if not w.done():
                 w.set_result(None)
