@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,25 @@ def test_the_keys_move_to_the_big_table_as_soon_as_it_is_ready() -> None:
             ks.add_many(["first"])
         assert len(ks) == 2
         assert not ks.add_many(["second", "first"]).any()
+
+
+def test_keys_move_to_the_big_table_with_a_hash_fn_whose_fingerprints_collide() -> None:
+    def hash_fn(key: str) -> int:  # homes spread, one fingerprint for all: every key read back
+        return zlib.crc32(key.encode("utf-8", "surrogatepass")) << 32 | 7
+
+    keys = [f"{i}-é-\udc80" for i in range(40_000)]
+    with KeySet(hash_fn=hash_fn, expected=1_000_000) as ks:
+        for i in range(0, len(keys), 4000):
+            assert ks.add_many(keys[i : i + 4000]).all()
+            assert not ks.add_many(keys[: i + 4000 : 97]).any()
+        deadline = time.monotonic() + 30
+        while ks._table.early:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+            assert not ks.add_many(keys[:1]).any()
+        assert len(ks) == len(keys)
+        assert not ks.add_many(keys).any()
+        assert ks.add_many([k + "!" for k in keys[::50]]).all()
 
 
 def test_a_key_set_closed_or_dropped_while_its_table_fills() -> None:

@@ -854,12 +854,12 @@ rebuild(KeySetObject *s, uint64_t n)
 
 /* A table sized for many keys (`expected`) costs its first touch: the kernel zeroes ~100 MB of
  * pages, 10-20 ms here, and far more when it is short of free huge pages or the machine is a
- * VM whose host backs that memory lazily (up to 200 ms measured). The first keys would touch
- * nearly every page at once (homes are random), so before the first batch could go out. From
- * EARLY_TABLE on, the table is mapped at once but faulted in by a thread (early_start), while a
- * small table takes the first keys; the first call that finds the big one ready (or the small
- * one full: it waits then) moves the keys into it from the spill (early_adopt: a few
- * thousand keys, well under a millisecond). */
+ * VM whose host backs that memory lazily (up to 300 ms measured, after a large process freed
+ * its memory). The first keys would touch nearly every page at once (homes are random), so
+ * before the first batch could go out. From EARLY_TABLE on, the table is mapped at once but
+ * faulted in by a thread (early_start), while a small table takes the first keys; the first
+ * call that finds the big one ready (or the small one full: it waits then) moves the keys into
+ * it from the spill (early_adopt: a few thousand keys, well under a millisecond). */
 
 #ifdef HAVE_FILLER
 static void *
@@ -868,13 +868,11 @@ early_fill(void *arg)
     KeySetObject *s = (KeySetObject *)arg;
     char *p = (char *)s->early;
     size_t bytes = (size_t)s->early_n * sizeof(uint64_t), at, i;
+    /* A write per page, not MADV_POPULATE_WRITE: that holds the process's map lock while it
+     * works, and every mmap of the other threads (malloc, Python's arenas) waited for it: up
+     * to 30 ms each here when memory is slow to come, which held the first request up. */
     for (at = 0; at < bytes && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED); at += FILL_STEP) {
         size_t len = bytes - at < FILL_STEP ? bytes - at : FILL_STEP;
-#ifdef MADV_POPULATE_WRITE
-        if (madvise(p + at, len, MADV_POPULATE_WRITE) == 0) { /* Linux 5.14 and later */
-            continue;
-        }
-#endif
         for (i = 0; i < len; i += 4096) {
             ((volatile char *)p)[at + i] = 0;
         }
