@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
 
 import orjson
 
@@ -43,9 +43,11 @@ from bulksend.ratelimit.scheduler import GroupPolicy, Scheduler
 from bulksend.sources import Chunk, Columns, SourceSpec, open_source
 from bulksend.state.journal import (
     BatchJournal,
+    FileDigest,
     Identity,
     Journal,
     campaign_keys,
+    digest_in_background,
     file_fingerprint,
     masked_url,
 )
@@ -53,6 +55,8 @@ from bulksend.state.shard import ALREADY_DEDUPLICATED, Shard
 
 if TYPE_CHECKING:
     from bulksend.dedup.suppress import ListSpec, SuppressionList
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +190,24 @@ def _exclusion_plan(settings: Settings, prints: Mapping[str, str]) -> dict[str, 
 
 def identity(settings: Settings, shard: Shard | None = None) -> Identity:
     """The campaign's identity for the journal; a changed file or plan refuses a resume."""
+    ident, digest = identity_and_digest(settings, shard)
+    found = digest.result()
+    if found is None:  # the file changed since its hash started: the file as it is now
+        found = _read(lambda: file_fingerprint(digest.path))
+    return ident.with_recipients(found)
+
+
+def identity_and_digest(
+    settings: Settings, shard: Shard | None = None
+) -> tuple[Identity, FileDigest]:
+    """The campaign's identity without the recipient file's fingerprint (``recipients`` is
+    ""), and the digest computing it in a thread (``Journal.open(digest=)``)."""
     if settings.recipients.path == "-":
         raise ConfigError("a send from stdin cannot be journaled; use --no-journal or a file")
-    try:
-        text = settings.campaign_file.read_bytes()
-        recipients = file_fingerprint(Path(settings.recipients.path))
-        prints = {p: file_fingerprint(Path(p)) for p in settings.recipients.exclude}
-    except OSError as exc:
-        raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    path = Path(settings.recipients.path)
+    text = _read(settings.campaign_file.read_bytes)
+    digest = _read(lambda: digest_in_background(path))
+    prints = _read(lambda: {p: file_fingerprint(Path(p)) for p in settings.recipients.exclude})
     campaign = hashlib.sha256(text).hexdigest()
     try:
         keys = orjson.dumps(campaign_keys(tomllib.loads(text.decode("utf-8", "replace"))))
@@ -214,14 +228,24 @@ def identity(settings: Settings, shard: Shard | None = None) -> Identity:
         "shard": str(shard) if shard else None,
         **_exclusion_plan(settings, prints),
     }
-    digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    plan_digest = hashlib.sha256(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()
     details = {
         "campaign_keys": keys.decode(),
-        "recipients_path": str(Path(settings.recipients.path).resolve()),
+        "recipients_path": str(path.resolve()),
+        "recipients_stat": digest.provisional,
         "settings": orjson.dumps(named_plan(settings, shard, prints)).decode(),
         "how": orjson.dumps(how_settings(settings), default=str).decode(),
     }
-    return Identity(campaign=campaign, recipients=recipients, plan=digest, details=details)
+    made = Identity(campaign=campaign, recipients="", plan=plan_digest, details=details)
+    return made, digest
+
+
+def _read(how: Callable[[], T]) -> T:
+    """``how()``, an OSError as the one line ``PATH: cannot read (why)``."""
+    try:
+        return how()
+    except OSError as exc:
+        raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
 
 
 def how_settings(settings: Settings) -> dict[str, Any]:
@@ -513,11 +537,17 @@ async def open_journal(
     secrets: Mapping[str, str],
 ) -> BatchJournal:
     """The send's journal: SQLite at ``options.path``, or in Redis with ``options.state``."""
-    ident = identity(settings, shard)
-    if options.state is None:
+    if options.state is None:  # the file's hash goes on while the send starts
+        ident, digest = identity_and_digest(settings, shard)
         return Journal.open(
-            options.path, ident, resume=options.resume, fresh=options.fresh, meta=options.meta
+            options.path,
+            ident,
+            resume=options.resume,
+            fresh=options.fresh,
+            meta=options.meta,
+            digest=digest,
         )
+    ident = identity(settings, shard)  # Redis names the campaign's state by the file's hash
     try:
         from bulksend.state.redis_journal import RedisJournal
     except ImportError:

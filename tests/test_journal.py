@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,9 +15,11 @@ from bulksend.errors import ConfigError
 from bulksend.models import Batch, Recipient
 from bulksend.recipients import Recipients
 from bulksend.state.journal import (
+    FileDigest,
     Identity,
     Journal,
     batch_digest,
+    digest_in_background,
     fast_digest,
     file_fingerprint,
     prefetch_fingerprint,
@@ -294,6 +299,186 @@ def test_a_prefetched_fingerprint_is_the_fingerprint_unless_the_file_changed(
     prefetch_fingerprint(f)
     f.write_text("id\n22\n")  # changed after the hash started: hashed again
     assert file_fingerprint(f) == file_fingerprint(f) != expected
+
+
+# -- the recipient file's hash, written once known (issue 16) -----------------------------------
+
+
+class HeldDigest(FileDigest):
+    """A FileDigest whose hash starts only once ``gate`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        self.gate = threading.Event()
+        super().__init__(path)
+
+    def _run(self) -> None:
+        self.gate.wait(30)
+        super()._run()
+
+
+def later(path: Path, digest: FileDigest) -> Identity:
+    """ID without the recipient file's fingerprint, as a send opens its journal."""
+    return Identity("c1", "", "p1", {"recipients_stat": digest.provisional})
+
+
+def kept(path: Path) -> dict[str, str]:
+    return Journal.read_campaign(path)
+
+
+async def test_a_new_journal_keeps_the_files_stat_until_its_hash_is_known(
+    tmp_path: Path,
+) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    digest = HeldDigest(f)
+    j = Journal.open(path, later(f, digest), digest=digest)
+    await j.in_flight(batch(1))  # the first request need not wait for the hash
+    assert "recipients" not in kept(path)
+    st = os.stat(f)
+    assert kept(path)["recipients_stat"] == (
+        f"stat:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    )
+    digest.gate.set()
+    digest.result()
+    await j.in_flight(batch(2))  # the next commit writes it
+    assert kept(path)["recipients"] == file_fingerprint(f)
+    j.close()
+
+
+async def test_the_hash_starts_after_the_first_commit_unless_prefetched(
+    tmp_path: Path,
+) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    digest = digest_in_background(f)
+    assert not digest.started  # nothing prefetched it
+    j = Journal.open(path, later(f, digest), digest=digest)
+    assert not digest.started
+    await j.in_flight(batch(1))  # the first request goes without it
+    assert digest.started
+    j.close()
+    assert kept(path)["recipients"] == file_fingerprint(f)
+    prefetch_fingerprint(f)
+    early = digest_in_background(f)
+    assert early.started
+    assert digest_in_background(f) is not early  # (taken once)
+
+
+def test_closing_waits_for_the_hash(tmp_path: Path) -> None:
+    f = tmp_path / "r.csv"
+    f.write_text("id\n1\n")
+    digest = HeldDigest(f)
+    j = Journal.open(tmp_path / "j", later(f, digest), digest=digest)
+    threading.Timer(0.05, digest.gate.set).start()
+    j.close()
+    assert kept(tmp_path / "j")["recipients"] == file_fingerprint(f)
+
+
+def recipients(tmp_path: Path, text: str = "id\n1\n2\n") -> Path:
+    f = tmp_path / "r.csv"
+    f.write_text(text)
+    return f
+
+
+def rewrite_keeping_size_and_mtime(f: Path, text: str) -> None:
+    """``text`` written to ``f`` (the same length) with its mtime set back; rewritten until
+    the file system's clock, which may tick every few ms, has moved on (ctime cannot be set
+    back)."""
+    before = os.stat(f)
+    while os.stat(f).st_ctime_ns == before.st_ctime_ns:
+        time.sleep(0.002)
+        f.write_text(text)
+        os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(f).st_size == before.st_size
+
+
+async def crashed_before_the_hash(f: Path, path: Path) -> HeldDigest:
+    """A run that settled batch 1 and died before the file's hash was known (the caller
+    releases the digest's gate to end its thread)."""
+    digest = HeldDigest(f)
+    j = Journal.open(path, later(f, digest), digest=digest)
+    await j.in_flight(batch(1))
+    j.finished(batch(1), "delivered", "", 200)
+    await j.in_flight(batch(2))
+    j._db.close()  # as a kill -9: no close, no hash
+    return digest
+
+
+async def test_a_resume_after_a_crash_before_the_hash_compares_the_stat(
+    tmp_path: Path,
+) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    (await crashed_before_the_hash(f, path)).gate.set()
+    assert "recipients" not in kept(path)
+    digest = FileDigest(f)
+    j = Journal.open(path, later(f, digest), resume=True, digest=digest)
+    settled = j.previous(1)
+    assert settled is not None
+    assert settled.state == "delivered"
+    assert j.opening_note() == (
+        f"resuming: 1 batch settled by an earlier run, 1 with an unknown outcome; it stopped "
+        f"before it had hashed the recipient file, which has the same size, times and inode "
+        f"({path}; --fresh starts over)"
+    )
+    j.close()
+    assert kept(path)["recipients"] == file_fingerprint(f)  # this run's hash, now known
+
+
+@pytest.mark.parametrize("change", ["append", "same size, mtime set back"])
+async def test_a_file_changed_after_a_crash_before_the_hash_is_refused(
+    tmp_path: Path, change: str
+) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    (await crashed_before_the_hash(f, path)).gate.set()
+    if change == "append":
+        recipients(tmp_path, "id\n1\n2\n3\n")
+    else:
+        rewrite_keeping_size_and_mtime(f, "id\n1\n9\n")
+    digest = FileDigest(f)
+    for resume in (True, False):
+        with pytest.raises(ConfigError) as err:
+            Journal.open(path, later(f, digest), resume=resume, digest=digest)
+        assert str(err.value) == (
+            f"{path}: cannot resume: the recipient file changed since this journal was "
+            "written; restore it, or add --fresh to start over (sending everything again)"
+        )
+
+
+async def test_a_journal_with_the_hash_compares_the_hash(tmp_path: Path) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    digest = FileDigest(f)
+    j = Journal.open(path, later(f, digest), digest=digest)
+    await j.in_flight(batch(1))
+    j.finished(batch(1), "delivered", "", 200)
+    j.close()
+    assert kept(path)["recipients"] == file_fingerprint(f)
+    recipients(tmp_path)  # other times, the same bytes: resumes
+    digest = HeldDigest(f)
+    threading.Timer(0.05, digest.gate.set).start()  # the open waits for the hash
+    again = Journal.open(path, later(f, digest), resume=True, digest=digest)
+    assert again.opening_note() == (
+        f"resuming: 1 batch settled by an earlier run ({path}; --fresh starts over)"
+    )
+    again.close()
+    rewrite_keeping_size_and_mtime(f, "id\n1\n3\n")
+    digest = FileDigest(f)
+    with pytest.raises(ConfigError, match="cannot resume: the recipient file changed"):
+        Journal.open(path, later(f, digest), resume=True, digest=digest)
+
+
+async def test_the_hash_of_a_file_changed_during_the_run_is_not_recorded(
+    tmp_path: Path,
+) -> None:
+    f, path = recipients(tmp_path), tmp_path / "j"
+    digest = HeldDigest(f)
+    j = Journal.open(path, later(f, digest), digest=digest)
+    await j.in_flight(batch(1))
+    j.finished(batch(1), "delivered", "", 200)
+    recipients(tmp_path, "id\n1\n2\n3\n")
+    digest.gate.set()
+    j.close()
+    assert "recipients" not in kept(path)  # what was read is not what the hash would say
+    digest = FileDigest(f)
+    with pytest.raises(ConfigError, match="cannot resume: the recipient file changed"):
+        Journal.open(path, later(f, digest), digest=digest)
 
 
 def test_fast_digest_is_what_journals_store_and_both_kinds_are_recognised() -> None:

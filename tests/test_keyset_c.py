@@ -14,6 +14,8 @@ import gc
 import os
 import subprocess
 import sys
+import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,67 @@ def test_a_size_hint_sizes_the_table_once() -> None:
         assert ks.add_many(more).all()
         assert ks.buckets > slots
         assert not ks.add_many(more[::11]).any()
+
+
+def test_a_large_size_hint_fills_its_table_in_a_thread_while_a_small_one_takes_keys() -> None:
+    # from 8 MiB the table sized for the hint is faulted in by a thread, and a small table
+    # takes the first keys; they move to the big one once it is ready, at the latest when the
+    # small one is full (196,608 keys)
+    keys = [f"{i:032x}" for i in range(300_000)]
+    with KeySet(expected=2_000_000) as ks:
+        slots = ks.buckets
+        assert 2_000_000 * 4 // 3 < slots < 2_000_000 * 2  # the size it will have, at once
+        assert ks._table.early
+        for i in range(0, len(keys), 5000):
+            assert ks.add_many(keys[i : i + 5000]).all()
+            assert not ks.add_many(keys[i // 2 : i // 2 + 100]).any()
+        assert not ks._table.early
+        assert ks.buckets == slots
+        assert ks._table.rebuilds == 0
+        assert not ks.add_many(keys[::7]).any()
+        assert ks.add_many([k + "!" for k in keys[:1000]]).all()
+
+
+def test_the_keys_move_to_the_big_table_as_soon_as_it_is_ready() -> None:
+    with KeySet(expected=2_000_000) as ks:
+        assert ks.add_many(["first", "second"]).all()
+        deadline = time.monotonic() + 30
+        while ks._table.early:  # moved by the first call after the thread is done
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+            ks.add_many(["first"])
+        assert len(ks) == 2
+        assert not ks.add_many(["second", "first"]).any()
+
+
+def test_keys_move_to_the_big_table_with_a_hash_fn_whose_fingerprints_collide() -> None:
+    def hash_fn(key: str) -> int:  # homes spread, one fingerprint for all: every key read back
+        return zlib.crc32(key.encode("utf-8", "surrogatepass")) << 32 | 7
+
+    keys = [f"{i}-é-\udc80" for i in range(40_000)]
+    with KeySet(hash_fn=hash_fn, expected=1_000_000) as ks:
+        for i in range(0, len(keys), 4000):
+            assert ks.add_many(keys[i : i + 4000]).all()
+            assert not ks.add_many(keys[: i + 4000 : 97]).any()
+        deadline = time.monotonic() + 30
+        while ks._table.early:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+            assert not ks.add_many(keys[:1]).any()
+        assert len(ks) == len(keys)
+        assert not ks.add_many(keys).any()
+        assert ks.add_many([k + "!" for k in keys[::50]]).all()
+
+
+def test_a_key_set_closed_or_dropped_while_its_table_fills() -> None:
+    for _ in range(10):
+        ks = KeySet(expected=4_000_000)
+        ks.add("a")
+        ks.close()  # the thread is stopped and its table unmapped
+        assert ks.table_bytes == 0
+        dropped = KeySet(expected=4_000_000)
+        del dropped
+        gc.collect()
 
 
 # -- keys of every sort ---------------------------------------------------------------------
@@ -523,12 +586,16 @@ HASHES: list[Callable[[str], int] | None] = [
     calls=st.lists(st.lists(PART, max_size=3), max_size=8),
     hash_choice=st.integers(0, len(HASHES) - 1),
     flush_after=st.sets(st.integers(0, 8)),
+    expected=st.sampled_from([0, 1_000_000]),  # (a table filled in a thread, keys moved to it)
 )
 def test_matches_a_python_set(
-    calls: list[list[tuple[list[str | None], int]]], hash_choice: int, flush_after: set[int]
+    calls: list[list[tuple[list[str | None], int]]],
+    hash_choice: int,
+    flush_after: set[int],
+    expected: int,
 ) -> None:
     seen: set[tuple[int, str]] = set()
-    with KeySet(hash_fn=HASHES[hash_choice]) as ks:
+    with KeySet(hash_fn=HASHES[hash_choice], expected=expected) as ks:
         for number, parts in enumerate(calls):
             got = ks.add_kinds(parts)
             for (keys, kind), (new, present) in zip(parts, got, strict=True):

@@ -352,3 +352,31 @@ def test_possible_duplicates_are_marked_and_counted_across_runs(tmp_path: Path) 
     only = run_cli("report", "merge", str(report), "--summary-json", str(tmp_path / "r.json"))
     assert only.status == 0, only.stderr
     assert summary_of(tmp_path / "r.json")["possible_duplicates"] == len(marked)
+
+
+def test_the_recipient_file_is_hashed_first_only_when_the_send_needs_it_first(
+    tmp_path: Path,
+) -> None:
+    """Before its first request a send needs the hash only to name a Redis state or to compare
+    it with a journal of the campaign (issue 16); else the new journal takes it later."""
+    import argparse
+
+    from bulksend.commands.send import _hash_first
+    from bulksend.config import load_settings
+
+    campaign = write_campaign(tmp_path, write_recipients(tmp_path / "r.csv", [("a", "b")]))
+    settings = load_settings(campaign, env={"MAXTRAFFIC_API_KEY": KEY})
+
+    def first(**given: Any) -> bool:
+        args = {"state": None, "workers": None, "journal": None} | given
+        return _hash_first(argparse.Namespace(**args), settings)
+
+    assert not first()
+    assert first(state="redis://localhost/0")
+    assert first(workers="redis://localhost/0")
+    assert not first(journal=tmp_path / "elsewhere.journal")
+    (tmp_path / "elsewhere.journal").write_bytes(b"")
+    assert first(journal=tmp_path / "elsewhere.journal")
+    (tmp_path / ".bulksend").mkdir()
+    (tmp_path / ".bulksend" / "campaign.shard-1-of-2.journal").write_bytes(b"")
+    assert first()

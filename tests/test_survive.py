@@ -251,3 +251,107 @@ def test_a_second_sigint_stops_at_once_and_the_send_stays_resumable(
     ids = ledger_ids(ledger)
     assert set(ids) == {f"v{i:06d}" for i in range(N)}
     assert sum(n - 1 for n in ids.values()) <= summary["possible_duplicates"] <= IN_FLIGHT * BATCH
+
+
+# -- a kill -9 before and after the recipient file's hash was written (issue 16) ----------------
+
+#: ``bulksend send`` whose hash of the recipient file waits until the file GATE exists (the
+#: first requests do not wait for it)
+HELD_HASH = """
+import sys, time
+from pathlib import Path
+import bulksend.state.journal as journal
+gate, real = Path(sys.argv[1]), journal._fingerprint
+def held(path):
+    while not gate.exists():
+        time.sleep(0.01)
+    return real(path)
+journal._fingerprint = held
+from bulksend.cli import main
+main(sys.argv[2:])
+"""
+
+
+def start_held_send(campaign: Path, url: str, gate: Path) -> subprocess.Popen[str]:
+    args = ["send", str(campaign), "--base-url", url, "--quiet", "--progress", "never"]
+    return subprocess.Popen(
+        [sys.executable, "-c", HELD_HASH, str(gate), *args],
+        env={**os.environ, "MAXTRAFFIC_API_KEY": KEY},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kept(campaign: Path) -> dict[str, str]:
+    from bulksend.state.journal import Journal
+
+    return Journal.read_campaign(campaign.parent / ".bulksend" / f"{campaign.stem}.journal")
+
+
+def killed_mid_send(
+    campaign: Path, url: str, ledger: Path, tmp_path: Path, *, hashed: bool
+) -> None:
+    """``bulksend send`` killed with SIGKILL a third of the way, before its hash of the
+    recipient file was written (``hashed`` False) or after."""
+    gate = tmp_path / "gate"
+    proc = start_held_send(campaign, url, gate)
+    wait_for_ledger(ledger, 2 * N // 3, proc)
+    if hashed:
+        gate.touch()
+        deadline = time.monotonic() + 30
+        while "recipients" not in kept(campaign):
+            assert time.monotonic() < deadline
+            assert proc.poll() is None
+            time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    assert ("recipients" in kept(campaign)) is hashed
+    assert kept(campaign)["recipients_stat"].startswith("stat:")
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["before the hash", "after the hash"])
+def test_kill_9_before_or_after_the_hash_then_resume(
+    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path, hashed: bool
+) -> None:
+    url, ledger = sandbox
+    killed_mid_send(campaign, url, ledger, tmp_path, hashed=hashed)
+    before = ledger_ids(ledger)
+    assert 0 < sum(before.values()) < N
+    summary = tmp_path / "summary.json"
+    proc = start_send(campaign, url, "--resume", "--summary-json", str(summary))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    note = [line for line in err.splitlines() if "resuming" in line]
+    assert len(note) == 1
+    assert ("stopped before it had hashed the recipient file" in note[0]) is not hashed
+    ids = ledger_ids(ledger)
+    assert set(ids) == {f"v{i:06d}" for i in range(N)}  # every unique recipient arrived
+    figures = orjson.loads(summary.read_bytes())
+    # what the first run had confirmed was not sent again: only batches in flight at the kill
+    assert sum(n - 1 for n in ids.values()) <= figures["possible_duplicates"] <= IN_FLIGHT * BATCH
+    assert figures["delivered"] == N
+    assert figures["delivered_earlier"] > 0
+    assert kept(campaign)["recipients"].startswith("sha256:")  # known now
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["before the hash", "after the hash"])
+def test_kill_9_before_or_after_the_hash_then_a_changed_file_is_refused(
+    tmp_path: Path, sandbox: tuple[str, Path], campaign: Path, hashed: bool
+) -> None:
+    url, ledger = sandbox
+    killed_mid_send(campaign, url, ledger, tmp_path, hashed=hashed)
+    recipients = tmp_path / "r.csv"
+    was = os.stat(recipients)
+    text = recipients.read_text()
+    recipients.write_text(text.replace("v000001,", "v00000X,"))  # the same size
+    os.utime(recipients, ns=(was.st_atime_ns, was.st_mtime_ns))  # and mtime
+    assert os.stat(recipients).st_size == was.st_size
+    sent = ledger_lines(ledger)
+    again = start_send(campaign, url, "--resume")
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 2
+    assert "cannot resume: the recipient file changed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert ledger_lines(ledger) == sent  # nothing sent

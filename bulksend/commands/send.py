@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import glob
 import secrets
 import shlex
 import signal
@@ -181,7 +182,7 @@ def add_metrics_flags(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     settings = settings_from(args, ctx)
-    if not (args.dry_run or args.no_journal) and settings.recipients.path != "-":
+    if not (args.dry_run or args.no_journal) and _hash_first(args, settings):
         from bulksend.state.journal import prefetch_fingerprint
 
         prefetch_fingerprint(Path(settings.recipients.path))  # while the rest loads
@@ -246,6 +247,20 @@ def _check_planner(args: argparse.Namespace, settings: Settings) -> None:
     if settings.recipients.path == "-":
         raise ConfigError("--workers needs a recipient file, not stdin (-)")
     args.state = url
+
+
+def _hash_first(args: argparse.Namespace, settings: Settings) -> bool:
+    """Whether the send needs the recipient file's hash before its first request: to name its
+    state in Redis, or to compare it with a journal of this campaign that may hold one. (A new
+    journal takes it while the send goes on.)"""
+    if settings.recipients.path == "-":
+        return False
+    if getattr(args, "state", None) or settings.state or getattr(args, "workers", None):
+        return True
+    if args.journal:
+        return Path(args.journal).exists()
+    folder = settings.campaign_file.parent / ".bulksend"
+    return any(folder.glob(glob.escape(settings.campaign_file.stem) + "*.journal"))
 
 
 def _state_url(args: argparse.Namespace, settings: Settings, shard: Shard | None) -> str | None:

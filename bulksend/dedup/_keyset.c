@@ -28,6 +28,13 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+/* A table sized for many keys is faulted in by a thread while a small one takes the first
+ * keys (see "the early table" below): POSIX threads, GCC's atomics and anonymous maps. */
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE) && (defined(__GNUC__) || defined(__clang__))
+#include <pthread.h>
+#define HAVE_FILLER 1
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH(p) __builtin_prefetch((p), 1, 3)
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -62,6 +69,9 @@
 #define SCAN_CHUNK (1u << 20)         /* the spill is read back in steps of this on growth */
 #define FILE_STEP (UINT64_C(64) << 20) /* the file's blocks are reserved this much ahead */
 #define HUGE_TABLE (UINT64_C(4) << 20) /* tables from this size are mapped (huge pages) */
+#define EARLY_TABLE (UINT64_C(8) << 20) /* tables sized from this are faulted in by a thread */
+#define FIRST_SLOTS (UINT64_C(1) << 18) /* ... while one of 2 MiB takes the first keys */
+#define FILL_STEP (UINT64_C(2) << 20)   /* the thread faults this much in at a time */
 #define HEADER_MAX 11                  /* kind byte + LEB128 of a 64-bit length */
 
 /* Errors raised where the GIL may have been released (process() and what it calls run
@@ -132,6 +142,15 @@ typedef struct {
     size_t scratch_cap;
     uint64_t reads;    /* preads made to confirm fingerprint matches */
     uint64_t rebuilds; /* times the table was rebuilt larger */
+    /* the early table: the one sized for `expected`, faulted in by `filler` (NULL: none) */
+    uint64_t *early;
+    uint64_t early_n;
+#ifdef HAVE_FILLER
+    pthread_t filler;
+    int filling; /* the filler was started and not joined yet */
+    int filled;  /* set by the filler when it is done (atomic) */
+    int stop;    /* asks the filler to stop (atomic) */
+#endif
 } KeySetObject;
 
 /* -- the hash ------------------------------------------------------------------------------- */
@@ -739,30 +758,17 @@ rehash_records(KeySetObject *s, Pending *q, const char *data, size_t len, uint64
     return (Py_ssize_t)(at - (const unsigned char *)data);
 }
 
-/* EXACT: a larger table is filled from the spill, which holds every stored key exactly once;
- * each goes to the first empty slot from its home, so the lookup invariant holds again. The old
- * table is freed first (only one table is held at a time). */
+/* EXACT: an empty table is filled from the spill, which holds every stored key exactly once;
+ * each goes to the first empty slot from its home, so the lookup invariant holds again. */
 static int
-rebuild(KeySetObject *s, uint64_t n)
+refill(KeySetObject *s)
 {
     Pending q;
-    uint64_t old = s->nslots, pos = SPILL_START;
+    uint64_t pos = SPILL_START;
     size_t have = 0, cap = SCAN_CHUNK;
     char *chunk = NULL;
     Py_ssize_t used;
-    int grew = 1;
 
-    if (!table_regrow(s, n)) {
-        table_free(s);
-        if (table_set(s, n) < 0) {
-            grew = 0; /* refill at the old size, then report the failure */
-            if (table_set(s, old) < 0) {
-                s->broken = 1;
-                WITH_GIL(PyErr_NoMemory());
-                return -1;
-            }
-        }
-    }
     q.in = q.out = 0;
     chunk = PyMem_RawMalloc(cap);
     if (!chunk) {
@@ -807,16 +813,160 @@ rebuild(KeySetObject *s, uint64_t n)
         WITH_GIL(PyErr_SetString(PyExc_OSError, "the deduplication spill file is corrupt"));
         goto fail;
     }
+    return 0;
+fail:
+    PyMem_RawFree(chunk);
+    s->broken = 1;
+    return -1;
+}
+
+/* A larger table, filled from the spill (refill). The old table is freed first (only one
+ * table is held at a time). */
+static int
+rebuild(KeySetObject *s, uint64_t n)
+{
+    uint64_t old = s->nslots;
+    int grew = 1;
+
+    if (!table_regrow(s, n)) {
+        table_free(s);
+        if (table_set(s, n) < 0) {
+            grew = 0; /* refill at the old size, then report the failure */
+            if (table_set(s, old) < 0) {
+                s->broken = 1;
+                WITH_GIL(PyErr_NoMemory());
+                return -1;
+            }
+        }
+    }
+    if (refill(s) < 0) {
+        return -1;
+    }
     if (!grew) {
         WITH_GIL(PyErr_NoMemory());
         return -1;
     }
     s->rebuilds++;
     return 0;
-fail:
-    PyMem_RawFree(chunk);
-    s->broken = 1;
-    return -1;
+}
+
+/* -- the early table ------------------------------------------------------------------------ */
+
+/* A table sized for many keys (`expected`) costs its first touch: the kernel zeroes ~100 MB of
+ * pages, 10-20 ms here, and far more when it is short of free huge pages or the machine is a
+ * VM whose host backs that memory lazily (up to 300 ms measured, after a large process freed
+ * its memory). The first keys would touch nearly every page at once (homes are random), so
+ * before the first batch could go out. From EARLY_TABLE on, the table is mapped at once but
+ * faulted in by a thread (early_start), while a small table takes the first keys; the first
+ * call that finds the big one ready (or the small one full: it waits then) moves the keys into
+ * it from the spill (early_adopt: a few thousand keys, well under a millisecond). */
+
+#ifdef HAVE_FILLER
+static void *
+early_fill(void *arg)
+{
+    KeySetObject *s = (KeySetObject *)arg;
+    char *p = (char *)s->early;
+    size_t bytes = (size_t)s->early_n * sizeof(uint64_t), at, i;
+    /* A write per page, not MADV_POPULATE_WRITE: that holds the process's map lock while it
+     * works, and every mmap of the other threads (malloc, Python's arenas) waited for it: up
+     * to 30 ms each here when memory is slow to come, which held the first request up. */
+    for (at = 0; at < bytes && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED); at += FILL_STEP) {
+        size_t len = bytes - at < FILL_STEP ? bytes - at : FILL_STEP;
+        for (i = 0; i < len; i += 4096) {
+            ((volatile char *)p)[at + i] = 0;
+        }
+    }
+    __atomic_store_n(&s->filled, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+#endif
+
+/* Maps a table of n slots and starts the filler on it; 0 when not done here (the caller
+ * allocates the table of n slots itself), 1 when s->early is set. */
+static int
+early_start(KeySetObject *s, uint64_t n)
+{
+#ifdef HAVE_FILLER
+    size_t bytes = (size_t)n * sizeof(uint64_t);
+    void *p;
+    if (bytes < EARLY_TABLE || n <= FIRST_SLOTS) {
+        return 0;
+    }
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        return 0;
+    }
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+    s->early = (uint64_t *)p;
+    s->early_n = n;
+    if (pthread_create(&s->filler, NULL, early_fill, s) != 0) {
+        munmap(p, bytes);
+        s->early = NULL;
+        return 0;
+    }
+    s->filling = 1;
+    return 1;
+#else
+    (void)s;
+    (void)n;
+    return 0;
+#endif
+}
+
+/* Waits for the filler (which stops early when `stop` is set); call without the GIL when it
+ * may take long. */
+static void
+early_join(KeySetObject *s, int stop)
+{
+#ifdef HAVE_FILLER
+    if (s->filling) {
+        if (stop) {
+            __atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
+        }
+        pthread_join(s->filler, NULL);
+        s->filling = 0;
+    }
+#else
+    (void)s;
+    (void)stop;
+#endif
+}
+
+static int
+early_ready(KeySetObject *s)
+{
+#ifdef HAVE_FILLER
+    return __atomic_load_n(&s->filled, __ATOMIC_ACQUIRE);
+#else
+    (void)s;
+    return 1;
+#endif
+}
+
+static void
+early_free(KeySetObject *s)
+{
+    if (s->early) {
+        early_join(s, 1);
+        munmap(s->early, (size_t)s->early_n * sizeof(uint64_t));
+        s->early = NULL;
+    }
+}
+
+/* EXACT: the big table replaces the small one, empty (a fresh map, only ever written zeroes),
+ * and is filled from the spill as a rebuild is. */
+static int
+early_adopt(KeySetObject *s)
+{
+    early_join(s, 0);
+    table_free(s);
+    s->slots = s->early;
+    s->nslots = s->early_n;
+    s->limit = load_limit(s->early_n);
+    s->mapped = 1;
+    s->early = NULL;
+    return refill(s);
 }
 
 /* Makes room for `more` keys: the table doubles (more than once if need be) and is rebuilt. */
@@ -874,6 +1024,10 @@ process(KeySetObject *s, Item *items, size_t n)
     uint64_t base, *slots;
     int deferred = 0, lookup = s->lookup;
 
+    if (!lookup && s->early && (early_ready(s) || s->count + n > s->limit) &&
+        early_adopt(s) < 0) {
+        return -1;
+    }
     if (!lookup && ensure_room(s, n) < 0) {
         return -1;
     }
@@ -1516,6 +1670,7 @@ release_all(KeySetObject *s)
         close(s->fd);
         s->fd = -1;
     }
+    early_free(s);
     table_free(s);
     PyMem_RawFree(s->buf);
     s->buf = NULL;
@@ -1573,7 +1728,7 @@ KeySet_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_INCREF(hash_fn);
         s->hash_fn = hash_fn;
     }
-    if (table_set(s, n) < 0) {
+    if (table_set(s, early_start(s, n) ? FIRST_SLOTS : n) < 0) {
         Py_DECREF(s);
         return PyErr_NoMemory();
     }
@@ -1667,13 +1822,20 @@ KeySet_len(KeySetObject *s)
 static PyObject *
 get_slots(KeySetObject *s, void *closure)
 {
-    return PyLong_FromUnsignedLongLong(s->slots ? s->nslots : 0);
+    return PyLong_FromUnsignedLongLong(s->early ? s->early_n : s->slots ? s->nslots : 0);
 }
 
 static PyObject *
 get_table_bytes(KeySetObject *s, void *closure)
 {
-    return PyLong_FromUnsignedLongLong(s->slots ? s->nslots * sizeof(uint64_t) : 0);
+    uint64_t n = s->early ? s->early_n + s->nslots : s->slots ? s->nslots : 0;
+    return PyLong_FromUnsignedLongLong(n * sizeof(uint64_t));
+}
+
+static PyObject *
+get_early(KeySetObject *s, void *closure)
+{
+    return PyBool_FromLong(s->early != NULL);
 }
 
 static PyObject *
@@ -1731,6 +1893,8 @@ static PyGetSetDef KeySet_getset[] = {
     {"fileno", (getter)get_fileno, NULL, "the spill file's descriptor (-1 once closed)", NULL},
     {"reads", (getter)get_reads, NULL, "preads made to confirm fingerprint matches", NULL},
     {"rebuilds", (getter)get_rebuilds, NULL, "times the table was rebuilt", NULL},
+    {"early", (getter)get_early, NULL,
+     "whether a small table takes the keys while the one sized for them is faulted in", NULL},
     {"closed", (getter)get_closed, NULL, "whether close() was called", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

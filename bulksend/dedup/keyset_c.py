@@ -67,7 +67,13 @@ Memory
     spill (read back in 1 MiB steps); two tables are never held at once: a table of 4 MiB or
     more is a mapping that grows in place (``mremap``: its pages are zeroed and reused), a
     smaller one is freed before the next is allocated. Mapped tables ask for transparent huge
-    pages where the system offers them. Besides the table: the write buffer (1-2 MiB) and
+    pages where the system offers them. A table of 8 MiB or more sized from ``expected`` is
+    mapped at once and faulted in by a thread of the extension while a 2 MiB table takes the
+    first keys; they move to the big one (read back from the spill, as on growth) at the first
+    call after it is ready, or, waiting for it, once the small one is full (196,608 keys). So
+    the first keys of a large file do not wait for the kernel to hand over ~100 MB of zeroed
+    pages (10-20 ms here, up to 200 ms on a VM whose host backs them lazily), which random
+    homes would touch nearly all at once. Besides the table: the write buffer (1-2 MiB) and
     per-batch scratch (under 1 MiB). The spill is on disk (34 bytes per 32-character key, 14
     per 12-character one), reserved in 64 MiB steps with ``fallocate``.
 

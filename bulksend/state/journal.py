@@ -26,7 +26,9 @@ file, the settings that shape the batches and the campaign file's keys that say 
 (``Journal.open``); a changed one is refused, naming what changed, unless the journal records
 nothing that can have reached the provider. Settings that change only how the send goes (the
 base URL, limits, timeouts, ...: ``RESUMABLE_KEYS``) may change between runs; the resume names
-them.
+them. The recipient file is known by its sha256 (``file_fingerprint``), computed in a thread
+once the send has started: until it is written, the journal holds the file's size, times and
+inode (``provisional_fingerprint``), which a resume after a crash in that time compares instead.
 
 Writes are group-committed: everything queued in one turn of the event loop (``in_flight``
 marks, final states) shares one commit on the next turn, and an ``in_flight`` mark is durable
@@ -122,61 +124,115 @@ def file_fingerprint(path: Path) -> str:
     When ``prefetch_fingerprint`` started on the same file (unchanged since), its result."""
     early = _prefetched.pop(os.path.abspath(path), None)
     if early is not None:
-        found = early.result(path)
+        found = early.result()
         if found is not None:
             return found
     return _fingerprint(path)
 
 
 def _fingerprint(path: Path) -> str:
+    """sha256 of the file and its size, read into one buffer (no new 1 MiB object a read)."""
     h = hashlib.sha256()
     size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
+        while got := f.readinto(buffer):
+            h.update(view[:got])
+            size += got
     return f"sha256:{h.hexdigest()}:{size}"
 
 
-class _Early:
-    """A fingerprint computed in a thread (sha256 and reads let go of the GIL)."""
+#: what ``provisional_fingerprint`` gives: size, mtime and ctime in ns, inode number
+FileStat = tuple[int, int, int, int]
 
-    def __init__(self, path: Path) -> None:
-        self._stat = _identity_of(path)
+
+def provisional_fingerprint(stat: FileStat) -> str:
+    """What a journal keeps of the recipient file until its ``file_fingerprint`` is known (a
+    fraction of a second for most files): ``stat:SIZE:MTIME_NS:CTIME_NS:INODE``. A resume
+    after a crash in that time compares these instead of the hash: a file written since has
+    another size, mtime or ctime (which no tool can set back), a file replaced another inode.
+    No device number: it may change when the machine restarts (docs/operations.md)."""
+    return "stat:" + ":".join(map(str, stat))
+
+
+class FileDigest:
+    """``file_fingerprint`` of a file, computed in a thread (sha256 and reads let go of the
+    GIL) once started, and the file's ``provisional_fingerprint`` when it was made."""
+
+    def __init__(self, path: Path, *, start: bool = True) -> None:
+        self.path = path
+        self.stat = _stat_of(path)
         self._done = threading.Event()
         self._value: str | None = None
-        threading.Thread(target=self._run, args=(path,), daemon=True).start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
 
-    def _run(self, path: Path) -> None:
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the hash (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, daemon=True, name="bulksend-fingerprint"
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
         try:
-            self._value = _fingerprint(path)
+            self._value = _fingerprint(self.path)
         except OSError:
             self._value = None  # said again, in full, when the send reads it itself
         finally:
             self._done.set()
 
-    def result(self, path: Path) -> str | None:
-        """The fingerprint, or None when it failed or the file changed since it started."""
+    @property
+    def provisional(self) -> str:
+        """The file's ``provisional_fingerprint`` when the hash started ("" if it had none)."""
+        return "" if self.stat is None else provisional_fingerprint(self.stat)
+
+    def ready(self) -> bool:
+        """Whether ``result`` returns at once."""
+        return self._done.is_set()
+
+    def result(self) -> str | None:
+        """The fingerprint (starts the hash and waits for it), or None when it failed or the
+        file changed since the digest was made."""
+        self.start()
         self._done.wait()
-        return self._value if _identity_of(path) == self._stat else None
+        return self._value if _stat_of(self.path) == self.stat else None
 
 
-def _identity_of(path: Path) -> tuple[int, int, int, int] | None:
+def _stat_of(path: Path) -> FileStat | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-_prefetched: dict[str, _Early] = {}
+_prefetched: dict[str, FileDigest] = {}
 
 
 def prefetch_fingerprint(path: Path) -> None:
-    """Start ``file_fingerprint(path)`` in a thread now: a send needs it before its first
-    request, and the file's hash (0.2 s for a 200 MB file here) then overlaps with loading
-    the rest of the program instead of following it."""
-    _prefetched[os.path.abspath(path)] = _Early(path)
+    """Start ``file_fingerprint(path)`` in a thread now, for a send that needs it before its
+    first request: the hash of the recipient file (0.2 s for a 200 MB file here) then overlaps
+    with loading the rest of the program."""
+    _prefetched[os.path.abspath(path)] = FileDigest(path)
+
+
+def digest_in_background(path: Path) -> FileDigest:
+    """A ``FileDigest`` of ``path``: the one ``prefetch_fingerprint`` started when the file is
+    unchanged since, else a new one, not started yet (``start``; ``result`` starts it).
+    Raises OSError when the file cannot be read."""
+    path.open("rb").close()
+    early = _prefetched.pop(os.path.abspath(path), None)
+    if early is not None and early.stat is not None and early.stat == _stat_of(path):
+        return early
+    return FileDigest(path, start=False)
 
 
 #: the prefix of a ``fast_digest`` value (a ``batch_digest`` value is 24 hex digits, no colon)
@@ -257,22 +313,39 @@ class Identity:
     """What a journal belongs to. ``plan`` covers every setting that changes the batches."""
 
     campaign: str  # sha256 of the campaign file
-    recipients: str  # file_fingerprint of the recipient file
+    #: file_fingerprint of the recipient file; "" while it is computed (``Journal.open``
+    #: takes it from a ``FileDigest`` then)
+    recipients: str
     plan: str  # digest of provider, operation, columns, batch size, message
     #: kept beside the identity to say what changed: ``campaign_keys`` (JSON: the campaign
     #: file's keys, see ``campaign_keys``; journals before it kept ``campaign_text``),
-    #: ``recipients_path``, ``settings`` (JSON: each setting of the plan by its name) and
-    #: ``how`` (JSON: the settings of ``RESUMABLE_KEYS`` in effect, by key; no secret)
+    #: ``recipients_path``, ``recipients_stat`` (the file's ``provisional_fingerprint``),
+    #: ``settings`` (JSON: each setting of the plan by its name) and ``how`` (JSON: the
+    #: settings of ``RESUMABLE_KEYS`` in effect, by key; no secret)
     details: Mapping[str, str] = field(default_factory=dict)
 
     def as_rows(self) -> Mapping[str, str]:
-        return {"campaign": self.campaign, "recipients": self.recipients, "plan": self.plan}
+        """The identity's rows ("recipients" only once it is known)."""
+        known = {"recipients": self.recipients} if self.recipients else {}
+        return {"campaign": self.campaign, **known, "plan": self.plan}
+
+    def with_recipients(self, fingerprint: str) -> Identity:
+        return Identity(self.campaign, fingerprint, self.plan, self.details)
+
+    def recipients_changed(self, stored: Mapping[str, str]) -> bool:
+        """Whether the recipient file differs from the one of the identity ``stored``: by its
+        ``file_fingerprint``, or, when that journal's run stopped before it knew it, by its
+        ``provisional_fingerprint``."""
+        if stored.get("recipients"):
+            return stored["recipients"] != self.recipients
+        was = stored.get("recipients_stat")
+        return not was or was != self.details.get("recipients_stat")
 
     def changes(self, stored: Mapping[str, str]) -> list[str]:
         """What differs from the identity ``stored`` in a journal and changes what is sent,
         for people ([] if nothing: a resume may go on)."""
         out = []
-        if stored.get("recipients") != self.recipients:
+        if self.recipients_changed(stored):
             was, now = stored.get("recipients_path"), self.details.get("recipients_path")
             if was and now and was != now:
                 out.append(f"the recipient file changed (was {was}, now {now})")
@@ -439,6 +512,12 @@ class Journal:
         self.restarted = ""
         #: the settings of how the send goes that changed since the last run (for people)
         self.adjusted: list[str] = []
+        #: the last run stopped before it recorded the recipient file's fingerprint: this one
+        #: was matched by its ``provisional_fingerprint`` (for people)
+        self.by_stat = False
+        #: the recipient file's fingerprint on its way, written by the first commit after it
+        #: is known (None: written already, or at the open)
+        self._digest: FileDigest | None = None
         self.run_id = int(
             db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),)).lastrowid or 0
         )
@@ -455,6 +534,7 @@ class Journal:
         fresh: bool = False,
         flush_interval: float = 0.0,
         meta: Mapping[str, Any] | None = None,
+        digest: FileDigest | None = None,
     ) -> Journal:
         """Create the journal at ``path``, or continue the one there.
 
@@ -464,6 +544,13 @@ class Journal:
         unless the journal records nothing the provider can have kept and ``resume`` is False:
         then it starts over (``restarted`` says why). ``resume`` requires an existing journal;
         ``fresh`` discards it. ``meta`` (what ``bulksend retry`` needs) is replaced by each run's.
+
+        An identity without its ``recipients`` fingerprint comes with the ``digest`` that
+        computes it: the open waits for it only to compare it with a journal that holds one;
+        else the journal keeps the file's ``provisional_fingerprint``, starts the digest after
+        its first commit (unless it runs already) and writes the fingerprint with the first
+        commit after it is known (``close`` waits for it): the first request waits neither for
+        the hash of the whole file nor behind it for a CPU.
         """
         exists = path.exists() and path.stat().st_size > 0
         if exists and fresh:
@@ -474,6 +561,8 @@ class Journal:
         db = _connect(path)
         restarted = ""
         stored = dict(db.execute("SELECT key, value FROM campaign").fetchall())
+        if not identity.recipients and stored.get("recipients"):
+            identity = _with_digest(identity, digest)  # the journal has one to compare with
         changes = identity.changes(stored) if stored else []
         adjusted = identity.adjustments(stored) if stored and not changes else []
         if changes and (resume or _may_have_reached_the_provider(db)):
@@ -492,10 +581,15 @@ class Journal:
         )
         if "campaign_keys" in rows:  # the file's text, which older journals kept, may hold a
             db.execute("DELETE FROM campaign WHERE key = 'campaign_text'")  # limiter password
+        if not identity.recipients:  # (written once known, for this file only)
+            db.execute("DELETE FROM campaign WHERE key = 'recipients'")
         db.execute("COMMIT")
         journal = cls(path, db, flush_interval=flush_interval)
         journal.restarted = restarted
         journal.adjusted = adjusted
+        journal.by_stat = bool(stored) and not changes and not stored.get("recipients")
+        if not identity.recipients:
+            journal._digest = _with_provisional(digest, identity)
         return journal
 
     @staticmethod
@@ -540,7 +634,13 @@ class Journal:
             )
         }
         return opening_note(
-            self._previous, unsettled, self.planned, self.adjusted, self.restarted, self.where
+            self._previous,
+            unsettled,
+            self.planned,
+            self.adjusted,
+            self.restarted,
+            self.where,
+            by_stat=self.by_stat,
         )
 
     # -- what the last run left -----------------------------------------------------------------
@@ -643,6 +743,8 @@ class Journal:
             self._flusher.cancel()
             self._flusher = None
         self._soon = False
+        if self._digest is not None and self._digest.ready():
+            self._record_digest(self._digest)
         pending, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         if pending:
@@ -651,6 +753,8 @@ class Journal:
             for sql, params in pending:
                 db.execute(sql, params)
             db.execute("COMMIT")
+        if self._digest is not None:  # after the first commit: the first request goes first
+            self._digest.start()
         for w in waiters:
             if not w.done():
                 w.set_result(None)
@@ -658,7 +762,19 @@ class Journal:
     async def aclose(self, outcome: str = "finished") -> None:
         self.close(outcome)
 
+    def _record_digest(self, digest: FileDigest) -> None:
+        """Queue the recipient file's fingerprint (waits for it), unless the file changed
+        since the journal took its provisional fingerprint: a resume then refuses it."""
+        self._digest = None
+        found = digest.result()
+        if found is not None:
+            self._pending.append(
+                ("INSERT OR REPLACE INTO campaign (key, value) VALUES ('recipients', ?)", (found,))
+            )
+
     def close(self, outcome: str = "finished") -> None:
+        if self._digest is not None:
+            self._record_digest(self._digest)
         self.flush()
         self._db.execute(
             "UPDATE runs SET finished=?, outcome=? WHERE rowid=?",
@@ -731,10 +847,13 @@ def opening_note(
     adjusted: Sequence[str],
     restarted: str,
     where: str,
+    *,
+    by_stat: bool = False,
 ) -> str:
     """One line on how a run uses its journal ("" when it is as good as new): ``previous``
     holds the batches an earlier run recorded, ``unsettled_splits`` the split batches with a
-    part not delivered nor invalid."""
+    part not delivered nor invalid; ``by_stat``: the recipient file was known again by its
+    ``provisional_fingerprint``."""
     if restarted:
         return (
             f"starting over: {restarted}, and the provider kept nothing the earlier "
@@ -755,6 +874,11 @@ def opening_note(
     note = f"resuming{changed}: {settled:,}{total} {noun} settled by an earlier run"
     if doubtful:
         note += f", {doubtful:,} with an unknown outcome"
+    if by_stat:
+        note += (
+            "; it stopped before it had hashed the recipient file, which has the same size, "
+            "times and inode"
+        )
     return f"{note} ({where}; --fresh starts over)"
 
 
@@ -765,6 +889,29 @@ def refusal(where: str, changes: Sequence[str]) -> str:
         f"restore {'it' if len(changes) == 1 else 'them'}, or add --fresh to start "
         "over (sending everything again)"
     )
+
+
+def _with_digest(identity: Identity, digest: FileDigest | None) -> Identity:
+    """The identity with its recipient file's fingerprint, waited for."""
+    if digest is None:
+        raise ValueError("an identity without its recipients' fingerprint needs its digest")
+    found = digest.result()
+    if found is None:  # the file changed since the digest started: the file as it is now
+        try:
+            found = _fingerprint(digest.path)
+        except OSError as exc:
+            raise ConfigError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    return identity.with_recipients(found)
+
+
+def _with_provisional(digest: FileDigest | None, identity: Identity) -> FileDigest | None:
+    """The digest to record once known: only one of the file the identity's provisional
+    fingerprint describes."""
+    if digest is None:
+        raise ValueError("an identity without its recipients' fingerprint needs its digest")
+    if digest.provisional != identity.details.get("recipients_stat"):
+        return None
+    return digest
 
 
 def _connect(path: Path) -> sqlite3.Connection:
