@@ -476,9 +476,9 @@ async def test_the_hash_of_a_file_changed_during_the_run_is_not_recorded(
     digest.gate.set()
     j.close()
     assert "recipients" not in kept(path)  # what was read is not what the hash would say
-    digest = FileDigest(f)
+    again = FileDigest(f)
     with pytest.raises(ConfigError, match="cannot resume: the recipient file changed"):
-        Journal.open(path, later(f, digest), digest=digest)
+        Journal.open(path, later(f, again), digest=again)
 
 
 def test_fast_digest_is_what_journals_store_and_both_kinds_are_recognised() -> None:
