@@ -16,6 +16,7 @@ skipped is queued again, as a resume sends it again.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -53,7 +54,10 @@ class Planner(Engine):
         await self._queue.join()  # every batch read is in the stream (or skipped) now
         if self._stop is None:
             s = self.summary
-            await self.work.all_enqueued(s.batches, s.read - s.invalid - s.duplicates)
+            try:
+                await self.work.all_enqueued(s.batches, s.read - s.invalid - s.duplicates)
+            except UnavailableError as exc:  # (Redis out of reach past the outage bound)
+                self.stop(exc)
 
     async def _worker(self) -> None:
         while True:
@@ -66,7 +70,7 @@ class Planner(Engine):
                 self._skip(batch)
                 self._queue.task_done()
                 continue
-            if batch.number not in self._awaited and not await self.work.add(batch):
+            if batch.number not in self._awaited and not await self._add(batch):
                 if self.work.lease is not None and self.work.lease.lost and self._stop is None:
                     self.stop(UnavailableError(self.work.lease.lost))
                 if self._stop is not None:  # (not queued: the send stopped meanwhile)
@@ -74,10 +78,23 @@ class Planner(Engine):
                     self._queue.task_done()
                     continue
             self._queue.task_done()
-            record = await self.work.settled(batch)
+            try:
+                record = await self.work.settled(batch)
+            except UnavailableError as exc:  # (its outcome is not known here)
+                self.stop(exc)
+                record = {"state": "in_flight"}
             if self.work.stop is not None and self._stop is None:
                 self.stop(stop_error(self.work.stop))
             self._settle_from(batch, record)
+
+    async def _add(self, batch: Batch) -> bool:
+        """``work.add``; Redis out of reach past the outage bound stops the planner (the
+        batch may be queued: a planner run again finds it so and waits for it)."""
+        try:
+            return await self.work.add(batch)
+        except UnavailableError as exc:
+            self.stop(exc)
+            return False
 
     def _settle_from(self, batch: Batch, record: dict[str, Any]) -> None:
         """Report a batch as the worker's record says it ended (after a stop, one still
@@ -106,12 +123,17 @@ class Planner(Engine):
 
     async def wrap_up(self, outcome: str, ttl: float) -> None:
         """At the end (``send_campaign``): add the workers' requests, throttles and retries
-        to the summary; a finished campaign's stream and counts expire with its state."""
-        for counts in (await self.work.worker_counts()).values():
-            self.summary.requests += int(counts.get("requests", 0))
-            self.summary.throttled += int(counts.get("throttled", 0))
-            self.summary.retries += int(counts.get("retries", 0))
-        await self.work.finish(self.summary.campaign, ttl if outcome == "finished" else None)
+        to the summary; a finished campaign's stream and counts expire with its state. Redis
+        out of reach past the outage bound: the send stopped on it, and these are left."""
+        try:
+            for counts in (await self.work.worker_counts()).values():
+                self.summary.requests += int(counts.get("requests", 0))
+                self.summary.throttled += int(counts.get("throttled", 0))
+                self.summary.retries += int(counts.get("retries", 0))
+        except UnavailableError as exc:
+            self.stop(exc)
+        with contextlib.suppress(UnavailableError):
+            await self.work.finish(self.summary.campaign, ttl if outcome == "finished" else None)
 
 
 def planner_factory(url: str) -> Any:

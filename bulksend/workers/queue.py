@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
+from bulksend.distributed.gate import DOWN
+from bulksend.errors import UnavailableError
 from bulksend.models import Batch
 from bulksend.state.journal import fast_digest, first_and_last_line
 from bulksend.state.lease import Lease
@@ -45,6 +47,10 @@ REGISTRY = "bulksend:work:campaigns"
 #: batches the stream holds at most (unsettled ones); the planner waits while it is full
 STREAM_BATCHES = 64
 POLL = 0.05  # seconds between looks at the records of batches a planner waits for
+#: seconds of Redis out of reach a planner waits out (a restart), as a worker does
+OUTAGE = 60.0
+
+T = TypeVar("T")
 
 
 async def ensure_group(client: aioredis.Redis, keys: StateKeys) -> None:
@@ -71,16 +77,47 @@ class WorkQueue:
     _adding: asyncio.Lock = field(default_factory=asyncio.Lock)  # one add at a time, in order
     #: the campaign's lease (the planner's): a batch is queued only while it is held
     lease: Lease | None = None
+    outage: float = OUTAGE
+    clock: Callable[[], float] = time.monotonic
+    retry: float = 0.2  # seconds between tries while Redis is out of reach
+    #: set once Redis stayed out of reach longer than ``outage`` (the planner stops)
+    down: UnavailableError | None = None
+
+    async def _ride(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, tried again while Redis is out of reach for up to ``outage``
+        seconds (a restart); longer, one ``UnavailableError`` that says how to resume."""
+        down_since: float | None = None
+        while True:
+            if self.down is not None:
+                raise self.down
+            if self.lease is not None and self.lease.lost:  # (it stops the planner anyway)
+                raise UnavailableError(self.lease.lost)
+            try:
+                return await call()
+            except DOWN as exc:
+                now = self.clock()
+                down_since = now if down_since is None else down_since
+                if now - down_since > self.outage:
+                    self.down = UnavailableError(
+                        f"Redis unreachable for over {self.outage:g} s ({exc}); the planner "
+                        "stopped: run the same command again to resume"
+                    )
+                    raise self.down from None
+                await asyncio.sleep(self.retry)
 
     async def start(self, name: str, provider: str) -> None:
         """Register the campaign for workers and (re)open the plan: not all enqueued yet."""
-        await ensure_group(self.client, self.keys)
+        await self._ride(lambda: ensure_group(self.client, self.keys))
         entry = orjson.dumps({"provider": provider, "state": self.keys.state_id})
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(REGISTRY, name, entry)
-        pipe.hset(self.keys.work, mapping={"all_enqueued": 0, "started": time.time()})
-        pipe.hdel(self.keys.work, "stop")
-        await pipe.execute()
+
+        async def register() -> None:  # (a pipeline is emptied once it ran: made each try)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(REGISTRY, name, entry)
+            pipe.hset(self.keys.work, mapping={"all_enqueued": 0, "started": time.time()})
+            pipe.hdel(self.keys.work, "stop")
+            await pipe.execute()
+
+        await self._ride(register)
 
     async def add(self, batch: Batch) -> bool:
         """Add ``batch`` to the stream once it has room, with its record ``queued`` (one
@@ -90,7 +127,7 @@ class WorkQueue:
             return await self._add(batch)
 
     async def _add(self, batch: Batch) -> bool:
-        while await self.client.xlen(self.keys.stream) >= self.capacity:
+        while await self._ride(lambda: self.client.xlen(self.keys.stream)) >= self.capacity:
             if self.stop is not None:
                 return False
             await asyncio.sleep(self.poll)
@@ -111,26 +148,42 @@ class WorkQueue:
             "run": None,
             "doubt": batch.doubt,
         }
-        if self.lease is not None:  # (only while the state is still this planner's)
-            if self.lease.lost:
-                return False
-            keys = (self.keys.owner, self.keys.stream, self.keys.batches, self.keys.work)
-            fields = [x for item in encode_batch(batch).items() for x in item]
-            args = [self.lease.value, batch.number, orjson.dumps(record), *fields]
-            if await self.client.eval(ADD_HELD, len(keys), *keys, *args) == 1:
-                return True
-            self.lease.refused()
+        if self.lease is not None and self.lease.lost:
             return False
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(self.keys.stream, encode_batch(batch))  # type: ignore[arg-type]
-        pipe.hset(self.keys.batches, str(batch.number), orjson.dumps(record))
-        pipe.hincrby(self.keys.work, "enqueued", 1)
-        await pipe.execute()
-        return True
+        return await self._ride(self._queuer(batch, orjson.dumps(record)))
+
+    def _queuer(self, batch: Batch, record: bytes) -> Callable[[], Awaitable[bool]]:
+        """One try at queuing ``batch`` with ``record``; a try after one cut off first looks
+        whether it had been made (its very record is there), so no batch is queued twice."""
+        tried = False
+
+        async def queue() -> bool:
+            nonlocal tried
+            if tried and await self.client.hget(self.keys.batches, str(batch.number)) == record:
+                return True
+            tried = True
+            if self.lease is not None:  # (only while the state is still this planner's)
+                keys = (self.keys.owner, self.keys.stream, self.keys.batches, self.keys.work)
+                fields = [x for item in encode_batch(batch).items() for x in item]
+                args = [self.lease.value, batch.number, record, *fields]
+                if await self.client.eval(ADD_HELD, len(keys), *keys, *args) == 1:
+                    return True
+                self.lease.refused()
+                return False
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(self.keys.stream, encode_batch(batch))  # type: ignore[arg-type]
+            pipe.hset(self.keys.batches, str(batch.number), record)
+            pipe.hincrby(self.keys.work, "enqueued", 1)
+            await pipe.execute()
+            return True
+
+        return queue
 
     async def all_enqueued(self, batches: int, rows: int) -> None:
-        await self.client.hset(
-            self.keys.work, mapping={"all_enqueued": 1, "batches": batches, "rows": rows}
+        await self._ride(
+            lambda: self.client.hset(
+                self.keys.work, mapping={"all_enqueued": 1, "batches": batches, "rows": rows}
+            )
         )
 
     async def settled(self, batch: Batch) -> dict[str, Any]:
@@ -144,53 +197,73 @@ class WorkQueue:
         return await future
 
     async def _poll(self) -> None:
-        while self._waiting:
-            numbers = list(self._waiting)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(self.keys.batches, [str(n) for n in numbers])
-            pipe.hget(self.keys.work, "stop")
-            pipe.hmget(self.keys.late, [str(n) for n in numbers])
-            got, stop, lates = await pipe.execute()
-            if stop and self.stop is None:
-                self.stop = orjson.loads(stop)
-                self._stopped.set()
-            lost = self.lease is not None and bool(self.lease.lost)  # (it stops the planner)
-            for number, raw, late in zip(numbers, got, lates, strict=True):
-                record = orjson.loads(raw) if raw else {"state": "queued"}
-                if record.get("state") in UNSETTLED and self.stop is None and not lost:
-                    continue
-                future, lines = self._waiting.pop(number)
-                parts = {}
-                if record.get("state") == "split":
-                    parts = await self._parts(number, lines)
-                if late:  # (a worker that lost the batch got its answer: late.reconcile)
-                    record, parts = reconcile(record, parts, orjson.loads(late))
-                if record.get("state") == "split":
-                    record["parts"] = parts
+        """Resolve the batches waited for as their records become final. Redis out of reach
+        longer than ``outage``: every one waited for gets the ``UnavailableError``."""
+        try:
+            while self._waiting:
+                for number, record in await self._ride(self._look):
+                    future, _ = self._waiting.pop(number)
+                    if not future.done():
+                        future.set_result(record)
+                await asyncio.sleep(self.poll)
+        except Exception as exc:  # (to the waiters: never an unretrieved task exception)
+            waiting, self._waiting = self._waiting, {}
+            for future, _ in waiting.values():
                 if not future.done():
-                    future.set_result(record)
-            await asyncio.sleep(self.poll)
+                    future.set_exception(exc)
+
+    async def _look(self) -> list[tuple[int, dict[str, Any]]]:
+        """One look at the records waited for: those final (all, after a stop)."""
+        numbers = list(self._waiting)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.keys.batches, [str(n) for n in numbers])
+        pipe.hget(self.keys.work, "stop")
+        pipe.hmget(self.keys.late, [str(n) for n in numbers])
+        got, stop, lates = await pipe.execute()
+        if stop and self.stop is None:
+            self.stop = orjson.loads(stop)
+            self._stopped.set()
+        lost = self.lease is not None and bool(self.lease.lost)  # (it stops the planner)
+        done = []
+        for number, raw, late in zip(numbers, got, lates, strict=True):
+            record = orjson.loads(raw) if raw else {"state": "queued"}
+            if record.get("state") in UNSETTLED and self.stop is None and not lost:
+                continue
+            parts = {}
+            if record.get("state") == "split":
+                parts = await self._parts(number, self._waiting[number][1])
+            if late:  # (a worker that lost the batch got its answer: late.reconcile)
+                record, parts = reconcile(record, parts, orjson.loads(late))
+            if record.get("state") == "split":
+                record["parts"] = parts
+            done.append((number, record))
+        return done
 
     async def _parts(self, number: int, lines: list[int]) -> dict[int, dict[str, Any]]:
         got = await self.client.hmget(self.keys.parts, [f"{number}:{line}" for line in lines])
         return {line: orjson.loads(v) for line, v in zip(lines, got, strict=True) if v}
 
     async def worker_counts(self) -> dict[str, dict[str, Any]]:
-        got = await self.client.hgetall(self.keys.workers)
+        got = await self._ride(lambda: self.client.hgetall(self.keys.workers))
         return {_text(k): orjson.loads(v) for k, v in got.items()}
 
     async def finish(self, name: str, ttl: float | None) -> None:
         """The campaign is over: workers are told (its registry entry goes); with ``ttl``
         (finished, not stopped) the stream and counts expire with the state."""
-        pipe = self.client.pipeline(transaction=False)
-        if ttl is not None:
-            pipe.hdel(REGISTRY, name)
-            for key in (self.keys.stream, self.keys.work, self.keys.workers):
-                pipe.expire(key, max(1, round(ttl)))
-        await pipe.execute()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+        if ttl is None:
+            return
+
+        async def expire() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(REGISTRY, name)
+            for key in (self.keys.stream, self.keys.work, self.keys.workers):
+                pipe.expire(key, max(1, round(ttl)))
+            await pipe.execute()
+
+        await self._ride(expire)
 
 
 def _text(value: bytes | str) -> str:
