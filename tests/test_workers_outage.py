@@ -8,10 +8,12 @@ Real processes: a sandbox, ``redis-server``, a planner and two workers (``Campai
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 pytest.importorskip("redis", reason="REDIS CLIENT MISSING: pip install 'bulksend[redis]'")
@@ -20,6 +22,7 @@ import redis.exceptions as rex
 
 from bulksend.distributed.testing import RedisServer
 from bulksend.errors import UnavailableError
+from bulksend.sandbox.ledger import read_ledger
 from bulksend.sandbox.testing import wait_until
 from tests.test_workers_redis import NO_REDIS, Campaign, _no_process_left
 
@@ -108,3 +111,39 @@ def test_an_outage_longer_than_the_bound_is_one_error_saying_how_to_resume() -> 
         asyncio.run(queue._ride(lambda: client.xlen("s")))
     assert "Redis unreachable for over 5 s" in str(got.value)
     assert client.fails == 100 - 7  # first failure at 1 s, gave up at 7 s (> 5 s later)
+
+
+def test_sigint_stops_the_planner_queuing_and_the_workers_drain_and_exit(
+    tmp_path: Path,
+) -> None:
+    """SIGINT: the planner queues nothing more, waits for what it queued, exits 130; the
+    workers settle the stream and exit 0; the same command run again sends the rest."""
+    with _redis() as server:
+        run = Campaign(tmp_path, n_unique=3_000, limit=100)
+        planner = run.plan(server.url)
+        for i in range(2):
+            run.worker(server.url, f"w{i}")
+        wait_until(lambda: run.delivered() > 300, timeout=20, interval=0.2)
+        planner.send_signal(signal.SIGINT)
+        _, err = planner.communicate(timeout=60)
+        assert planner.returncode == 130, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        for name, worker in run.workers.items():
+            _, werr = worker.communicate(timeout=30)
+            assert worker.returncode == 0, (name, werr[-2000:])
+        first = orjson.loads((tmp_path / "summary.json").read_bytes())
+        assert first["skipped"] > 0, first  # (it stopped queuing: not all 3,000 were sent)
+        assert first["delivered"] == run.delivered() < run.n_unique
+        run.workers.clear()
+        run.plan(server.url)
+        for i in range(2):
+            run.worker(server.url, f"w{i}")
+        status, err, _ = run.finish()
+        assert status == 0, err[-3000:]
+        summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+        assert summary["delivered"] == run.n_unique
+        assert summary["delivered_earlier"] == first["delivered"]
+        assert summary["possible_duplicates"] == 0
+        entries = read_ledger(run.ledger)
+        ids = [e["value"] for e in entries if e["kind"] == "id"]
+        assert len(ids) == len(set(ids)) == run.n_unique  # (each once: none sent twice)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from bulksend.dispatch.engine import Engine, Result
-from bulksend.errors import UnavailableError
+from bulksend.errors import Interrupted, UnavailableError
 from bulksend.models import Batch, Status
 from bulksend.state.journal import BatchJournal, BatchRecord
 from bulksend.workers.logic import Plan, planned, settled_results
@@ -38,6 +38,11 @@ class Planner(Engine):
         super().__init__(*args, **kwargs)
         self.work = work
         self._awaited: set[int] = set()  # queued by an earlier planner: only waited for
+
+    def stop(self, error: BaseException) -> None:
+        """Stop taking batches: none is queued any more (one waiting for room is not)."""
+        self.work.halted = True
+        super().stop(error)
 
     async def run(self, items: Any) -> Any:
         await self.work.start(self.summary.campaign, self.provider.name)
@@ -130,6 +135,8 @@ class Planner(Engine):
                 self.summary.requests += int(counts.get("requests", 0))
                 self.summary.throttled += int(counts.get("throttled", 0))
                 self.summary.retries += int(counts.get("retries", 0))
+            if isinstance(self._stop, Interrupted):  # (workers settle what is queued)
+                await self.work.halt()
         except UnavailableError as exc:
             self.stop(exc)
         with contextlib.suppress(UnavailableError):

@@ -3,7 +3,8 @@
 Keys (in the campaign state's hash tag, ``bulksend.state.redis_journal.StateKeys``)::
 
     ...:stream    STREAM  one entry a batch to send (``logic.encode_batch``); group "workers"
-    ...:work      HASH    started, all_enqueued (0/1), enqueued, batches, rows, stop (JSON)
+    ...:work      HASH    started, all_enqueued (0/1), enqueued, batches, rows, stop (JSON),
+                          halted (when the planner was interrupted: it queues no more)
     ...:workers   HASH    worker name -> JSON (pid, host, started, seen, counts)
 
 and ``bulksend:work:campaigns`` HASH campaign name -> JSON (provider, state id): how a worker
@@ -82,6 +83,8 @@ class WorkQueue:
     retry: float = 0.2  # seconds between tries while Redis is out of reach
     #: set once Redis stayed out of reach longer than ``outage`` (the planner stops)
     down: UnavailableError | None = None
+    #: the planner stopped: no batch is queued any more
+    halted: bool = False
 
     async def _ride(self, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, tried again while Redis is out of reach for up to ``outage``
@@ -114,7 +117,7 @@ class WorkQueue:
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(REGISTRY, name, entry)
             pipe.hset(self.keys.work, mapping={"all_enqueued": 0, "started": time.time()})
-            pipe.hdel(self.keys.work, "stop")
+            pipe.hdel(self.keys.work, "stop", "halted")
             await pipe.execute()
 
         await self._ride(register)
@@ -128,9 +131,11 @@ class WorkQueue:
 
     async def _add(self, batch: Batch) -> bool:
         while await self._ride(lambda: self.client.xlen(self.keys.stream)) >= self.capacity:
-            if self.stop is not None:
+            if self.stop is not None or self.halted:
                 return False
             await asyncio.sleep(self.poll)
+        if self.halted:
+            return False
         recs = batch.recipients
         first, last = first_and_last_line(recs)
         record = {
@@ -242,6 +247,11 @@ class WorkQueue:
     async def _parts(self, number: int, lines: list[int]) -> dict[int, dict[str, Any]]:
         got = await self.client.hmget(self.keys.parts, [f"{number}:{line}" for line in lines])
         return {line: orjson.loads(v) for line, v in zip(lines, got, strict=True) if v}
+
+    async def halt(self) -> None:
+        """The planner was interrupted: it queued its last batch, so workers exit once they
+        settled what is in the stream (the same command run again queues the rest)."""
+        await self._ride(lambda: self.client.hset(self.keys.work, "halted", time.time()))
 
     async def worker_counts(self) -> dict[str, dict[str, Any]]:
         got = await self._ride(lambda: self.client.hgetall(self.keys.workers))

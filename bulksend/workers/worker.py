@@ -505,12 +505,15 @@ class Feed:
 
     async def _over(self) -> bool:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.keys.work, ["all_enqueued", "stop"])
+        pipe.hmget(self.keys.work, ["all_enqueued", "stop", "halted"])
         pipe.xlen(self.keys.stream)
         pipe.exists(self.keys.campaign)
-        (all_enqueued, stop), length, exists = await pipe.execute()
+        (all_enqueued, stop, halted), length, exists = await pipe.execute()
+        # a planner interrupted while this worker served queues no more ("halted"); one
+        # interrupted before is about to be run again: its new batches are waited for
+        halted_now = halted is not None and float(halted) >= self.started
         return may_finish(
-            all_enqueued=all_enqueued == b"1",
+            all_enqueued=all_enqueued == b"1" or halted_now,
             queued=int(length),
             stopped=bool(stop),
             gone=not exists,
