@@ -1,7 +1,7 @@
 """Engine throughput vs minimal raw aiohttp loops, side by side against one sandbox process.
 
     python -m benchmarks.throughput [--recipients 200000] [--batch-size 100] [--in-flight 32]
-                                    [--latency-ms 0] [--repeat 3]
+                                    [--latency-ms 0] [--repeat 3] [--occupancy]
 
 Every run posts the same bodies (the same recipients in the same batches) to the same sandbox
 (started with no effective limit) with the same concurrency, and is timed from start to end:
@@ -14,11 +14,27 @@ Every run posts the same bodies (the same recipients in the same batches) to the
   encode, schedule, send, classify), logging at INFO as the CLI does;
 * *engine + journal*: the same with its SQLite journal (issue 5: must not halve throughput).
 
-Runs alternate and the medians are compared. Each run also reports the CPU time per request of
+Every contender runs once before the rounds (not timed: the sandbox's and the client's first
+requests, first connections and first imports); then the rounds alternate, in the reverse
+order every other round, each run after a ``gc.collect()`` (outside its clock: no run pays for
+the garbage of the one before), and the medians are compared; the ratios are also taken within
+each round (the median of the per-round ratios, and their range), which the machine's drift
+from one round to the next does not move. Each run also reports the CPU time per request of
 this process (the client, all threads) and of the sandbox process (Linux only): with no
 latency both are busy, and the client's CPU per request is what sets the pace. With
 ``--latency-ms`` the sandbox answers each request that much later: the network-bound case a
 real provider presents, where in-flight requests and round trips set the pace.
+
+The raw loops use aiohttp's defaults as a script would (one ``TCPConnector(limit=in_flight)``
+session); the engine's session has the same pool size and its own timeouts and User-Agent,
+which cost the same within 2-4 µs a request (measured: benchmarks/README.md).
+
+``--occupancy`` records when each request was sent and answered, and says where the time of
+each run went: from its start to the first request, the first request alone (the engine sends
+one first and the others once it is answered), the steady state from request
+``2 * in_flight`` to the last answer (requests/s, the mean round trip, the mean requests in
+flight, the median time from an answer to the same task's next request) and the tail after
+the last answer. The recording costs about a microsecond a request, in every contender.
 """
 
 from __future__ import annotations
@@ -26,11 +42,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -63,10 +81,33 @@ in_flight = {in_flight}
 """
 
 
-async def engine_run(campaign: Path, url: str, journal: Path | None = None) -> Summary:
+#: each request's (task, sent, answered): the task's id and ``time.perf_counter()`` readings
+Spans = list[tuple[int, float, float]]
+
+
+class Recording:
+    """The engine's transport, recording every request in ``spans``."""
+
+    def __init__(self, inner: Any, spans: Spans) -> None:
+        self.inner = inner
+        self.spans = spans
+        self.base_url = inner.base_url
+
+    async def send(self, request: Any) -> Any:
+        sent = time.perf_counter()
+        try:
+            return await self.inner.send(request)
+        finally:
+            self.spans.append((id(asyncio.current_task()), sent, time.perf_counter()))
+
+
+async def engine_run(
+    campaign: Path, url: str, journal: Path | None = None, spans: Spans | None = None
+) -> Summary:
     settings = load_settings(campaign, env={}, overrides={"base_url": url})
     options = JournalOptions(journal, fresh=True) if journal else None
-    result = await send_campaign(settings, {"api_key": KEY}, journal=options)
+    wrap = None if spans is None else (lambda t: Recording(t, spans))
+    result = await send_campaign(settings, {"api_key": KEY}, journal=options, wrap_transport=wrap)
     summary, stopped = result.summary, result.stopped
     if stopped is not None or not summary.complete:
         raise RuntimeError(f"engine run incomplete: {stopped}\n{summary.render()}")
@@ -74,23 +115,76 @@ async def engine_run(campaign: Path, url: str, journal: Path | None = None) -> S
 
 
 @dataclass(frozen=True, slots=True)
+class Occupancy:
+    """Where a run's time went (``occupancy``); times in seconds."""
+
+    first: float  # from the start of the run to its first request
+    alone: float  # from the first request to the second
+    rate: float  # answers a second in the steady state
+    round_trip: float  # its mean round trip
+    in_flight: float  # its mean requests in flight
+    next_request: float  # its median time from an answer to the same task's next request
+    tail: float  # from the last answer to the end of the run
+
+
+def occupancy(spans: Spans, start: float, end: float, in_flight: int) -> Occupancy:
+    """The phases of a run from its requests' (task, sent, answered) times: the steady state
+    runs from the start of request ``2 * in_flight`` (the first two round trips ramp up) to
+    the last answer; its rate counts the answers in it, its round trip the requests sent in
+    it."""
+    ordered = sorted(spans, key=lambda s: s[1])
+    sent = [s for _, s, _ in ordered]
+    last = max(a for _, _, a in ordered)
+    k = min(2 * in_flight, len(ordered) - 1)
+    steady = ordered[k:]
+    begin = sent[k]
+    span = last - begin
+    busy = sum(a - max(s, begin) for _, s, a in ordered if a > begin)
+    gaps = []
+    answered: dict[int, float] = {}
+    for task, s, a in ordered:
+        if task in answered and s >= begin:
+            gaps.append(s - answered[task])
+        answered[task] = a
+    return Occupancy(
+        first=sent[0] - start,
+        alone=sent[1] - sent[0] if len(sent) > 1 else 0.0,
+        rate=sum(1 for _, _, a in ordered if a > begin) / span if span > 0 else 0.0,
+        round_trip=sum(a - s for _, s, a in steady) / len(steady),
+        in_flight=busy / span if span > 0 else 0.0,
+        next_request=median(gaps) if gaps else 0.0,
+        tail=end - last,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     seconds: float
     client_cpu: float
     server_cpu: float | None
+    occupancy: Occupancy | None = None
 
 
-async def measured(run: Callable[[], Awaitable[object]], sandbox: SandboxProcess) -> Run:
-    """Wall time of ``run()`` with the CPU time this process and the sandbox spent in it."""
+Contender = Callable[[Spans | None], Awaitable[object]]
+
+
+async def measured(
+    run: Contender, sandbox: SandboxProcess, in_flight: int, record: bool = False
+) -> Run:
+    """Wall time of ``run()`` with the CPU time this process and the sandbox spent in it (and
+    with ``record``, its requests' occupancy)."""
+    gc.collect()  # the garbage of the runs before is not this one's to collect
+    spans: Spans | None = [] if record else None
     server_before = sandbox.cpu_seconds()
     cpu_before = time.process_time()
     start = time.perf_counter()
-    await run()
-    seconds = time.perf_counter() - start
+    await run(spans)
+    end = time.perf_counter()
     client = time.process_time() - cpu_before
     server_after = sandbox.cpu_seconds()
     server = None if server_before is None or server_after is None else server_after - server_before
-    return Run(seconds, client, server)
+    used = occupancy(spans, start, end, in_flight) if spans else None
+    return Run(end - start, client, server, used)
 
 
 async def script_run(
@@ -100,6 +194,7 @@ async def script_run(
     url: str,
     batch_size: int,
     in_flight: int,
+    spans: Spans | None = None,
 ) -> None:
     """The hand-written baseline: read the CSV, batch, encode and post."""
 
@@ -118,13 +213,18 @@ async def script_run(
             if ids:
                 yield orjson.dumps({**message, "to_ids": ids, "to_uids": uids})
 
-    await post_all(bodies(), headers, url, in_flight)
+    await post_all(bodies(), headers, url, in_flight, spans)
 
 
 async def post_all(
-    bodies: Iterator[bytes], headers: dict[str, str], url: str, in_flight: int
+    bodies: Iterator[bytes],
+    headers: dict[str, str],
+    url: str,
+    in_flight: int,
+    spans: Spans | None = None,
 ) -> None:
-    """The raw loop: ``in_flight`` workers posting ``bodies`` (shared) through one session."""
+    """The raw loop: ``in_flight`` workers posting ``bodies`` (shared) through one session
+    (recording each request in ``spans`` when given)."""
     connector = aiohttp.TCPConnector(limit=in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -134,7 +234,17 @@ async def post_all(
                     await resp.read()
                     assert resp.status == 200, resp.status
 
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        async def recording_worker(spans: Spans) -> None:
+            task = id(asyncio.current_task())
+            for body in bodies:
+                sent = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                spans.append((task, sent, time.perf_counter()))
+
+        workers = (worker() if spans is None else recording_worker(spans) for _ in range(in_flight))
+        await asyncio.gather(*workers)
 
 
 def prepare(campaign: Path, n: int, batch_size: int) -> tuple[list[bytes], dict[str, str], str]:
@@ -169,17 +279,21 @@ async def main_async(args: argparse.Namespace) -> None:
             url = sandbox.base_url
             journal = Path(tmp) / "bench.journal"
             target = url + api_path
-            contenders: dict[str, Callable[[], Awaitable[object]]] = {
-                "engine": lambda: engine_run(campaign, url),
-                "raw": lambda: post_all(iter(bodies), headers, target, args.in_flight),
-                "journal": lambda: engine_run(campaign, url, journal),
-                "script": lambda: script_run(
-                    path, message, headers, target, args.batch_size, args.in_flight
+            contenders: dict[str, Contender] = {
+                "engine": lambda spans: engine_run(campaign, url, spans=spans),
+                "raw": lambda spans: post_all(iter(bodies), headers, target, args.in_flight, spans),
+                "journal": lambda spans: engine_run(campaign, url, journal, spans),
+                "script": lambda spans: script_run(
+                    path, message, headers, target, args.batch_size, args.in_flight, spans
                 ),
             }
-            for _ in range(args.repeat):
-                for name, run in contenders.items():
-                    runs[name].append(await measured(run, sandbox))
+            for run in contenders.values():  # warm-up, not timed
+                await run(None)
+            for i in range(args.repeat):
+                order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
+                for name in order:
+                    run = contenders[name]
+                    runs[name].append(await measured(run, sandbox, args.in_flight, args.occupancy))
     report(runs, args, len(bodies))
 
 
@@ -201,9 +315,50 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace, requests: int) 
             f"(median {t:.3f} s; CPU µs/request: client {client:>5.0f}, sandbox {server})"
         )
     e, r, s, j = (medians[k] for k in ("engine", "raw", "script", "journal"))
-    print(f"ratio engine / raw script (same file in, same requests out): {s / e:.2f}")
-    print(f"ratio engine / raw with bodies ready (the network ceiling) : {r / e:.2f}")
-    print(f"journal cost: engine with / without journal = {e / j:.2f}")
+    rounds = {name: [run.seconds for run in values] for name, values in runs.items()}
+    print(
+        "ratio engine / raw script (same file in, same requests out): "
+        f"{s / e:.2f}{per_round(rounds['script'], rounds['engine'])}"
+    )
+    print(
+        "ratio engine / raw with bodies ready (the network ceiling) : "
+        f"{r / e:.2f}{per_round(rounds['raw'], rounds['engine'])}"
+    )
+    print(
+        f"journal cost: engine with / without journal = {e / j:.2f}"
+        f"{per_round(rounds['engine'], rounds['journal'])}"
+    )
+    if args.occupancy:
+        report_occupancy(runs, args.in_flight)
+
+
+def per_round(baseline: Sequence[float], seconds: Sequence[float]) -> str:
+    """`` (per round: median M, L-H)``: ``baseline / seconds`` within each round."""
+    ratios = [b / t for b, t in zip(baseline, seconds, strict=True)]
+    if len(ratios) < 2:
+        return ""
+    return f" (per round: median {median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def report_occupancy(runs: dict[str, list[Run]], in_flight: int) -> None:
+    print(
+        f"occupancy (medians; steady state: from request {2 * in_flight} to the last answer):\n"
+        f"{'':34}  start→1st  1st alone  steady req/s  round trip  in flight  "
+        "answer→next  tail"
+    )
+    for name, label in RUNS.items():
+        used = [r.occupancy for r in runs[name] if r.occupancy is not None]
+        if not used:
+            continue
+
+        def m(field: str, used: list[Occupancy] = used) -> float:
+            return median([getattr(o, field) for o in used])
+
+        print(
+            f"{label:<34}: {m('first') * 1e3:6.1f} ms {m('alone') * 1e3:6.1f} ms "
+            f"{m('rate'):>12,.0f} {m('round_trip') * 1e3:8.2f} ms {m('in_flight'):>9.2f} "
+            f"{m('next_request') * 1e6:8.0f} µs {m('tail') * 1e3:5.1f} ms"
+        )
 
 
 RUNS = {
@@ -224,6 +379,11 @@ def main(argv: list[str] | None = None) -> None:
         "--latency-ms", type=float, default=0.0, help="the sandbox's added latency per request"
     )
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--occupancy",
+        action="store_true",
+        help="record every request and say where each run's time went (see the docstring)",
+    )
     args = parser.parse_args(argv)
     factory = None
     if not args.no_uvloop:

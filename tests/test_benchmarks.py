@@ -40,6 +40,37 @@ def test_throughput_benchmark_runs_with_latency_and_reports_cpu_per_request() ->
     assert all(float(r) > 0 for r in ratios), out
 
 
+def test_throughput_benchmark_says_where_the_time_went_with_occupancy() -> None:
+    out = run_benchmark(
+        "throughput", "--recipients", "3000", "--repeat", "2", "--latency-ms", "2", "--occupancy"
+    )
+    assert "(per round: median " in out, out
+    rows = re.findall(r"^(.+?) *: +\d+\.\d ms +\d+\.\d ms +[\d,]+ +\d+\.\d\d ms", out, re.M)
+    assert [r.strip() for r in rows] == [
+        "raw aiohttp, bodies ready",
+        "raw aiohttp script (csv.reader)",
+        "engine (whole send from the file)",
+        "engine + journal",
+    ], out
+
+
+def test_occupancy_splits_a_run_into_its_phases() -> None:
+    from benchmarks.throughput import occupancy
+
+    # two tasks, in flight 2: each sends at once again, 10 ms round trips, the first alone
+    spans = [(1, 1.000, 1.010)]
+    spans += [(1, 1.010 + 0.010 * i, 1.020 + 0.010 * i) for i in range(9)]
+    spans += [(2, 1.010 + 0.010 * i, 1.020 + 0.010 * i) for i in range(9)]
+    used = occupancy(spans, start=0.995, end=1.105, in_flight=2)
+    assert round(used.first, 6) == 0.005
+    assert round(used.alone, 6) == 0.010
+    assert round(used.round_trip, 6) == 0.010
+    assert round(used.in_flight, 6) == 2.0
+    assert round(used.rate) == 200
+    assert used.next_request == 0.0
+    assert round(used.tail, 6) == 0.005
+
+
 def test_ratelimit_profiles_run_without_a_stated_limit() -> None:
     out = run_benchmark("ratelimit", "--seconds", "3", "--profiles", "ietf,bare429")
     assert "ietf 20/1s + 150/5s, refusal 429; believed " in out, out

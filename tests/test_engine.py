@@ -544,3 +544,33 @@ async def test_the_engine_prefers_classify_sent_and_hands_it_the_request() -> No
     summary = await engine.run(rows(25))
     assert summary.delivered == 25
     assert [r for r, _ in seen] == transport.requests
+
+
+# -- the reader lets the first request out ------------------------------------------------------
+
+
+async def test_the_reader_lets_the_first_request_out_before_it_reads_on() -> None:
+    """A chunk takes the loop a millisecond or more: right after the first request was handed
+    to the transport (its connection being made) the reader waits a moment."""
+    engine, _ = make_engine(ok)
+    now = [100.0]
+    engine._clock = lambda: now[0]  # (it stands still unless moved)
+
+    async def still_waiting(first_out: asyncio.Task[None]) -> bool:
+        for _ in range(10):
+            await asyncio.sleep(0.002)
+        return not first_out.done()
+
+    await asyncio.wait_for(engine._first_out(), 1)  # nothing sent yet: nothing to wait for
+    engine._sent_at = 100.0  # the first request went out just now
+    first_out = asyncio.create_task(engine._first_out())
+    assert await still_waiting(first_out)
+    now[0] = 100.004  # out for a while
+    await asyncio.wait_for(first_out, 1)
+
+    engine._sent_at = 100.004  # (sent again: the first had no answer)
+    first_out = asyncio.create_task(engine._first_out())
+    assert await still_waiting(first_out)
+    engine._first.done()  # answered: the others go too, and the reader reads on
+    await asyncio.wait_for(first_out, 1)
+    await asyncio.wait_for(engine._first_out(), 1)
