@@ -36,6 +36,7 @@ import aiohttp
 import orjson
 
 from benchmarks.common import (
+    CAMPAIGN_HEAD,
     KEY,
     cli_logging,
     machine,
@@ -49,18 +50,7 @@ from bulksend.models import Recipient
 from bulksend.output.report import Summary
 from bulksend.sandbox.testing import SandboxProcess
 
-CAMPAIGN = """
-provider = "maxtraffic"
-name = "bench"
-[message]
-campaign = "bench"
-messages = [{{ title = "Benchmark", body = "hello" }}]
-[recipients]
-path = "{path}"
-[send]
-batch_size = {batch_size}
-in_flight = {in_flight}
-"""
+CAMPAIGN = CAMPAIGN_HEAD + "[send]\nbatch_size = {batch_size}\nin_flight = {in_flight}\n"
 
 
 async def engine_run(campaign: Path, url: str, journal: Path | None = None) -> Summary:
