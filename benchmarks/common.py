@@ -15,6 +15,16 @@ from bulksend.output import logs
 from bulksend.sandbox.testing import SandboxProcess
 
 KEY = "bench-key"
+#: the start of the benchmarks' MaxTraffic campaign, ``{path}`` its recipient file (a template
+#: for ``str.format``: add the tables a benchmark needs, ``[send]`` or ``[auth]``)
+CAMPAIGN_HEAD = """provider = "maxtraffic"
+name = "bench"
+[message]
+campaign = "bench"
+messages = [{{ title = "Benchmark", body = "hello" }}]
+[recipients]
+path = "{path}"
+"""
 
 
 @contextmanager

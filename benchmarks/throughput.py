@@ -54,6 +54,7 @@ import aiohttp
 import orjson
 
 from benchmarks.common import (
+    CAMPAIGN_HEAD,
     KEY,
     cli_logging,
     machine,
@@ -67,18 +68,7 @@ from bulksend.models import Recipient
 from bulksend.output.report import Summary
 from bulksend.sandbox.testing import SandboxProcess
 
-CAMPAIGN = """
-provider = "maxtraffic"
-name = "bench"
-[message]
-campaign = "bench"
-messages = [{{ title = "Benchmark", body = "hello" }}]
-[recipients]
-path = "{path}"
-[send]
-batch_size = {batch_size}
-in_flight = {in_flight}
-"""
+CAMPAIGN = CAMPAIGN_HEAD + "[send]\nbatch_size = {batch_size}\nin_flight = {in_flight}\n"
 
 
 #: each request's (task, sent, answered): the task's id and ``time.perf_counter()`` readings

@@ -47,7 +47,7 @@ from typing import IO, Literal
 
 import orjson
 
-from benchmarks.common import KEY, machine, median, sandbox_child
+from benchmarks.common import CAMPAIGN_HEAD, KEY, machine, median, sandbox_child
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "plain_script.py"
@@ -63,16 +63,7 @@ VARIANTS = {
     "report": ("--report", "report.csv"),
     "no-journal": ("--no-journal",),
 }
-CAMPAIGN = """provider = "maxtraffic"
-name = "bench"
-[message]
-campaign = "bench"
-messages = [{{ title = "Benchmark", body = "hello" }}]
-[recipients]
-path = "{path}"
-[auth]
-api_key_env = "MAXTRAFFIC_API_KEY"
-"""
+CAMPAIGN = CAMPAIGN_HEAD + '[auth]\napi_key_env = "MAXTRAFFIC_API_KEY"\n'
 SANDBOX_ARGS = ("--limit", "1000000000", "--max-batch", "1000")
 _MULT = 0x9E3779B97F4A7C15F39CC0605CEDC835
 _MASK = (1 << 128) - 1

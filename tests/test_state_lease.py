@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import orjson
@@ -181,15 +183,24 @@ def _sandbox(ledger: Path) -> SandboxProcess:
     )  # fmt: skip
 
 
+@contextmanager
+def _sends(tmp_path: Path, redis_url: str) -> Iterator[tuple[Path, Callable[..., Popen[str]]]]:
+    """A campaign of ``ROWS`` with its state on ``redis_url``, and its sandbox (``_sandbox``):
+    yields the sandbox's ledger and what starts one send of it (``--limit 50/1s``, then the
+    arguments it is given)."""
+    campaign = campaign_in(tmp_path, ROWS, unique_name())
+    ledger = tmp_path / "ledger.jsonl"
+    with _sandbox(ledger) as sb:
+        send = (str(campaign), "--base-url", sb.base_url, "--state", redis_url, "--limit", "50/1s")
+        yield ledger, lambda *more: start_send(tmp_path, *send, *more)
+
+
 def test_two_sends_of_one_campaign_at_once_send_every_recipient_once(
     tmp_path: Path,
     redis_url: str,
 ) -> None:
-    campaign = campaign_in(tmp_path, ROWS, unique_name())
-    ledger = tmp_path / "ledger.jsonl"
-    with _sandbox(ledger) as sb:
-        send = (str(campaign), "--base-url", sb.base_url, "--state", redis_url)
-        sends = [start_send(tmp_path, *send, "--limit", "50/1s") for _ in range(2)]
+    with _sends(tmp_path, redis_url) as (ledger, start):
+        sends = [start() for _ in range(2)]
         results = [(p.wait(timeout=120), p.communicate()[1]) for p in sends]
     assert sorted(code for code, _ in results) == [0, 4], results
     _, err = next(r for r in results if r[0] == 4)
@@ -207,15 +218,12 @@ def test_a_send_killed_with_kill_9_is_run_again_within_the_lease_s_time(
     tmp_path: Path,
     redis_url: str,
 ) -> None:
-    campaign = campaign_in(tmp_path, ROWS, unique_name())
-    ledger = tmp_path / "ledger.jsonl"
-    with _sandbox(ledger) as sb:
-        send = (str(campaign), "--base-url", sb.base_url, "--state", redis_url)
-        first = start_send(tmp_path, *send, "--limit", "50/1s")
+    with _sends(tmp_path, redis_url) as (ledger, start):
+        first = start()
         wait_for_arrivals(ledger, 500, first)
         kill_9(first)
         killed = time.monotonic()
-        again = start_send(tmp_path, *send, "--limit", "50/1s")
+        again = start()
         assert again.stderr is not None
         said = []
         for line in again.stderr:  # (until the lease is taken, timed)
@@ -246,19 +254,13 @@ def test_a_send_stalled_past_its_lease_stops_once_it_goes_on(
     takes over and resends what was in flight as possible duplicates. Send 1, continued, stops
     with one line and writes nothing more. Every recipient arrived; twice only when send 2's
     report says it may have."""
-    campaign = campaign_in(tmp_path, ROWS, unique_name())
-    ledger = tmp_path / "ledger.jsonl"
     report, summary = tmp_path / "report.jsonl", tmp_path / "summary.json"
-    with _sandbox(ledger) as sb:
-        send = (str(campaign), "--base-url", sb.base_url, "--state", redis_url)
-        first = start_send(tmp_path, *send, "--limit", "50/1s")
+    with _sends(tmp_path, redis_url) as (ledger, start):
+        first = start()
         wait_for_arrivals(ledger, 500, first)
         first.send_signal(signal.SIGSTOP)
         try:
-            second = start_send(
-                tmp_path, *send, "--limit", "50/1s", "--report", str(report),
-                "--summary-json", str(summary),
-            )  # fmt: skip
+            second = start("--report", str(report), "--summary-json", str(summary))
             assert second.stderr is not None
             said = []
             for line in second.stderr:

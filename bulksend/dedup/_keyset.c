@@ -557,15 +557,28 @@ settle_candidates(KeySetObject *s, Item *items)
 
 /* -- the table ------------------------------------------------------------------------------ */
 
+#if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
+/* `bytes` of fresh (zeroed) anonymous memory, advised into huge pages; NULL when not mapped */
+static inline void *
+map_huge(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+    (void)madvise(p, bytes, MADV_HUGEPAGE); /* fewer TLB misses; only a hint */
+    return p;
+}
+#endif
+
 static uint64_t *
 table_alloc(uint64_t n, int *mapped)
 {
     size_t bytes = (size_t)n * sizeof(uint64_t);
 #if defined(MAP_ANONYMOUS) && defined(MADV_HUGEPAGE)
     if (bytes >= HUGE_TABLE) {
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p != MAP_FAILED) {
-            (void)madvise(p, bytes, MADV_HUGEPAGE); /* fewer TLB misses; only a hint */
+        void *p = map_huge(bytes);
+        if (p) {
             *mapped = 1;
             return (uint64_t *)p;
         }
@@ -893,11 +906,10 @@ early_start(KeySetObject *s, uint64_t n)
     if (bytes < EARLY_TABLE || n <= FIRST_SLOTS) {
         return 0;
     }
-    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
+    p = map_huge(bytes);
+    if (!p) {
         return 0;
     }
-    (void)madvise(p, bytes, MADV_HUGEPAGE);
     s->early = (uint64_t *)p;
     s->early_n = n;
     if (pthread_create(&s->filler, NULL, early_fill, s) != 0) {

@@ -25,7 +25,15 @@ from bulksend.distributed import lua
 from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url, remedy
 from bulksend.errors import ConfigError, GateUnavailable, UnavailableError
 
-__all__ = ["DOWN", "Admission", "GateUnavailable", "RedisGate", "Verdict", "client_from_url"]
+__all__ = [
+    "DOWN",
+    "Admission",
+    "GateUnavailable",
+    "RedisGate",
+    "Verdict",
+    "client_from_url",
+    "reached",
+]
 
 #: errors that mean "Redis is not there right now" (not a bug in a script)
 DOWN: tuple[type[BaseException], ...] = (
@@ -79,6 +87,26 @@ def client_from_url(
 
 
 #: the query parameters of a Redis URL that name files (redis-py's ``ssl_*`` arguments)
+async def reached(coro: Any, shown: str, *, down: str, otherwise: str, refused: str) -> Any:
+    """``await coro``, Redis refusing or out of reach as a one-line ``UnavailableError`` that
+    begins with ``shown`` (what that Redis serves and its URL, without the password): a wrong
+    password or an ACL says so; out of reach, ``down`` (such as "is unreachable"), the reason
+    and what to do (``otherwise``, unless the server's TLS certificate is not trusted); any
+    other Redis error, ``refused`` with ``{}`` standing for the error."""
+    try:
+        return await coro
+    except (rex.AuthenticationError, rex.AuthorizationError) as exc:
+        raise UnavailableError(
+            f"{shown} refused the connection ({exc}); check the user name and password"
+        ) from None
+    except DOWN as exc:
+        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        then = remedy(reason, otherwise)
+        raise UnavailableError(f"{shown} {down} ({reason}); {then}") from None
+    except rex.RedisError as exc:
+        raise UnavailableError(f"{shown} {refused.format(exc)}") from None
+
+
 TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
 
 

@@ -79,8 +79,8 @@ import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from bulksend.distributed.gate import DOWN, client_from_url
-from bulksend.distributed.keys import checked_url, redact_url, remedy, url_password
+from bulksend.distributed.gate import DOWN, client_from_url, reached
+from bulksend.distributed.keys import checked_url, redact_url, url_password
 from bulksend.errors import ConfigError, UnavailableError
 from bulksend.models import Batch
 from bulksend.output.logs import get_logger, redactor
@@ -607,21 +607,13 @@ class RedisJournal:
 async def _unavailable(coro: Any, where: str, what: str = "stopped answering") -> Any:
     """``await coro``, Redis out of reach as a one-line ``UnavailableError`` (a refusal, such
     as a wrong password or an ACL, as one too)."""
-    try:
-        return await coro
-    except (rex.AuthenticationError, rex.AuthorizationError) as exc:
-        raise UnavailableError(
-            f"state {where} refused the connection ({exc}); check the user name and password"
-        ) from None
-    except DOWN as exc:
-        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        then = remedy(reason, "start Redis or drop --state")
-        raise UnavailableError(f"state {where} {what} ({reason}); {then}") from None
-    except rex.RedisError as exc:
-        raise UnavailableError(
-            f"state {where} refused the state ({exc}); check the URL (its database number) "
-            "and the user's rights"
-        ) from None
+    return await reached(
+        coro,
+        f"state {where}",
+        down=what,
+        otherwise="start Redis or drop --state",
+        refused="refused the state ({}); check the URL (its database number) and the user's rights",
+    )
 
 
 async def _opened(

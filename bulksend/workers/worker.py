@@ -612,8 +612,8 @@ async def run_worker(
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
-    from bulksend.distributed.gate import client_from_url
-    from bulksend.distributed.keys import checked_url, url_password
+    from bulksend.distributed.gate import client_from_url, reached
+    from bulksend.distributed.keys import checked_url, redact_url, url_password
     from bulksend.output.logs import redactor
 
     checked_url(url, "bulksend worker")
@@ -623,7 +623,13 @@ async def run_worker(
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 5)
     client = client_from_url(url, flag="bulksend worker", retry=retry)
     try:
-        found = await _reached(find_campaign(client, campaign, wait, say), url)
+        found = await reached(
+            find_campaign(client, campaign, wait, say),
+            redact_url(url),
+            down="is unreachable",
+            otherwise="start Redis or check the URL",
+            refused="refused the worker: {}",
+        )
         stored = await client.hget(state_keys_of(found).campaign, "meta") if found else None
     except BaseException:
         with contextlib.suppress(*DOWN):
@@ -639,27 +645,6 @@ async def run_worker(
         with contextlib.suppress(*DOWN):
             await client.aclose()
         raise
-
-
-async def _reached(coro: Any, url: str) -> Any:
-    """``await coro``, Redis out of reach or refusing as a one-line ``UnavailableError``."""
-    import redis.exceptions as rex
-
-    from bulksend.distributed.keys import redact_url, remedy
-
-    where = redact_url(url)
-    try:
-        return await coro
-    except (rex.AuthenticationError, rex.AuthorizationError) as exc:
-        raise UnavailableError(
-            f"{where} refused the connection ({exc}); check the user name and password"
-        ) from None
-    except DOWN as exc:
-        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        then = remedy(reason, "start Redis or check the URL")
-        raise UnavailableError(f"{where} is unreachable ({reason}); {then}") from None
-    except rex.RedisError as exc:
-        raise UnavailableError(f"{where} refused the worker: {exc}") from None
 
 
 async def _serve(
