@@ -86,7 +86,6 @@ def client_from_url(
         raise ConfigError(f"{flag}: cannot use {redact_url(url)}: {exc}") from None
 
 
-#: the query parameters of a Redis URL that name files (redis-py's ``ssl_*`` arguments)
 async def reached(coro: Any, shown: str, *, down: str, otherwise: str, refused: str) -> Any:
     """``await coro``, Redis refusing or out of reach as a one-line ``UnavailableError`` that
     begins with ``shown`` (what that Redis serves and its URL, without the password): a wrong
@@ -107,6 +106,7 @@ async def reached(coro: Any, shown: str, *, down: str, otherwise: str, refused: 
         raise UnavailableError(f"{shown} {refused.format(exc)}") from None
 
 
+#: the query parameters of a Redis URL that name files (redis-py's ``ssl_*`` arguments)
 TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
 
 
