@@ -206,6 +206,9 @@ def test_planner_and_four_workers(redis_server: RedisServer, tmp_path: Path) -> 
     summary = run.check()
     assert summary["possible_duplicates"] == 0
     assert summary["requests"] == 300
+    finished = [line for line in err.splitlines() if "send_finished" in line]
+    assert len(finished) == 1, finished
+    assert orjson.loads(finished[0])["requests"] == 300  # (the workers' requests counted)
 
 
 def test_a_worker_killed_mid_send_is_taken_over(redis_server: RedisServer, tmp_path: Path) -> None:

@@ -1102,8 +1102,12 @@ class Engine:
                 self.journal.flush()
         self._drain_queue()
         self.summary.limits = self.scheduler.beliefs()
-        self._log.info("send_finished", **self.summary.as_dict())
+        self.log_finished()
         return self.summary
+
+    def log_finished(self) -> None:
+        """The ``send_finished`` log line, with the summary's counts."""
+        self._log.info("send_finished", **self.summary.as_dict())
 
     async def _read_while_sending(
         self, chunks: Iterable[Chunk] | AsyncIterable[Chunk], workers: list[asyncio.Task[None]]

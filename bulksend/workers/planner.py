@@ -38,6 +38,7 @@ class Planner(Engine):
         super().__init__(*args, **kwargs)
         self.work = work
         self._awaited: set[int] = set()  # queued by an earlier planner: only waited for
+        self._ran = False  # to the end of ``run``: ``wrap_up`` logs ``send_finished``
 
     def stop(self, error: BaseException) -> None:
         """Stop taking batches: none is queued any more (one waiting for room is not)."""
@@ -119,6 +120,11 @@ class Planner(Engine):
         ]
         self._record(batch, results)
 
+    def log_finished(self) -> None:
+        """Not yet at the end of ``run``: ``wrap_up`` logs the line once the workers' counts
+        are in the summary."""
+        self._ran = True
+
     # the workers keep the records: the planner only reports
     def _record(self, batch: Batch, results: list[Result], doubt: str = "") -> None:
         for res in results:
@@ -139,6 +145,8 @@ class Planner(Engine):
                 await self.work.halt()
         except UnavailableError as exc:
             self.stop(exc)
+        if self._ran:  # (the workers' requests counted)
+            super().log_finished()
         with contextlib.suppress(UnavailableError):
             await self.work.finish(self.summary.campaign, ttl if outcome == "finished" else None)
 
