@@ -113,20 +113,26 @@ def test_an_outage_longer_than_the_bound_is_one_error_saying_how_to_resume() -> 
     assert client.fails == 100 - 7  # first failure at 1 s, gave up at 7 s (> 5 s later)
 
 
-def test_sigint_stops_the_planner_queuing_and_the_workers_drain_and_exit(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("sig", "status"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],  # (Ctrl-C; a CI runner cancelling a job)
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_stops_the_planner_queuing_and_the_workers_drain_and_exit(
+    tmp_path: Path, sig: signal.Signals, status: int
 ) -> None:
-    """SIGINT: the planner queues nothing more, waits for what it queued, exits 130; the
-    workers settle the stream and exit 0; the same command run again sends the rest."""
+    """SIGINT or SIGTERM: the planner queues nothing more, waits for what it queued, exits
+    130 / 143; the workers settle the stream and exit 0; the same command run again sends the
+    rest."""
     with _redis() as server:
         run = Campaign(tmp_path, n_unique=3_000, limit=100)
         planner = run.plan(server.url)
         for i in range(2):
             run.worker(server.url, f"w{i}")
         wait_until(lambda: run.delivered() > 300, timeout=20, interval=0.2)
-        planner.send_signal(signal.SIGINT)
+        planner.send_signal(sig)
         _, err = planner.communicate(timeout=60)
-        assert planner.returncode == 130, err[-3000:]
+        assert planner.returncode == status, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
         for name, worker in run.workers.items():
             _, werr = worker.communicate(timeout=30)
