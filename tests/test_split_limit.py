@@ -48,9 +48,8 @@ def too_long(line: int, limit: int) -> Rejected:
     """How the reader (through csv.reader) rejects a row with a field over ``limit``."""
     return Rejected(
         line,
-        f"a quoted field starts on this row and runs past {limit:,} characters without closing"
-        ": skipped, and the next lines read as rows (close the quote, or write a quote inside a "
-        'quoted field as "")',
+        f"a field on this row is longer than {limit:,} characters, the CSV reader's limit: "
+        "skipped (shorten the field)",
     )
 
 

@@ -368,13 +368,7 @@ class DelimitedReader:
             except csv.Error as error:
                 if not str(error).startswith("field larger than field limit"):
                     raise InputError(f"{self._name}:{base + before}: {error}") from None
-                record, stray = (
-                    [],
-                    (
-                        f"a quoted field starts on this row and runs past "
-                        f"{csv.field_size_limit():,} characters without closing"
-                    ),
-                )
+                record, stray = [], _too_long(reader.line_num - before)
             else:
                 lines = reader.line_num - before
                 stray = "" if lines == 1 and not feed.ended else self._stray(record, lines)
@@ -393,8 +387,7 @@ class DelimitedReader:
             if stray == _SPANNING:  # which lines were meant as rows is a guess: each is reported
                 yield self._spanning(first, first + lines - 1, len(record))
                 continue
-            reason = f"{stray}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
-            yield Chunk(Recipients.of([]), [Rejected(first, reason)])
+            yield Chunk(Recipients.of([]), [Rejected(first, stray)])
             feed.put_back(feed.last(lines)[1:])  # the record's lines after its first
             reader = csv.reader(feed, self._dialect)
             base = self._line = first + 1
@@ -405,9 +398,9 @@ class DelimitedReader:
     def _stray(self, record: list[str], lines: int) -> str:
         """For a record that took ``lines`` lines (or ran into the end of the file): "" when
         it is fine, ``_SPANNING`` when it spans lines but is not a record, else the reason
-        its first row is rejected."""
+        its first row is rejected (and the lines after it read again)."""
         if self._feed.ended:  # csv.reader asks for more mid-record only inside quotes
-            return "a quoted field starts on this row and is never closed"
+            return _skipped("a quoted field starts on this row and is never closed")
         if len(record) == self.layout.width or self._well_formed(self._feed.last(lines)):
             return ""  # a quoted field with line ends in it, as CSV allows
         return _SPANNING
@@ -443,6 +436,25 @@ class DelimitedReader:
             if chunk is not None:
                 return chunk
         return self.layout.rows(numbers, rows)
+
+
+def _skipped(what: str) -> str:
+    """The reason a row is rejected for a quote that would swallow the lines after it."""
+    return f"{what}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
+
+
+def _too_long(lines: int) -> str:
+    """The reason a row is rejected when ``csv.reader`` found a field over its limit in the
+    record's ``lines``-th line: a long field on the row, or a quote open across lines."""
+    limit = f"{csv.field_size_limit():,}"
+    if lines > 1:
+        return _skipped(
+            f"a quoted field starts on this row and runs past {limit} characters without closing"
+        )
+    return (
+        f"a field on this row is longer than {limit} characters, the CSV reader's limit: "
+        "skipped (shorten the field)"
+    )
 
 
 def check_delimiter(spec: SourceSpec) -> str | None:
