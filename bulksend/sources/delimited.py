@@ -6,8 +6,10 @@ Those are split with ``str.split`` column by column, which gives exactly what ``
 gives for them and is several times faster: a plain block on the delimiter, a quoted block on
 ``","`` once each line is checked to be ``"f1","f2",...`` with no quote or line end inside a
 field (a delimiter may be). Any other block (or any block of a dialect with
-``skipinitialspace``) goes through ``csv.reader`` until it ends on a record boundary, so quoted
-fields with delimiters, quotes and newlines inside, even across blocks, are read correctly.
+``skipinitialspace``, or with a field longer than ``csv.field_size_limit()``, for which
+``csv.reader`` raises) goes through ``csv.reader`` until it ends on a record boundary, so quoted
+fields with delimiters, quotes and newlines inside, even across blocks, are read correctly, and
+a field over the limit rejects its row.
 
 Before those, the optional C extension :mod:`bulksend.sources._split` (built by ``pip install``
 where a C compiler is there) reads a block in one pass, straight into the columns wanted: any
@@ -60,6 +62,29 @@ def _load_split() -> Splitter | None:
 
 #: the C block splitter, or None (see the module)
 SPLIT = _load_split()
+
+
+def _over_limit(body: str, flat: list[str], stops: str) -> bool:
+    """Whether a field in ``flat`` is longer than ``csv.field_size_limit()`` (read now: it may
+    be raised), for which ``csv.reader`` raises. ``flat`` is split from ``body``, where each
+    field lies in a run of characters none of which is in ``stops``.
+
+    Such a field holds a whole window of ``limit // 2 + 1`` characters starting at a multiple
+    of that, none of them in ``stops``. A block has few such windows (4 in 256 KiB at the
+    default limit): when they are fewer than an eighth of its fields, a ``find`` or two in each
+    tells, and only a window without a stop makes the fields be measured.
+    """
+    limit = csv.field_size_limit()
+    size = len(body)
+    if size <= limit:
+        return False  # no field is longer than its block
+    window = max(limit // 2 + 1, 1)
+    if size // window <= len(flat) // 8 and all(
+        any(body.find(stop, at, at + window) >= 0 for stop in stops)
+        for at in range(0, size - window + 1, window)
+    ):
+        return False
+    return max(map(len, flat)) > limit
 
 
 class Dialect(csv.Dialect):
@@ -227,7 +252,7 @@ class DelimitedReader:
         quoted = QUOTE in body
         split = self._split_quoted if quoted else self._split_plain
         flat = split(body, count, end)
-        if flat is None:
+        if flat is None or _over_limit(body, flat, QUOTE if quoted else self.delimiter + "\n"):
             return None
         first = self._line
         numbers = range(first, first + count)
@@ -343,13 +368,7 @@ class DelimitedReader:
             except csv.Error as error:
                 if not str(error).startswith("field larger than field limit"):
                     raise InputError(f"{self._name}:{base + before}: {error}") from None
-                record, stray = (
-                    [],
-                    (
-                        f"a quoted field starts on this row and runs past "
-                        f"{csv.field_size_limit():,} characters without closing"
-                    ),
-                )
+                record, stray = [], _too_long(reader.line_num - before)
             else:
                 lines = reader.line_num - before
                 stray = "" if lines == 1 and not feed.ended else self._stray(record, lines)
@@ -368,8 +387,7 @@ class DelimitedReader:
             if stray == _SPANNING:  # which lines were meant as rows is a guess: each is reported
                 yield self._spanning(first, first + lines - 1, len(record))
                 continue
-            reason = f"{stray}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
-            yield Chunk(Recipients.of([]), [Rejected(first, reason)])
+            yield Chunk(Recipients.of([]), [Rejected(first, stray)])
             feed.put_back(feed.last(lines)[1:])  # the record's lines after its first
             reader = csv.reader(feed, self._dialect)
             base = self._line = first + 1
@@ -380,9 +398,9 @@ class DelimitedReader:
     def _stray(self, record: list[str], lines: int) -> str:
         """For a record that took ``lines`` lines (or ran into the end of the file): "" when
         it is fine, ``_SPANNING`` when it spans lines but is not a record, else the reason
-        its first row is rejected."""
+        its first row is rejected (and the lines after it read again)."""
         if self._feed.ended:  # csv.reader asks for more mid-record only inside quotes
-            return "a quoted field starts on this row and is never closed"
+            return _skipped("a quoted field starts on this row and is never closed")
         if len(record) == self.layout.width or self._well_formed(self._feed.last(lines)):
             return ""  # a quoted field with line ends in it, as CSV allows
         return _SPANNING
@@ -418,6 +436,25 @@ class DelimitedReader:
             if chunk is not None:
                 return chunk
         return self.layout.rows(numbers, rows)
+
+
+def _skipped(what: str) -> str:
+    """The reason a row is rejected for a quote that would swallow the lines after it."""
+    return f"{what}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
+
+
+def _too_long(lines: int) -> str:
+    """The reason a row is rejected when ``csv.reader`` found a field over its limit in the
+    record's ``lines``-th line: a long field on the row, or a quote open across lines."""
+    limit = f"{csv.field_size_limit():,}"
+    if lines > 1:
+        return _skipped(
+            f"a quoted field starts on this row and runs past {limit} characters without closing"
+        )
+    return (
+        f"a field on this row is longer than {limit} characters, the CSV reader's limit: "
+        "skipped (shorten the field)"
+    )
 
 
 def check_delimiter(spec: SourceSpec) -> str | None:
