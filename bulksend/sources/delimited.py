@@ -22,6 +22,7 @@ environment variable ``BULKSEND_NO_EXTENSIONS`` is set (not empty, not ``0``) on
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -111,6 +112,25 @@ def sniff(sample: str) -> tuple[str, bool, int]:
     the first record most; a single column reads as ``,``.
     """
     lines = split_lines(sample)[:SNIFF_LINES]
+    with _any_field_size(len(sample)):
+        return _sniffed(lines)
+
+
+@contextlib.contextmanager
+def _any_field_size(size: int) -> Iterator[None]:
+    """``csv.field_size_limit`` at least ``size`` meanwhile: a field over the limit in the
+    sample makes ``csv.reader`` raise for the right delimiter, which would then be passed
+    over (the row is rejected when it is read, at the limit)."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(max(before, size))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _sniffed(lines: list[str]) -> tuple[str, bool, int]:
+    """``sniff`` of the sample's first lines."""
     best: tuple[bool, int, str] | None = None
     for delimiter in CANDIDATES:
         try:
