@@ -688,7 +688,9 @@ async def _serve(
         run_id=run_id, say=say, held=held, consumer=name,
     )  # fmt: skip
     feed = Feed(client, keys, name, journal, held, idle=idle)
-    setup = PauseSetup(switches=[RedisSwitch(url, settings.name)], on_change=say)
+    setup = PauseSetup(
+        switches=[RedisSwitch(url, settings.name, flag="bulksend worker")], on_change=say
+    )
     control = PauseControl.for_send(MemorySwitch(), settings.windows, setup)
     options = EngineOptions(
         batch_size=settings.batch_size,
