@@ -628,7 +628,8 @@ async def run_worker(
             redact_url(url),
             down="is unreachable",
             otherwise="start Redis or check the URL",
-            refused="refused the worker: {}",
+            refused="refused the worker ({}); check the URL (its database number) and the "
+            "user's rights",
         )
         stored = await client.hget(state_keys_of(found).campaign, "meta") if found else None
     except BaseException:
