@@ -375,7 +375,7 @@ def _own_switch(journal: JournalOptions | None, settings: Settings) -> Switch:
     if journal is None:
         return MemorySwitch()
     if journal.state is not None:
-        return RedisSwitch(journal.state, settings.name)
+        return RedisSwitch(journal.state, settings.name, flag="--state")
     return JournalSwitch(journal.path)
 
 

@@ -10,9 +10,13 @@ import pytest
 
 pytest.importorskip("redis", reason="REDIS CLIENT MISSING: pip install 'bulksend[redis]'")
 
+import redis
+
+from bulksend.distributed.keys import checked_url, database_fault
 from bulksend.distributed.testing import RedisServer
+from bulksend.errors import ConfigError
 from bulksend.sandbox.testing import wait_until
-from tests.conftest import KEY, run_bulksend, write_campaign, write_recipients
+from tests.conftest import KEY, run_bulksend, run_cli, write_campaign, write_recipients
 from tests.test_workers_redis import Campaign, _no_process_left  # noqa: F401 (its fixture)
 
 NO_REDIS = (
@@ -44,6 +48,159 @@ def test_a_database_redis_refuses_is_one_line_not_a_traceback(tmp_path: Path, fl
         f"bulksend: state {url} refused the state (DB index is out of range); check the URL "
         "(its database number) and the user's rights"
     ]
+
+
+# -- a database that is not a number (redis-py would use database 0, or /1/2 as 12) -----------
+
+PASSWORD = "s3cret-Pa55word"
+
+#: what each refusal of a database says after "FLAG: URL: WHAT IS WRONG"
+DB_REMEDY = (
+    "; write redis://HOST:PORT/DB (or ?db=DB) with DB from 0 to 15 (a default Redis's 16 "
+    "databases), or leave it out for database 0"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "fault"),
+    [
+        ("redis://h:6379", None),
+        ("redis://h:6379/", None),
+        ("redis://h:6379/15", None),
+        ("redis://h:6379/99", None),  # (a Redis may have more: the server says, exit 4)
+        ("rediss://u:pw@h:6380/3?ssl_ca_certs=/etc/ca.pem", None),
+        ("redis://h:6379/?db=5", None),
+        ("redis://h:6379/5?db=5", None),
+        ("unix:///run/redis.sock", None),
+        ("unix:///run/redis.sock?db=2", None),
+        ("redis://h:6379/x", "the database 'x' is not a number from 0 up"),
+        ("redis://h:6379/0x", "the database '0x' is not a number from 0 up"),
+        ("redis://h:6379/-1", "the database '-1' is not a number from 0 up"),
+        ("redis://h:6379/1/2", "the database '1/2' is not a number from 0 up"),  # (12 to redis-py)
+        ("redis://h:6379/1_0", "the database '1_0' is not a number from 0 up"),  # (10 to int())
+        ("redis://h:6379/%31x", "the database '1x' is not a number from 0 up"),
+        ("redis://h:6379/\u0661", "the database '\u0661' is not a number from 0 up"),
+        ("redis://h:6379/?db=x", "the database ?db=x is not a number from 0 up"),
+        ("unix:///run/redis.sock?db=-1", "the database ?db=-1 is not a number from 0 up"),
+        ("redis://h:6379/3?db=5", "it names 2 databases (3, 5), not one"),
+        ("redis://h:6379/?db=1&db=2", "it names 2 databases (1, 2), not one"),
+    ],
+)
+def test_a_database_that_is_not_a_number_is_said_what_is_wrong(url: str, fault: str) -> None:
+    assert database_fault(url) == fault
+
+
+def test_a_url_that_cannot_be_read_is_one_line_without_the_password() -> None:
+    for url, why in [
+        (f"redis://:{PASSWORD}@[::1/0", "Invalid IPv6 URL"),
+        (f"redis://:{PASSWORD}@h:99999/0", "Port out of range 0-65535"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            checked_url(url, "--state")
+        assert str(caught.value) == (
+            "--state: expected redis://HOST:PORT/DB (or rediss://, unix://), got a URL that "
+            f"cannot be read ({why})"
+        )
+
+
+def database_sizes(server: RedisServer, password: str | None = None) -> dict[int, int]:
+    """How many keys each of the server's 16 databases holds."""
+    sizes = {}
+    for n in range(16):
+        with redis.Redis(host=server.host, port=server.port, db=n, password=password) as client:
+            sizes[n] = int(client.dbsize())
+    return sizes
+
+
+def bad_database_runs(tmp_path: Path, url: str) -> dict[str, list[str]]:
+    """Every command that takes a Redis URL, given ``url`` (each its argv)."""
+    recipients = write_recipients(tmp_path / "r.csv", [("v1", "u1"), ("v2", "u2")])
+    campaign = str(write_campaign(tmp_path, recipients))
+    send = ["send", campaign, "--base-url", "http://127.0.0.1:9", "--progress", "never", "-q"]
+    return {
+        "--state": [*send, "--state", url],
+        "--limiter": [*send, "--limiter", url],
+        "--workers": [*send, "--workers", url],
+        "bulksend worker": ["worker", url, "--wait", "1"],
+        "bulksend status": ["status", url, "E2E"],
+        "bulksend pause": ["pause", url, "--campaign", "E2E"],
+        "bulksend resume": ["resume", url, "--campaign", "E2E"],
+    }
+
+
+def test_a_database_that_is_not_a_number_is_refused_by_every_command(tmp_path: Path) -> None:
+    """``/x`` is database 0 to redis-py: each command that takes a Redis URL refuses it before
+    touching Redis (exit 2, one line naming the flag, the URL without its password, what is
+    wrong and what to do); nothing is written in any database."""
+    with private_redis("--requirepass", PASSWORD) as server:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/x"
+        shown = f"redis://:***@127.0.0.1:{server.port}/x"
+        ran = {
+            flag: run_cli(*argv, env={"MAXTRAFFIC_API_KEY": KEY})
+            for flag, argv in bad_database_runs(tmp_path, url).items()
+        }
+        written = database_sizes(server, PASSWORD)
+    for flag, done in ran.items():
+        assert (done.status, done.stdout) == (2, ""), (flag, done.stderr)
+        assert done.stderr.splitlines() == [
+            f"bulksend: error: {flag}: {shown}: the database 'x' is not a number from 0 up"
+            + DB_REMEDY
+        ], flag
+    assert set(written.values()) == {0}, written
+
+
+@pytest.mark.parametrize("path", ["/0x", "/-1", "/1/2", "/2?db=3"])
+def test_each_bad_database_is_one_line_from_a_real_process(path: str) -> None:
+    """As above, from ``python -m bulksend`` (no traceback, the password nowhere)."""
+    with private_redis("--requirepass", PASSWORD) as server:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}{path}"
+        done = run_bulksend("pause", url, "--campaign", "E2E")
+    assert done.returncode == 2, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"bulksend: error: bulksend pause: redis://:***@127.0.0.1:{server.port}")
+    assert line.endswith(DB_REMEDY)
+
+
+def test_a_database_the_server_lacks_is_one_line_for_every_command(tmp_path: Path) -> None:
+    """``/99`` is a number, which the server refuses (16 databases): one line, exit 4."""
+    with private_redis("--requirepass", PASSWORD) as server:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/99"
+        shown = f"redis://:***@127.0.0.1:{server.port}/99"
+        ran = {
+            flag: run_cli(*argv, env={"MAXTRAFFIC_API_KEY": KEY})
+            for flag, argv in bad_database_runs(tmp_path, url).items()
+        }
+    for flag, done in ran.items():
+        assert done.status == 4, (flag, done.stderr)
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(("bulksend: state ", "bulksend: limiter ", f"bulksend: {shown}"))
+        assert line.endswith(
+            "(DB index is out of range); check the URL (its database number) and the user's rights"
+        ), line
+        assert PASSWORD not in done.stdout + done.stderr
+    assert ran["bulksend worker"].stderr == (
+        f"bulksend: {shown} refused the worker (DB index is out of range); check the URL "
+        "(its database number) and the user's rights\n"
+    )
+    assert ran["bulksend pause"].stderr == (
+        f"bulksend: {shown} (campaign 'E2E'): cannot pause: Redis refused it (DB index is out "
+        "of range); check the URL (its database number) and the user's rights\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "db"), [("", 0), ("/", 0), ("/5", 5), ("/?db=5", 5), ("/5?db=5", 5), ("/07", 7)]
+)
+def test_a_database_written_as_a_number_is_the_one_used(path: str, db: int) -> None:
+    """The forms accepted reach the database they name: ``bulksend pause`` writes the
+    campaign's pause key there and nowhere else."""
+    with private_redis() as server:
+        url = f"redis://127.0.0.1:{server.port}{path}"
+        done = run_cli("pause", url, "--campaign", "E2E")
+        sizes = database_sizes(server)
+    assert done.status == 0, done.stderr
+    assert {n for n, size in sizes.items() if size} == {db}, sizes
 
 
 @pytest.mark.parametrize(

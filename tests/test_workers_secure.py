@@ -9,6 +9,7 @@ letters).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -478,3 +479,54 @@ def test_rediss_with_the_ca_in_the_url_plans_sends_and_shows_status(
     assert PASSWORD not in written_files(tmp_path)
     assert b"campaign_text" in during
     assert PASSWORD.encode() not in during
+
+
+def test_pause_and_resume_over_rediss_say_what_to_do_about_the_ca_in_one_line(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    """``bulksend pause/resume rediss://...`` as the other commands: a CA file that is not
+    there is one line (exit 2) before connecting; a server whose certificate is not trusted
+    here, one line saying to name the CA (exit 4); with the CA, they pause and resume. The
+    password is in no output."""
+    with tls_server(certificates) as server:
+        admin = admin_client(server, ssl_ca_certs=str(certificates.ca))
+        admin.execute_command(*documented_acl(PASSWORD))
+        admin.close()
+        bare = f"rediss://bulksend:{PASSWORD}@127.0.0.1:{server.port}/0"
+        no_ca = f"{bare}?ssl_ca_certs=/nowhere/ca.pem"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("SSL_CERT_FILE", None)
+        done = {
+            (verb, how): once([verb, url, "--campaign", "E2E"], tmp_path, env)
+            for verb in ("pause", "resume")
+            for how, url in (("untrusted", bare), ("no CA", no_ca))
+        }
+        trusted = f"{bare}?ssl_ca_certs={certificates.ca}"
+        with_ca = [
+            once([verb, trusted, "--campaign", "E2E"], tmp_path, env)
+            for verb in ("pause", "resume")
+        ]
+    shown = f"rediss://bulksend:***@127.0.0.1:{server.port}/0"
+    for verb in ("pause", "resume"):
+        untrusted = done[verb, "untrusted"]
+        assert untrusted.returncode == 4, untrusted.stderr
+        (line,) = untrusted.stderr.splitlines()
+        assert line.startswith(f"bulksend: {shown} (campaign 'E2E'): cannot {verb}: Redis is "
+                               "unreachable (ConnectionError: ")  # fmt: skip
+        assert "CERTIFICATE_VERIFY_FAILED" in line
+        assert line.endswith("; the server's TLS certificate is not trusted here: name the CA "
+                             "that signed it at the end of the URL, ?ssl_ca_certs=/path/to/ca.pem "
+                             "(docs/scaling.md)")  # fmt: skip
+        missing = done[verb, "no CA"]
+        assert missing.returncode == 2, missing.stderr
+        assert missing.stderr.splitlines() == [
+            f"bulksend: error: bulksend {verb}: {shown}?ssl_ca_certs=/nowhere/ca.pem: "
+            "ssl_ca_certs=/nowhere/ca.pem does not exist on this machine; give the path of the "
+            "file (for ssl_ca_certs, the PEM certificate of the CA that signed the Redis "
+            "server's certificate)"
+        ]
+    assert [r.returncode for r in with_ca] == [0, 0], [r.stderr for r in with_ca]
+    assert with_ca[0].stderr.startswith(f"bulksend: paused {shown}?ssl_ca_certs=")
+    assert with_ca[1].stderr.startswith(f"bulksend: resumed {shown}?ssl_ca_certs=")
+    outputs = [r.stdout + r.stderr for r in [*done.values(), *with_ca]]
+    assert not [o for o in outputs if PASSWORD in o]

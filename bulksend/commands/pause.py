@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bulksend.commands.common import Context, ExitStatus
-from bulksend.errors import ConfigError, UnavailableError
+from bulksend.errors import BulksendError, ConfigError, UnavailableError
 
 HELP = "pause a running send (no new batch starts; it goes on with `bulksend resume`)"
 DESCRIPTION = (
@@ -65,7 +65,7 @@ def _switch(args: argparse.Namespace) -> Any:
             raise ConfigError(
                 f"{args.command} with a Redis URL needs --campaign NAME (the campaign's name)"
             )
-        return RedisSwitch(target, args.campaign)
+        return RedisSwitch(target, args.campaign, flag=f"bulksend {args.command}")
     if args.campaign:
         raise ConfigError("--campaign goes with a redis:// URL, not with a journal")
     path = Path(target)
@@ -76,24 +76,44 @@ def _switch(args: argparse.Namespace) -> Any:
 
 
 async def _set(args: argparse.Namespace, ctx: Context, *, paused: bool) -> int:
-    from bulksend.control.pause import Pause, RedisSwitch
+    from bulksend.control.pause import RedisSwitch
 
     switch = _switch(args)
     try:
-        before = await switch.read()
-        if paused and before is None:
-            await switch.write(Pause("bulksend pause", time.time()))
-        elif not paused and before is not None:
-            await switch.write(None)
-    except ConfigError:
+        if isinstance(switch, RedisSwitch):
+            from bulksend.distributed.gate import reached
+
+            was = await reached(
+                _flip(switch, paused),
+                f"{switch.name}: cannot {args.command}: Redis",
+                down="is unreachable",
+                otherwise="start Redis or check the URL",
+                refused="refused it ({}); check the URL (its database number) and the user's "
+                "rights",
+            )
+        else:
+            was = await _flip(switch, paused)
+    except BulksendError:  # a URL or CA file refused, Redis refusing or out of reach
         raise
-    except Exception as exc:  # Redis out of reach, a journal locked for too long
+    except Exception as exc:  # a journal locked for too long
         raise UnavailableError(f"{switch.name}: cannot {args.command}: {exc}") from None
     finally:
         await switch.aclose()
     target = shlex.quote(args.target) if not isinstance(switch, RedisSwitch) else switch.name
-    print(f"bulksend: {_said(paused, before is not None, target)}", file=ctx.err)
+    print(f"bulksend: {_said(paused, was, target)}", file=ctx.err)
     return ExitStatus.OK
+
+
+async def _flip(switch: Any, paused: bool) -> bool:
+    """Pause (or resume) through ``switch``; whether it was paused before."""
+    from bulksend.control.pause import Pause
+
+    before = await switch.read()
+    if paused and before is None:
+        await switch.write(Pause("bulksend pause", time.time()))
+    elif not paused and before is not None:
+        await switch.write(None)
+    return before is not None
 
 
 def _said(paused: bool, was: bool, target: str) -> str:

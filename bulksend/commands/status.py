@@ -48,6 +48,11 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         data = orjson.loads(entry)
         keys = state_keys_of(Found(args.campaign, data["provider"], data["state"]))
         status = await read_status(client, keys)
+    except rex.ResponseError as exc:  # a database it does not have, a command not allowed
+        raise UnavailableError(
+            f"{redact_url(args.url)} refused it ({exc}); check the URL (its database number) "
+            "and the user's rights"
+        ) from None
     except (*DOWN, rex.RedisError) as exc:  # type: ignore[misc]
         reason = f"{type(exc).__name__}: {exc}"
         then = remedy(reason, "check the URL (host, user, password) and that Redis runs")

@@ -178,32 +178,29 @@ def redis_pause_key(campaign: str) -> str:
 
 class RedisSwitch:
     """The pause of every worker of one campaign, in a Redis key (``redis_pause_key``); the
-    connection is made at the first read or write."""
+    connection is made at the first read or write (``client_from_url``: a URL it refuses is a
+    one-line ``ConfigError`` naming ``flag``)."""
 
-    def __init__(self, url: str, campaign: str, *, timeout: float = 3.0) -> None:
+    def __init__(
+        self, url: str, campaign: str, *, timeout: float = 3.0, flag: str = "--limiter"
+    ) -> None:
         from bulksend.distributed.keys import redact_url
 
         self.url, self.key, self._timeout = url, redis_pause_key(campaign), timeout
+        self.flag = flag
         self.name = f"{redact_url(url)} (campaign {campaign!r})"
         self.undo = f"`bulksend resume {redact_url(url)} --campaign {shlex.quote(campaign)}`"
         self._client: Any = None
 
     def _connect(self) -> Any:
         if self._client is None:
-            from bulksend.distributed.keys import redact_url
-
             try:
-                import redis.asyncio as aioredis
+                from bulksend.distributed.gate import client_from_url
             except ImportError:
                 raise ConfigError(
                     "a redis:// pause needs the Redis client: pip install 'bulksend[redis]'"
                 ) from None
-            try:
-                self._client = aioredis.Redis.from_url(
-                    self.url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
-                )
-            except ValueError as exc:
-                raise ConfigError(f"{redact_url(self.url)}: not a Redis URL ({exc})") from None
+            self._client = client_from_url(self.url, timeout=self._timeout, flag=self.flag)
         return self._client
 
     async def read(self) -> Pause | None:

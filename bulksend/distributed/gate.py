@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from bulksend.distributed import lua
-from bulksend.distributed.keys import MAX_MARGIN, key_names, redact_url, remedy
+from bulksend.distributed.keys import MAX_MARGIN, checked_url, key_names, redact_url, remedy
 from bulksend.errors import ConfigError, GateUnavailable, UnavailableError
 
 __all__ = [
@@ -71,8 +71,10 @@ def client_from_url(
     """A Redis client on ``url`` (not yet connected; ``rediss://`` and ``user:password@`` as
     redis-py reads them). Timeouts bound every command, so a Redis that hangs counts as one that
     is gone; without ``retry`` the client never retries on its own. A URL redis-py cannot read
-    is a one-line ``ConfigError`` naming ``flag``, without the password, and so is a TLS file
-    it names (``?ssl_ca_certs=PATH``) that is not there."""
+    or would read wrong (``checked_url``: a database that is not a number) is a one-line
+    ``ConfigError`` naming ``flag``, without the password, and so is a TLS file it names
+    (``?ssl_ca_certs=PATH``) that is not there."""
+    checked_url(url, flag)
     _check_tls_files(url, flag)
     try:
         return aioredis.Redis.from_url(
@@ -158,7 +160,10 @@ class RedisGate:
             raise UnavailableError(f"limiter {gate.url} is unreachable ({exc}); {then}") from None
         except rex.RedisError as exc:
             await gate.aclose()
-            raise UnavailableError(f"limiter {gate.url} refused the limiter: {exc}") from None
+            raise UnavailableError(
+                f"limiter {gate.url} refused the limiter ({exc}); check the URL (its database "
+                "number) and the user's rights"
+            ) from None
         return gate
 
     def keys(self, group: str) -> list[str]:

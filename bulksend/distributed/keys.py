@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from bulksend.errors import ConfigError
 
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_MARGIN",
     "SCHEMES",
     "checked_url",
+    "database_fault",
     "key_fingerprint",
     "key_names",
     "key_ttl_ms",
@@ -76,15 +77,57 @@ def url_password(url: str) -> str | None:
 
 
 def checked_url(url: str, flag: str) -> str:
-    """``url`` when it is a Redis URL (``redis://``, ``rediss://``, ``unix://``), else a one-line
-    ``ConfigError`` naming ``flag`` and the URL without its password."""
+    """``url`` when it is a Redis URL (``redis://``, ``rediss://``, ``unix://``) naming its
+    database as a number or not at all, else a one-line ``ConfigError`` naming ``flag`` and the
+    URL without its password."""
     scheme = url.partition("://")[0].lower()
     if "://" not in url or scheme not in SCHEMES:
         raise ConfigError(
             f"{flag}: expected redis://HOST:PORT/DB (or rediss://, unix://), "
             f"got {redact_url(url)!r}"
         )
+    try:
+        urlsplit(url).port  # noqa: B018 (read: a port that is not a number raises)
+        fault = database_fault(url)
+    except ValueError as exc:  # such as "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise ConfigError(
+            f"{flag}: expected redis://HOST:PORT/DB (or rediss://, unix://), got a URL that "
+            f"cannot be read ({exc})"
+        ) from None
+    if fault:
+        raise ConfigError(
+            f"{flag}: {redact_url(url)}: {fault}; write redis://HOST:PORT/DB (or ?db=DB) with DB "
+            "from 0 to 15 (a default Redis's 16 databases), or leave it out for database 0"
+        )
     return url
+
+
+def database_fault(url: str) -> str | None:
+    """What is wrong with the database a Redis URL names (``/DB`` after ``redis://HOST:PORT``
+    or ``rediss://``, ``?db=DB`` with any scheme), or None. redis-py would read a path that is
+    not a number as database 0 (``/1/2`` as 12) and take ``?db=`` over the path: such a path, a
+    ``?db=`` that is not a number and two different databases are refused here. A ValueError
+    when ``url`` cannot be read at all."""
+    parts = urlsplit(url)
+    named: list[str] = []
+    if parts.scheme.lower() != "unix":  # (there the path is the socket's)
+        path = unquote(parts.path).removeprefix("/")
+        if path:
+            if not _number(path):
+                return f"the database {path!r} is not a number from 0 up"
+            named.append(path)
+    for name, value in parse_qsl(parts.query):
+        if name == "db":
+            if not _number(value):
+                return f"the database ?db={value} is not a number from 0 up"
+            named.append(value)
+    if len({int(n) for n in named}) > 1:
+        return f"it names {len(named)} databases ({', '.join(named)}), not one"
+    return None
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def redact_url(url: str) -> str:
@@ -107,7 +150,7 @@ def redact_url(url: str) -> str:
             text += "#" + parts.fragment
         return text
     except ValueError:
-        return "<unparsable limiter URL>"
+        return "<unparsable URL>"
 
 
 #: what to do when a ``rediss://`` connection fails because the server's certificate is not

@@ -628,7 +628,8 @@ async def run_worker(
             redact_url(url),
             down="is unreachable",
             otherwise="start Redis or check the URL",
-            refused="refused the worker: {}",
+            refused="refused the worker ({}); check the URL (its database number) and the "
+            "user's rights",
         )
         stored = await client.hget(state_keys_of(found).campaign, "meta") if found else None
     except BaseException:
@@ -688,7 +689,9 @@ async def _serve(
         run_id=run_id, say=say, held=held, consumer=name,
     )  # fmt: skip
     feed = Feed(client, keys, name, journal, held, idle=idle)
-    setup = PauseSetup(switches=[RedisSwitch(url, settings.name)], on_change=say)
+    setup = PauseSetup(
+        switches=[RedisSwitch(url, settings.name, flag="bulksend worker")], on_change=say
+    )
     control = PauseControl.for_send(MemorySwitch(), settings.windows, setup)
     options = EngineOptions(
         batch_size=settings.batch_size,
