@@ -286,3 +286,29 @@ def test_a_field_over_the_limit_does_not_hide_the_delimiter(
     assert [(r.line, r.id) for r in got if isinstance(r, Recipient)] == [(2, "i1"), (4, "i3")]
     assert [r for r in got if isinstance(r, Rejected)] == [too_long(3, 50)]
     assert csv.field_size_limit() == 50  # (put back after the guess)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_quote_opened_on_a_row_and_over_the_limit_there_says_so(
+    tmp_path: Path, field_limit: Callable[[int], object], way: str
+) -> None:
+    """A quoted field that passes the limit on the line that opens it is a quote left open
+    (the lines after it are read as rows), not a long field to shorten."""
+    field_limit(50)
+    path = tmp_path / "r.csv"
+    lines = ["id,uid,a", "i1,u1,x", f'i2,u2,"{"y" * 80}', 'still in the quote",tail', "i5,u5,z"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        if way == "reader":
+            patch.setattr(DelimitedReader, "_fast", lambda self, block: None)
+        else:
+            use_splitter(patch, way)
+        with open_source(SourceSpec(path=str(path))) as rows:
+            got = list(rows)
+    assert [(r.line, r.id) for r in got if isinstance(r, Recipient)] == [(2, "i1"), (5, "i5")]
+    rejected = {r.line: r.reason for r in got if isinstance(r, Rejected)}
+    assert sorted(rejected) == [3, 4]
+    assert rejected[3].startswith(
+        "a quoted field starts on this row and runs past 50 characters without closing: "
+        "skipped, and the next lines read as rows"
+    ), rejected[3]

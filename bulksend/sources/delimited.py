@@ -22,7 +22,6 @@ environment variable ``BULKSEND_NO_EXTENSIONS`` is set (not empty, not ``0``) on
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -112,29 +111,10 @@ def sniff(sample: str) -> tuple[str, bool, int]:
     the first record most; a single column reads as ``,``.
     """
     lines = split_lines(sample)[:SNIFF_LINES]
-    with _any_field_size(len(sample)):
-        return _sniffed(lines)
-
-
-@contextlib.contextmanager
-def _any_field_size(size: int) -> Iterator[None]:
-    """``csv.field_size_limit`` at least ``size`` meanwhile: a field over the limit in the
-    sample makes ``csv.reader`` raise for the right delimiter, which would then be passed
-    over (the row is rejected when it is read, at the limit)."""
-    before = csv.field_size_limit()
-    csv.field_size_limit(max(before, size))
-    try:
-        yield
-    finally:
-        csv.field_size_limit(before)
-
-
-def _sniffed(lines: list[str]) -> tuple[str, bool, int]:
-    """``sniff`` of the sample's first lines."""
     best: tuple[bool, int, str] | None = None
     for delimiter in CANDIDATES:
         try:
-            records = [r for r in csv.reader(lines, make_dialect(delimiter)) if r]
+            records = _records(lines, delimiter)
         except csv.Error:
             continue
         if not records or len(records[0]) < 2:
@@ -145,12 +125,35 @@ def _sniffed(lines: list[str]) -> tuple[str, bool, int]:
         if best is None or score[:2] > best[:2]:
             best = score
     if best is None:
-        first = next((r for r in csv.reader(lines, make_dialect(",")) if r), [])
+        first = next(iter(_records(lines, ",")), [])
         return ",", False, max(len(first), 1)
     delimiter = best[2]
-    first = next(r for r in csv.reader(lines, make_dialect(delimiter)) if r)
+    first = _records(lines, delimiter)[0]
     spaced = len(first) > 1 and all(field.startswith(" ") for field in first[1:])
     return delimiter, spaced, len(first)
+
+
+def _records(lines: list[str], delimiter: str) -> list[list[str]]:
+    """The records of ``lines`` split on ``delimiter``, but for the empty ones and any with a
+    field over ``csv.field_size_limit()`` (for which ``csv.reader`` raises: reading goes on
+    after it, so that such a field does not hide the file's delimiter; the row is rejected
+    when it is read)."""
+    dialect = make_dialect(delimiter)
+    out: list[list[str]] = []
+    start = 0
+    while start < len(lines):
+        reader = csv.reader(lines[start:], dialect)
+        try:
+            for record in reader:
+                if record:
+                    out.append(record)
+        except csv.Error as error:
+            if not str(error).startswith("field larger than field limit"):
+                raise
+            start += max(reader.line_num, 1)
+        else:
+            break
+    return out
 
 
 def layout_for(spec: SourceSpec, header: Sequence[str]) -> Layout:
@@ -388,7 +391,9 @@ class DelimitedReader:
             except csv.Error as error:
                 if not str(error).startswith("field larger than field limit"):
                     raise InputError(f"{self._name}:{base + before}: {error}") from None
-                record, stray = [], _too_long(reader.line_num - before)
+                lines = reader.line_num - before
+                opening = feed.last(lines)[0] if lines else ""
+                record, stray = [], _too_long(lines, opening, self.delimiter)
             else:
                 lines = reader.line_num - before
                 stray = "" if lines == 1 and not feed.ended else self._stray(record, lines)
@@ -463,11 +468,14 @@ def _skipped(what: str) -> str:
     return f"{what}: skipped, and the next lines read as rows ({UNCLOSED_HINT})"
 
 
-def _too_long(lines: int) -> str:
+def _too_long(lines: int, first: str, delimiter: str) -> str:
     """The reason a row is rejected when ``csv.reader`` found a field over its limit in the
-    record's ``lines``-th line: a long field on the row, or a quote open across lines."""
+    record's ``lines``-th line (``first``: the record's first line): a long field on the row,
+    or a quote still open there (across lines, or on a line that opens a quoted field and has
+    an odd number of quotes)."""
     limit = f"{csv.field_size_limit():,}"
-    if lines > 1:
+    opens = first.startswith(QUOTE) or delimiter + QUOTE in first
+    if lines > 1 or (opens and first.count(QUOTE) % 2):
         return _skipped(
             f"a quoted field starts on this row and runs past {limit} characters without closing"
         )
