@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from bulksend.commands.common import Context, ExitStatus
-from bulksend.errors import UnavailableError
 
 HELP = "show the progress of a campaign sent by workers"
 DESCRIPTION = (
@@ -25,39 +25,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
-    import orjson
-    import redis.exceptions as rex
+    from bulksend.distributed.gate import client_from_url, reached
+    from bulksend.distributed.keys import redact_url
 
-    from bulksend.distributed.gate import DOWN, client_from_url
-    from bulksend.distributed.keys import checked_url, redact_url, remedy
+    shown = redact_url(args.url)
+    client = client_from_url(args.url, flag="bulksend status")
+    try:
+        text = await reached(
+            _read(client, args.campaign),
+            shown,
+            down="is unreachable",
+            otherwise="start Redis or check the URL",
+            refused="refused it ({}); check the URL (its database number) and the user's rights",
+        )
+    finally:
+        await client.aclose()
+    if text is None:
+        text = (
+            f"no campaign {args.campaign!r} is being sent through {shown} "
+            "(finished, or not planned with --workers)"
+        )
+    print(text, file=ctx.out)
+    return ExitStatus.OK
+
+
+async def _read(client: Any, campaign: str) -> str | None:
+    """The campaign's progress as ``bulksend status`` shows it, or None when no campaign of
+    that name is being sent."""
+    import orjson
+
     from bulksend.workers.queue import REGISTRY
     from bulksend.workers.status import read_status, render
     from bulksend.workers.worker import Found, state_keys_of
 
-    checked_url(args.url, "bulksend status")
-    client = client_from_url(args.url, flag="bulksend status")
-    try:
-        entry = await client.hget(REGISTRY, args.campaign)
-        if entry is None:
-            print(
-                f"no campaign {args.campaign!r} is being sent through {redact_url(args.url)} "
-                "(finished, or not planned with --workers)",
-                file=ctx.out,
-            )
-            return ExitStatus.OK
-        data = orjson.loads(entry)
-        keys = state_keys_of(Found(args.campaign, data["provider"], data["state"]))
-        status = await read_status(client, keys)
-    except rex.ResponseError as exc:  # a database it does not have, a command not allowed
-        raise UnavailableError(
-            f"{redact_url(args.url)} refused it ({exc}); check the URL (its database number) "
-            "and the user's rights"
-        ) from None
-    except (*DOWN, rex.RedisError) as exc:  # type: ignore[misc]
-        reason = f"{type(exc).__name__}: {exc}"
-        then = remedy(reason, "check the URL (host, user, password) and that Redis runs")
-        raise UnavailableError(f"{redact_url(args.url)}: {reason}; {then}") from None
-    finally:
-        await client.aclose()
-    print(render(args.campaign, status), file=ctx.out)
-    return ExitStatus.OK
+    entry = await client.hget(REGISTRY, campaign)
+    if entry is None:
+        return None
+    data = orjson.loads(entry)
+    keys = state_keys_of(Found(campaign, data["provider"], data["state"]))
+    return render(campaign, await read_status(client, keys))

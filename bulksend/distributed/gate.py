@@ -152,19 +152,23 @@ class RedisGate:
         """Connect and check that Redis answers and runs scripts; fail fast otherwise."""
         gate = cls.from_url(url, scope, timeout=connect_timeout)
         try:
-            await gate.ping()
-            await gate.client.script_load(lua.ADMIT)
-        except GateUnavailable as exc:
+            await reached(
+                gate._ready(),
+                f"limiter {gate.url}",
+                down="is unreachable",
+                otherwise="start Redis or drop --limiter",
+                refused="refused the limiter ({}); check the URL (its database number) and the "
+                "user's rights",
+            )
+        except UnavailableError:
             await gate.aclose()
-            then = remedy(str(exc), "start Redis or drop --limiter")
-            raise UnavailableError(f"limiter {gate.url} is unreachable ({exc}); {then}") from None
-        except rex.RedisError as exc:
-            await gate.aclose()
-            raise UnavailableError(
-                f"limiter {gate.url} refused the limiter ({exc}); check the URL (its database "
-                "number) and the user's rights"
-            ) from None
+            raise
         return gate
+
+    async def _ready(self) -> None:
+        """Redis answers and runs scripts (its errors as they are, for ``reached``)."""
+        await self.client.ping()
+        await self.client.script_load(lua.ADMIT)
 
     def keys(self, group: str) -> list[str]:
         keys = self._keys.get(group)

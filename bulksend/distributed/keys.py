@@ -66,8 +66,17 @@ def key_ttl_ms(window: float) -> int:
 
 
 def url_password(url: str) -> str | None:
-    """The password in a Redis URL (userinfo or ``?password=``), for the log redactor."""
-    parts = urlsplit(url)
+    """The password in a Redis URL (userinfo or ``?password=``), for the log redactor. When
+    the userinfo is cut short (``_cut_short``), what stands between ``scheme://`` and the last
+    ``@`` after its first ``:`` (all of it, without a ``:``)."""
+    userinfo = _cut_short(url)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        return (password if colon else user) or None
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (and no "@": no userinfo)
+        return None
     if parts.password:
         return parts.password
     for name, value in parse_qsl(parts.query):
@@ -76,10 +85,37 @@ def url_password(url: str) -> str | None:
     return None
 
 
+def _cut_short(url: str) -> str | None:
+    """Everything between ``scheme://`` (or the start) and the last ``@`` of ``url`` when
+    ``urlsplit`` does not read that as the userinfo -- a password holding an unencoded ``/``,
+    ``?`` or ``#`` (``redis://bob:12/34@host/0``: the path would hold the rest of it and the
+    host) or a URL it cannot read at all -- else None."""
+    if "@" not in url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (such as "Invalid IPv6 URL": a "[" in the password)
+        pass
+    else:
+        if "@" not in parts.path + parts.query + parts.fragment:
+            return None
+    head, sep, rest = url.partition("://")
+    return (rest if sep else head).rpartition("@")[0]
+
+
+#: what a URL whose userinfo is cut short is told (without any of its parts)
+_CUT_SHORT = (
+    "the URL has an '@' after its host, as when a password holds a / ? or # (the rest of it "
+    "would be read as the database or an option); percent-encode them in the password: / as "
+    "%2F, ? as %3F, # as %23, @ as %40"
+)
+
+
 def checked_url(url: str, flag: str) -> str:
     """``url`` when it is a Redis URL (``redis://``, ``rediss://``, ``unix://``) naming its
     database as a number or not at all, else a one-line ``ConfigError`` naming ``flag`` and the
-    URL without its password."""
+    URL without its password (without any of its parts when its userinfo is cut short or its
+    host cannot be read: they may hold part of the password)."""
     scheme = url.partition("://")[0].lower()
     if "://" not in url or scheme not in SCHEMES:
         raise ConfigError(
@@ -87,19 +123,30 @@ def checked_url(url: str, flag: str) -> str:
             f"got {redact_url(url)!r}"
         )
     try:
-        urlsplit(url).port  # noqa: B018 (read: a port that is not a number raises)
-        fault = database_fault(url)
-    except ValueError as exc:  # such as "Invalid IPv6 URL", "Port out of range 0-65535"
-        raise ConfigError(
-            f"{flag}: expected redis://HOST:PORT/DB (or rediss://, unix://), got a URL that "
-            f"cannot be read ({exc})"
-        ) from None
+        parts = urlsplit(url)
+    except ValueError:  # such as "Invalid IPv6 URL" (its text is not shown: it may quote)
+        raise ConfigError(f"{flag}: {_UNREADABLE}") from None
+    if _cut_short(url) is not None:
+        raise ConfigError(f"{flag}: {_CUT_SHORT}")
+    try:
+        parts.port  # noqa: B018 (read: a port that is not a number raises)
+    except ValueError:  # "Port out of range 0-65535", "Port could not be cast ... as 'pa'"
+        raise ConfigError(f"{flag}: {_UNREADABLE}") from None
+    fault = database_fault(url)
     if fault:
+        where = "unix://PATH?db=DB" if scheme == "unix" else "redis://HOST:PORT/DB (or ?db=DB)"
         raise ConfigError(
-            f"{flag}: {redact_url(url)}: {fault}; write redis://HOST:PORT/DB (or ?db=DB) with DB "
-            "from 0 to 15 (a default Redis's 16 databases), or leave it out for database 0"
+            f"{flag}: {redact_url(url)}: {fault}; write {where} with DB from 0 to 15 (a default "
+            "Redis's 16 databases), or leave it out for database 0"
         )
     return url
+
+
+_UNREADABLE = (
+    "expected redis://HOST:PORT/DB (or rediss://, unix://), got a URL whose host or port "
+    "cannot be read; write PORT as a number from 0 to 65535 and an IPv6 HOST in brackets "
+    "([::1]), and percent-encode [ ] in a password (%5B %5D)"
+)
 
 
 def database_fault(url: str) -> str | None:
@@ -109,20 +156,20 @@ def database_fault(url: str) -> str | None:
     ``?db=`` that is not a number and two different databases are refused here. A ValueError
     when ``url`` cannot be read at all."""
     parts = urlsplit(url)
-    named: list[str] = []
+    named: dict[int, str] = {}  # (each database once, as first written)
     if parts.scheme.lower() != "unix":  # (there the path is the socket's)
         path = unquote(parts.path).removeprefix("/")
         if path:
             if not _number(path):
                 return f"the database {path!r} is not a number from 0 up"
-            named.append(path)
+            named.setdefault(int(path), path)
     for name, value in parse_qsl(parts.query):
         if name == "db":
             if not _number(value):
                 return f"the database ?db={value} is not a number from 0 up"
-            named.append(value)
-    if len({int(n) for n in named}) > 1:
-        return f"it names {len(named)} databases ({', '.join(named)}), not one"
+            named.setdefault(int(value), value)
+    if len(named) > 1:
+        return f"it names {len(named)} databases ({', '.join(named.values())}), not one"
     return None
 
 
@@ -131,17 +178,38 @@ def _number(text: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` fit for messages and logs: a password (userinfo or query) becomes ``***``."""
+    """``url`` fit for messages and logs: a password (userinfo or query) becomes ``***``; when
+    the userinfo is cut short (``_cut_short``: a password holding an unencoded ``/``, ``?``,
+    ``#``), all of it up to the last ``@`` does (``redis://***@host:6379/0``), and all that
+    follows ``scheme://`` when a ``password=`` precedes that ``@`` (its value may go on past
+    it). A URL without a password is shown as given."""
+    userinfo = _cut_short(url)
+    if userinfo is None:
+        return _redacted(url)
+    head, sep, _ = url.partition("://")
+    prefix = head + sep if sep else ""
+    if "password=" in userinfo:
+        return prefix + "***"
+    host = url.rpartition("@")[2]  # (and what follows it)
+    return prefix + "***@" + _redacted(prefix + host).removeprefix(prefix)
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url and "password=" not in url:
+        return url
     try:
         parts = urlsplit(url)
+        pairs = parse_qsl(parts.query)
+        has_password = any(k == "password" for k, _ in pairs)
+        if parts.password is None and not has_password:
+            return url
         netloc = parts.netloc
         if parts.password is not None:
             user = parts.username or ""
             host = netloc.rpartition("@")[2]
             netloc = f"{user}:***@{host}"
         query = parts.query
-        pairs = parse_qsl(query)
-        if any(k == "password" for k, _ in pairs):  # (else as given: ?ssl_ca_certs=/a/ca.pem)
+        if has_password:  # (else as given: ?ssl_ca_certs=/a/ca.pem)
             query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
         text = f"{parts.scheme}://{netloc}{parts.path}"
         if query:

@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -415,18 +414,14 @@ def campaign_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def masked_url(text: str) -> str:
     """``text`` with the password of a URL in it (``user:password@`` or ``?password=``)
-    replaced by ``***`` (anything else as is)."""
+    replaced by ``***``, anything else as is. A password holding an unencoded ``/``, ``?`` or
+    ``#`` hides all of the userinfo (``redact_url``)."""
     if "://" not in text or ("@" not in text and "password=" not in text):
         return text
-    try:
-        parts = urlsplit(text)
-        password = parts.password
-    except ValueError:
-        return text
-    if password is None and "password=" not in parts.query:
-        return text
-    from bulksend.distributed.keys import redact_url
+    from bulksend.distributed.keys import redact_url, url_password
 
+    if url_password(text) is None and "password=" not in text:
+        return text
     return redact_url(text)
 
 

@@ -613,10 +613,9 @@ async def run_worker(
     from redis.backoff import ExponentialBackoff
 
     from bulksend.distributed.gate import client_from_url, reached
-    from bulksend.distributed.keys import checked_url, redact_url, url_password
+    from bulksend.distributed.keys import redact_url, url_password
     from bulksend.output.logs import redactor
 
-    checked_url(url, "bulksend worker")
     password = url_password(url)
     if password:
         redactor.register([password])
