@@ -17,6 +17,7 @@ from bulksend.models import HttpRequest, HttpResponse, Recipient, Rejected
 from bulksend.output.report import ReportWriter
 from bulksend.providers import maxtraffic
 from bulksend.providers.base import Limit
+from bulksend.ratelimit.pacing import BURST
 from bulksend.ratelimit.scheduler import GroupPolicy, Permit, Scheduler
 
 Handler = Callable[[HttpRequest, int], HttpResponse]
@@ -574,3 +575,23 @@ async def test_the_reader_lets_the_first_request_out_before_it_reads_on() -> Non
     engine._first.done()  # answered: the others go too, and the reader reads on
     await asyncio.wait_for(first_out, 1)
     await asyncio.wait_for(engine._first_out(), 1)
+
+
+# -- pacing -------------------------------------------------------------------------------------
+
+
+async def test_requests_wait_their_turn_once_a_round_trip_is_known() -> None:
+    """The engine asks its pacer before each request (``Engine._paced``): nothing waits before
+    an answer came; then a bunch gets its burst out and the rest leave one after another."""
+    engine, _ = make_engine(ok)
+    now = [100.0]
+    engine._clock = lambda: now[0]  # (it stands still unless moved)
+    assert [await engine._paced() for _ in range(10)] == [False] * 10  # no round trip yet
+    engine._pacer.observe(0.020)  # an answer came after 20 ms
+    rate = engine._pacer.rate
+    assert rate is not None
+    assert rate == engine.options.workers / 0.020
+    waited = [await engine._paced() for _ in range(BURST + 1)]
+    assert waited == [False] * BURST + [True]  # (the clock stood still while it slept)
+    now[0] += 1 / rate
+    assert await engine._paced() is False  # its turn came

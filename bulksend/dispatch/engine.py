@@ -76,6 +76,7 @@ from bulksend.providers.base import (
 )
 from bulksend.ratelimit.circuit import Circuit
 from bulksend.ratelimit.circuit import State as CircuitState
+from bulksend.ratelimit.pacing import Pacer
 from bulksend.ratelimit.scheduler import Feedback, FeedbackKind, Permit, Scheduler
 from bulksend.recipients import Recipients
 from bulksend.sources.spec import Chunk
@@ -257,6 +258,7 @@ class Engine:
         #: loop's turn)
         self._clock: Callable[[], float] = time.monotonic
         self._sent_at = 0.0
+        self._pacer = Pacer(options.workers)
         self._stop: BaseException | None = None
         self._interrupted = False
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=options.workers * 2)
@@ -655,8 +657,9 @@ class Engine:
         if part.attempts > 1:
             summary.retries += 1
         metrics = self.metrics
+        sent = self._clock()
         if not self._opened:  # (only the first request's time is looked at: ``_first_out``)
-            self._sent_at = self._clock()
+            self._sent_at = sent
         try:
             if metrics is None:
                 response = await self.transport.send(part.request)
@@ -668,6 +671,7 @@ class Engine:
             raise
         except NoResponse as exc:
             return self._no_response(job, part, permit, exc)
+        self._pacer.observe(self._clock() - sent)
         return self._answered_with(job, part, permit, response)
 
     def _unrecorded(self, job: _Job, part: _Part, exc: UnavailableError) -> None:
@@ -688,6 +692,8 @@ class Engine:
                 return None
             if not self._opened and await self._first.waited():
                 continue
+            if await self._paced():  # (its turn came: look at the stop and the probe again)
+                continue
             circuit = self._circuits.get(group)
             # a closed circuit (or none yet: it starts closed) lets the send go as it is
             if (circuit is None or circuit.state is not _CLOSED) and not await self._circuit_ready(
@@ -707,6 +713,15 @@ class Engine:
                 self.scheduler.cancel(permit)
             elif permit is not None:
                 return permit
+
+    async def _paced(self) -> bool:
+        """Wait for this request's turn to leave (``Pacer``: requests leave one after another,
+        not in bunches); True when it waited."""
+        wait = self._pacer.delay(self._clock())
+        if wait <= 0.0:
+            return False
+        await asyncio.sleep(wait)
+        return True
 
     async def _acquire_retry(self, group: str) -> Permit | None:
         """A retry's permit, or None when the send stops while it waits (for the pacing or the
