@@ -266,15 +266,8 @@ def test_validate_without_the_extension_rejects_the_row_with_a_field_over_the_li
         assert with_c.stdout == r.stdout
 
 
-@pytest.mark.parametrize("way", WAYS)
-def test_a_field_over_the_limit_does_not_hide_the_delimiter(
-    tmp_path: Path, field_limit: Callable[[int], object], way: str
-) -> None:
-    """The delimiter is guessed from the first lines: a field over the limit there rejects its
-    row when it is read, and the others are read with the delimiter the file has."""
-    field_limit(50)
-    path = tmp_path / "r.csv"
-    lines = ["id;uid;a", "i1;u1;x", f"i2;u2;{'y' * 80}", "i3;u3;z"]
+def read_lines(path: Path, lines: list[str], way: str) -> list[Recipient | Rejected]:
+    """``lines`` written to ``path`` and read the ``way`` given, the delimiter guessed."""
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         if way == "reader":
@@ -282,7 +275,18 @@ def test_a_field_over_the_limit_does_not_hide_the_delimiter(
         else:
             use_splitter(patch, way)
         with open_source(SourceSpec(path=str(path))) as rows:
-            got = list(rows)
+            return list(rows)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_field_over_the_limit_does_not_hide_the_delimiter(
+    tmp_path: Path, field_limit: Callable[[int], object], way: str
+) -> None:
+    """The delimiter is guessed from the first lines: a field over the limit there rejects its
+    row when it is read, and the others are read with the delimiter the file has."""
+    field_limit(50)
+    lines = ["id;uid;a", "i1;u1;x", f"i2;u2;{'y' * 80}", "i3;u3;z"]
+    got = read_lines(tmp_path / "r.csv", lines, way)
     assert [(r.line, r.id) for r in got if isinstance(r, Recipient)] == [(2, "i1"), (4, "i3")]
     assert [r for r in got if isinstance(r, Rejected)] == [too_long(3, 50)]
     assert csv.field_size_limit() == 50  # (put back after the guess)
@@ -295,16 +299,8 @@ def test_a_quote_opened_on_a_row_and_over_the_limit_there_says_so(
     """A quoted field that passes the limit on the line that opens it is a quote left open
     (the lines after it are read as rows), not a long field to shorten."""
     field_limit(50)
-    path = tmp_path / "r.csv"
     lines = ["id,uid,a", "i1,u1,x", f'i2,u2,"{"y" * 80}', 'still in the quote",tail', "i5,u5,z"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        if way == "reader":
-            patch.setattr(DelimitedReader, "_fast", lambda self, block: None)
-        else:
-            use_splitter(patch, way)
-        with open_source(SourceSpec(path=str(path))) as rows:
-            got = list(rows)
+    got = read_lines(tmp_path / "r.csv", lines, way)
     assert [(r.line, r.id) for r in got if isinstance(r, Recipient)] == [(2, "i1"), (5, "i5")]
     rejected = {r.line: r.reason for r in got if isinstance(r, Rejected)}
     assert sorted(rejected) == [3, 4]
